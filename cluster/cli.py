@@ -1,0 +1,258 @@
+"""`aspire`: the command line. `aspire serve` takes TensorFlow Serving's flags with the same names
+and meanings; `aspire status` prints every model's versions and states.
+
+Life of a version starts here: flags are validated once, Ray is started (embedded) or joined
+(`--address`), Serve's HTTP proxy listens on `--rest_api_port`, the manager actor starts its
+file-system source, and the router deployment is created. Like TF Serving, `serve` reports the
+REST API ready once every model's first version has loaded or failed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+log = logging.getLogger("aspire")
+
+ROUTER_APP = "aspire-router"
+
+
+class FlagError(Exception):
+    pass
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aspire", description=(
+        "A TensorFlow-Serving-compatible model server on Ray Serve."))
+    parser.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    s = sub.add_parser("serve", help="serve models (embedded Ray unless --address is given)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tf = s.add_argument_group("TensorFlow Serving flags (same names and meanings)")
+    tf.add_argument("--port", type=_port, default=8500,
+                    help="gRPC port; 0 disables gRPC (the gRPC API is not served yet: reserved)")
+    tf.add_argument("--rest_api_port", type=_port, default=8501, help="REST API port")
+    tf.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+                    help="timeout of one REST call; <= 0 means none")
+    tf.add_argument("--model_name", default="default", help="name of the model to serve")
+    tf.add_argument("--model_base_path", default="",
+                    help="directory holding the model's numeric version directories")
+    tf.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                    help="seconds between polls of the base path; 0 polls once, < 0 never")
+    tf.add_argument("--num_load_threads", type=int, default=4,
+                    help="versions loaded concurrently (TF Serving's default 0 means one at a time)")
+    tf.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraph tags")
+    ray_group = s.add_argument_group("Ray flags")
+    ray_group.add_argument("--address", default=None,
+                           help="join this Ray cluster ('auto', 'ray://host:10001', 'host:6379') "
+                                "instead of starting an embedded one")
+    ray_group.add_argument("--rest_api_host", default="0.0.0.0", help="interface of the REST API")
+    ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
+    ray_group.add_argument("--num_cpus_per_replica", type=float, default=0.25,
+                           help="Ray CPUs reserved by each version replica")
+    ray_group.add_argument("--num_gpus_per_replica", type=float, default=0.0,
+                           help="Ray GPUs reserved by each version replica")
+    ray_group.add_argument("--num_router_replicas", type=int, default=1, help="router replicas")
+    ray_group.add_argument("--initial_load_timeout_s", type=float, default=600.0,
+                           help="how long to wait for the first versions before reporting ready")
+
+    st = sub.add_parser("status", help="print models, versions and states")
+    st.add_argument("--address", default="auto", help="the Ray cluster Aspire runs on")
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Contradictions TF Serving rejects at start-up, with its wording where it has one."""
+    if not args.model_base_path:
+        raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    if args.rest_api_port == 0:
+        raise FlagError("--rest_api_port=0 would disable the REST API, the only API served so far")
+    if args.port != 0 and args.port == args.rest_api_port:
+        raise FlagError("server_options.http_port cannot be same as grpc_port. Please use a "
+                        "different port for HTTP/REST API.")
+    if args.num_replicas < 1 or args.num_router_replicas < 1:
+        raise FlagError("--num_replicas and --num_router_replicas must be at least 1")
+    if args.num_cpus_per_replica < 0 or args.num_gpus_per_replica < 0:
+        raise FlagError("--num_cpus_per_replica and --num_gpus_per_replica cannot be negative")
+    if args.num_load_threads < 0:
+        raise FlagError("--num_load_threads cannot be negative")
+    if "://" not in args.model_base_path and not os.path.isdir(args.model_base_path):
+        log.warning("--model_base_path %s does not exist (yet); it will be polled",
+                    args.model_base_path)
+
+
+def _wait_initial_load(manager, names: list[str], timeout_s: float) -> None:
+    """Block until each model has a version AVAILABLE or END (TF Serving's start-up wait)."""
+    import ray
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            code, statuses = ray.get(manager.model_status.remote(name))
+            if code == "OK" and any(s["state"] in ("AVAILABLE", "END") for s in statuses):
+                pending.discard(name)
+                for s in statuses:
+                    if s["state"] == "END" and s["error_code"] != "OK":
+                        log.error("model %s version %s failed to load: %s", name, s["version"],
+                                  s["error_message"])
+        if pending:
+            time.sleep(0.2)
+    for name in sorted(pending):
+        log.warning("model %s has no version loaded after %.0f s; still polling", name, timeout_s)
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    validate(args)
+    import ray
+    from ray import serve
+
+    from cluster.controller import start_manager
+    from cluster.source import ModelSource
+    from deployments.router import NAMESPACE, Router
+    from deployments.servable import APP_PREFIX, ReplicaOptions
+
+    base_path = args.model_base_path
+    if "://" not in base_path:
+        base_path = os.path.abspath(base_path)  # actors run in other working directories
+    models = [ModelSource(args.model_name, base_path)]
+    started = time.monotonic()
+    embedded = args.address is None
+    if embedded:
+        ray.init(namespace=NAMESPACE, include_dashboard=False)
+    else:
+        ray.init(address=args.address, namespace=NAMESPACE)
+    stop = threading.Event()
+    interrupted = []
+
+    def on_signal(signum, _frame):
+        if interrupted:  # a second Ctrl-C: leave now
+            os._exit(130)
+        interrupted.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    manager = None
+    try:
+        serve.start(http_options={"host": args.rest_api_host, "port": args.rest_api_port})
+        for app in serve.status().applications:
+            if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
+                serve.delete(app)
+        options = ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
+                                 num_gpus=args.num_gpus_per_replica,
+                                 tags=tuple(t for t in args.saved_model_tags.split(",") if t))
+        manager = start_manager(models, args.file_system_poll_wait_seconds, options,
+                                max(1, args.num_load_threads))
+        serve.run(Router.options(num_replicas=args.num_router_replicas).bind(args.rest_api_timeout_in_ms),
+                  name=ROUTER_APP, route_prefix="/")
+        if args.port:
+            log.warning("gRPC (--port=%d) is not served yet; use the REST API", args.port)
+        _wait_initial_load(manager, [m.name for m in models], args.initial_load_timeout_s)
+        log.info("Exporting HTTP/REST API at:%s:%d ... (ready %.1f s after start)",
+                 args.rest_api_host, args.rest_api_port, time.monotonic() - started)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("shutting down")
+        if manager is not None:
+            try:
+                ray.get(manager.shutdown.remote(), timeout=120)
+                ray.kill(manager, no_restart=True)
+            except Exception as exc:
+                log.warning("manager shutdown: %s", exc)
+        try:
+            serve.delete(ROUTER_APP)
+            if embedded:
+                serve.shutdown()
+        except Exception as exc:
+            log.warning("serve shutdown: %s", exc)
+        ray.shutdown()
+    return 0
+
+
+def status_table(models: dict[str, list[dict]]) -> str:
+    rows = [("MODEL", "VERSION", "STATE", "ERROR")]
+    for name, statuses in models.items():
+        for s in statuses:
+            error = "" if s["error_code"] == "OK" else f"{s['error_code']}: {s['error_message']}"
+            rows.append((name, str(s["version"]), s["state"], error))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
+                     for r in rows)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.controller import get_manager
+    from deployments.router import NAMESPACE
+    try:
+        ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        print(f"aspire status: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        manager = get_manager()
+    except ValueError:
+        print("aspire status: Aspire is not running on this Ray cluster", file=sys.stderr)
+        return 1
+    models = ray.get(manager.list_models.remote())
+    print(status_table(models) if models else "no models")
+    return 0
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        aspire = version("aspire-serving")
+    except PackageNotFoundError:
+        aspire = "unknown"
+    try:
+        tensorflow = version("tensorflow")
+    except PackageNotFoundError:
+        tensorflow = "not installed"
+    return f"Aspire ModelServer: {aspire}\nTensorFlow Library: {tensorflow}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.version:
+        print(version_text())
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "serve":
+            return serve_main(args)
+        return status_main(args)
+    except FlagError as err:
+        print(f"aspire serve: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Manager: reconciles each servable stream's aspired versions with what runs.
+
+Contract:
+- `set_aspired_versions(name, {version: path})` is the source's callback. Each call supersedes the
+  previous one for that name: a version left out is unaspired (and will be unloaded), an empty
+  dict unaspires every version.
+- A reconcile pass asks the stream's version policy (policies/lifecycle.py) for one action and
+  runs it on a load thread; a stream never has two actions in flight.
+- Every version ever seen stays in the status (START, LOADING, AVAILABLE, UNLOADING, END with
+  error code and message), newest first, as TF Serving's ServableStateMonitor reports it.
+- A load failure is recorded as state (END + error), never raised into the loops; versions that
+  serve keep serving.
+- The serving map (READY versions and where they run) has an epoch. Routers long-poll it and
+  acknowledge the epoch they apply. A version is taken out of the map first and its deployment
+  deleted only once every live router has acknowledged, so no request is routed to a deployment
+  that is going away.
+
+The backend that creates and deletes deployments is injected (deployments/servable.py in
+production), so this logic is unit-tested without Ray.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from deployments.errors import AspireError
+from policies.lifecycle import POLICIES, PUBLIC_STATE, Action, Harness, VersionSnapshot
+
+log = logging.getLogger("aspire.manager")
+
+
+class Backend(Protocol):
+    def load(self, name: str, version: int, path: str) -> dict:
+        """Create the version's deployment; return where it runs once it answers. Raises AspireError."""
+
+    def unload(self, name: str, version: int, where: dict) -> None:
+        """Delete the version's deployment."""
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    path: str
+    state: Harness = Harness.NEW
+    aspired: bool = True
+    error_code: str = "OK"
+    error_message: str = ""
+    where: dict | None = None  # set while the deployment exists
+    ram_bytes: int | None = None
+    load_seconds: float | None = None
+
+    def status(self) -> dict:
+        return {"version": self.version, "state": PUBLIC_STATE[self.state],
+                "error_code": self.error_code, "error_message": self.error_message}
+
+
+@dataclass
+class Stream:
+    name: str
+    policy: str = "availability_preserving"
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+    busy: bool = False  # an action is in flight
+
+
+class Manager:
+    def __init__(self, backend: Backend, num_load_threads: int = 4,
+                 router_ack_timeout_s: float = 10.0, router_lease_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._backend = backend
+        self._streams: dict[str, Stream] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # serving map or status changed
+        self._epoch = 0
+        self._router_acks: dict[str, tuple[int, float]] = {}  # router id -> (epoch, last seen)
+        self._router_ack_timeout_s = router_ack_timeout_s
+        self._router_lease_s = router_lease_s
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
+        self._in_flight = 0
+
+    # ---- source side ------------------------------------------------------------------------
+    def set_aspired_versions(self, name: str, versions: dict[int, str], policy: str | None = None) -> None:
+        with self._lock:
+            stream = self._streams.setdefault(name, Stream(name))
+            if policy is not None:
+                if policy not in POLICIES:
+                    raise ValueError(f"unknown version policy {policy!r}")
+                stream.policy = policy
+            for record in stream.versions.values():
+                if record.version not in versions:
+                    record.aspired = False
+            for version, path in versions.items():
+                record = stream.versions.get(version)
+                if record is None:
+                    stream.versions[version] = VersionRecord(version, path)
+                    continue
+                # A version unloaded (or failed, then unaspired) and aspired again starts over;
+                # one that failed and stayed aspired is not retried (TF Serving's rule).
+                if record.state is Harness.DISABLED or (record.state is Harness.ERROR and not record.aspired):
+                    stream.versions[version] = VersionRecord(version, path)
+                else:
+                    record.aspired = True
+                    record.path = path
+            self._changed.notify_all()
+
+    def forget_stream(self, name: str) -> None:
+        """Unaspire every version of `name` (the model left the configuration)."""
+        self.set_aspired_versions(name, {})
+
+    # ---- reconcile --------------------------------------------------------------------------
+    def reconcile(self) -> int:
+        """Start the next action of every idle stream; returns how many were started."""
+        started = 0
+        with self._lock:
+            for stream in self._streams.values():
+                if stream.busy:
+                    continue
+                snapshots = [VersionSnapshot(r.version, r.state, r.aspired)
+                             for r in stream.versions.values()]
+                action = POLICIES[stream.policy](snapshots)
+                if action is None:
+                    continue
+                stream.busy = True
+                self._in_flight += 1
+                record = stream.versions[action.version]
+                if action.kind == "load":
+                    record.state = Harness.LOADING
+                else:
+                    record.state = Harness.UNLOADING
+                    self._publish()  # out of the serving map before anything is deleted
+                self._changed.notify_all()
+                self._pool.submit(self._run_action, stream, action)
+                started += 1
+        return started
+
+    def _run_action(self, stream: Stream, action: Action) -> None:
+        try:
+            if action.kind == "load":
+                self._load(stream, stream.versions[action.version])
+            else:
+                self._unload(stream, stream.versions[action.version])
+        except Exception:  # a bug here must not wedge the stream
+            log.exception("action %s on %s failed unexpectedly", action, stream.name)
+        finally:
+            with self._lock:
+                stream.busy = False
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+    def _load(self, stream: Stream, record: VersionRecord) -> None:
+        servable = f"{{name: {stream.name} version: {record.version}}}"
+        log.info("Loading servable: %s from %s", servable, record.path)
+        started = time.monotonic()
+        try:
+            where = self._backend.load(stream.name, record.version, record.path)
+        except AspireError as err:
+            code, message = err.code, err.message
+        except Exception as exc:
+            code, message = "UNKNOWN", f"{type(exc).__name__}: {exc}"
+        else:
+            elapsed = time.monotonic() - started
+            with self._lock:
+                record.where = where
+                record.state = Harness.READY
+                record.load_seconds = elapsed
+                record.ram_bytes = where.get("ram_bytes")
+                self._publish()
+            log.info("Successfully loaded servable version %s in %.2f s", servable, elapsed)
+            return
+        with self._lock:
+            record.state = Harness.ERROR
+            record.error_code, record.error_message = code, message
+        log.error("Loading servable: %s failed: %s: %s", servable, code, message)
+
+    def _unload(self, stream: Stream, record: VersionRecord) -> None:
+        servable = f"{{name: {stream.name} version: {record.version}}}"
+        log.info("Unloading servable version %s", servable)
+        with self._lock:
+            epoch = self._epoch
+        self._wait_for_routers(epoch)
+        try:
+            self._backend.unload(stream.name, record.version, record.where or {})
+        except Exception as exc:  # the version is out of the map either way; report, don't wedge
+            log.error("Unloading servable %s raised %s: %s", servable, type(exc).__name__, exc)
+        with self._lock:
+            record.where = None
+            record.state = Harness.DISABLED
+        log.info("Done unloading servable version %s", servable)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no action is in flight and no stream has one to start."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.reconcile() == 0:
+                with self._lock:
+                    if self._in_flight == 0:
+                        return True
+                    self._changed.wait(0.05)
+        return False
+
+    # ---- serving map and routers ------------------------------------------------------------
+    def _publish(self) -> None:
+        self._epoch += 1
+        self._changed.notify_all()
+
+    def serving_map(self) -> dict:
+        """{"epoch": n, "models": {name: {version: where}}} of the READY versions."""
+        with self._lock:
+            models = {}
+            for stream in self._streams.values():
+                ready = {r.version: r.where for r in stream.versions.values()
+                         if r.state is Harness.READY}
+                if ready:
+                    models[stream.name] = ready
+            return {"epoch": self._epoch, "models": models}
+
+    def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float) -> dict | None:
+        """Long poll: acknowledges `known_epoch` for `router_id`, returns the map once it is newer."""
+        with self._lock:
+            self._router_acks[router_id] = (known_epoch, self._clock())
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._epoch != known_epoch, timeout=timeout_s)
+            if self._epoch == known_epoch:
+                return None
+        return self.serving_map()
+
+    def _wait_for_routers(self, epoch: int) -> None:
+        deadline = time.monotonic() + self._router_ack_timeout_s
+        with self._lock:
+            def caught_up():
+                now = self._clock()
+                return all(acked >= epoch for acked, seen in self._router_acks.values()
+                           if now - seen < self._router_lease_s)
+            if not self._changed.wait_for(caught_up, timeout=max(0.0, deadline - time.monotonic())):
+                lagging = [r for r, (acked, _) in self._router_acks.items() if acked < epoch]
+                log.warning("routers %s did not acknowledge serving map %d in %.0f s; unloading anyway",
+                            lagging, epoch, self._router_ack_timeout_s)
+
+    # ---- status -----------------------------------------------------------------------------
+    def model_status(self, name: str, version: int | None = None) -> list[dict]:
+        """Every version seen, newest first; raises NOT_FOUND with TF Serving's messages."""
+        with self._lock:
+            stream = self._streams.get(name)
+            if stream is None or not stream.versions:
+                raise AspireError(f"Could not find any versions of model {name}", "NOT_FOUND")
+            if version is not None:
+                record = stream.versions.get(version)
+                if record is None:
+                    raise AspireError(f"Could not find version {version} of model {name}", "NOT_FOUND")
+                return [record.status()]
+            return [stream.versions[v].status() for v in sorted(stream.versions, reverse=True)]
+
+    def list_models(self) -> dict[str, list[dict]]:
+        with self._lock:
+            return {name: self.model_status(name) for name in sorted(self._streams)
+                    if self._streams[name].versions}
+
+    def versions_where(self) -> list[tuple[str, int, dict]]:
+        with self._lock:
+            return [(s.name, r.version, r.where) for s in self._streams.values()
+                    for r in s.versions.values() if r.where is not None]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,108 @@
+"""File-system source: polls each model's base path and emits its full aspired-version list.
+
+Every `poll_wait_s` seconds (0 = poll once; negative = never, for tests) each model's base path is
+listed; numeric children are versions (policies/aspired.py) and the model's version policy picks
+the aspired ones. The callback always receives the *full* list: a version left out is to be
+unloaded, an empty list unloads every version of the model.
+
+A base path that cannot be read is logged and that model is skipped for the round, so what it
+serves keeps serving (TF Serving skips the whole round; skipping only the broken model keeps the
+others moving).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from policies.aspired import Latest, VersionPolicy, versions_in
+
+log = logging.getLogger("aspire.source")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    base_path: str
+    version_policy: VersionPolicy = Latest(1)
+
+
+def _list_children(base_path: str) -> list[str]:
+    if "://" in base_path:  # gs://, s3://, hdfs://: through TensorFlow's file systems
+        import tensorflow as tf
+        if not tf.io.gfile.exists(base_path):
+            raise FileNotFoundError(base_path)
+        return [c.rstrip("/") for c in tf.io.gfile.listdir(base_path)]
+    return [entry.name for entry in os.scandir(base_path) if entry.is_dir()]
+
+
+def poll_model(model: ModelSource) -> dict[int, str] | None:
+    """{version: path} aspired for `model` now, or None when its base path cannot be read."""
+    try:
+        children = _list_children(model.base_path)
+    except OSError as exc:
+        log.error("Could not find base path %s for servable %s with error %s",
+                  model.base_path, model.name, exc)
+        return None
+    found, warnings = versions_in(children)
+    for warning in warnings:
+        log.warning(warning)
+    if not found:
+        log.warning("No versions of servable %s found under base path %s. Did you forget to name "
+                    "your leaf directory as a number (eg. '/1/')?", model.name, model.base_path)
+    aspired = model.version_policy.select(list(found))
+    for version in getattr(model.version_policy, "versions", ()):
+        if version not in found:
+            log.warning("Version %d of servable %s, which was requested to be served as a "
+                        "'specific' version in the servable's version policy, was not found in "
+                        "the file system", version, model.name)
+    return {v: os.path.join(model.base_path, found[v]) for v in aspired}
+
+
+class FileSystemSource:
+    def __init__(self, models: list[ModelSource], poll_wait_s: float,
+                 callback: Callable[[str, dict[int, str]], None]):
+        self._models = list(models)
+        self._poll_wait_s = poll_wait_s
+        self._callback = callback
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def set_models(self, models: list[ModelSource]) -> None:
+        """Replace the served model list; models that left get an empty aspired list."""
+        with self._lock:
+            removed = {m.name for m in self._models} - {m.name for m in models}
+            self._models = list(models)
+        for name in removed:
+            self._callback(name, {})
+
+    def poll_once(self) -> None:
+        with self._lock:
+            models = list(self._models)
+        for model in models:
+            aspired = poll_model(model)
+            if aspired is not None:
+                self._callback(model.name, aspired)
+
+    def start(self) -> None:
+        if self._poll_wait_s < 0:
+            return
+        self._thread = threading.Thread(target=self._run, name="aspire-source", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # never let one bad poll end polling
+                log.exception("file-system poll failed")
+            if self._poll_wait_s == 0 or self._stop.wait(self._poll_wait_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

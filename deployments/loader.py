@@ -1,0 +1,160 @@
+"""Loader: estimates, loads and unloads one SavedModel version (TF Serving's Loader contract).
+
+- `estimate_resources()` is an upper bound known before loading: host RAM = bytes of every file
+  under the version directory x 1.2 (TF Serving's kResourceEstimateRAMMultiplier).
+- `validate()` reads only `saved_model.pb`/`.pbtxt` and the requested tag-set, so a version that
+  cannot load is refused with TF's message before any replica is started for it.
+- `load()` loads the MetaGraph into a TF1 session, the way TF Serving's C++ server does. This
+  serves TF1 exports (session-based graphs such as `saved_model_counter`) and TF2 exports
+  (`tf.saved_model.save`, Keras `model.export`) through one path, and feeds tensors by name
+  through `Session::MakeCallable`, so no Python-side shape check rejects inputs TF Serving accepts.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from deployments.errors import CODES, AspireError
+
+RAM_ESTIMATE_MULTIPLIER = 1.2
+DEFAULT_TAGS = ("serve",)
+
+
+@dataclass(frozen=True)
+class Resources:
+    ram_bytes: int
+
+
+def _gfile():
+    import tensorflow as tf  # imported on first use: TF takes seconds to import
+    return tf.io.gfile
+
+
+def _walk_bytes(path: str) -> int:
+    gfile = _gfile()
+    total = 0
+    for root, _dirs, files in gfile.walk(path):
+        for name in files:
+            total += gfile.stat(os.path.join(root, name)).length
+    return total
+
+
+def _from_tf_error(err) -> AspireError:
+    code = CODES[err.error_code] if 0 <= err.error_code < len(CODES) else "UNKNOWN"
+    return AspireError(err.message, code)
+
+
+class SavedModelLoader:
+    def __init__(self, path: str, tags: tuple[str, ...] = DEFAULT_TAGS):
+        self.path = path
+        self.tags = tuple(tags)
+
+    def estimate_resources(self) -> Resources:
+        return Resources(ram_bytes=int(_walk_bytes(self.path) * RAM_ESTIMATE_MULTIPLIER))
+
+    def read_meta_graph(self):
+        """The MetaGraphDef for `tags`, read from disk without loading variables."""
+        from tensorflow.core.protobuf import saved_model_pb2
+        from google.protobuf import text_format
+        gfile = _gfile()
+        pb, pbtxt = os.path.join(self.path, "saved_model.pb"), os.path.join(self.path, "saved_model.pbtxt")
+        saved_model = saved_model_pb2.SavedModel()
+        try:
+            if gfile.exists(pb):
+                with gfile.GFile(pb, "rb") as f:
+                    saved_model.ParseFromString(f.read())
+            elif gfile.exists(pbtxt):
+                with gfile.GFile(pbtxt, "r") as f:
+                    text_format.Parse(f.read(), saved_model)
+            else:
+                raise AspireError(
+                    "Could not find SavedModel .pb or .pbtxt at supplied export directory path: "
+                    f"{self.path}. Check that the directory exists and that you have the right "
+                    "permissions for accessing it.", "NOT_FOUND")
+        except AspireError:
+            raise
+        except Exception as exc:  # DecodeError, text_format.ParseError, I/O errors
+            raise AspireError(f"Failed to parse SavedModel at {self.path}: {exc}", "DATA_LOSS")
+        wanted = set(self.tags)
+        for meta_graph in saved_model.meta_graphs:
+            if set(meta_graph.meta_info_def.tags) == wanted:
+                return meta_graph
+        available = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+        raise AspireError(
+            f"MetaGraphDef associated with tags '{','.join(self.tags)}' could not be found in "
+            f"SavedModel, with available tags '{available}'. To inspect available tag-sets in "
+            "the SavedModel, please use the SavedModel CLI: `saved_model_cli`", "NOT_FOUND")
+
+    def validate(self) -> dict:
+        """Signature defs of the version (cheap); raises AspireError when it cannot load."""
+        return dict(self.read_meta_graph().signature_def)
+
+    def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0) -> "LoadedSavedModel":
+        import tensorflow as tf
+        graph = tf.Graph()
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=intra_op_threads,
+            inter_op_parallelism_threads=inter_op_threads,
+            allow_soft_placement=True)
+        config.gpu_options.allow_growth = True
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, list(self.tags), self.path)
+        except tf.errors.OpError as err:
+            session.close()
+            raise _from_tf_error(err) from None
+        except Exception as exc:
+            session.close()
+            raise AspireError(f"Failed to load SavedModel at {self.path}: {exc}", "INTERNAL") from None
+        return LoadedSavedModel(session, dict(meta_graph.signature_def))
+
+
+class LoadedSavedModel:
+    """A loaded version: its signatures and a thread-safe `run`."""
+
+    def __init__(self, session, signatures: dict):
+        self._session = session
+        self.signatures = signatures  # name -> tensorflow SignatureDef proto
+        self._callables: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+        key = (feeds, fetches)
+        fn = self._callables.get(key)
+        if fn is None:
+            from tensorflow.core.protobuf import config_pb2
+            with self._lock:
+                fn = self._callables.get(key)
+                if fn is None:
+                    options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+                    fn = self._session._make_callable_from_options(options)
+                    self._callables[key] = fn
+        return fn
+
+    def run(self, signature_name: str, inputs: dict, output_aliases: list[str] | None = None) -> dict:
+        """Run `signature_name` on {alias: ndarray}; returns {alias: ndarray}.
+
+        Inputs must already name signature inputs (the request layer validates names with TF
+        Serving's messages); missing inputs with a SignatureDef default are filled from it.
+        """
+        import tensorflow as tf
+        signature = self.signatures[signature_name]
+        feeds = dict(inputs)
+        for alias, proto in signature.defaults.items():
+            if alias not in feeds:
+                feeds[alias] = tf.make_ndarray(proto)
+        aliases = sorted(feeds)
+        outputs = list(output_aliases) if output_aliases is not None else sorted(signature.outputs)
+        fn = self._callable(tuple(signature.inputs[a].name for a in aliases),
+                            tuple(signature.outputs[a].name for a in outputs))
+        try:
+            values = fn(*[feeds[a] for a in aliases])
+        except tf.errors.OpError as err:
+            raise _from_tf_error(err) from None
+        return dict(zip(outputs, values))
+
+    def unload(self) -> None:
+        self._callables.clear()
+        self._session.close()

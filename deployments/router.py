@@ -1,0 +1,211 @@
+"""Router: TensorFlow Serving's REST API (`/v1/models/...`) as a Ray Serve FastAPI ingress.
+
+Life of a request: the Serve HTTP proxy hands every path to this deployment; the raw
+(percent-encoded) path is matched with TF Serving's own URL grammar; the body is parsed first
+(JSON errors win over unknown models, as in TF Serving); the servable is resolved against the
+serving map (Specific / label / Latest = highest AVAILABLE version); the call goes through a
+DeploymentHandle to that version's deployment, which runs the shared request core and returns the
+JSON body or a TF status. Status requests are answered by the manager.
+
+The serving map is long-polled from the manager by a background thread; each poll acknowledges
+the epoch applied, which is what lets the manager delete an unloaded version's deployment only
+after no router can still pick it.
+"""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import re
+import threading
+import uuid
+from urllib.parse import unquote_to_bytes
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from ray import serve
+
+from deployments import json_tensor
+from deployments.errors import AspireError, http_status, invalid_argument, not_found
+
+log = logging.getLogger("aspire.router")
+
+MANAGER_NAME = "aspire_manager"
+NAMESPACE = "aspire"
+
+POST_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE)
+GET_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE)
+V1_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+INT64_MAX = 2**63 - 1
+
+
+def parse_path(method: str, raw_path: str) -> dict:
+    """TF Serving's REST URL grammar. Returns {"kind", "name", "version", "label", ...}; raises
+    INVALID_ARGUMENT with TF Serving's messages."""
+    malformed = invalid_argument(f"Malformed request: {method} {raw_path}")
+    if method == "POST":
+        m = POST_PATH.fullmatch(raw_path)
+        if not m or m.group(4) not in ("classify", "regress", "predict"):
+            raise malformed
+        name, version, label, verb = m.groups()
+        kind = verb
+    elif method == "GET":
+        m = GET_PATH.fullmatch(raw_path)
+        if not m or (m.group(4) is not None and m.group(4) != "metadata"):
+            raise malformed
+        name, version, label, sub = m.groups()
+        if name is None:
+            if version is not None or label is not None or sub is not None:
+                raise malformed
+            return {"kind": "list"}
+        kind = "metadata" if sub else "status"
+    else:
+        raise malformed
+    try:
+        decoded = unquote_to_bytes(name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_argument(f"Failed to decode model name:{name}") from None
+    if label is not None:
+        try:
+            label = unquote_to_bytes(label).decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid_argument(f"Failed to decode model version label:{label}") from None
+    if version is not None:
+        number = int(version)
+        if number > INT64_MAX:
+            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+        version = number
+    return {"kind": kind, "name": decoded, "version": version, "label": label}
+
+
+def resolve(serving_map: dict, name: str, version: int | None, label: str | None) -> tuple[int, dict]:
+    """(version, where) of the servable a request names; NOT_FOUND as TF Serving words it."""
+    versions = serving_map.get("models", {}).get(name, {})
+    if label is not None:
+        labels = serving_map.get("labels", {}).get(name, {})
+        if label not in labels:
+            raise invalid_argument(f"Unrecognized servable version label: {label}")
+        version = labels[label]
+    if version is None:
+        if not versions:
+            raise not_found(f"Servable not found for request: Latest({name})")
+        version = max(versions)
+    elif version not in versions:
+        raise not_found(f"Servable not found for request: Specific({name}, {version})")
+    return version, versions[version]
+
+
+def json_response(body, status: int = 200) -> Response:
+    text = body if isinstance(body, str) else json.dumps(body, indent=1)
+    return Response(text, status_code=status, media_type="application/json")
+
+
+def error_response(code: str, message: str) -> Response:
+    return json_response({"error": message}, http_status(code))
+
+
+def status_body(statuses: list[dict]) -> dict:
+    return {"model_version_status": [
+        {"version": str(s["version"]), "state": s["state"],
+         "status": {"error_code": s["error_code"], "error_message": s["error_message"]}}
+        for s in statuses]}
+
+
+app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@serve.deployment(name="router")
+@serve.ingress(app)
+class Router:
+    def __init__(self, rest_api_timeout_ms: int = 30000, manager_name: str = MANAGER_NAME,
+                 namespace: str = NAMESPACE):
+        self._manager = ray.get_actor(manager_name, namespace=namespace)
+        self._timeout_s = rest_api_timeout_ms / 1000 if rest_api_timeout_ms > 0 else None
+        self._id = f"router-{uuid.uuid4().hex[:12]}"
+        self._map = ray.get(self._manager.serving_map.remote())
+        self._handles: dict[str, object] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow_serving_map, name="aspire-map", daemon=True).start()
+
+    def _follow_serving_map(self) -> None:
+        while not self._stop.is_set():
+            try:
+                update = ray.get(self._manager.wait_for_serving_map.remote(
+                    self._map["epoch"], self._id, 5.0))
+                if update is not None:
+                    self._map = update  # one reference swap: requests see old or new, never half
+            except Exception as exc:  # manager restarting: keep the last map and retry
+                log.warning("serving map poll failed: %s", exc)
+                self._stop.wait(1.0)
+
+    def _handle(self, app_name: str):
+        handle = self._handles.get(app_name)
+        if handle is None:
+            handle = self._handles[app_name] = serve.get_deployment_handle("servable", app_name)
+        return handle
+
+    async def _call(self, coro):
+        try:
+            return await asyncio.wait_for(coro, self._timeout_s)
+        except asyncio.TimeoutError:
+            raise AspireError(f"Request timed out after {self._timeout_s * 1000:.0f} ms "
+                              "(--rest_api_timeout_in_ms)", "DEADLINE_EXCEEDED") from None
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+    async def dispatch(self, request: Request, path: str) -> Response:
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        raw_path = raw.decode("latin-1").split("?", 1)[0]
+        if not V1_PATH.fullmatch(raw_path):
+            return Response("<html><body><h1>404 Not Found</h1></body></html>",
+                            status_code=404, media_type="text/html")
+        if request.method == "OPTIONS":  # CORS preflight, answered with or without CORS enabled
+            origin = request.headers.get("origin", "")
+            return Response(status_code=200 if re.match(r"https?://", origin) else 400)
+        try:
+            return await self._dispatch(request, raw_path)
+        except AspireError as err:
+            return error_response(err.code, err.message)
+        except Exception as exc:  # never a stack trace to the client
+            log.exception("request %s %s failed", request.method, raw_path)
+            return error_response("INTERNAL", f"Internal error: {type(exc).__name__}")
+
+    async def _dispatch(self, request: Request, raw_path: str) -> Response:
+        route = parse_path(request.method, raw_path)
+        kind = route["kind"]
+        if kind == "list":
+            models = await self._manager.list_models.remote()
+            return json_response({"models": [{"name": n, **status_body(s)} for n, s in models.items()]})
+        if kind == "status":
+            # TF Serving ignores the label on status requests and lists every version.
+            code, payload = await self._manager.model_status.remote(route["name"], route["version"])
+            if code != "OK":
+                return error_response(code, payload)
+            return json_response(status_body(payload))
+        if kind == "metadata":
+            version, where = resolve(self._map, route["name"], route["version"], route["label"])
+            metadata = await self._call(self._handle(where["app"]).metadata.remote())
+            return json_response({"model_spec": {"name": route["name"], "signature_name": "",
+                                                 "version": str(version)},
+                                  "metadata": {"signature_def": metadata}})
+        body = await request.body()
+        if "gzip" in request.headers.get("content-encoding", ""):
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError) as exc:
+                raise invalid_argument(f"Failed to decompress gzip request body: {exc}") from None
+        doc = json_tensor.parse_body(body)
+        json_tensor.signature_name_of(doc)
+        version, where = resolve(self._map, route["name"], route["version"], route["label"])
+        code, text = await self._call(self._handle(where["app"]).rest.remote(kind, doc))
+        if code != "OK":
+            return error_response(code, text)
+        return json_response(text)
+
+    def __del__(self):
+        self._stop.set()

@@ -1,0 +1,120 @@
+"""One servable version = one Ray Serve application holding one deployment.
+
+`ServableDeployment` replicas each load the version with the Loader and answer inference calls
+through the shared request core (deployments/inference.py). `ServeBackend` is what the manager
+calls to create and delete those deployments; a version is reported loaded only once its
+deployment is RUNNING and a replica has answered a call.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from ray import serve
+
+from deployments import inference
+from deployments.errors import AspireError
+from deployments.loader import SavedModelLoader
+
+log = logging.getLogger("aspire.servable")
+
+APP_PREFIX = "aspire-servable-"
+
+
+def app_name(name: str, version: int) -> str:
+    """A Serve application name for (name, version): readable, unique even for odd model names."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{APP_PREFIX}{safe}-{digest}-v{version}"
+
+
+@serve.deployment
+class ServableDeployment:
+    def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...]):
+        self.name, self.version = name, version
+        started = time.monotonic()
+        self.model = SavedModelLoader(path, tags).load()
+        log.info("loaded {name: %s version: %d} from %s in %.2f s", name, version, path,
+                 time.monotonic() - started)
+
+    def ping(self) -> int:
+        return self.version
+
+    def rest(self, verb: str, doc: dict) -> tuple[str, str]:
+        return inference.handle_rest(self.model, verb, doc)
+
+    def metadata(self) -> dict:
+        return inference.signature_metadata(self.model)
+
+    def __del__(self):
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.unload()
+
+
+@dataclass
+class ReplicaOptions:
+    """How each version's deployment runs: copied into every version's deployment options."""
+
+    num_replicas: int = 1
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+    max_ongoing_requests: int = 64
+    graceful_shutdown_timeout_s: float = 20.0
+    tags: tuple[str, ...] = ("serve",)
+    extra_actor_options: dict = field(default_factory=dict)
+
+
+def _deploy_failure_message(text: str) -> str:
+    """The useful line of a Serve DEPLOY_FAILED message (it embeds the replica's traceback)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(("deployments.errors.AspireError:", "AspireError:")):
+            return line.split(":", 1)[1].strip()
+    return text.strip().splitlines()[-1].strip() if text.strip() else "deployment failed"
+
+
+class ServeBackend:
+    """Creates and deletes version deployments on Ray Serve (called from the manager)."""
+
+    def __init__(self, options: ReplicaOptions, load_timeout_s: float = 600.0):
+        self.options = options
+        self.load_timeout_s = load_timeout_s
+
+    def load(self, name: str, version: int, path: str) -> dict:
+        loader = SavedModelLoader(path, self.options.tags)
+        ram_bytes = loader.estimate_resources().ram_bytes
+        loader.validate()  # cheap: refuses a version that cannot load before starting replicas
+        app = app_name(name, version)
+        opts = self.options
+        actor_options = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
+                         **opts.extra_actor_options}
+        deployment = ServableDeployment.options(
+            name="servable", num_replicas=opts.num_replicas, ray_actor_options=actor_options,
+            max_ongoing_requests=opts.max_ongoing_requests,
+            graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
+            health_check_period_s=5)
+        try:
+            handle = serve.run(deployment.bind(name, version, path, tuple(opts.tags)),
+                               name=app, route_prefix=None)
+            answered = handle.ping.remote().result(timeout_s=self.load_timeout_s)
+        except Exception as exc:
+            self._delete(app)
+            raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
+        if answered != version:
+            self._delete(app)
+            raise AspireError(f"deployment {app} answered as version {answered}", "INTERNAL")
+        return {"app": app, "deployment": "servable", "ram_bytes": ram_bytes}
+
+    def unload(self, name: str, version: int, where: dict) -> None:
+        self._delete(where.get("app") or app_name(name, version))
+
+    @staticmethod
+    def _delete(app: str) -> None:
+        try:
+            serve.delete(app)
+        except Exception as exc:
+            log.warning("deleting %s failed: %s", app, exc)

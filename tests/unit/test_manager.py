@@ -1,0 +1,154 @@
+"""Manager reconcile logic without Ray: a recording backend stands in for Serve deployments."""
+import threading
+
+import pytest
+
+from cluster.manager import Manager
+from deployments.errors import AspireError
+
+
+class RecordingBackend:
+    """Loads succeed unless the path is in `fail`; `gate` holds loads of chosen versions."""
+
+    def __init__(self):
+        self.events = []
+        self.fail = {}
+        self.gate = {}
+        self.lock = threading.Lock()
+
+    def load(self, name, version, path):
+        if version in self.gate:
+            self.gate[version].wait(10)
+        with self.lock:
+            self.events.append(("load", name, version))
+        if path in self.fail:
+            raise self.fail[path]
+        return {"app": f"{name}-{version}"}
+
+    def unload(self, name, version, where):
+        with self.lock:
+            self.events.append(("unload", name, version))
+
+
+@pytest.fixture
+def backend():
+    return RecordingBackend()
+
+
+@pytest.fixture
+def manager(backend):
+    m = Manager(backend, num_load_threads=2, router_ack_timeout_s=2)
+    yield m
+    m.shutdown()
+
+
+def states(manager, name):
+    return [(s["version"], s["state"], s["error_code"]) for s in manager.model_status(name)]
+
+
+def test_first_version_becomes_available_and_enters_serving_map(manager):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    assert manager.wait_idle(5)
+    assert states(manager, "m") == [(1, "AVAILABLE", "OK")]
+    assert manager.serving_map()["models"] == {"m": {1: {"app": "m-1"}}}
+
+
+def test_rollout_loads_new_version_before_unloading_old(manager, backend):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    manager.set_aspired_versions("m", {2: "/m/2"})
+    assert manager.wait_idle(5)
+    assert backend.events == [("load", "m", 1), ("load", "m", 2), ("unload", "m", 1)]
+    assert states(manager, "m") == [(2, "AVAILABLE", "OK"), (1, "END", "OK")]
+    assert list(manager.serving_map()["models"]["m"]) == [2]
+
+
+def test_new_version_failure_keeps_old_serving(manager, backend):
+    backend.fail["/m/2"] = AspireError("Could not find SavedModel", "NOT_FOUND")
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    manager.set_aspired_versions("m", {2: "/m/2"})
+    assert manager.wait_idle(5)
+    assert states(manager, "m") == [(2, "END", "NOT_FOUND"), (1, "AVAILABLE", "OK")]
+    assert manager.model_status("m", 2)[0]["error_message"] == "Could not find SavedModel"
+    assert list(manager.serving_map()["models"]["m"]) == [1]
+
+
+def test_failed_version_is_not_retried_while_it_stays_aspired(manager, backend):
+    backend.fail["/m/1"] = AspireError("broken", "DATA_LOSS")
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    assert backend.events == [("load", "m", 1)]
+
+
+def test_unexpected_backend_exception_becomes_state_not_a_crash(manager, backend):
+    backend.fail["/m/1"] = RuntimeError("replica died")
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    assert manager.wait_idle(5)
+    assert states(manager, "m") == [(1, "END", "UNKNOWN")]
+    assert "replica died" in manager.model_status("m")[0]["error_message"]
+
+
+def test_empty_aspired_list_unloads_all_versions(manager, backend):
+    manager.set_aspired_versions("m", {1: "/m/1", 2: "/m/2"})
+    manager.wait_idle(5)
+    manager.set_aspired_versions("m", {})
+    assert manager.wait_idle(5)
+    assert states(manager, "m") == [(2, "END", "OK"), (1, "END", "OK")]
+    assert manager.serving_map()["models"] == {}
+
+
+def test_unloaded_version_aspired_again_is_reloaded(manager, backend):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    manager.set_aspired_versions("m", {})
+    manager.wait_idle(5)
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    assert manager.wait_idle(5)
+    assert states(manager, "m") == [(1, "AVAILABLE", "OK")]
+
+
+def test_status_lists_every_version_newest_first_and_reports_unknowns(manager):
+    manager.set_aspired_versions("m", {3: "/m/3", 10: "/m/10", 2: "/m/2"})
+    manager.wait_idle(5)
+    assert [s["version"] for s in manager.model_status("m")] == [10, 3, 2]
+    with pytest.raises(AspireError, match="Could not find any versions of model nope") as err:
+        manager.model_status("nope")
+    assert err.value.code == "NOT_FOUND"
+    with pytest.raises(AspireError, match="Could not find version 7 of model m"):
+        manager.model_status("m", 7)
+
+
+def test_version_in_loading_is_reported_loading(manager, backend):
+    backend.gate[1] = threading.Event()
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.reconcile()
+    assert states(manager, "m") == [(1, "LOADING", "OK")]
+    backend.gate[1].set()
+    assert manager.wait_idle(5)
+    assert states(manager, "m") == [(1, "AVAILABLE", "OK")]
+
+
+def test_unload_waits_for_live_routers_to_acknowledge_the_new_map(manager, backend):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    epoch = manager.serving_map()["epoch"]
+    manager.wait_for_serving_map(epoch, "router-a", 0)  # router-a has applied `epoch`
+    manager.set_aspired_versions("m", {})
+    manager.reconcile()
+    # The version left the serving map at once, but its deployment is not deleted before
+    # router-a acknowledges the map without it.
+    threading.Event().wait(0.3)
+    assert ("unload", "m", 1) not in backend.events
+    assert manager.serving_map()["models"] == {}
+    new_map = manager.wait_for_serving_map(epoch, "router-a", 1)
+    manager.wait_for_serving_map(new_map["epoch"], "router-a", 0)
+    assert manager.wait_idle(5)
+    assert ("unload", "m", 1) in backend.events
+
+
+def test_unknown_policy_is_rejected(manager):
+    with pytest.raises(ValueError):
+        manager.set_aspired_versions("m", {1: "/m/1"}, policy="newest_only")
