@@ -18,9 +18,6 @@ import time
 
 log = logging.getLogger("aspire")
 
-ROUTER_APP = "aspire-router"
-
-
 class FlagError(Exception):
     pass
 
@@ -101,46 +98,35 @@ def validate(args: argparse.Namespace) -> None:
                     args.model_base_path)
 
 
-def _wait_initial_load(manager, names: list[str], timeout_s: float) -> None:
-    """Block until each model has a version AVAILABLE or END (TF Serving's start-up wait)."""
-    import ray
-    deadline = time.monotonic() + timeout_s
-    pending = set(names)
-    while pending and time.monotonic() < deadline:
-        for name in sorted(pending):
-            code, statuses = ray.get(manager.model_status.remote(name))
-            if code == "OK" and any(s["state"] in ("AVAILABLE", "END") for s in statuses):
-                pending.discard(name)
-                for s in statuses:
-                    if s["state"] == "END" and s["error_code"] != "OK":
-                        log.error("model %s version %s failed to load: %s", name, s["version"],
-                                  s["error_message"])
-        if pending:
-            time.sleep(0.2)
-    for name in sorted(pending):
-        log.warning("model %s has no version loaded after %.0f s; still polling", name, timeout_s)
-
-
 def serve_main(args: argparse.Namespace) -> int:
     validate(args)
     import ray
-    from ray import serve
 
-    from cluster.controller import start_manager
+    from cluster import launcher
     from cluster.source import ModelSource
-    from deployments.router import NAMESPACE, Router
-    from deployments.servable import APP_PREFIX, ReplicaOptions
+    from deployments.router import NAMESPACE
+    from deployments.servable import ReplicaOptions
 
     base_path = args.model_base_path
     if "://" not in base_path:
         base_path = os.path.abspath(base_path)  # actors run in other working directories
     models = [ModelSource(args.model_name, base_path)]
+    options = launcher.ServerOptions(
+        rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        num_load_threads=args.num_load_threads, num_router_replicas=args.num_router_replicas,
+        replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
+                               num_gpus=args.num_gpus_per_replica,
+                               tags=tuple(t for t in args.saved_model_tags.split(",") if t)))
     started = time.monotonic()
     embedded = args.address is None
-    if embedded:
-        ray.init(namespace=NAMESPACE, include_dashboard=False)
+    if embedded:  # "local": always a new Ray instance, never one found on the machine
+        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False)
     else:
         ray.init(address=args.address, namespace=NAMESPACE)
+    log.info("Ray cluster address: %s (aspire status --address=%s)",
+             ray.get_runtime_context().gcs_address, ray.get_runtime_context().gcs_address)
     stop = threading.Event()
     interrupted = []
 
@@ -154,38 +140,21 @@ def serve_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     manager = None
     try:
-        serve.start(http_options={"host": args.rest_api_host, "port": args.rest_api_port})
-        for app in serve.status().applications:
-            if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
-                serve.delete(app)
-        options = ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
-                                 num_gpus=args.num_gpus_per_replica,
-                                 tags=tuple(t for t in args.saved_model_tags.split(",") if t))
-        manager = start_manager(models, args.file_system_poll_wait_seconds, options,
-                                max(1, args.num_load_threads))
-        serve.run(Router.options(num_replicas=args.num_router_replicas).bind(args.rest_api_timeout_in_ms),
-                  name=ROUTER_APP, route_prefix="/")
+        manager = launcher.start(models, options)
         if args.port:
             log.warning("gRPC (--port=%d) is not served yet; use the REST API", args.port)
-        _wait_initial_load(manager, [m.name for m in models], args.initial_load_timeout_s)
+        pending = launcher.wait_initial_load(manager, [m.name for m in models],
+                                             args.initial_load_timeout_s)
+        for name in pending:
+            log.warning("model %s has no version loaded after %.0f s; still polling", name,
+                        args.initial_load_timeout_s)
         log.info("Exporting HTTP/REST API at:%s:%d ... (ready %.1f s after start)",
                  args.rest_api_host, args.rest_api_port, time.monotonic() - started)
         while not stop.wait(1.0):
             pass
     finally:
         log.info("shutting down")
-        if manager is not None:
-            try:
-                ray.get(manager.shutdown.remote(), timeout=120)
-                ray.kill(manager, no_restart=True)
-            except Exception as exc:
-                log.warning("manager shutdown: %s", exc)
-        try:
-            serve.delete(ROUTER_APP)
-            if embedded:
-                serve.shutdown()
-        except Exception as exc:
-            log.warning("serve shutdown: %s", exc)
+        launcher.stop(manager, shutdown_serve=embedded)
         ray.shutdown()
     return 0
 

@@ -21,10 +21,21 @@ from deployments.servable import ReplicaOptions, ServeBackend
 RECONCILE_INTERVAL_S = 0.1
 
 
+def configure_logging() -> None:
+    """INFO logs of the `aspire.*` loggers to stderr, whatever Ray did to the root logger."""
+    logger = logging.getLogger("aspire")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 class ManagerActor:
     def __init__(self, models: list[ModelSource], poll_wait_s: float, replica_options: ReplicaOptions,
                  num_load_threads: int = 4):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging()
         self._manager = Manager(ServeBackend(replica_options), num_load_threads=num_load_threads)
         self._models = {m.name: m for m in models}
         self._source = FileSystemSource(models, poll_wait_s, self._manager.set_aspired_versions)
@@ -61,13 +72,19 @@ class ManagerActor:
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float):
         return self._manager.wait_for_serving_map(known_epoch, router_id, timeout_s)
 
+    def set_models(self, models: list[ModelSource]) -> None:
+        """Replace the served model list (models that left are unloaded) and poll at once."""
+        self._models = {m.name: m for m in models}
+        self._source.set_models(models)
+        self._source.poll_once()
+
     def poll_now(self) -> None:
         self._source.poll_once()
 
     def shutdown(self, timeout_s: float = 120.0) -> bool:
         """Unload every version (deleting its deployment) and stop the loops."""
         self._source.stop()
-        for name in list(self._models):
+        for name in self._manager.stream_names():
             self._manager.forget_stream(name)
         done = self._manager.wait_idle(timeout_s)
         self._stop.set()

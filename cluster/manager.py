@@ -55,7 +55,8 @@ class VersionRecord:
 
     def status(self) -> dict:
         return {"version": self.version, "state": PUBLIC_STATE[self.state],
-                "error_code": self.error_code, "error_message": self.error_message}
+                "error_code": self.error_code, "error_message": self.error_message,
+                "aspired": self.aspired}
 
 
 @dataclass
@@ -258,6 +259,10 @@ class Manager:
         with self._lock:
             return {name: self.model_status(name) for name in sorted(self._streams)
                     if self._streams[name].versions}
+
+    def stream_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._streams)
 
     def versions_where(self) -> list[tuple[str, int, dict]]:
         with self._lock:

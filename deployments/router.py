@@ -11,7 +11,6 @@ The serving map is long-polled from the manager by a background thread; each pol
 the epoch applied, which is what lets the manager delete an unloaded version's deployment only
 after no router can still pick it.
 """
-from __future__ import annotations
 
 import asyncio
 import gzip

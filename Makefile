@@ -1,0 +1,33 @@
+# Two commands: `make serve-example` (set up, then serve the bundled digits model on an embedded
+# local Ray) and `make test` (set up, then run the whole test suite). Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve-example test unit bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+serve-example: $(STAMP)
+	$(BIN)/aspire serve --model_name=digits --model_base_path=examples/models/digits \
+		--rest_api_port=8501 --port=8500
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/rest_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,81 @@
+"""Start and stop one Aspire deployment on a Ray cluster that is already initialised.
+
+Shared by `aspire serve` and the integration tests, so both run exactly the same parts: Serve's
+HTTP proxy on the REST port, the manager actor with its source, and the router deployment.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import ray
+from ray import serve
+
+from cluster.controller import start_manager
+from cluster.source import ModelSource
+from deployments.router import Router
+from deployments.servable import APP_PREFIX, ReplicaOptions
+
+log = logging.getLogger("aspire")
+
+ROUTER_APP = "aspire-router"
+
+
+@dataclass
+class ServerOptions:
+    rest_api_host: str = "0.0.0.0"
+    rest_api_port: int = 8501
+    rest_api_timeout_in_ms: int = 30000
+    file_system_poll_wait_seconds: float = 1.0
+    num_load_threads: int = 4
+    num_router_replicas: int = 1
+    replica: ReplicaOptions = field(default_factory=ReplicaOptions)
+
+
+def start(models: list[ModelSource], options: ServerOptions):
+    """Bring Aspire up; returns the manager actor handle."""
+    serve.start(http_options={"host": options.rest_api_host, "port": options.rest_api_port})
+    for app in serve.status().applications:
+        if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
+            serve.delete(app)
+    manager = start_manager(models, options.file_system_poll_wait_seconds, options.replica,
+                            max(1, options.num_load_threads))
+    serve.run(Router.options(num_replicas=options.num_router_replicas).bind(options.rest_api_timeout_in_ms),
+              name=ROUTER_APP, route_prefix="/")
+    return manager
+
+
+def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:
+    """Block until each model has a version AVAILABLE or END (TF Serving's start-up wait).
+    Returns the names still without one when `timeout_s` ran out."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            code, statuses = ray.get(manager.model_status.remote(name))
+            if code == "OK" and any(s["state"] in ("AVAILABLE", "END") for s in statuses):
+                pending.discard(name)
+                for s in statuses:
+                    if s["state"] == "END" and s["error_code"] != "OK":
+                        log.error("model %s version %s failed to load: %s: %s", name, s["version"],
+                                  s["error_code"], s["error_message"])
+        if pending:
+            time.sleep(0.1)
+    return sorted(pending)
+
+
+def stop(manager, shutdown_serve: bool) -> None:
+    """Unload every version, remove the router and the manager; Serve too if we started it."""
+    if manager is not None:
+        try:
+            ray.get(manager.shutdown.remote(), timeout=120)
+            ray.kill(manager, no_restart=True)
+        except Exception as exc:
+            log.warning("manager shutdown: %s", exc)
+    try:
+        serve.delete(ROUTER_APP)
+        if shutdown_serve:
+            serve.shutdown()
+    except Exception as exc:
+        log.warning("serve shutdown: %s", exc)

@@ -1,0 +1,120 @@
+"""One real local Ray cluster, Serve and Aspire for the integration tests, on loopback.
+
+Aspire is started through cluster/launcher.py, the same code `aspire serve` runs, with several
+models from tests/data (TensorFlow Serving's own test models). Tests that need a model of their
+own add it with `aspire.add_model(...)`, which goes through the manager's model-list path.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+BASE_MODELS = {
+    "half_plus_two": "saved_model_half_plus_two_cpu",
+    "saved_model_half_plus_two_2_versions": "saved_model_half_plus_two_2_versions",
+    "half_plus_two_tf2": "saved_model_half_plus_two_tf2_cpu",
+    "half_plus_three": "saved_model_half_plus_three",
+    "counter": "saved_model_counter",
+    "bad_half_plus_two": "bad_half_plus_two",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class Aspire:
+    def __init__(self, url: str, manager, models: list):
+        self.url = url
+        self.manager = manager
+        self.models = models
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, timeout=60, **kw)
+
+    def post(self, path: str, body=None, **kw) -> requests.Response:
+        if body is not None and not isinstance(body, (bytes, str)):
+            kw["json"] = body
+        elif body is not None:
+            kw["data"] = body
+        return requests.post(self.url + path, timeout=60, **kw)
+
+    def states(self, name: str) -> dict[int, tuple[str, str]]:
+        r = self.get(f"/v1/models/{name}")
+        if r.status_code != 200:
+            return {}
+        return {int(s["version"]): (s["state"], s["status"]["error_code"])
+                for s in r.json()["model_version_status"]}
+
+    def wait_state(self, name: str, version: int, state: str, timeout_s: float = 120.0):
+        return wait_for(lambda: self.states(name).get(version, ("",))[0] == state, timeout_s,
+                        what=f"{name} v{version} {state}")
+
+    def add_model(self, name: str, base_path: str, policy=None):
+        import ray
+
+        from cluster.source import ModelSource
+        from policies.aspired import Latest
+        self.models = [m for m in self.models if m.name != name]
+        self.models.append(ModelSource(name, str(base_path), policy or Latest(1)))
+        ray.get(self.manager.set_models.remote(self.models))
+
+
+@pytest.fixture(scope="session")
+def aspire():
+    import ray
+
+    from cluster import launcher
+    from cluster.source import ModelSource
+    from deployments.router import NAMESPACE
+    from deployments.servable import ReplicaOptions
+
+    port = free_port()
+    ray.init(namespace=NAMESPACE, include_dashboard=False, num_cpus=8, num_gpus=0,
+             log_to_driver=os.environ.get("ASPIRE_TEST_LOGS") == "1")
+    from policies.aspired import All, Latest
+    models = [ModelSource(name, str(DATA / d), All() if name == "saved_model_half_plus_two_2_versions"
+                          else Latest(1)) for name, d in BASE_MODELS.items()]
+    options = launcher.ServerOptions(
+        rest_api_host="127.0.0.1", rest_api_port=port, rest_api_timeout_in_ms=30000,
+        file_system_poll_wait_seconds=0.5, num_load_threads=4,
+        replica=ReplicaOptions(num_cpus=0.25))
+    manager = launcher.start(models, options)
+    pending = launcher.wait_initial_load(manager, list(BASE_MODELS), 300)
+    assert not pending, f"models never settled: {pending}"
+    yield Aspire(f"http://127.0.0.1:{port}", manager, models)
+    launcher.stop(manager, shutdown_serve=True)
+    ray.shutdown()
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """An empty base path plus a helper that publishes a version directory atomically."""
+    base = tmp_path / "model"
+    base.mkdir()
+
+    def publish(version: int, source: str):
+        staging = tmp_path / f".staging-{version}"
+        shutil.copytree(DATA / source / "00000123", staging)
+        staging.rename(base / str(version))  # the poller never sees a half-copied version
+    return base, publish
