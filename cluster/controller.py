@@ -78,6 +78,10 @@ class ManagerActor:
         self._source.set_models(models)
         self._source.poll_once()
 
+    def settle(self, timeout_s: float) -> bool:
+        """Wait until every stream has carried out every action its policy asks for."""
+        return self._manager.wait_idle(timeout_s)
+
     def poll_now(self) -> None:
         self._source.poll_once()
 

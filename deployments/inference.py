@@ -19,7 +19,10 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 def tensor_spec(info) -> json_tensor.TensorSpec:
     from tensorflow.core.framework import types_pb2
     shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
-    return json_tensor.TensorSpec(types_pb2.DataType.Name(info.dtype), shape)
+    dtype = types_pb2.DataType.Name(info.dtype)
+    if dtype.endswith("_REF"):  # TF1 variables are fetched as values of the base type
+        dtype = dtype[: -len("_REF")]
+    return json_tensor.TensorSpec(dtype, shape)
 
 
 def signature_metadata(model: LoadedSavedModel) -> dict:

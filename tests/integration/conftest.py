@@ -102,6 +102,7 @@ def aspire():
     manager = launcher.start(models, options)
     pending = launcher.wait_initial_load(manager, list(BASE_MODELS), 300)
     assert not pending, f"models never settled: {pending}"
+    assert ray.get(manager.settle.remote(300)), "versions still loading after 300 s"
     yield Aspire(f"http://127.0.0.1:{port}", manager, models)
     launcher.stop(manager, shutdown_serve=True)
     ray.shutdown()

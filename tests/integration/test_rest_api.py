@@ -79,7 +79,7 @@ def test_multiple_versions_are_served_by_number(aspire):
     for version in (123, 124):
         r = aspire.post(f"/v1/models/{name}/versions/{version}:predict", {"instances": [[2.0]]})
         assert r.json() == {"predictions": [[3.0]]}
-    assert set(aspire.states(name)) == {123, 124}
+    assert aspire.states(name) == {123: ("AVAILABLE", "OK"), 124: ("AVAILABLE", "OK")}
 
 
 # ---- classify / regress ----------------------------------------------------------------------
