@@ -40,9 +40,21 @@ def _walk_bytes(path: str) -> int:
     return total
 
 
+def _tf_message(message: str) -> str:
+    """TF's own message on one line, without the Python-side 'Graph execution error' trace."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines and lines[0] == "Graph execution error:":
+        lines = lines[1:]
+        for i, line in enumerate(lines):
+            if line.startswith("Node: "):  # the trace of where the op was defined ends here
+                lines = lines[i + 1:]
+                break
+    return " ".join(lines)
+
+
 def _from_tf_error(err) -> AspireError:
     code = CODES[err.error_code] if 0 <= err.error_code < len(CODES) else "UNKNOWN"
-    return AspireError(err.message, code)
+    return AspireError(_tf_message(err.message), code)
 
 
 class SavedModelLoader:

@@ -188,7 +188,9 @@ class Router:
             return json_response(status_body(payload))
         if kind == "metadata":
             version, where = resolve(self._map, route["name"], route["version"], route["label"])
-            metadata = await self._call(self._handle(where["app"]).metadata.remote())
+            code, metadata = await self._call(self._handle(where["app"]).metadata.remote())
+            if code != "OK":
+                return error_response(code, metadata)
             return json_response({"model_spec": {"name": route["name"], "signature_name": "",
                                                  "version": str(version)},
                                   "metadata": {"signature_def": metadata}})

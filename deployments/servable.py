@@ -35,19 +35,31 @@ def app_name(name: str, version: int) -> str:
 class ServableDeployment:
     def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...]):
         self.name, self.version = name, version
+        self.model, self.load_error = None, None
         started = time.monotonic()
-        self.model = SavedModelLoader(path, tags).load()
-        log.info("loaded {name: %s version: %d} from %s in %.2f s", name, version, path,
-                 time.monotonic() - started)
+        # A failed load is kept as state and reported by ping(), not raised: raising would make
+        # Serve retry the constructor and bury TF's message in a traceback.
+        try:
+            self.model = SavedModelLoader(path, tags).load()
+        except AspireError as err:
+            self.load_error = (err.code, err.message)
+        except Exception as exc:
+            self.load_error = ("UNKNOWN", f"{type(exc).__name__}: {exc}")
+        log.info("load of {name: %s version: %d} from %s: %s in %.2f s", name, version, path,
+                 self.load_error or "OK", time.monotonic() - started)
 
-    def ping(self) -> int:
-        return self.version
+    def ping(self) -> dict:
+        return {"version": self.version, "error": self.load_error}
 
     def rest(self, verb: str, doc: dict) -> tuple[str, str]:
+        if self.load_error is not None:
+            return self.load_error
         return inference.handle_rest(self.model, verb, doc)
 
-    def metadata(self) -> dict:
-        return inference.signature_metadata(self.model)
+    def metadata(self) -> tuple[str, object]:
+        if self.load_error is not None:
+            return self.load_error
+        return "OK", inference.signature_metadata(self.model)
 
     def __del__(self):
         model = getattr(self, "model", None)
@@ -100,13 +112,14 @@ class ServeBackend:
         try:
             handle = serve.run(deployment.bind(name, version, path, tuple(opts.tags)),
                                name=app, route_prefix=None)
-            answered = handle.ping.remote().result(timeout_s=self.load_timeout_s)
+            answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
         except Exception as exc:
             self._delete(app)
             raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
-        if answered != version:
+        if answer["error"] is not None:
             self._delete(app)
-            raise AspireError(f"deployment {app} answered as version {answered}", "INTERNAL")
+            code, message = answer["error"]
+            raise AspireError(message, code)
         return {"app": app, "deployment": "servable", "ram_bytes": ram_bytes}
 
     def unload(self, name: str, version: int, where: dict) -> None:

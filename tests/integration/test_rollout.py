@@ -82,6 +82,34 @@ def test_failing_new_version_leaves_old_version_serving(aspire, model_dir):
     assert r.json() == {"predictions": [V1_ANSWER]}
 
 
+def test_version_failing_inside_its_replica_is_reported_and_old_keeps_serving(aspire, model_dir):
+    # saved_model.pb is fine (so the manager's pre-check passes) but the variables are garbage:
+    # the replica's TF restore fails, and that failure must come back as the version's state.
+    base, publish = model_dir
+    publish(1, "saved_model_half_plus_two_cpu")
+    aspire.add_model("corrupt_rollout", base)
+    aspire.wait_state("corrupt_rollout", 1, "AVAILABLE")
+    staging = base.parent / "corrupt"
+    shutil.copytree(base / "1", staging)
+    (staging / "variables" / "variables.index").write_bytes(b"garbage")
+    staging.rename(base / "2")
+    aspire.wait_state("corrupt_rollout", 2, "END")
+    code, statuses = ray.get(aspire.manager.model_status.remote("corrupt_rollout", 2))
+    assert statuses[0]["error_code"] == "DATA_LOSS"
+    assert "file is too short to be an sstable" in statuses[0]["error_message"]
+    assert aspire.states("corrupt_rollout")[1] == ("AVAILABLE", "OK")
+    r = aspire.post("/v1/models/corrupt_rollout:predict", {"instances": [1.0]})
+    assert r.json() == {"predictions": [V1_ANSWER]}
+    from deployments.servable import app_name
+    assert app_name("corrupt_rollout", 2) not in serve_apps()  # nothing left behind
+    assert app_name("corrupt_rollout", 1) in serve_apps()
+
+
+def serve_apps() -> list[str]:
+    from ray import serve
+    return list(serve.status().applications)
+
+
 def test_missing_base_path_keeps_serving_and_emptied_base_path_unloads(aspire, model_dir):
     base, publish = model_dir
     publish(1, "saved_model_half_plus_two_cpu")
