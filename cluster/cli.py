@@ -98,8 +98,25 @@ def validate(args: argparse.Namespace) -> None:
                     args.model_base_path)
 
 
+def _use_ray_token_if_present() -> None:
+    """Send Ray's auth token when joining a cluster by explicit address.
+
+    Ray enables token authentication by default on new clusters and sends the token on its own
+    only for `--address=auto`; with an explicit address the client must be told. A token on this
+    machine (~/.ray/auth_token, or RAY_AUTH_TOKEN[_PATH]) means the user has one to send.
+    An explicit RAY_AUTH_MODE always wins.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def serve_main(args: argparse.Namespace) -> int:
     validate(args)
+    if args.address not in (None, "auto"):
+        _use_ray_token_if_present()  # before Ray is imported: it reads the mode once
     import ray
 
     from cluster import launcher
@@ -121,10 +138,13 @@ def serve_main(args: argparse.Namespace) -> int:
                                tags=tuple(t for t in args.saved_model_tags.split(",") if t)))
     started = time.monotonic()
     embedded = args.address is None
+    # TensorFlow's C++ INFO/WARNING lines (CPU features, no CUDA driver) drown Aspire's own logs.
+    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}}
     if embedded:  # "local": always a new Ray instance, never one found on the machine
-        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False)
+        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False,
+                 runtime_env=runtime_env)
     else:
-        ray.init(address=args.address, namespace=NAMESPACE)
+        ray.init(address=args.address, namespace=NAMESPACE, runtime_env=runtime_env)
     log.info("Ray cluster address: %s (aspire status --address=%s)",
              ray.get_runtime_context().gcs_address, ray.get_runtime_context().gcs_address)
     stop = threading.Event()
@@ -171,6 +191,8 @@ def status_table(models: dict[str, list[dict]]) -> str:
 
 
 def status_main(args: argparse.Namespace) -> int:
+    if args.address != "auto":
+        _use_ray_token_if_present()  # before Ray is imported: it reads the mode once
     import ray
 
     from cluster.controller import get_manager

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ class SavedModelLoader:
 
     def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0) -> "LoadedSavedModel":
         import tensorflow as tf
+        tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
         graph = tf.Graph()
         config = tf.compat.v1.ConfigProto(
             intra_op_parallelism_threads=intra_op_threads,
