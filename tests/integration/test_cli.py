@@ -88,3 +88,32 @@ def test_unknown_flag_is_a_clear_error():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "unrecognized arguments: --no_such_flag=1" in r.stderr
+
+
+def test_rest_api_timeout_in_ms_answers_504_and_fast_requests_still_pass(tmp_path):
+    from tests.integration.export_models import export_slow_model
+    export_slow_model(tmp_path / "slow" / "1")
+    port = free_port()
+    proc = subprocess.Popen(
+        [ASPIRE, "serve", "--model_name=slow", f"--model_base_path={tmp_path / 'slow'}",
+         f"--rest_api_port={port}", "--port=0", "--rest_api_host=127.0.0.1",
+         "--rest_api_timeout_in_ms=500"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = Output(proc)
+    url = f"http://127.0.0.1:{port}/v1/models/slow:predict"
+    try:
+        wait_for(lambda: out.find(r"Exporting HTTP/REST API") or proc.poll() is not None,
+                 240, 0.2, what="aspire serve to report ready")
+        assert proc.poll() is None, "".join(out.lines[-40:])
+        fast = requests.post(url, json={"instances": [10]}, timeout=30)
+        assert fast.json() == {"predictions": [10]}
+        slow = requests.post(url, json={"instances": [2_000_000]}, timeout=30)  # seconds of work
+        assert slow.status_code == 504
+        assert slow.json()["error"].startswith("Request timed out after 500 ms")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise

@@ -1,0 +1,19 @@
+"""SavedModels the tests export themselves (TF2 `tf.saved_model.save`)."""
+from pathlib import Path
+
+
+def export_slow_model(version_dir: Path) -> Path:
+    """A model whose `serving_default` spins for `iterations` loop steps, then returns the count:
+    its latency is chosen by the request."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="iterations")])
+        def spin(self, iterations):
+            n = tf.reduce_max(iterations)
+            done = tf.while_loop(lambda i: i < n, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
+            return {"done": tf.fill(tf.shape(iterations), done)}
+
+    module = Slow()
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.spin})
+    return version_dir
