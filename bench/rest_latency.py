@@ -121,7 +121,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict"
         rows.append(summarize("aspire", http_latency(url, args.requests, args.warmup)))
     finally:
-        launcher.stop(manager, shutdown_serve=True)
+        launcher.stop(manager)
         ray.shutdown()
     by = {r["target"]: r for r in rows}
     print(f"start to first AVAILABLE version (ray.init + Serve + manager + router + load): {ready_s:.1f} s")

@@ -138,13 +138,10 @@ def serve_main(args: argparse.Namespace) -> int:
                                tags=tuple(t for t in args.saved_model_tags.split(",") if t)))
     started = time.monotonic()
     embedded = args.address is None
-    # TensorFlow's C++ INFO/WARNING lines (CPU features, no CUDA driver) drown Aspire's own logs.
-    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}}
     if embedded:  # "local": always a new Ray instance, never one found on the machine
-        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False,
-                 runtime_env=runtime_env)
+        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False)
     else:
-        ray.init(address=args.address, namespace=NAMESPACE, runtime_env=runtime_env)
+        ray.init(address=args.address, namespace=NAMESPACE)
     log.info("Ray cluster address: %s (aspire status --address=%s)",
              ray.get_runtime_context().gcs_address, ray.get_runtime_context().gcs_address)
     stop = threading.Event()
@@ -174,7 +171,7 @@ def serve_main(args: argparse.Namespace) -> int:
             pass
     finally:
         log.info("shutting down")
-        launcher.stop(manager, shutdown_serve=embedded)
+        launcher.stop(manager)
         ray.shutdown()
     return 0
 

@@ -65,17 +65,18 @@ def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:
     return sorted(pending)
 
 
-def stop(manager, shutdown_serve: bool) -> None:
-    """Unload every version, remove the router and the manager; Serve too if we started it."""
+def stop(manager) -> None:
+    """Unload every version, then remove the router, then the manager (the router follows the
+    manager until it goes). Serve and Ray stay up: on a shared cluster they are not Aspire's to
+    stop, and an embedded Ray ends with `ray.shutdown()`."""
     if manager is not None:
         try:
             ray.get(manager.shutdown.remote(), timeout=120)
-            ray.kill(manager, no_restart=True)
         except Exception as exc:
-            log.warning("manager shutdown: %s", exc)
+            log.warning("unloading on shutdown: %s", exc)
     try:
         serve.delete(ROUTER_APP)
-        if shutdown_serve:
-            serve.shutdown()
     except Exception as exc:
-        log.warning("serve shutdown: %s", exc)
+        log.warning("router shutdown: %s", exc)
+    if manager is not None:
+        ray.kill(manager, no_restart=True)

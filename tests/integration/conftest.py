@@ -104,7 +104,7 @@ def aspire():
     assert not pending, f"models never settled: {pending}"
     assert ray.get(manager.settle.remote(300)), "versions still loading after 300 s"
     yield Aspire(f"http://127.0.0.1:{port}", manager, models)
-    launcher.stop(manager, shutdown_serve=True)
+    launcher.stop(manager)
     ray.shutdown()
 
 
