@@ -1,4 +1,4 @@
-"""Baseline for bench/rest_latency.py: one uvicorn process, FastAPI, the model in a dict.
+"""Baseline for bench/latency.py: one uvicorn process, FastAPI, the model in a dict.
 
 It runs the same request core as Aspire (deployments/inference.py) on the same loader, with no
 Ray, no proxy and no handle hop, so the ratio Aspire/baseline is the cost of Aspire's

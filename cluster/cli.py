@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve models (embedded Ray unless --address is given)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tf = s.add_argument_group("TensorFlow Serving flags (same names and meanings)")
-    tf.add_argument("--port", type=_port, default=8500,
-                    help="gRPC port; 0 disables gRPC (the gRPC API is not served yet: reserved)")
+    tf.add_argument("--port", type=_port, default=8500, help="gRPC port; 0 disables gRPC")
+    tf.add_argument("--enable_serialization_as_tensor_content", type=_bool, nargs="?", const=True,
+                    default=False, help="gRPC Predict outputs as tensor_content bytes")
+    tf.add_argument("--enable_grpc_healthcheck_service", type=_bool, nargs="?", const=True,
+                    default=False, help="serve grpc.health.v1.Health on the gRPC port")
     tf.add_argument("--rest_api_port", type=_port, default=8501, help="REST API port")
     tf.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                     help="timeout of one REST call; <= 0 means none")
@@ -83,7 +86,9 @@ def validate(args: argparse.Namespace) -> None:
     if not args.model_base_path:
         raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
     if args.rest_api_port == 0:
-        raise FlagError("--rest_api_port=0 would disable the REST API, the only API served so far")
+        raise FlagError("--rest_api_port=0 is not supported: Ray Serve's proxy always serves HTTP")
+    if args.enable_grpc_healthcheck_service and args.port == 0:
+        raise FlagError("--enable_grpc_healthcheck_service needs the gRPC API (--port != 0)")
     if args.port != 0 and args.port == args.rest_api_port:
         raise FlagError("server_options.http_port cannot be same as grpc_port. Please use a "
                         "different port for HTTP/REST API.")
@@ -129,7 +134,9 @@ def serve_main(args: argparse.Namespace) -> int:
         base_path = os.path.abspath(base_path)  # actors run in other working directories
     models = [ModelSource(args.model_name, base_path)]
     options = launcher.ServerOptions(
-        rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port,
+        rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,
+        enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
+        enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         num_load_threads=args.num_load_threads, num_router_replicas=args.num_router_replicas,
@@ -158,13 +165,13 @@ def serve_main(args: argparse.Namespace) -> int:
     manager = None
     try:
         manager = launcher.start(models, options)
-        if args.port:
-            log.warning("gRPC (--port=%d) is not served yet; use the REST API", args.port)
         pending = launcher.wait_initial_load(manager, [m.name for m in models],
                                              args.initial_load_timeout_s)
         for name in pending:
             log.warning("model %s has no version loaded after %.0f s; still polling", name,
                         args.initial_load_timeout_s)
+        if args.port:
+            log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", args.port)
         log.info("Exporting HTTP/REST API at:%s:%d ... (ready %.1f s after start)",
                  args.rest_api_host, args.rest_api_port, time.monotonic() - started)
         while not stop.wait(1.0):

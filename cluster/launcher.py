@@ -14,6 +14,7 @@ from ray import serve
 
 from cluster.controller import start_manager
 from cluster.source import ModelSource
+from deployments.grpc_ingress import HEALTH_SERVICER_FUNCTION, SERVICER_FUNCTIONS
 from deployments.router import Router
 from deployments.servable import APP_PREFIX, ReplicaOptions
 
@@ -26,6 +27,9 @@ ROUTER_APP = "aspire-router"
 class ServerOptions:
     rest_api_host: str = "0.0.0.0"
     rest_api_port: int = 8501
+    grpc_port: int = 8500  # 0: no gRPC API
+    enable_serialization_as_tensor_content: bool = False
+    enable_grpc_healthcheck_service: bool = False
     rest_api_timeout_in_ms: int = 30000
     file_system_poll_wait_seconds: float = 1.0
     num_load_threads: int = 4
@@ -35,13 +39,21 @@ class ServerOptions:
 
 def start(models: list[ModelSource], options: ServerOptions):
     """Bring Aspire up; returns the manager actor handle."""
-    serve.start(http_options={"host": options.rest_api_host, "port": options.rest_api_port})
+    grpc_options = None
+    if options.grpc_port:
+        functions = list(SERVICER_FUNCTIONS)
+        if options.enable_grpc_healthcheck_service:
+            functions.append(HEALTH_SERVICER_FUNCTION)
+        grpc_options = {"port": options.grpc_port, "grpc_servicer_functions": functions}
+    serve.start(http_options={"host": options.rest_api_host, "port": options.rest_api_port},
+                grpc_options=grpc_options)
     for app in serve.status().applications:
         if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
             serve.delete(app)
     manager = start_manager(models, options.file_system_poll_wait_seconds, options.replica,
                             max(1, options.num_load_threads))
-    serve.run(Router.options(num_replicas=options.num_router_replicas).bind(options.rest_api_timeout_in_ms),
+    router = Router.options(num_replicas=options.num_router_replicas)
+    serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content),
               name=ROUTER_APP, route_prefix="/")
     return manager
 

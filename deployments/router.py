@@ -28,6 +28,7 @@ from ray import serve
 
 from deployments import json_tensor
 from deployments.errors import AspireError, http_status, invalid_argument, not_found
+from deployments.grpc_ingress import GrpcIngress
 
 log = logging.getLogger("aspire.router")
 
@@ -121,9 +122,10 @@ app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 @serve.deployment(name="router")
 @serve.ingress(app)
-class Router:
-    def __init__(self, rest_api_timeout_ms: int = 30000, manager_name: str = MANAGER_NAME,
-                 namespace: str = NAMESPACE):
+class Router(GrpcIngress):
+    def __init__(self, rest_api_timeout_ms: int = 30000, tensor_content: bool = False,
+                 manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE):
+        self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
         self._manager = ray.get_actor(manager_name, namespace=namespace)
         self._timeout_s = rest_api_timeout_ms / 1000 if rest_api_timeout_ms > 0 else None
         self._id = f"router-{uuid.uuid4().hex[:12]}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ray import serve
 
-from deployments import inference
+from deployments import inference, proto_api
 from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
 
@@ -55,6 +55,12 @@ class ServableDeployment:
         if self.load_error is not None:
             return self.load_error
         return inference.handle_rest(self.model, verb, doc)
+
+    def grpc(self, method: str, request: bytes, name: str, version: int,
+             tensor_content: bool) -> tuple[str, bytes | str]:
+        if self.load_error is not None:
+            return self.load_error
+        return proto_api.handle(self.model, method, request, name, version, tensor_content)
 
     def metadata(self) -> tuple[str, object]:
         if self.load_error is not None:

@@ -44,8 +44,9 @@ def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: 
 
 
 class Aspire:
-    def __init__(self, url: str, manager, models: list):
+    def __init__(self, url: str, manager, models: list, grpc_target: str = ""):
         self.url = url
+        self.grpc_target = grpc_target
         self.manager = manager
         self.models = models
 
@@ -89,7 +90,7 @@ def aspire():
     from deployments.router import NAMESPACE
     from deployments.servable import ReplicaOptions
 
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     ray.init(namespace=NAMESPACE, include_dashboard=False, num_cpus=8, num_gpus=0,
              log_to_driver=os.environ.get("ASPIRE_TEST_LOGS") == "1")
     from policies.aspired import All, Latest
@@ -97,13 +98,14 @@ def aspire():
                           else Latest(1)) for name, d in BASE_MODELS.items()]
     options = launcher.ServerOptions(
         rest_api_host="127.0.0.1", rest_api_port=port, rest_api_timeout_in_ms=30000,
+        grpc_port=grpc_port, enable_grpc_healthcheck_service=True,
         file_system_poll_wait_seconds=0.5, num_load_threads=4,
         replica=ReplicaOptions(num_cpus=0.25))
     manager = launcher.start(models, options)
     pending = launcher.wait_initial_load(manager, list(BASE_MODELS), 300)
     assert not pending, f"models never settled: {pending}"
     assert ray.get(manager.settle.remote(300)), "versions still loading after 300 s"
-    yield Aspire(f"http://127.0.0.1:{port}", manager, models)
+    yield Aspire(f"http://127.0.0.1:{port}", manager, models, f"127.0.0.1:{grpc_port}")
     launcher.stop(manager)
     ray.shutdown()
 

@@ -90,14 +90,15 @@ def test_unknown_flag_is_a_clear_error():
     assert "unrecognized arguments: --no_such_flag=1" in r.stderr
 
 
-def test_rest_api_timeout_in_ms_answers_504_and_fast_requests_still_pass(tmp_path):
+def test_timeout_and_tensor_content_flags(tmp_path):
     from tests.integration.export_models import export_slow_model
     export_slow_model(tmp_path / "slow" / "1")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     proc = subprocess.Popen(
         [ASPIRE, "serve", "--model_name=slow", f"--model_base_path={tmp_path / 'slow'}",
          f"--rest_api_port={port}", "--port=0", "--rest_api_host=127.0.0.1",
-         "--rest_api_timeout_in_ms=500"],
+         "--rest_api_timeout_in_ms=500", f"--port={grpc_port}",
+         "--enable_serialization_as_tensor_content"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = Output(proc)
     url = f"http://127.0.0.1:{port}/v1/models/slow:predict"
@@ -110,6 +111,19 @@ def test_rest_api_timeout_in_ms_answers_504_and_fast_requests_still_pass(tmp_pat
         slow = requests.post(url, json={"instances": [2_000_000]}, timeout=30)  # seconds of work
         assert slow.status_code == 504
         assert slow.json()["error"].startswith("Request timed out after 500 ms")
+        # --enable_serialization_as_tensor_content: gRPC outputs come as raw bytes
+        import grpc
+        import numpy as np
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "slow"
+        request.inputs["iterations"].CopyFrom(tf.make_tensor_proto(np.array([7, 3], np.int64)))
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            done = stub.Predict(request, timeout=60).outputs["done"]
+        assert done.tensor_content and not done.int64_val
+        assert tf.make_ndarray(done).tolist() == [7, 7]
     finally:
         proc.send_signal(signal.SIGINT)
         try:

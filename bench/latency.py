@@ -1,11 +1,13 @@
-"""Sequential REST latency of half_plus_two: Aspire against baselines measured in the same run.
+"""Latency of half_plus_two predict: Aspire (REST and gRPC) against baselines in the same run.
 
-  direct   : the loaded model called in-process (no HTTP): the floor
-  baseline : one FastAPI/uvicorn process holding the model (bench/baseline_server.py)
-  aspire   : Aspire on an embedded Ray (Serve proxy -> router -> version deployment)
+  direct      : the loaded model called in-process (no network): the floor
+  baseline    : one FastAPI/uvicorn process holding the model (bench/baseline_server.py)
+  aspire-rest : Aspire's REST API on an embedded Ray (Serve proxy -> router -> version deployment)
+  aspire-grpc : Aspire's gRPC API, the stock PredictionServiceStub (same path, gRPC proxy)
 
-Prints p50/p90/p99 per target and the ratios aspire/baseline and aspire/direct, plus the time from
-start to the first AVAILABLE version. Usage: .venv/bin/python bench/rest_latency.py [--requests N]
+Sequential: one client, one request at a time. Concurrent: `--clients` threads, each with its own
+connection, sending sequentially; reports latency and throughput. Prints the ratios and the time
+from start to the first AVAILABLE version. Usage: .venv/bin/python bench/latency.py [--requests N]
 """
 from __future__ import annotations
 
@@ -72,6 +74,36 @@ def direct_latency(n: int, warmup: int) -> list[float]:
     return samples
 
 
+def grpc_latency(target: str, n: int, warmup: int) -> list[float]:
+    import grpc
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array(BODY["instances"], np.float32)))
+    for _ in range(warmup):
+        assert list(stub.Predict(request, timeout=30).outputs["y"].float_val) == EXPECTED["predictions"]
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        stub.Predict(request, timeout=30)
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
+def concurrent(fn, clients: int, n_each: int) -> tuple[list[float], float]:
+    """Run `fn(n_each, 0)` on `clients` threads at once; all samples and requests per second."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(clients) as pool:
+        started = time.perf_counter()
+        results = list(pool.map(lambda _: fn(n_each, 0), range(clients)))
+        elapsed = time.perf_counter() - started
+    samples = [s for r in results for s in r]
+    return samples, len(samples) / elapsed
+
+
 def wait_http(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -88,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
           f"python {platform.python_version()}")
@@ -110,25 +143,38 @@ def main() -> None:
     from cluster import launcher
     from cluster.source import ModelSource
     from deployments.router import NAMESPACE
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     started = time.monotonic()
     ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     manager = launcher.start([ModelSource("half_plus_two", str(MODEL))],
-                             launcher.ServerOptions(rest_api_host="127.0.0.1", rest_api_port=port))
+                             launcher.ServerOptions(rest_api_host="127.0.0.1", rest_api_port=port,
+                                                    grpc_port=grpc_port))
     launcher.wait_initial_load(manager, ["half_plus_two"], 300)
     ready_s = time.monotonic() - started
+    url = f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict"
+    target = f"127.0.0.1:{grpc_port}"
+    throughput = {}
     try:
-        url = f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict"
-        rows.append(summarize("aspire", http_latency(url, args.requests, args.warmup)))
+        rows.append(summarize("aspire-rest", http_latency(url, args.requests, args.warmup)))
+        rows.append(summarize("aspire-grpc", grpc_latency(target, args.requests, args.warmup)))
+        n_each = max(1, args.requests // args.clients)
+        for name, fn in (("rest", lambda n, w: http_latency(url, n, w)),
+                         ("grpc", lambda n, w: grpc_latency(target, n, w))):
+            samples, rps = concurrent(fn, args.clients, n_each)
+            rows.append(summarize(f"{name}-x{args.clients}", samples))
+            throughput[name] = rps
     finally:
         launcher.stop(manager)
         ray.shutdown()
     by = {r["target"]: r for r in rows}
     print(f"start to first AVAILABLE version (ray.init + Serve + manager + router + load): {ready_s:.1f} s")
+    for name, rps in throughput.items():
+        print(f"concurrent {name} with {args.clients} clients: {rps:.0f} requests/s")
     for p in ("p50_ms", "p99_ms"):
-        print(f"ratio {p}: aspire/baseline = {by['aspire'][p] / by['baseline'][p]:.2f}x, "
-              f"aspire/direct = {by['aspire'][p] / by['direct'][p]:.1f}x")
-
+        print(f"ratio {p}: aspire-rest/baseline = {by['aspire-rest'][p] / by['baseline'][p]:.2f}x, "
+              f"aspire-grpc/baseline = {by['aspire-grpc'][p] / by['baseline'][p]:.2f}x, "
+              f"aspire-grpc/aspire-rest = {by['aspire-grpc'][p] / by['aspire-rest'][p]:.2f}x, "
+              f"aspire-rest/direct = {by['aspire-rest'][p] / by['direct'][p]:.1f}x")
 
 if __name__ == "__main__":
     main()

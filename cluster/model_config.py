@@ -1,0 +1,62 @@
+"""TF Serving's ModelServerConfig (protobuf) -> the model list the source polls.
+
+Validation follows ServerCore::ReloadConfig, with its messages: one entry per name, absolute base
+paths (or URIs), platform "tensorflow". Used by gRPC's HandleReloadConfigRequest now and by
+`--model_config_file` when it lands.
+"""
+from __future__ import annotations
+
+import os
+
+from cluster.source import ModelSource
+from deployments.errors import AspireError, invalid_argument
+from policies.aspired import All, Latest, Specific
+
+SUPPORTED_PLATFORMS = ("tensorflow",)
+
+
+def version_policy(config) -> Latest | All | Specific:
+    policy = config.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return All()
+    if choice == "specific":
+        return Specific(tuple(policy.specific.versions))
+    if choice == "latest":
+        return Latest(policy.latest.num_versions)
+    return Latest(1)
+
+
+def models_from_config(server_config) -> list[ModelSource]:
+    """The model list of a ModelServerConfig; AspireError with TF Serving's message if invalid."""
+    kind = server_config.WhichOneof("config")
+    if kind is None:
+        return []
+    if kind != "model_config_list":
+        raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                               "Only ModelConfigList is currently supported")
+    models, seen = [], set()
+    for config in server_config.model_config_list.config:
+        name = config.name
+        if name in seen:
+            raise invalid_argument(f"Illegal to list model {name} multiple times in config list")
+        seen.add(name)
+        if "://" not in config.base_path and not os.path.isabs(config.base_path):
+            raise invalid_argument(f"Expected model {name} to have an absolute path or URI; got "
+                                   f"base_path()={config.base_path}")
+        has_type = config.model_type != 0
+        if has_type and config.model_platform:
+            raise invalid_argument(
+                "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                f"ModelServerConfig::model_platform, model name is {name}")
+        if not has_type and not config.model_platform:
+            raise invalid_argument(
+                "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                f"ModelServerConfig::model_platform, model name is {name}")
+        platform = config.model_platform or ("tensorflow" if config.model_type == 1 else "other")
+        if platform not in SUPPORTED_PLATFORMS:
+            raise invalid_argument(f"Model {name} requests unsupported platform {platform}")
+        if config.version_labels:
+            raise AspireError("version_labels are not supported yet by Aspire", "UNIMPLEMENTED")
+        models.append(ModelSource(name, config.base_path, version_policy(config)))
+    return models

@@ -1,0 +1,74 @@
+"""ModelServerConfig -> model list, with ServerCore::ReloadConfig's validation messages."""
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from cluster.model_config import models_from_config
+from deployments.errors import AspireError
+from deployments.grpc_ingress import spec_target, truncate
+from policies.aspired import All, Latest, Specific
+
+
+def parse(text: str):
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+def test_model_config_list_becomes_model_sources_with_their_policies():
+    models = models_from_config(parse("""
+      model_config_list {
+        config { name: 'a' base_path: '/models/a' model_platform: 'tensorflow' }
+        config { name: 'b' base_path: 'gs://bucket/b' model_platform: 'tensorflow'
+                 model_version_policy { all {} } }
+        config { name: 'c' base_path: '/models/c' model_platform: 'tensorflow'
+                 model_version_policy { specific { versions: 42 versions: 43 } } }
+        config { name: 'd' base_path: '/models/d' model_type: TENSORFLOW
+                 model_version_policy { latest { num_versions: 2 } } }
+      }"""))
+    assert [(m.name, m.base_path, m.version_policy) for m in models] == [
+        ("a", "/models/a", Latest(1)), ("b", "gs://bucket/b", All()),
+        ("c", "/models/c", Specific((42, 43))), ("d", "/models/d", Latest(2))]
+
+
+def test_empty_config_is_no_models():
+    assert models_from_config(model_server_config_pb2.ModelServerConfig()) == []
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model_config_list { config { name: 'a' base_path: 'rel' model_platform: 'tensorflow' } }",
+     "Expected model a to have an absolute path or URI; got base_path()=rel"),
+    ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'tensorflow' } "
+     "config { name: 'a' base_path: '/b' model_platform: 'tensorflow' } }",
+     "Illegal to list model a multiple times in config list"),
+    ("model_config_list { config { name: 'a' base_path: '/a' } }",
+     "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+     "ModelServerConfig::model_platform, model name is a"),
+    ("model_config_list { config { name: 'a' base_path: '/a' model_type: TENSORFLOW "
+     "model_platform: 'tensorflow' } }",
+     "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+     "ModelServerConfig::model_platform, model name is a"),
+    ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'pytorch' } }",
+     "Model a requests unsupported platform pytorch"),
+    ("custom_model_config { }",
+     "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
+     "currently supported"),
+])
+def test_invalid_configs_are_rejected_with_tf_serving_messages(text, message):
+    with pytest.raises(AspireError) as err:
+        models_from_config(parse(text))
+    assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
+
+
+def test_grpc_messages_over_1024_characters_are_truncated():
+    assert truncate("x" * 1024) == "x" * 1024
+    assert truncate("x" * 1025) == "x" * 1024 + "...TRUNCATED"
+
+
+def test_model_spec_targets():
+    from tensorflow_serving.apis import model_pb2
+    spec = model_pb2.ModelSpec(name="m")
+    assert spec_target(spec) == ("m", None, None)
+    spec.version.value = 0  # version 0 is a real version: presence, not value, decides
+    assert spec_target(spec) == ("m", 0, None)
+    assert spec_target(model_pb2.ModelSpec(name="m", version_label="stable")) == ("m", None, "stable")
+    with pytest.raises(AspireError, match="ModelSpec has no name specified."):
+        spec_target(model_pb2.ModelSpec())
