@@ -74,12 +74,13 @@ def _serialized_examples(doc: dict) -> np.ndarray:
 
 def classify(model: LoadedSavedModel, signature_name: str, serialized: np.ndarray) -> list[list[tuple[str, float]]]:
     key, signature = _example_signature(model, signature_name)
-    if "inputs" not in signature.inputs:
-        raise invalid_argument(f"No classification inputs found in SignatureDef: {_debug(signature)}")
+    # TF Serving's order of checks (classifier.cc): counts first, then names.
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
     if len(signature.outputs) not in (1, 2):
         raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    if "inputs" not in signature.inputs:
+        raise invalid_argument(f"No classification inputs found in SignatureDef: {_debug(signature)}")
     wanted = [a for a in ("classes", "scores") if a in signature.outputs]
     if not wanted:
         raise invalid_argument(
@@ -109,14 +110,15 @@ def classify(model: LoadedSavedModel, signature_name: str, serialized: np.ndarra
 
 def regress(model: LoadedSavedModel, signature_name: str, serialized: np.ndarray) -> list[float]:
     key, signature = _example_signature(model, signature_name)
-    if "inputs" not in signature.inputs:
-        raise invalid_argument(f"No regression inputs found in SignatureDef: {_debug(signature)}")
-    if "outputs" not in signature.outputs:
-        raise invalid_argument(f"No regression outputs found in SignatureDef: {_debug(signature)}")
+    # TF Serving's order of checks (regressor.cc): counts first, then names.
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
     if len(signature.outputs) != 1:
         raise invalid_argument("Expected one output Tensor.")
+    if "inputs" not in signature.inputs:
+        raise invalid_argument(f"No regression inputs found in SignatureDef: {_debug(signature)}")
+    if "outputs" not in signature.outputs:
+        raise invalid_argument(f"No regression outputs found in SignatureDef: {_debug(signature)}")
     if len(serialized) == 0:
         raise invalid_argument("Input is empty.")
     values = model.run(key, {"inputs": serialized}, ["outputs"])["outputs"]
