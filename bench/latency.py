@@ -42,7 +42,7 @@ def summarize(name: str, samples_s: list[float]) -> dict:
     q = lambda p: ms[min(len(ms) - 1, int(p * len(ms)))]  # noqa: E731
     row = {"target": name, "n": len(ms), "mean_ms": statistics.fmean(ms), "p50_ms": q(0.5),
            "p90_ms": q(0.9), "p99_ms": q(0.99)}
-    print(f"{name:9s} n={row['n']:5d} mean={row['mean_ms']:7.3f} ms  p50={row['p50_ms']:7.3f}  "
+    print(f"{name:11s} n={row['n']:5d} mean={row['mean_ms']:7.3f} ms  p50={row['p50_ms']:7.3f}  "
           f"p90={row['p90_ms']:7.3f}  p99={row['p99_ms']:7.3f}")
     return row
 
@@ -131,9 +131,13 @@ def main() -> None:
                                  "half_plus_two", str(MODEL / "00000123"), str(port)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict"
-        wait_http(url, 120)
-        rows.append(summarize("baseline", http_latency(url, args.requests, args.warmup)))
+        base_url = f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict"
+        wait_http(base_url, 120)
+        rows.append(summarize("baseline", http_latency(base_url, args.requests, args.warmup)))
+        samples, rps = concurrent(lambda n, w: http_latency(base_url, n, w), args.clients,
+                                  max(1, args.requests // args.clients))
+        rows.append(summarize(f"base-x{args.clients}", samples))
+        throughput = {"baseline": rps}
     finally:
         baseline.terminate()
         baseline.wait(30)
@@ -153,7 +157,6 @@ def main() -> None:
     ready_s = time.monotonic() - started
     url = f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict"
     target = f"127.0.0.1:{grpc_port}"
-    throughput = {}
     try:
         rows.append(summarize("aspire-rest", http_latency(url, args.requests, args.warmup)))
         rows.append(summarize("aspire-grpc", grpc_latency(target, args.requests, args.warmup)))
