@@ -145,12 +145,13 @@ def main() -> None:
     import ray
 
     from cluster import launcher
+    from cluster.controller import ControllerConfig
     from cluster.source import ModelSource
     from deployments.router import NAMESPACE
     port, grpc_port = free_port(), free_port()
     started = time.monotonic()
     ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
-    manager = launcher.start([ModelSource("half_plus_two", str(MODEL))],
+    manager = launcher.start(ControllerConfig(models=[ModelSource("half_plus_two", str(MODEL))]),
                              launcher.ServerOptions(rest_api_host="127.0.0.1", rest_api_port=port,
                                                     grpc_port=grpc_port))
     launcher.wait_initial_load(manager, ["half_plus_two"], 300)

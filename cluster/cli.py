@@ -59,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory holding the model's numeric version directories")
     tf.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                     help="seconds between polls of the base path; 0 polls once, < 0 never")
+    tf.add_argument("--model_config_file", default="",
+                    help="text-format ModelServerConfig; overrides --model_name/--model_base_path")
+    tf.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                    help="re-read --model_config_file every N seconds; 0 never")
+    tf.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?",
+                    const=True, default=False,
+                    help="allow new labels to point at versions that are not yet AVAILABLE")
+    tf.add_argument("--max_num_load_retries", type=int, default=5,
+                    help="retries after a failed load (0: try once)")
+    tf.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                    help="wait between load retries, in microseconds")
+    tf.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+                    help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE")
+    tf.add_argument("--num_request_iterations_for_warmup", type=int, default=0,
+                    help="replays per warmup record (used when > 0; else 1)")
     tf.add_argument("--num_load_threads", type=int, default=4,
                     help="versions loaded concurrently (TF Serving's default 0 means one at a time)")
     tf.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraph tags")
@@ -66,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--address", default=None,
                            help="join this Ray cluster ('auto', 'ray://host:10001', 'host:6379') "
                                 "instead of starting an embedded one")
+    ray_group.add_argument("--aspire_config_file", default="",
+                           help="Aspire's JSON side file: per-model version policy, traffic split, replicas")
+    ray_group.add_argument("--aspire_config_file_poll_wait_seconds", type=float, default=1.0,
+                           help="re-read --aspire_config_file every N seconds; 0 never")
     ray_group.add_argument("--rest_api_host", default="0.0.0.0", help="interface of the REST API")
     ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
     ray_group.add_argument("--num_cpus_per_replica", type=float, default=0.25,
@@ -83,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace) -> None:
     """Contradictions TF Serving rejects at start-up, with its wording where it has one."""
-    if not args.model_base_path:
+    if not args.model_base_path and not args.model_config_file:
         raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    if args.max_num_load_retries < 0:
+        raise FlagError("--max_num_load_retries cannot be negative")
     if args.rest_api_port == 0:
         raise FlagError("--rest_api_port=0 is not supported: Ray Serve's proxy always serves HTTP")
     if args.enable_grpc_healthcheck_service and args.port == 0:
@@ -98,7 +119,7 @@ def validate(args: argparse.Namespace) -> None:
         raise FlagError("--num_cpus_per_replica and --num_gpus_per_replica cannot be negative")
     if args.num_load_threads < 0:
         raise FlagError("--num_load_threads cannot be negative")
-    if "://" not in args.model_base_path and not os.path.isdir(args.model_base_path):
+    if args.model_base_path and "://" not in args.model_base_path and not os.path.isdir(args.model_base_path):
         log.warning("--model_base_path %s does not exist (yet); it will be polled",
                     args.model_base_path)
 
@@ -118,6 +139,29 @@ def _use_ray_token_if_present() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def _models_and_labels(args, read_config_file, models_from_config, labels_from_config, ModelSource):
+    """The served models and labels: from --model_config_file, else the single-model flags.
+    At start-up nothing is loaded yet, so a label is accepted only with
+    --allow_version_labels_for_unavailable_models (TF Serving's rule)."""
+    from deployments.errors import AspireError
+    if not args.model_config_file:
+        base_path = args.model_base_path
+        if "://" not in base_path:
+            base_path = os.path.abspath(base_path)  # actors run in other working directories
+        return [ModelSource(args.model_name, base_path)], {}
+    if args.model_base_path:
+        log.warning("--model_config_file is set: --model_name and --model_base_path are ignored")
+    server_config = read_config_file(args.model_config_file)
+    models, labels = models_from_config(server_config), labels_from_config(server_config)
+    if not args.allow_version_labels_for_unavailable_models:
+        for name, mapping in labels.items():
+            for version in mapping.values():
+                raise AspireError(
+                    f"Request to assign label to version {version} of model {name}, which is not "
+                    "currently available for inference", "FAILED_PRECONDITION")
+    return models, labels
+
+
 def serve_main(args: argparse.Namespace) -> int:
     validate(args)
     if args.address not in (None, "auto"):
@@ -125,24 +169,43 @@ def serve_main(args: argparse.Namespace) -> int:
     import ray
 
     from cluster import launcher
+    from cluster.aspire_config import load_aspire_config
+    from cluster.controller import ControllerConfig
+    from cluster.model_config import labels_from_config, models_from_config, read_config_file
     from cluster.source import ModelSource
+    from deployments.errors import AspireError
     from deployments.router import NAMESPACE
     from deployments.servable import ReplicaOptions
 
-    base_path = args.model_base_path
-    if "://" not in base_path:
-        base_path = os.path.abspath(base_path)  # actors run in other working directories
-    models = [ModelSource(args.model_name, base_path)]
+    try:
+        models, labels = _models_and_labels(args, read_config_file, models_from_config,
+                                            labels_from_config, ModelSource)
+        settings = load_aspire_config(args.aspire_config_file) if args.aspire_config_file else {}
+    except AspireError as err:
+        print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
+        return 255
+    config = ControllerConfig(
+        models=models, labels=labels, poll_wait_s=args.file_system_poll_wait_seconds,
+        num_load_threads=max(1, args.num_load_threads),
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_s=max(0, args.load_retry_interval_micros) / 1e6,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        model_config_file=os.path.abspath(args.model_config_file) if args.model_config_file else None,
+        model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
+        aspire_config_file=os.path.abspath(args.aspire_config_file) if args.aspire_config_file else None,
+        aspire_config_file_poll_wait_s=args.aspire_config_file_poll_wait_seconds,
+        settings=settings,
+        replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
+                               num_gpus=args.num_gpus_per_replica,
+                               tags=tuple(t for t in args.saved_model_tags.split(",") if t),
+                               enable_model_warmup=args.enable_model_warmup,
+                               num_request_iterations_for_warmup=args.num_request_iterations_for_warmup))
     options = launcher.ServerOptions(
         rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,
         enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
         enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
-        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-        num_load_threads=args.num_load_threads, num_router_replicas=args.num_router_replicas,
-        replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
-                               num_gpus=args.num_gpus_per_replica,
-                               tags=tuple(t for t in args.saved_model_tags.split(",") if t)))
+        num_router_replicas=args.num_router_replicas)
     started = time.monotonic()
     embedded = args.address is None
     if embedded:  # "local": always a new Ray instance, never one found on the machine
@@ -164,7 +227,7 @@ def serve_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     manager = None
     try:
-        manager = launcher.start(models, options)
+        manager = launcher.start(config, options)
         pending = launcher.wait_initial_load(manager, [m.name for m in models],
                                              args.initial_load_timeout_s)
         for name in pending:
@@ -183,15 +246,27 @@ def serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_table(models: dict[str, list[dict]]) -> str:
-    rows = [("MODEL", "VERSION", "STATE", "ERROR")]
-    for name, statuses in models.items():
+def status_table(described: dict) -> str:
+    """Models, versions, states, labels and traffic weights as a table."""
+    from policies.traffic import TrafficSplit, effective_weights
+    rows = [("MODEL", "VERSION", "STATE", "LABELS", "TRAFFIC", "ERROR")]
+    for name, statuses in described["models"].items():
+        labels = described.get("labels", {}).get(name, {})
+        split = described.get("traffic", {}).get(name)
+        available = {s["version"] for s in statuses if s["state"] == "AVAILABLE"}
+        weights = effective_weights(TrafficSplit(tuple(map(tuple, split))) if split else None,
+                                    labels, available)
         for s in statuses:
             error = "" if s["error_code"] == "OK" else f"{s['error_code']}: {s['error_message']}"
-            rows.append((name, str(s["version"]), s["state"], error))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
-                     for r in rows)
+            names = ",".join(sorted(l for l, v in labels.items() if v == s["version"]))
+            share = f"{weights[s['version']]:.0%}" if s["version"] in weights else ""
+            rows.append((name, str(s["version"]), s["state"], names, share, error))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for r in rows:
+        line = "  ".join(f"{c:<{w}}" for c, w in zip(r[:5], widths))
+        lines.append(f"{line}  {r[5]}" if r[5] else line.rstrip())
+    return "\n".join(lines)
 
 
 def status_main(args: argparse.Namespace) -> int:
@@ -212,8 +287,8 @@ def status_main(args: argparse.Namespace) -> int:
     except ValueError:
         print("aspire status: Aspire is not running on this Ray cluster", file=sys.stderr)
         return 1
-    models = ray.get(manager.list_models.remote())
-    print(status_table(models) if models else "no models")
+    described = ray.get(manager.describe.remote())
+    print(status_table(described) if described["models"] else "no models")
     return 0
 
 

@@ -1,24 +1,30 @@
 """The manager as a named, detached Ray actor: the control plane of one Aspire deployment.
 
 It owns the file-system source (a polling thread), the Manager (policies and state) and its
-reconcile loop (a thread), and creates/deletes version deployments through ServeBackend. It is a
-threaded actor: routers hold long polls on `wait_for_serving_map` while status calls and the CLI
-are answered concurrently.
+reconcile loop (a thread), the pollers of `--model_config_file` and of Aspire's side file, and
+creates/deletes version deployments through ServeBackend. It is a threaded actor: routers hold
+long polls on `wait_for_serving_map` while status calls, reloads and the CLI are answered
+concurrently. Every change of the served model list, from the config file, its polling or gRPC's
+HandleReloadConfigRequest, goes through `reload_config`.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 
 import ray
 
+from cluster.aspire_config import ModelSettings, load_aspire_config
 from cluster.manager import Manager
+from cluster.model_config import labels_from_config, models_from_config, read_config_file
 from cluster.source import FileSystemSource, ModelSource
 from deployments.errors import AspireError
 from deployments.router import MANAGER_NAME, NAMESPACE
 from deployments.servable import ReplicaOptions, ServeBackend
 
 RECONCILE_INTERVAL_S = 0.1
+log = logging.getLogger("aspire.manager")
 
 
 def configure_logging() -> None:
@@ -32,25 +38,99 @@ def configure_logging() -> None:
         logger.propagate = False
 
 
+@dataclass
+class ControllerConfig:
+    models: list[ModelSource]
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    poll_wait_s: float = 1.0
+    replica: ReplicaOptions = field(default_factory=ReplicaOptions)
+    num_load_threads: int = 4
+    max_num_load_retries: int = 5
+    load_retry_interval_s: float = 60.0
+    allow_version_labels_for_unavailable_models: bool = False
+    model_config_file: str | None = None
+    model_config_file_poll_wait_s: float = 0.0
+    aspire_config_file: str | None = None
+    aspire_config_file_poll_wait_s: float = 1.0
+    settings: dict[str, ModelSettings] = field(default_factory=dict)
+
+
 class ManagerActor:
-    def __init__(self, models: list[ModelSource], poll_wait_s: float, replica_options: ReplicaOptions,
-                 num_load_threads: int = 4):
+    def __init__(self, config: ControllerConfig):
         configure_logging()
-        self._manager = Manager(ServeBackend(replica_options), num_load_threads=num_load_threads)
-        self._models = {m.name: m for m in models}
-        self._source = FileSystemSource(models, poll_wait_s, self._manager.set_aspired_versions)
+        self._config = config
+        self._backend = ServeBackend(config.replica)
+        self._manager = Manager(self._backend, num_load_threads=config.num_load_threads,
+                                max_num_load_retries=config.max_num_load_retries,
+                                load_retry_interval_s=config.load_retry_interval_s)
+        self._settings: dict[str, ModelSettings] = {}
+        self._apply_settings(config.settings)
+        self._models = {m.name: m for m in config.models}
+        self._source = FileSystemSource(config.models, config.poll_wait_s, self._on_aspired_versions)
+        self._manager.set_labels(config.labels)  # checked at start-up by the CLI
         self._stop = threading.Event()
-        self._loop = threading.Thread(target=self._reconcile_loop, name="aspire-reconcile", daemon=True)
-        self._loop.start()
+        self._threads = [threading.Thread(target=self._reconcile_loop, name="aspire-reconcile", daemon=True)]
+        if config.model_config_file and config.model_config_file_poll_wait_s > 0:
+            self._threads.append(threading.Thread(target=self._poll_loop, daemon=True, args=(
+                config.model_config_file_poll_wait_s, self._reread_model_config), name="aspire-config"))
+        if config.aspire_config_file and config.aspire_config_file_poll_wait_s > 0:
+            self._threads.append(threading.Thread(target=self._poll_loop, daemon=True, args=(
+                config.aspire_config_file_poll_wait_s, self._reread_aspire_config), name="aspire-side"))
+        for thread in self._threads:
+            thread.start()
         self._source.start()
 
+    # ---- loops ------------------------------------------------------------------------------
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(RECONCILE_INTERVAL_S):
             try:
                 self._manager.reconcile()
             except Exception:
-                logging.getLogger("aspire.manager").exception("reconcile failed")
+                log.exception("reconcile failed")
 
+    def _poll_loop(self, period_s: float, action) -> None:
+        while not self._stop.wait(period_s):
+            try:
+                action()
+            except Exception:
+                log.exception("config poll failed")
+
+    def _reread_model_config(self) -> None:
+        try:
+            server_config = read_config_file(self._config.model_config_file)
+            models = models_from_config(server_config)
+        except AspireError as err:
+            log.error("Failed to read ModelServerConfig file: %s", err.message)
+            return
+        code, message = self.reload_config(models, labels_from_config(server_config))
+        if code != "OK":
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s: %s", code, message)
+
+    def _reread_aspire_config(self) -> None:
+        try:
+            settings = load_aspire_config(self._config.aspire_config_file)
+        except AspireError as err:
+            log.error("Failed to read Aspire config file: %s", err.message)
+            return
+        if settings != self._settings:
+            log.info("Aspire config file changed: applying model settings")
+            self._apply_settings(settings)
+
+    def _apply_settings(self, settings: dict[str, ModelSettings]) -> None:
+        self._settings = dict(settings)
+        self._backend.num_replicas = {n: s.num_replicas for n, s in settings.items() if s.num_replicas}
+        self._manager.set_traffic({n: s.traffic.weights for n, s in settings.items() if s.traffic})
+        for name in self._manager.stream_names():
+            self._manager.set_policy(name, self._policy_for(name))
+
+    def _policy_for(self, name: str) -> str:
+        settings = self._settings.get(name)
+        return settings.version_policy if settings else "availability_preserving"
+
+    def _on_aspired_versions(self, name: str, versions: dict[int, str]) -> None:
+        self._manager.set_aspired_versions(name, versions, policy=self._policy_for(name))
+
+    # ---- API --------------------------------------------------------------------------------
     def ready(self) -> bool:
         return True
 
@@ -66,17 +146,33 @@ class ManagerActor:
     def list_models(self) -> dict:
         return self._manager.list_models()
 
+    def describe(self) -> dict:
+        """Models with statuses, labels and traffic weights, for `aspire status`."""
+        return {"models": self._manager.list_models(), "labels": self._manager.labels(),
+                "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()}}
+
     def serving_map(self) -> dict:
         return self._manager.serving_map()
 
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float):
         return self._manager.wait_for_serving_map(known_epoch, router_id, timeout_s)
 
-    def set_models(self, models: list[ModelSource]) -> None:
-        """Replace the served model list (models that left are unloaded) and poll at once."""
+    def reload_config(self, models: list[ModelSource], labels: dict[str, dict[str, int]]) -> tuple[str, str]:
+        """Replace the served model list and labels (TF Serving's ReloadConfig). Labels are
+        checked first; if they are refused, nothing changes. Models that stay are not disturbed."""
+        try:
+            self._manager.check_labels(labels, self._config.allow_version_labels_for_unavailable_models)
+        except AspireError as err:
+            return err.code, err.message
         self._models = {m.name: m for m in models}
         self._source.set_models(models)
+        self._manager.set_labels(labels)
         self._source.poll_once()
+        return "OK", ""
+
+    def set_models(self, models: list[ModelSource]) -> None:
+        """Replace the served model list, keeping labels (used by tests and tools)."""
+        self.reload_config(models, self._manager.labels())
 
     def settle(self, timeout_s: float) -> bool:
         """Wait until every stream has carried out every action its policy asks for."""
@@ -95,20 +191,18 @@ class ManagerActor:
         return done
 
 
-def start_manager(models: list[ModelSource], poll_wait_s: float, replica_options: ReplicaOptions,
-                  num_load_threads: int = 4):
+def start_manager(config: ControllerConfig):
     """Create the detached manager actor (replacing a stale one) and wait until it answers."""
     try:
         stale = ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
     except ValueError:
         stale = None
     if stale is not None:
-        logging.getLogger("aspire").warning("replacing an existing Aspire manager on this cluster")
+        log.warning("replacing an existing Aspire manager on this cluster")
         ray.kill(stale, no_restart=True)
     actor_cls = ray.remote(ManagerActor)
     actor = actor_cls.options(name=MANAGER_NAME, namespace=NAMESPACE, lifetime="detached",
-                              max_concurrency=64, num_cpus=0).remote(
-        models, poll_wait_s, replica_options, num_load_threads)
+                              max_concurrency=64, num_cpus=0).remote(config)
     ray.get(actor.ready.remote())
     return actor
 

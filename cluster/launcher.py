@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
 from ray import serve
 
-from cluster.controller import start_manager
-from cluster.source import ModelSource
+from cluster.controller import ControllerConfig, start_manager
 from deployments.grpc_ingress import HEALTH_SERVICER_FUNCTION, SERVICER_FUNCTIONS
 from deployments.router import Router
-from deployments.servable import APP_PREFIX, ReplicaOptions
+from deployments.servable import APP_PREFIX
 
 log = logging.getLogger("aspire")
 
@@ -31,14 +30,12 @@ class ServerOptions:
     enable_serialization_as_tensor_content: bool = False
     enable_grpc_healthcheck_service: bool = False
     rest_api_timeout_in_ms: int = 30000
-    file_system_poll_wait_seconds: float = 1.0
-    num_load_threads: int = 4
     num_router_replicas: int = 1
-    replica: ReplicaOptions = field(default_factory=ReplicaOptions)
 
 
-def start(models: list[ModelSource], options: ServerOptions):
-    """Bring Aspire up; returns the manager actor handle."""
+def start(config: ControllerConfig, options: ServerOptions):
+    """Bring Aspire up; returns the manager actor handle. Raises AspireError (e.g. a label that
+    points at a version that is not available) before anything is left running."""
     grpc_options = None
     if options.grpc_port:
         functions = list(SERVICER_FUNCTIONS)
@@ -50,8 +47,7 @@ def start(models: list[ModelSource], options: ServerOptions):
     for app in serve.status().applications:
         if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
             serve.delete(app)
-    manager = start_manager(models, options.file_system_poll_wait_seconds, options.replica,
-                            max(1, options.num_load_threads))
+    manager = start_manager(config)
     router = Router.options(num_replicas=options.num_router_replicas)
     serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content),
               name=ROUTER_APP, route_prefix="/")

@@ -69,10 +69,15 @@ class Stream:
 
 class Manager:
     def __init__(self, backend: Backend, num_load_threads: int = 4,
+                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0,
                  router_ack_timeout_s: float = 10.0, router_lease_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
         self._backend = backend
+        self._max_num_load_retries = max(0, max_num_load_retries)
+        self._load_retry_interval_s = max(0.0, load_retry_interval_s)
         self._streams: dict[str, Stream] = {}
+        self._labels: dict[str, dict[str, int]] = {}  # model -> label -> version
+        self._traffic: dict[str, tuple] = {}  # model -> ((label or version, weight), ...)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # serving map or status changed
         self._epoch = 0
@@ -156,13 +161,26 @@ class Manager:
         servable = f"{{name: {stream.name} version: {record.version}}}"
         log.info("Loading servable: %s from %s", servable, record.path)
         started = time.monotonic()
-        try:
-            where = self._backend.load(stream.name, record.version, record.path)
-        except AspireError as err:
-            code, message = err.code, err.message
-        except Exception as exc:
-            code, message = "UNKNOWN", f"{type(exc).__name__}: {exc}"
-        else:
+        where, code, message = None, "UNKNOWN", ""
+        for attempt in range(self._max_num_load_retries + 1):
+            if attempt:
+                # TF Serving's retrier: wait, and give up early once the version is unaspired.
+                time.sleep(self._load_retry_interval_s)
+                with self._lock:
+                    if not record.aspired:
+                        code, message = "CANCELLED", "Loading of servable cancelled"
+                        break
+                log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
+            try:
+                where = self._backend.load(stream.name, record.version, record.path)
+            except AspireError as err:
+                code, message = err.code, err.message
+            except Exception as exc:
+                code, message = "UNKNOWN", f"{type(exc).__name__}: {exc}"
+            else:
+                break
+            log.warning("Loading servable: %s failed: %s: %s", servable, code, message)
+        if where is not None:
             elapsed = time.monotonic() - started
             with self._lock:
                 record.where = where
@@ -217,7 +235,9 @@ class Manager:
                          if r.state is Harness.READY}
                 if ready:
                     models[stream.name] = ready
-            return {"epoch": self._epoch, "models": models}
+            labels = {name: dict(m) for name, m in self._labels.items()}
+            return {"epoch": self._epoch, "models": models, "labels": labels,
+                    "traffic": dict(self._traffic)}
 
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float) -> dict | None:
         """Long poll: acknowledges `known_epoch` for `router_id`, returns the map once it is newer."""
@@ -241,6 +261,47 @@ class Manager:
                 log.warning("routers %s did not acknowledge serving map %d in %.0f s; unloading anyway",
                             lagging, epoch, self._router_ack_timeout_s)
 
+    # ---- labels -----------------------------------------------------------------------------
+    def check_labels(self, labels: dict[str, dict[str, int]], allow_unavailable: bool) -> None:
+        """TF Serving's label rules: a label may point only at an AVAILABLE version; with
+        `allow_unavailable`, also a new label, or one that keeps its version."""
+        with self._lock:
+            for name, mapping in labels.items():
+                stream = self._streams.get(name)
+                current = self._labels.get(name, {})
+                for label, version in mapping.items():
+                    record = stream.versions.get(version) if stream else None
+                    if record is not None and record.state is Harness.READY:
+                        continue
+                    if allow_unavailable and current.get(label, version) == version:
+                        continue
+                    raise AspireError(
+                        f"Request to assign label to version {version} of model {name}, which is "
+                        "not currently available for inference", "FAILED_PRECONDITION")
+
+    def set_traffic(self, traffic: dict[str, tuple]) -> None:
+        """Replace the weighted traffic splits of unversioned requests (Aspire side file)."""
+        with self._lock:
+            self._traffic = dict(traffic)
+            self._publish()
+
+    def traffic(self) -> dict[str, tuple]:
+        with self._lock:
+            return dict(self._traffic)
+
+    def set_policy(self, name: str, policy: str) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown version policy {policy!r}")
+        with self._lock:
+            if name in self._streams:
+                self._streams[name].policy = policy
+
+    def set_labels(self, labels: dict[str, dict[str, int]]) -> None:
+        """Replace every model's labels (already checked with `check_labels`)."""
+        with self._lock:
+            self._labels = {name: dict(m) for name, m in labels.items() if m}
+            self._publish()
+
     # ---- status -----------------------------------------------------------------------------
     def model_status(self, name: str, version: int | None = None) -> list[dict]:
         """Every version seen, newest first; raises NOT_FOUND with TF Serving's messages."""
@@ -254,6 +315,10 @@ class Manager:
                     raise AspireError(f"Could not find version {version} of model {name}", "NOT_FOUND")
                 return [record.status()]
             return [stream.versions[v].status() for v in sorted(stream.versions, reverse=True)]
+
+    def labels(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {name: dict(m) for name, m in self._labels.items()}
 
     def list_models(self) -> dict[str, list[dict]]:
         with self._lock:

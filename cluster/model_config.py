@@ -1,15 +1,17 @@
-"""TF Serving's ModelServerConfig (protobuf) -> the model list the source polls.
+"""TF Serving's ModelServerConfig (text-proto file or gRPC message) -> the model list the source
+polls and the version labels the router resolves.
 
-Validation follows ServerCore::ReloadConfig, with its messages: one entry per name, absolute base
-paths (or URIs), platform "tensorflow". Used by gRPC's HandleReloadConfigRequest now and by
-`--model_config_file` when it lands.
+Parsed with protobuf's own text_format and the tensorflow-serving-api protos. Validation follows
+ServerCore::ReloadConfig, with its messages: one entry per name, absolute base paths (or URIs),
+platform "tensorflow". `--model_config_file`, its polling and gRPC's HandleReloadConfigRequest all
+go through `models_from_config` and `labels_from_config`.
 """
 from __future__ import annotations
 
 import os
 
 from cluster.source import ModelSource
-from deployments.errors import AspireError, invalid_argument
+from deployments.errors import invalid_argument
 from policies.aspired import All, Latest, Specific
 
 SUPPORTED_PLATFORMS = ("tensorflow",)
@@ -56,7 +58,32 @@ def models_from_config(server_config) -> list[ModelSource]:
         platform = config.model_platform or ("tensorflow" if config.model_type == 1 else "other")
         if platform not in SUPPORTED_PLATFORMS:
             raise invalid_argument(f"Model {name} requests unsupported platform {platform}")
-        if config.version_labels:
-            raise AspireError("version_labels are not supported yet by Aspire", "UNIMPLEMENTED")
         models.append(ModelSource(name, config.base_path, version_policy(config)))
     return models
+
+
+def labels_from_config(server_config) -> dict[str, dict[str, int]]:
+    """{model: {label: version}} from each ModelConfig's version_labels."""
+    if server_config.WhichOneof("config") != "model_config_list":
+        return {}
+    return {c.name: dict(c.version_labels) for c in server_config.model_config_list.config
+            if c.version_labels}
+
+
+def read_config_file(path: str):
+    """Parse a text-format ModelServerConfig; INVALID_ARGUMENT naming the file and the line."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise invalid_argument(f"Invalid protobuf file: '{path}': {exc}") from None
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise invalid_argument(
+            f"Invalid protobuf file: '{path}': Error parsing text-format "
+            f"tensorflow.serving.ModelServerConfig: {exc}") from None
+    return config

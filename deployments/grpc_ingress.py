@@ -139,13 +139,16 @@ class GrpcIngress:
     async def HandleReloadConfigRequest(self, request, grpc_context):
         from tensorflow_serving.apis import model_management_pb2
 
-        from cluster.model_config import models_from_config
+        from cluster.model_config import labels_from_config, models_from_config
         response = model_management_pb2.ReloadConfigResponse()
         try:
             models = models_from_config(request.config)
-            if request.config.WhichOneof("config") is not None:
+            if request.config.WhichOneof("config") is not None:  # empty config: no action
                 before = set(await self._manager.configured_models.remote())
-                await self._manager.set_models.remote(models)
+                code, message = await self._manager.reload_config.remote(
+                    models, labels_from_config(request.config))
+                if code != "OK":
+                    raise AspireError(message, code)
                 # As in TF Serving, the call waits for the newly named models only.
                 await self._wait_settled([m.name for m in models if m.name not in before])
         except AspireError as err:

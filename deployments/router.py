@@ -16,6 +16,7 @@ import asyncio
 import gzip
 import json
 import logging
+import random
 import re
 import threading
 import uuid
@@ -29,6 +30,7 @@ from ray import serve
 from deployments import json_tensor
 from deployments.errors import AspireError, http_status, invalid_argument, not_found
 from deployments.grpc_ingress import GrpcIngress
+from policies.traffic import TrafficSplit, effective_weights, pick
 
 log = logging.getLogger("aspire.router")
 
@@ -85,7 +87,8 @@ def parse_path(method: str, raw_path: str) -> dict:
 
 
 def resolve(serving_map: dict, name: str, version: int | None, label: str | None) -> tuple[int, dict]:
-    """(version, where) of the servable a request names; NOT_FOUND as TF Serving words it."""
+    """(version, where) of the servable a request names; NOT_FOUND as TF Serving words it.
+    Without a version or label: the traffic split if the model has one, else Latest."""
     versions = serving_map.get("models", {}).get(name, {})
     if label is not None:
         labels = serving_map.get("labels", {}).get(name, {})
@@ -95,7 +98,13 @@ def resolve(serving_map: dict, name: str, version: int | None, label: str | None
     if version is None:
         if not versions:
             raise not_found(f"Servable not found for request: Latest({name})")
-        version = max(versions)
+        split = serving_map.get("traffic", {}).get(name)
+        if split:  # Aspire's weighted canary traffic for unversioned requests
+            weights = effective_weights(TrafficSplit(tuple(split)),
+                                        serving_map.get("labels", {}).get(name, {}), set(versions))
+            version = pick(weights, random.random())
+        else:
+            version = max(versions)
     elif version not in versions:
         raise not_found(f"Servable not found for request: Specific({name}, {version})")
     return version, versions[version]

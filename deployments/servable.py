@@ -18,6 +18,7 @@ from ray import serve
 from deployments import inference, proto_api
 from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
+from deployments.warmup import run_warmup
 
 log = logging.getLogger("aspire.servable")
 
@@ -33,14 +34,17 @@ def app_name(name: str, version: int) -> str:
 
 @serve.deployment
 class ServableDeployment:
-    def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...]):
+    def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
+                 warmup_iterations: int | None = 1):
         self.name, self.version = name, version
         self.model, self.load_error = None, None
         started = time.monotonic()
-        # A failed load is kept as state and reported by ping(), not raised: raising would make
-        # Serve retry the constructor and bury TF's message in a traceback.
+        # A failed load (warmup included) is kept as state and reported by ping(), not raised:
+        # raising would make Serve retry the constructor and bury TF's message in a traceback.
         try:
             self.model = SavedModelLoader(path, tags).load()
+            if warmup_iterations is not None:  # None: --enable_model_warmup=false
+                run_warmup(self.model, path, name, version, warmup_iterations)
         except AspireError as err:
             self.load_error = (err.code, err.message)
         except Exception as exc:
@@ -83,6 +87,8 @@ class ReplicaOptions:
     max_ongoing_requests: int = 64
     graceful_shutdown_timeout_s: float = 20.0
     tags: tuple[str, ...] = ("serve",)
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0  # TF Serving: used only when > 0, else 1
     extra_actor_options: dict = field(default_factory=dict)
 
 
@@ -101,6 +107,7 @@ class ServeBackend:
     def __init__(self, options: ReplicaOptions, load_timeout_s: float = 600.0):
         self.options = options
         self.load_timeout_s = load_timeout_s
+        self.num_replicas: dict[str, int] = {}  # per-model overrides from Aspire's side file
 
     def load(self, name: str, version: int, path: str) -> dict:
         loader = SavedModelLoader(path, self.options.tags)
@@ -111,12 +118,15 @@ class ServeBackend:
         actor_options = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
                          **opts.extra_actor_options}
         deployment = ServableDeployment.options(
-            name="servable", num_replicas=opts.num_replicas, ray_actor_options=actor_options,
+            name="servable", num_replicas=self.num_replicas.get(name, opts.num_replicas),
+            ray_actor_options=actor_options,
             max_ongoing_requests=opts.max_ongoing_requests,
             graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
             health_check_period_s=5)
         try:
-            handle = serve.run(deployment.bind(name, version, path, tuple(opts.tags)),
+            warmup = (max(1, opts.num_request_iterations_for_warmup)
+                      if opts.enable_model_warmup else None)
+            handle = serve.run(deployment.bind(name, version, path, tuple(opts.tags), warmup),
                                name=app, route_prefix=None)
             answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
         except Exception as exc:

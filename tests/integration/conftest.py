@@ -96,12 +96,14 @@ def aspire():
     from policies.aspired import All, Latest
     models = [ModelSource(name, str(DATA / d), All() if name == "saved_model_half_plus_two_2_versions"
                           else Latest(1)) for name, d in BASE_MODELS.items()]
+    from cluster.controller import ControllerConfig
+    config = ControllerConfig(models=models, poll_wait_s=0.5, num_load_threads=4,
+                              max_num_load_retries=1, load_retry_interval_s=0.1,
+                              replica=ReplicaOptions(num_cpus=0.25))
     options = launcher.ServerOptions(
         rest_api_host="127.0.0.1", rest_api_port=port, rest_api_timeout_in_ms=30000,
-        grpc_port=grpc_port, enable_grpc_healthcheck_service=True,
-        file_system_poll_wait_seconds=0.5, num_load_threads=4,
-        replica=ReplicaOptions(num_cpus=0.25))
-    manager = launcher.start(models, options)
+        grpc_port=grpc_port, enable_grpc_healthcheck_service=True)
+    manager = launcher.start(config, options)
     pending = launcher.wait_initial_load(manager, list(BASE_MODELS), 300)
     assert not pending, f"models never settled: {pending}"
     assert ray.get(manager.settle.remote(300)), "versions still loading after 300 s"

@@ -37,7 +37,7 @@ def backend():
 
 @pytest.fixture
 def manager(backend):
-    m = Manager(backend, num_load_threads=2, router_ack_timeout_s=2)
+    m = Manager(backend, num_load_threads=2, max_num_load_retries=0, router_ack_timeout_s=2)
     yield m
     m.shutdown()
 
@@ -152,3 +152,80 @@ def test_unload_waits_for_live_routers_to_acknowledge_the_new_map(manager, backe
 def test_unknown_policy_is_rejected(manager):
     with pytest.raises(ValueError):
         manager.set_aspired_versions("m", {1: "/m/1"}, policy="newest_only")
+
+
+def test_load_is_retried_then_ends_with_the_last_error(backend):
+    manager = Manager(backend, max_num_load_retries=2, load_retry_interval_s=0.01)
+    backend.fail["/m/1"] = AspireError("broken", "DATA_LOSS")
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    assert manager.wait_idle(5)
+    assert backend.events == [("load", "m", 1)] * 3
+    assert states(manager, "m") == [(1, "END", "DATA_LOSS")]
+    manager.shutdown()
+
+
+def test_retries_stop_when_the_version_is_unaspired(backend):
+    manager = Manager(backend, max_num_load_retries=50, load_retry_interval_s=0.05)
+    backend.fail["/m/1"] = AspireError("broken", "DATA_LOSS")
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.reconcile()
+    threading.Event().wait(0.2)
+    manager.set_aspired_versions("m", {})
+    assert manager.wait_idle(5)
+    assert len(backend.events) < 50
+    assert states(manager, "m") == [(1, "END", "CANCELLED")]
+    manager.shutdown()
+
+
+def test_transient_failure_then_success_makes_the_version_available(backend):
+    manager = Manager(backend, max_num_load_retries=3, load_retry_interval_s=0.01)
+    backend.fail["/m/1"] = AspireError("flaky", "UNAVAILABLE")
+
+    def heal(*_):
+        backend.fail.pop("/m/1", None)
+    original = backend.load
+
+    def load(name, version, path):
+        try:
+            return original(name, version, path)
+        finally:
+            heal()
+    backend.load = load
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    assert manager.wait_idle(5)
+    assert states(manager, "m") == [(1, "AVAILABLE", "OK")]
+    manager.shutdown()
+
+
+LABEL_CASES = [
+    # (label currently -> version, requested mapping, allow_unavailable, error?)
+    ({}, {"stable": 1}, False, False),             # 1 is AVAILABLE
+    ({}, {"canary": 2}, False, True),              # 2 is not loaded
+    ({}, {"canary": 2}, True, False),              # new label may point ahead with the flag
+    ({"canary": 1}, {"canary": 2}, True, True),    # moving a label to an unavailable version
+    ({"canary": 2}, {"canary": 2}, True, False),   # keeping it where it is
+]
+
+
+@pytest.mark.parametrize("current,requested,allow,fails", LABEL_CASES)
+def test_label_rules_follow_tf_serving(manager, current, requested, allow, fails):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    manager.set_labels({"m": current})
+    if fails:
+        with pytest.raises(AspireError) as err:
+            manager.check_labels({"m": requested}, allow)
+        assert err.value.code == "FAILED_PRECONDITION"
+        assert err.value.message == ("Request to assign label to version 2 of model m, which is not "
+                                     "currently available for inference")
+    else:
+        manager.check_labels({"m": requested}, allow)
+
+
+def test_labels_are_published_in_the_serving_map(manager):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    epoch = manager.serving_map()["epoch"]
+    manager.set_labels({"m": {"stable": 1}})
+    assert manager.serving_map()["labels"] == {"m": {"stable": 1}}
+    assert manager.serving_map()["epoch"] > epoch

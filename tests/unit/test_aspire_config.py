@@ -1,0 +1,116 @@
+"""Aspire's side config: the documented format parses, and every mistake is a clear, located error."""
+import json
+
+import pytest
+
+from cluster.aspire_config import ModelSettings, load_aspire_config, parse_aspire_config
+from deployments.errors import AspireError
+from policies.traffic import TrafficSplit
+
+EXAMPLE = """{"models": {"my_model": {"version_policy": "resource_preserving",
+                         "traffic": {"stable": 90, "canary": 10},
+                         "num_replicas": 2}}}"""
+
+
+def test_documented_example_parses_into_model_settings():
+    assert parse_aspire_config(EXAMPLE) == {"my_model": ModelSettings(
+        version_policy="resource_preserving",
+        traffic=TrafficSplit((("stable", 90.0), ("canary", 10.0))),
+        num_replicas=2)}
+
+
+def test_omitted_fields_take_defaults():
+    got = parse_aspire_config('{"models": {"a": {}, "b": {"traffic": null, "num_replicas": null}}}')
+    assert got == {"a": ModelSettings(), "b": ModelSettings()}
+    assert ModelSettings().version_policy == "availability_preserving"
+
+
+@pytest.mark.parametrize("text", ["{}", '{"models": {}}'])
+def test_empty_config_means_no_settings(text):
+    assert parse_aspire_config(text) == {}
+
+
+def test_load_reads_the_file_and_names_it_in_errors(tmp_path):
+    good = tmp_path / "aspire.json"
+    good.write_text(EXAMPLE)
+    assert load_aspire_config(str(good))["my_model"].num_replicas == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"models": {"m": {"num_replicas": 0}}}')
+    with pytest.raises(AspireError) as info:
+        load_aspire_config(str(bad))
+    assert info.value.message.startswith(f"Invalid Aspire config {bad}: model 'm': num_replicas")
+
+
+def test_load_of_a_missing_file_is_invalid_argument_naming_the_path(tmp_path):
+    path = tmp_path / "missing.json"
+    with pytest.raises(AspireError) as info:
+        load_aspire_config(str(path))
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert str(path) in info.value.message
+
+
+def error(settings: dict | str) -> AspireError:
+    text = settings if isinstance(settings, str) else json.dumps(settings)
+    with pytest.raises(AspireError) as info:
+        parse_aspire_config(text, source="cfg.json")
+    assert info.value.code == "INVALID_ARGUMENT"
+    return info.value
+
+
+def test_unknown_version_policy_names_model_and_choices():
+    assert error({"models": {"m": {"version_policy": "x"}}}).message == (
+        "Invalid Aspire config cfg.json: model 'm': unknown version_policy 'x' "
+        "(expected availability_preserving or resource_preserving)")
+
+
+def test_non_string_version_policy_is_rejected():
+    assert "model 'm': unknown version_policy 1" in error(
+        {"models": {"m": {"version_policy": 1}}}).message
+
+
+def test_json_syntax_error_reports_line_and_column():
+    assert error('{"models": {\n  "m": {,}}}').message.startswith(
+        "Invalid Aspire config cfg.json: line 2 column 9: ")
+
+
+def test_unknown_top_level_key_is_rejected():
+    assert error({"modles": {}}).message == (
+        "Invalid Aspire config cfg.json: unknown key 'modles' (expected one of models)")
+
+
+def test_unknown_model_key_is_rejected():
+    assert error({"models": {"m": {"num_replica": 2}}}).message == (
+        "Invalid Aspire config cfg.json: model 'm': unknown key 'num_replica' "
+        "(expected one of version_policy, traffic, num_replicas)")
+
+
+def test_repeated_model_name_is_rejected():
+    assert "key 'm' appears more than once" in error(
+        '{"models": {"m": {}, "m": {"num_replicas": 2}}}').message
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_num_replicas_must_be_an_integer_of_at_least_one(value):
+    assert error({"models": {"m": {"num_replicas": value}}}).message == (
+        f"Invalid Aspire config cfg.json: model 'm': num_replicas must be an integer >= 1, "
+        f"got {value!r}")
+
+
+def test_invalid_traffic_names_model_field_and_key():
+    message = error({"models": {"m": {"traffic": {"stable": 90, "canary": -10}}}}).message
+    assert message.startswith("Invalid Aspire config cfg.json: model 'm': invalid traffic: ")
+    assert "'canary'" in message
+
+
+def test_empty_traffic_is_rejected():
+    assert "model 'm': invalid traffic: " in error({"models": {"m": {"traffic": {}}}}).message
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[]", "top level must be an object"),
+    ('{"models": []}', "'models' must be an object"),
+    ('{"models": {"m": 3}}', "model 'm': settings must be an object"),
+    ('{"models": {"": {}}}', "model name must not be empty"),
+])
+def test_wrong_shapes_are_rejected(text, fragment):
+    assert fragment in error(text).message
