@@ -17,3 +17,17 @@ def export_slow_model(version_dir: Path) -> Path:
     module = Slow()
     tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.spin})
     return version_dir
+
+
+def write_warmup_requests(version_dir: Path, requests: list) -> Path:
+    """Write `assets.extra/tf_serving_warmup_requests` with one PredictLog per PredictRequest."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+    path = Path(version_dir) / "assets.extra" / "tf_serving_warmup_requests"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog()
+            log.predict_log.request.CopyFrom(request)
+            writer.write(log.SerializeToString())
+    return path

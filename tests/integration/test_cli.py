@@ -131,3 +131,95 @@ def test_timeout_and_tensor_content_flags(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+
+
+def test_bad_model_config_file_fails_start_up_with_the_parse_error():
+    r = subprocess.run([ASPIRE, "serve", f"--model_config_file={DATA / 'bad_model_config.txt'}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 255
+    assert "Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file:" in r.stderr
+    assert "bad_model_config.txt': Error parsing text-format tensorflow.serving.ModelServerConfig: 1:1" in r.stderr
+
+
+def test_labels_at_start_up_need_the_allow_flag(tmp_path):
+    config = tmp_path / "models.config"
+    config.write_text(f"""model_config_list {{ config {{ name: 'm' base_path: '{DATA / 'saved_model_half_plus_two_cpu'}'
+        model_platform: 'tensorflow' version_labels {{ key: 'stable' value: 123 }} }} }}""")
+    r = subprocess.run([ASPIRE, "serve", f"--model_config_file={config}"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 255
+    assert ("FAILED_PRECONDITION: Request to assign label to version 123 of model m, which is not "
+            "currently available for inference") in r.stderr
+
+
+def write_config(path, entries):
+    body = "".join(
+        f"config {{ name: '{name}' base_path: '{base}' model_platform: 'tensorflow' "
+        f"model_version_policy {{ all {{}} }} "
+        + "".join(f"version_labels {{ key: '{k}' value: {v} }} " for k, v in labels.items()) + "} "
+        for name, base, labels in entries)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(f"model_config_list {{ {body} }}")
+    staging.rename(path)  # the poller never reads a half-written file
+
+
+def test_config_file_side_file_canary_split_and_polling(tmp_path):
+    """--model_config_file with labels, Aspire's side file splitting traffic 80/20 by label, a
+    weight change applied without reloading models, and config polling removing a model."""
+    import json
+    import shutil
+    canary = tmp_path / "canary"
+    shutil.copytree(DATA / "saved_model_half_plus_two_cpu" / "00000123", canary / "1")
+    shutil.copytree(DATA / "saved_model_half_plus_three" / "00000123", canary / "2")
+    config, side = tmp_path / "models.config", tmp_path / "aspire.json"
+    write_config(config, [("canary", canary, {"stable": 1, "canary": 2}),
+                          ("half_plus_two", DATA / "saved_model_half_plus_two_cpu", {})])
+    side.write_text(json.dumps({"models": {"canary": {"traffic": {"stable": 80, "canary": 20}}}}))
+    port = free_port()
+    proc = subprocess.Popen(
+        [ASPIRE, "serve", f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.5",
+         f"--aspire_config_file={side}", "--aspire_config_file_poll_wait_seconds=0.5",
+         "--allow_version_labels_for_unavailable_models", f"--rest_api_port={port}", "--port=0",
+         "--rest_api_host=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = Output(proc)
+    base = f"http://127.0.0.1:{port}/v1/models"
+    session = requests.Session()
+
+    def states(name):
+        r = session.get(f"{base}/{name}", timeout=30)
+        return {s["version"]: s["state"] for s in r.json().get("model_version_status", [])}
+    try:
+        wait_for(lambda: out.find(r"Exporting HTTP/REST API") or proc.poll() is not None,
+                 240, 0.2, what="aspire serve to report ready")
+        assert proc.poll() is None, "".join(out.lines[-40:])
+        wait_for(lambda: states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}, 120,
+                 what="both canary versions")
+        answers = [session.post(f"{base}/canary:predict", json={"instances": [1.0]}, timeout=30)
+                   .json()["predictions"][0] for _ in range(500)]
+        share = answers.count(3.5) / len(answers)
+        print(f"canary share over 500 requests with an 80/20 split: {share:.3f}")
+        assert answers.count(2.5) + answers.count(3.5) == 500
+        assert 0.15 <= share <= 0.25
+        # Move all traffic to the canary: no model is reloaded, only the router's weights change.
+        side.write_text(json.dumps({"models": {"canary": {"traffic": {"stable": 0, "canary": 100}}}}))
+        wait_for(lambda: all(session.post(f"{base}/canary:predict", json={"instances": [1.0]},
+                                          timeout=30).json()["predictions"][0] == 3.5
+                             for _ in range(20)), 30, 0.2, what="the new split")
+        assert states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}
+        address = out.find(r"Ray cluster address: (\S+)").group(1)
+        status = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
+                                text=True, timeout=120)
+        assert re.search(r"canary\s+2\s+AVAILABLE\s+canary\s+100%", status.stdout), status.stdout
+        assert re.search(r"canary\s+1\s+AVAILABLE\s+stable\s*$", status.stdout, re.M), status.stdout
+        # Config polling: a model removed from the file is unloaded, the others stay.
+        write_config(config, [("canary", canary, {"stable": 1, "canary": 2})])
+        wait_for(lambda: states("half_plus_two") == {"123": "END"}, 120, what="half_plus_two unloaded")
+        assert states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise

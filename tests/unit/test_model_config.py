@@ -72,3 +72,37 @@ def test_model_spec_targets():
     assert spec_target(model_pb2.ModelSpec(name="m", version_label="stable")) == ("m", None, "stable")
     with pytest.raises(AspireError, match="ModelSpec has no name specified."):
         spec_target(model_pb2.ModelSpec())
+
+
+def test_tf_serving_good_config_file_parses(tmp_path):
+    from pathlib import Path
+
+    from cluster.model_config import read_config_file
+    data = Path(__file__).resolve().parent.parent / "data"
+    text = (data / "good_model_config.txt").read_text()
+    text = text.replace("${TEST_HALF_PLUS_TWO_DIR}", "/models/two").replace(
+        "${TEST_HALF_PLUS_THREE_DIR}", "/models/three")
+    (tmp_path / "good.config").write_text(text)
+    models = models_from_config(read_config_file(str(tmp_path / "good.config")))
+    assert [(m.name, m.base_path) for m in models] == [("half_plus_two", "/models/two"),
+                                                        ("half_plus_three", "/models/three")]
+
+
+def test_tf_serving_bad_config_file_names_file_and_position():
+    from pathlib import Path
+
+    from cluster.model_config import read_config_file
+    path = str(Path(__file__).resolve().parent.parent / "data" / "bad_model_config.txt")
+    with pytest.raises(AspireError) as err:
+        read_config_file(path)
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert err.value.message.startswith(
+        f"Invalid protobuf file: '{path}': Error parsing text-format "
+        "tensorflow.serving.ModelServerConfig: 1:1 : ")
+
+
+def test_version_labels_come_from_the_config():
+    from cluster.model_config import labels_from_config
+    config = parse("""model_config_list { config { name: 'a' base_path: '/a' model_platform: 'tensorflow'
+        version_labels { key: 'stable' value: 42 } version_labels { key: 'canary' value: 43 } } }""")
+    assert labels_from_config(config) == {"a": {"stable": 42, "canary": 43}}
