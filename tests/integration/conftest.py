@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,42 @@ def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: 
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class ClosedLoop:
+    """`clients` connections predicting back to back; every answer and failure is recorded with
+    the time it was received."""
+
+    def __init__(self, url: str, clients: int = 8):
+        self.url, self.stop = url, threading.Event()
+        self.answers, self.failures = [], []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self):
+        session = requests.Session()
+        while not self.stop.is_set():
+            try:
+                r = session.post(self.url, json={"instances": [1.0]}, timeout=60)
+                if r.status_code == 200:
+                    self.answers.append((time.monotonic(), r.json()["predictions"][0]))
+                else:
+                    self.failures.append((r.status_code, r.text))
+            except requests.RequestException as exc:
+                self.failures.append(("transport", repr(exc)))
+
+    def wait_more(self, n: int, timeout_s: float = 60):
+        target = len(self.answers) + n
+        wait_for(lambda: len(self.answers) >= target, timeout_s, what=f"{n} more answers")
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
 
 
 class Aspire:

@@ -34,41 +34,50 @@ class Output:
         return None
 
 
+class Served:
+    """`aspire serve FLAGS` as a user runs it: waits for the ready line, Ctrl-C on exit.
+    `exit_code` holds the status the process ended with."""
+
+    def __init__(self, *flags: str):
+        self.proc = subprocess.Popen([ASPIRE, "serve", *flags], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.out = Output(self.proc)
+        self.exit_code = None
+
+    def __enter__(self):
+        wait_for(lambda: self.out.find(r"Exporting HTTP/REST API") or self.proc.poll() is not None,
+                 240, 0.2, what="aspire serve to report ready")
+        assert self.proc.poll() is None, "".join(self.out.lines[-40:])
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.exit_code = self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.out.thread.join(10)
+
+
 def test_serve_cli_serves_half_plus_two_then_shuts_down_on_ctrl_c():
     port = free_port()
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [ASPIRE, "serve", "--model_name=half_plus_two",
-         f"--model_base_path={DATA / 'saved_model_half_plus_two_cpu'}",
-         f"--rest_api_port={port}", "--port=0", "--rest_api_host=127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = Output(proc)
-    try:
-        wait_for(lambda: out.find(r"Exporting HTTP/REST API at:127\.0\.0\.1:\d+") or proc.poll() is not None,
-                 240, 0.2, what="aspire serve to report ready")
-        assert proc.poll() is None, "".join(out.lines[-40:])
+    with Served("--model_name=half_plus_two", f"--model_base_path={DATA / 'saved_model_half_plus_two_cpu'}",
+                f"--rest_api_port={port}", "--port=0", "--rest_api_host=127.0.0.1") as server:
         ready_s = time.monotonic() - started
         r = requests.post(f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict",
                           json={"instances": [1.0, 2.0, 5.0]}, timeout=30)
         assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
-        assert out.find(r"Successfully loaded servable version \{name: half_plus_two version: 123\}")
-
-        address = out.find(r"Ray cluster address: (\S+)").group(1)
+        assert server.out.find(r"Successfully loaded servable version \{name: half_plus_two version: 123\}")
+        address = server.out.find(r"Ray cluster address: (\S+)").group(1)
         status = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
                                 text=True, timeout=120)
         assert status.returncode == 0, status.stderr
         assert re.search(r"half_plus_two\s+123\s+AVAILABLE", status.stdout), status.stdout
         print(f"aspire serve to first AVAILABLE version and REST ready: {ready_s:.1f} s")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0, "".join(out.lines[-40:])
-    out.thread.join(10)
-    assert out.find(r"Unloading servable version \{name: half_plus_two version: 123\}")
+    assert server.exit_code == 0, "".join(server.out.lines[-40:])
+    assert server.out.find(r"Unloading servable version \{name: half_plus_two version: 123\}")
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -94,18 +103,10 @@ def test_timeout_and_tensor_content_flags(tmp_path):
     from tests.integration.export_models import export_slow_model
     export_slow_model(tmp_path / "slow" / "1")
     port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [ASPIRE, "serve", "--model_name=slow", f"--model_base_path={tmp_path / 'slow'}",
-         f"--rest_api_port={port}", "--port=0", "--rest_api_host=127.0.0.1",
-         "--rest_api_timeout_in_ms=500", f"--port={grpc_port}",
-         "--enable_serialization_as_tensor_content"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = Output(proc)
     url = f"http://127.0.0.1:{port}/v1/models/slow:predict"
-    try:
-        wait_for(lambda: out.find(r"Exporting HTTP/REST API") or proc.poll() is not None,
-                 240, 0.2, what="aspire serve to report ready")
-        assert proc.poll() is None, "".join(out.lines[-40:])
+    with Served("--model_name=slow", f"--model_base_path={tmp_path / 'slow'}",
+                f"--rest_api_port={port}", "--rest_api_host=127.0.0.1", "--rest_api_timeout_in_ms=500",
+                f"--port={grpc_port}", "--enable_serialization_as_tensor_content"):
         fast = requests.post(url, json={"instances": [10]}, timeout=30)
         assert fast.json() == {"predictions": [10]}
         slow = requests.post(url, json={"instances": [2_000_000]}, timeout=30)  # seconds of work
@@ -124,13 +125,6 @@ def test_timeout_and_tensor_content_flags(tmp_path):
             done = stub.Predict(request, timeout=60).outputs["done"]
         assert done.tensor_content and not done.int64_val
         assert tf.make_ndarray(done).tolist() == [7, 7]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
 
 
 def test_bad_model_config_file_fails_start_up_with_the_parse_error():
@@ -176,23 +170,16 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
                           ("half_plus_two", DATA / "saved_model_half_plus_two_cpu", {})])
     side.write_text(json.dumps({"models": {"canary": {"traffic": {"stable": 80, "canary": 20}}}}))
     port = free_port()
-    proc = subprocess.Popen(
-        [ASPIRE, "serve", f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.5",
-         f"--aspire_config_file={side}", "--aspire_config_file_poll_wait_seconds=0.5",
-         "--allow_version_labels_for_unavailable_models", f"--rest_api_port={port}", "--port=0",
-         "--rest_api_host=127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = Output(proc)
     base = f"http://127.0.0.1:{port}/v1/models"
     session = requests.Session()
 
     def states(name):
         r = session.get(f"{base}/{name}", timeout=30)
         return {s["version"]: s["state"] for s in r.json().get("model_version_status", [])}
-    try:
-        wait_for(lambda: out.find(r"Exporting HTTP/REST API") or proc.poll() is not None,
-                 240, 0.2, what="aspire serve to report ready")
-        assert proc.poll() is None, "".join(out.lines[-40:])
+    with Served(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.5",
+                f"--aspire_config_file={side}", "--aspire_config_file_poll_wait_seconds=0.5",
+                "--allow_version_labels_for_unavailable_models", f"--rest_api_port={port}", "--port=0",
+                "--rest_api_host=127.0.0.1") as server:
         wait_for(lambda: states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}, 120,
                  what="both canary versions")
         answers = [session.post(f"{base}/canary:predict", json={"instances": [1.0]}, timeout=30)
@@ -207,7 +194,7 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
                                           timeout=30).json()["predictions"][0] == 3.5
                              for _ in range(20)), 30, 0.2, what="the new split")
         assert states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}
-        address = out.find(r"Ray cluster address: (\S+)").group(1)
+        address = server.out.find(r"Ray cluster address: (\S+)").group(1)
         status = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
                                 text=True, timeout=120)
         assert re.search(r"canary\s+2\s+AVAILABLE\s+canary\s+100%", status.stdout), status.stdout
@@ -216,10 +203,3 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
         write_config(config, [("canary", canary, {"stable": 1, "canary": 2})])
         wait_for(lambda: states("half_plus_two") == {"123": "END"}, 120, what="half_plus_two unloaded")
         assert states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise

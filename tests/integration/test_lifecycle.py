@@ -3,15 +3,13 @@
 half_plus_two answers x/2+2 and half_plus_three x/2+3, so every response names its version.
 """
 import shutil
-import threading
 
 import grpc
 import pytest
 import ray
-import requests
-from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2
+from tensorflow_serving.apis import predict_pb2
 
-from tests.integration.conftest import DATA, wait_for
+from tests.integration.conftest import DATA, ClosedLoop, wait_for
 from tests.integration.export_models import write_warmup_requests
 
 pytestmark = pytest.mark.ray
@@ -59,7 +57,6 @@ def test_labels_route_rest_and_grpc_and_follow_tf_serving_rules(aspire, model_di
 
 def test_warmup_requests_are_replayed_before_available(aspire, tmp_path):
     """The counter model counts: N warmup records of incr_counter leave the counter at N."""
-    import tensorflow as tf  # noqa: F401  (protos)
     base = tmp_path / "counter"
     shutil.copytree(DATA / "saved_model_counter" / "00000123", base / "1")
     request = predict_pb2.PredictRequest()
@@ -89,43 +86,6 @@ def test_failing_warmup_fails_the_load_and_old_version_keeps_serving(aspire, mod
     assert statuses[0]["error_code"] == "FAILED_PRECONDITION"
     assert statuses[0]["error_message"] == 'Serving signature key "no_such_signature" not found.'
     assert aspire.post("/v1/models/warm_fail:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
-
-
-class ClosedLoop:
-    """`clients` connections predicting back to back; every answer and failure is recorded with
-    the time it was received."""
-
-    def __init__(self, url: str, clients: int = 8):
-        self.url, self.stop = url, threading.Event()
-        self.answers, self.failures = [], []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def _run(self):
-        import time
-        session = requests.Session()
-        while not self.stop.is_set():
-            try:
-                r = session.post(self.url, json={"instances": [1.0]}, timeout=60)
-                if r.status_code == 200:
-                    self.answers.append((time.monotonic(), r.json()["predictions"][0]))
-                else:
-                    self.failures.append((r.status_code, r.text))
-            except requests.RequestException as exc:
-                self.failures.append(("transport", repr(exc)))
-
-    def wait_more(self, n: int, timeout_s: float = 60):
-        target = len(self.answers) + n
-        wait_for(lambda: len(self.answers) >= target, timeout_s, what=f"{n} more answers")
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def test_rollout_failed_version_and_rollback_under_load_lose_no_request(aspire, model_dir):

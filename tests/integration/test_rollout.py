@@ -4,48 +4,15 @@ The models encode their version in the answer: half_plus_two gives x/2+2, half_p
 so every response tells which version served it.
 """
 import shutil
-import threading
 
 import pytest
 import ray
-import requests
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import ClosedLoop
 
 pytestmark = pytest.mark.ray
 
 V1_ANSWER, V2_ANSWER = 2.5, 3.5  # for x = 1.0
-
-
-class Load:
-    """Sequential clients predicting until stopped; records every answer and every failure."""
-
-    def __init__(self, url: str, clients: int = 4):
-        self.url, self.stop = url, threading.Event()
-        self.answers, self.failures = [], []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def _run(self):
-        session = requests.Session()
-        while not self.stop.is_set():
-            try:
-                r = session.post(self.url, json={"instances": [1.0]}, timeout=30)
-                if r.status_code == 200:
-                    self.answers.append(r.json()["predictions"][0])
-                else:
-                    self.failures.append((r.status_code, r.text))
-            except requests.RequestException as exc:
-                self.failures.append(("exception", repr(exc)))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
 
 
 def test_new_version_rolls_out_under_load_without_a_failed_request(aspire, model_dir):
@@ -53,18 +20,17 @@ def test_new_version_rolls_out_under_load_without_a_failed_request(aspire, model
     publish(1, "saved_model_half_plus_two_cpu")
     aspire.add_model("rollout", base)
     aspire.wait_state("rollout", 1, "AVAILABLE")
-    with Load(aspire.url + "/v1/models/rollout:predict") as load:
-        wait_for(lambda: len(load.answers) > 20, 30, what="traffic on v1")
+    with ClosedLoop(aspire.url + "/v1/models/rollout:predict", clients=4) as load:
+        load.wait_more(20)
         publish(2, "saved_model_half_plus_three")
         aspire.wait_state("rollout", 2, "AVAILABLE")
         aspire.wait_state("rollout", 1, "END")
-        seen = len(load.answers)
-        wait_for(lambda: len(load.answers) > seen + 20, 30, what="traffic after the rollout")
+        load.wait_more(20)
     assert load.failures == []
-    assert V1_ANSWER in load.answers and V2_ANSWER in load.answers
+    answers = [a for _, a in load.answers]
+    assert V1_ANSWER in answers and V2_ANSWER in answers
     # Once v2 answered, v1 never answers again: the switch is monotonic.
-    first_v2 = load.answers.index(V2_ANSWER)
-    assert V1_ANSWER not in load.answers[first_v2:]
+    assert V1_ANSWER not in answers[answers.index(V2_ANSWER):]
     assert aspire.states("rollout") == {2: ("AVAILABLE", "OK"), 1: ("END", "OK")}
 
 
