@@ -1,0 +1,270 @@
+"""Resource-aware admission: a reservation book over GPU memory and per-node host RAM.
+
+Pure Python, no Ray, TensorFlow or NVML. The manager asks `Reservations.reserve()` before it
+creates any deployment; the answer is one specific (node, GPU) whose memory is then held for the
+servable until `release()`. Decisions are made over *reservations* plus the memory NVML reports
+as used by processes Aspire does not own (`Gpu.used_by_others_bytes`), never over NVML's
+momentary free memory alone, which lags behind loads in flight.
+
+Rules:
+- Best fit: a GPU need goes to the GPU with the least free memory that still fits it (ties: the
+  lowest (node, index)), and its host RAM is reserved on that GPU's node, which must fit too.
+- A CPU-only need (`vram_bytes == 0`) reserves host RAM only, on the node with the most free RAM
+  (ties: the lowest node id).
+- Nothing is ever over-committed: a need that fits nowhere raises `AspireError` with code
+  `RESOURCE_EXHAUSTED`; no existing reservation is moved or shrunk.
+- A node or GPU that leaves the inventory keeps its reservations recorded; they are reported by
+  `lost()` until released, and count again if the GPU comes back.
+"""
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass
+
+from deployments.errors import AspireError
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+# VRAM estimate from a SavedModel's variable bytes, used when neither a declared `vram` nor a
+# measured peak is known. Weights are held once on the GPU, and inference needs about as much
+# again for activations, temporary copies made while restoring variables and allocator
+# fragmentation, hence a factor of 2. The workspace covers what does not scale with the model:
+# cuDNN/cuBLAS handles and autotuning scratch space, of the order of a few hundred MiB.
+VRAM_FACTOR = 2.0
+VRAM_WORKSPACE_BYTES = 256 * MIB
+
+
+@dataclass(frozen=True)
+class Gpu:
+    node_id: str
+    index: int
+    total_bytes: int
+    used_by_others_bytes: int = 0  # memory NVML reports used by processes Aspire does not own
+
+
+@dataclass(frozen=True)
+class Need:
+    vram_bytes: int = 0
+    ram_bytes: int = 0
+
+    def __post_init__(self):
+        if self.vram_bytes < 0 or self.ram_bytes < 0:
+            raise ValueError(f"resource needs cannot be negative: {self}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    node_id: str
+    gpu_index: int | None  # None for a CPU-only placement
+    vram_bytes: int
+    ram_bytes: int
+
+
+def estimate_vram_bytes(variable_bytes: int, factor: float = VRAM_FACTOR,
+                        workspace_bytes: int = VRAM_WORKSPACE_BYTES) -> int:
+    """Upper-bound VRAM for one replica: ceil(variable_bytes * factor) + workspace_bytes.
+
+    Monotone (never decreasing) in `variable_bytes`, so a version's estimate never grows
+    once the variables are known, as TF Serving's Loader contract requires.
+    """
+    if variable_bytes < 0 or factor < 0 or workspace_bytes < 0:
+        raise ValueError("variable_bytes, factor and workspace_bytes must be non-negative")
+    return int(math.ceil(variable_bytes * factor)) + int(workspace_bytes)
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2,
+    "g": 1000 ** 3, "gb": 1000 ** 3, "t": 1000 ** 4, "tb": 1000 ** 4,
+    "ki": KIB, "kib": KIB, "mi": MIB, "mib": MIB, "gi": GIB, "gib": GIB,
+    "ti": 1024 ** 4, "tib": 1024 ** 4,
+}
+_BYTES_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes in a size such as "16GiB", "512MiB", "1.5GB" or "1000".
+
+    Binary units: KiB/MiB/GiB/TiB (or Ki/Mi/Gi/Ti); decimal units: KB/MB/GB/TB (or K/M/G/T);
+    a bare number or "B" is bytes. Units are case-insensitive. Fractions are rounded down to a
+    whole byte.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"size must be a string like '16GiB', got {text!r}")
+    m = _BYTES_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r}: expected a non-negative number with an "
+                         "optional unit, e.g. '16GiB', '512MiB', '1.5GB' or '1000'")
+    unit = m.group(2).lower()
+    if unit not in _UNITS:
+        raise ValueError(f"invalid size {text!r}: unknown unit {m.group(2)!r} (use B, KB, MB, GB, "
+                         "TB, KiB, MiB, GiB or TiB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def format_bytes(n: int) -> str:
+    """Human-readable size used in refusal messages: "10.0 GiB", "512.0 MiB", "100 B"."""
+    if n >= GIB:
+        return f"{n / GIB:.1f} GiB"
+    if n >= MIB:
+        return f"{n / MIB:.1f} MiB"
+    if n >= KIB:
+        return f"{n / KIB:.1f} KiB"
+    return f"{n} B"
+
+
+def _key(gpu: Gpu) -> tuple[str, int]:
+    return (gpu.node_id, gpu.index)
+
+
+class Reservations:
+    """Atomic (thread-safe) reservation book over a GPU inventory and per-node host RAM.
+
+    `servable` keys must be unique per held reservation (one per replica for multi-replica
+    versions); the refusal message names the key as given.
+    """
+
+    def __init__(self, gpus: list[Gpu], ram_bytes_by_node: dict[str, int]):
+        self._lock = threading.Lock()
+        self._gpus: dict[tuple[str, int], Gpu] = {}
+        self._ram: dict[str, int] = dict(ram_bytes_by_node)
+        self._held: dict[str, Placement] = {}
+        self._set_gpus(gpus)
+
+    # -- inventory -------------------------------------------------------------------------
+
+    def _set_gpus(self, gpus: list[Gpu]) -> None:
+        table: dict[tuple[str, int], Gpu] = {}
+        for gpu in gpus:
+            if gpu.total_bytes < 0 or gpu.used_by_others_bytes < 0:
+                raise ValueError(f"GPU memory cannot be negative: {gpu}")
+            if _key(gpu) in table:
+                raise ValueError(f"duplicate GPU {gpu.index} on node {gpu.node_id}")
+            table[_key(gpu)] = gpu
+        self._gpus = table
+
+    def update_inventory(self, gpus: list[Gpu],
+                         ram_bytes_by_node: dict[str, int] | None = None) -> None:
+        """Replace the GPU inventory (and host RAM, when given). Reservations are kept as they
+        are, even when a GPU shrank below them or left; new admissions see the new numbers."""
+        with self._lock:
+            self._set_gpus(gpus)
+            if ram_bytes_by_node is not None:
+                self._ram = dict(ram_bytes_by_node)
+
+    # -- accounting (callers hold the lock) ------------------------------------------------
+
+    def _reserved_vram(self, key: tuple[str, int]) -> int:
+        return sum(p.vram_bytes for p in self._held.values()
+                   if p.gpu_index is not None and (p.node_id, p.gpu_index) == key)
+
+    def _free_vram(self, gpu: Gpu) -> int:
+        return gpu.total_bytes - gpu.used_by_others_bytes - self._reserved_vram(_key(gpu))
+
+    def _free_ram(self, node: str) -> int:
+        reserved = sum(p.ram_bytes for p in self._held.values() if p.node_id == node)
+        return self._ram.get(node, 0) - reserved
+
+    def _nodes(self) -> list[str]:
+        return sorted(set(self._ram) | {node for node, _ in self._gpus})
+
+    # -- reserve / release -----------------------------------------------------------------
+
+    def reserve(self, servable: str, need: Need) -> Placement:
+        with self._lock:
+            if servable in self._held:
+                raise ValueError(f"{servable} already holds a reservation")
+            placement = self._place(servable, need)
+            self._held[servable] = placement
+            return placement
+
+    def _place(self, servable: str, need: Need) -> Placement:
+        prefix = f"Insufficient resources to load servable {servable}"
+        if need.vram_bytes == 0:
+            nodes = self._nodes()
+            if not nodes:
+                raise AspireError(f"{prefix}; needs {format_bytes(need.ram_bytes)} of host RAM, "
+                                  "no nodes are known", "RESOURCE_EXHAUSTED")
+            node = min(nodes, key=lambda n: (-self._free_ram(n), n))
+            free = self._free_ram(node)
+            if free < need.ram_bytes:
+                raise AspireError(
+                    f"{prefix}; needs {format_bytes(need.ram_bytes)} of host RAM, largest free "
+                    f"block is {format_bytes(max(free, 0))} (node {node})", "RESOURCE_EXHAUSTED")
+            return Placement(node, None, 0, need.ram_bytes)
+
+        gpus = sorted(self._gpus.values(), key=_key)
+        fits = [g for g in gpus if self._free_vram(g) >= need.vram_bytes]
+        both = [g for g in fits if self._free_ram(g.node_id) >= need.ram_bytes]
+        if both:
+            best = min(both, key=lambda g: (self._free_vram(g), g.node_id, g.index))
+            return Placement(best.node_id, best.index, need.vram_bytes, need.ram_bytes)
+        if not gpus:
+            raise AspireError(f"{prefix}; needs {format_bytes(need.vram_bytes)} of GPU memory, "
+                              "no GPUs are known", "RESOURCE_EXHAUSTED")
+        if not fits:
+            largest = min(gpus, key=lambda g: (-self._free_vram(g), g.node_id, g.index))
+            raise AspireError(
+                f"{prefix}; needs {format_bytes(need.vram_bytes)} of GPU memory, largest free "
+                f"block is {format_bytes(max(self._free_vram(largest), 0))} "
+                f"(node {largest.node_id} GPU {largest.index})", "RESOURCE_EXHAUSTED")
+        node = min({g.node_id for g in fits}, key=lambda n: (-self._free_ram(n), n))
+        raise AspireError(
+            f"{prefix}; needs {format_bytes(need.vram_bytes)} of GPU memory and "
+            f"{format_bytes(need.ram_bytes)} of host RAM on the same node, largest free host RAM "
+            f"next to a fitting GPU is {format_bytes(max(self._free_ram(node), 0))} "
+            f"(node {node})", "RESOURCE_EXHAUSTED")
+
+    def release(self, servable: str) -> None:
+        """Free what `servable` holds; releasing twice, or what was never held, does nothing."""
+        with self._lock:
+            self._held.pop(servable, None)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def held(self) -> dict[str, Placement]:
+        with self._lock:
+            return dict(self._held)
+
+    def lost(self) -> dict[str, Placement]:
+        """Reservations whose GPU (or, for CPU-only ones, whose node) left the inventory."""
+        with self._lock:
+            nodes = set(self._nodes())
+            return {s: p for s, p in self._held.items()
+                    if (p.gpu_index is not None and (p.node_id, p.gpu_index) not in self._gpus)
+                    or (p.gpu_index is None and p.node_id not in nodes)}
+
+    def snapshot(self) -> list[dict]:
+        """Per GPU, sorted by (node, index): node, index, total, reserved, used_by_others, free
+        (never below 0) and holders {servable: bytes}."""
+        with self._lock:
+            rows = []
+            for key in sorted(self._gpus):
+                gpu = self._gpus[key]
+                holders = {s: p.vram_bytes for s, p in sorted(self._held.items())
+                           if p.gpu_index is not None and (p.node_id, p.gpu_index) == key}
+                reserved = sum(holders.values())
+                rows.append({
+                    "node": gpu.node_id, "index": gpu.index, "total": gpu.total_bytes,
+                    "reserved": reserved, "used_by_others": gpu.used_by_others_bytes,
+                    "free": max(gpu.total_bytes - gpu.used_by_others_bytes - reserved, 0),
+                    "holders": holders,
+                })
+            return rows
+
+    def ram_snapshot(self) -> list[dict]:
+        """Per node, sorted: node, total, reserved, free (never below 0), holders {servable: bytes}."""
+        with self._lock:
+            rows = []
+            for node in self._nodes():
+                holders = {s: p.ram_bytes for s, p in sorted(self._held.items())
+                           if p.node_id == node and p.ram_bytes}
+                total = self._ram.get(node, 0)
+                reserved = sum(holders.values())
+                rows.append({"node": node, "total": total, "reserved": reserved,
+                             "free": max(total - reserved, 0), "holders": holders})
+            return rows

@@ -1,0 +1,91 @@
+"""Declared GPU inventories, and NVML reading with a stand-in module (the real path runs only
+where NVIDIA drivers exist: tests/gpu/)."""
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from cluster.inventory import declared_inventory, nvml_inventory
+from policies.admission import GIB, MIB, Gpu
+
+
+@pytest.mark.parametrize("spec,sizes", [
+    ("2x16GiB", [16 * GIB, 16 * GIB]),
+    ("16GiB,24GiB", [16 * GIB, 24 * GIB]),
+    ("2x16GiB,24GiB", [16 * GIB, 16 * GIB, 24 * GIB]),
+    ("1x512MiB", [512 * MIB]),
+    (" 3 X 8GiB ", [8 * GIB] * 3),
+    ("40GB", [40_000_000_000]),
+    ("", []), ("0", []),
+])
+def test_declared_inventory(spec, sizes):
+    gpus = declared_inventory(spec, "node-a")
+    assert gpus == [Gpu("node-a", i, s) for i, s in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("0x16GiB", "count in '0x16GiB' must be at least 1"),
+    ("2x", "invalid size"),
+    ("16GiB,,8GiB", "empty entry"),
+    ("2x16Gx", "unknown unit"),
+    ("0GiB", "must be positive"),
+    ("lots", "invalid size"),
+    (None, "must be a string"),
+])
+def test_declared_inventory_rejects(spec, match):
+    with pytest.raises(ValueError, match=match) as info:
+        declared_inventory(spec, "n")
+    if isinstance(spec, str):
+        assert str(info.value).startswith(f"invalid GPU inventory {spec!r}")
+
+
+def test_nvml_inventory_is_empty_without_a_driver():
+    assert nvml_inventory("n1") == []
+    assert nvml_inventory("n1", own_pids=[1, 2]) == []
+
+
+def _fake_pynvml(devices, fail_init=False):
+    class NVMLError(Exception):
+        pass
+
+    mod = types.ModuleType("pynvml")
+    mod.NVMLError = NVMLError
+    mod.calls = []
+
+    def init():
+        mod.calls.append("init")
+        if fail_init:
+            raise NVMLError("Driver Not Loaded")
+
+    mod.nvmlInit = init
+    mod.nvmlShutdown = lambda: mod.calls.append("shutdown")
+    mod.nvmlDeviceGetCount = lambda: len(devices)
+    mod.nvmlDeviceGetHandleByIndex = lambda i: devices[i]
+    mod.nvmlDeviceGetMemoryInfo = lambda d: SimpleNamespace(total=d["total"], used=d["used"])
+    mod.nvmlDeviceGetComputeRunningProcesses = lambda d: [
+        SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in d["compute"]]
+    mod.nvmlDeviceGetGraphicsRunningProcesses = lambda d: [
+        SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in d.get("graphics", [])]
+    return mod
+
+
+def test_nvml_inventory_counts_foreign_processes_only(monkeypatch):
+    devices = [
+        {"total": 16 * GIB, "used": 9 * GIB, "compute": [(10, 4 * GIB), (11, 3 * GIB)],
+         "graphics": [(12, GIB), (10, 4 * GIB)]},
+        {"total": 24 * GIB, "used": 0, "compute": []},
+        # the driver hides a foreign process's usage: used minus our own known usage
+        {"total": 8 * GIB, "used": 5 * GIB, "compute": [(10, 2 * GIB), (99, None)]},
+    ]
+    fake = _fake_pynvml(devices)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert nvml_inventory("n1", own_pids={10}) == [
+        Gpu("n1", 0, 16 * GIB, 4 * GIB), Gpu("n1", 1, 24 * GIB, 0), Gpu("n1", 2, 8 * GIB, 3 * GIB)]
+    assert fake.calls == ["init", "shutdown"]
+    assert nvml_inventory("n1")[0].used_by_others_bytes == 8 * GIB
+
+
+def test_nvml_inventory_init_failure_returns_empty(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([], fail_init=True))
+    assert nvml_inventory("n1") == []
