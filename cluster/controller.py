@@ -174,6 +174,9 @@ class ManagerActor:
         """Replace the served model list, keeping labels (used by tests and tools)."""
         self.reload_config(models, self._manager.labels())
 
+    def wait_for_models(self, names: list[str], timeout_s: float) -> dict:
+        return self._manager.wait_for_models(names, timeout_s)
+
     def settle(self, timeout_s: float) -> bool:
         """Wait until every stream has carried out every action its policy asks for."""
         return self._manager.wait_idle(timeout_s)

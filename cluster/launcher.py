@@ -6,7 +6,6 @@ HTTP proxy on the REST port, the manager actor with its source, and the router d
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import ray
@@ -57,20 +56,11 @@ def start(config: ControllerConfig, options: ServerOptions):
 def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:
     """Block until each model has a version AVAILABLE or END (TF Serving's start-up wait).
     Returns the names still without one when `timeout_s` ran out."""
-    deadline = time.monotonic() + timeout_s
-    pending = set(names)
-    while pending and time.monotonic() < deadline:
-        for name in sorted(pending):
-            code, statuses = ray.get(manager.model_status.remote(name))
-            if code == "OK" and any(s["state"] in ("AVAILABLE", "END") for s in statuses):
-                pending.discard(name)
-                for s in statuses:
-                    if s["state"] == "END" and s["error_code"] != "OK":
-                        log.error("model %s version %s failed to load: %s: %s", name, s["version"],
-                                  s["error_code"], s["error_message"])
-        if pending:
-            time.sleep(0.1)
-    return sorted(pending)
+    result = ray.get(manager.wait_for_models.remote(names, timeout_s))
+    for name, s in result["failed"].items():
+        log.error("model %s version %s failed to load: %s: %s", name, s["version"],
+                  s["error_code"], s["error_message"])
+    return result["pending"]
 
 
 def stop(manager) -> None:

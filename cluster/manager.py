@@ -193,6 +193,7 @@ class Manager:
         with self._lock:
             record.state = Harness.ERROR
             record.error_code, record.error_message = code, message
+            self._changed.notify_all()
         log.error("Loading servable: %s failed: %s: %s", servable, code, message)
 
     def _unload(self, stream: Stream, record: VersionRecord) -> None:
@@ -315,6 +316,30 @@ class Manager:
                     raise AspireError(f"Could not find version {version} of model {name}", "NOT_FOUND")
                 return [record.status()]
             return [stream.versions[v].status() for v in sorted(stream.versions, reverse=True)]
+
+    def wait_for_models(self, names: list[str], timeout_s: float) -> dict:
+        """Block until each named model has a version AVAILABLE or END (TF Serving's wait at
+        start-up and on reload). Returns {"pending": [names still without one],
+        "failed": {name: status of its newest END version} for models with none AVAILABLE}."""
+        done = (Harness.READY, Harness.ERROR, Harness.DISABLED)  # AVAILABLE or END
+
+        def statuses(name: str) -> list[VersionRecord]:
+            stream = self._streams.get(name)
+            return sorted(stream.versions.values(), key=lambda r: -r.version) if stream else []
+
+        def pending() -> list[str]:
+            return [n for n in names if not any(r.state in done for r in statuses(n))]
+
+        with self._lock:
+            self._changed.wait_for(lambda: not pending(), timeout=timeout_s)
+            failed = {}
+            for name in names:
+                records = statuses(name)
+                if records and not any(r.state is Harness.READY for r in records):
+                    ended = [r for r in records if r.state in done]
+                    if ended:
+                        failed[name] = ended[0].status()
+            return {"pending": pending(), "failed": failed}
 
     def labels(self) -> dict[str, dict[str, int]]:
         with self._lock:

@@ -9,7 +9,6 @@ message, truncated to 1024 characters as TF Serving does.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
@@ -160,23 +159,11 @@ class GrpcIngress:
 
     async def _wait_settled(self, names: list[str], timeout_s: float = 300.0) -> None:
         """TF Serving's reload returns once every named model has a version AVAILABLE or END."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        failures = []
-        pending = set(names)
-        while pending and loop.time() < deadline:
-            for name in sorted(pending):
-                code, statuses = await self._manager.model_status.remote(name)
-                if code == "OK" and any(s["state"] in ("AVAILABLE", "END") for s in statuses):
-                    pending.discard(name)
-                    if not any(s["state"] == "AVAILABLE" for s in statuses):
-                        failed = next(s for s in statuses if s["state"] == "END")
-                        failures.append(f"{{name: {name} version: {failed['version']}}} due to error: "
-                                        f"{failed['error_code']}: {failed['error_message']}")
-            if pending:
-                await asyncio.sleep(0.1)
+        result = await self._manager.wait_for_models.remote(names, timeout_s)
+        failures = [f"{{name: {n} version: {s['version']}}} due to error: "
+                    f"{s['error_code']}: {s['error_message']}" for n, s in result["failed"].items()]
         failures += [f"{{name: {n}}} due to error: no version became available in {timeout_s:.0f} s"
-                     for n in sorted(pending)]
+                     for n in result["pending"]]
         if failures:
             raise AspireError(f"{len(failures)} model(s) did not become available: "
                               + "".join(f"{{{f}}}, " for f in failures), "UNKNOWN")

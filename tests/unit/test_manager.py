@@ -1,5 +1,6 @@
 """Manager reconcile logic without Ray: a recording backend stands in for Serve deployments."""
 import threading
+import time
 
 import pytest
 
@@ -169,7 +170,9 @@ def test_retries_stop_when_the_version_is_unaspired(backend):
     backend.fail["/m/1"] = AspireError("broken", "DATA_LOSS")
     manager.set_aspired_versions("m", {1: "/m/1"})
     manager.reconcile()
-    threading.Event().wait(0.2)
+    deadline = time.monotonic() + 5
+    while len(backend.events) < 2 and time.monotonic() < deadline:  # a retry has happened
+        threading.Event().wait(0.01)
     manager.set_aspired_versions("m", {})
     assert manager.wait_idle(5)
     assert len(backend.events) < 50
@@ -229,3 +232,25 @@ def test_labels_are_published_in_the_serving_map(manager):
     manager.set_labels({"m": {"stable": 1}})
     assert manager.serving_map()["labels"] == {"m": {"stable": 1}}
     assert manager.serving_map()["epoch"] > epoch
+
+
+def test_wait_for_models_returns_once_each_model_is_available_or_ended(manager, backend):
+    backend.fail["/bad/1"] = AspireError("broken", "NOT_FOUND")
+    manager.set_aspired_versions("good", {1: "/good/1"})
+    manager.set_aspired_versions("bad", {1: "/bad/1"})
+    manager.set_aspired_versions("empty", {})
+    stop = threading.Event()
+
+    def reconcile_loop():
+        while not stop.wait(0.01):
+            manager.reconcile()
+    threading.Thread(target=reconcile_loop, daemon=True).start()
+    try:
+        result = manager.wait_for_models(["good", "bad"], 5)
+        assert result["pending"] == []
+        assert result["failed"]["bad"]["error_code"] == "NOT_FOUND"
+        assert "good" not in result["failed"]
+        # A model without versions never settles: the wait ends at its timeout and says so.
+        assert manager.wait_for_models(["empty", "good"], 0.2)["pending"] == ["empty"]
+    finally:
+        stop.set()
