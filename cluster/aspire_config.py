@@ -5,7 +5,8 @@ Example:
 
     {"models": {"my_model": {"version_policy": "resource_preserving",
                              "traffic": {"stable": 90, "canary": 10},
-                             "num_replicas": 2}}}
+                             "num_replicas": 2,
+                             "device": "gpu", "vram": "10GiB", "ram": "2GiB"}}}
 
 Contract:
 - Top level: an object whose only key is "models" (optional; `{}` means no settings), mapping
@@ -14,6 +15,9 @@ Contract:
   - "version_policy": "availability_preserving" (default) or "resource_preserving".
   - "traffic": a `policies.traffic.TrafficSplit` for unversioned requests; null means none.
   - "num_replicas": int >= 1; null means the server-wide default.
+  - "device": "gpu" or "cpu"; null (default) means GPU when the cluster has GPUs, else CPU.
+  - "vram", "ram": what one replica needs, as a size string ("10GiB", "512MiB"); null means
+    estimated from the SavedModel (policies/admission.py `replica_need`).
 - Unknown keys anywhere, and a key repeated in one object, are errors: a typo must never be
   silently ignored. Every error is `AspireError(..., "INVALID_ARGUMENT")` whose message names the
   file, and the model and field where there is one.
@@ -24,12 +28,13 @@ import json
 from dataclasses import dataclass
 
 from deployments.errors import AspireError
+from policies.admission import DEVICES, parse_bytes
 from policies.lifecycle import POLICIES
 from policies.traffic import TrafficSplit
 
 DEFAULT_VERSION_POLICY = "availability_preserving"
 _TOP_LEVEL_KEYS = ("models",)
-_MODEL_KEYS = ("version_policy", "traffic", "num_replicas")
+_MODEL_KEYS = ("version_policy", "traffic", "num_replicas", "device", "vram", "ram")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,9 @@ class ModelSettings:
     version_policy: str = DEFAULT_VERSION_POLICY  # a key of policies.lifecycle.POLICIES
     traffic: TrafficSplit | None = None
     num_replicas: int | None = None  # None: the server-wide default
+    device: str | None = None  # "gpu" | "cpu" | None: GPU when the cluster has GPUs
+    vram_bytes: int | None = None  # declared per replica; None: estimated
+    ram_bytes: int | None = None
 
 
 class _DuplicateKey(Exception):
@@ -78,7 +86,22 @@ def _model_settings(body: object, fail) -> ModelSettings:
     if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
                                  or replicas < 1):
         raise fail(f"num_replicas must be an integer >= 1, got {replicas!r}")
-    return ModelSettings(policy, traffic, replicas)
+    device = body.get("device")
+    if device is not None and device not in DEVICES:
+        raise fail(f"device must be {' or '.join(repr(d) for d in DEVICES)}, got {device!r}")
+    sizes = {}
+    for key in ("vram", "ram"):
+        value = body.get(key)
+        if value is None:
+            sizes[key] = None
+            continue
+        try:
+            sizes[key] = parse_bytes(value)
+        except ValueError as e:
+            raise fail(f"invalid {key}: {e}") from None
+    if device == "cpu" and sizes["vram"]:
+        raise fail("vram is declared but device is 'cpu'")
+    return ModelSettings(policy, traffic, replicas, device, sizes["vram"], sizes["ram"])
 
 
 def parse_aspire_config(text: str, source: str = "<aspire config>") -> dict[str, ModelSettings]:

@@ -89,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
     ray_group.add_argument("--num_cpus_per_replica", type=float, default=0.25,
                            help="Ray CPUs reserved by each version replica")
-    ray_group.add_argument("--num_gpus_per_replica", type=float, default=0.0,
-                           help="Ray GPUs reserved by each version replica")
+    ray_group.add_argument("--gpus", default=None,
+                           help="declare each GPU node's GPUs where NVML cannot read them, as "
+                                "COUNTxSIZE or a list of sizes (2x16GiB, 16GiB,24GiB); the "
+                                "embedded Ray gets that many logical GPUs. Default: NVML")
     ray_group.add_argument("--num_router_replicas", type=int, default=1, help="router replicas")
     ray_group.add_argument("--initial_load_timeout_s", type=float, default=600.0,
                            help="how long to wait for the first versions before reporting ready")
@@ -115,8 +117,14 @@ def validate(args: argparse.Namespace) -> None:
                         "different port for HTTP/REST API.")
     if args.num_replicas < 1 or args.num_router_replicas < 1:
         raise FlagError("--num_replicas and --num_router_replicas must be at least 1")
-    if args.num_cpus_per_replica < 0 or args.num_gpus_per_replica < 0:
-        raise FlagError("--num_cpus_per_replica and --num_gpus_per_replica cannot be negative")
+    if args.num_cpus_per_replica < 0:
+        raise FlagError("--num_cpus_per_replica cannot be negative")
+    if args.gpus is not None:
+        from cluster.inventory import declared_inventory
+        try:
+            declared_inventory(args.gpus, "node")
+        except ValueError as err:
+            raise FlagError(f"--gpus: {err}") from None
     if args.num_load_threads < 0:
         raise FlagError("--num_load_threads cannot be negative")
     if args.model_base_path and "://" not in args.model_base_path and not os.path.isdir(args.model_base_path):
@@ -194,9 +202,8 @@ def serve_main(args: argparse.Namespace) -> int:
         model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
         aspire_config_file=os.path.abspath(args.aspire_config_file) if args.aspire_config_file else None,
         aspire_config_file_poll_wait_s=args.aspire_config_file_poll_wait_seconds,
-        settings=settings,
+        settings=settings, gpus=args.gpus,
         replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
-                               num_gpus=args.num_gpus_per_replica,
                                tags=tuple(t for t in args.saved_model_tags.split(",") if t),
                                enable_model_warmup=args.enable_model_warmup,
                                num_request_iterations_for_warmup=args.num_request_iterations_for_warmup))
@@ -209,7 +216,11 @@ def serve_main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     embedded = args.address is None
     if embedded:  # "local": always a new Ray instance, never one found on the machine
-        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False)
+        num_gpus = None  # Ray detects real GPUs itself
+        if args.gpus is not None:
+            from cluster.inventory import declared_inventory
+            num_gpus = len(declared_inventory(args.gpus, "node"))
+        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_gpus=num_gpus)
     else:
         ray.init(address=args.address, namespace=NAMESPACE)
     log.info("Ray cluster address: %s (aspire status --address=%s)",
@@ -247,7 +258,9 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def status_table(described: dict) -> str:
-    """Models, versions, states, labels and traffic weights as a table."""
+    """Models, versions, states, labels and traffic weights as a table; then, per GPU, what is
+    reserved and by which version, and per node the host RAM reserved."""
+    from policies.admission import format_bytes
     from policies.traffic import TrafficSplit, effective_weights
     rows = [("MODEL", "VERSION", "STATE", "LABELS", "TRAFFIC", "ERROR")]
     for name, statuses in described["models"].items():
@@ -261,12 +274,32 @@ def status_table(described: dict) -> str:
             names = ",".join(sorted(l for l, v in labels.items() if v == s["version"]))
             share = f"{weights[s['version']]:.0%}" if s["version"] in weights else ""
             rows.append((name, str(s["version"]), s["state"], names, share, error))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = _table(rows)
+    resources = described.get("resources") or {}
+    if resources.get("gpus"):
+        rows = [("NODE", "GPU", "TOTAL", "RESERVED", "FREE", "HELD BY")]
+        for g in resources["gpus"]:
+            holders = ", ".join(f"{k} {format_bytes(v)}" for k, v in g["holders"].items())
+            rows.append((g["node"][:12], str(g["index"]), format_bytes(g["total"]),
+                         format_bytes(g["reserved"]), format_bytes(g["free"]), holders))
+        lines += [""] + _table(rows)
+    if resources.get("hosts"):
+        rows = [("NODE", "HOST RAM", "RESERVED", "FREE", "")]
+        rows += [(h["node"][:12], format_bytes(h["total"]), format_bytes(h["reserved"]),
+                  format_bytes(h["free"]), "") for h in resources["hosts"]]
+        lines += [""] + _table(rows)
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns; the last column is not padded (it may be long)."""
+    n = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = []
     for r in rows:
-        line = "  ".join(f"{c:<{w}}" for c, w in zip(r[:5], widths))
-        lines.append(f"{line}  {r[5]}" if r[5] else line.rstrip())
-    return "\n".join(lines)
+        line = "  ".join(f"{c:<{w}}" for c, w in zip(r[:n], widths))
+        lines.append(f"{line}  {r[n]}" if r[n] else line.rstrip())
+    return lines
 
 
 def status_main(args: argparse.Namespace) -> int:

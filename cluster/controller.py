@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 import ray
 
 from cluster.aspire_config import ModelSettings, load_aspire_config
+from cluster.inventory import capacity_grew, cluster_inventory
 from cluster.manager import Manager
 from cluster.model_config import labels_from_config, models_from_config, read_config_file
 from cluster.source import FileSystemSource, ModelSource
 from deployments.errors import AspireError
 from deployments.router import MANAGER_NAME, NAMESPACE
 from deployments.servable import ReplicaOptions, ServeBackend
+from policies.admission import Reservations
 
 RECONCILE_INTERVAL_S = 0.1
 log = logging.getLogger("aspire.manager")
@@ -53,6 +55,8 @@ class ControllerConfig:
     aspire_config_file: str | None = None
     aspire_config_file_poll_wait_s: float = 1.0
     settings: dict[str, ModelSettings] = field(default_factory=dict)
+    gpus: str | None = None  # declared GPU inventory per node ("2x16GiB"); None: read NVML
+    inventory_refresh_s: float = 5.0
 
 
 class ManagerActor:
@@ -60,16 +64,24 @@ class ManagerActor:
         configure_logging()
         self._config = config
         self._backend = ServeBackend(config.replica)
+        self._inventory = cluster_inventory(config.gpus)
+        self._book = Reservations(*self._inventory)
+        log.info("Inventory: %d GPUs (%s), host RAM on %d nodes", len(self._inventory[0]),
+                 "declared " + config.gpus if config.gpus is not None else "NVML",
+                 len(self._inventory[1]))
         self._manager = Manager(self._backend, num_load_threads=config.num_load_threads,
                                 max_num_load_retries=config.max_num_load_retries,
-                                load_retry_interval_s=config.load_retry_interval_s)
+                                load_retry_interval_s=config.load_retry_interval_s,
+                                book=self._book)
         self._settings: dict[str, ModelSettings] = {}
         self._apply_settings(config.settings)
         self._models = {m.name: m for m in config.models}
         self._source = FileSystemSource(config.models, config.poll_wait_s, self._on_aspired_versions)
         self._manager.set_labels(config.labels)  # checked at start-up by the CLI
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._reconcile_loop, name="aspire-reconcile", daemon=True)]
+        self._threads = [threading.Thread(target=self._reconcile_loop, name="aspire-reconcile", daemon=True),
+                         threading.Thread(target=self._poll_loop, daemon=True, name="aspire-inventory",
+                                          args=(config.inventory_refresh_s, self.refresh_inventory))]
         if config.model_config_file and config.model_config_file_poll_wait_s > 0:
             self._threads.append(threading.Thread(target=self._poll_loop, daemon=True, args=(
                 config.model_config_file_poll_wait_s, self._reread_model_config), name="aspire-config"))
@@ -95,6 +107,20 @@ class ManagerActor:
             except Exception:
                 log.exception("config poll failed")
 
+    def refresh_inventory(self) -> None:
+        """Read the inventory again; refused versions are retried when capacity grew."""
+        inventory = cluster_inventory(self._config.gpus)
+        if inventory == self._inventory:
+            return
+        grew = capacity_grew(self._inventory, inventory)
+        self._inventory = inventory
+        self._book.update_inventory(*inventory)
+        lost = self._book.lost()
+        if lost:
+            log.warning("reservations on GPUs or nodes that left the cluster: %s", sorted(lost))
+        if grew:
+            self._manager.capacity_changed("the inventory grew")
+
     def _reread_model_config(self) -> None:
         try:
             server_config = read_config_file(self._config.model_config_file)
@@ -118,7 +144,7 @@ class ManagerActor:
 
     def _apply_settings(self, settings: dict[str, ModelSettings]) -> None:
         self._settings = dict(settings)
-        self._backend.num_replicas = {n: s.num_replicas for n, s in settings.items() if s.num_replicas}
+        self._backend.settings = dict(settings)
         self._manager.set_traffic({n: s.traffic.weights for n, s in settings.items() if s.traffic})
         for name in self._manager.stream_names():
             self._manager.set_policy(name, self._policy_for(name))
@@ -147,9 +173,17 @@ class ManagerActor:
         return self._manager.list_models()
 
     def describe(self) -> dict:
-        """Models with statuses, labels and traffic weights, for `aspire status`."""
+        """Models with statuses, labels, traffic weights, where each version's replicas run, and
+        the resource book (per GPU and per node: total, reserved by whom, free), for
+        `aspire status` and `GET /v1/aspire/status`."""
+        placements: dict[str, dict[str, list]] = {}
+        for name, version, where in self._manager.versions_where():
+            placements.setdefault(name, {})[str(version)] = where.get("placements", [])
         return {"models": self._manager.list_models(), "labels": self._manager.labels(),
-                "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()}}
+                "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},
+                "placements": placements,
+                "resources": {"gpus": self._book.snapshot(), "hosts": self._book.ram_snapshot(),
+                              "lost": sorted(self._book.lost())}}
 
     def serving_map(self) -> dict:
         return self._manager.serving_map()

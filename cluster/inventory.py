@@ -1,6 +1,10 @@
-"""GPU inventory of one node: read from NVML, or declared where no NVIDIA driver exists.
+"""GPU and host-RAM inventory: per node, read from NVML, or declared where no NVIDIA driver exists.
 
 Both sources return the same `Gpu` records, so the admission code cannot tell them apart.
+`cluster_inventory()` builds the whole cluster's inventory from Ray's view of its nodes: each
+alive node's host RAM is Ray's `memory` resource; its GPUs are the declared ones (one entry per
+Ray logical GPU of the node) or, with no declaration, what NVML reports on that node, read by a
+task pinned to it.
 
 - `declared_inventory("2x16GiB", node)` / `declared_inventory("16GiB,24GiB", node)`: the value of
   `--gpus=` (or a side config entry), used together with Ray logical GPUs (`--num-gpus`).
@@ -10,10 +14,15 @@ Both sources return the same `Gpu` records, so the admission code cannot tell th
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import re
-from typing import Iterable
+from typing import Callable, Iterable
 
 from policies.admission import Gpu, parse_bytes
+
+log = logging.getLogger("aspire.inventory")
 
 _ITEM_RE = re.compile(r"^\s*(?:([0-9]+)\s*[xX*]\s*)?(\S.*?)\s*$")
 
@@ -98,3 +107,105 @@ def nvml_inventory(node_id: str, own_pids: Iterable[int] = ()) -> list[Gpu]:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+
+def process_vram_bytes(pid: int) -> int | None:
+    """GPU memory NVML reports used by process `pid`, summed over devices; None without NVML or
+    where the driver does not report it. A replica calls it on itself after loading and warmup:
+    that is the measured peak the manager remembers for the version."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        total, seen = 0, False
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid and proc.usedGpuMemory is not None:
+                    total, seen = total + int(proc.usedGpuMemory), True
+        return total if seen else None
+    except pynvml.NVMLError:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def aspire_pids() -> list[int]:
+    """Pids of this node's Aspire replicas (their environment carries ASPIRE_SERVABLE)."""
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if b"ASPIRE_SERVABLE=" in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def nodes_inventory(nodes: list[dict], declared: str | None,
+                    probe: Callable[[str], list[Gpu]]) -> tuple[list[Gpu], dict[str, int]]:
+    """(GPUs, host RAM by node) of the alive nodes among `ray.nodes()`-shaped records.
+
+    With a declared spec, a node gets the spec's GPUs up to its number of Ray logical GPUs (a
+    node without Ray GPUs gets none, so a declaration never invents GPUs Ray cannot see);
+    without one, `probe(node_id)` reads the GPUs of each node where Ray found some."""
+    gpus: list[Gpu] = []
+    ram: dict[str, int] = {}
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        node_id = node["NodeID"]
+        resources = node.get("Resources", {})
+        ram[node_id] = int(resources.get("memory", 0))
+        ray_gpus = int(resources.get("GPU", 0))
+        if declared is not None:
+            mine = declared_inventory(declared, node_id)
+            if ray_gpus and len(mine) != ray_gpus:
+                log.warning("node %s has %d Ray GPUs but %d are declared (%s); using %d",
+                            node_id[:12], ray_gpus, len(mine), declared, min(ray_gpus, len(mine)))
+            gpus.extend(mine[:ray_gpus])
+        elif ray_gpus:  # Ray found no GPU on a node (or they are hidden from it): nothing to read
+            gpus.extend(probe(node_id))
+    return gpus, ram
+
+
+@functools.cache
+def _probe_task():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def probe(node_id: str) -> list[Gpu]:
+        return nvml_inventory(node_id, aspire_pids())
+    return probe
+
+
+def cluster_inventory(declared: str | None, timeout_s: float = 10.0) -> tuple[list[Gpu], dict[str, int]]:
+    """The inventory of the Ray cluster this process is connected to."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def probe(node_id: str) -> list[Gpu]:
+        try:
+            return ray.get(_probe_task().options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id, soft=False)).remote(node_id), timeout=timeout_s)
+        except Exception as exc:
+            log.warning("reading the GPUs of node %s failed: %s", node_id[:12], exc)
+            return []
+    return nodes_inventory(ray.nodes(), declared, probe)
+
+
+def capacity_grew(old: tuple[list[Gpu], dict[str, int]], new: tuple[list[Gpu], dict[str, int]]) -> bool:
+    """True when some GPU or node has more usable memory in `new` than in `old` (or is new)."""
+    def usable(gpus):
+        return {(g.node_id, g.index): g.total_bytes - g.used_by_others_bytes for g in gpus}
+    old_gpus, new_gpus = usable(old[0]), usable(new[0])
+    return (any(v > old_gpus.get(k, -1) for k, v in new_gpus.items())
+            or any(v > old[1].get(k, -1) for k, v in new[1].items()))

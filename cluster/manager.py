@@ -10,6 +10,12 @@ Contract:
   error code and message), newest first, as TF Serving's ServableStateMonitor reports it.
 - A load failure is recorded as state (END + error), never raised into the loops; versions that
   serve keep serving.
+- Resource-aware admission (when a reservation book is given): before a version's deployment is
+  created, each replica reserves its host RAM and, for GPU versions, its VRAM on one specific
+  (node, GPU) (policies/admission.py). A version that does not fit is refused at once, with no
+  load retries: END, RESOURCE_EXHAUSTED, and nothing that serves is touched. Reservations are
+  released when the version is unloaded or its load fails. A refused version that is still
+  aspired is tried again whenever capacity changes (a release, a new inventory).
 - The serving map (READY versions and where they run) has an epoch. Routers long-poll it and
   acknowledge the epoch they apply. A version is taken out of the map first and its deployment
   deleted only once every live router has acknowledged, so no request is routed to a deployment
@@ -28,17 +34,27 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from deployments.errors import AspireError
+from policies.admission import Need, Placement, Reservations
 from policies.lifecycle import POLICIES, PUBLIC_STATE, Action, Harness, VersionSnapshot
 
 log = logging.getLogger("aspire.manager")
 
 
 class Backend(Protocol):
-    def load(self, name: str, version: int, path: str) -> dict:
-        """Create the version's deployment; return where it runs once it answers. Raises AspireError."""
+    def need(self, name: str, version: int, path: str, has_gpus: bool,
+             measured_vram_bytes: int | None) -> tuple[Need, int]:
+        """(what one replica needs, how many replicas) for admission. Raises AspireError."""
+
+    def load(self, name: str, version: int, path: str, placements: list[Placement] | None) -> dict:
+        """Create the version's deployment, one replica per placement (None: no admission);
+        return where it runs once it answers. Raises AspireError."""
 
     def unload(self, name: str, version: int, where: dict) -> None:
         """Delete the version's deployment."""
+
+
+class _Refused(Exception):
+    """Admission refused a version; its state is already recorded."""
 
 
 @dataclass
@@ -52,6 +68,8 @@ class VersionRecord:
     where: dict | None = None  # set while the deployment exists
     ram_bytes: int | None = None
     load_seconds: float | None = None
+    refused: bool = False  # END for lack of resources: tried again when capacity changes
+    reservations: tuple[str, ...] = ()  # keys held in the reservation book
 
     def status(self) -> dict:
         return {"version": self.version, "state": PUBLIC_STATE[self.state],
@@ -71,8 +89,10 @@ class Manager:
     def __init__(self, backend: Backend, num_load_threads: int = 4,
                  max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0,
                  router_ack_timeout_s: float = 10.0, router_lease_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, book: Reservations | None = None):
         self._backend = backend
+        self._book = book  # None: no admission (every version is loaded as asked)
+        self._measured_vram: dict[tuple[str, int], int] = {}  # peak seen after a real GPU load
         self._max_num_load_retries = max(0, max_num_load_retries)
         self._load_retry_interval_s = max(0.0, load_retry_interval_s)
         self._streams: dict[str, Stream] = {}
@@ -157,11 +177,73 @@ class Manager:
                 self._in_flight -= 1
                 self._changed.notify_all()
 
+    def _admit(self, stream: Stream, record: VersionRecord, servable: str) -> list[Placement] | None:
+        """Reserve every replica's resources, all or none; AspireError(RESOURCE_EXHAUSTED) if
+        they do not fit. The refusal is recorded under the same lock as the reservation, so a
+        release racing with it always sees the version as refused and retries it."""
+        if self._book is None:
+            return None
+        key = (stream.name, record.version)
+        need, replicas = self._backend.need(stream.name, record.version, record.path,
+                                            self._book.has_gpus(), self._measured_vram.get(key))
+        keys = [servable] if replicas == 1 else [f"{servable} replica {i + 1} of {replicas}"
+                                                 for i in range(replicas)]
+        with self._lock:
+            placements = []
+            try:
+                for k in keys:
+                    placements.append(self._book.reserve(k, need))
+            except AspireError as err:
+                for k in keys[:len(placements)]:
+                    self._book.release(k)
+                record.refused = err.code == "RESOURCE_EXHAUSTED"
+                self._fail(record, servable, err.code, err.message)
+                raise _Refused() from None
+            record.reservations = tuple(keys)
+        return placements
+
+    def _release(self, record: VersionRecord, servable: str, why: str) -> None:
+        if self._book is None or not record.reservations:
+            return
+        with self._lock:
+            for k in record.reservations:
+                self._book.release(k)
+            record.reservations = ()
+            self._capacity_changed(f"{servable} {why}")
+
+    def capacity_changed(self, reason: str) -> None:
+        """Capacity may have grown (inventory refreshed, node added): retry refused versions."""
+        with self._lock:
+            self._capacity_changed(reason)
+
+    def _capacity_changed(self, reason: str) -> None:
+        for stream in self._streams.values():
+            for version, record in list(stream.versions.items()):
+                if record.state is Harness.ERROR and record.refused and record.aspired:
+                    log.info("Retrying servable {name: %s version: %d}, refused for insufficient "
+                             "resources: %s", stream.name, version, reason)
+                    stream.versions[version] = VersionRecord(version, record.path)
+        self._changed.notify_all()
+
     def _load(self, stream: Stream, record: VersionRecord) -> None:
         servable = f"{{name: {stream.name} version: {record.version}}}"
         log.info("Loading servable: %s from %s", servable, record.path)
         started = time.monotonic()
         where, code, message = None, "UNKNOWN", ""
+        try:
+            placements = self._admit(stream, record, servable)
+        except _Refused:
+            return
+        except AspireError as err:
+            self._fail(record, servable, err.code, err.message)
+            return
+        except Exception as exc:  # estimating the need failed (I/O, a bug): report it as state
+            self._fail(record, servable, "UNKNOWN", f"{type(exc).__name__}: {exc}")
+            return
+        if placements:
+            log.info("Admitted servable: %s on %s", servable, ", ".join(
+                f"node {p.node_id[:12]} " + (f"GPU {p.gpu_index}" if p.gpu_index is not None else "CPU")
+                for p in placements))
         for attempt in range(self._max_num_load_retries + 1):
             if attempt:
                 # TF Serving's retrier: wait, and give up early once the version is unaspired.
@@ -172,7 +254,7 @@ class Manager:
                         break
                 log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
             try:
-                where = self._backend.load(stream.name, record.version, record.path)
+                where = self._backend.load(stream.name, record.version, record.path, placements)
             except AspireError as err:
                 code, message = err.code, err.message
             except Exception as exc:
@@ -187,9 +269,17 @@ class Manager:
                 record.state = Harness.READY
                 record.load_seconds = elapsed
                 record.ram_bytes = where.get("ram_bytes")
+                measured = where.get("measured_vram_bytes")
+                if measured:
+                    key = (stream.name, record.version)
+                    self._measured_vram[key] = min(measured, self._measured_vram.get(key, measured))
                 self._publish()
             log.info("Successfully loaded servable version %s in %.2f s", servable, elapsed)
             return
+        self._release(record, servable, "released its reservation after a failed load")
+        self._fail(record, servable, code, message)
+
+    def _fail(self, record: VersionRecord, servable: str, code: str, message: str) -> None:
         with self._lock:
             record.state = Harness.ERROR
             record.error_code, record.error_message = code, message
@@ -209,6 +299,7 @@ class Manager:
         with self._lock:
             record.where = None
             record.state = Harness.DISABLED
+        self._release(record, servable, "was unloaded")
         log.info("Done unloading servable version %s", servable)
 
     def wait_idle(self, timeout_s: float) -> bool:

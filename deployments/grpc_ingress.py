@@ -62,7 +62,7 @@ class GrpcIngress:
                 raise invalid_argument("Missing ModelSpec")
             name, version, label = spec_target(spec)
             version, where = resolve(self._map, name, version, label)
-            code, payload = await self._call(self._handle(where["app"]).grpc.remote(
+            code, payload = await self._call(self._handle(where).grpc.remote(
                 method, request.SerializeToString(), name, version, self.tensor_content))
             if code != "OK":
                 raise AspireError(payload, code)

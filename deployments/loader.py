@@ -1,7 +1,8 @@
 """Loader: estimates, loads and unloads one SavedModel version (TF Serving's Loader contract).
 
 - `estimate_resources()` is an upper bound known before loading: host RAM = bytes of every file
-  under the version directory x 1.2 (TF Serving's kResourceEstimateRAMMultiplier).
+  under the version directory x 1.2 (TF Serving's kResourceEstimateRAMMultiplier); the variable
+  bytes it also returns feed the VRAM estimate (policies/admission.py).
 - `validate()` reads only `saved_model.pb`/`.pbtxt` and the requested tag-set, so a version that
   cannot load is refused with TF's message before any replica is started for it.
 - `load()` loads the MetaGraph into a TF1 session, the way TF Serving's C++ server does. This
@@ -24,7 +25,8 @@ DEFAULT_TAGS = ("serve",)
 
 @dataclass(frozen=True)
 class Resources:
-    ram_bytes: int
+    ram_bytes: int  # every file of the version x RAM_ESTIMATE_MULTIPLIER
+    variable_bytes: int  # variables/ plus the graph (constants of frozen graphs live there)
 
 
 def _gfile():
@@ -32,13 +34,19 @@ def _gfile():
     return tf.io.gfile
 
 
-def _walk_bytes(path: str) -> int:
+def _walk_bytes(path: str) -> tuple[int, int]:
+    """(bytes of every file under `path`, bytes of variables/ and saved_model.pb(txt))."""
     gfile = _gfile()
-    total = 0
+    total = weights = 0
+    variables = os.path.join(path, "variables")
     for root, _dirs, files in gfile.walk(path):
         for name in files:
-            total += gfile.stat(os.path.join(root, name)).length
-    return total
+            size = gfile.stat(os.path.join(root, name)).length
+            total += size
+            if (root.rstrip("/") == variables or root.startswith(variables + "/")
+                    or (root.rstrip("/") == path.rstrip("/") and name.startswith("saved_model.pb"))):
+                weights += size
+    return total, weights
 
 
 def _tf_message(message: str) -> str:
@@ -58,13 +66,31 @@ def _from_tf_error(err) -> AspireError:
     return AspireError(_tf_message(err.message), code)
 
 
+def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0,
+                   gpu_memory_limit_bytes: int | None = None):
+    """The TF session config of a replica. Memory growth is on, so a version takes GPU memory
+    as it needs it; with `gpu_memory_limit_bytes` (the replica's VRAM reservation), the one GPU
+    the replica sees is a logical device capped to it, so one version cannot starve another."""
+    import tensorflow as tf
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=intra_op_threads,
+        inter_op_parallelism_threads=inter_op_threads,
+        allow_soft_placement=True)
+    config.gpu_options.allow_growth = True
+    if gpu_memory_limit_bytes:
+        device = config.gpu_options.experimental.virtual_devices.add()
+        device.memory_limit_mb.append(gpu_memory_limit_bytes / (1024 * 1024))
+    return config
+
+
 class SavedModelLoader:
     def __init__(self, path: str, tags: tuple[str, ...] = DEFAULT_TAGS):
         self.path = path
         self.tags = tuple(tags)
 
     def estimate_resources(self) -> Resources:
-        return Resources(ram_bytes=int(_walk_bytes(self.path) * RAM_ESTIMATE_MULTIPLIER))
+        total, weights = _walk_bytes(self.path)
+        return Resources(ram_bytes=int(total * RAM_ESTIMATE_MULTIPLIER), variable_bytes=weights)
 
     def read_meta_graph(self):
         """The MetaGraphDef for `tags`, read from disk without loading variables."""
@@ -103,15 +129,12 @@ class SavedModelLoader:
         """Signature defs of the version (cheap); raises AspireError when it cannot load."""
         return dict(self.read_meta_graph().signature_def)
 
-    def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0) -> "LoadedSavedModel":
+    def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0,
+             gpu_memory_limit_bytes: int | None = None) -> "LoadedSavedModel":
         import tensorflow as tf
         tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
         graph = tf.Graph()
-        config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=intra_op_threads,
-            inter_op_parallelism_threads=inter_op_threads,
-            allow_soft_placement=True)
-        config.gpu_options.allow_growth = True
+        config = session_config(intra_op_threads, inter_op_threads, gpu_memory_limit_bytes)
         session = tf.compat.v1.Session(graph=graph, config=config)
         try:
             with graph.as_default():

@@ -45,6 +45,9 @@ GET_PATH = re.compile(
     re.IGNORECASE)
 V1_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 INT64_MAX = 2**63 - 1
+# Aspire's own status (every model, where its replicas run, GPU and RAM reservations): not part
+# of TF Serving's grammar, which answers no GET under /v1/ other than /v1/models/...
+ASPIRE_STATUS_PATH = "/v1/aspire/status"
 
 
 def parse_path(method: str, raw_path: str) -> dict:
@@ -154,7 +157,13 @@ class Router(GrpcIngress):
                 log.warning("serving map poll failed: %s", exc)
                 self._stop.wait(1.0)
 
-    def _handle(self, app_name: str):
+    def _handle(self, where: dict):
+        """A handle to one of the version's applications, chosen in proportion to replicas."""
+        apps = where["apps"]
+        if len(apps) == 1:
+            app_name = apps[0][0]
+        else:
+            app_name = random.choices([a for a, _ in apps], weights=[n for _, n in apps])[0]
         handle = self._handles.get(app_name)
         if handle is None:
             handle = self._handles[app_name] = serve.get_deployment_handle("servable", app_name)
@@ -186,6 +195,8 @@ class Router(GrpcIngress):
             return error_response("INTERNAL", f"Internal error: {type(exc).__name__}")
 
     async def _dispatch(self, request: Request, raw_path: str) -> Response:
+        if request.method == "GET" and raw_path == ASPIRE_STATUS_PATH:
+            return json_response(await self._manager.describe.remote())
         route = parse_path(request.method, raw_path)
         kind = route["kind"]
         if kind == "list":
@@ -199,7 +210,7 @@ class Router(GrpcIngress):
             return json_response(status_body(payload))
         if kind == "metadata":
             version, where = resolve(self._map, route["name"], route["version"], route["label"])
-            code, metadata = await self._call(self._handle(where["app"]).metadata.remote())
+            code, metadata = await self._call(self._handle(where).metadata.remote())
             if code != "OK":
                 return error_response(code, metadata)
             return json_response({"model_spec": {"name": route["name"], "signature_name": "",
@@ -214,7 +225,7 @@ class Router(GrpcIngress):
         doc = json_tensor.parse_body(body)
         json_tensor.signature_name_of(doc)
         version, where = resolve(self._map, route["name"], route["version"], route["label"])
-        code, text = await self._call(self._handle(where["app"]).rest.remote(kind, doc))
+        code, text = await self._call(self._handle(where).rest.remote(kind, doc))
         if code != "OK":
             return error_response(code, text)
         return json_response(text)

@@ -1,14 +1,24 @@
-"""One servable version = one Ray Serve application holding one deployment.
+"""One servable version = one Ray Serve application per placement of its replicas.
 
 `ServableDeployment` replicas each load the version with the Loader and answer inference calls
 through the shared request core (deployments/inference.py). `ServeBackend` is what the manager
-calls to create and delete those deployments; a version is reported loaded only once its
-deployment is RUNNING and a replica has answered a call.
+calls to size, create and delete them; a version is reported loaded only once its deployments
+are RUNNING and a replica of each has answered a call.
+
+Placement: the manager's admission reserves each replica on one node and, for GPU versions, one
+GPU of that node (policies/admission.py). Replicas that share a (node, GPU) form one Serve
+application; the version's applications are listed in `where["apps"]` with their replica counts,
+and the router spreads requests over them in that proportion. Each application is pinned to its
+node with Ray's node-id label selector, and Aspire, not Ray, assigns the GPU: the replica is
+started with `CUDA_VISIBLE_DEVICES` set to the reserved GPU's index (NVML/PCI order; "" for CPU
+replicas so TensorFlow never touches a GPU it holds no reservation on), Ray's own GPU bookkeeping
+is not asked for, and TensorFlow inside the replica is capped to the reservation.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,6 +29,7 @@ from deployments import inference, proto_api
 from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
 from deployments.warmup import run_warmup
+from policies.admission import Need, Placement, replica_need
 
 log = logging.getLogger("aspire.servable")
 
@@ -35,16 +46,21 @@ def app_name(name: str, version: int) -> str:
 @serve.deployment
 class ServableDeployment:
     def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
-                 warmup_iterations: int | None = 1):
+                 warmup_iterations: int | None = 1, gpu_memory_limit_bytes: int | None = None):
         self.name, self.version = name, version
         self.model, self.load_error = None, None
+        self.measured_vram_bytes = None
         started = time.monotonic()
         # A failed load (warmup included) is kept as state and reported by ping(), not raised:
         # raising would make Serve retry the constructor and bury TF's message in a traceback.
         try:
-            self.model = SavedModelLoader(path, tags).load()
+            self.model = SavedModelLoader(path, tags).load(
+                gpu_memory_limit_bytes=gpu_memory_limit_bytes)
             if warmup_iterations is not None:  # None: --enable_model_warmup=false
                 run_warmup(self.model, path, name, version, warmup_iterations)
+            if gpu_memory_limit_bytes:
+                from cluster.inventory import process_vram_bytes
+                self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
         except AspireError as err:
             self.load_error = (err.code, err.message)
         except Exception as exc:
@@ -53,7 +69,11 @@ class ServableDeployment:
                  self.load_error or "OK", time.monotonic() - started)
 
     def ping(self) -> dict:
-        return {"version": self.version, "error": self.load_error}
+        import ray
+        return {"version": self.version, "error": self.load_error, "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "measured_vram_bytes": self.measured_vram_bytes}
 
     def rest(self, verb: str, doc: dict) -> tuple[str, str]:
         if self.load_error is not None:
@@ -83,7 +103,6 @@ class ReplicaOptions:
 
     num_replicas: int = 1
     num_cpus: float = 0.25
-    num_gpus: float = 0.0
     max_ongoing_requests: int = 64
     graceful_shutdown_timeout_s: float = 20.0
     tags: tuple[str, ...] = ("serve",)
@@ -101,45 +120,102 @@ def _deploy_failure_message(text: str) -> str:
     return text.strip().splitlines()[-1].strip() if text.strip() else "deployment failed"
 
 
+def _groups(placements: list[Placement]) -> list[tuple[Placement, int]]:
+    """Placements sharing a (node, GPU), in first-seen order, as (placement, replica count)."""
+    counts: dict[tuple, list] = {}
+    for p in placements:
+        counts.setdefault((p.node_id, p.gpu_index), [p, 0])[1] += 1
+    return [(p, n) for p, n in counts.values()]
+
+
+def _replica_env(app: str, placement: Placement | None) -> dict[str, str]:
+    env = {"ASPIRE_SERVABLE": app}  # lets the NVML inventory tell Aspire's processes apart
+    if placement is not None:
+        env.update({
+            "CUDA_VISIBLE_DEVICES": "" if placement.gpu_index is None else str(placement.gpu_index),
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers GPUs as NVML does
+            "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+        })
+    return env
+
+
 class ServeBackend:
-    """Creates and deletes version deployments on Ray Serve (called from the manager)."""
+    """Sizes, creates and deletes version deployments on Ray Serve (called from the manager)."""
 
     def __init__(self, options: ReplicaOptions, load_timeout_s: float = 600.0):
         self.options = options
         self.load_timeout_s = load_timeout_s
-        self.num_replicas: dict[str, int] = {}  # per-model overrides from Aspire's side file
+        self.settings: dict = {}  # model name -> cluster.aspire_config.ModelSettings
 
-    def load(self, name: str, version: int, path: str) -> dict:
+    def need(self, name: str, version: int, path: str, has_gpus: bool,
+             measured_vram_bytes: int | None) -> tuple[Need, int]:
+        settings = self.settings.get(name)
+        resources = SavedModelLoader(path, self.options.tags).estimate_resources()
+        device = (settings and settings.device) or ("gpu" if has_gpus else "cpu")
+        need = replica_need(device, variable_bytes=resources.variable_bytes,
+                            ram_estimate_bytes=resources.ram_bytes,
+                            declared_vram_bytes=settings.vram_bytes if settings else None,
+                            declared_ram_bytes=settings.ram_bytes if settings else None,
+                            measured_vram_bytes=measured_vram_bytes)
+        return need, self._replicas(name)
+
+    def _replicas(self, name: str) -> int:
+        settings = self.settings.get(name)
+        return (settings and settings.num_replicas) or self.options.num_replicas
+
+    def load(self, name: str, version: int, path: str,
+             placements: list[Placement] | None = None) -> dict:
         loader = SavedModelLoader(path, self.options.tags)
         ram_bytes = loader.estimate_resources().ram_bytes
         loader.validate()  # cheap: refuses a version that cannot load before starting replicas
-        app = app_name(name, version)
         opts = self.options
-        actor_options = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
-                         **opts.extra_actor_options}
-        deployment = ServableDeployment.options(
-            name="servable", num_replicas=self.num_replicas.get(name, opts.num_replicas),
-            ray_actor_options=actor_options,
-            max_ongoing_requests=opts.max_ongoing_requests,
-            graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
-            health_check_period_s=5)
+        warmup = (max(1, opts.num_request_iterations_for_warmup)
+                  if opts.enable_model_warmup else None)
+        groups = _groups(placements) if placements else [(None, self._replicas(name))]
+        base = app_name(name, version)
+        apps, replicas = [], []
         try:
-            warmup = (max(1, opts.num_request_iterations_for_warmup)
-                      if opts.enable_model_warmup else None)
-            handle = serve.run(deployment.bind(name, version, path, tuple(opts.tags), warmup),
-                               name=app, route_prefix=None)
-            answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
+            for i, (placement, count) in enumerate(groups):
+                app = base if i == 0 else f"{base}-p{i}"
+                apps.append([app, count])
+                actor_options = {"num_cpus": opts.num_cpus, "num_gpus": 0,
+                                 "runtime_env": {"env_vars": _replica_env(app, placement)},
+                                 **opts.extra_actor_options}
+                if placement is not None:
+                    actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
+                limit = placement.vram_bytes if placement is not None and placement.gpu_index is not None else None
+                deployment = ServableDeployment.options(
+                    name="servable", num_replicas=count, ray_actor_options=actor_options,
+                    max_ongoing_requests=opts.max_ongoing_requests,
+                    graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
+                    health_check_period_s=5)
+                handle = serve.run(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit),
+                                   name=app, route_prefix=None)
+                answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
+                if answer["error"] is not None:
+                    code, message = answer["error"]
+                    raise AspireError(message, code)
+                replicas.append({"app": app, "replicas": count,
+                                 "node_id": answer["node_id"],
+                                 "gpu": None if placement is None else placement.gpu_index,
+                                 "vram_bytes": 0 if placement is None else placement.vram_bytes,
+                                 "cuda_visible_devices": answer["cuda_visible_devices"],
+                                 "measured_vram_bytes": answer["measured_vram_bytes"]})
+        except AspireError:
+            for app, _ in apps:
+                self._delete(app)
+            raise
         except Exception as exc:
-            self._delete(app)
+            for app, _ in apps:
+                self._delete(app)
             raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
-        if answer["error"] is not None:
-            self._delete(app)
-            code, message = answer["error"]
-            raise AspireError(message, code)
-        return {"app": app, "deployment": "servable", "ram_bytes": ram_bytes}
+        measured = [r["measured_vram_bytes"] for r in replicas if r["measured_vram_bytes"]]
+        return {"apps": apps, "ram_bytes": ram_bytes, "placements": replicas,
+                "measured_vram_bytes": max(measured) if measured else None}
 
     def unload(self, name: str, version: int, where: dict) -> None:
-        self._delete(where.get("app") or app_name(name, version))
+        for app, _ in where.get("apps") or [[app_name(name, version), 1]]:
+            self._delete(app)
 
     @staticmethod
     def _delete(app: str) -> None:

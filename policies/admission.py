@@ -76,6 +76,32 @@ def estimate_vram_bytes(variable_bytes: int, factor: float = VRAM_FACTOR,
     return int(math.ceil(variable_bytes * factor)) + int(workspace_bytes)
 
 
+DEVICES = ("gpu", "cpu")
+
+
+def replica_need(device: str, *, variable_bytes: int, ram_estimate_bytes: int,
+                 declared_vram_bytes: int | None = None, declared_ram_bytes: int | None = None,
+                 measured_vram_bytes: int | None = None) -> Need:
+    """What one replica of a version reserves.
+
+    - Host RAM: the declared `ram`, else the Loader's estimate (files x 1.2).
+    - `device == "cpu"`: no VRAM. `device == "gpu"`: the declared `vram`, else
+      `estimate_vram_bytes(variable_bytes)`, lowered to the peak measured after an earlier load of
+      the same version on a real GPU (an estimate may only go down once known, never up).
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    ram = declared_ram_bytes if declared_ram_bytes is not None else ram_estimate_bytes
+    if device == "cpu":
+        return Need(0, ram)
+    if declared_vram_bytes is not None:
+        return Need(declared_vram_bytes, ram)
+    vram = estimate_vram_bytes(variable_bytes)
+    if measured_vram_bytes:
+        vram = min(vram, measured_vram_bytes)
+    return Need(vram, ram)
+
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2,
@@ -156,6 +182,10 @@ class Reservations:
             if ram_bytes_by_node is not None:
                 self._ram = dict(ram_bytes_by_node)
 
+    def has_gpus(self) -> bool:
+        with self._lock:
+            return bool(self._gpus)
+
     # -- accounting (callers hold the lock) ------------------------------------------------
 
     def _reserved_vram(self, key: tuple[str, int]) -> int:
@@ -194,7 +224,7 @@ class Reservations:
             if free < need.ram_bytes:
                 raise AspireError(
                     f"{prefix}; needs {format_bytes(need.ram_bytes)} of host RAM, largest free "
-                    f"block is {format_bytes(max(free, 0))} (node {node})", "RESOURCE_EXHAUSTED")
+                    f"block is {format_bytes(max(free, 0))} (node {node[:12]})", "RESOURCE_EXHAUSTED")
             return Placement(node, None, 0, need.ram_bytes)
 
         gpus = sorted(self._gpus.values(), key=_key)
@@ -211,13 +241,13 @@ class Reservations:
             raise AspireError(
                 f"{prefix}; needs {format_bytes(need.vram_bytes)} of GPU memory, largest free "
                 f"block is {format_bytes(max(self._free_vram(largest), 0))} "
-                f"(node {largest.node_id} GPU {largest.index})", "RESOURCE_EXHAUSTED")
+                f"(node {largest.node_id[:12]} GPU {largest.index})", "RESOURCE_EXHAUSTED")
         node = min({g.node_id for g in fits}, key=lambda n: (-self._free_ram(n), n))
         raise AspireError(
             f"{prefix}; needs {format_bytes(need.vram_bytes)} of GPU memory and "
             f"{format_bytes(need.ram_bytes)} of host RAM on the same node, largest free host RAM "
             f"next to a fitting GPU is {format_bytes(max(self._free_ram(node), 0))} "
-            f"(node {node})", "RESOURCE_EXHAUSTED")
+            f"(node {node[:12]})", "RESOURCE_EXHAUSTED")
 
     def release(self, servable: str) -> None:
         """Free what `servable` holds; releasing twice, or what was never held, does nothing."""

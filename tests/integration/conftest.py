@@ -7,8 +7,12 @@ own add it with `aspire.add_model(...)`, which goes through the manager's model-
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -78,6 +82,53 @@ class ClosedLoop:
         self.stop.set()
         for t in self.threads:
             t.join(60)
+
+
+ASPIRE = str(Path(sys.executable).parent / "aspire")
+
+
+class Output:
+    def __init__(self, proc):
+        self.lines = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def find(self, pattern):
+        for line in self.lines:
+            m = re.search(pattern, line)
+            if m:
+                return m
+        return None
+
+
+class Served:
+    """`aspire serve FLAGS` as a user runs it: waits for the ready line, Ctrl-C on exit.
+    `exit_code` holds the status the process ended with."""
+
+    def __init__(self, *flags: str):
+        self.proc = subprocess.Popen([ASPIRE, "serve", *flags], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.out = Output(self.proc)
+        self.exit_code = None
+
+    def __enter__(self):
+        wait_for(lambda: self.out.find(r"Exporting HTTP/REST API") or self.proc.poll() is not None,
+                 240, 0.2, what="aspire serve to report ready")
+        assert self.proc.poll() is None, "".join(self.out.lines[-40:])
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.exit_code = self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.out.thread.join(10)
 
 
 class Aspire:

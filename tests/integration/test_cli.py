@@ -1,65 +1,14 @@
 """`aspire serve` and `aspire status` as a user runs them: a real process, embedded Ray, Ctrl-C."""
 import re
-import signal
 import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.conftest import DATA, free_port, wait_for
+from tests.integration.conftest import ASPIRE, DATA, Served, free_port, wait_for
 
 pytestmark = pytest.mark.ray
-ASPIRE = str(Path(sys.executable).parent / "aspire")
-
-
-class Output:
-    def __init__(self, proc):
-        self.lines = []
-        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _read(self, proc):
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    def find(self, pattern):
-        for line in self.lines:
-            m = re.search(pattern, line)
-            if m:
-                return m
-        return None
-
-
-class Served:
-    """`aspire serve FLAGS` as a user runs it: waits for the ready line, Ctrl-C on exit.
-    `exit_code` holds the status the process ended with."""
-
-    def __init__(self, *flags: str):
-        self.proc = subprocess.Popen([ASPIRE, "serve", *flags], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.out = Output(self.proc)
-        self.exit_code = None
-
-    def __enter__(self):
-        wait_for(lambda: self.out.find(r"Exporting HTTP/REST API") or self.proc.poll() is not None,
-                 240, 0.2, what="aspire serve to report ready")
-        assert self.proc.poll() is None, "".join(self.out.lines[-40:])
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.exit_code = self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        self.out.thread.join(10)
-
-
 def test_serve_cli_serves_half_plus_two_then_shuts_down_on_ctrl_c():
     port = free_port()
     started = time.monotonic()

@@ -8,7 +8,7 @@ import pytest
 from deployments.errors import AspireError
 from policies.admission import (GIB, MIB, VRAM_FACTOR, VRAM_WORKSPACE_BYTES, Gpu, Need,
                                 Placement, Reservations, estimate_vram_bytes, format_bytes,
-                                parse_bytes)
+                                parse_bytes, replica_need)
 
 S = "{name: m version: %d}"
 
@@ -265,3 +265,34 @@ def test_need_rejects_negative_and_format_bytes():
         Need(-1)
     assert [format_bytes(n) for n in (0, 100, 2048, 3 * MIB, 10 * GIB)] == [
         "0 B", "100 B", "2.0 KiB", "3.0 MiB", "10.0 GiB"]
+
+
+# -- replica_need: what one replica reserves ---------------------------------------------------
+
+def test_replica_need_on_cpu_reserves_ram_only():
+    assert replica_need("cpu", variable_bytes=10 * GIB, ram_estimate_bytes=123) == Need(0, 123)
+
+
+def test_replica_need_on_gpu_estimates_from_variables():
+    need = replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=5)
+    assert need == Need(2 * GIB + 256 * MIB, 5)
+
+
+def test_declared_sizes_win_over_estimates_and_measurements():
+    need = replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=5,
+                        declared_vram_bytes=10 * GIB, declared_ram_bytes=7,
+                        measured_vram_bytes=MIB)
+    assert need == Need(10 * GIB, 7)
+
+
+def test_measured_peak_only_ever_lowers_the_estimate():
+    estimate = estimate_vram_bytes(GIB)
+    assert replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=0,
+                        measured_vram_bytes=GIB).vram_bytes == GIB
+    assert replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=0,
+                        measured_vram_bytes=100 * GIB).vram_bytes == estimate
+
+
+def test_replica_need_rejects_unknown_devices():
+    with pytest.raises(ValueError, match="device must be one of"):
+        replica_need("tpu", variable_bytes=0, ram_estimate_bytes=0)

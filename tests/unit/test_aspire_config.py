@@ -81,7 +81,26 @@ def test_unknown_top_level_key_is_rejected():
 def test_unknown_model_key_is_rejected():
     assert error({"models": {"m": {"num_replica": 2}}}).message == (
         "Invalid Aspire config cfg.json: model 'm': unknown key 'num_replica' "
-        "(expected one of version_policy, traffic, num_replicas)")
+        "(expected one of version_policy, traffic, num_replicas, device, vram, ram)")
+
+
+def test_device_and_declared_sizes_are_parsed():
+    settings = parse_aspire_config(json.dumps({"models": {
+        "big": {"device": "gpu", "vram": "10GiB", "ram": "512MiB"}, "small": {"device": "cpu"}}}))
+    assert settings["big"].device == "gpu"
+    assert settings["big"].vram_bytes == 10 * 1024 ** 3
+    assert settings["big"].ram_bytes == 512 * 1024 ** 2
+    assert settings["small"] == ModelSettings(device="cpu")
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"device": "tpu"}, "device must be 'gpu' or 'cpu', got 'tpu'"),
+    ({"vram": "ten gigs"}, "invalid vram: invalid size 'ten gigs'"),
+    ({"ram": 1024}, "invalid ram: size must be a string"),
+    ({"device": "cpu", "vram": "1GiB"}, "vram is declared but device is 'cpu'"),
+])
+def test_bad_device_or_sizes_are_rejected(body, message):
+    assert message in error({"models": {"m": body}}).message
 
 
 def test_repeated_model_name_is_rejected():

@@ -1,12 +1,14 @@
 """Declared GPU inventories, and NVML reading with a stand-in module (the real path runs only
 where NVIDIA drivers exist: tests/gpu/)."""
+import os
 import sys
 import types
 from types import SimpleNamespace
 
 import pytest
 
-from cluster.inventory import declared_inventory, nvml_inventory
+from cluster.inventory import (aspire_pids, capacity_grew, declared_inventory, nodes_inventory,
+                              nvml_inventory)
 from policies.admission import GIB, MIB, Gpu
 
 
@@ -89,3 +91,58 @@ def test_nvml_inventory_counts_foreign_processes_only(monkeypatch):
 def test_nvml_inventory_init_failure_returns_empty(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([], fail_init=True))
     assert nvml_inventory("n1") == []
+
+
+# -- the cluster's inventory from Ray's node records ---------------------------------------------
+
+def node(node_id, gpus=0, memory=8 * GIB, alive=True):
+    resources = {"CPU": 2.0, "memory": float(memory)}
+    if gpus:
+        resources["GPU"] = float(gpus)
+    return {"NodeID": node_id, "Alive": alive, "Resources": resources}
+
+
+def test_declared_gpus_go_to_nodes_with_ray_gpus_only():
+    gpus, ram = nodes_inventory([node("head"), node("w1", gpus=2), node("dead", gpus=2, alive=False)],
+                                "2x16GiB", probe=lambda n: pytest.fail("no probe when declared"))
+    assert gpus == [Gpu("w1", 0, 16 * GIB), Gpu("w1", 1, 16 * GIB)]
+    assert ram == {"head": 8 * GIB, "w1": 8 * GIB}
+
+
+def test_a_declaration_never_invents_gpus_ray_cannot_see():
+    gpus, _ = nodes_inventory([node("w1", gpus=1)], "2x16GiB", probe=None)
+    assert gpus == [Gpu("w1", 0, 16 * GIB)]
+
+
+def test_without_a_declaration_each_gpu_node_is_probed():
+    probed = []
+
+    def probe(node_id):
+        probed.append(node_id)
+        return [Gpu(node_id, 0, 80 * GIB, used_by_others_bytes=GIB)]
+    gpus, _ = nodes_inventory([node("head"), node("w1", gpus=1)], None, probe)
+    assert probed == ["w1"]
+    assert gpus == [Gpu("w1", 0, 80 * GIB, GIB)]
+
+
+def test_capacity_grows_with_a_new_node_or_less_foreign_use_only():
+    base = ([Gpu("n", 0, 16 * GIB, GIB)], {"n": 8 * GIB})
+    assert not capacity_grew(base, base)
+    assert capacity_grew(base, ([Gpu("n", 0, 16 * GIB, 0)], {"n": 8 * GIB}))
+    assert capacity_grew(base, (base[0] + [Gpu("m", 0, GIB)], {"n": 8 * GIB, "m": GIB}))
+    assert not capacity_grew(base, ([Gpu("n", 0, 16 * GIB, 2 * GIB)], {"n": 8 * GIB}))
+    assert not capacity_grew(base, ([], {}))  # a node leaving frees nothing
+
+
+def test_aspire_pids_finds_processes_marked_as_replicas():
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "import time; print(1, flush=True); time.sleep(30)"],
+                             env={**os.environ, "ASPIRE_SERVABLE": "test-app"}, stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # it has exec'd with its own environment
+        assert child.pid in aspire_pids()
+        assert os.getpid() not in aspire_pids()
+    finally:
+        child.kill()
+        child.wait()

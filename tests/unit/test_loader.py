@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from deployments.errors import AspireError
-from deployments.loader import SavedModelLoader
+from deployments.loader import SavedModelLoader, session_config
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 
@@ -18,6 +18,32 @@ def test_ram_estimate_is_file_bytes_times_1_2():
     path = version_dir("saved_model_half_plus_two_cpu")
     total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
     assert SavedModelLoader(path).estimate_resources().ram_bytes == int(total * 1.2)
+
+
+def test_variable_bytes_count_the_variables_and_the_graph():
+    path = version_dir("saved_model_half_plus_two_cpu")
+    weights = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path)
+                  for f in files if "variables" in root or f.startswith("saved_model.pb"))
+    resources = SavedModelLoader(path).estimate_resources()
+    assert resources.variable_bytes == weights
+    assert 0 < resources.variable_bytes < resources.ram_bytes
+
+
+def test_session_config_grows_memory_and_caps_it_to_the_reservation():
+    plain = session_config()
+    assert plain.gpu_options.allow_growth
+    assert len(plain.gpu_options.experimental.virtual_devices) == 0
+    capped = session_config(gpu_memory_limit_bytes=10 * 1024 ** 3)
+    assert capped.gpu_options.allow_growth
+    [device] = capped.gpu_options.experimental.virtual_devices
+    assert list(device.memory_limit_mb) == [10 * 1024]
+
+
+def test_a_capped_load_still_serves_where_no_gpu_is_visible():
+    loaded = SavedModelLoader(version_dir("saved_model_half_plus_two_cpu")).load(
+        gpu_memory_limit_bytes=512 * 1024 ** 2)
+    out = loaded.run("serving_default", {"x": np.array([[1.0]], np.float32)})
+    assert out["y"].tolist() == [[2.5]]
 
 
 @pytest.mark.parametrize("model,feed,expected", [

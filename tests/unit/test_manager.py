@@ -17,7 +17,7 @@ class RecordingBackend:
         self.gate = {}
         self.lock = threading.Lock()
 
-    def load(self, name, version, path):
+    def load(self, name, version, path, placements=None):
         if version in self.gate:
             self.gate[version].wait(10)
         with self.lock:
@@ -188,9 +188,9 @@ def test_transient_failure_then_success_makes_the_version_available(backend):
         backend.fail.pop("/m/1", None)
     original = backend.load
 
-    def load(name, version, path):
+    def load(name, version, path, placements=None):
         try:
-            return original(name, version, path)
+            return original(name, version, path, placements)
         finally:
             heal()
     backend.load = load
