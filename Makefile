@@ -18,7 +18,7 @@ setup: $(STAMP)
 
 serve-example: $(STAMP)
 	$(BIN)/aspire serve --model_name=digits --model_base_path=examples/models/digits \
-		--rest_api_port=8501 --port=8500
+		--rest_api_port=8501 --port=8500 --monitoring_config_file=examples/monitoring_config.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory holding the model's numeric version directories")
     tf.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                     help="seconds between polls of the base path; 0 polls once, < 0 never")
+    tf.add_argument("--monitoring_config_file", default="",
+                    help="TF Serving's MonitoringConfig text file: enables Prometheus metrics on "
+                         "the REST port at its path (default /monitoring/prometheus/metrics)")
     tf.add_argument("--model_config_file", default="",
                     help="text-format ModelServerConfig; overrides --model_name/--model_base_path")
     tf.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
@@ -178,6 +181,7 @@ def serve_main(args: argparse.Namespace) -> int:
 
     from cluster import launcher
     from cluster.aspire_config import load_aspire_config
+    from cluster.monitoring_config import load_monitoring_config
     from cluster.controller import ControllerConfig
     from cluster.model_config import labels_from_config, models_from_config, read_config_file
     from cluster.source import ModelSource
@@ -189,6 +193,7 @@ def serve_main(args: argparse.Namespace) -> int:
         models, labels = _models_and_labels(args, read_config_file, models_from_config,
                                             labels_from_config, ModelSource)
         settings = load_aspire_config(args.aspire_config_file) if args.aspire_config_file else {}
+        monitoring = load_monitoring_config(args.monitoring_config_file)
     except AspireError as err:
         print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
         return 255
@@ -212,7 +217,8 @@ def serve_main(args: argparse.Namespace) -> int:
         enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
         enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
-        num_router_replicas=args.num_router_replicas)
+        num_router_replicas=args.num_router_replicas,
+        metrics_path=monitoring.path if monitoring.enabled else None)
     started = time.monotonic()
     embedded = args.address is None
     if embedded:  # "local": always a new Ray instance, never one found on the machine

@@ -20,6 +20,7 @@ from cluster.inventory import capacity_grew, cluster_inventory
 from cluster.manager import Manager
 from cluster.model_config import labels_from_config, models_from_config, read_config_file
 from cluster.source import FileSystemSource, ModelSource
+from deployments import metrics
 from deployments.errors import AspireError
 from deployments.router import MANAGER_NAME, NAMESPACE
 from deployments.servable import ReplicaOptions, ServeBackend
@@ -73,6 +74,7 @@ class ManagerActor:
                                 max_num_load_retries=config.max_num_load_retries,
                                 load_retry_interval_s=config.load_retry_interval_s,
                                 book=self._book)
+        self._metrics = metrics.MetricsStore()  # every process's counts, added up
         self._settings: dict[str, ModelSettings] = {}
         self._apply_settings(config.settings)
         self._models = {m.name: m for m in config.models}
@@ -187,6 +189,24 @@ class ManagerActor:
 
     def serving_map(self) -> dict:
         return self._manager.serving_map()
+
+    # ---- metrics ------------------------------------------------------------------------------
+    def apply_metrics(self, deltas: metrics.Deltas) -> None:
+        """Deltas shipped by a router or model replica (deployments/metrics.py `Shipper`)."""
+        self._metrics.apply(deltas)
+
+    def metrics_page(self) -> str:
+        """The Prometheus page: TF Serving's families, then Aspire's (with per-version labels
+        and the state gauges read now)."""
+        self._metrics.apply(self._manager.drain_metrics())
+        state = self._manager.metrics_state()
+        state["gpus"] = [{"node": g["node"], "gpu": g["index"], "total": g["total"],
+                          "reserved": g["reserved"]} for g in self._book.snapshot()]
+        state["hosts"] = [{"node": h["node"], "total": h["total"], "reserved": h["reserved"]}
+                          for h in self._book.ram_snapshot()]
+        tfserving = self._metrics.render_tfserving()
+        aspire = self._metrics.render_aspire(state)
+        return (tfserving if tfserving.strip() else "") + aspire
 
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float):
         return self._manager.wait_for_serving_map(known_epoch, router_id, timeout_s)

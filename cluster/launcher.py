@@ -19,6 +19,9 @@ from deployments.servable import APP_PREFIX
 log = logging.getLogger("aspire")
 
 ROUTER_APP = "aspire-router"
+# Ray CPUs booked by each router replica. Routers mostly wait on I/O; Serve's default of 1 CPU
+# would let two routers fill a 2-core machine and leave no room for the models.
+ROUTER_NUM_CPUS = 0.25
 
 
 @dataclass
@@ -30,6 +33,7 @@ class ServerOptions:
     enable_grpc_healthcheck_service: bool = False
     rest_api_timeout_in_ms: int = 30000
     num_router_replicas: int = 1
+    metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
 
 
 def start(config: ControllerConfig, options: ServerOptions):
@@ -47,8 +51,10 @@ def start(config: ControllerConfig, options: ServerOptions):
         if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
             serve.delete(app)
     manager = start_manager(config)
-    router = Router.options(num_replicas=options.num_router_replicas)
-    serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content),
+    router = Router.options(num_replicas=options.num_router_replicas,
+                            ray_actor_options={"num_cpus": ROUTER_NUM_CPUS})
+    serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content,
+                          metrics_path=options.metrics_path),
               name=ROUTER_APP, route_prefix="/")
     return manager
 

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from deployments import metrics
 from deployments.errors import AspireError
 from policies.admission import Need, Placement, Reservations
 from policies.lifecycle import POLICIES, PUBLIC_STATE, Action, Harness, VersionSnapshot
@@ -51,6 +52,17 @@ class Backend(Protocol):
 
     def unload(self, name: str, version: int, where: dict) -> None:
         """Delete the version's deployment."""
+
+
+def refusal_reason(message: str) -> str:
+    """A bounded label for an admission refusal, from policies/admission.py's messages."""
+    if "no GPUs are known" in message:
+        return "no_gpus"
+    if "no nodes are known" in message:
+        return "no_nodes"
+    if "of host RAM" in message:
+        return "host_ram"
+    return "gpu_memory"
 
 
 class _Refused(Exception):
@@ -89,8 +101,10 @@ class Manager:
     def __init__(self, backend: Backend, num_load_threads: int = 4,
                  max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0,
                  router_ack_timeout_s: float = 10.0, router_lease_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, book: Reservations | None = None):
+                 clock: Callable[[], float] = time.monotonic, book: Reservations | None = None,
+                 recorder: metrics.Recorder | None = None):
         self._backend = backend
+        self._metrics = recorder or metrics.Recorder()  # load and admission metrics
         self._book = book  # None: no admission (every version is loaded as asked)
         self._measured_vram: dict[tuple[str, int], int] = {}  # peak seen after a real GPU load
         self._max_num_load_retries = max(0, max_num_load_retries)
@@ -197,6 +211,9 @@ class Manager:
                 for k in keys[:len(placements)]:
                     self._book.release(k)
                 record.refused = err.code == "RESOURCE_EXHAUSTED"
+                if record.refused:
+                    self._metrics.inc(metrics.ASPIRE_ADMISSION_REFUSALS, metrics.labels_for(
+                        metrics.ASPIRE_ADMISSION_REFUSALS, stream.name, refusal_reason(err.message)))
                 self._fail(record, servable, err.code, err.message)
                 raise _Refused() from None
             record.reservations = tuple(keys)
@@ -260,10 +277,16 @@ class Manager:
             except Exception as exc:
                 code, message = "UNKNOWN", f"{type(exc).__name__}: {exc}"
             else:
+                self._count_attempt(stream.name, record.path, "OK")
                 break
+            self._count_attempt(stream.name, record.path, code)
             log.warning("Loading servable: %s failed: %s: %s", servable, code, message)
         if where is not None:
             elapsed = time.monotonic() - started
+            self._metrics.observe(metrics.ASPIRE_LOAD_DURATION,
+                                  metrics.labels_for(metrics.ASPIRE_LOAD_DURATION, stream.name), elapsed)
+            self._metrics.inc(metrics.TF_LOAD_LATENCY,
+                              metrics.labels_for(metrics.TF_LOAD_LATENCY, record.path), elapsed * 1e6)
             with self._lock:
                 record.where = where
                 record.state = Harness.READY
@@ -278,6 +301,15 @@ class Manager:
             return
         self._release(record, servable, "released its reservation after a failed load")
         self._fail(record, servable, code, message)
+
+    def _count_attempt(self, name: str, path: str, code: str) -> None:
+        self._metrics.inc(metrics.ASPIRE_LOAD_ATTEMPTS,
+                          metrics.labels_for(metrics.ASPIRE_LOAD_ATTEMPTS, name, code))
+        self._metrics.inc(metrics.TF_LOAD_ATTEMPT_COUNT, metrics.labels_for(
+            metrics.TF_LOAD_ATTEMPT_COUNT, path, "success" if code == "OK" else "fail"))
+
+    def drain_metrics(self) -> metrics.Deltas:
+        return self._metrics.drain()
 
     def _fail(self, record: VersionRecord, servable: str, code: str, message: str) -> None:
         with self._lock:
@@ -329,7 +361,7 @@ class Manager:
                     models[stream.name] = ready
             labels = {name: dict(m) for name, m in self._labels.items()}
             return {"epoch": self._epoch, "models": models, "labels": labels,
-                    "traffic": dict(self._traffic)}
+                    "traffic": dict(self._traffic), "known": sorted(self._streams)}
 
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float) -> dict | None:
         """Long poll: acknowledges `known_epoch` for `router_id`, returns the map once it is newer."""
@@ -444,6 +476,36 @@ class Manager:
     def stream_names(self) -> list[str]:
         with self._lock:
             return sorted(self._streams)
+
+    def metrics_state(self) -> dict:
+        """The gauges of deployments/metrics.py `render_aspire`: every version's state, what
+        each version reserves where, and each model's share of unversioned traffic."""
+        from policies.traffic import TrafficSplit, effective_weights
+        held = self._book.held() if self._book is not None else {}
+        with self._lock:
+            versions, vram, traffic = [], {}, []
+            for name in sorted(self._streams):
+                stream = self._streams[name]
+                available = set()
+                for version in sorted(stream.versions):
+                    record = stream.versions[version]
+                    versions.append({"model": name, "version": version,
+                                     "state": PUBLIC_STATE[record.state]})
+                    if record.state is Harness.READY:
+                        available.add(version)
+                    for key in record.reservations:
+                        p = held.get(key)
+                        if p is not None and p.gpu_index is not None:
+                            slot = (name, version, p.node_id, p.gpu_index)
+                            vram[slot] = vram.get(slot, 0) + p.vram_bytes
+                split = self._traffic.get(name)
+                weights = effective_weights(TrafficSplit(tuple(split)) if split else None,
+                                            self._labels.get(name, {}), available)
+                traffic += [{"model": name, "version": v, "weight": w}
+                            for v, w in sorted(weights.items())]
+        return {"versions": versions, "traffic": traffic,
+                "vram_by_version": [{"model": m, "version": v, "node": n, "gpu": g, "bytes": b}
+                                    for (m, v, n, g), b in sorted(vram.items())]}
 
     def versions_where(self) -> list[tuple[str, int, dict]]:
         with self._lock:

@@ -10,6 +10,7 @@ message, truncated to 1024 characters as TF Serving does.
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 
@@ -49,6 +50,11 @@ def spec_target(spec) -> tuple[str, int | None, str | None]:
     return spec.name, None, None
 
 
+# gRPC method -> the `api` label of Aspire's request metrics (REST uses the same words).
+API_LABELS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
+              "MultiInference": "multi_inference", "GetModelMetadata": "metadata"}
+
+
 class GrpcIngress:
     """Mixed into the Router deployment: one method per gRPC method name."""
 
@@ -57,21 +63,30 @@ class GrpcIngress:
 
     async def _version_call(self, method: str, request, spec, response_cls, grpc_context):
         from deployments.router import resolve
+        started = time.perf_counter()
+        seen = {"name": "", "version": "", "api": API_LABELS[method]}
+        code = "OK"
         try:
             if spec is None:
                 raise invalid_argument("Missing ModelSpec")
             name, version, label = spec_target(spec)
+            seen["name"] = name
             version, where = resolve(self._map, name, version, label)
+            seen["version"] = str(version)
             code, payload = await self._call(self._handle(where).grpc.remote(
                 method, request.SerializeToString(), name, version, self.tensor_content))
             if code != "OK":
                 raise AspireError(payload, code)
             return response_cls.FromString(payload)
         except AspireError as err:
+            code = err.code
             set_error(grpc_context, err)
         except Exception as exc:
             log.exception("gRPC %s failed", method)
+            code = "INTERNAL"
             set_error(grpc_context, AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL"))
+        finally:
+            self.record(seen, "grpc", code, time.perf_counter() - started)
         return response_cls()
 
     @staticmethod

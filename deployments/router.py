@@ -19,6 +19,7 @@ import logging
 import random
 import re
 import threading
+import time
 import uuid
 from urllib.parse import unquote_to_bytes
 
@@ -27,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 
-from deployments import json_tensor
+from deployments import json_tensor, metrics
 from deployments.errors import AspireError, http_status, invalid_argument, not_found
 from deployments.grpc_ingress import GrpcIngress
 from policies.traffic import TrafficSplit, effective_weights, pick
@@ -136,9 +137,13 @@ app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 @serve.ingress(app)
 class Router(GrpcIngress):
     def __init__(self, rest_api_timeout_ms: int = 30000, tensor_content: bool = False,
-                 manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE):
+                 manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE,
+                 metrics_path: str | None = None):
         self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
         self._manager = ray.get_actor(manager_name, namespace=namespace)
+        self._metrics_path = metrics_path  # None: --monitoring_config_file did not enable it
+        self._shipper = metrics.Shipper(metrics.Recorder(), lambda deltas: ray.get(
+            self._manager.apply_metrics.remote(deltas), timeout=10))
         self._timeout_s = rest_api_timeout_ms / 1000 if rest_api_timeout_ms > 0 else None
         self._id = f"router-{uuid.uuid4().hex[:12]}"
         self._map = ray.get(self._manager.serving_map.remote())
@@ -180,25 +185,53 @@ class Router(GrpcIngress):
     async def dispatch(self, request: Request, path: str) -> Response:
         raw = request.scope.get("raw_path") or request.url.path.encode()
         raw_path = raw.decode("latin-1").split("?", 1)[0]
+        if self._metrics_path is not None and raw_path == self._metrics_path and request.method == "GET":
+            return Response(await self._manager.metrics_page.remote(), media_type="text/plain")
         if not V1_PATH.fullmatch(raw_path):
             return Response("<html><body><h1>404 Not Found</h1></body></html>",
                             status_code=404, media_type="text/html")
         if request.method == "OPTIONS":  # CORS preflight, answered with or without CORS enabled
             origin = request.headers.get("origin", "")
             return Response(status_code=200 if re.match(r"https?://", origin) else 400)
-        try:
-            return await self._dispatch(request, raw_path)
-        except AspireError as err:
-            return error_response(err.code, err.message)
-        except Exception as exc:  # never a stack trace to the client
-            log.exception("request %s %s failed", request.method, raw_path)
-            return error_response("INTERNAL", f"Internal error: {type(exc).__name__}")
-
-    async def _dispatch(self, request: Request, raw_path: str) -> Response:
         if request.method == "GET" and raw_path == ASPIRE_STATUS_PATH:
             return json_response(await self._manager.describe.remote())
+        started = time.perf_counter()
+        seen = {"name": "", "version": "", "api": ""}  # filled in as the request is understood
+        code = "OK"
+        try:
+            response = await self._dispatch(request, raw_path, seen)
+        except AspireError as err:
+            code, response = err.code, error_response(err.code, err.message)
+        except Exception as exc:  # never a stack trace to the client
+            log.exception("request %s %s failed", request.method, raw_path)
+            code, response = "INTERNAL", error_response("INTERNAL", f"Internal error: {type(exc).__name__}")
+        self.record(seen, "rest", code, time.perf_counter() - started)
+        return response
+
+    def record(self, seen: dict, protocol: str, code: str, seconds: float) -> None:
+        """One request in the metrics: TF Serving's families (request_count for every request,
+        request_latency for successes) and Aspire's (by version, API, protocol and code). Models
+        this server does not know are labelled `_unknown`, so unknown names add one series."""
+        recorder = self._shipper.recorder
+        name = seen["name"] and metrics.model_label(seen["name"], self._map.get("known", ()))
+        api = seen["api"]
+        inference = api in ("predict", "classify", "regress")
+        if protocol == "rest" or inference:  # TF Serving counts gRPC's inference calls only
+            recorder.inc(metrics.TFS_REQUEST_COUNT,
+                         metrics.labels_for(metrics.TFS_REQUEST_COUNT, name, code))
+        if code == "OK" and (protocol == "rest" or inference):
+            tf_api = (api.capitalize() if protocol == "grpc" else api) if inference else ""
+            recorder.observe(metrics.TFS_REQUEST_LATENCY, metrics.labels_for(
+                metrics.TFS_REQUEST_LATENCY, name, tf_api, protocol.upper()), seconds * 1e6)
+        recorder.inc(metrics.ASPIRE_REQUESTS, metrics.labels_for(
+            metrics.ASPIRE_REQUESTS, name, seen["version"], api, protocol, code))
+        recorder.observe(metrics.ASPIRE_REQUEST_LATENCY, metrics.labels_for(
+            metrics.ASPIRE_REQUEST_LATENCY, name, seen["version"], api, protocol), seconds)
+
+    async def _dispatch(self, request: Request, raw_path: str, seen: dict) -> Response:
         route = parse_path(request.method, raw_path)
         kind = route["kind"]
+        seen.update(name=route.get("name") or "", api=kind)
         if kind == "list":
             models = await self._manager.list_models.remote()
             return json_response({"models": [{"name": n, **status_body(s)} for n, s in models.items()]})
@@ -206,13 +239,14 @@ class Router(GrpcIngress):
             # TF Serving ignores the label on status requests and lists every version.
             code, payload = await self._manager.model_status.remote(route["name"], route["version"])
             if code != "OK":
-                return error_response(code, payload)
+                raise AspireError(payload, code)
             return json_response(status_body(payload))
         if kind == "metadata":
             version, where = resolve(self._map, route["name"], route["version"], route["label"])
+            seen["version"] = str(version)
             code, metadata = await self._call(self._handle(where).metadata.remote())
             if code != "OK":
-                return error_response(code, metadata)
+                raise AspireError(metadata, code)
             return json_response({"model_spec": {"name": route["name"], "signature_name": "",
                                                  "version": str(version)},
                                   "metadata": {"signature_def": metadata}})
@@ -225,10 +259,12 @@ class Router(GrpcIngress):
         doc = json_tensor.parse_body(body)
         json_tensor.signature_name_of(doc)
         version, where = resolve(self._map, route["name"], route["version"], route["label"])
+        seen["version"] = str(version)
         code, text = await self._call(self._handle(where).rest.remote(kind, doc))
         if code != "OK":
-            return error_response(code, text)
+            raise AspireError(text, code)
         return json_response(text)
 
     def __del__(self):
         self._stop.set()
+        self._shipper.stop()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ray import serve
 
-from deployments import inference, proto_api
+from deployments import inference, metrics, proto_api
 from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
 from deployments.warmup import run_warmup
@@ -43,6 +43,26 @@ def app_name(name: str, version: int) -> str:
     return f"{APP_PREFIX}{safe}-{digest}-v{version}"
 
 
+def _metrics_shipper() -> metrics.Shipper:
+    """This replica's recorder, shipped to the manager's store every second. Runtime latency
+    is the time inside the replica: tensor conversion and the session run."""
+    import ray
+
+    from deployments.router import MANAGER_NAME, NAMESPACE
+
+    manager = []
+
+    def send(deltas):
+        if not manager:
+            manager.append(ray.get_actor(MANAGER_NAME, namespace=NAMESPACE))
+        try:
+            ray.get(manager[0].apply_metrics.remote(deltas), timeout=10)
+        except Exception:
+            manager.clear()  # looked up again next time: the manager may have been restarted
+            raise
+    return metrics.Shipper(metrics.Recorder(), send)
+
+
 @serve.deployment
 class ServableDeployment:
     def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
@@ -50,6 +70,7 @@ class ServableDeployment:
         self.name, self.version = name, version
         self.model, self.load_error = None, None
         self.measured_vram_bytes = None
+        self._shipper = _metrics_shipper()
         started = time.monotonic()
         # A failed load (warmup included) is kept as state and reported by ping(), not raised:
         # raising would make Serve retry the constructor and bury TF's message in a traceback.
@@ -57,7 +78,7 @@ class ServableDeployment:
             self.model = SavedModelLoader(path, tags).load(
                 gpu_memory_limit_bytes=gpu_memory_limit_bytes)
             if warmup_iterations is not None:  # None: --enable_model_warmup=false
-                run_warmup(self.model, path, name, version, warmup_iterations)
+                self._warmup(path, warmup_iterations)
             if gpu_memory_limit_bytes:
                 from cluster.inventory import process_vram_bytes
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
@@ -67,6 +88,26 @@ class ServableDeployment:
             self.load_error = ("UNKNOWN", f"{type(exc).__name__}: {exc}")
         log.info("load of {name: %s version: %d} from %s: %s in %.2f s", name, version, path,
                  self.load_error or "OK", time.monotonic() - started)
+
+    def _warmup(self, path: str, iterations: int) -> None:
+        """run_warmup, recorded as TF Serving records it (latency and records read, by status)."""
+        recorder, started, status, records = self._shipper.recorder, time.perf_counter(), "OK", 0
+        try:
+            records = run_warmup(self.model, path, self.name, self.version, iterations)
+        except AspireError as err:
+            status = err.code
+            raise
+        finally:
+            if records or status != "OK":  # nothing is recorded without a warmup file
+                recorder.observe(metrics.TFS_MODEL_WARMUP_LATENCY, metrics.labels_for(
+                    metrics.TFS_MODEL_WARMUP_LATENCY, path, status), (time.perf_counter() - started) * 1e6)
+                recorder.inc(metrics.TFS_MODEL_WARMUP_RECORDS_READ, metrics.labels_for(
+                    metrics.TFS_MODEL_WARMUP_RECORDS_READ, path, status), records)
+
+    def _runtime(self, api: str, started: float) -> None:
+        if api in ("Predict", "Classify", "Regress"):
+            self._shipper.recorder.observe(metrics.TFS_RUNTIME_LATENCY, metrics.labels_for(
+                metrics.TFS_RUNTIME_LATENCY, self.name, api, "TF1"), (time.perf_counter() - started) * 1e6)
 
     def ping(self) -> dict:
         import ray
@@ -78,13 +119,19 @@ class ServableDeployment:
     def rest(self, verb: str, doc: dict) -> tuple[str, str]:
         if self.load_error is not None:
             return self.load_error
-        return inference.handle_rest(self.model, verb, doc)
+        started = time.perf_counter()
+        answer = inference.handle_rest(self.model, verb, doc)
+        self._runtime(verb.capitalize(), started)
+        return answer
 
     def grpc(self, method: str, request: bytes, name: str, version: int,
              tensor_content: bool) -> tuple[str, bytes | str]:
         if self.load_error is not None:
             return self.load_error
-        return proto_api.handle(self.model, method, request, name, version, tensor_content)
+        started = time.perf_counter()
+        answer = proto_api.handle(self.model, method, request, name, version, tensor_content)
+        self._runtime(method, started)
+        return answer
 
     def metadata(self) -> tuple[str, object]:
         if self.load_error is not None:
@@ -92,6 +139,10 @@ class ServableDeployment:
         return "OK", inference.signature_metadata(self.model)
 
     def __del__(self):
+        shipper = getattr(self, "_shipper", None)
+        if shipper is not None:
+            shipper.flush()
+            shipper.stop()
         model = getattr(self, "model", None)
         if model is not None:
             model.unload()
@@ -189,8 +240,11 @@ class ServeBackend:
                     max_ongoing_requests=opts.max_ongoing_requests,
                     graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
                     health_check_period_s=5)
-                handle = serve.run(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit),
-                                   name=app, route_prefix=None)
+                [handle] = serve.run_many(
+                    [serve.RunTarget(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit),
+                                     name=app, route_prefix=None)],
+                    wait_for_applications_running=False)
+                self._wait_running(app, f"{{name: {name} version: {version}}}")
                 answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
                 if answer["error"] is not None:
                     code, message = answer["error"]
@@ -212,6 +266,30 @@ class ServeBackend:
         measured = [r["measured_vram_bytes"] for r in replicas if r["measured_vram_bytes"]]
         return {"apps": apps, "ram_bytes": ram_bytes, "placements": replicas,
                 "measured_vram_bytes": max(measured) if measured else None}
+
+    def _wait_running(self, app: str, servable: str) -> None:
+        """Wait for the application to run. A replica Ray cannot schedule (Serve reports it after
+        30 s) fails the load with RESOURCE_EXHAUSTED and Serve's numbers, instead of pending."""
+        deadline = time.monotonic() + self.load_timeout_s
+        while time.monotonic() < deadline:
+            status = serve.status().applications.get(app)
+            if status is not None:
+                if status.status == "RUNNING":
+                    return
+                if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                    detail = [d.message for d in status.deployments.values() if d.message]
+                    message = _deploy_failure_message("\n".join(detail) or status.message)
+                    raise AspireError(message, "RESOURCE_EXHAUSTED" if "Unschedulable" in message
+                                      else "UNKNOWN")
+                for deployment in status.deployments.values():
+                    text = deployment.message or ""
+                    if "to be scheduled" in text:
+                        detail = text[text.find("Resources required"):].split(" Use `ray status`")[0]
+                        raise AspireError(f"Replicas of servable {servable} could not be scheduled "
+                                          f"on the cluster: {detail}", "RESOURCE_EXHAUSTED")
+            time.sleep(0.2)
+        raise AspireError(f"Servable {servable} did not start in {self.load_timeout_s:.0f} s",
+                          "DEADLINE_EXCEEDED")
 
     def unload(self, name: str, version: int, where: dict) -> None:
         for app, _ in where.get("apps") or [[app_name(name, version), 1]]:

@@ -192,3 +192,26 @@ def test_concurrent_admissions_never_over_commit(backend, book):
     assert len(available) == 4  # two 6 GiB replicas fit on each 16 GiB GPU
     assert all(row["reserved"] <= row["total"] for row in book.snapshot())
     manager.shutdown()
+
+
+def test_loads_refusals_and_state_are_measured(manager, backend, book):
+    from deployments.metrics import MetricsStore
+    backend.fail.add(("bad", 1))
+    load_big(manager, backend, "a", "b")
+    load_big(manager, backend, "c")
+    manager.set_aspired_versions("bad", {1: "/bad/1"})
+    assert manager.wait_idle(5)
+    store = MetricsStore()
+    store.apply(manager.drain_metrics())
+    page = store.render_aspire(manager.metrics_state())
+    # refused at first, and again after bad's failed load released its reservation
+    assert 'aspire_admission_refusals_total{model="c",reason="gpu_memory"} 2' in page
+    assert 'aspire_load_attempts_total{model="a",status="OK"} 1' in page
+    assert 'aspire_load_attempts_total{model="bad",status="INTERNAL"} 1' in page
+    assert 'aspire_servable_state{model="c",version="1",state="END"} 1' in page
+    assert 'aspire_servable_state{model="a",version="1",state="AVAILABLE"} 1' in page
+    assert 'aspire_traffic_weight{model="a",version="1"} 1' in page
+    gpu = gpus_of(book)["{name: a version: 1}"]
+    assert (f'aspire_servable_vram_reserved_bytes{{model="a",version="1",node="n1",gpu="{gpu}"}} '
+            f'{10 * GIB}') in page
+    assert 'model="c",version="1",node=' not in page  # a refused version reserves nothing

@@ -1,0 +1,173 @@
+"""cluster/grafana/render_rollout.py against a real Prometheus.
+
+A tiny in-process exporter plays an Aspire rollout of model "m" from version 1 to version 2 over
+about 10 s: aspire_servable_state moves v2 through START, LOADING, AVAILABLE and v1 through
+UNLOADING to END, while aspire_requests_total shifts the traffic from v1 to v2. A real Prometheus
+scrapes it every 0.5 s; render() then queries it and must draw a two-panel PNG that shows both
+versions and those states.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.support.prometheus import PrometheusServer
+
+pytest.importorskip("matplotlib")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "cluster" / "grafana" / "render_rollout.py"
+RATE = 40.0  # requests/s, all versions together
+DURATION_S = 10.0
+
+
+def load_script():
+    """cluster/grafana is not a package: load the script by path (registered in sys.modules
+    first, as dataclasses needs)."""
+    if "render_rollout" in sys.modules:
+        return sys.modules["render_rollout"]
+    spec = importlib.util.spec_from_file_location("render_rollout", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["render_rollout"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["render_rollout"]
+        raise
+    return module
+
+
+def v2_share_integral(t: float) -> float:
+    """Integral over [0, t] of v2's traffic share: 0 until 4 s, a ramp to 1 at 7 s, then 1."""
+    if t < 4:
+        return 0.0
+    if t < 7:
+        return (t - 4) ** 2 / 6
+    return 1.5 + (t - 7)
+
+
+def states(t: float | None) -> dict[str, str]:
+    """Version -> current state at scenario time t (None: not started, v1 serving alone)."""
+    if t is None:
+        return {"1": "AVAILABLE"}
+    v1 = "AVAILABLE" if t < 8 else "UNLOADING" if t < 9 else "END"
+    v2 = "START" if t < 1 else "LOADING" if t < 3 else "AVAILABLE"
+    return {"1": v1, "2": v2}
+
+
+class RolloutExporter:
+    def __init__(self):
+        self.created, self.t0 = time.time(), None
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = exporter.exposition().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def start(self):
+        self.t0 = time.time()
+
+    def exposition(self) -> str:
+        now = time.time()
+        t = None if self.t0 is None else now - self.t0
+        elapsed = 0.0 if t is None else t
+        # v1 serves all of RATE from the exporter's start until the rollout shifts traffic to v2
+        v2 = RATE * v2_share_integral(elapsed)
+        v1 = 1000 + RATE * (now - self.created) - v2
+        lines = ["# TYPE aspire_requests_total counter"]
+        for version, value in (("1", v1), ("2", v2)):
+            lines.append(f'aspire_requests_total{{model="m",version="{version}",api="predict",'
+                         f'protocol="rest",code="OK"}} {value:.3f}')
+        # errors are not drawn (code="OK" only)
+        lines.append('aspire_requests_total{model="m",version="",api="predict",protocol="rest",'
+                     f'code="NOT_FOUND"}} {int(5 * elapsed)}')
+        lines.append("# TYPE aspire_servable_state gauge")
+        for version, now in states(t).items():
+            for state in ("START", "LOADING", "AVAILABLE", "UNLOADING", "END"):
+                lines.append(f'aspire_servable_state{{model="m",version="{version}",'
+                             f'state="{state}"}} {1 if state == now else 0}')
+        return "\n".join(lines) + "\n"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def exporter():
+    e = RolloutExporter()
+    yield e
+    e.close()
+
+
+def test_render_rollout_png(exporter, tmp_path):
+    render_rollout = load_script()
+    out = tmp_path / "docs" / "rollout.png"
+    with PrometheusServer([exporter.target], scrape_interval_s=0.5,
+                          metrics_path="/monitoring/prometheus/metrics") as prom:
+        prom.wait_for_scrapes(n=9, timeout_s=30)  # 4 s of samples: full rate windows at `start`
+        start = time.time() - 1.0
+        exporter.start()
+        time.sleep(DURATION_S + 1.0)
+        end = time.time()
+        rollout = render_rollout.render(prom.url, "m", start, end, str(out), step=0.25,
+                                        rate_window="2s")
+
+    assert out.exists() and out.stat().st_size > 20_000
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    image = matplotlib.image.imread(str(out))
+    height, width = image.shape[:2]
+    assert width >= 1000 and height >= 600
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+    assert set(rollout.rates) == {"1", "2"}  # OK requests only: no "" (NOT_FOUND) series
+    assert max(rollout.rates["1"]) == pytest.approx(RATE, rel=0.25)
+    assert max(rollout.rates["2"]) == pytest.approx(RATE, rel=0.25)
+    assert rollout.rates["2"][0] == 0 and rollout.rates["1"][-1] < 5
+    assert rollout.rates["1"][0] == pytest.approx(RATE, rel=0.25)  # v1 served alone before
+    seen = {v: [state for _, _, state in runs] for v, runs in rollout.segments.items()}
+    assert seen["1"][0] == "AVAILABLE" and seen["1"][-2:] == ["UNLOADING", "END"]
+    assert seen["2"][-1] == "AVAILABLE" and "LOADING" in seen["2"]
+    for runs in rollout.segments.values():
+        assert all(a < b for a, b, _ in runs)
+        assert all(prev[1] <= nxt[0] + 1e-6 for prev, nxt in zip(runs, runs[1:]))
+
+
+def test_cli_reports_prometheus_errors(tmp_path, capsys):
+    render_rollout = load_script()
+    with PrometheusServer([], scrape_interval_s=1.0) as prom:
+        now = time.time()
+        # 20 points per series at most would be fine; this step makes far too many
+        rc = render_rollout.main(["--prometheus", prom.url, "--model", "m", "--start",
+                                  str(now - 86400), "--end", str(now), "--step", "0.001",
+                                  "--out", str(tmp_path / "x.png")])
+        assert rc == 1 and "use a larger step" in capsys.readouterr().err
+        with pytest.raises(render_rollout.PrometheusQueryError, match="parse error"):
+            render_rollout.render(prom.url, "m", now - 60, now, str(tmp_path / "x.png"),
+                                  rate_window="2x")
+        # no data: still a PNG, with both panels saying so
+        rollout = render_rollout.render(prom.url, "nothing", now - 60, now,
+                                        str(tmp_path / "empty.png"))
+        assert rollout.rates == {} and rollout.segments == {}
+        assert (tmp_path / "empty.png").stat().st_size > 5_000
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,235 @@
+"""The Grafana dashboard, Grafana provisioning and Prometheus configs under cluster/.
+
+Static checks only; tests/integration/test_dashboard_promql.py runs every dashboard expression
+(`dashboard_expressions()`) through a real Prometheus. `promtool check config` runs on the
+Prometheus configs where Debian's promtool is installed.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "cluster" / "grafana"
+PROMETHEUS = ROOT / "cluster" / "prometheus"
+DASHBOARD = GRAFANA / "aspire-version-rollout.json"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+# Grafana variables -> values that make plain PromQL of the expressions, for a short test run.
+SUBSTITUTIONS = {
+    "__rate_interval": "30s",
+    "__interval": "15s",
+    "__range": "5m",
+    "model": ".*",  # every use is a regex match: model=~"$model"
+}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
+
+
+def load_dashboard() -> dict:
+    with open(DASHBOARD) as f:
+        return json.load(f)
+
+
+def all_panels(dashboard: dict) -> list[dict]:
+    """Every panel, rows included, with the panels of collapsed rows."""
+    panels = []
+    for panel in dashboard.get("panels", []):
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def raw_expressions(dashboard: dict | None = None) -> list[str]:
+    dashboard = dashboard or load_dashboard()
+    return [t["expr"] for p in all_panels(dashboard) for t in p.get("targets", [])]
+
+
+def substitute(expr: str) -> str:
+    def value(m: re.Match) -> str:
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name not in SUBSTITUTIONS:
+            raise KeyError(f"no substitution for Grafana variable ${name} in {expr!r}")
+        return SUBSTITUTIONS[name]
+    return _VARIABLE.sub(value, expr)
+
+
+def dashboard_expressions() -> list[str]:
+    """Every PromQL `expr` of the dashboard, Grafana variables replaced by plain values
+    ($__rate_interval -> 30s, $model -> .*), ready for Prometheus's /api/v1/query."""
+    return [substitute(e) for e in raw_expressions()]
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for d in (GRAFANA, PROMETHEUS) for p in d.rglob("*")
+                  if p.suffix in (".yml", ".yaml"))
+
+
+def load_yaml(path: Path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def scrape_jobs(path: Path) -> dict[str, dict]:
+    return {job["job_name"]: job for job in load_yaml(path)["scrape_configs"]}
+
+
+# ----------------------------------------------------------------------------------- dashboard
+
+def test_dashboard_parses_with_title_uid_and_schema():
+    d = load_dashboard()
+    assert d["title"] == "Aspire version rollout"
+    assert d["uid"] == "aspire-version-rollout"
+    assert 36 <= d["schemaVersion"] <= 41
+    assert d.get("id") is None  # importable into any Grafana
+
+
+def test_template_variables():
+    variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
+    ds = variables["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+    model = variables["model"]
+    assert model["type"] == "query"
+    assert model["datasource"] == DATASOURCE
+    query = model["query"]["query"] if isinstance(model["query"], dict) else model["query"]
+    assert query == "label_values(aspire_servable_state, model)"
+    assert model["multi"] is True and model["includeAll"] is True
+    assert model.get("allValue") == ".*"  # All also covers models that left the label index
+
+
+def test_every_panel_has_datasource_gridpos_and_unique_id():
+    panels = all_panels(load_dashboard())
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {ids}"
+    for p in panels:
+        grid = p["gridPos"]
+        assert {"h", "w", "x", "y"} <= set(grid), p["title"]
+        assert grid["x"] + grid["w"] <= 24, p["title"]
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == DATASOURCE, p["title"]
+        assert p["targets"], f"panel {p['title']!r} has no targets"
+        refs = [t["refId"] for t in p["targets"]]
+        assert len(refs) == len(set(refs)), p["title"]
+        for t in p["targets"]:
+            assert t["datasource"] == DATASOURCE, p["title"]
+            assert isinstance(t.get("expr"), str) and t["expr"].strip(), p["title"]
+
+
+def test_panels_do_not_overlap():
+    cells = {}
+    for p in all_panels(load_dashboard()):
+        g = p["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
+
+
+def test_expected_panels_and_metrics():
+    d = load_dashboard()
+    by_title = {p["title"]: p for p in all_panels(d)}
+    types = {p["type"] for p in by_title.values()}
+    assert {"row", "timeseries", "state-timeline"} <= types
+    assert "TF Serving metrics" in by_title and by_title["TF Serving metrics"]["type"] == "row"
+    state = [p for p in by_title.values() if p["type"] == "state-timeline"]
+    assert len(state) == 1 and "aspire_servable_state" in state[0]["targets"][0]["expr"]
+    mapped = {m["text"] for mapping in state[0]["fieldConfig"]["defaults"]["mappings"]
+              for m in mapping["options"].values()}
+    assert mapped == {"START", "LOADING", "AVAILABLE", "UNLOADING", "END"}
+
+    exprs = "\n".join(raw_expressions(d))
+    for metric in ["aspire_requests_total", "aspire_request_latency_seconds_bucket",
+                   "aspire_servable_state", "aspire_load_attempts_total",
+                   "aspire_load_duration_seconds_bucket", "aspire_admission_refusals_total",
+                   "aspire_gpu_memory_total_bytes", "aspire_gpu_memory_reserved_bytes",
+                   "aspire_servable_vram_reserved_bytes", "aspire_host_ram_total_bytes",
+                   "aspire_host_ram_reserved_bytes", "aspire_traffic_weight",
+                   ":tensorflow:serving:request_count", ":tensorflow:serving:request_latency_bucket"]:
+        assert metric in exprs, metric
+    assert 'code!="OK"' in exprs
+    assert "histogram_quantile(0.5, sum by (le, model, version)" in exprs
+    assert "histogram_quantile(0.99, sum by (le, model, version)" in exprs
+    for e in raw_expressions(d):
+        if "rate(" in e:
+            assert "[$__rate_interval]" in e and not re.search(r"\[\d+[smh]\]", e), e
+
+
+def test_dashboard_expressions_substitutes_every_variable():
+    exprs = dashboard_expressions()
+    assert len(exprs) == len(raw_expressions()) >= 15
+    for e in exprs:
+        assert "$" not in e and "[[" not in e, e
+    assert any("[30s]" in e for e in exprs)
+    assert any('model=~".*"' in e for e in exprs)
+    assert substitute('rate(x{model=~"${model}"}[${__rate_interval}])') == 'rate(x{model=~".*"}[30s])'
+    with pytest.raises(KeyError):
+        substitute("x{a=\"$unknown\"}")
+
+
+# ---------------------------------------------------------------------------- YAML and configs
+
+def test_every_yaml_file_parses():
+    files = yaml_files()
+    names = {str(p.relative_to(ROOT)) for p in files}
+    assert {"cluster/grafana/provisioning/datasources/aspire.yaml",
+            "cluster/grafana/provisioning/dashboards/aspire.yaml",
+            "cluster/prometheus/prometheus.yml",
+            "cluster/prometheus/prometheus-ray-cluster.yml"} <= names
+    for path in files:
+        assert isinstance(load_yaml(path), dict), path
+
+
+def test_grafana_provisioning():
+    ds = load_yaml(GRAFANA / "provisioning" / "datasources" / "aspire.yaml")
+    assert ds["apiVersion"] == 1
+    (source,) = ds["datasources"]
+    assert source["type"] == "prometheus" and source["uid"]
+    assert source["url"] == "http://localhost:9090"
+    assert source["jsonData"]["timeInterval"] == "5s"  # = scrape_interval of the Prometheus configs
+
+    dash = load_yaml(GRAFANA / "provisioning" / "dashboards" / "aspire.yaml")
+    assert dash["apiVersion"] == 1
+    (provider,) = dash["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards/aspire"
+
+
+def test_single_node_prometheus_config():
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    assert config["global"]["scrape_interval"] == "5s"
+    jobs = scrape_jobs(PROMETHEUS / "prometheus.yml")
+    assert set(jobs) == {"aspire"}
+    aspire = jobs["aspire"]
+    assert aspire["metrics_path"] == METRICS_PATH
+    assert [t for sc in aspire["static_configs"] for t in sc["targets"]] == ["127.0.0.1:8501"]
+
+
+def test_ray_cluster_prometheus_config():
+    jobs = scrape_jobs(PROMETHEUS / "prometheus-ray-cluster.yml")
+    assert set(jobs) == {"aspire", "ray"}
+    aspire = jobs["aspire"]
+    assert aspire["metrics_path"] == METRICS_PATH
+    # exactly one target: the counts are already summed over the cluster by Aspire's manager
+    assert [t for sc in aspire["static_configs"] for t in sc["targets"]] == ["HEAD_IP:8501"]
+    ray = jobs["ray"]
+    assert "metrics_path" not in ray  # Ray's exporters serve /metrics
+    files = [f for sd in ray["file_sd_configs"] for f in sd["files"]]
+    assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
+
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-ray-cluster.yml"])
+def test_promtool_check_config(name):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`)")
+    done = subprocess.run([promtool, "check", "config", str(PROMETHEUS / name)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
