@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "COUNTxSIZE or a list of sizes (2x16GiB, 16GiB,24GiB); the "
                                 "embedded Ray gets that many logical GPUs. Default: NVML")
     ray_group.add_argument("--num_router_replicas", type=int, default=1, help="router replicas")
+    ray_group.add_argument("--proxy_location", default="EveryNode", choices=("EveryNode", "HeadOnly"),
+                           help="where Serve runs the HTTP/gRPC proxies that listen on the REST "
+                                "and gRPC ports: every node (put a load balancer in front), or "
+                                "the head node only")
     ray_group.add_argument("--initial_load_timeout_s", type=float, default=600.0,
                            help="how long to wait for the first versions before reporting ready")
 
@@ -218,7 +222,8 @@ def serve_main(args: argparse.Namespace) -> int:
         enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         num_router_replicas=args.num_router_replicas,
-        metrics_path=monitoring.path if monitoring.enabled else None)
+        metrics_path=monitoring.path if monitoring.enabled else None,
+        proxy_location=args.proxy_location)
     started = time.monotonic()
     embedded = args.address is None
     if embedded:  # "local": always a new Ray instance, never one found on the machine

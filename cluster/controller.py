@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.aspire_config import ModelSettings, load_aspire_config
 from cluster.inventory import capacity_grew, cluster_inventory
@@ -115,8 +116,12 @@ class ManagerActor:
         if inventory == self._inventory:
             return
         grew = capacity_grew(self._inventory, inventory)
+        gone = set(self._inventory[1]) - set(inventory[1])
         self._inventory = inventory
         self._book.update_inventory(*inventory)
+        if gone:
+            log.warning("Ray nodes left the cluster: %s", ", ".join(n[:12] for n in sorted(gone)))
+            self._manager.nodes_lost(gone)
         lost = self._book.lost()
         if lost:
             log.warning("reservations on GPUs or nodes that left the cluster: %s", sorted(lost))
@@ -258,8 +263,15 @@ def start_manager(config: ControllerConfig):
         log.warning("replacing an existing Aspire manager on this cluster")
         ray.kill(stale, no_restart=True)
     actor_cls = ray.remote(ManagerActor)
+    # On the head node: it lives as long as the cluster, so losing a worker never takes the
+    # control plane with it. The source polls the model base paths from there: on a cluster,
+    # a shared path that is the same on every node (or gs://, s3://).
+    from cluster.launcher import head_node_id
+    head = head_node_id()
     actor = actor_cls.options(name=MANAGER_NAME, namespace=NAMESPACE, lifetime="detached",
-                              max_concurrency=64, num_cpus=0).remote(config)
+                              max_concurrency=64, num_cpus=0,
+                              scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
+                              ).remote(config)
     ray.get(actor.ready.remote())
     return actor
 

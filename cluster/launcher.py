@@ -34,6 +34,7 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30000
     num_router_replicas: int = 1
     metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
+    proxy_location: str = "EveryNode"  # Serve's HTTP/gRPC proxies: on every node, or "HeadOnly"
 
 
 def start(config: ControllerConfig, options: ServerOptions):
@@ -46,17 +47,27 @@ def start(config: ControllerConfig, options: ServerOptions):
             functions.append(HEALTH_SERVICER_FUNCTION)
         grpc_options = {"port": options.grpc_port, "grpc_servicer_functions": functions}
     serve.start(http_options={"host": options.rest_api_host, "port": options.rest_api_port},
-                grpc_options=grpc_options)
+                grpc_options=grpc_options, proxy_location=options.proxy_location)
     for app in serve.status().applications:
         if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
             serve.delete(app)
     manager = start_manager(config)
+    router_options = {"num_cpus": ROUTER_NUM_CPUS}
+    if options.proxy_location == "HeadOnly":  # all traffic enters on the head: route it there
+        router_options["label_selector"] = {"ray.io/node-id": head_node_id()}
     router = Router.options(num_replicas=options.num_router_replicas,
-                            ray_actor_options={"num_cpus": ROUTER_NUM_CPUS})
+                            ray_actor_options=router_options)
     serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content,
                           metrics_path=options.metrics_path),
               name=ROUTER_APP, route_prefix="/")
     return manager
+
+
+def head_node_id() -> str:
+    """The Ray head node (the one holding `node:__internal_head__`), else this process's node."""
+    return next((n["NodeID"] for n in ray.nodes()
+                 if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})),
+                ray.get_runtime_context().get_node_id())
 
 
 def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:

@@ -242,6 +242,46 @@ class Manager:
                     stream.versions[version] = VersionRecord(version, record.path)
         self._changed.notify_all()
 
+    def nodes_lost(self, node_ids: set[str]) -> list[str]:
+        """Ray nodes left the cluster. Each AVAILABLE version with a replica on one of them is
+        taken out of the serving map (END, UNAVAILABLE) and its deployments are deleted and
+        reservations released; one that is still aspired starts over as a new load, so it is
+        re-placed where capacity allows, or refused and reported. Returns the servables hit."""
+        hit = []
+        with self._lock:
+            for stream in self._streams.values():
+                for record in stream.versions.values():
+                    placements = (record.where or {}).get("placements") or []
+                    gone = sorted({p.get("node_id") for p in placements} & set(node_ids))
+                    if record.state is not Harness.READY or not gone:
+                        continue
+                    servable = f"{{name: {stream.name} version: {record.version}}}"
+                    record.state = Harness.ERROR
+                    record.error_code = "UNAVAILABLE"
+                    record.error_message = (f"Servable {servable} lost its replicas: node "
+                                            f"{', '.join(n[:12] for n in gone)} left the cluster")
+                    log.error("%s", record.error_message)
+                    hit.append(servable)
+                    self._in_flight += 1  # wait_idle waits for the clean-up too
+                    self._pool.submit(self._replace, stream, record, servable)
+            if hit:
+                self._publish()  # out of the serving map now
+        return hit
+
+    def _replace(self, stream: Stream, record: VersionRecord, servable: str) -> None:
+        try:
+            self._backend.unload(stream.name, record.version, record.where or {})
+        except Exception as exc:
+            log.error("Deleting the deployments of %s raised %s: %s", servable, type(exc).__name__, exc)
+        with self._lock:
+            record.where = None
+            if record.aspired and stream.versions.get(record.version) is record:
+                log.info("Re-placing servable %s", servable)
+                stream.versions[record.version] = VersionRecord(record.version, record.path)
+            self._release(record, servable, "lost a node")
+            self._in_flight -= 1
+            self._changed.notify_all()
+
     def _load(self, stream: Stream, record: VersionRecord) -> None:
         servable = f"{{name: {stream.name} version: {record.version}}}"
         log.info("Loading servable: %s from %s", servable, record.path)

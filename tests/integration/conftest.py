@@ -179,7 +179,9 @@ def aspire():
     from deployments.servable import ReplicaOptions
 
     port, grpc_port = free_port(), free_port()
-    ray.init(namespace=NAMESPACE, include_dashboard=False, num_cpus=8, num_gpus=0,
+    # "local": always a new Ray of our own, never one found on the machine (ray start writes
+    # /tmp/ray/ray_current_cluster, which a bare ray.init() would join)
+    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=8, num_gpus=0,
              log_to_driver=os.environ.get("ASPIRE_TEST_LOGS") == "1")
     from policies.aspired import All, Latest
     models = [ModelSource(name, str(DATA / d), All() if name == "saved_model_half_plus_two_2_versions"

@@ -215,3 +215,29 @@ def test_loads_refusals_and_state_are_measured(manager, backend, book):
     assert (f'aspire_servable_vram_reserved_bytes{{model="a",version="1",node="n1",gpu="{gpu}"}} '
             f'{10 * GIB}') in page
     assert 'model="c",version="1",node=' not in page  # a refused version reserves nothing
+
+
+def test_a_lost_node_takes_its_versions_out_and_re_places_them_where_they_fit(manager, backend, book):
+    book.update_inventory([Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)],
+                          {"n1": 64 * GIB, "n2": 64 * GIB})
+    load_big(manager, backend, "a", "b")  # one on each node
+    placed = {name: backend.placements[(name, 1)][0].node_id for name in ("a", "b")}
+    for name in ("a", "b"):  # the backend reports where replicas run, as ServeBackend does
+        with manager._lock:
+            manager._streams[name].versions[1].where["placements"] = [{"node_id": placed[name]}]
+    lost = placed["a"]
+    book.update_inventory([g for g in (Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB))
+                           if g.node_id != lost], {n: 64 * GIB for n in ("n1", "n2") if n != lost})
+    assert manager.nodes_lost({lost}) == ["{name: a version: 1}"]
+    assert "a" not in manager.serving_map()["models"]
+    assert manager.wait_idle(5)
+    # No room left on the other GPU (b holds 10 of 16 GiB): a is refused and reported.
+    assert status(manager, "a") == [(1, "END", "RESOURCE_EXHAUSTED")]
+    assert status(manager, "b") == [(1, "AVAILABLE", "OK")]
+    kept = [n for n in ("n1", "n2") if n != lost]
+    book.update_inventory([Gpu(n, 0, 16 * GIB) for n in kept + ["n3"]],
+                          {n: 64 * GIB for n in kept + ["n3"]})
+    manager.capacity_changed("node n3 joined")
+    assert manager.wait_idle(5)
+    assert status(manager, "a") == [(1, "AVAILABLE", "OK")]
+    assert backend.placements[("a", 1)][0].node_id == "n3"
