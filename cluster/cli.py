@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="retries after a failed load (0: try once)")
     tf.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
                     help="wait between load retries, in microseconds")
+    tf.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False,
+                    help="batch concurrent requests to a version (TF Serving's dynamic batching)")
+    tf.add_argument("--batching_parameters_file", default="",
+                    help="BatchingParameters text file; defaults are TF Serving's")
+    tf.add_argument("--enable_per_model_batching_parameters", type=_bool, nargs="?", const=True,
+                    default=False, help="read batching_params.pbtxt from each version's directory")
     tf.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
                     help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE")
     tf.add_argument("--num_request_iterations_for_warmup", type=int, default=0,
@@ -198,6 +204,12 @@ def serve_main(args: argparse.Namespace) -> int:
                                             labels_from_config, ModelSource)
         settings = load_aspire_config(args.aspire_config_file) if args.aspire_config_file else {}
         monitoring = load_monitoring_config(args.monitoring_config_file)
+        batching = None
+        if args.enable_batching:
+            from cluster.batching_config import load_batching_parameters
+            from deployments.servable import BatchingOptions
+            batching = BatchingOptions(load_batching_parameters(args.batching_parameters_file or None),
+                                       args.enable_per_model_batching_parameters)
     except AspireError as err:
         print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
         return 255
@@ -214,7 +226,7 @@ def serve_main(args: argparse.Namespace) -> int:
         settings=settings, gpus=args.gpus,
         replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
                                tags=tuple(t for t in args.saved_model_tags.split(",") if t),
-                               enable_model_warmup=args.enable_model_warmup,
+                               enable_model_warmup=args.enable_model_warmup, batching=batching,
                                num_request_iterations_for_warmup=args.num_request_iterations_for_warmup))
     options = launcher.ServerOptions(
         rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,

@@ -73,6 +73,7 @@ ASPIRE_REQUEST_LATENCY = "aspire_request_latency_seconds"
 ASPIRE_LOAD_ATTEMPTS = "aspire_load_attempts_total"
 ASPIRE_LOAD_DURATION = "aspire_load_duration_seconds"
 ASPIRE_ADMISSION_REFUSALS = "aspire_admission_refusals_total"
+ASPIRE_BATCH_TASKS = "aspire_batch_tasks"
 ASPIRE_DROPPED_SERIES = "aspire_metrics_dropped_series_total"
 ASPIRE_SERVABLE_STATE = "aspire_servable_state"
 ASPIRE_GPU_MEMORY_TOTAL = "aspire_gpu_memory_total_bytes"
@@ -107,6 +108,7 @@ HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
     TFS_MODEL_WARMUP_LATENCY: TF_LATENCY_BUCKETS,
     ASPIRE_REQUEST_LATENCY: ASPIRE_LATENCY_BUCKETS,
     ASPIRE_LOAD_DURATION: ASPIRE_LOAD_BUCKETS,
+    ASPIRE_BATCH_TASKS: (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 }
 
 # Every recordable counter name; inc() of a name that is not here raises KeyError.
@@ -130,6 +132,7 @@ LABEL_NAMES: dict[str, tuple[str, ...]] = {
     ASPIRE_LOAD_ATTEMPTS: ("model", "status"),
     ASPIRE_LOAD_DURATION: ("model",),
     ASPIRE_ADMISSION_REFUSALS: ("model", "reason"),
+    ASPIRE_BATCH_TASKS: ("model", "version"),
     ASPIRE_DROPPED_SERIES: ("metric",),
 }
 
@@ -139,6 +142,7 @@ HELP: dict[str, str] = {
     ASPIRE_LOAD_ATTEMPTS: "Servable load attempts, by model and outcome.",
     ASPIRE_LOAD_DURATION: "Servable load duration in seconds, by model.",
     ASPIRE_ADMISSION_REFUSALS: "Loads refused by admission control, by model and reason.",
+    ASPIRE_BATCH_TASKS: "Requests (tasks) per batch run by dynamic batching, by model and version.",
     ASPIRE_DROPPED_SERIES: "Label sets folded into the _overflow series because a metric hit "
                            "its series limit, by metric.",
     ASPIRE_SERVABLE_STATE: "1 for the current state of a servable version, 0 for the others.",

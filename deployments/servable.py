@@ -66,7 +66,8 @@ def _metrics_shipper() -> metrics.Shipper:
 @serve.deployment
 class ServableDeployment:
     def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
-                 warmup_iterations: int | None = 1, gpu_memory_limit_bytes: int | None = None):
+                 warmup_iterations: int | None = 1, gpu_memory_limit_bytes: int | None = None,
+                 batching: "BatchingOptions | None" = None):
         self.name, self.version = name, version
         self.model, self.load_error = None, None
         self.measured_vram_bytes = None
@@ -77,6 +78,12 @@ class ServableDeployment:
         try:
             self.model = SavedModelLoader(path, tags).load(
                 gpu_memory_limit_bytes=gpu_memory_limit_bytes)
+            params = batching.parameters_for(path) if batching is not None else None
+            if params is not None:
+                from deployments.batching import BatchedModel
+                labels = metrics.labels_for(metrics.ASPIRE_BATCH_TASKS, name, version)
+                self.model = BatchedModel(self.model, params, lambda tasks, _padding: (
+                    self._shipper.recorder.observe(metrics.ASPIRE_BATCH_TASKS, labels, tasks)))
             if warmup_iterations is not None:  # None: --enable_model_warmup=false
                 self._warmup(path, warmup_iterations)
             if gpu_memory_limit_bytes:
@@ -148,6 +155,23 @@ class ServableDeployment:
             model.unload()
 
 
+@dataclass(frozen=True)
+class BatchingOptions:
+    """TF Serving's batching flags: --enable_batching with --batching_parameters_file (already
+    parsed into `parameters`), and --enable_per_model_batching_parameters, which reads
+    batching_params.pbtxt in each version's directory instead (no file: that version is not
+    batched)."""
+
+    parameters: object | None = None  # cluster.batching_config.BatchingParameters
+    per_model: bool = False
+
+    def parameters_for(self, version_dir: str):
+        if self.per_model:
+            from cluster.batching_config import load_per_model_batching_parameters
+            return load_per_model_batching_parameters(version_dir)
+        return self.parameters
+
+
 @dataclass
 class ReplicaOptions:
     """How each version's deployment runs: copied into every version's deployment options."""
@@ -159,6 +183,7 @@ class ReplicaOptions:
     tags: tuple[str, ...] = ("serve",)
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 0  # TF Serving: used only when > 0, else 1
+    batching: BatchingOptions | None = None  # None: --enable_batching is off
     extra_actor_options: dict = field(default_factory=dict)
 
 
@@ -241,7 +266,8 @@ class ServeBackend:
                     graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
                     health_check_period_s=5)
                 [handle] = serve.run_many(
-                    [serve.RunTarget(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit),
+                    [serve.RunTarget(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit,
+                                                     opts.batching),
                                      name=app, route_prefix=None)],
                     wait_for_applications_running=False)
                 self._wait_running(app, f"{{name: {name} version: {version}}}")
