@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
                              wrappers_pb2)
 
+from cluster.model_config import read_proto_text
 from deployments.errors import AspireError
 
 PER_MODEL_FILENAME = "batching_params.pbtxt"  # bundle_factory_util.cc kBatchingParamsFilename
@@ -186,18 +187,6 @@ def parse_batching_parameters(text: str, source: str = "<string>") -> BatchingPa
         pad_variable_length_inputs=proto.pad_variable_length_inputs))
 
 
-def _read_text(file: str) -> str:
-    try:
-        with open(file, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise AspireError(f"{file}; {err.strerror}", "NOT_FOUND") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _invalid(f"Invalid protobuf file: '{file}': {err}") from None
-
-
 def load_batching_parameters(file: str | None) -> BatchingParameters:
     """Parameters from `--batching_parameters_file`, for a server started with --enable_batching.
 
@@ -205,7 +194,7 @@ def load_batching_parameters(file: str | None) -> BatchingParameters:
     """
     if not file:
         return BatchingParameters(thread_pool_name=SERVER_THREAD_POOL_NAME)
-    return parse_batching_parameters(_read_text(file), file)
+    return parse_batching_parameters(read_proto_text(file), file)
 
 
 def load_per_model_batching_parameters(version_dir: str) -> BatchingParameters | None:
@@ -213,4 +202,4 @@ def load_per_model_batching_parameters(version_dir: str) -> BatchingParameters |
     path = os.path.join(version_dir, PER_MODEL_FILENAME)
     if not os.path.exists(path):
         return None
-    return parse_batching_parameters(_read_text(path), path)
+    return parse_batching_parameters(read_proto_text(path), path)

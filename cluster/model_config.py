@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from cluster.source import ModelSource
-from deployments.errors import invalid_argument
+from deployments.errors import AspireError, invalid_argument
 from policies.aspired import All, Latest, Specific
 
 SUPPORTED_PLATFORMS = ("tensorflow",)
@@ -87,3 +87,17 @@ def read_config_file(path: str):
             f"Invalid protobuf file: '{path}': Error parsing text-format "
             f"tensorflow.serving.ModelServerConfig: {exc}") from None
     return config
+
+
+def read_proto_text(file: str) -> str:
+    """The text of a text-format proto file, as TF's ReadFileToString reports failures:
+    NOT_FOUND "<file>; <reason>" when it cannot be read, INVALID_ARGUMENT when it is not UTF-8."""
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise AspireError(f"{file}; {err.strerror}", "NOT_FOUND") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise invalid_argument(f"Invalid protobuf file: '{file}': {err}") from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
+from cluster.model_config import read_proto_text
 from deployments.errors import AspireError
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
@@ -74,13 +75,4 @@ def load_monitoring_config(file: str | None) -> PrometheusSettings:
     """Settings from `--monitoring_config_file`; no file (None or "") means Prometheus is off."""
     if not file:
         return PrometheusSettings()
-    try:
-        with open(file, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise AspireError(f"{file}; {err.strerror}", "NOT_FOUND") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise AspireError(f"Invalid protobuf file: '{file}': {err}", "INVALID_ARGUMENT") from None
-    return parse_monitoring_config(text, file)
+    return parse_monitoring_config(read_proto_text(file), file)

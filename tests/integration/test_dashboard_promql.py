@@ -8,12 +8,11 @@ so a misspelt metric or label shows up here as an empty panel would in Grafana.
 """
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support.exporter import TextExporter
 from tests.support.prometheus import PrometheusError, PrometheusServer
 from tests.unit.test_dashboards import dashboard_expressions
 
@@ -78,38 +77,9 @@ def exposition(scrape: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Exporter:
-    def __init__(self):
-        self.scrapes, self.lock = 0, threading.Lock()
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                with exporter.lock:
-                    body = exposition(exporter.scrapes).encode()
-                    exporter.scrapes += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def exporter():
-    e = Exporter()
+    e = TextExporter(exposition)
     yield e
     e.close()
 

@@ -8,57 +8,29 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
+from tests.support.exporter import TextExporter
 from tests.support.prometheus import (PrometheusError, PrometheusServer, ensure_prometheus,
                                       prometheus_version)
 
 
-class Exporter:
+class Exporter(TextExporter):
     """Serves `harness_test_requests_total{code="200"} <value>` on /metrics, counting scrapes."""
 
     def __init__(self):
-        self.value, self.scrapes, self.lock = 0, 0, threading.Lock()
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                with exporter.lock:
-                    exporter.scrapes += 1
-                    value = exporter.value
-                body = ("# HELP harness_test_requests_total Requests seen by the harness test.\n"
-                        "# TYPE harness_test_requests_total counter\n"
-                        f'harness_test_requests_total{{code="200"}} {value}\n').encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.value = 0
+        super().__init__(lambda _scrapes: (
+            "# HELP harness_test_requests_total Requests seen by the harness test.\n"
+            "# TYPE harness_test_requests_total counter\n"
+            f'harness_test_requests_total{{code="200"}} {self.value}\n'), path="/metrics")
 
     def set(self, value: int):
         with self.lock:
             self.value = value
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.support.exporter import TextExporter
 from tests.support.prometheus import PrometheusServer
 
 pytest.importorskip("matplotlib")
@@ -60,27 +59,10 @@ def states(t: float | None) -> dict[str, str]:
     return {"1": v1, "2": v2}
 
 
-class RolloutExporter:
+class RolloutExporter(TextExporter):
     def __init__(self):
         self.created, self.t0 = time.time(), None
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = exporter.exposition().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(lambda _scrapes: self.exposition())
 
     def start(self):
         self.t0 = time.time()
@@ -105,11 +87,6 @@ class RolloutExporter:
                 lines.append(f'aspire_servable_state{{model="m",version="{version}",'
                              f'state="{state}"}} {1 if state == now else 0}')
         return "\n".join(lines) + "\n"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def exporter():
