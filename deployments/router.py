@@ -130,6 +130,11 @@ def status_body(statuses: list[dict]) -> dict:
         for s in statuses]}
 
 
+def _with_known_set(serving_map: dict) -> dict:
+    """The map with its model names as a set: every request's metrics label looks one up."""
+    return {**serving_map, "known": frozenset(serving_map.get("known", ()))}
+
+
 app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -146,7 +151,7 @@ class Router(GrpcIngress):
             self._manager.apply_metrics.remote(deltas), timeout=10))
         self._timeout_s = rest_api_timeout_ms / 1000 if rest_api_timeout_ms > 0 else None
         self._id = f"router-{uuid.uuid4().hex[:12]}"
-        self._map = ray.get(self._manager.serving_map.remote())
+        self._map = _with_known_set(ray.get(self._manager.serving_map.remote()))
         self._handles: dict[str, object] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._follow_serving_map, name="aspire-map", daemon=True).start()
@@ -157,7 +162,8 @@ class Router(GrpcIngress):
                 update = ray.get(self._manager.wait_for_serving_map.remote(
                     self._map["epoch"], self._id, 5.0))
                 if update is not None:
-                    self._map = update  # one reference swap: requests see old or new, never half
+                    # one reference swap: requests see old or new, never half
+                    self._map = _with_known_set(update)
             except Exception as exc:  # manager restarting: keep the last map and retry
                 log.warning("serving map poll failed: %s", exc)
                 self._stop.wait(1.0)
