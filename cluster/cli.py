@@ -2,8 +2,8 @@
 and meanings; `aspire status` prints every model's versions and states.
 
 Life of a version starts here: flags are validated once, Ray is started (embedded) or joined
-(`--address`), Serve's HTTP proxy listens on `--rest_api_port`, the manager actor starts its
-file-system source, and the router deployment is created. Like TF Serving, `serve` reports the
+(`--address`), the manager actor starts its file-system source, and the router deployment is
+created; its replicas listen on `--rest_api_port` and `--port`. Like TF Serving, `serve` reports the
 REST API ready once every model's first version has loaded or failed.
 """
 from __future__ import annotations
@@ -102,11 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="declare each GPU node's GPUs where NVML cannot read them, as "
                                 "COUNTxSIZE or a list of sizes (2x16GiB, 16GiB,24GiB); the "
                                 "embedded Ray gets that many logical GPUs. Default: NVML")
-    ray_group.add_argument("--num_router_replicas", type=int, default=1, help="router replicas")
+    ray_group.add_argument("--num_router_replicas", type=int, default=1,
+                           help="router replicas per node (they share the ports)")
     ray_group.add_argument("--proxy_location", default="EveryNode", choices=("EveryNode", "HeadOnly"),
-                           help="where Serve runs the HTTP/gRPC proxies that listen on the REST "
-                                "and gRPC ports: every node (put a load balancer in front), or "
-                                "the head node only")
+                           help="where the routers that listen on the REST and gRPC ports run: "
+                                "--num_router_replicas on every node alive at start-up (put a "
+                                "load balancer in front), or all on the head node")
     ray_group.add_argument("--initial_load_timeout_s", type=float, default=600.0,
                            help="how long to wait for the first versions before reporting ready")
 
@@ -122,7 +123,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.max_num_load_retries < 0:
         raise FlagError("--max_num_load_retries cannot be negative")
     if args.rest_api_port == 0:
-        raise FlagError("--rest_api_port=0 is not supported: Ray Serve's proxy always serves HTTP")
+        raise FlagError("--rest_api_port=0 is not supported: the routers always serve REST, on one port shared by all")
     if args.enable_grpc_healthcheck_service and args.port == 0:
         raise FlagError("--enable_grpc_healthcheck_service needs the gRPC API (--port != 0)")
     if args.port != 0 and args.port == args.rest_api_port:

@@ -1,7 +1,8 @@
 """Start and stop one Aspire deployment on a Ray cluster that is already initialised.
 
-Shared by `aspire serve` and the integration tests, so both run exactly the same parts: Serve's
-HTTP proxy on the REST port, the manager actor with its source, and the router deployment.
+Shared by `aspire serve` and the integration tests, so both run exactly the same parts: the
+manager actor with its source, and the router deployment, whose replicas serve the REST and gRPC
+ports themselves (deployments/ingress.py; Serve's own proxy is disabled).
 """
 from __future__ import annotations
 
@@ -34,32 +35,36 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30000
     num_router_replicas: int = 1
     metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
-    proxy_location: str = "EveryNode"  # Serve's HTTP/gRPC proxies: on every node, or "HeadOnly"
+    # Where the routers (and so the REST/gRPC ports) run: EveryNode puts num_router_replicas on
+    # each node alive at start-up; HeadOnly puts them all on the head node.
+    proxy_location: str = "EveryNode"
 
 
 def start(config: ControllerConfig, options: ServerOptions):
     """Bring Aspire up; returns the manager actor handle. Raises AspireError (e.g. a label that
     points at a version that is not available) before anything is left running."""
-    grpc_options = None
-    if options.grpc_port:
-        functions = list(SERVICER_FUNCTIONS)
-        if options.enable_grpc_healthcheck_service:
-            functions.append(HEALTH_SERVICER_FUNCTION)
-        grpc_options = {"port": options.grpc_port, "grpc_servicer_functions": functions}
-    serve.start(http_options={"host": options.rest_api_host, "port": options.rest_api_port},
-                grpc_options=grpc_options, proxy_location=options.proxy_location)
+    functions = list(SERVICER_FUNCTIONS)
+    if options.enable_grpc_healthcheck_service:
+        functions.append(HEALTH_SERVICER_FUNCTION)
+    serve.start(proxy_location="Disabled")
     for app in serve.status().applications:
         if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
             serve.delete(app)
     manager = start_manager(config)
     router_options = {"num_cpus": ROUTER_NUM_CPUS}
-    if options.proxy_location == "HeadOnly":  # all traffic enters on the head: route it there
+    per_node = options.num_router_replicas
+    if options.proxy_location == "HeadOnly":  # all traffic enters on the head
         router_options["label_selector"] = {"ray.io/node-id": head_node_id()}
-    router = Router.options(num_replicas=options.num_router_replicas,
-                            ray_actor_options=router_options)
+        router = Router.options(num_replicas=per_node, ray_actor_options=router_options)
+    else:  # the same number on every node, so each node answers on the ports
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        router = Router.options(num_replicas=per_node * nodes, max_replicas_per_node=per_node,
+                                ray_actor_options=router_options)
     serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content,
-                          metrics_path=options.metrics_path),
-              name=ROUTER_APP, route_prefix="/")
+                          metrics_path=options.metrics_path, host=options.rest_api_host,
+                          rest_port=options.rest_api_port, grpc_port=options.grpc_port,
+                          grpc_servicers=tuple(functions)),
+              name=ROUTER_APP, route_prefix=None)
     return manager
 
 

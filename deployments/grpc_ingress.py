@@ -1,8 +1,7 @@
 """gRPC API (TF Serving's PredictionService and ModelService, plus grpc.health.v1.Health) served by
-the router deployment through Ray Serve's gRPC proxy.
+each router replica on a grpc.aio server (deployments/ingress.py).
 
-The router is the only Serve application with a route, so the proxy sends it every call, with or
-without `application` metadata: unchanged TF Serving clients reach it. Each method resolves the
+Unchanged TF Serving clients reach it: no `application` metadata or other extra is needed. Each method resolves the
 ModelSpec against the same serving map as REST, then the version's deployment runs
 deployments/proto_api.py on the serialized request. Errors carry TF Serving's status code and
 message, truncated to 1024 characters as TF Serving does.

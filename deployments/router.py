@@ -1,6 +1,7 @@
-"""Router: TensorFlow Serving's REST API (`/v1/models/...`) as a Ray Serve FastAPI ingress.
+"""Router: TensorFlow Serving's REST API (`/v1/models/...`) and gRPC API, served by each router
+replica itself (deployments/ingress.py) on the REST and gRPC ports.
 
-Life of a request: the Serve HTTP proxy hands every path to this deployment; the raw
+Life of a request: the replica's HTTP server hands every path to `dispatch`; the raw
 (percent-encoded) path is matched with TF Serving's own URL grammar; the body is parsed first
 (JSON errors win over unknown models, as in TF Serving); the servable is resolved against the
 serving map (Specific / label / Latest = highest AVAILABLE version); the call goes through a
@@ -24,13 +25,14 @@ import uuid
 from urllib.parse import unquote_to_bytes
 
 import ray
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
 
 from deployments import json_tensor, metrics
 from deployments.errors import AspireError, http_status, invalid_argument, not_found
-from deployments.grpc_ingress import GrpcIngress
+from deployments.grpc_ingress import HEALTH_SERVICER_FUNCTION, GrpcIngress
+from deployments.ingress import Ingress
 from policies.traffic import TrafficSplit, effective_weights, pick
 
 log = logging.getLogger("aspire.router")
@@ -135,15 +137,12 @@ def _with_known_set(serving_map: dict) -> dict:
     return {**serving_map, "known": frozenset(serving_map.get("known", ()))}
 
 
-app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-
-
 @serve.deployment(name="router")
-@serve.ingress(app)
 class Router(GrpcIngress):
     def __init__(self, rest_api_timeout_ms: int = 30000, tensor_content: bool = False,
                  manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE,
-                 metrics_path: str | None = None):
+                 metrics_path: str | None = None, host: str = "0.0.0.0", rest_port: int = 8501,
+                 grpc_port: int = 8500, grpc_servicers: tuple[str, ...] = ()):
         self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
         self._manager = ray.get_actor(manager_name, namespace=namespace)
         self._metrics_path = metrics_path  # None: --monitoring_config_file did not enable it
@@ -155,6 +154,21 @@ class Router(GrpcIngress):
         self._handles: dict[str, object] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._follow_serving_map, name="aspire-map", daemon=True).start()
+        self._ingress = Ingress()
+        self._ingress.start(self._asgi, host, rest_port, grpc_port,
+                            lambda server: add_servicers(self, server, grpc_servicers))
+
+    async def _asgi(self, scope, receive, send) -> None:
+        """The REST port's ASGI application: every HTTP request goes to `dispatch`."""
+        if scope["type"] != "http":
+            return
+        response = await self.dispatch(Request(scope, receive))
+        await response(scope, receive, send)
+
+    def check_health(self) -> None:
+        """Serve's health check: a router whose servers stopped is replaced."""
+        if not self._ingress.alive():
+            raise RuntimeError("the router's REST/gRPC servers are not running")
 
     def _follow_serving_map(self) -> None:
         while not self._stop.is_set():
@@ -187,8 +201,7 @@ class Router(GrpcIngress):
             raise AspireError(f"Request timed out after {self._timeout_s * 1000:.0f} ms "
                               "(--rest_api_timeout_in_ms)", "DEADLINE_EXCEEDED") from None
 
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
-    async def dispatch(self, request: Request, path: str) -> Response:
+    async def dispatch(self, request: Request) -> Response:
         raw = request.scope.get("raw_path") or request.url.path.encode()
         raw_path = raw.decode("latin-1").split("?", 1)[0]
         if self._metrics_path is not None and raw_path == self._metrics_path and request.method == "GET":
@@ -273,4 +286,20 @@ class Router(GrpcIngress):
 
     def __del__(self):
         self._stop.set()
+        self._ingress.stop()
         self._shipper.stop()
+
+
+def add_servicers(servicer, server, functions: tuple[str, ...]) -> None:
+    """Register `servicer` (the router) for each gRPC service named by its add_* function."""
+    import importlib
+    for path in functions:
+        module, _, function = path.rpartition(".")
+        target = servicer
+        if path == HEALTH_SERVICER_FUNCTION:  # Check only; List and Watch answer UNIMPLEMENTED
+            from grpc_health.v1 import health_pb2_grpc
+
+            class Health(health_pb2_grpc.HealthServicer):
+                Check = servicer.Check
+            target = Health()
+        getattr(importlib.import_module(module), function)(target, server)

@@ -1,0 +1,135 @@
+"""Aspire's own front door: the REST and gRPC servers that run inside each router replica.
+
+Ray Serve's proxy would add a hop to every request (client -> proxy -> router -> version), and on
+a 2-core machine that hop costs more than the model (bench/README.md). So each router replica
+listens on the REST and gRPC ports itself and calls the version's deployment through a Serve
+handle: one Ray hop per request. Serve still runs, places, health-checks and restarts the
+routers; its proxy is disabled.
+
+Several router replicas on one node share the ports: the REST socket is bound with SO_REUSEPORT
+and gRPC sets it by default, so the kernel spreads connections over them. The servers run on
+their own thread and event loop, so a slow request handler never blocks Serve's replica loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from typing import Callable
+
+log = logging.getLogger("aspire.ingress")
+
+# TF Serving accepts gRPC messages up to INT32_MAX bytes (SetMaxMessageSize(kint32max)).
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), shared with the node's other router replicas."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop ships with ray[serve]
+        return asyncio.new_event_loop()
+
+
+class Ingress:
+    """Runs an ASGI app (REST) and a grpc.aio server on one background thread and loop.
+
+    `start` returns once both ports listen, or raises the bind error: a router replica that
+    cannot take its ports fails its constructor, and Serve reports the deployment as failed.
+    """
+
+    def __init__(self) -> None:
+        self.loop = _new_loop()
+        self._thread = threading.Thread(target=self._run, name="aspire-ingress", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._http = None
+        self._grpc = None
+
+    def start(self, asgi_app, host: str, rest_port: int, grpc_port: int = 0,
+              add_servicers: Callable[[object], None] | None = None, timeout_s: float = 30.0) -> None:
+        rest_sock = listening_socket(host, rest_port)
+        self._spec = (asgi_app, rest_sock, host, grpc_port, add_servicers)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"ingress servers did not start in {timeout_s:.0f} s")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported through alive()
+            self._error = self._error or exc
+            self._ready.set()
+        finally:
+            self.loop.close()
+
+    async def _serve(self) -> None:
+        import uvicorn
+        asgi_app, rest_sock, host, grpc_port, add_servicers = self._spec
+        if grpc_port:
+            import grpc
+            self._grpc = grpc.aio.server(options=[
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1)])
+            add_servicers(self._grpc)
+            address = f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
+            try:
+                bound = self._grpc.add_insecure_port(address)
+            except RuntimeError as exc:
+                bound, self._error = 0, OSError(f"cannot listen for gRPC on {address}: {exc}")
+            if not bound:
+                self._error = self._error or OSError(f"cannot listen for gRPC on {address}")
+                self._ready.set()
+                return
+            await self._grpc.start()
+        config = uvicorn.Config(asgi_app, interface="asgi3", lifespan="off", access_log=False,
+                                log_level="warning", proxy_headers=False,
+                                http="httptools", timeout_keep_alive=75, server_header=False)
+        self._http = uvicorn.Server(config)
+        self._http.install_signal_handlers = lambda: None  # not the main thread
+        serving = asyncio.ensure_future(self._http.serve(sockets=[rest_sock]))
+        while not self._http.started and not serving.done():
+            await asyncio.sleep(0.01)
+        self._ready.set()
+        await serving
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish (up to `grace_s`), then close."""
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown():
+            if self._grpc is not None:
+                await self._grpc.stop(grace_s)
+            if self._http is not None:
+                self._http.should_exit = True
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(grace_s + 5)
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out
+            log.warning("ingress shutdown: %s", exc)
+        self._thread.join(grace_s + 5)
