@@ -6,7 +6,9 @@ Example:
     {"models": {"my_model": {"version_policy": "resource_preserving",
                              "traffic": {"stable": 90, "canary": 10},
                              "num_replicas": 2,
-                             "device": "gpu", "vram": "10GiB", "ram": "2GiB"}}}
+                             "device": "gpu", "vram": "10GiB", "ram": "2GiB"},
+                "busy_model": {"autoscaling": {"min_replicas": 1, "max_replicas": 4,
+                                               "target_ongoing_requests": 2}}}}
 
 Contract:
 - Top level: an object whose only key is "models" (optional; `{}` means no settings), mapping
@@ -15,6 +17,11 @@ Contract:
   - "version_policy": "availability_preserving" (default) or "resource_preserving".
   - "traffic": a `policies.traffic.TrafficSplit` for unversioned requests; null means none.
   - "num_replicas": int >= 1; null means the server-wide default.
+  - "autoscaling": Ray Serve autoscaling instead of a fixed count (not with "num_replicas"):
+    "min_replicas" (int >= 1), "max_replicas" (int >= min), "target_ongoing_requests" (> 0;
+    default 2), and optionally "upscale_delay_s" / "downscale_delay_s" (>= 0; Serve's defaults
+    30 s / 600 s) and "look_back_period_s" (> 0; Serve's default 30 s). Admission books max_replicas replicas up front, so a scale-up never fails for
+    memory and never takes room from another version.
   - "device": "gpu" or "cpu"; null (default) means GPU when the cluster has GPUs, else CPU.
   - "vram", "ram": what one replica needs, as a size string ("10GiB", "512MiB"); null means
     estimated from the SavedModel (policies/admission.py `replica_need`).
@@ -34,7 +41,30 @@ from policies.traffic import TrafficSplit
 
 DEFAULT_VERSION_POLICY = "availability_preserving"
 _TOP_LEVEL_KEYS = ("models",)
-_MODEL_KEYS = ("version_policy", "traffic", "num_replicas", "device", "vram", "ram")
+_MODEL_KEYS = ("version_policy", "traffic", "num_replicas", "autoscaling", "device", "vram", "ram")
+_AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests",
+                     "upscale_delay_s", "downscale_delay_s", "look_back_period_s")
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """Ray Serve autoscaling bounds for one version's replicas (Serve's own field names)."""
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float | None = None  # None: Serve's default
+    downscale_delay_s: float | None = None
+    look_back_period_s: float | None = None
+
+    def serve_config(self, min_replicas: int, max_replicas: int) -> dict:
+        """Serve's autoscaling_config for one application holding part of the replicas."""
+        config = {"min_replicas": min_replicas, "max_replicas": max_replicas,
+                  "initial_replicas": min_replicas,
+                  "target_ongoing_requests": self.target_ongoing_requests}
+        for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,7 @@ class ModelSettings:
     version_policy: str = DEFAULT_VERSION_POLICY  # a key of policies.lifecycle.POLICIES
     traffic: TrafficSplit | None = None
     num_replicas: int | None = None  # None: the server-wide default
+    autoscaling: Autoscaling | None = None  # set: Serve autoscaling, not num_replicas
     device: str | None = None  # "gpu" | "cpu" | None: GPU when the cluster has GPUs
     vram_bytes: int | None = None  # declared per replica; None: estimated
     ram_bytes: int | None = None
@@ -86,6 +117,11 @@ def _model_settings(body: object, fail) -> ModelSettings:
     if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
                                  or replicas < 1):
         raise fail(f"num_replicas must be an integer >= 1, got {replicas!r}")
+    autoscaling = body.get("autoscaling")
+    if autoscaling is not None:
+        if replicas is not None:
+            raise fail("num_replicas and autoscaling cannot both be set")
+        autoscaling = _autoscaling(autoscaling, fail)
     device = body.get("device")
     if device is not None and device not in DEVICES:
         raise fail(f"device must be {' or '.join(repr(d) for d in DEVICES)}, got {device!r}")
@@ -101,7 +137,42 @@ def _model_settings(body: object, fail) -> ModelSettings:
             raise fail(f"invalid {key}: {e}") from None
     if device == "cpu" and sizes["vram"]:
         raise fail("vram is declared but device is 'cpu'")
-    return ModelSettings(policy, traffic, replicas, device, sizes["vram"], sizes["ram"])
+    return ModelSettings(policy, traffic, replicas, autoscaling, device, sizes["vram"], sizes["ram"])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _autoscaling(body: object, fail) -> Autoscaling:
+    if not isinstance(body, dict):
+        raise fail(f"autoscaling must be an object, got {type(body).__name__}")
+    if problem := _unknown(body, _AUTOSCALING_KEYS):
+        raise fail(f"autoscaling: {problem}")
+    for key in ("min_replicas", "max_replicas"):
+        if key not in body:
+            raise fail(f"autoscaling: {key} is required")
+    low, high = body["min_replicas"], body["max_replicas"]
+    if not _is_int(low) or low < 1:
+        raise fail(f"autoscaling: min_replicas must be an integer >= 1, got {low!r}")
+    if not _is_int(high) or high < low:
+        raise fail(f"autoscaling: max_replicas must be an integer >= min_replicas ({low}), got {high!r}")
+    target = body.get("target_ongoing_requests", 2.0)
+    if not _is_number(target) or not target > 0 or target == float("inf"):
+        raise fail(f"autoscaling: target_ongoing_requests must be a number > 0, got {target!r}")
+    delays = {}
+    for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
+        value = body.get(key)
+        low_ok = (lambda v: v > 0) if key == "look_back_period_s" else (lambda v: v >= 0)
+        if value is not None and (not _is_number(value) or not low_ok(value) or value == float("inf")):
+            bound = "> 0" if key == "look_back_period_s" else ">= 0"
+            raise fail(f"autoscaling: {key} must be a number {bound}, got {value!r}")
+        delays[key] = value
+    return Autoscaling(low, high, float(target), **delays)
 
 
 def parse_aspire_config(text: str, source: str = "<aspire config>") -> dict[str, ModelSettings]:

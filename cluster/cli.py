@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--num_load_threads", type=int, default=4,
                     help="versions loaded concurrently (TF Serving's default 0 means one at a time)")
     tf.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraph tags")
+    tf.add_argument("--tensorflow_session_parallelism", type=int, default=0,
+                    help="threads for each TF session, intra- and inter-op alike (0: TF picks)")
+    tf.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                    help="threads that one TF op may use (0: TF picks)")
+    tf.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                    help="TF ops run at once in a session (0: TF picks)")
     ray_group = s.add_argument_group("Ray flags")
     ray_group.add_argument("--address", default=None,
                            help="join this Ray cluster ('auto', 'ray://host:10001', 'host:6379') "
@@ -141,9 +147,23 @@ def validate(args: argparse.Namespace) -> None:
             raise FlagError(f"--gpus: {err}") from None
     if args.num_load_threads < 0:
         raise FlagError("--num_load_threads cannot be negative")
+    if (args.tensorflow_intra_op_parallelism > 0 and args.tensorflow_inter_op_parallelism > 0
+            and args.tensorflow_session_parallelism > 0):
+        raise FlagError("Either configure server_options.tensorflow_session_parallelism or "
+                        "(server_options.tensorflow_intra_op_parallelism, "
+                        "server_options.tensorflow_inter_op_parallelism) separately. You cannot "
+                        "configure all.")
     if args.model_base_path and "://" not in args.model_base_path and not os.path.isdir(args.model_base_path):
         log.warning("--model_base_path %s does not exist (yet); it will be polled",
                     args.model_base_path)
+
+
+def session_threads(args: argparse.Namespace) -> tuple[int, int]:
+    """(intra-op, inter-op) threads of every TF session, resolved as TF Serving does: the two
+    specific flags if either is set, else --tensorflow_session_parallelism for both."""
+    if args.tensorflow_intra_op_parallelism > 0 or args.tensorflow_inter_op_parallelism > 0:
+        return args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism
+    return args.tensorflow_session_parallelism, args.tensorflow_session_parallelism
 
 
 def _use_ray_token_if_present() -> None:
@@ -228,6 +248,8 @@ def serve_main(args: argparse.Namespace) -> int:
         replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
                                tags=tuple(t for t in args.saved_model_tags.split(",") if t),
                                enable_model_warmup=args.enable_model_warmup, batching=batching,
+                               intra_op_threads=session_threads(args)[0],
+                               inter_op_threads=session_threads(args)[1],
                                num_request_iterations_for_warmup=args.num_request_iterations_for_warmup))
     options = launcher.ServerOptions(
         rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,
@@ -286,7 +308,7 @@ def status_table(described: dict) -> str:
     reserved and by which version, and per node the host RAM reserved."""
     from policies.admission import format_bytes
     from policies.traffic import TrafficSplit, effective_weights
-    rows = [("MODEL", "VERSION", "STATE", "LABELS", "TRAFFIC", "ERROR")]
+    rows = [("MODEL", "VERSION", "STATE", "REPLICAS", "LABELS", "TRAFFIC", "ERROR")]
     for name, statuses in described["models"].items():
         labels = described.get("labels", {}).get(name, {})
         split = described.get("traffic", {}).get(name)
@@ -297,7 +319,9 @@ def status_table(described: dict) -> str:
             error = "" if s["error_code"] == "OK" else f"{s['error_code']}: {s['error_message']}"
             names = ",".join(sorted(l for l, v in labels.items() if v == s["version"]))
             share = f"{weights[s['version']]:.0%}" if s["version"] in weights else ""
-            rows.append((name, str(s["version"]), s["state"], names, share, error))
+            rows.append((name, str(s["version"]), s["state"],
+                         _replicas_cell(described.get("placements", {}).get(name, {}).get(str(s["version"]))),
+                         names, share, error))
     lines = _table(rows)
     resources = described.get("resources") or {}
     if resources.get("gpus"):
@@ -313,6 +337,16 @@ def status_table(described: dict) -> str:
                   format_bytes(h["free"]), "") for h in resources["hosts"]]
         lines += [""] + _table(rows)
     return "\n".join(lines)
+
+
+def _replicas_cell(placements: list[dict] | None) -> str:
+    """RUNNING/RESERVED replicas of a version, with the autoscaling floor where there is one."""
+    if not placements:
+        return ""
+    running = sum(p.get("running_replicas") or 0 for p in placements)
+    reserved = sum(p.get("replicas", 0) for p in placements)
+    floor = sum(p.get("min_replicas", p.get("replicas", 0)) for p in placements)
+    return f"{running}/{reserved}" + (f" (min {floor})" if floor != reserved else "")
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -61,6 +61,18 @@ class ControllerConfig:
     inventory_refresh_s: float = 5.0
 
 
+def _running_replicas() -> dict[str, int]:
+    """Serve application -> replicas RUNNING now (an autoscaled version moves between its
+    min_replicas and the count admission reserved)."""
+    try:
+        from ray import serve
+        return {app: sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+                for app, status in serve.status().applications.items()}
+    except Exception as exc:  # status must answer even when Serve does not
+        log.warning("serve.status() failed: %s", exc)
+        return {}
+
+
 class ManagerActor:
     def __init__(self, config: ControllerConfig):
         configure_logging()
@@ -184,8 +196,10 @@ class ManagerActor:
         the resource book (per GPU and per node: total, reserved by whom, free), for
         `aspire status` and `GET /v1/aspire/status`."""
         placements: dict[str, dict[str, list]] = {}
+        running = _running_replicas()
         for name, version, where in self._manager.versions_where():
-            placements.setdefault(name, {})[str(version)] = where.get("placements", [])
+            placements.setdefault(name, {})[str(version)] = [
+                {**p, "running_replicas": running.get(p.get("app"))} for p in where.get("placements", [])]
         return {"models": self._manager.list_models(), "labels": self._manager.labels(),
                 "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},
                 "placements": placements,

@@ -192,6 +192,12 @@ class LoadedSavedModel:
             raise _from_tf_error(err) from None
         return dict(zip(outputs, values))
 
+    @property
+    def session_threads(self) -> tuple[int, int]:
+        """(intra-op, inter-op) threads as the session was configured (0: TF picks)."""
+        config = self._session._config
+        return config.intra_op_parallelism_threads, config.inter_op_parallelism_threads
+
     def unload(self) -> None:
         self._callables.clear()
         self._session.close()

@@ -67,17 +67,20 @@ def _metrics_shipper() -> metrics.Shipper:
 class ServableDeployment:
     def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
                  warmup_iterations: int | None = 1, gpu_memory_limit_bytes: int | None = None,
-                 batching: "BatchingOptions | None" = None):
+                 batching: "BatchingOptions | None" = None, threads: tuple[int, int] = (0, 0)):
         self.name, self.version = name, version
         self.model, self.load_error = None, None
         self.measured_vram_bytes = None
+        self.session_threads = None
         self._shipper = _metrics_shipper()
         started = time.monotonic()
         # A failed load (warmup included) is kept as state and reported by ping(), not raised:
         # raising would make Serve retry the constructor and bury TF's message in a traceback.
         try:
             self.model = SavedModelLoader(path, tags).load(
+                intra_op_threads=threads[0], inter_op_threads=threads[1],
                 gpu_memory_limit_bytes=gpu_memory_limit_bytes)
+            self.session_threads = list(self.model.session_threads)
             params = batching.parameters_for(path) if batching is not None else None
             if params is not None:
                 from deployments.batching import BatchedModel
@@ -121,7 +124,8 @@ class ServableDeployment:
         return {"version": self.version, "error": self.load_error, "pid": os.getpid(),
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "measured_vram_bytes": self.measured_vram_bytes}
+                "measured_vram_bytes": self.measured_vram_bytes,
+                "session_threads": self.session_threads}
 
     def rest(self, verb: str, doc: dict) -> tuple[str, str]:
         if self.load_error is not None:
@@ -184,6 +188,9 @@ class ReplicaOptions:
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 0  # TF Serving: used only when > 0, else 1
     batching: BatchingOptions | None = None  # None: --enable_batching is off
+    # TF session threads (--tensorflow_intra_op_parallelism / _inter_op_; 0: TF picks)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
     extra_actor_options: dict = field(default_factory=dict)
 
 
@@ -236,8 +243,26 @@ class ServeBackend:
         return need, self._replicas(name)
 
     def _replicas(self, name: str) -> int:
+        """Replicas to reserve: the fixed count, or an autoscaled version's max_replicas."""
         settings = self.settings.get(name)
+        if settings and settings.autoscaling:
+            return settings.autoscaling.max_replicas
         return (settings and settings.num_replicas) or self.options.num_replicas
+
+    def _scaling(self, name: str, counts: list[int]) -> list[dict]:
+        """Serve options for each application of a version, given its reserved replica counts.
+        Autoscaled: each application scales between its share of min_replicas (at least 1, so
+        every reserved (node, GPU) keeps a warm replica) and its reserved count."""
+        settings = self.settings.get(name)
+        autoscaling = settings.autoscaling if settings else None
+        if autoscaling is None:
+            return [{"num_replicas": n} for n in counts]
+        floors, left = [], autoscaling.min_replicas
+        for n in counts:  # the first min_replicas reserved replicas, in placement order
+            floors.append(max(1, min(n, left)))
+            left -= min(n, left)
+        return [{"autoscaling_config": autoscaling.serve_config(low, n)}
+                for low, n in zip(floors, counts)]
 
     def load(self, name: str, version: int, path: str,
              placements: list[Placement] | None = None) -> dict:
@@ -250,6 +275,7 @@ class ServeBackend:
         groups = _groups(placements) if placements else [(None, self._replicas(name))]
         base = app_name(name, version)
         apps, replicas = [], []
+        scaling = self._scaling(name, [n for _, n in groups])
         try:
             for i, (placement, count) in enumerate(groups):
                 app = base if i == 0 else f"{base}-p{i}"
@@ -261,13 +287,14 @@ class ServeBackend:
                     actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
                 limit = placement.vram_bytes if placement is not None and placement.gpu_index is not None else None
                 deployment = ServableDeployment.options(
-                    name="servable", num_replicas=count, ray_actor_options=actor_options,
+                    name="servable", ray_actor_options=actor_options, **scaling[i],
                     max_ongoing_requests=opts.max_ongoing_requests,
                     graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
                     health_check_period_s=5)
                 [handle] = serve.run_many(
                     [serve.RunTarget(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit,
-                                                     opts.batching),
+                                                     opts.batching,
+                                                     (opts.intra_op_threads, opts.inter_op_threads)),
                                      name=app, route_prefix=None)],
                     wait_for_applications_running=False)
                 self._wait_running(app, f"{{name: {name} version: {version}}}")
@@ -275,12 +302,15 @@ class ServeBackend:
                 if answer["error"] is not None:
                     code, message = answer["error"]
                     raise AspireError(message, code)
+                autoscaled = scaling[i].get("autoscaling_config")
                 replicas.append({"app": app, "replicas": count,
+                                 "min_replicas": autoscaled["min_replicas"] if autoscaled else count,
                                  "node_id": answer["node_id"],
                                  "gpu": None if placement is None else placement.gpu_index,
                                  "vram_bytes": 0 if placement is None else placement.vram_bytes,
                                  "cuda_visible_devices": answer["cuda_visible_devices"],
-                                 "measured_vram_bytes": answer["measured_vram_bytes"]})
+                                 "measured_vram_bytes": answer["measured_vram_bytes"],
+                                 "session_threads": answer["session_threads"]})
         except AspireError:
             for app, _ in apps:
                 self._delete(app)

@@ -18,7 +18,11 @@ def test_serve_cli_serves_half_plus_two_then_shuts_down_on_ctrl_c():
         r = requests.post(f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict",
                           json={"instances": [1.0, 2.0, 5.0]}, timeout=30)
         assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
-        assert server.out.find(r"Successfully loaded servable version \{name: half_plus_two version: 123\}")
+        # The manager's log lines reach the CLI's output through Ray's log monitor, which may
+        # deliver them after the ready line.
+        wait_for(lambda: server.out.find(
+            r"Successfully loaded servable version \{name: half_plus_two version: 123\}"), 30,
+            what="the load's log line")
         address = server.out.find(r"Ray cluster address: (\S+)").group(1)
         status = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
                                 text=True, timeout=120)
@@ -34,6 +38,8 @@ def test_serve_cli_serves_half_plus_two_then_shuts_down_on_ctrl_c():
      "http_port cannot be same as grpc_port"),
     ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
     (["--model_base_path=/m", "--num_replicas=0"], "must be at least 1"),
+    (["--model_base_path=/m", "--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=1",
+      "--tensorflow_inter_op_parallelism=1"], "You cannot configure all."),
 ])
 def test_contradictory_flags_are_a_clear_error(flags, message):
     r = subprocess.run([ASPIRE, "serve", *flags], capture_output=True, text=True, timeout=60)
@@ -55,7 +61,11 @@ def test_timeout_and_tensor_content_flags(tmp_path):
     url = f"http://127.0.0.1:{port}/v1/models/slow:predict"
     with Served("--model_name=slow", f"--model_base_path={tmp_path / 'slow'}",
                 f"--rest_api_port={port}", "--rest_api_host=127.0.0.1", "--rest_api_timeout_in_ms=500",
-                f"--port={grpc_port}", "--enable_serialization_as_tensor_content"):
+                f"--port={grpc_port}", "--enable_serialization_as_tensor_content",
+                "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2"):
+        status = requests.get(f"http://127.0.0.1:{port}/v1/aspire/status", timeout=30).json()
+        [replica] = status["placements"]["slow"]["1"]
+        assert replica["session_threads"] == [1, 2]  # read back from the replica's TF session
         fast = requests.post(url, json={"instances": [10]}, timeout=30)
         assert fast.json() == {"predictions": [10]}
         slow = requests.post(url, json={"instances": [2_000_000]}, timeout=30)  # seconds of work
@@ -146,8 +156,8 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
         address = server.out.find(r"Ray cluster address: (\S+)").group(1)
         status = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
                                 text=True, timeout=120)
-        assert re.search(r"canary\s+2\s+AVAILABLE\s+canary\s+100%", status.stdout), status.stdout
-        assert re.search(r"canary\s+1\s+AVAILABLE\s+stable\s*$", status.stdout, re.M), status.stdout
+        assert re.search(r"canary\s+2\s+AVAILABLE\s+1/1\s+canary\s+100%", status.stdout), status.stdout
+        assert re.search(r"canary\s+1\s+AVAILABLE\s+1/1\s+stable\s*$", status.stdout, re.M), status.stdout
         # Config polling: a model removed from the file is unloaded, the others stay.
         write_config(config, [("canary", canary, {"stable": 1, "canary": 2})])
         wait_for(lambda: states("half_plus_two") == {"123": "END"}, 120, what="half_plus_two unloaded")

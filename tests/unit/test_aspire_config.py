@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from cluster.aspire_config import ModelSettings, load_aspire_config, parse_aspire_config
+from cluster.aspire_config import Autoscaling, ModelSettings, load_aspire_config, parse_aspire_config
 from deployments.errors import AspireError
 from policies.traffic import TrafficSplit
 
@@ -81,7 +81,7 @@ def test_unknown_top_level_key_is_rejected():
 def test_unknown_model_key_is_rejected():
     assert error({"models": {"m": {"num_replica": 2}}}).message == (
         "Invalid Aspire config cfg.json: model 'm': unknown key 'num_replica' "
-        "(expected one of version_policy, traffic, num_replicas, device, vram, ram)")
+        "(expected one of version_policy, traffic, num_replicas, autoscaling, device, vram, ram)")
 
 
 def test_device_and_declared_sizes_are_parsed():
@@ -133,3 +133,49 @@ def test_empty_traffic_is_rejected():
 ])
 def test_wrong_shapes_are_rejected(text, fragment):
     assert fragment in error(text).message
+
+
+def test_autoscaling_parses_with_serve_defaults_where_omitted():
+    got = parse_aspire_config('{"models": {"m": {"autoscaling": '
+                              '{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3,'
+                              ' "upscale_delay_s": 0, "downscale_delay_s": 5.5}}}}')
+    assert got["m"].autoscaling == Autoscaling(1, 4, 3.0, 0, 5.5)
+    assert got["m"].num_replicas is None
+    plain = parse_aspire_config('{"models": {"m": {"autoscaling": {"min_replicas": 2, "max_replicas": 2}}}}')
+    assert plain["m"].autoscaling == Autoscaling(2, 2, 2.0)
+
+
+def test_autoscaling_serve_config_carries_only_the_fields_set():
+    assert Autoscaling(1, 4, 3.0).serve_config(1, 3) == {
+        "min_replicas": 1, "max_replicas": 3, "initial_replicas": 1, "target_ongoing_requests": 3.0}
+    assert Autoscaling(1, 4, 3.0, 0.0, 2.0).serve_config(2, 2)["downscale_delay_s"] == 2.0
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ('{"min_replicas": 1, "max_replicas": 2}, "num_replicas": 2', "num_replicas and autoscaling cannot both be set"),
+    ('{"max_replicas": 2}', "min_replicas is required"),
+    ('{"min_replicas": 1}', "max_replicas is required"),
+    ('{"min_replicas": 0, "max_replicas": 2}', "min_replicas must be an integer >= 1, got 0"),
+    ('{"min_replicas": true, "max_replicas": 2}', "min_replicas must be an integer >= 1, got True"),
+    ('{"min_replicas": 3, "max_replicas": 2}', "max_replicas must be an integer >= min_replicas (3), got 2"),
+    ('{"min_replicas": 1, "max_replicas": 2.5}', "max_replicas must be an integer >= min_replicas (1), got 2.5"),
+    ('{"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0}', "target_ongoing_requests must be a number > 0, got 0"),
+    ('{"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": "2"}', "target_ongoing_requests must be a number > 0, got '2'"),
+    ('{"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": -1}', "upscale_delay_s must be a number >= 0, got -1"),
+    ('{"min_replicas": 1, "max_replicas": 2, "max_ongoing": 3}', "autoscaling: unknown key 'max_ongoing'"),
+    ('[1, 2]', "autoscaling must be an object, got list"),
+])
+def test_invalid_autoscaling_names_model_and_field(body, fragment):
+    with pytest.raises(AspireError) as info:
+        parse_aspire_config('{"models": {"m": {"autoscaling": ' + body + '}}}')
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert "model 'm'" in info.value.message and fragment in info.value.message
+
+
+def test_look_back_period_must_be_positive():
+    ok = parse_aspire_config('{"models": {"m": {"autoscaling": {"min_replicas": 1, "max_replicas": 2,'
+                             ' "look_back_period_s": 2}}}}')
+    assert ok["m"].autoscaling.serve_config(1, 2)["look_back_period_s"] == 2
+    with pytest.raises(AspireError, match="look_back_period_s must be a number > 0, got 0"):
+        parse_aspire_config('{"models": {"m": {"autoscaling": {"min_replicas": 1, "max_replicas": 2,'
+                            ' "look_back_period_s": 0}}}}')

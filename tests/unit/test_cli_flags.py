@@ -1,0 +1,30 @@
+"""`aspire serve` flags resolved without starting anything: TF Serving's session-thread rules."""
+import pytest
+
+from cluster.cli import FlagError, build_parser, session_threads, validate
+
+
+def parse(*flags):
+    return build_parser().parse_args(["serve", "--model_base_path=/m", *flags])
+
+
+@pytest.mark.parametrize("flags,threads", [
+    ((), (0, 0)),  # TF picks
+    (("--tensorflow_session_parallelism=4",), (4, 4)),
+    (("--tensorflow_intra_op_parallelism=2",), (2, 0)),
+    (("--tensorflow_inter_op_parallelism=3", "--tensorflow_session_parallelism=8"), (0, 3)),
+    (("--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2"), (1, 2)),
+])
+def test_session_threads_follow_tf_serving(flags, threads):
+    args = parse(*flags)
+    validate(args)
+    assert session_threads(args) == threads
+
+
+def test_all_three_thread_flags_is_tf_servings_error():
+    args = parse("--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=1",
+                 "--tensorflow_inter_op_parallelism=1")
+    with pytest.raises(FlagError, match=r"Either configure server_options.tensorflow_session_parallelism "
+                                        r"or \(server_options.tensorflow_intra_op_parallelism, "
+                                        r"server_options.tensorflow_inter_op_parallelism\) separately"):
+        validate(args)
