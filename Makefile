@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve-example test unit bench clean
+.PHONY: setup serve-example test unit bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -27,7 +27,10 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/suite.py
+
+bench-smoke: $(STAMP)
+	$(BIN)/python bench/suite.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,22 +1,27 @@
-"""Baseline for bench/latency.py: one uvicorn process, FastAPI, the model in a dict.
+"""Baseline (b) of bench/suite.py: one uvicorn process, FastAPI, the models in a dict.
 
-It runs the same request core as Aspire (deployments/inference.py) on the same loader, with no
-Ray, no proxy and no handle hop, so the ratio Aspire/baseline is the cost of Aspire's
-architecture (proxy -> router -> version deployment) on one request.
+This is the server people write by hand around a model, with one difference that favours it: it
+runs Aspire's own request core (deployments/inference.py) on Aspire's loader, so the ratio
+Aspire / baseline is the cost of Aspire's architecture (ingress -> Ray hop -> replica), not of
+its JSON or TF code. Usage: python bench/baseline_server.py PORT NAME=SAVED_MODEL_VERSION_DIR ...
 """
 import json
 import sys
+from pathlib import Path
 
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments import inference, json_tensor
-from deployments.errors import AspireError, http_status
-from deployments.loader import SavedModelLoader
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import Response  # noqa: E402
 
-name, path, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-models = {name: SavedModelLoader(path).load()}
+from deployments import inference, json_tensor  # noqa: E402
+from deployments.errors import AspireError, http_status  # noqa: E402
+from deployments.loader import SavedModelLoader  # noqa: E402
+
+port = int(sys.argv[1])
+models = {name: SavedModelLoader(path).load()
+          for name, path in (arg.split("=", 1) for arg in sys.argv[2:])}
 app = FastAPI()
 
 
@@ -24,6 +29,8 @@ app = FastAPI()
 async def predict(model: str, request: Request):
     try:
         doc = json_tensor.parse_body(await request.body())
+        if model not in models:
+            raise AspireError(f"Servable not found for request: Latest({model})", "NOT_FOUND")
         code, text = inference.handle_rest(models[model], "predict", doc)
     except AspireError as err:
         code, text = err.code, err.message
@@ -32,4 +39,4 @@ async def predict(model: str, request: Request):
     return Response(text, media_type="application/json")
 
 
-uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

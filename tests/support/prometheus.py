@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import atexit
 import datetime as _dt
-import errno
-import fcntl
 import json
 import os
 import re
@@ -32,16 +30,13 @@ from typing import Any, Callable
 
 import requests
 
+from tests.support.debian import apt_install, ensure_binary, tail
+
 PACKAGE = "prometheus"
 DEBIAN_BINARY = "/usr/bin/prometheus"
-INSTALL_LOCK = os.path.join(tempfile.gettempdir(), "aspire-prometheus-install.lock")
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 DEFAULT_PORT = 9090  # the Debian service's port: ours never uses it
 
-# apt-get output that means "the package lists are missing or stale": run `apt-get update`, retry
-_NEEDS_UPDATE = re.compile(r"Unable to locate package|has no installation candidate|Failed to fetch"
-                           r"|404\s+Not Found|is not available, but is referred to", re.I)
-_APT_LOCKED = re.compile(r"Could not get lock|Unable to acquire the dpkg frontend lock", re.I)
 
 
 class PrometheusError(RuntimeError):
@@ -61,25 +56,6 @@ def _find_binary() -> str | None:
     if os.path.isfile(DEBIAN_BINARY) and os.access(DEBIAN_BINARY, os.X_OK):
         return DEBIAN_BINARY
     return None
-
-
-def _apt(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", NEEDRESTART_MODE="l")
-    cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=300", *args]
-    for attempt in range(5):
-        try:
-            done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as e:
-            raise RuntimeError(f"`{' '.join(cmd)}` did not finish in {timeout_s:.0f} s") from e
-        if done.returncode == 0 or not _APT_LOCKED.search(done.stderr + done.stdout) or attempt == 4:
-            return done
-        time.sleep(5)  # another apt/dpkg holds a lock that DPkg::Lock::Timeout does not cover
-    return done
-
-
-def _tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _listening(port: int, host: str = "127.0.0.1") -> bool:
@@ -102,61 +78,23 @@ def _stop_packaged_service() -> None:
 def ensure_prometheus(timeout_s: float = 900.0) -> str:
     """The path of the prometheus binary, installing Debian's package first if it is missing.
 
-    Concurrent callers (pytest-xdist workers, parallel CI jobs) serialise on a flock in /tmp. The
-    package's service is kept from starting during the install with a temporary policy-rc.d
-    (`exit 101`) where the machine has none; should it run anyway, it is stopped afterwards.
-    Raises RuntimeError with apt-get's output when the package cannot be installed.
+    Concurrent callers serialise on a flock in /tmp (tests/support/debian.py). The package's
+    service is kept from starting during the install with a temporary policy-rc.d (`exit 101`)
+    where the machine has none; should it run anyway, it is stopped afterwards. Raises
+    RuntimeError with apt-get's output when the package cannot be installed.
     """
-    path = _find_binary()
-    if path:
-        return path
-    deadline = time.monotonic() + timeout_s
-    with open(INSTALL_LOCK, "a+") as lock:
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out waiting for {INSTALL_LOCK} "
-                                       "(another process is installing prometheus)") from None
-                time.sleep(0.5)
-        try:
-            path = _find_binary()  # installed by whoever held the lock before us
-            if path:
-                return path
-            return _install(deadline)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return ensure_binary(PACKAGE, _find_binary, _install, timeout_s)
 
 
-def _install(deadline: float) -> str:
-    hint = "install it with `apt-get install --no-install-recommends prometheus`"
-    if not shutil.which("apt-get"):
-        raise RuntimeError(f"prometheus is not installed and there is no apt-get here; {hint}")
-    if os.geteuid() != 0:
-        raise RuntimeError(f"prometheus is not installed and installing it needs root; {hint}")
+def _install(deadline: float) -> None:
     service_was_up = _listening(DEFAULT_PORT)
-    own_policy = not os.path.exists(POLICY_RC_D)
+    own_policy = os.geteuid() == 0 and not os.path.exists(POLICY_RC_D)
     if own_policy:  # keep invoke-rc.d (sysvinit or systemd) from starting the packaged service
         with open(POLICY_RC_D, "w") as f:
             f.write("#!/bin/sh\n# temporary, written by tests/support/prometheus.py\nexit 101\n")
         os.chmod(POLICY_RC_D, 0o755)
     try:
-        install = ["install", "-y", "--no-install-recommends", PACKAGE]
-        left = lambda: max(60.0, deadline - time.monotonic())  # noqa: E731
-        done = _apt(install, left())
-        if done.returncode != 0 and _NEEDS_UPDATE.search(done.stdout + done.stderr):
-            update = _apt(["update"], left())
-            if update.returncode != 0:
-                raise RuntimeError("`apt-get update` failed while installing prometheus:\n"
-                                   + _tail(update.stdout + update.stderr))
-            done = _apt(install, left())
-        if done.returncode != 0:
-            raise RuntimeError(f"`apt-get install prometheus` failed (exit {done.returncode}):\n"
-                               + _tail(done.stdout + done.stderr))
+        apt_install(PACKAGE, deadline)
     finally:
         if own_policy:
             try:
@@ -165,11 +103,6 @@ def _install(deadline: float) -> str:
                 pass
     if not service_was_up and _listening(DEFAULT_PORT):
         _stop_packaged_service()
-    path = _find_binary()
-    if not path:
-        raise RuntimeError("apt-get installed prometheus but no prometheus binary was found "
-                           f"on PATH or at {DEBIAN_BINARY}")
-    return path
 
 
 def prometheus_version(binary: str | None = None) -> str:
@@ -374,7 +307,7 @@ class PrometheusServer:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 64 * 1024))
-                return _tail(f.read().decode("utf-8", "replace"), lines)
+                return tail(f.read().decode("utf-8", "replace"), lines)
         except (OSError, TypeError):
             return ""
 

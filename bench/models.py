@@ -1,0 +1,89 @@
+"""The benchmark's models and requests.
+
+- half_plus_two: TF Serving's own test model (tests/data), body {"instances": [1.0, 2.0, 5.0]}.
+- mlp: a 784-1024-1024-10 ReLU MLP exported here as a TF2 SavedModel (fixed seed; ~7 MiB of
+  float32 weights), input "x" [batch, 784], output "y" [batch, 10]; each request is one row.
+Each model gets its REST body and its serialized gRPC PredictRequest written to files, and the
+numpy inputs for the in-process run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+HALF_PLUS_TWO = ROOT / "tests" / "data" / "saved_model_half_plus_two_cpu"
+
+
+@dataclass
+class BenchModel:
+    base_path: Path  # MODEL_BASE_PATH/NAME
+    version_dir: str
+    body_path: Path  # REST request body
+    grpc_path: Path  # serialized PredictRequest
+    inputs: dict  # for the in-process run
+    size_bytes: int  # files of the version on disk
+
+
+def export_mlp(path: Path, sizes=(784, 1024, 1024, 10), seed: int = 0) -> None:
+    import tensorflow as tf
+    rng = np.random.default_rng(seed)
+
+    class MLP(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [(tf.Variable(rng.normal(0, (2 / a) ** 0.5, (a, b)).astype(np.float32)),
+                            tf.Variable(np.zeros(b, np.float32))) for a, b in zip(sizes, sizes[1:])]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, sizes[0]], tf.float32, name="x")])
+        def serve(self, x):
+            for i, (w, b) in enumerate(self.layers):
+                x = tf.matmul(x, w) + b
+                if i < len(self.layers) - 1:
+                    x = tf.nn.relu(x)
+            return {"y": x}
+
+    module = MLP()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _write_requests(work: Path, name: str, array: np.ndarray, instances) -> tuple[Path, Path]:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+    body = work / f"{name}.json"
+    body.write_text(json.dumps({"instances": instances}))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(array))
+    grpc = work / f"{name}.pb"
+    grpc.write_bytes(request.SerializeToString())
+    return body, grpc
+
+
+def prepare(work: Path, names: list[str]) -> dict[str, BenchModel]:
+    models = {}
+    for name in names:
+        base = work / "models" / name
+        if name == "half_plus_two":
+            shutil.copytree(HALF_PLUS_TWO, base)
+            version = base / "00000123"
+            array = np.array([1.0, 2.0, 5.0], np.float32)
+            instances = array.tolist()
+        elif name == "mlp":
+            version = base / "1"
+            export_mlp(version)
+            array = np.round(np.random.default_rng(1).random((1, 784), np.float32), 3)
+            instances = array.tolist()
+        else:
+            raise ValueError(f"unknown benchmark model {name!r} (half_plus_two or mlp)")
+        body, grpc = _write_requests(work, name, array, instances)
+        models[name] = BenchModel(base, str(version), body, grpc, {"x": array}, _size(version))
+    return models

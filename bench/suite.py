@@ -1,0 +1,456 @@
+"""Aspire against baselines, in one run on one machine: `make bench` (or `make bench-smoke`).
+
+Systems, each started alone (nothing else serving while it is measured):
+  a  in-process   the loaded model's session called in a loop: the floor (concurrency 1 only)
+  b  fastapi      one uvicorn + FastAPI process holding the models (bench/baseline_server.py)
+  c  ray-serve    a minimal hand-written Ray Serve app behind Serve's proxy (bench/serve_app.py)
+  d  aspire-rest  `aspire serve`, REST
+  e  aspire-grpc  `aspire serve`, gRPC PredictionService/Predict (same server as d)
+  f  aspire-batch `aspire serve --enable_batching`, REST
+Models: half_plus_two (TF Serving's test model: per-request overhead) and a 784-1024-1024-10 MLP
+exported by bench/models.py (compute on every request, one 784-float row per request).
+
+Load: closed loop at each concurrency for a fixed duration. REST uses Debian's `wrk` (one thread,
+C, a Lua script for the POST body; installed with apt-get on first use); gRPC uses
+bench/grpc_load.py (grpc.aio, pre-serialized request). The client's own CPU time is reported: it
+runs on the same cores as the server.
+
+Also: the resident memory (RSS) of one Aspire replica per model against the model's size, and
+bench/reconcile.py (the Manager's reconcile step at 1,000 models x 3 versions).
+
+Writes bench/results/<UTC time>.md and the summary between the markers in bench/README.md.
+`--smoke` (CI): 1 s per point, concurrency 1, results to a temp dir, README untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import models as bench_models  # noqa: E402
+
+PY = sys.executable
+ASPIRE = str(Path(PY).parent / "aspire")
+SYSTEMS = {"a": "in-process", "b": "fastapi", "c": "ray-serve", "d": "aspire-rest",
+           "e": "aspire-grpc", "f": "aspire-batch"}
+README_BEGIN, README_END = "<!-- suite:begin -->", "<!-- suite:end -->"
+BATCHING = """max_batch_size { value: 32 }
+batch_timeout_micros { value: 1000 }
+max_enqueued_batches { value: 1000 }
+num_batch_threads { value: 2 }
+"""
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d %d %d %d %d\\n", summary.requests,
+    summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_wrk() -> str:
+    from tests.support.debian import apt_install, ensure_binary
+    return ensure_binary("wrk", lambda: shutil.which("wrk"), lambda deadline: apt_install("wrk", deadline))
+
+
+def run_measured(cmd: list[str], env: dict | None = None, timeout_s: float = 600) -> tuple[str, float]:
+    """Run a client to completion; its stdout and the CPU seconds it used (user + system)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err.strip()[-2000:]}")
+    return out, usage.ru_utime + usage.ru_stime
+
+
+def wrk_point(wrk: str, script: Path, url: str, body: Path, concurrency: int, duration_s: float) -> dict:
+    out, cpu = run_measured([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s",
+                             "--timeout", "30s", "-s", str(script), url],
+                            env={**os.environ, "BENCH_BODY": str(body)})
+    m = re.search(r"^RESULT (.*)$", out, re.M)
+    if not m:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    n, duration_us, connect, read, write, status, timeout, p50, p90, p99 = map(int, m.group(1).split())
+    seconds = duration_us / 1e6
+    return {"requests": n, "rps": n / seconds, "p50": p50 / 1000, "p90": p90 / 1000,
+            "p99": p99 / 1000, "errors": connect + read + write + status + timeout,
+            "client_cpu": 100 * cpu / seconds}
+
+
+def grpc_point(target: str, request: Path, concurrency: int, duration_s: float) -> dict:
+    out, cpu = run_measured([PY, str(ROOT / "bench" / "grpc_load.py"), target,
+                             "/tensorflow.serving.PredictionService/Predict", str(request),
+                             str(concurrency), str(duration_s)])
+    r = json.loads(out.strip().splitlines()[-1])
+    ms = r["latencies_ms"] or [float("nan")]
+    q = lambda p: ms[min(len(ms) - 1, int(p * len(ms)))]  # noqa: E731
+    return {"requests": r["requests"], "rps": r["requests"] / r["duration_s"], "p50": q(0.5),
+            "p90": q(0.9), "p99": q(0.99), "errors": r["errors"],
+            "client_cpu": 100 * cpu / r["duration_s"]}
+
+
+def in_process_point(path: str, inputs: dict, duration_s: float) -> dict:
+    """The floor: the session run of one request's tensors, in a loop, in this process."""
+    from deployments.loader import SavedModelLoader
+    model = SavedModelLoader(path).load()
+    for _ in range(20):
+        model.run("serving_default", inputs)
+    samples, deadline = [], time.perf_counter() + duration_s
+    cpu = time.process_time()
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        model.run("serving_default", inputs)
+        samples.append((time.perf_counter() - t) * 1000)
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    model.unload()
+    samples.sort()
+    q = lambda p: samples[min(len(samples) - 1, int(p * len(samples)))]  # noqa: E731
+    return {"requests": len(samples), "rps": len(samples) / elapsed, "p50": q(0.5), "p90": q(0.9),
+            "p99": q(0.99), "errors": 0, "client_cpu": 100 * cpu / elapsed}
+
+
+class Server:
+    """A server process in its own session: started, waited for, stopped (SIGINT, then the
+    whole process group is killed so no Ray process outlives it)."""
+
+    def __init__(self, cmd: list[str], ready, what: str, timeout_s: float = 300):
+        self.what = what
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     start_new_session=True, text=True)
+        deadline = time.monotonic() + timeout_s
+        while not ready(self):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{what} did not start:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def tail(self, lines: int = 40) -> str:
+        self.log.seek(0)
+        return "".join(self.log.readlines()[-lines:])
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def answers(url: str, body: bytes) -> bool:
+    try:
+        return requests.post(url, data=body, headers={"Content-Type": "application/json"},
+                             timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def machine() -> str:
+    import ray
+    import tensorflow as tf
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB, "
+            f"Linux {platform.release()}, Python {platform.python_version()}, Ray {ray.__version__}, "
+            f"TensorFlow {tf.__version__} (CPU)")
+
+
+def commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + (" (with uncommitted changes)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+class Suite:
+    def __init__(self, args):
+        self.args = args
+        self.rows: list[dict] = []
+        self.memory: list[dict] = []
+        self.work = Path(tempfile.mkdtemp(prefix="aspire-bench-"))
+        self.models = bench_models.prepare(self.work, [m for m in args.models])
+        self.wrk = ensure_wrk()
+        self.script = self.work / "post.lua"
+        self.script.write_text(WRK_SCRIPT)
+
+    def record(self, model: str, system: str, concurrency: int, point: dict) -> None:
+        row = {"model": model, "system": system, "concurrency": concurrency, **point}
+        self.rows.append(row)
+        print(f"{model:13s} {SYSTEMS[system]:12s} c={concurrency:<3d} {point['rps']:8.1f} req/s  "
+              f"p50 {point['p50']:7.2f} ms  p90 {point['p90']:7.2f}  p99 {point['p99']:7.2f}  "
+              f"errors {point['errors']}  client CPU {point['client_cpu']:.0f}%", flush=True)
+
+    def sweep_rest(self, system: str, url_of) -> None:
+        for name, m in self.models.items():
+            if not answers(url_of(name), m.body_path.read_bytes()):
+                raise RuntimeError(f"{SYSTEMS[system]} does not answer {name}")
+            for c in self.args.concurrency:
+                self.record(name, system, c, wrk_point(self.wrk, self.script, url_of(name),
+                                                       m.body_path, c, self.args.duration))
+
+    def run(self) -> None:
+        sel = self.args.systems
+        if "a" in sel:
+            for name, m in self.models.items():
+                self.record(name, "a", 1, in_process_point(m.version_dir, m.inputs, self.args.duration))
+        if "b" in sel:
+            self.baseline()
+        if "c" in sel:
+            self.serve_app()
+        if "d" in sel or "e" in sel:
+            self.aspire(batching=False)
+        if "f" in sel:
+            self.aspire(batching=True)
+
+    def model_args(self) -> list[str]:
+        return [f"{n}={m.version_dir}" for n, m in self.models.items()]
+
+    def baseline(self) -> None:
+        port = free_port()
+        url_of = lambda n: f"http://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
+        first = next(iter(self.models))
+        server = Server([PY, "bench/baseline_server.py", str(port), *self.model_args()],
+                        lambda s: answers(url_of(first), self.models[first].body_path.read_bytes()),
+                        "the FastAPI baseline")
+        try:
+            self.sweep_rest("b", url_of)
+            self.memory.append({"what": "FastAPI baseline process (all models)",
+                                "rss": rss_bytes(server.proc.pid),
+                                "model_bytes": sum(m.size_bytes for m in self.models.values())})
+        finally:
+            server.stop()
+
+    def serve_app(self) -> None:
+        port = free_port()
+        url_of = lambda n: f"http://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
+        server = Server([PY, "bench/serve_app.py", str(port), *self.model_args()],
+                        lambda s: "READY" in s.output(), "the Ray Serve app")
+        try:
+            self.sweep_rest("c", url_of)
+        finally:
+            server.stop()
+
+    def aspire(self, batching: bool) -> None:
+        port, grpc_port = free_port(), free_port()
+        config = self.work / "models.config"
+        config.write_text("model_config_list {\n" + "".join(
+            f'config {{ name: "{n}" base_path: "{m.base_path}" model_platform: "tensorflow" }}\n'
+            for n, m in self.models.items()) + "}\n")
+        flags = [f"--model_config_file={config}", f"--rest_api_port={port}", f"--port={grpc_port}",
+                 "--rest_api_host=127.0.0.1"]
+        if batching:
+            params = self.work / "batching.txt"
+            params.write_text(BATCHING)
+            flags += ["--enable_batching", f"--batching_parameters_file={params}"]
+        url_of = lambda n: f"http://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
+        server = Server([ASPIRE, "serve", *flags], lambda s: "Exporting HTTP/REST API" in s.output(),
+                        "aspire serve" + (" --enable_batching" if batching else ""))
+        try:
+            if batching:
+                self.sweep_rest("f", url_of)
+                return
+            if "d" in self.args.systems:
+                self.sweep_rest("d", url_of)
+            if "e" in self.args.systems:
+                for name, m in self.models.items():
+                    for c in self.args.concurrency:
+                        self.record(name, "e", c, grpc_point(f"127.0.0.1:{grpc_port}", m.grpc_path, c,
+                                                             self.args.duration))
+            described = requests.get(f"http://127.0.0.1:{port}/v1/aspire/status", timeout=30).json()
+            for name, m in self.models.items():
+                for version, placements in described["placements"].get(name, {}).items():
+                    for p in placements:
+                        self.memory.append({"what": f"Aspire replica of {name} v{version}",
+                                            "rss": rss_bytes(p["pid"]), "model_bytes": m.size_bytes})
+        finally:
+            server.stop()
+
+
+# ------------------------------------------------------------------------------------ report
+
+def by_key(rows: list[dict]) -> dict:
+    return {(r["model"], r["system"], r["concurrency"]): r for r in rows}
+
+
+def ratio(x: float | None, y: float | None) -> str:
+    return f"{x / y:.2f}x" if x and y else "n/a"
+
+
+def targets(rows: list[dict], reconcile: dict | None, concurrency: list[int]) -> list[str]:
+    """The issue's targets, each computed from this run, met or not."""
+    k = by_key(rows)
+    get = lambda m, s, c, f: k.get((m, s, c), {}).get(f)  # noqa: E731
+    out = []
+
+    def check(label, value, bound, fmt, better="<="):
+        if value is None:
+            return out.append(f"- {label}: not measured in this run")
+        ok = value <= bound if better == "<=" else value >= bound
+        out.append(f"- {label}: {fmt(value)} (target {better} {fmt(bound)}): **{'met' if ok else 'missed'}**")
+
+    hpt, mlp = "half_plus_two", "mlp"
+    rest = get(hpt, "d", 1, "p50"), get(hpt, "b", 1, "p50")
+    check("REST p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
+          rest[0] / rest[1] if all(rest) else None, 1.5, lambda v: f"{v:.2f}x")
+    grpc_ = get(hpt, "e", 1, "p50"), get(hpt, "b", 1, "p50")
+    check("gRPC p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
+          grpc_[0] / grpc_[1] if all(grpc_) else None, 1.2, lambda v: f"{v:.2f}x")
+    top = max(concurrency)
+    batch = get(mlp, "f", top, "rps"), get(mlp, "b", top, "rps")
+    check(f"throughput at concurrency {top}, MLP, Aspire with batching / FastAPI",
+          batch[0] / batch[1] if all(batch) else None, 3.0, lambda v: f"{v:.2f}x", ">=")
+    for model in (hpt, mlp):
+        for c in concurrency:
+            pair = get(model, "d", c, "rps"), get(model, "c", c, "rps")
+            check(f"throughput at concurrency {c}, {model}, Aspire REST / Ray Serve app",
+                  pair[0] / pair[1] if all(pair) else None, 0.9, lambda v: f"{v:.2f}x", ">=")
+    if reconcile:
+        check(f"reconcile pass, {reconcile['models']} models x {reconcile['versions']} versions "
+              "(slowest pass, wall)", reconcile["max_wall_ms"], 100.0, lambda v: f"{v:.1f} ms")
+    return out
+
+
+def markdown(rows, memory, reconcile, args, started: str, host: str, rev: str) -> str:
+    k = by_key(rows)
+    lines = [f"Run {started} UTC, commit {rev}, on {host}.",
+             f"Command: `{' '.join(['bench/suite.py', *sys.argv[1:]])}`; {args.duration:g} s per point, "
+             "closed loop; the client runs on the same machine.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"**{model}**", "",
+                  "| system | conc. | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | "
+                  "p50 / (b) | req/s / (b) | req/s / (c) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["model"] == model):
+            b = k.get((model, "b", r["concurrency"]), {})
+            c = k.get((model, "c", r["concurrency"]), {})
+            lines.append(
+                f"| ({r['system']}) {SYSTEMS[r['system']]} | {r['concurrency']} | {r['rps']:.0f} | "
+                f"{r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['errors']} | "
+                f"{r['client_cpu']:.0f}% | {ratio(r['p50'], b.get('p50'))} | "
+                f"{ratio(r['rps'], b.get('rps'))} | {ratio(r['rps'], c.get('rps'))} |")
+        lines.append("")
+    if memory:
+        lines += ["**Resident memory**", "", "| process | RSS | model on disk | RSS - model |",
+                  "|---|---|---|---|"]
+        lines += [f"| {m['what']} | {m['rss'] / 2**20:.0f} MiB | {m['model_bytes'] / 2**20:.1f} MiB | "
+                  f"{(m['rss'] - m['model_bytes']) / 2**20:.0f} MiB |" for m in memory]
+        lines.append("")
+    if reconcile:
+        lines += [f"**Reconcile** ({reconcile['models']} models x {reconcile['versions']} versions, fake "
+                  f"loaders, admission on): first pass {reconcile['first_pass_ms']:.1f} ms, slowest "
+                  f"pass {reconcile['max_wall_ms']:.1f} ms wall ({reconcile['max_cpu_ms']:.1f} ms CPU), "
+                  f"steady state {reconcile['idle_pass_ms']:.2f} ms.", ""]
+    lines += ["**Targets**", "", *targets(rows, reconcile, args.concurrency), ""]
+    return "\n".join(lines)
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "bench" / "README.md"
+    body = readme.read_text()
+    if README_BEGIN not in body:
+        raise RuntimeError(f"bench/README.md has no {README_BEGIN} marker")
+    head, rest = body.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{text}\n{README_END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument("--concurrency", default="1,8,64", help="comma-separated")
+    parser.add_argument("--models", default="half_plus_two,mlp", help="comma-separated")
+    parser.add_argument("--systems", default="abcdef", help="letters a-f")
+    parser.add_argument("--reconcile-models", type=int, default=1000)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI: 1 s per point, concurrency 1, 50 models in the reconcile run, "
+                             "results to a temp dir, README untouched")
+    args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.concurrency, args.reconcile_models = 1.0, "1", 50
+        args.out = tempfile.mkdtemp(prefix="aspire-bench-smoke-")
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.models = [m for m in args.models.split(",") if m]
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    host, rev = machine(), commit()
+    print(f"machine: {host}\ncommit: {rev}", flush=True)
+    suite = Suite(args)
+    try:
+        suite.run()
+    finally:
+        shutil.rmtree(suite.work, ignore_errors=True)
+    from bench.reconcile import run as reconcile_run
+    reconcile = reconcile_run(args.reconcile_models, 3) if args.reconcile_models else None
+    text = markdown(suite.rows, suite.memory, reconcile, args, started, host, rev)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (started.replace(" ", "-").replace(":", "") + ".md")
+    path.write_text(f"# Benchmark run {started} UTC\n\n{text}")
+    print(f"\n{text}\nwritten to {path}")
+    if not args.smoke:
+        update_readme(text)
+        print("bench/README.md updated")
+
+
+if __name__ == "__main__":
+    main()
