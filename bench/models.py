@@ -3,6 +3,9 @@
 - half_plus_two: TF Serving's own test model (tests/data), body {"instances": [1.0, 2.0, 5.0]}.
 - mlp: a 784-1024-1024-10 ReLU MLP exported here as a TF2 SavedModel (fixed seed; ~7 MiB of
   float32 weights), input "x" [batch, 784], output "y" [batch, 10]; each request is one row.
+- mlp_wide: 784-4096-4096-10 (~77 MiB of weights), the same way. One row reads every weight once,
+  so a request costs milliseconds of memory traffic, while a batch of 32 rows costs little more:
+  the compute-bound case where batching should pay.
 Each model gets its REST body and its serialized gRPC PredictRequest written to files, and the
 numpy inputs for the in-process run.
 """
@@ -17,6 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 HALF_PLUS_TWO = ROOT / "tests" / "data" / "saved_model_half_plus_two_cpu"
+MLP_SIZES = {"mlp": (784, 1024, 1024, 10), "mlp_wide": (784, 4096, 4096, 10)}
 
 
 @dataclass
@@ -77,13 +81,13 @@ def prepare(work: Path, names: list[str]) -> dict[str, BenchModel]:
             version = base / "00000123"
             array = np.array([1.0, 2.0, 5.0], np.float32)
             instances = array.tolist()
-        elif name == "mlp":
+        elif name in MLP_SIZES:
             version = base / "1"
-            export_mlp(version)
+            export_mlp(version, MLP_SIZES[name])
             array = np.round(np.random.default_rng(1).random((1, 784), np.float32), 3)
             instances = array.tolist()
         else:
-            raise ValueError(f"unknown benchmark model {name!r} (half_plus_two or mlp)")
+            raise ValueError(f"unknown benchmark model {name!r} (half_plus_two, {', '.join(MLP_SIZES)})")
         body, grpc = _write_requests(work, name, array, instances)
         models[name] = BenchModel(base, str(version), body, grpc, {"x": array}, _size(version))
     return models

@@ -14,6 +14,7 @@ Usage: .venv/bin/python bench/reconcile.py [--models 1000] [--versions 3]
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -115,8 +116,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--versions", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args()
-    run(args.models, args.versions)
+    result = run(args.models, args.versions, quiet=args.json)
+    if args.json:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

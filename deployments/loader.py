@@ -69,8 +69,9 @@ def _from_tf_error(err) -> AspireError:
 def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0,
                    gpu_memory_limit_bytes: int | None = None):
     """The TF session config of a replica. Memory growth is on, so a version takes GPU memory
-    as it needs it; with `gpu_memory_limit_bytes` (the replica's VRAM reservation), the one GPU
-    the replica sees is a logical device capped to it, so one version cannot starve another."""
+    as it needs it; with `gpu_memory_limit_bytes` (the replica's VRAM reservation less the CUDA
+    context), the one GPU the replica sees is a logical device capped to it, so one version
+    cannot starve another."""
     import tensorflow as tf
     config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=intra_op_threads,

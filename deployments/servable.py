@@ -12,7 +12,8 @@ and the router spreads requests over them in that proportion. Each application i
 node with Ray's node-id label selector, and Aspire, not Ray, assigns the GPU: the replica is
 started with `CUDA_VISIBLE_DEVICES` set to the reserved GPU's index (NVML/PCI order; "" for CPU
 replicas so TensorFlow never touches a GPU it holds no reservation on), Ray's own GPU bookkeeping
-is not asked for, and TensorFlow inside the replica is capped to the reservation.
+is not asked for, and TensorFlow inside the replica is capped to the reservation less the CUDA
+context (policies/admission.py `tf_memory_limit_bytes`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from deployments import inference, metrics, proto_api
 from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
 from deployments.warmup import run_warmup
-from policies.admission import Need, Placement, replica_need
+from policies.admission import Need, Placement, replica_need, tf_memory_limit_bytes
 
 log = logging.getLogger("aspire.servable")
 
@@ -303,7 +304,8 @@ class ServeBackend:
                                  **opts.extra_actor_options}
                 if placement is not None:
                     actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
-                limit = placement.vram_bytes if placement is not None and placement.gpu_index is not None else None
+                limit = (tf_memory_limit_bytes(placement.vram_bytes)
+                         if placement is not None and placement.gpu_index is not None else None)
                 deployment = ServableDeployment.options(
                     name="servable", ray_actor_options=actor_options, **scaling[i],
                     max_ongoing_requests=opts.max_ongoing_requests,

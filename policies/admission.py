@@ -32,10 +32,17 @@ GIB = 1024 * MIB
 # VRAM estimate from a SavedModel's variable bytes, used when neither a declared `vram` nor a
 # measured peak is known. Weights are held once on the GPU, and inference needs about as much
 # again for activations, temporary copies made while restoring variables and allocator
-# fragmentation, hence a factor of 2. The workspace covers what does not scale with the model:
-# cuDNN/cuBLAS handles and autotuning scratch space, of the order of a few hundred MiB.
+# fragmentation, hence a factor of 2. The workspace covers TF's scratch space inside its
+# allocator (autotuning, temporaries) that does not scale with the model.
 VRAM_FACTOR = 2.0
 VRAM_WORKSPACE_BYTES = 256 * MIB
+# Memory a GPU process holds outside any framework allocator: the CUDA context and the cuBLAS and
+# cuDNN handles. Measured with NVML on an H100 80GB (driver 580.159.04): context 612 MiB,
+# + cuBLAS 226 MiB, + cuDNN 28 MiB = 866 MiB (a PyTorch process; TensorFlow is not on that
+# machine). A reservation is a replica's whole footprint, so it includes this, and TensorFlow's
+# allocator is capped to what is left (`tf_memory_limit_bytes`).
+CUDA_CONTEXT_BYTES = 1 * GIB
+MIN_TF_MEMORY_LIMIT_BYTES = 256 * MIB
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,9 @@ class Placement:
 
 
 def estimate_vram_bytes(variable_bytes: int, factor: float = VRAM_FACTOR,
-                        workspace_bytes: int = VRAM_WORKSPACE_BYTES) -> int:
-    """Upper-bound VRAM for one replica: ceil(variable_bytes * factor) + workspace_bytes.
+                        workspace_bytes: int = VRAM_WORKSPACE_BYTES + CUDA_CONTEXT_BYTES) -> int:
+    """Upper-bound VRAM for one replica: ceil(variable_bytes * factor) + workspace_bytes (TF's
+    workspace plus the CUDA context, 1.25 GiB in all).
 
     Monotone (never decreasing) in `variable_bytes`, so a version's estimate never grows
     once the variables are known, as TF Serving's Loader contract requires.
@@ -74,6 +82,12 @@ def estimate_vram_bytes(variable_bytes: int, factor: float = VRAM_FACTOR,
     if variable_bytes < 0 or factor < 0 or workspace_bytes < 0:
         raise ValueError("variable_bytes, factor and workspace_bytes must be non-negative")
     return int(math.ceil(variable_bytes * factor)) + int(workspace_bytes)
+
+
+def tf_memory_limit_bytes(reserved_vram_bytes: int) -> int:
+    """TensorFlow's allocator cap for a replica that reserved `reserved_vram_bytes`: the
+    reservation less the CUDA context, which lives outside the allocator; at least 256 MiB."""
+    return max(reserved_vram_bytes - CUDA_CONTEXT_BYTES, MIN_TF_MEMORY_LIMIT_BYTES)
 
 
 DEVICES = ("gpu", "cpu")

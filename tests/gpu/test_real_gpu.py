@@ -13,7 +13,7 @@ import pytest
 
 from cluster.inventory import nvml_inventory, process_vram_bytes
 from deployments.loader import SavedModelLoader
-from policies.admission import format_bytes, replica_need
+from policies.admission import format_bytes, replica_need, tf_memory_limit_bytes
 
 GPUS = nvml_inventory("local")
 pytestmark = pytest.mark.skipif(not GPUS, reason="no NVIDIA GPU visible to NVML")
@@ -59,13 +59,15 @@ def test_tensorflow_is_capped_to_the_reservation_and_measured_under_the_estimate
     resources = SavedModelLoader(str(MODEL)).estimate_resources()
     estimate = replica_need("gpu", variable_bytes=resources.variable_bytes,
                             ram_estimate_bytes=resources.ram_bytes).vram_bytes
-    seen = run_child(estimate)
+    cap = tf_memory_limit_bytes(estimate)  # what the replica gives TF: the estimate less the context
+    seen = run_child(cap)
     if not seen["gpu_limits"]:
         pytest.skip("TensorFlow sees no GPU (install tensorflow[and-cuda])")
     # TF reserves a little of the limit for itself; the logical device never exceeds it.
-    assert all(0 < limit <= estimate for limit in seen["gpu_limits"])
+    assert all(0 < limit <= cap for limit in seen["gpu_limits"])
     print(f"estimated {format_bytes(estimate)}, TF device limit "
           f"{format_bytes(seen['gpu_limits'][0])}, NVML measured "
           f"{format_bytes(seen['measured'] or 0)} (includes the CUDA context)")
     assert seen["measured"] is not None
+    assert seen["measured"] <= estimate  # the whole process, CUDA context included, fits the reservation
     assert process_vram_bytes(os.getpid()) is None  # this process holds no GPU memory

@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ["in-process", "fastapi", "ray-serve", "aspire-rest", "aspire-grpc", "aspire-batch"]
 
 
-def test_benchmark_smoke_run_measures_all_six_systems_on_both_models():
+def test_benchmark_smoke_run_measures_all_six_systems_on_every_model():
     done = subprocess.run([sys.executable, "bench/suite.py", "--smoke"], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = Path(re.search(r"written to (\S+\.md)", done.stdout).group(1)).read_text()
-    for model in ("half_plus_two", "mlp"):
+    for model in ("half_plus_two", "mlp", "mlp_wide"):
         section = report.split(f"**{model}**", 1)[1].split("\n\n**", 1)[0]
         rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| \([a-f]\) (\S+) \| 1 \| (.*)$", section, re.M)}
         assert sorted(rows) == sorted(SYSTEMS), section

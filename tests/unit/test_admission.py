@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from deployments.errors import AspireError
-from policies.admission import (GIB, MIB, VRAM_FACTOR, VRAM_WORKSPACE_BYTES, Gpu, Need,
+from policies.admission import (CUDA_CONTEXT_BYTES, GIB, MIB, VRAM_FACTOR, VRAM_WORKSPACE_BYTES, Gpu, Need,
                                 Placement, Reservations, estimate_vram_bytes, format_bytes,
                                 parse_bytes, replica_need)
 
@@ -230,9 +230,9 @@ def test_random_concurrent_reserve_release_never_overcommits():
 # -- estimate and sizes -----------------------------------------------------------------------
 
 def test_vram_estimate_rule_and_monotonicity():
-    assert (VRAM_FACTOR, VRAM_WORKSPACE_BYTES) == (2.0, 256 * MIB)
-    assert estimate_vram_bytes(0) == 256 * MIB
-    assert estimate_vram_bytes(GIB) == 2 * GIB + 256 * MIB
+    assert (VRAM_FACTOR, VRAM_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES) == (2.0, 256 * MIB, GIB)
+    assert estimate_vram_bytes(0) == GIB + 256 * MIB
+    assert estimate_vram_bytes(GIB) == 3 * GIB + 256 * MIB
     assert estimate_vram_bytes(3, factor=1.5, workspace_bytes=0) == 5
     values = [estimate_vram_bytes(n) for n in range(0, 10 * GIB, 37 * MIB)]
     assert values == sorted(values)
@@ -275,7 +275,7 @@ def test_replica_need_on_cpu_reserves_ram_only():
 
 def test_replica_need_on_gpu_estimates_from_variables():
     need = replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=5)
-    assert need == Need(2 * GIB + 256 * MIB, 5)
+    assert need == Need(3 * GIB + 256 * MIB, 5)
 
 
 def test_declared_sizes_win_over_estimates_and_measurements():
@@ -296,3 +296,10 @@ def test_measured_peak_only_ever_lowers_the_estimate():
 def test_replica_need_rejects_unknown_devices():
     with pytest.raises(ValueError, match="device must be one of"):
         replica_need("tpu", variable_bytes=0, ram_estimate_bytes=0)
+
+
+def test_tensorflow_is_capped_to_the_reservation_less_the_cuda_context():
+    from policies.admission import tf_memory_limit_bytes
+    assert tf_memory_limit_bytes(10 * GIB) == 9 * GIB
+    assert tf_memory_limit_bytes(estimate_vram_bytes(GIB)) == 2 * GIB + 256 * MIB
+    assert tf_memory_limit_bytes(512 * MIB) == 256 * MIB  # never below TF's workspace
