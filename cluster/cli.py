@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from deployments.errors import DEFAULT_MAX_BODY_BYTES
+
 log = logging.getLogger("aspire")
 
 class FlagError(Exception):
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--aspire_config_file_poll_wait_seconds", type=float, default=1.0,
                            help="re-read --aspire_config_file every N seconds; 0 never")
     ray_group.add_argument("--rest_api_host", default="0.0.0.0", help="interface of the REST API")
+    ray_group.add_argument("--rest_api_max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                           help="largest REST request body, as sent and once gunzipped; larger "
+                                "ones get 413 before the body is read (default 64 MiB)")
     ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
     ray_group.add_argument("--num_cpus_per_replica", type=float, default=0.25,
                            help="Ray CPUs reserved by each version replica")
@@ -137,6 +142,8 @@ def validate(args: argparse.Namespace) -> None:
                         "different port for HTTP/REST API.")
     if args.num_replicas < 1 or args.num_router_replicas < 1:
         raise FlagError("--num_replicas and --num_router_replicas must be at least 1")
+    if args.rest_api_max_body_bytes < 1:
+        raise FlagError("--rest_api_max_body_bytes must be at least 1")
     if args.num_cpus_per_replica < 0:
         raise FlagError("--num_cpus_per_replica cannot be negative")
     if args.gpus is not None:
@@ -256,6 +263,7 @@ def serve_main(args: argparse.Namespace) -> int:
         enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
         enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        rest_api_max_body_bytes=args.rest_api_max_body_bytes,
         num_router_replicas=args.num_router_replicas,
         metrics_path=monitoring.path if monitoring.enabled else None,
         proxy_location=args.proxy_location)

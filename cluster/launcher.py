@@ -14,6 +14,7 @@ from ray import serve
 
 from cluster.controller import ControllerConfig, start_manager
 from deployments.grpc_ingress import HEALTH_SERVICER_FUNCTION, SERVICER_FUNCTIONS
+from deployments.errors import DEFAULT_MAX_BODY_BYTES
 from deployments.router import Router
 from deployments.servable import APP_PREFIX
 
@@ -33,6 +34,7 @@ class ServerOptions:
     enable_serialization_as_tensor_content: bool = False
     enable_grpc_healthcheck_service: bool = False
     rest_api_timeout_in_ms: int = 30000
+    rest_api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     num_router_replicas: int = 1
     metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
     # Where the routers (and so the REST/gRPC ports) run: EveryNode puts num_router_replicas on
@@ -63,7 +65,8 @@ def start(config: ControllerConfig, options: ServerOptions):
     serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content,
                           metrics_path=options.metrics_path, host=options.rest_api_host,
                           rest_port=options.rest_api_port, grpc_port=options.grpc_port,
-                          grpc_servicers=tuple(functions)),
+                          grpc_servicers=tuple(functions),
+                          max_body_bytes=options.rest_api_max_body_bytes),
               name=ROUTER_APP, route_prefix=None)
     return manager
 

@@ -50,6 +50,22 @@ class AspireError(Exception):
         return (AspireError, (self.message, self.code))
 
 
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # --rest_api_max_body_bytes
+
+
+class BodyTooLarge(AspireError):
+    """A REST body over --rest_api_max_body_bytes (as sent, or once decompressed). HTTP has a
+    status for it that no TF code maps to, so it is answered 413; gRPC never raises it."""
+
+    code = "RESOURCE_EXHAUSTED"
+    http = 413
+
+    def __init__(self, size: int | None, limit: int, what: str = "Request body"):
+        told = f" of {size} bytes" if size is not None else ""
+        super().__init__(f"{what}{told} is larger than the limit of {limit} bytes "
+                         "(--rest_api_max_body_bytes)")
+
+
 def invalid_argument(message: str) -> AspireError:
     return AspireError(message, "INVALID_ARGUMENT")
 

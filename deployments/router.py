@@ -14,7 +14,6 @@ after no router can still pick it.
 """
 
 import asyncio
-import gzip
 import json
 import logging
 import random
@@ -22,6 +21,7 @@ import re
 import threading
 import time
 import uuid
+import zlib
 from urllib.parse import unquote_to_bytes
 
 import ray
@@ -30,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments import json_tensor, metrics
-from deployments.errors import AspireError, http_status, invalid_argument, not_found
+from deployments.errors import (DEFAULT_MAX_BODY_BYTES, AspireError, BodyTooLarge, http_status,
+                                invalid_argument, not_found)
 from deployments.grpc_ingress import HEALTH_SERVICER_FUNCTION, GrpcIngress
 from deployments.ingress import Ingress
 from policies.traffic import TrafficSplit, effective_weights, pick
@@ -116,13 +117,50 @@ def resolve(serving_map: dict, name: str, version: int | None, label: str | None
     return version, versions[version]
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it is known to pass `limit`: from Content-Length
+    before any of it is read, else (chunked) as soon as the bytes received pass it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(None, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def gunzip_limited(body: bytes, limit: int) -> bytes:
+    """gzip-decompress `body` (every member), never producing more than `limit` + 1 bytes: a
+    gzip bomb costs at most the limit, then 413."""
+    out, data = [], body
+    size = 0
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            piece = inflater.decompress(data, limit + 1 - size)
+        except zlib.error as exc:
+            raise invalid_argument(f"Failed to decompress gzip request body: {exc}") from None
+        size += len(piece)
+        out.append(piece)
+        if size > limit or inflater.unconsumed_tail:
+            raise BodyTooLarge(None, limit, "Decompressed request body")
+        if not inflater.eof:
+            raise invalid_argument("Failed to decompress gzip request body: it ends before the "
+                                   "end of its gzip stream")
+        data = inflater.unused_data
+    return b"".join(out)
+
+
 def json_response(body, status: int = 200) -> Response:
     text = body if isinstance(body, str) else json.dumps(body, indent=1)
     return Response(text, status_code=status, media_type="application/json")
 
 
-def error_response(code: str, message: str) -> Response:
-    return json_response({"error": message}, http_status(code))
+def error_response(code: str, message: str, status: int | None = None) -> Response:
+    return json_response({"error": message}, status or http_status(code))
 
 
 def status_body(statuses: list[dict]) -> dict:
@@ -142,8 +180,10 @@ class Router(GrpcIngress):
     def __init__(self, rest_api_timeout_ms: int = 30000, tensor_content: bool = False,
                  manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE,
                  metrics_path: str | None = None, host: str = "0.0.0.0", rest_port: int = 8501,
-                 grpc_port: int = 8500, grpc_servicers: tuple[str, ...] = ()):
+                 grpc_port: int = 8500, grpc_servicers: tuple[str, ...] = (),
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
+        self._max_body_bytes = max_body_bytes
         self._manager = ray.get_actor(manager_name, namespace=namespace)
         self._metrics_path = metrics_path  # None: --monitoring_config_file did not enable it
         self._shipper = metrics.Shipper(metrics.Recorder(), lambda deltas: ray.get(
@@ -220,7 +260,7 @@ class Router(GrpcIngress):
         try:
             response = await self._dispatch(request, raw_path, seen)
         except AspireError as err:
-            code, response = err.code, error_response(err.code, err.message)
+            code, response = err.code, error_response(err.code, err.message, getattr(err, "http", None))
         except Exception as exc:  # never a stack trace to the client
             log.exception("request %s %s failed", request.method, raw_path)
             code, response = "INTERNAL", error_response("INTERNAL", f"Internal error: {type(exc).__name__}")
@@ -269,12 +309,9 @@ class Router(GrpcIngress):
             return json_response({"model_spec": {"name": route["name"], "signature_name": "",
                                                  "version": str(version)},
                                   "metadata": {"signature_def": metadata}})
-        body = await request.body()
+        body = await read_body(request, self._max_body_bytes)
         if "gzip" in request.headers.get("content-encoding", ""):
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError) as exc:
-                raise invalid_argument(f"Failed to decompress gzip request body: {exc}") from None
+            body = gunzip_limited(body, self._max_body_bytes)
         doc = json_tensor.parse_body(body)
         json_tensor.signature_name_of(doc)
         version, where = resolve(self._map, route["name"], route["version"], route["label"])

@@ -241,3 +241,77 @@ def test_server_survives_bad_inputs(aspire):
         assert r.status_code in (200, 400), (body[:30], r.status_code, r.text)
         assert "error" in r.json() or "predictions" in r.json()
     assert aspire.get("/v1/models/half_plus_two").status_code == 200
+
+
+def _raw_post(url: str, head: str, body_chunks, read_timeout_s: float = 30.0) -> tuple[int, dict, float]:
+    """POST over a raw socket: send `head` (request line and headers), then `body_chunks` from a
+    thread (the server may answer and close before they are all sent); returns (status, JSON
+    body, seconds from the end of the headers to the answer)."""
+    import socket
+    import threading
+    import time
+    from urllib.parse import urlparse
+    u = urlparse(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=read_timeout_s)
+
+    def send_body():
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server answered and closed: expected for oversized bodies
+    sock.sendall(head.encode())
+    started = time.perf_counter()
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + _content_length(data):
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        data += piece
+    elapsed = time.perf_counter() - started
+    sock.close()
+    head_end = data.find(b"\r\n\r\n")
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data[head_end + 4:]), elapsed
+
+
+def _content_length(data: bytes) -> int:
+    import re
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", data)
+    return int(m.group(1)) if m else 0
+
+
+def test_oversized_body_is_413_before_it_is_read(aspire):
+    path = "/v1/models/half_plus_two:predict"
+    claimed = 1024 ** 3  # 1 GiB announced, 10 bytes sent
+    status, body, seconds = _raw_post(aspire.url + path,
+                                      f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                      f"Content-Length: {claimed}\r\n\r\n", [b'{"instance'])
+    assert status == 413
+    assert body == {"error": f"Request body of {claimed} bytes is larger than the limit of "
+                             f"{64 * 1024 * 1024} bytes (--rest_api_max_body_bytes)"}
+    print(f"413 for a 1 GiB Content-Length in {seconds * 1000:.1f} ms, body unread")
+    # the server is unharmed
+    assert aspire.post(path, {"instances": [1.0]}).json() == {"predictions": [2.5]}
+
+
+def test_chunked_body_over_the_limit_is_413(aspire):
+    path = "/v1/models/half_plus_two:predict"
+    chunk = b" " * (1024 * 1024)
+    framed = [b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(80)] + [b"0\r\n\r\n"]  # 80 MiB
+    status, body, _ = _raw_post(aspire.url + path,
+                                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                "Transfer-Encoding: chunked\r\n\r\n", framed)
+    assert status == 413
+    assert body["error"] == (f"Request body is larger than the limit of {64 * 1024 * 1024} bytes "
+                             "(--rest_api_max_body_bytes)")
+
+
+def test_gzip_bomb_is_413_without_inflating_past_the_limit(aspire):
+    bomb = gzip.compress(bytes(100 * 1024 * 1024))  # 100 MiB of zeros, about 100 KiB sent
+    r = aspire.post("/v1/models/half_plus_two:predict", bomb,
+                    headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"].startswith("Decompressed request body is larger than the limit of")

@@ -28,3 +28,10 @@ def test_all_three_thread_flags_is_tf_servings_error():
                                         r"or \(server_options.tensorflow_intra_op_parallelism, "
                                         r"server_options.tensorflow_inter_op_parallelism\) separately"):
         validate(args)
+
+
+def test_body_limit_flag_defaults_to_64_mib_and_must_be_positive():
+    assert parse().rest_api_max_body_bytes == 64 * 1024 * 1024
+    validate(parse("--rest_api_max_body_bytes=1"))
+    with pytest.raises(FlagError, match="--rest_api_max_body_bytes must be at least 1"):
+        validate(parse("--rest_api_max_body_bytes=0"))
