@@ -215,6 +215,12 @@ _NUMBER_BEFORE = re.compile(rb"[\[,:][ \t\n\r]*(-?[0-9]*\.?[0-9]*[eE]\+?)\Z")
 _SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD]([89a-fA-F])[0-9a-fA-F]{2}")  # unescaped backslash
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+# Aspire's limit on how deeply arrays and objects nest (RapidJSON's iterative parser has none).
+# A tensor has at most 64 dimensions (json_tensor), plus the object and "instances"/"inputs"
+# levels around it, so no valid request comes near; a 500,000-deep body (CVE-2025-0649's shape)
+# is refused after reading 256 brackets instead of being built.
+MAX_JSON_DEPTH = 256
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 
 
 def _perr(msg: str, offset: int) -> AspireError:
@@ -392,6 +398,9 @@ def _rj_parse(b: bytes, i: int):
             continue
         if state in _AFTER_VALUE:
             if c in (0x5B, 0x7B):
+                if len(stack) >= MAX_JSON_DEPTH:
+                    raise invalid_argument(f"JSON Parse error: arrays and objects nest deeper than "
+                                           f"{MAX_JSON_DEPTH} levels at offset: {i}")
                 stack.append([[] if c == 0x5B else {}, _AFTER_VALUE[state], None])
                 state, i = (_ARR if c == 0x5B else _OBJ), i + 1
             elif c == 0x5D and state == _ARR:
@@ -449,12 +458,28 @@ def _python_disagrees(body: bytes) -> bool:
     return False
 
 
+def _may_nest_too_deep(body: bytes) -> bool:
+    """True when the body's brackets, counted as if none sat inside a string, pass
+    MAX_JSON_DEPTH. A C-speed count rules most bodies out; the exact parser decides the rest."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for c in body.translate(None, _NOT_BRACKETS):
+        if c in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _parse_value(body: bytes):
     start = 0
     for bom in (0xEF, 0xBB, 0xBF):  # EncodedInputStream<UTF8> drops each BOM byte that is present
         if start < len(body) and body[start] == bom:
             start += 1
-    if not _python_disagrees(body):
+    if not _python_disagrees(body) and not _may_nest_too_deep(body):
         text = body[start:].decode("utf-8", "surrogateescape")
         try:
             doc, _ = _DECODER.raw_decode(text, _WS.match(text).end())

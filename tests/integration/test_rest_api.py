@@ -315,3 +315,15 @@ def test_gzip_bomb_is_413_without_inflating_past_the_limit(aspire):
                     headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
     assert r.status_code == 413
     assert r.json()["error"].startswith("Decompressed request body is larger than the limit of")
+
+
+def test_half_a_million_nesting_levels_are_400_fast_and_the_server_keeps_serving(aspire):
+    import time
+    body = b'{"instances": ' + b"[" * 500_000 + b"1.0" + b"]" * 500_000 + b"}"
+    started = time.perf_counter()
+    r = aspire.post("/v1/models/half_plus_two:predict", body)
+    seconds = time.perf_counter() - started
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("JSON Parse error: arrays and objects nest deeper than 256 levels")
+    print(f"500,000-deep instances over HTTP: 400 in {seconds * 1000:.0f} ms")
+    assert aspire.post("/v1/models/half_plus_two:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
