@@ -241,6 +241,7 @@ def serve_main(args: argparse.Namespace) -> int:
     except AspireError as err:
         print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
         return 255
+    intra_op_threads, inter_op_threads = session_threads(args)
     config = ControllerConfig(
         models=models, labels=labels, poll_wait_s=args.file_system_poll_wait_seconds,
         num_load_threads=max(1, args.num_load_threads),
@@ -255,8 +256,7 @@ def serve_main(args: argparse.Namespace) -> int:
         replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
                                tags=tuple(t for t in args.saved_model_tags.split(",") if t),
                                enable_model_warmup=args.enable_model_warmup, batching=batching,
-                               intra_op_threads=session_threads(args)[0],
-                               inter_op_threads=session_threads(args)[1],
+                               intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
                                num_request_iterations_for_warmup=args.num_request_iterations_for_warmup))
     options = launcher.ServerOptions(
         rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,

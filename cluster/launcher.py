@@ -13,7 +13,6 @@ import ray
 from ray import serve
 
 from cluster.controller import ControllerConfig, start_manager
-from deployments.grpc_ingress import HEALTH_SERVICER_FUNCTION, SERVICER_FUNCTIONS
 from deployments.errors import DEFAULT_MAX_BODY_BYTES
 from deployments.router import Router
 from deployments.servable import APP_PREFIX
@@ -45,9 +44,6 @@ class ServerOptions:
 def start(config: ControllerConfig, options: ServerOptions):
     """Bring Aspire up; returns the manager actor handle. Raises AspireError (e.g. a label that
     points at a version that is not available) before anything is left running."""
-    functions = list(SERVICER_FUNCTIONS)
-    if options.enable_grpc_healthcheck_service:
-        functions.append(HEALTH_SERVICER_FUNCTION)
     serve.start(proxy_location="Disabled")
     for app in serve.status().applications:
         if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
@@ -65,7 +61,7 @@ def start(config: ControllerConfig, options: ServerOptions):
     serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content,
                           metrics_path=options.metrics_path, host=options.rest_api_host,
                           rest_port=options.rest_api_port, grpc_port=options.grpc_port,
-                          grpc_servicers=tuple(functions),
+                          grpc_health=options.enable_grpc_healthcheck_service,
                           max_body_bytes=options.rest_api_max_body_bytes),
               name=ROUTER_APP, route_prefix=None)
     return manager

@@ -46,6 +46,11 @@ class AspireError(Exception):
     def message(self) -> str:
         return self.args[0]
 
+    @property
+    def http(self) -> int:
+        """The HTTP status REST answers with: TF Serving's mapping of the code."""
+        return http_status(self.code)
+
     def __reduce__(self):  # keep the code when pickled across Ray processes
         return (AspireError, (self.message, self.code))
 
@@ -58,7 +63,7 @@ class BodyTooLarge(AspireError):
     status for it that no TF code maps to, so it is answered 413; gRPC never raises it."""
 
     code = "RESOURCE_EXHAUSTED"
-    http = 413
+    http = 413  # overrides the code's mapping (429)
 
     def __init__(self, size: int | None, limit: int, what: str = "Request body"):
         told = f" of {size} bytes" if size is not None else ""

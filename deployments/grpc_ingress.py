@@ -19,12 +19,22 @@ log = logging.getLogger("aspire.grpc")
 
 MAX_MESSAGE_CHARS = 1024
 HEALTH_SERVICES = ("", "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
-SERVICER_FUNCTIONS = [
-    "tensorflow_serving.apis.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server",
-    "tensorflow_serving.apis.model_service_pb2_grpc.add_ModelServiceServicer_to_server",
-]
-HEALTH_SERVICER_FUNCTION = "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"
 STATES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
+
+
+def add_servicers(servicer, server, health: bool) -> None:
+    """Register the router as TF Serving's PredictionService and ModelService on `server`, and,
+    with --enable_grpc_healthcheck_service, grpc.health.v1.Health (Check only; List and Watch
+    answer UNIMPLEMENTED)."""
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    if health:
+        from grpc_health.v1 import health_pb2_grpc
+
+        class Health(health_pb2_grpc.HealthServicer):
+            Check = servicer.Check
+        health_pb2_grpc.add_HealthServicer_to_server(Health(), server)
 
 
 def truncate(message: str) -> str:

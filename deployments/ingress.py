@@ -57,7 +57,7 @@ class Ingress:
 
     def __init__(self) -> None:
         self.loop = _new_loop()
-        self._thread = threading.Thread(target=self._run, name="aspire-ingress", daemon=True)
+        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._http = None
@@ -66,26 +66,26 @@ class Ingress:
     def start(self, asgi_app, host: str, rest_port: int, grpc_port: int = 0,
               add_servicers: Callable[[object], None] | None = None, timeout_s: float = 30.0) -> None:
         rest_sock = listening_socket(host, rest_port)
-        self._spec = (asgi_app, rest_sock, host, grpc_port, add_servicers)
+        self._thread = threading.Thread(target=self._run, name="aspire-ingress", daemon=True,
+                                        args=(asgi_app, rest_sock, host, grpc_port, add_servicers))
         self._thread.start()
         if not self._ready.wait(timeout_s):
             raise RuntimeError(f"ingress servers did not start in {timeout_s:.0f} s")
         if self._error is not None:
             raise self._error
 
-    def _run(self) -> None:
+    def _run(self, *spec) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.loop.run_until_complete(self._serve())
+            self.loop.run_until_complete(self._serve(*spec))
         except BaseException as exc:  # noqa: BLE001 - reported through alive()
             self._error = self._error or exc
             self._ready.set()
         finally:
             self.loop.close()
 
-    async def _serve(self) -> None:
+    async def _serve(self, asgi_app, rest_sock, host: str, grpc_port: int, add_servicers) -> None:
         import uvicorn
-        asgi_app, rest_sock, host, grpc_port, add_servicers = self._spec
         if grpc_port:
             import grpc
             self._grpc = grpc.aio.server(options=[
@@ -115,11 +115,11 @@ class Ingress:
         await serving
 
     def alive(self) -> bool:
-        return self._thread.is_alive() and self._error is None
+        return self._thread is not None and self._thread.is_alive() and self._error is None
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish (up to `grace_s`), then close."""
-        if not self._thread.is_alive():
+        if self._thread is None or not self._thread.is_alive():
             return
 
         async def shutdown():

@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments import json_tensor, metrics
-from deployments.errors import (DEFAULT_MAX_BODY_BYTES, AspireError, BodyTooLarge, http_status,
-                                invalid_argument, not_found)
-from deployments.grpc_ingress import HEALTH_SERVICER_FUNCTION, GrpcIngress
+from deployments.errors import (DEFAULT_MAX_BODY_BYTES, AspireError, BodyTooLarge, invalid_argument,
+                                not_found)
+from deployments.grpc_ingress import GrpcIngress, add_servicers
 from deployments.ingress import Ingress
 from policies.traffic import TrafficSplit, effective_weights, pick
 
@@ -159,8 +159,8 @@ def json_response(body, status: int = 200) -> Response:
     return Response(text, status_code=status, media_type="application/json")
 
 
-def error_response(code: str, message: str, status: int | None = None) -> Response:
-    return json_response({"error": message}, status or http_status(code))
+def error_response(err: AspireError) -> Response:
+    return json_response({"error": err.message}, err.http)
 
 
 def status_body(statuses: list[dict]) -> dict:
@@ -180,7 +180,7 @@ class Router(GrpcIngress):
     def __init__(self, rest_api_timeout_ms: int = 30000, tensor_content: bool = False,
                  manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE,
                  metrics_path: str | None = None, host: str = "0.0.0.0", rest_port: int = 8501,
-                 grpc_port: int = 8500, grpc_servicers: tuple[str, ...] = (),
+                 grpc_port: int = 8500, grpc_health: bool = False,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
         self._max_body_bytes = max_body_bytes
@@ -196,7 +196,7 @@ class Router(GrpcIngress):
         threading.Thread(target=self._follow_serving_map, name="aspire-map", daemon=True).start()
         self._ingress = Ingress()
         self._ingress.start(self._asgi, host, rest_port, grpc_port,
-                            lambda server: add_servicers(self, server, grpc_servicers))
+                            lambda server: add_servicers(self, server, grpc_health))
 
     async def _asgi(self, scope, receive, send) -> None:
         """The REST port's ASGI application: every HTTP request goes to `dispatch`."""
@@ -260,10 +260,11 @@ class Router(GrpcIngress):
         try:
             response = await self._dispatch(request, raw_path, seen)
         except AspireError as err:
-            code, response = err.code, error_response(err.code, err.message, getattr(err, "http", None))
+            code, response = err.code, error_response(err)
         except Exception as exc:  # never a stack trace to the client
             log.exception("request %s %s failed", request.method, raw_path)
-            code, response = "INTERNAL", error_response("INTERNAL", f"Internal error: {type(exc).__name__}")
+            code, response = "INTERNAL", error_response(
+                AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL"))
         self.record(seen, "rest", code, time.perf_counter() - started)
         return response
 
@@ -326,17 +327,3 @@ class Router(GrpcIngress):
         self._ingress.stop()
         self._shipper.stop()
 
-
-def add_servicers(servicer, server, functions: tuple[str, ...]) -> None:
-    """Register `servicer` (the router) for each gRPC service named by its add_* function."""
-    import importlib
-    for path in functions:
-        module, _, function = path.rpartition(".")
-        target = servicer
-        if path == HEALTH_SERVICER_FUNCTION:  # Check only; List and Watch answer UNIMPLEMENTED
-            from grpc_health.v1 import health_pb2_grpc
-
-            class Health(health_pb2_grpc.HealthServicer):
-                Check = servicer.Check
-            target = Health()
-        getattr(importlib.import_module(module), function)(target, server)
