@@ -22,6 +22,11 @@ Contract:
     default 2), and optionally "upscale_delay_s" / "downscale_delay_s" (>= 0; Serve's defaults
     30 s / 600 s) and "look_back_period_s" (> 0; Serve's default 30 s). Admission books max_replicas replicas up front, so a scale-up never fails for
     memory and never takes room from another version.
+  - "max_ongoing_requests": int >= 1, requests one replica runs at once; null means the
+    server-wide --max_ongoing_requests.
+  - "max_queued_requests": int >= 0 or -1 (no limit), requests each router holds for the version
+    while every replica is full; beyond it the router answers 429 at once. null means the
+    server-wide --max_queued_requests.
   - "device": "gpu" or "cpu"; null (default) means GPU when the cluster has GPUs, else CPU.
   - "vram", "ram": what one replica needs, as a size string ("10GiB", "512MiB"); null means
     estimated from the SavedModel (policies/admission.py `replica_need`).
@@ -41,7 +46,8 @@ from policies.traffic import TrafficSplit
 
 DEFAULT_VERSION_POLICY = "availability_preserving"
 _TOP_LEVEL_KEYS = ("models",)
-_MODEL_KEYS = ("version_policy", "traffic", "num_replicas", "autoscaling", "device", "vram", "ram")
+_MODEL_KEYS = ("version_policy", "traffic", "num_replicas", "autoscaling", "max_ongoing_requests",
+               "max_queued_requests", "device", "vram", "ram")
 _AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests",
                      "upscale_delay_s", "downscale_delay_s", "look_back_period_s")
 
@@ -76,6 +82,8 @@ class ModelSettings:
     device: str | None = None  # "gpu" | "cpu" | None: GPU when the cluster has GPUs
     vram_bytes: int | None = None  # declared per replica; None: estimated
     ram_bytes: int | None = None
+    max_ongoing_requests: int | None = None  # None: the server-wide default
+    max_queued_requests: int | None = None  # None: the server-wide default; -1: no limit
 
 
 class _DuplicateKey(Exception):
@@ -122,6 +130,12 @@ def _model_settings(body: object, fail) -> ModelSettings:
         if replicas is not None:
             raise fail("num_replicas and autoscaling cannot both be set")
         autoscaling = _autoscaling(autoscaling, fail)
+    ongoing = body.get("max_ongoing_requests")
+    if ongoing is not None and (not _is_int(ongoing) or ongoing < 1):
+        raise fail(f"max_ongoing_requests must be an integer >= 1, got {ongoing!r}")
+    queued = body.get("max_queued_requests")
+    if queued is not None and (not _is_int(queued) or queued < -1):
+        raise fail(f"max_queued_requests must be an integer >= 0, or -1 for no limit, got {queued!r}")
     device = body.get("device")
     if device is not None and device not in DEVICES:
         raise fail(f"device must be {' or '.join(repr(d) for d in DEVICES)}, got {device!r}")
@@ -137,7 +151,8 @@ def _model_settings(body: object, fail) -> ModelSettings:
             raise fail(f"invalid {key}: {e}") from None
     if device == "cpu" and sizes["vram"]:
         raise fail("vram is declared but device is 'cpu'")
-    return ModelSettings(policy, traffic, replicas, autoscaling, device, sizes["vram"], sizes["ram"])
+    return ModelSettings(policy, traffic, replicas, autoscaling, device, sizes["vram"], sizes["ram"],
+                         ongoing, queued)
 
 
 def _is_int(value) -> bool:

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="largest REST request body, as sent and once gunzipped; larger "
                                 "ones get 413 before the body is read (default 64 MiB)")
     ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
+    ray_group.add_argument("--max_ongoing_requests", type=int, default=64,
+                           help="requests one version replica runs at once (the side file may "
+                                "set it per model)")
+    ray_group.add_argument("--max_queued_requests", type=int, default=1000,
+                           help="requests each router holds for a version while its replicas "
+                                "are full; beyond it 429 at once. -1: no limit")
     ray_group.add_argument("--num_cpus_per_replica", type=float, default=0.25,
                            help="Ray CPUs reserved by each version replica")
     ray_group.add_argument("--gpus", default=None,
@@ -121,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "load balancer in front), or all on the head node")
     ray_group.add_argument("--initial_load_timeout_s", type=float, default=600.0,
                            help="how long to wait for the first versions before reporting ready")
+    ray_group.add_argument("--auth_token_file", default="",
+                           help="file holding one bearer token: every REST request and gRPC call "
+                                "must then send 'Authorization: Bearer <token>' (except GET "
+                                "/healthz and grpc.health.v1). Default: no authentication")
+    ray_group.add_argument("--admin_token_file", default="",
+                           help="file holding the admin token, the only one accepted by "
+                                "HandleReloadConfigRequest; without it admin calls are refused "
+                                "while --auth_token_file is set")
 
     st = sub.add_parser("status", help="print models, versions and states")
     st.add_argument("--address", default="auto", help="the Ray cluster Aspire runs on")
@@ -146,6 +160,10 @@ def validate(args: argparse.Namespace) -> None:
         raise FlagError("--rest_api_max_body_bytes must be at least 1")
     if args.num_cpus_per_replica < 0:
         raise FlagError("--num_cpus_per_replica cannot be negative")
+    if args.max_ongoing_requests < 1:
+        raise FlagError("--max_ongoing_requests must be at least 1")
+    if args.max_queued_requests < -1:
+        raise FlagError("--max_queued_requests must be at least 0, or -1 for no limit")
     if args.gpus is not None:
         from cluster.inventory import declared_inventory
         try:
@@ -163,6 +181,29 @@ def validate(args: argparse.Namespace) -> None:
     if args.model_base_path and "://" not in args.model_base_path and not os.path.isdir(args.model_base_path):
         log.warning("--model_base_path %s does not exist (yet); it will be polled",
                     args.model_base_path)
+    if not args.auth_token_file and args.rest_api_host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("serving on %s without --auth_token_file: whoever reaches the REST and gRPC "
+                    "ports can call every model", args.rest_api_host)
+
+
+def token_digests(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """SHA-256 digests of the --auth_token_file and --admin_token_file tokens (None where not
+    set); the tokens themselves go no further than this process (deployments/auth.py)."""
+    from deployments.auth import TokenFileError, digest, read_token
+    if args.admin_token_file and not args.auth_token_file:
+        raise FlagError("--admin_token_file needs --auth_token_file: without it nothing is authenticated")
+    tokens = {}
+    for flag in ("auth_token_file", "admin_token_file"):
+        path = getattr(args, flag)
+        if path:
+            try:
+                tokens[flag] = read_token(path)
+            except TokenFileError as err:
+                raise FlagError(f"--{flag}: {err}") from None
+    if tokens.get("admin_token_file") is not None and tokens["admin_token_file"] == tokens["auth_token_file"]:
+        raise FlagError("--admin_token_file must hold a different token from --auth_token_file")
+    return tuple(digest(tokens[f]) if f in tokens else None
+                 for f in ("auth_token_file", "admin_token_file"))
 
 
 def session_threads(args: argparse.Namespace) -> tuple[int, int]:
@@ -213,6 +254,7 @@ def _models_and_labels(args, read_config_file, models_from_config, labels_from_c
 
 def serve_main(args: argparse.Namespace) -> int:
     validate(args)
+    auth_digest, admin_digest = token_digests(args)  # FlagError (exit 2) for an unusable file
     if args.address not in (None, "auto"):
         _use_ray_token_if_present()  # before Ray is imported: it reads the mode once
     import ray
@@ -257,7 +299,10 @@ def serve_main(args: argparse.Namespace) -> int:
                                tags=tuple(t for t in args.saved_model_tags.split(",") if t),
                                enable_model_warmup=args.enable_model_warmup, batching=batching,
                                intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-                               num_request_iterations_for_warmup=args.num_request_iterations_for_warmup))
+                               num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+                               max_ongoing_requests=args.max_ongoing_requests,
+                               max_queued_requests=args.max_queued_requests,
+                               run_timeout_ms=max(0, args.rest_api_timeout_in_ms)))
     options = launcher.ServerOptions(
         rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,
         enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
@@ -266,7 +311,8 @@ def serve_main(args: argparse.Namespace) -> int:
         rest_api_max_body_bytes=args.rest_api_max_body_bytes,
         num_router_replicas=args.num_router_replicas,
         metrics_path=monitoring.path if monitoring.enabled else None,
-        proxy_location=args.proxy_location)
+        proxy_location=args.proxy_location,
+        auth_token_sha256=auth_digest, admin_token_sha256=admin_digest)
     started = time.monotonic()
     embedded = args.address is None
     if embedded:  # "local": always a new Ray instance, never one found on the machine
@@ -274,6 +320,7 @@ def serve_main(args: argparse.Namespace) -> int:
         if args.gpus is not None:
             from cluster.inventory import declared_inventory
             num_gpus = len(declared_inventory(args.gpus, "node"))
+        launcher.set_serve_env()
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_gpus=num_gpus)
     else:
         ray.init(address=args.address, namespace=NAMESPACE)

@@ -7,6 +7,7 @@ ports themselves (deployments/ingress.py; Serve's own proxy is disabled).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import ray
@@ -20,6 +21,18 @@ from deployments.servable import APP_PREFIX
 log = logging.getLogger("aspire")
 
 ROUTER_APP = "aspire-router"
+# Environment Serve's controller must start with, on every Ray cluster Aspire runs on (the ray-up
+# and KubeRay configs set it too). A replica that fails its health checks is usually hung: Serve's
+# default is to ask it to shut down gracefully and wait graceful_shutdown_timeout_s for an answer
+# it will never give, while requests on it wait; Aspire has it killed at once, and the routers
+# send those requests again (deployments/router.py `Router._call`).
+SERVE_ENV = {"RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS": "1"}
+
+
+def set_serve_env() -> None:
+    """Put SERVE_ENV into this process's environment, before it starts an embedded Ray."""
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
 # Ray CPUs booked by each router replica. Routers mostly wait on I/O; Serve's default of 1 CPU
 # would let two routers fill a 2-core machine and leave no room for the models.
 ROUTER_NUM_CPUS = 0.25
@@ -39,6 +52,10 @@ class ServerOptions:
     # Where the routers (and so the REST/gRPC ports) run: EveryNode puts num_router_replicas on
     # each node alive at start-up; HeadOnly puts them all on the head node.
     proxy_location: str = "EveryNode"
+    # SHA-256 hex digests of --auth_token_file's and --admin_token_file's tokens (None: off);
+    # never the tokens, which would be checkpointed with the router's arguments in the GCS.
+    auth_token_sha256: str | None = None
+    admin_token_sha256: str | None = None
 
 
 def start(config: ControllerConfig, options: ServerOptions):
@@ -62,7 +79,9 @@ def start(config: ControllerConfig, options: ServerOptions):
                           metrics_path=options.metrics_path, host=options.rest_api_host,
                           rest_port=options.rest_api_port, grpc_port=options.grpc_port,
                           grpc_health=options.enable_grpc_healthcheck_service,
-                          max_body_bytes=options.rest_api_max_body_bytes),
+                          max_body_bytes=options.rest_api_max_body_bytes,
+                          auth_token_sha256=options.auth_token_sha256,
+                          admin_token_sha256=options.admin_token_sha256),
               name=ROUTER_APP, route_prefix=None)
     return manager
 

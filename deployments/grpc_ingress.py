@@ -14,6 +14,7 @@ import time
 import grpc
 
 from deployments.errors import AspireError, invalid_argument
+from deployments.names import check_name
 
 log = logging.getLogger("aspire.grpc")
 
@@ -52,11 +53,12 @@ def spec_target(spec) -> tuple[str, int | None, str | None]:
     """(name, version, label) a ModelSpec asks for; TF Serving's ModelSpec errors."""
     if not spec.name:
         raise invalid_argument("ModelSpec has no name specified.")
+    name = check_name(spec.name)
     if spec.HasField("version"):
-        return spec.name, spec.version.value, None
+        return name, spec.version.value, None
     if spec.version_label:
-        return spec.name, None, spec.version_label
-    return spec.name, None, None
+        return name, None, check_name(spec.version_label, "model version label")
+    return name, None, None
 
 
 # gRPC method -> the `api` label of Aspire's request metrics (REST uses the same words).
@@ -82,8 +84,8 @@ class GrpcIngress:
             seen["name"] = name
             version, where = resolve(self._map, name, version, label)
             seen["version"] = str(version)
-            code, payload = await self._call(self._handle(where).grpc.remote(
-                method, request.SerializeToString(), name, version, self.tensor_content))
+            code, payload = await self._call(where, "grpc", method, request.SerializeToString(),
+                                             name, version, self.tensor_content)
             if code != "OK":
                 raise AspireError(payload, code)
             return response_cls.FromString(payload)
@@ -146,7 +148,7 @@ class GrpcIngress:
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
             name, version, _label = spec_target(request.model_spec)  # status ignores labels
-            code, payload = await self._manager.model_status.remote(name, version)
+            code, payload = await self.ask_manager("model_status", name, version)
             if code != "OK":
                 raise AspireError(payload, code)
         except AspireError as err:
@@ -167,9 +169,11 @@ class GrpcIngress:
         try:
             models = models_from_config(request.config)
             if request.config.WhichOneof("config") is not None:  # empty config: no action
-                before = set(await self._manager.configured_models.remote())
-                code, message = await self._manager.reload_config.remote(
-                    models, labels_from_config(request.config))
+                before = set(await self.ask_manager("configured_models"))
+                from deployments.router import SLOW_MANAGER_CALL_S
+                code, message = await self.ask_manager("reload_config", models,
+                                                       labels_from_config(request.config),
+                                                       timeout_s=SLOW_MANAGER_CALL_S)
                 if code != "OK":
                     raise AspireError(message, code)
                 # As in TF Serving, the call waits for the newly named models only.
@@ -183,7 +187,7 @@ class GrpcIngress:
 
     async def _wait_settled(self, names: list[str], timeout_s: float = 300.0) -> None:
         """TF Serving's reload returns once every named model has a version AVAILABLE or END."""
-        result = await self._manager.wait_for_models.remote(names, timeout_s)
+        result = await self.ask_manager("wait_for_models", names, timeout_s, timeout_s=timeout_s + 30)
         failures = [f"{{name: {n} version: {s['version']}}} due to error: "
                     f"{s['error_code']}: {s['error_message']}" for n, s in result["failed"].items()]
         failures += [f"{{name: {n}}} due to error: no version became available in {timeout_s:.0f} s"

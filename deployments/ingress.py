@@ -16,7 +16,7 @@ import asyncio
 import logging
 import socket
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 log = logging.getLogger("aspire.ingress")
 
@@ -62,9 +62,14 @@ class Ingress:
         self._error: BaseException | None = None
         self._http = None
         self._grpc = None
+        self._grpc_interceptors: tuple = ()
 
     def start(self, asgi_app, host: str, rest_port: int, grpc_port: int = 0,
-              add_servicers: Callable[[object], None] | None = None, timeout_s: float = 30.0) -> None:
+              add_servicers: Callable[[object], None] | None = None, timeout_s: float = 30.0,
+              grpc_interceptors: Sequence[object] = ()) -> None:
+        """`grpc_interceptors`: grpc.aio server interceptors, run before every gRPC handler
+        (deployments/auth.py's token check)."""
+        self._grpc_interceptors = tuple(grpc_interceptors)
         rest_sock = listening_socket(host, rest_port)
         self._thread = threading.Thread(target=self._run, name="aspire-ingress", daemon=True,
                                         args=(asgi_app, rest_sock, host, grpc_port, add_servicers))
@@ -88,7 +93,7 @@ class Ingress:
         import uvicorn
         if grpc_port:
             import grpc
-            self._grpc = grpc.aio.server(options=[
+            self._grpc = grpc.aio.server(interceptors=self._grpc_interceptors, options=[
                 ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1)])

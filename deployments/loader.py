@@ -5,6 +5,10 @@
   bytes it also returns feed the VRAM estimate (policies/admission.py).
 - `validate()` reads only `saved_model.pb`/`.pbtxt` and the requested tag-set, so a version that
   cannot load is refused with TF's message before any replica is started for it.
+- All three first refuse a version directory that is, or holds, a link resolving outside the
+  model's base path (`check_contained`, PERMISSION_DENIED), so nothing outside it is read.
+- Only SavedModels load, through TF's graph loader: no Keras code runs. A version that holds
+  `.keras`/`.h5` files and no `saved_model.pb` is refused with a message saying so.
 - `load()` loads the MetaGraph into a TF1 session, the way TF Serving's C++ server does. This
   serves TF1 exports (session-based graphs such as `saved_model_counter`) and TF2 exports
   (`tf.saved_model.save`, Keras `model.export`) through one path, and feeds tensors by name
@@ -32,6 +36,49 @@ class Resources:
 def _gfile():
     import tensorflow as tf  # imported on first use: TF takes seconds to import
     return tf.io.gfile
+
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _inside(real: str, real_base: str) -> bool:
+    return real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep)
+
+
+def check_contained(path: str) -> None:
+    """Refuse (PERMISSION_DENIED) a local version directory that is, or holds, a link resolving
+    outside its model's base path, or a link back to a directory that holds it (every walker,
+    ours included, would go round it forever). The source names versions `<base path>/<child>`
+    (cluster/source.py), so the base path is the parent of `path`; both are compared as real
+    paths, so a base path reached through links is fine. Links that stay inside the base path
+    (a version sharing another's variables) are allowed. URIs (gs://, s3://) have no links."""
+    if "://" in path:
+        return
+    path = os.path.normpath(path)
+    base = os.path.dirname(path)
+    real_base, real_version = os.path.realpath(base), os.path.realpath(path)
+    if not real_version.startswith(real_base.rstrip(os.sep) + os.sep):
+        raise AspireError(f"Version directory {path} resolves outside the model base path {base}",
+                          "PERMISSION_DENIED")
+    pending = [(path, (real_version,))]  # (directory, real paths of it and its ancestors)
+    while pending:
+        root, chain = pending.pop()
+        try:
+            with os.scandir(root) as listing:
+                entries = list(listing)
+        except OSError:  # missing or unreadable: the loader reports it with TF's message
+            continue
+        for entry in entries:
+            real = os.path.realpath(entry.path)
+            shown = os.path.relpath(entry.path, path)
+            if not _inside(real, real_base):
+                raise AspireError(f"Version directory {path} holds {shown}, which resolves "
+                                  f"outside the model base path {base}", "PERMISSION_DENIED")
+            if entry.is_dir():  # follows links, as the loader would
+                if real in chain:
+                    raise AspireError(f"Version directory {path} holds {shown}, a link back to "
+                                      "a directory that holds it", "PERMISSION_DENIED")
+                pending.append((entry.path, chain + (real,)))
 
 
 def _walk_bytes(path: str) -> tuple[int, int]:
@@ -90,6 +137,7 @@ class SavedModelLoader:
         self.tags = tuple(tags)
 
     def estimate_resources(self) -> Resources:
+        check_contained(self.path)  # the first thing the manager calls: nothing is read before it
         total, weights = _walk_bytes(self.path)
         return Resources(ram_bytes=int(total * RAM_ESTIMATE_MULTIPLIER), variable_bytes=weights)
 
@@ -108,6 +156,7 @@ class SavedModelLoader:
                 with gfile.GFile(pbtxt, "r") as f:
                     text_format.Parse(f.read(), saved_model)
             else:
+                self._refuse_keras_files()
                 raise AspireError(
                     "Could not find SavedModel .pb or .pbtxt at supplied export directory path: "
                     f"{self.path}. Check that the directory exists and that you have the right "
@@ -126,12 +175,29 @@ class SavedModelLoader:
             f"SavedModel, with available tags '{available}'. To inspect available tag-sets in "
             "the SavedModel, please use the SavedModel CLI: `saved_model_cli`", "NOT_FOUND")
 
+    def _refuse_keras_files(self) -> None:
+        """A version holding Keras files and no SavedModel gets a message that says why it is
+        not served: .keras/.h5 files rebuild layers in Python (a Lambda layer is code), and
+        Aspire runs only graphs through TF's SavedModel loader."""
+        gfile = _gfile()
+        try:
+            keras_files = sorted(n for n in gfile.listdir(self.path) if n.endswith(KERAS_SUFFIXES))
+        except Exception:  # no directory at all: TF Serving's message below says so
+            return
+        if keras_files:
+            raise AspireError(
+                f"Version directory {self.path} holds Keras file(s) {', '.join(keras_files)} and "
+                "no SavedModel (saved_model.pb): Aspire serves SavedModels only and never "
+                "deserialises Keras files. Export one with model.export(path).", "NOT_FOUND")
+
     def validate(self) -> dict:
         """Signature defs of the version (cheap); raises AspireError when it cannot load."""
+        check_contained(self.path)
         return dict(self.read_meta_graph().signature_def)
 
     def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0,
-             gpu_memory_limit_bytes: int | None = None) -> "LoadedSavedModel":
+             gpu_memory_limit_bytes: int | None = None, run_timeout_ms: int = 0) -> "LoadedSavedModel":
+        check_contained(self.path)  # again in the replica: the directory may have changed since
         import tensorflow as tf
         tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
         graph = tf.Graph()
@@ -146,14 +212,17 @@ class SavedModelLoader:
         except Exception as exc:
             session.close()
             raise AspireError(f"Failed to load SavedModel at {self.path}: {exc}", "INTERNAL") from None
-        return LoadedSavedModel(session, dict(meta_graph.signature_def))
+        return LoadedSavedModel(session, dict(meta_graph.signature_def), run_timeout_ms)
 
 
 class LoadedSavedModel:
-    """A loaded version: its signatures and a thread-safe `run`."""
+    """A loaded version: its signatures and a thread-safe `run`. With `run_timeout_ms` > 0, TF
+    cancels a run that takes longer (DEADLINE_EXCEEDED), so no request holds a thread and CPU
+    past the time its client was told it failed."""
 
-    def __init__(self, session, signatures: dict):
+    def __init__(self, session, signatures: dict, run_timeout_ms: int = 0):
         self._session = session
+        self._run_timeout_ms = run_timeout_ms
         self.signatures = signatures  # name -> tensorflow SignatureDef proto
         self._callables: dict[tuple, object] = {}
         self._lock = threading.Lock()
@@ -167,6 +236,8 @@ class LoadedSavedModel:
                 fn = self._callables.get(key)
                 if fn is None:
                     options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+                    if self._run_timeout_ms > 0:
+                        options.run_options.timeout_in_ms = self._run_timeout_ms
                     fn = self._session._make_callable_from_options(options)
                     self._callables[key] = fn
         return fn

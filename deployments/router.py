@@ -26,14 +26,18 @@ from urllib.parse import unquote_to_bytes
 
 import ray
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments import json_tensor, metrics
+from deployments.auth import CHALLENGE, BearerAuth, GrpcAuthInterceptor
 from deployments.errors import (DEFAULT_MAX_BODY_BYTES, AspireError, BodyTooLarge, invalid_argument,
                                 not_found)
 from deployments.grpc_ingress import GrpcIngress, add_servicers
 from deployments.ingress import Ingress
+from deployments.names import check_name
 from policies.traffic import TrafficSplit, effective_weights, pick
 
 log = logging.getLogger("aspire.router")
@@ -52,6 +56,11 @@ INT64_MAX = 2**63 - 1
 # Aspire's own status (every model, where its replicas run, GPU and RAM reservations): not part
 # of TF Serving's grammar, which answers no GET under /v1/ other than /v1/models/...
 ASPIRE_STATUS_PATH = "/v1/aspire/status"
+# Status calls take milliseconds; a manager that has not answered in this long is down or
+# restarting (docs/reliability.md). Aspire's status and the metrics page gather more.
+MANAGER_CALL_S = 5.0
+SLOW_MANAGER_CALL_S = 15.0
+HEALTH_PATH = "/healthz"  # Aspire's: 200 while the router serves, open even with auth on
 
 
 def parse_path(method: str, raw_path: str) -> dict:
@@ -90,6 +99,9 @@ def parse_path(method: str, raw_path: str) -> dict:
         if number > INT64_MAX:
             raise invalid_argument(f"Failed to convert version: {version} to numeric.")
         version = number
+    check_name(decoded)  # after decoding: %2e%2e%2f is refused as ../ is
+    if label is not None:
+        check_name(label, "model version label")
     return {"kind": kind, "name": decoded, "version": version, "label": label}
 
 
@@ -181,7 +193,10 @@ class Router(GrpcIngress):
                  manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE,
                  metrics_path: str | None = None, host: str = "0.0.0.0", rest_port: int = 8501,
                  grpc_port: int = 8500, grpc_health: bool = False,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 auth_token_sha256: str | None = None, admin_token_sha256: str | None = None):
+        # Digests, never tokens: Serve keeps these arguments in the GCS (deployments/auth.py).
+        self._auth = BearerAuth(auth_token_sha256, admin_token_sha256)
         self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
         self._max_body_bytes = max_body_bytes
         self._manager = ray.get_actor(manager_name, namespace=namespace)
@@ -196,7 +211,8 @@ class Router(GrpcIngress):
         threading.Thread(target=self._follow_serving_map, name="aspire-map", daemon=True).start()
         self._ingress = Ingress()
         self._ingress.start(self._asgi, host, rest_port, grpc_port,
-                            lambda server: add_servicers(self, server, grpc_health))
+                            lambda server: add_servicers(self, server, grpc_health),
+                            grpc_interceptors=[GrpcAuthInterceptor(self._auth)] if self._auth.enabled else ())
 
     async def _asgi(self, scope, receive, send) -> None:
         """The REST port's ASGI application: every HTTP request goes to `dispatch`."""
@@ -234,18 +250,77 @@ class Router(GrpcIngress):
             handle = self._handles[app_name] = serve.get_deployment_handle("servable", app_name)
         return handle
 
-    async def _call(self, coro):
+    async def ask_manager(self, method: str, *args, timeout_s: float = MANAGER_CALL_S):
+        """A status or admin call to the manager. While the manager is down or restarting (Ray
+        holds calls to a restarting actor until it is back), the caller gets 503 UNAVAILABLE
+        after `timeout_s` instead of waiting. Predictions never ask the manager."""
         try:
-            return await asyncio.wait_for(coro, self._timeout_s)
-        except asyncio.TimeoutError:
-            raise AspireError(f"Request timed out after {self._timeout_s * 1000:.0f} ms "
-                              "(--rest_api_timeout_in_ms)", "DEADLINE_EXCEEDED") from None
+            return await asyncio.wait_for(getattr(self._manager, method).remote(*args), timeout_s)
+        except (asyncio.TimeoutError, RayActorError):
+            raise AspireError(f"The Aspire manager did not answer within {timeout_s:g} s (it may "
+                              "be restarting); predictions are not affected; retry later",
+                              "UNAVAILABLE") from None
+
+    async def _call(self, where: dict, method: str, *args):
+        """Call `method` on one of the version's replicas, under --rest_api_timeout_in_ms.
+
+        1. A replica that dies with the request (killed, crashed, or replaced after failing its
+           health checks) costs no failure: the call is sent once more, and Serve no longer
+           routes to the dead replica. Every version call is a read of a loaded model, so a
+           second try is safe; there is no third.
+        2. While every replica is full and this router already holds the version's
+           max_queued_requests, the call is refused at once with 429 (RESOURCE_EXHAUSTED)
+           instead of waiting.
+        3. Past the timeout the call is cancelled on the replica and answered 504; the replica's
+           TF session stops the run itself (ReplicaOptions.run_timeout_ms). A gRPC client that
+           cancels, or whose deadline passes, cancels the call on the replica too.
+        """
+        deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
+        for attempt in (1, 2):
+            response = getattr(self._handle(where), method).remote(*args)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await asyncio.wait_for(response, left)
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise AspireError(f"Request timed out after {self._timeout_s * 1000:.0f} ms "
+                                  "(--rest_api_timeout_in_ms)", "DEADLINE_EXCEEDED") from None
+            except asyncio.CancelledError:  # the client went away (gRPC deadline or cancel)
+                response.cancel()
+                raise
+            except BackPressureError as exc:
+                limit = exc.args[1] if len(exc.args) > 1 else "the limit of"
+                raise AspireError(
+                    f"Too many requests for this servable: {limit} already wait for a replica "
+                    "at this router (max_queued_requests); retry later", "RESOURCE_EXHAUSTED") from None
+            except RayActorError as exc:
+                if attempt == 2:
+                    raise AspireError("The replica serving this request stopped, and so did the "
+                                      "one it was retried on", "UNAVAILABLE") from None
+                log.warning("replica lost during a request (%s); retrying once",
+                            type(exc).__name__)
 
     async def dispatch(self, request: Request) -> Response:
         raw = request.scope.get("raw_path") or request.url.path.encode()
         raw_path = raw.decode("latin-1").split("?", 1)[0]
+        if raw_path == HEALTH_PATH and request.method == "GET":  # open: says the router is up
+            return json_response({"status": "ok"})
+        if self._auth.enabled and request.method != "OPTIONS":  # preflights carry no credentials
+            started = time.perf_counter()
+            try:
+                self._auth.check(request.headers.get("authorization"))
+            except AspireError as err:
+                self.record({"name": "", "version": "", "api": ""}, "rest", err.code,
+                            time.perf_counter() - started)
+                response = error_response(err)
+                response.headers["WWW-Authenticate"] = CHALLENGE
+                return response
         if self._metrics_path is not None and raw_path == self._metrics_path and request.method == "GET":
-            return Response(await self._manager.metrics_page.remote(), media_type="text/plain")
+            try:
+                page = await self.ask_manager("metrics_page", timeout_s=SLOW_MANAGER_CALL_S)
+            except AspireError as err:
+                return error_response(err)
+            return Response(page, media_type="text/plain")
         if not V1_PATH.fullmatch(raw_path):
             return Response("<html><body><h1>404 Not Found</h1></body></html>",
                             status_code=404, media_type="text/html")
@@ -253,7 +328,10 @@ class Router(GrpcIngress):
             origin = request.headers.get("origin", "")
             return Response(status_code=200 if re.match(r"https?://", origin) else 400)
         if request.method == "GET" and raw_path == ASPIRE_STATUS_PATH:
-            return json_response(await self._manager.describe.remote())
+            try:
+                return json_response(await self.ask_manager("describe", timeout_s=SLOW_MANAGER_CALL_S))
+            except AspireError as err:
+                return error_response(err)
         started = time.perf_counter()
         seen = {"name": "", "version": "", "api": ""}  # filled in as the request is understood
         code = "OK"
@@ -293,18 +371,18 @@ class Router(GrpcIngress):
         kind = route["kind"]
         seen.update(name=route.get("name") or "", api=kind)
         if kind == "list":
-            models = await self._manager.list_models.remote()
+            models = await self.ask_manager("list_models")
             return json_response({"models": [{"name": n, **status_body(s)} for n, s in models.items()]})
         if kind == "status":
             # TF Serving ignores the label on status requests and lists every version.
-            code, payload = await self._manager.model_status.remote(route["name"], route["version"])
+            code, payload = await self.ask_manager("model_status", route["name"], route["version"])
             if code != "OK":
                 raise AspireError(payload, code)
             return json_response(status_body(payload))
         if kind == "metadata":
             version, where = resolve(self._map, route["name"], route["version"], route["label"])
             seen["version"] = str(version)
-            code, metadata = await self._call(self._handle(where).metadata.remote())
+            code, metadata = await self._call(where, "metadata")
             if code != "OK":
                 raise AspireError(metadata, code)
             return json_response({"model_spec": {"name": route["name"], "signature_name": "",
@@ -317,7 +395,7 @@ class Router(GrpcIngress):
         json_tensor.signature_name_of(doc)
         version, where = resolve(self._map, route["name"], route["version"], route["label"])
         seen["version"] = str(version)
-        code, text = await self._call(self._handle(where).rest.remote(kind, doc))
+        code, text = await self._call(where, "rest", kind, doc)
         if code != "OK":
             raise AspireError(text, code)
         return json_response(text)

@@ -71,12 +71,13 @@ class ServableDeployment:
     def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
                  warmup_iterations: int | None = 1, gpu_memory_limit_bytes: int | None = None,
                  batching: "BatchingOptions | None" = None, threads: tuple[int, int] = (0, 0),
-                 max_concurrency: int = 64):
+                 max_concurrency: int = 64, run_timeout_ms: int = 0):
         self.name, self.version = name, version
         self._pool = ThreadPoolExecutor(max(1, max_concurrency), thread_name_prefix="aspire-infer")
         self.model, self.load_error = None, None
         self.measured_vram_bytes = None
         self.session_threads = None
+        self._ongoing = 0  # inference calls in this replica now (ping reports it)
         self._shipper = _metrics_shipper()
         started = time.monotonic()
         # A failed load (warmup included) is kept as state and reported by ping(), not raised:
@@ -84,7 +85,7 @@ class ServableDeployment:
         try:
             self.model = SavedModelLoader(path, tags).load(
                 intra_op_threads=threads[0], inter_op_threads=threads[1],
-                gpu_memory_limit_bytes=gpu_memory_limit_bytes)
+                gpu_memory_limit_bytes=gpu_memory_limit_bytes, run_timeout_ms=run_timeout_ms)
             self.session_threads = list(self.model.session_threads)
             params = batching.parameters_for(path) if batching is not None else None
             if params is not None:
@@ -130,7 +131,14 @@ class ServableDeployment:
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "measured_vram_bytes": self.measured_vram_bytes,
-                "session_threads": self.session_threads}
+                "session_threads": self.session_threads, "ongoing_requests": self._ongoing}
+
+    async def _in_pool(self, fn, *args):
+        self._ongoing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._ongoing -= 1
 
     # Inference runs on the replica's own pool of long-lived threads (one per request it may hold
     # at once, so requests waiting for a batch never starve the batch), not on Serve's default
@@ -138,7 +146,7 @@ class ServableDeployment:
     async def rest(self, verb: str, doc: dict) -> tuple[str, str]:
         if self.load_error is not None:
             return self.load_error
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._rest, verb, doc)
+        return await self._in_pool(self._rest, verb, doc)
 
     def _rest(self, verb: str, doc: dict) -> tuple[str, str]:
         started = time.perf_counter()
@@ -150,8 +158,7 @@ class ServableDeployment:
                    tensor_content: bool) -> tuple[str, bytes | str]:
         if self.load_error is not None:
             return self.load_error
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._grpc, method, request, name, version, tensor_content)
+        return await self._in_pool(self._grpc, method, request, name, version, tensor_content)
 
     def _grpc(self, method: str, request: bytes, name: str, version: int,
               tensor_content: bool) -> tuple[str, bytes | str]:
@@ -201,8 +208,19 @@ class ReplicaOptions:
 
     num_replicas: int = 1
     num_cpus: float = 0.25
-    max_ongoing_requests: int = 64
+    max_ongoing_requests: int = 64  # per replica (the side file may set it per model)
+    # Requests each router holds for a version while all its replicas are full; beyond it the
+    # router answers 429 at once instead of letting latency grow without bound. -1: no limit.
+    max_queued_requests: int = 1000
     graceful_shutdown_timeout_s: float = 20.0
+    # Serve's health check of each replica: a replica that fails (or does not answer in time)
+    # REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD = 3 checks in a row is replaced.
+    health_check_period_s: float = 5.0
+    health_check_timeout_s: float = 30.0
+    # Longest a TF session run may take (TF's RunOptions.timeout_in_ms); 0: no limit. The server
+    # sets it to --rest_api_timeout_in_ms, so a request the router gave up on (504) stops using
+    # a thread and CPU in the replica too.
+    run_timeout_ms: int = 0
     tags: tuple[str, ...] = ("serve",)
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 0  # TF Serving: used only when > 0, else 1
@@ -283,6 +301,15 @@ class ServeBackend:
         return [{"autoscaling_config": autoscaling.serve_config(low, n)}
                 for low, n in zip(floors, counts)]
 
+    def _request_limits(self, name: str) -> tuple[int, int]:
+        """(max_ongoing_requests, max_queued_requests) of a model: the side file's, else the
+        server-wide options."""
+        settings = self.settings.get(name)
+        ongoing = settings and settings.max_ongoing_requests
+        queued = settings.max_queued_requests if settings else None
+        return (ongoing or self.options.max_ongoing_requests,
+                self.options.max_queued_requests if queued is None else queued)
+
     def load(self, name: str, version: int, path: str,
              placements: list[Placement] | None = None) -> dict:
         loader = SavedModelLoader(path, self.options.tags)
@@ -295,6 +322,7 @@ class ServeBackend:
         base = app_name(name, version)
         apps, replicas = [], []
         scaling = self._scaling(name, [n for _, n in groups])
+        ongoing, queued = self._request_limits(name)
         try:
             for i, (placement, count) in enumerate(groups):
                 app = base if i == 0 else f"{base}-p{i}"
@@ -308,9 +336,10 @@ class ServeBackend:
                          if placement is not None and placement.gpu_index is not None else None)
                 deployment = ServableDeployment.options(
                     name="servable", ray_actor_options=actor_options, **scaling[i],
-                    max_ongoing_requests=opts.max_ongoing_requests,
+                    max_ongoing_requests=ongoing, max_queued_requests=queued,
                     graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
-                    health_check_period_s=5,
+                    health_check_period_s=opts.health_check_period_s,
+                    health_check_timeout_s=opts.health_check_timeout_s,
                     # Aspire counts every request in its own metrics; Serve's per-call log line
                     # cost about 2 % of a replica's CPU
                     logging_config={"enable_access_log": False})
@@ -318,7 +347,7 @@ class ServeBackend:
                     [serve.RunTarget(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit,
                                                      opts.batching,
                                                      (opts.intra_op_threads, opts.inter_op_threads),
-                                                     opts.max_ongoing_requests),
+                                                     ongoing, opts.run_timeout_ms),
                                      name=app, route_prefix=None)],
                     wait_for_applications_running=False)
                 self._wait_running(app, f"{{name: {name} version: {version}}}")

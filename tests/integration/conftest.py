@@ -179,6 +179,7 @@ def aspire():
     from deployments.servable import ReplicaOptions
 
     port, grpc_port = free_port(), free_port()
+    launcher.set_serve_env()
     # "local": always a new Ray of our own, never one found on the machine (ray start writes
     # /tmp/ray/ray_current_cluster, which a bare ray.init() would join)
     ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=8, num_gpus=0,
@@ -189,7 +190,9 @@ def aspire():
     from cluster.controller import ControllerConfig
     config = ControllerConfig(models=models, poll_wait_s=0.5, num_load_threads=4,
                               max_num_load_retries=1, load_retry_interval_s=0.1,
-                              replica=ReplicaOptions(num_cpus=0.25))
+                              # a hung replica is found in about 3 x (1 + 3) s
+                              replica=ReplicaOptions(num_cpus=0.25, health_check_period_s=1,
+                                                     health_check_timeout_s=3))
     options = launcher.ServerOptions(
         rest_api_host="127.0.0.1", rest_api_port=port, rest_api_timeout_in_ms=30000,
         grpc_port=grpc_port, enable_grpc_healthcheck_service=True)

@@ -19,6 +19,29 @@ def export_slow_model(version_dir: Path) -> Path:
     return version_dir
 
 
+def export_sleepy_model(version_dir: Path) -> Path:
+    """A model that answers `x / 2 + 2` after sleeping `sleep_ms` (the largest in the request):
+    slow without using CPU (tf.data's SleepDataset), so many can be in flight on 2 cores."""
+    import tensorflow as tf
+    from tensorflow.python.data.ops import dataset_ops
+
+    class Sleepy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.int64, name="sleep_ms")])
+        def serve(self, x, sleep_ms):
+            data = tf.data.Dataset.from_tensors(x)
+            # reading the single element sleeps twice: once for it, once for the end
+            slept = tf.raw_ops.SleepDataset(
+                input_dataset=data._variant_tensor, sleep_microseconds=tf.reduce_max(sleep_ms) * 500,
+                output_types=[tf.float32], output_shapes=[tf.TensorShape([None])])
+            y = dataset_ops._VariantDataset(slept, data.element_spec).get_single_element()
+            return {"y": y * 0.5 + 2.0}
+
+    module = Sleepy()
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    return version_dir
+
+
 def write_warmup_requests(version_dir: Path, requests: list) -> Path:
     """Write `assets.extra/tf_serving_warmup_requests` with one PredictLog per PredictRequest."""
     import tensorflow as tf

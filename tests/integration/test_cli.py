@@ -1,4 +1,5 @@
 """`aspire serve` and `aspire status` as a user runs them: a real process, embedded Ray, Ctrl-C."""
+import os
 import re
 import subprocess
 import time
@@ -54,6 +55,24 @@ def test_unknown_flag_is_a_clear_error():
     assert "unrecognized arguments: --no_such_flag=1" in r.stderr
 
 
+class replica_cpu_seconds:
+    """User + system CPU time of a process, from /proc; `stable_for(s)`: unchanged for s seconds."""
+
+    def __init__(self, pid: int):
+        self.pid, self.last, self.since = pid, self.read(), time.monotonic()
+
+    def read(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stable_for(self, seconds: float) -> bool:
+        now = self.read()
+        if now != self.last:
+            self.last, self.since = now, time.monotonic()
+        return time.monotonic() - self.since >= seconds
+
+
 def test_timeout_and_tensor_content_flags(tmp_path):
     from tests.integration.export_models import export_slow_model
     export_slow_model(tmp_path / "slow" / "1")
@@ -69,8 +88,15 @@ def test_timeout_and_tensor_content_flags(tmp_path):
         fast = requests.post(url, json={"instances": [10]}, timeout=30)
         assert fast.json() == {"predictions": [10]}
         slow = requests.post(url, json={"instances": [2_000_000]}, timeout=30)  # seconds of work
+        answered = time.monotonic()
         assert slow.status_code == 504
         assert slow.json()["error"].startswith("Request timed out after 500 ms")
+        # The work is cancelled too: TF stops the run (RunOptions.timeout_in_ms), so the
+        # replica's CPU time stops growing instead of spinning on for ~30 s.
+        cpu = replica_cpu_seconds(replica["pid"])
+        wait_for(lambda: cpu.stable_for(0.5), 10, 0.1, what="the replica's CPU to go idle")
+        print(f"\n504 after 500 ms; the replica's CPU idle {time.monotonic() - answered - 0.5:.2f} s "
+              "after the answer")
         # --enable_serialization_as_tensor_content: gRPC outputs come as raw bytes
         import grpc
         import numpy as np

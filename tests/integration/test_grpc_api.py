@@ -107,9 +107,10 @@ def test_predict_errors_have_tf_serving_codes_and_messages(predict_stub, mutate,
 
 
 def test_long_error_messages_are_truncated_at_1024_characters(predict_stub):
-    err = rpc_error(predict_stub.Predict, predict_request(name="m" * 3000))
-    assert err.code() == grpc.StatusCode.NOT_FOUND
-    assert err.details() == ("Servable not found for request: Latest(" + "m" * 3000)[:1024] + "...TRUNCATED"
+    # a long signature name, not a long model name: names over 256 characters are refused first
+    err = rpc_error(predict_stub.Predict, predict_request(signature_name="s" * 3000))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.details() == f'Serving signature key "{"s" * 3000}" not found.'[:1024] + "...TRUNCATED"
 
 
 def test_classify_and_regress_with_and_without_context(predict_stub):

@@ -81,7 +81,8 @@ def test_unknown_top_level_key_is_rejected():
 def test_unknown_model_key_is_rejected():
     assert error({"models": {"m": {"num_replica": 2}}}).message == (
         "Invalid Aspire config cfg.json: model 'm': unknown key 'num_replica' "
-        "(expected one of version_policy, traffic, num_replicas, autoscaling, device, vram, ram)")
+        "(expected one of version_policy, traffic, num_replicas, autoscaling, max_ongoing_requests, "
+        "max_queued_requests, device, vram, ram)")
 
 
 def test_device_and_declared_sizes_are_parsed():
@@ -179,3 +180,23 @@ def test_look_back_period_must_be_positive():
     with pytest.raises(AspireError, match="look_back_period_s must be a number > 0, got 0"):
         parse_aspire_config('{"models": {"m": {"autoscaling": {"min_replicas": 1, "max_replicas": 2,'
                             ' "look_back_period_s": 0}}}}')
+
+
+def test_request_limits_parse_per_model():
+    got = parse_aspire_config('{"models": {"m": {"max_ongoing_requests": 2, "max_queued_requests": 0},'
+                              ' "n": {"max_queued_requests": -1}, "o": {}}}')
+    assert (got["m"].max_ongoing_requests, got["m"].max_queued_requests) == (2, 0)
+    assert (got["n"].max_ongoing_requests, got["n"].max_queued_requests) == (None, -1)
+    assert (got["o"].max_ongoing_requests, got["o"].max_queued_requests) == (None, None)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_ongoing_requests", 0, "max_ongoing_requests must be an integer >= 1, got 0"),
+    ("max_ongoing_requests", 1.5, "max_ongoing_requests must be an integer >= 1, got 1.5"),
+    ("max_ongoing_requests", True, "max_ongoing_requests must be an integer >= 1, got True"),
+    ("max_queued_requests", -2, "max_queued_requests must be an integer >= 0, or -1 for no limit, got -2"),
+    ("max_queued_requests", "5", "max_queued_requests must be an integer >= 0, or -1 for no limit, got '5'"),
+])
+def test_request_limits_are_validated(field, value, message):
+    assert error({"models": {"m": {field: value}}}).message == (
+        f"Invalid Aspire config cfg.json: model 'm': {message}")

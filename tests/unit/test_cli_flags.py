@@ -35,3 +35,14 @@ def test_body_limit_flag_defaults_to_64_mib_and_must_be_positive():
     validate(parse("--rest_api_max_body_bytes=1"))
     with pytest.raises(FlagError, match="--rest_api_max_body_bytes must be at least 1"):
         validate(parse("--rest_api_max_body_bytes=0"))
+
+
+def test_request_limit_flags_default_and_bounds():
+    args = parse()
+    assert (args.max_ongoing_requests, args.max_queued_requests) == (64, 1000)
+    validate(parse("--max_queued_requests=-1", "--max_ongoing_requests=1"))
+    validate(parse("--max_queued_requests=0"))
+    with pytest.raises(FlagError, match="--max_queued_requests must be at least 0, or -1 for no limit"):
+        validate(parse("--max_queued_requests=-2"))
+    with pytest.raises(FlagError, match="--max_ongoing_requests must be at least 1"):
+        validate(parse("--max_ongoing_requests=0"))

@@ -257,8 +257,25 @@ def test_token_auth_on_every_node(path):
               if "ray start" in c]
     assert len(starts) == 2
     for cmd in starts:  # the mode on the command itself: `ray start` fails without a token
-        assert re.search(r"RAY_AUTH_MODE=token\s+ray start", cmd), cmd
+        assert re.search(r"RAY_AUTH_MODE=token\s+(\w+=\S+\s+)*ray start", cmd), cmd
     assert "RAY_AUTH_TOKEN=" not in yaml.safe_dump(config)
+
+
+@pytest.mark.parametrize("path", RAY_UP_FILES, ids=lambda p: p.name)
+def test_serve_kills_unhealthy_replicas_at_once(path):
+    """The head (where Serve's controller runs) starts with cluster/launcher.py's SERVE_ENV."""
+    from cluster.launcher import SERVE_ENV
+    [head] = [c for c in load_yaml(path)["head_start_ray_commands"] if "ray start" in c]
+    for key, value in SERVE_ENV.items():
+        assert re.search(rf"\b{key}={value}\s+(\w+=\S+\s+)*ray start", head), head
+
+
+def test_kuberay_head_has_serve_env():
+    from cluster.launcher import SERVE_ENV
+    [cluster] = [d for d in kuberay_docs() if d.get("kind") == "RayCluster"]
+    [head] = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in head.get("env", [])}
+    assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV
 
 
 @pytest.mark.parametrize("path", RAY_UP_FILES, ids=lambda p: p.name)
