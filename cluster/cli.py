@@ -160,6 +160,13 @@ def validate(args: argparse.Namespace) -> None:
         raise FlagError("--rest_api_max_body_bytes must be at least 1")
     if args.num_cpus_per_replica < 0:
         raise FlagError("--num_cpus_per_replica cannot be negative")
+    if not args.model_config_file:
+        from deployments.errors import AspireError
+        from deployments.names import check_name
+        try:
+            check_name(args.model_name, "--model_name")
+        except AspireError as err:
+            raise FlagError(err.message) from None
     if args.max_ongoing_requests < 1:
         raise FlagError("--max_ongoing_requests must be at least 1")
     if args.max_queued_requests < -1:

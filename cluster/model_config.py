@@ -12,6 +12,7 @@ import os
 
 from cluster.source import ModelSource
 from deployments.errors import AspireError, invalid_argument
+from deployments.names import check_name
 from policies.aspired import All, Latest, Specific
 
 SUPPORTED_PLATFORMS = ("tensorflow",)
@@ -40,6 +41,8 @@ def models_from_config(server_config) -> list[ModelSource]:
     models, seen = [], set()
     for config in server_config.model_config_list.config:
         name = config.name
+        # A name no request could reach (requests with it get 400): refuse the config instead.
+        check_name(name, "model name in config")
         if name in seen:
             raise invalid_argument(f"Illegal to list model {name} multiple times in config list")
         seen.add(name)

@@ -46,3 +46,9 @@ def test_request_limit_flags_default_and_bounds():
         validate(parse("--max_queued_requests=-2"))
     with pytest.raises(FlagError, match="--max_ongoing_requests must be at least 1"):
         validate(parse("--max_ongoing_requests=0"))
+
+
+def test_model_name_flag_follows_the_name_rule():
+    validate(parse("--model_name=model..1"))
+    with pytest.raises(FlagError, match=r"Invalid --model_name: '\.\.' \("):
+        validate(parse("--model_name=.."))

@@ -58,6 +58,15 @@ def test_invalid_configs_are_rejected_with_tf_serving_messages(text, message):
     assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
 
 
+@pytest.mark.parametrize("name", ["..", "a/b", "~m", " m"])
+def test_config_names_no_request_could_reach_are_refused(name):
+    with pytest.raises(AspireError) as err:
+        models_from_config(parse(
+            f"model_config_list {{ config {{ name: '{name}' base_path: '/a' model_platform: 'tensorflow' }} }}"))
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert err.value.message.startswith(f"Invalid model name in config: '{name}' (")
+
+
 def test_grpc_messages_over_1024_characters_are_truncated():
     assert truncate("x" * 1024) == "x" * 1024
     assert truncate("x" * 1025) == "x" * 1024 + "...TRUNCATED"
