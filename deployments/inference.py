@@ -37,7 +37,7 @@ def _predict_signature(model: LoadedSavedModel, name: str):
     key = name or DEFAULT_SIGNATURE
     signature = model.signatures.get(key)
     if signature is None:
-        raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
+        raise invalid_argument(f'Serving signature name: "{json_tensor._text(key)}" not found in signature def')
     if not signature.inputs:
         raise invalid_argument(f"Failed to get input map for signature: {name or 'DEFAULT'}")
     return key, signature
@@ -60,7 +60,7 @@ def _example_signature(model: LoadedSavedModel, name: str):
     key = name or DEFAULT_SIGNATURE
     signature = model.signatures.get(key)
     if signature is None:
-        raise invalid_argument(f"No signature was found with the name: {key}")
+        raise invalid_argument(f"No signature was found with the name: {json_tensor._text(key)}")
     return key, signature
 
 

@@ -7,7 +7,8 @@ Contract:
   (parser, number formatting, debug strings) lives in deployments.rapidjson_compat.
 * JSON values are Python values: object -> dict, array -> list, string -> str (bytes that are not UTF-8 kept through
   'surrogateescape'), integer literal -> int, decimal literal -> float, true/false -> bool, null -> None. An int outside
-  [-2**63, 2**64) counts as a double, as RapidJSON stores it.
+  [-2**63, 2**64) counts as a double, as RapidJSON stores it; one past DBL_MAX, which no Python float holds, is the
+  finite double RapidJSON's digit loop leaves.
 * Every error is an AspireError carrying TF Serving's message and code; `<json>` in messages is TF's debug string
   (PrettyWriter, single-line arrays, cut once 256 bytes are written).
 * Predict responses format floats as WriteDecimal does; ints, bools and strings as RapidJSON writes them. Output is
@@ -16,7 +17,8 @@ Contract:
 Known differences from TF Serving: decimal literals are rounded correctly (RapidJSON's default strtod can be one ulp
 off for 16+ significant digits, which float32 inputs never show); a key repeated in one object keeps its last value
 (RapidJSON uses the first and prints both); where TF walks a protobuf Map of several inputs, names go in sorted order;
-invalid UTF-8 inside error messages becomes U+FFFD.
+invalid UTF-8 inside error messages becomes U+FFFD; a name from the request (input alias, feature or signature name)
+longer than 256 bytes is cut to 256 bytes and "..." in error messages.
 """
 from __future__ import annotations
 
@@ -55,8 +57,21 @@ def _tf_name(dtype: str) -> str:  # DataTypeString: DT_HALF -> half, DT_FLOAT_RE
     return dtype[3:].lower() if dtype.startswith("DT_") else dtype
 
 
-def _text(s: str) -> str:  # keeps messages encodable when a key carried invalid UTF-8
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+_MAX_ECHO_BYTES = 256  # TF Serving's kMaxJsonDebugStringBytes
+
+
+def _text(s: str) -> str:
+    """A name from the request as an error message shows it: invalid UTF-8 as U+FFFD, and cut
+    to 256 bytes with "..." appended, so that a long name cannot make a long error (TF Serving
+    echoes names whole)."""
+    raw = s.encode("utf-8", "surrogateescape")
+    if len(raw) <= _MAX_ECHO_BYTES:
+        return raw.decode("utf-8", "replace")
+    end = _MAX_ECHO_BYTES
+    for _ in range(3):  # back to the start of a character, never cutting one in two
+        if (raw[end] & 0xC0) == 0x80:
+            end -= 1
+    return raw[:end].decode("utf-8", "replace") + "..."
 
 
 def _jtype(v) -> str:  # JsonTypeString

@@ -349,7 +349,10 @@ def _rj_number(b: bytes, i: int):
         return (-mag if minus else mag), i
     if nan_inf:
         return d, i
-    return (-int(int_digits) if minus else int(int_digits)), i
+    value = int(int_digits)
+    if value > _DBL_MAX:  # no Python float holds it (float() raises); RapidJSON keeps the finite d accumulated above
+        value = d
+    return (-value if minus else value), i
 
 
 def _rj_value(b: bytes, i: int):
