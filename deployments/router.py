@@ -37,7 +37,7 @@ from deployments.errors import (DEFAULT_MAX_BODY_BYTES, AspireError, BodyTooLarg
                                 not_found)
 from deployments.grpc_ingress import GrpcIngress, add_servicers
 from deployments.ingress import Ingress
-from deployments.names import check_name
+from deployments.names import check_name, escape
 from policies.traffic import TrafficSplit, effective_weights, pick
 
 log = logging.getLogger("aspire.router")
@@ -66,7 +66,9 @@ HEALTH_PATH = "/healthz"  # Aspire's: 200 while the router serves, open even wit
 def parse_path(method: str, raw_path: str) -> dict:
     """TF Serving's REST URL grammar. Returns {"kind", "name", "version", "label", ...}; raises
     INVALID_ARGUMENT with TF Serving's messages."""
-    malformed = invalid_argument(f"Malformed request: {method} {raw_path}")
+    # Echoes of the request are cut to 256 characters: an error body stays small (TF Serving
+    # echoes the whole path).
+    malformed = invalid_argument(f"Malformed request: {method} {escape(raw_path, 256)}")
     if method == "POST":
         m = POST_PATH.fullmatch(raw_path)
         if not m or m.group(4) not in ("classify", "regress", "predict"):
@@ -88,16 +90,17 @@ def parse_path(method: str, raw_path: str) -> dict:
     try:
         decoded = unquote_to_bytes(name).decode("utf-8")
     except UnicodeDecodeError:
-        raise invalid_argument(f"Failed to decode model name:{name}") from None
+        raise invalid_argument(f"Failed to decode model name:{escape(name, 256)}") from None
     if label is not None:
         try:
             label = unquote_to_bytes(label).decode("utf-8")
         except UnicodeDecodeError:
-            raise invalid_argument(f"Failed to decode model version label:{label}") from None
+            raise invalid_argument(f"Failed to decode model version label:{escape(label, 256)}") from None
     if version is not None:
-        number = int(version)
+        # at most 19 significant digits fit an int64; Python refuses to parse past 4,300
+        number = int(version) if len(version.lstrip("0")) <= 19 else INT64_MAX + 1
         if number > INT64_MAX:
-            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+            raise invalid_argument(f"Failed to convert version: {escape(version, 256)} to numeric.")
         version = number
     check_name(decoded)  # after decoding: %2e%2e%2f is refused as ../ is
     if label is not None:
@@ -260,6 +263,9 @@ class Router(GrpcIngress):
             raise AspireError(f"The Aspire manager did not answer within {timeout_s:g} s (it may "
                               "be restarting); predictions are not affected; retry later",
                               "UNAVAILABLE") from None
+        except Exception as exc:  # a bug in the manager: logged here, never a trace to the client
+            log.exception("manager call %s failed", method)
+            raise AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL") from None
 
     async def _call(self, where: dict, method: str, *args):
         """Call `method` on one of the version's replicas, under --rest_api_timeout_in_ms.

@@ -75,3 +75,13 @@ def test_error_codes_map_to_tf_serving_http_statuses():
                 "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401}
     assert {c: http_status(c) for c in CODES} == expected
     assert http_status("SOMETHING_ELSE") == 500
+
+
+def test_huge_version_and_long_paths_are_refused_with_short_messages():
+    with pytest.raises(AspireError) as err:
+        parse_path("GET", "/v1/models/m/versions/" + "9" * 5000)
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert err.value.message == f"Failed to convert version: {'9' * 256}... to numeric."
+    with pytest.raises(AspireError) as err:
+        parse_path("PUT", "/v1/models/" + "a" * 5000)
+    assert err.value.message == f"Malformed request: PUT /v1/models/{'a' * 245}..."
