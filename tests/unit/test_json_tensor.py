@@ -618,3 +618,11 @@ def test_examples_without_context_give_none_and_float_features_are_float32():
 def test_classify_regress_request_errors(doc, message):
     err = error_of(decode_examples, doc)
     assert (err.message, err.code) == (message, "INVALID_ARGUMENT")
+
+
+def test_names_echoed_in_errors_are_cut_without_splitting_a_character():
+    from deployments.json_tensor import _text
+    assert _text("x" * 256) == "x" * 256
+    cut = _text("é" * 200)  # 400 bytes: cut at 256 bytes, on a character boundary
+    assert cut == "é" * 128 + "..."
+    assert _text("a" + "€" * 100).encode() == ("a" + "€" * 85).encode() + b"..."
