@@ -6,11 +6,23 @@ creates/deletes version deployments through ServeBackend. It is a threaded actor
 long polls on `wait_for_serving_map` while status calls, reloads and the CLI are answered
 concurrently. Every change of the served model list, from the config file, its polling or gRPC's
 HandleReloadConfigRequest, goes through `reload_config`.
+
+Restarts: the actor is detached with `max_restarts=-1`. When its process dies (killed, crashed,
+SIGKILL), Ray runs `__init__` again with the same ControllerConfig, and the new incarnation
+carries on from the state its predecessor kept in Ray's GCS key-value store
+(cluster/manager_state.py): the model list, labels and settings in force (not the start-up ones
+from the config), every version record and reservation. Serving versions are adopted as they
+run, nothing is reloaded, and routers keep routing from their last serving map meanwhile, so
+predict traffic does not notice; status and admin calls wait for the new incarnation. A fresh
+start (`start_manager`, e.g. a new `aspire serve`) clears that state first and starts from its
+ControllerConfig; `launcher.stop` kills the actor with `no_restart=True`, for good.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 
 import ray
@@ -19,12 +31,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.aspire_config import ModelSettings, load_aspire_config
 from cluster.inventory import capacity_grew, cluster_inventory
 from cluster.manager import Manager
+from cluster.manager_state import GcsStore, decode_value, dumps, encode_value, loads, state_prefix
 from cluster.model_config import labels_from_config, models_from_config, read_config_file
 from cluster.source import FileSystemSource, ModelSource
 from deployments import metrics
 from deployments.errors import AspireError
 from deployments.router import MANAGER_NAME, NAMESPACE
-from deployments.servable import ReplicaOptions, ServeBackend
+from deployments.servable import APP_PREFIX, ReplicaOptions, ServeBackend, app_name
 from policies.admission import Reservations
 
 RECONCILE_INTERVAL_S = 0.1
@@ -73,10 +86,48 @@ def _running_replicas() -> dict[str, int]:
         return {}
 
 
+def _servable_apps(timeout_s: float = 60.0) -> set[str]:
+    """The Serve applications of servable versions that exist now. Retried while Serve's
+    controller does not answer: a restarted manager must not take "unknown" for "none"."""
+    from ray import serve
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return {app for app in serve.status().applications if app.startswith(APP_PREFIX)}
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("serve.status() failed: %s; trying again", exc)
+            time.sleep(1.0)
+
+
+def _restarted() -> bool:
+    """Whether Ray restarted this actor (its process died), as opposed to a new actor."""
+    with warnings.catch_warnings():  # Ray's property reads its own deprecated `actor_id`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+def _app_prefix(name: str) -> str:
+    """How the Serve application names of model `name` start: app_name() ends with the
+    version number (and a version's further placements add "-p<i>")."""
+    return app_name(name, 0)[:-1]
+
+
 class ManagerActor:
     def __init__(self, config: ControllerConfig):
         configure_logging()
         self._config = config
+        self._store = GcsStore()
+        self._state_key = state_prefix(MANAGER_NAME)
+        self._config_lock = threading.Lock()
+        restarted = _restarted()
+        saved = self._saved_config() if restarted else None
+        if not restarted:
+            self._store.delete_prefix(self._state_key)  # a new manager never inherits state
+        models = saved["models"] if saved else config.models
+        labels = saved["labels"] if saved else config.labels
+        settings = saved["settings"] if saved else config.settings
         self._backend = ServeBackend(config.replica)
         self._inventory = cluster_inventory(config.gpus)
         self._book = Reservations(*self._inventory)
@@ -86,15 +137,30 @@ class ManagerActor:
         self._manager = Manager(self._backend, num_load_threads=config.num_load_threads,
                                 max_num_load_retries=config.max_num_load_retries,
                                 load_retry_interval_s=config.load_retry_interval_s,
-                                book=self._book)
+                                book=self._book, store=self._store, state_prefix=self._state_key)
+        self._restored = None
+        if restarted:
+            log.warning("The manager restarted: taking over the state it stored")
+            self._restored = self._manager.restore(_servable_apps, _app_prefix)
+            # nodes that left while no manager watched: their versions are re-placed
+            known = set(self._inventory[1]) | {g.node_id for g in self._inventory[0]}
+            gone = {p.get("node_id") for _, _, where in self._manager.versions_where()
+                    for p in where.get("placements") or []} - known - {None}
+            if gone:
+                log.warning("Ray nodes left the cluster while the manager was down: %s",
+                            ", ".join(n[:12] for n in sorted(gone)))
+                self._manager.nodes_lost(gone)
         self._metrics = metrics.MetricsStore()  # every process's counts, added up
         self._settings: dict[str, ModelSettings] = {}
-        self._apply_settings(config.settings)
-        self._models = {m.name: m for m in config.models}
-        self._source = FileSystemSource(config.models, config.poll_wait_s, self._on_aspired_versions)
-        self._manager.set_labels(config.labels)  # checked at start-up by the CLI
+        self._apply_settings(settings)
+        self._models = {m.name: m for m in models}
+        self._source = FileSystemSource(models, config.poll_wait_s, self._on_aspired_versions)
+        self._manager.set_labels(labels)  # checked at start-up by the CLI, or before the restart
+        self._save_config()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._reconcile_loop, name="aspire-reconcile", daemon=True),
+                         threading.Thread(target=self._poll_loop, daemon=True, name="aspire-state",
+                                          args=(RECONCILE_INTERVAL_S, self._manager.flush_state)),
                          threading.Thread(target=self._poll_loop, daemon=True, name="aspire-inventory",
                                           args=(config.inventory_refresh_s, self.refresh_inventory))]
         if config.model_config_file and config.model_config_file_poll_wait_s > 0:
@@ -120,7 +186,33 @@ class ManagerActor:
             try:
                 action()
             except Exception:
-                log.exception("config poll failed")
+                log.exception("%s failed", getattr(action, "__name__", "poll"))
+
+    # ---- state kept for a restart (cluster/manager_state.py) --------------------------------
+    def _saved_config(self) -> dict | None:
+        """The model list, labels and settings the previous incarnation had in force."""
+        try:
+            data = self._store.get(self._state_key + "config")
+            if data is None:
+                return None
+            doc = loads(data)
+            return {"models": decode_value(doc["models"]), "labels": decode_value(doc["labels"]),
+                    "settings": decode_value(doc["settings"])}
+        except Exception as exc:  # the ControllerConfig is the next best thing
+            log.error("Cannot read the stored configuration: %s: %s", type(exc).__name__, exc)
+            return None
+
+    def _save_config(self) -> None:
+        """Store the model list, labels and settings in force. The snapshot is taken under the
+        lock, so the last write is always the newest state."""
+        with self._config_lock:
+            doc = {"models": encode_value(list(self._models.values())),
+                   "labels": encode_value(self._manager.labels()),
+                   "settings": encode_value(dict(self._settings))}
+            try:
+                self._store.put(self._state_key + "config", dumps(doc))
+            except Exception as exc:
+                log.error("Storing the configuration failed: %s", exc)
 
     def refresh_inventory(self) -> None:
         """Read the inventory again; refused versions are retried when capacity grew."""
@@ -160,6 +252,7 @@ class ManagerActor:
         if settings != self._settings:
             log.info("Aspire config file changed: applying model settings")
             self._apply_settings(settings)
+            self._save_config()
 
     def _apply_settings(self, settings: dict[str, ModelSettings]) -> None:
         self._settings = dict(settings)
@@ -201,6 +294,7 @@ class ManagerActor:
             placements.setdefault(name, {})[str(version)] = [
                 {**p, "running_replicas": running.get(p.get("app"))} for p in where.get("placements", [])]
         return {"models": self._manager.list_models(), "labels": self._manager.labels(),
+                "manager": {"restored": self._restored},
                 "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},
                 "placements": placements,
                 "resources": {"gpus": self._book.snapshot(), "hosts": self._book.ram_snapshot(),
@@ -240,8 +334,15 @@ class ManagerActor:
         self._models = {m.name: m for m in models}
         self._source.set_models(models)
         self._manager.set_labels(labels)
+        self._save_config()  # an OK answer means a restart keeps it
         self._source.poll_once()
         return "OK", ""
+
+    def set_settings(self, settings: dict[str, ModelSettings]) -> None:
+        """Replace the per-model settings, as a changed side file does (used by tests and tools).
+        Like the side file, they apply to versions loaded from now on."""
+        self._apply_settings(settings)
+        self._save_config()
 
     def set_models(self, models: list[ModelSource]) -> None:
         """Replace the served model list, keeping labels (used by tests and tools)."""
@@ -268,7 +369,8 @@ class ManagerActor:
 
 
 def start_manager(config: ControllerConfig):
-    """Create the detached manager actor (replacing a stale one) and wait until it answers."""
+    """Create the detached, restartable manager actor (replacing a stale one, whose stored
+    state is cleared) and wait until it answers."""
     try:
         stale = ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
     except ValueError:
@@ -276,14 +378,26 @@ def start_manager(config: ControllerConfig):
     if stale is not None:
         log.warning("replacing an existing Aspire manager on this cluster")
         ray.kill(stale, no_restart=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # its name is free once it is gone
+            try:
+                ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
+            except ValueError:
+                break
+            time.sleep(0.1)
+    # A new manager starts from `config`, never from a predecessor's state (the new actor clears
+    # it too; clearing here also covers a predecessor that is already gone).
+    GcsStore().delete_prefix(state_prefix(MANAGER_NAME))
     actor_cls = ray.remote(ManagerActor)
     # On the head node: it lives as long as the cluster, so losing a worker never takes the
     # control plane with it. The source polls the model base paths from there: on a cluster,
     # a shared path that is the same on every node (or gs://, s3://).
     from cluster.launcher import head_node_id
     head = head_node_id()
+    # max_restarts=-1: Ray brings a dead manager back (same config, state from the GCS store);
+    # ray.kill(..., no_restart=True) still ends it for good.
     actor = actor_cls.options(name=MANAGER_NAME, namespace=NAMESPACE, lifetime="detached",
-                              max_concurrency=64, num_cpus=0,
+                              max_concurrency=64, num_cpus=0, max_restarts=-1,
                               scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
                               ).remote(config)
     ray.get(actor.ready.remote())

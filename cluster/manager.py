@@ -20,6 +20,12 @@ Contract:
   acknowledge the epoch they apply. A version is taken out of the map first and its deployment
   deleted only once every live router has acknowledged, so no request is routed to a deployment
   that is going away.
+- Restarts (with a `store`, cluster/manager_state.py): every change is written to the store, a
+  version's state before what it implies is visible (LOADING before its deployment exists,
+  AVAILABLE before routers see it, UNLOADING before its deployment goes). A new Manager given
+  the same store takes over with `restore()`: serving versions are adopted without loading
+  anything, work cut short is redone, and after a restart no deployment is deleted before every
+  live router has had the time to poll (ROUTER_GRACE_S) and has acknowledged the current map.
 
 The backend that creates and deletes deployments is injected (deployments/servable.py in
 production), so this logic is unit-tested without Ray.
@@ -30,15 +36,20 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from cluster import manager_state
+from cluster.manager_state import (EPOCH_BLOCK, ROUTER_GRACE_S, Persistence, StateStore, Stream,
+                                   VersionRecord)
 from deployments import metrics
 from deployments.errors import AspireError
 from policies.admission import Need, Placement, Reservations
 from policies.lifecycle import POLICIES, PUBLIC_STATE, Action, Harness, VersionSnapshot
 
 log = logging.getLogger("aspire.manager")
+# Load failures another attempt cannot fix: a version directory refused by the containment rule
+# (deployments/loader.py check_contained) stays refused however often it is retried.
+NON_RETRIABLE_LOAD_CODES = frozenset({"PERMISSION_DENIED"})
 
 
 class Backend(Protocol):
@@ -69,44 +80,18 @@ class _Refused(Exception):
     """Admission refused a version; its state is already recorded."""
 
 
-@dataclass
-class VersionRecord:
-    version: int
-    path: str
-    state: Harness = Harness.NEW
-    aspired: bool = True
-    error_code: str = "OK"
-    error_message: str = ""
-    where: dict | None = None  # set while the deployment exists
-    ram_bytes: int | None = None
-    load_seconds: float | None = None
-    refused: bool = False  # END for lack of resources: tried again when capacity changes
-    reservations: tuple[str, ...] = ()  # keys held in the reservation book
-
-    def status(self) -> dict:
-        return {"version": self.version, "state": PUBLIC_STATE[self.state],
-                "error_code": self.error_code, "error_message": self.error_message,
-                "aspired": self.aspired}
-
-
-@dataclass
-class Stream:
-    name: str
-    policy: str = "availability_preserving"
-    versions: dict[int, VersionRecord] = field(default_factory=dict)
-    busy: bool = False  # an action is in flight
-
-
-class Manager:
+class Manager(Persistence):
     def __init__(self, backend: Backend, num_load_threads: int = 4,
                  max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0,
                  router_ack_timeout_s: float = 10.0, router_lease_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, book: Reservations | None = None,
-                 recorder: metrics.Recorder | None = None):
+                 recorder: metrics.Recorder | None = None, store: StateStore | None = None,
+                 state_prefix: str = manager_state.state_prefix("default"),
+                 router_grace_s: float = ROUTER_GRACE_S):
         self._backend = backend
         self._metrics = recorder or metrics.Recorder()  # load and admission metrics
         self._book = book  # None: no admission (every version is loaded as asked)
-        self._measured_vram: dict[tuple[str, int], int] = {}  # peak seen after a real GPU load
+        self._measured_vram: dict[str, dict[int, int]] = {}  # peak seen after a real GPU load
         self._max_num_load_retries = max(0, max_num_load_retries)
         self._load_retry_interval_s = max(0.0, load_retry_interval_s)
         self._streams: dict[str, Stream] = {}
@@ -121,30 +106,43 @@ class Manager:
         self._clock = clock
         self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
         self._in_flight = 0
+        # persistence (None: nothing survives this object); lock order: _store_lock, then _lock
+        self._store = store
+        self._prefix = state_prefix
+        self._dirty: set[str] = set()  # streams changed since their key was last written
+        self._store_lock = threading.Lock()  # one writer at a time, so keys never go back in time
+        self._epoch_ceiling = 0
+        self._router_grace_s = router_grace_s
+        self._grace_until = 0.0  # monotonic; set by restore(): routers are unknown until then
+        self._list_apps: Callable[[], set[str]] | None = None  # set by restore()
+        self._app_prefix: Callable[[str], str] | None = None
 
     # ---- source side ------------------------------------------------------------------------
     def set_aspired_versions(self, name: str, versions: dict[int, str], policy: str | None = None) -> None:
         with self._lock:
-            stream = self._streams.setdefault(name, Stream(name))
-            if policy is not None:
-                if policy not in POLICIES:
-                    raise ValueError(f"unknown version policy {policy!r}")
-                stream.policy = policy
+            if policy is not None and policy not in POLICIES:
+                raise ValueError(f"unknown version policy {policy!r}")
+            stream = self._streams.get(name)
+            changed = stream is None  # the source repeats itself every poll: write changes only
+            if stream is None:
+                stream = self._streams[name] = Stream(name)
+            if policy is not None and policy != stream.policy:
+                stream.policy, changed = policy, True
             for record in stream.versions.values():
-                if record.version not in versions:
-                    record.aspired = False
+                if record.version not in versions and record.aspired:
+                    record.aspired, changed = False, True
             for version, path in versions.items():
                 record = stream.versions.get(version)
-                if record is None:
-                    stream.versions[version] = VersionRecord(version, path)
-                    continue
                 # A version unloaded (or failed, then unaspired) and aspired again starts over;
                 # one that failed and stayed aspired is not retried (TF Serving's rule).
-                if record.state is Harness.DISABLED or (record.state is Harness.ERROR and not record.aspired):
+                if record is None or record.state is Harness.DISABLED or (
+                        record.state is Harness.ERROR and not record.aspired):
                     stream.versions[version] = VersionRecord(version, path)
-                else:
-                    record.aspired = True
-                    record.path = path
+                    changed = True
+                elif not record.aspired or record.path != path:
+                    record.aspired, record.path, changed = True, path, True
+            if changed:
+                self._touch(stream)
             self._changed.notify_all()
 
     def forget_stream(self, name: str) -> None:
@@ -172,6 +170,7 @@ class Manager:
                 else:
                     record.state = Harness.UNLOADING
                     self._publish()  # out of the serving map before anything is deleted
+                self._touch(stream)
                 self._changed.notify_all()
                 self._pool.submit(self._run_action, stream, action)
                 started += 1
@@ -197,9 +196,9 @@ class Manager:
         release racing with it always sees the version as refused and retries it."""
         if self._book is None:
             return None
-        key = (stream.name, record.version)
         need, replicas = self._backend.need(stream.name, record.version, record.path,
-                                            self._book.has_gpus(), self._measured_vram.get(key))
+                                            self._book.has_gpus(),
+                                            self._measured_vram.get(stream.name, {}).get(record.version))
         keys = [servable] if replicas == 1 else [f"{servable} replica {i + 1} of {replicas}"
                                                  for i in range(replicas)]
         with self._lock:
@@ -214,18 +213,20 @@ class Manager:
                 if record.refused:
                     self._metrics.inc(metrics.ASPIRE_ADMISSION_REFUSALS, metrics.labels_for(
                         metrics.ASPIRE_ADMISSION_REFUSALS, stream.name, refusal_reason(err.message)))
-                self._fail(record, servable, err.code, err.message)
+                self._fail(stream, record, servable, err.code, err.message)
                 raise _Refused() from None
-            record.reservations = tuple(keys)
+            record.reservations, record.placements = tuple(keys), tuple(placements)
+            self._touch(stream)
         return placements
 
-    def _release(self, record: VersionRecord, servable: str, why: str) -> None:
+    def _release(self, stream: Stream, record: VersionRecord, servable: str, why: str) -> None:
         if self._book is None or not record.reservations:
             return
         with self._lock:
             for k in record.reservations:
                 self._book.release(k)
-            record.reservations = ()
+            record.reservations, record.placements = (), ()
+            self._touch(stream)
             self._capacity_changed(f"{servable} {why}")
 
     def capacity_changed(self, reason: str) -> None:
@@ -240,6 +241,7 @@ class Manager:
                     log.info("Retrying servable {name: %s version: %d}, refused for insufficient "
                              "resources: %s", stream.name, version, reason)
                     stream.versions[version] = VersionRecord(version, record.path)
+                    self._touch(stream)
         self._changed.notify_all()
 
     def nodes_lost(self, node_ids: set[str]) -> list[str]:
@@ -261,6 +263,7 @@ class Manager:
                     record.error_message = (f"Servable {servable} lost its replicas: node "
                                             f"{', '.join(n[:12] for n in gone)} left the cluster")
                     log.error("%s", record.error_message)
+                    self._touch(stream)
                     hit.append(servable)
                     self._in_flight += 1  # wait_idle waits for the clean-up too
                     self._pool.submit(self._replace, stream, record, servable)
@@ -269,6 +272,7 @@ class Manager:
         return hit
 
     def _replace(self, stream: Stream, record: VersionRecord, servable: str) -> None:
+        self.flush_state(stream)  # recorded out of service before its deployments go
         try:
             self._backend.unload(stream.name, record.version, record.where or {})
         except Exception as exc:
@@ -278,7 +282,8 @@ class Manager:
             if record.aspired and stream.versions.get(record.version) is record:
                 log.info("Re-placing servable %s", servable)
                 stream.versions[record.version] = VersionRecord(record.version, record.path)
-            self._release(record, servable, "lost a node")
+            self._touch(stream)
+            self._release(stream, record, servable, "lost a node")
             self._in_flight -= 1
             self._changed.notify_all()
 
@@ -292,10 +297,10 @@ class Manager:
         except _Refused:
             return
         except AspireError as err:
-            self._fail(record, servable, err.code, err.message)
+            self._fail(stream, record, servable, err.code, err.message)
             return
         except Exception as exc:  # estimating the need failed (I/O, a bug): report it as state
-            self._fail(record, servable, "UNKNOWN", f"{type(exc).__name__}: {exc}")
+            self._fail(stream, record, servable, "UNKNOWN", f"{type(exc).__name__}: {exc}")
             return
         if placements:
             log.info("Admitted servable: %s on %s", servable, ", ".join(
@@ -310,6 +315,12 @@ class Manager:
                         code, message = "CANCELLED", "Loading of servable cancelled"
                         break
                 log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
+            with self._lock:
+                record.attempts += 1
+                self._touch(stream)
+            # Recorded as LOADING before any deployment exists: a restarted manager knows which
+            # deployments may be half-created and deletes them (restore()).
+            self.flush_state(stream)
             try:
                 where = self._backend.load(stream.name, record.version, record.path, placements)
             except AspireError as err:
@@ -321,6 +332,8 @@ class Manager:
                 break
             self._count_attempt(stream.name, record.path, code)
             log.warning("Loading servable: %s failed: %s: %s", servable, code, message)
+            if code in NON_RETRIABLE_LOAD_CODES:
+                break
         if where is not None:
             elapsed = time.monotonic() - started
             self._metrics.observe(metrics.ASPIRE_LOAD_DURATION,
@@ -328,19 +341,24 @@ class Manager:
             self._metrics.inc(metrics.TF_LOAD_LATENCY,
                               metrics.labels_for(metrics.TF_LOAD_LATENCY, record.path), elapsed * 1e6)
             with self._lock:
-                record.where = where
-                record.state = Harness.READY
-                record.load_seconds = elapsed
-                record.ram_bytes = where.get("ram_bytes")
                 measured = where.get("measured_vram_bytes")
                 if measured:
-                    key = (stream.name, record.version)
-                    self._measured_vram[key] = min(measured, self._measured_vram.get(key, measured))
-                self._publish()
+                    seen = self._measured_vram.setdefault(stream.name, {})
+                    seen[record.version] = min(measured, seen.get(record.version, measured))
+            ready = {"state": Harness.READY, "where": where, "load_seconds": elapsed,
+                     "ram_bytes": where.get("ram_bytes")}
+            with self._store_lock:
+                # Stored AVAILABLE before any router can see it: a restarted manager then never
+                # deletes a deployment that a router may still route to without the grace wait.
+                self._flush_locked(stream, ready=(record, ready))
+                with self._lock:
+                    for attribute, value in ready.items():
+                        setattr(record, attribute, value)
+                    self._publish()
             log.info("Successfully loaded servable version %s in %.2f s", servable, elapsed)
             return
-        self._release(record, servable, "released its reservation after a failed load")
-        self._fail(record, servable, code, message)
+        self._release(stream, record, servable, "released its reservation after a failed load")
+        self._fail(stream, record, servable, code, message)
 
     def _count_attempt(self, name: str, path: str, code: str) -> None:
         self._metrics.inc(metrics.ASPIRE_LOAD_ATTEMPTS,
@@ -351,10 +369,12 @@ class Manager:
     def drain_metrics(self) -> metrics.Deltas:
         return self._metrics.drain()
 
-    def _fail(self, record: VersionRecord, servable: str, code: str, message: str) -> None:
+    def _fail(self, stream: Stream, record: VersionRecord, servable: str, code: str,
+              message: str) -> None:
         with self._lock:
             record.state = Harness.ERROR
             record.error_code, record.error_message = code, message
+            self._touch(stream)
             self._changed.notify_all()
         log.error("Loading servable: %s failed: %s: %s", servable, code, message)
 
@@ -364,6 +384,7 @@ class Manager:
         with self._lock:
             epoch = self._epoch
         self._wait_for_routers(epoch)
+        self.flush_state(stream)  # UNLOADING is stored before the deployment goes
         try:
             self._backend.unload(stream.name, record.version, record.where or {})
         except Exception as exc:  # the version is out of the map either way; report, don't wedge
@@ -371,7 +392,8 @@ class Manager:
         with self._lock:
             record.where = None
             record.state = Harness.DISABLED
-        self._release(record, servable, "was unloaded")
+            self._touch(stream)
+        self._release(stream, record, servable, "was unloaded")
         log.info("Done unloading servable version %s", servable)
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -388,6 +410,14 @@ class Manager:
     # ---- serving map and routers ------------------------------------------------------------
     def _publish(self) -> None:
         self._epoch += 1
+        if self._store is not None and self._epoch > self._epoch_ceiling:
+            # Written before the epoch is visible, once per EPOCH_BLOCK publications.
+            ceiling = self._epoch + EPOCH_BLOCK
+            try:
+                self._store.put(f"{self._prefix}epoch", manager_state.dumps(ceiling))
+                self._epoch_ceiling = ceiling
+            except Exception as exc:  # tried again at the next publication
+                log.error("Writing the serving map epoch failed: %s", exc)
         self._changed.notify_all()
 
     def serving_map(self) -> dict:
@@ -414,6 +444,9 @@ class Manager:
         return self.serving_map()
 
     def _wait_for_routers(self, epoch: int) -> None:
+        grace = self._grace_until - time.monotonic()
+        if grace > 0:  # just restarted: a router that has not polled yet is not known to wait for
+            time.sleep(grace)
         deadline = time.monotonic() + self._router_ack_timeout_s
         with self._lock:
             def caught_up():
@@ -457,8 +490,10 @@ class Manager:
         if policy not in POLICIES:
             raise ValueError(f"unknown version policy {policy!r}")
         with self._lock:
-            if name in self._streams:
-                self._streams[name].policy = policy
+            stream = self._streams.get(name)
+            if stream is not None and stream.policy != policy:
+                stream.policy = policy
+                self._touch(stream)
 
     def set_labels(self, labels: dict[str, dict[str, int]]) -> None:
         """Replace every model's labels (already checked with `check_labels`)."""

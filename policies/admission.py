@@ -206,6 +206,14 @@ class Reservations:
 
     # -- accounting (callers hold the lock) ------------------------------------------------
 
+    def restore(self, servable: str, placement: Placement) -> None:
+        """Hold `placement` for `servable` as it was booked before (a restarted manager adopting
+        a running version): no fit check, the replicas already run there."""
+        with self._lock:
+            if servable in self._held:
+                raise ValueError(f"{servable} already holds a reservation")
+            self._hold(servable, placement)
+
     def _hold(self, servable: str, placement: Placement) -> None:
         self._held[servable] = placement
         self._count(placement, +1)

@@ -165,6 +165,17 @@ def test_load_is_retried_then_ends_with_the_last_error(backend):
     manager.shutdown()
 
 
+def test_a_version_dir_outside_its_base_path_is_tried_once(backend):
+    manager = Manager(backend, max_num_load_retries=2, load_retry_interval_s=0.01)
+    backend.fail["/m/1"] = AspireError("Version directory /m/1 resolves outside the model base "
+                                       "path /m", "PERMISSION_DENIED")
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    assert manager.wait_idle(5)
+    assert backend.events == [("load", "m", 1)]
+    assert states(manager, "m") == [(1, "END", "PERMISSION_DENIED")]
+    manager.shutdown()
+
+
 def test_retries_stop_when_the_version_is_unaspired(backend):
     manager = Manager(backend, max_num_load_retries=50, load_retry_interval_s=0.05)
     backend.fail["/m/1"] = AspireError("broken", "DATA_LOSS")

@@ -1,0 +1,456 @@
+"""The manager's state: version records, the form they are stored in, and how a restarted
+manager takes over from what its predecessor stored.
+
+The manager actor (cluster/controller.py) is detached with `max_restarts=-1`: when its process
+dies, Ray starts it again with the same ControllerConfig. What it learnt since start-up is kept in
+a `StateStore`, in production Ray's GCS key-value store (`GcsStore`), which outlives the process.
+
+Layout (namespace "aspire", keys under `state_prefix(manager name)`, values JSON in UTF-8):
+1. `config`: the model list, labels and per-model settings in force (cluster/controller.py writes
+   it whenever a reload, `set_settings` or the side file changes them).
+2. `epoch`: a ceiling of the serving-map epoch. The manager never publishes an epoch above it and
+   raises it by `EPOCH_BLOCK` at a time, so one write covers many publications; a restarted
+   manager starts above it, so every router holding an older map fetches the new one.
+3. `model/<name>`: one key per servable stream: its version policy, the peak VRAM measured per
+   version, and every version record (state, error, `where` with applications, placements and
+   RAM, the admission reservations held, load attempts).
+
+Writes (`Persistence`, mixed into cluster/manager.py's Manager):
+1. A change marks its stream dirty; `flush_state()` writes the key of each dirty stream (the
+   controller runs it every 100 ms). A stream that did not change is not written again (the
+   source repeats the same aspired versions every poll), so a steady state writes nothing.
+2. Write-ahead where a restart must not be misled: a version is stored LOADING before its
+   deployment is created, AVAILABLE before any router can see it in the serving map, and
+   UNLOADING (or END after a lost node) before its deployment is deleted.
+3. A failed write is logged and tried again at the next flush; it never stops a loop.
+
+What survives a restart: every version record, reservations (booked again exactly where they
+were), labels, traffic splits, settings, the model list, measured VRAM, and serving-map epochs
+(they only grow). What does not: metric totals kept by the manager (they restart from zero,
+which Prometheus treats as a counter reset; deltas that routers and replicas failed to ship while
+the manager was down are shipped afterwards, and a shipment whose call timed out, after 10 s,
+may still be applied and then counts twice), which routers exist and what they acknowledged
+(hence the router grace), and loads or unloads in flight (redone, see `Persistence.restore`).
+
+A fresh start of the manager clears the prefix; only Ray's restart of the same actor reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from policies.admission import Placement
+from policies.lifecycle import PUBLIC_STATE, Harness
+
+log = logging.getLogger("aspire.manager")
+
+NAMESPACE = "aspire"
+EPOCH_BLOCK = 1000  # serving-map epochs covered by one write of the ceiling
+# After a restart the manager does not know which routers exist. A router long-polls with a 5 s
+# timeout and polls again 1 s after a failed poll (deployments/router.py), so 7 s after the
+# manager answers again every live router has polled and is known; only then may a deployment
+# be deleted. (Counted from restore(), moments before the new incarnation answers.)
+ROUTER_GRACE_S = 7.0
+# A version whose loads were cut short by this many restarts of the manager (a load that takes
+# the manager down with it) ends with ABORTED instead of being loaded again and again.
+MAX_INTERRUPTED_LOADS = 3
+
+
+def state_prefix(manager_name: str) -> str:
+    return f"manager/{manager_name}/"
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    path: str
+    state: Harness = Harness.NEW
+    aspired: bool = True
+    error_code: str = "OK"
+    error_message: str = ""
+    where: dict | None = None  # set while the deployment exists
+    ram_bytes: int | None = None
+    load_seconds: float | None = None
+    refused: bool = False  # END for lack of resources: tried again when capacity changes
+    reservations: tuple[str, ...] = ()  # keys held in the reservation book
+    placements: tuple[Placement, ...] = ()  # what each of those keys holds, in the same order
+    attempts: int = 0  # backend loads started for this record
+    interrupted: int = 0  # loads of this version cut short by a restart of the manager
+
+    def status(self) -> dict:
+        return {"version": self.version, "state": PUBLIC_STATE[self.state],
+                "error_code": self.error_code, "error_message": self.error_message,
+                "aspired": self.aspired}
+
+
+@dataclass
+class Stream:
+    name: str
+    policy: str = "availability_preserving"
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+    busy: bool = False  # an action is in flight
+
+
+class StateStore(Protocol):
+    """A durable map of str keys to bytes. Each call is atomic on its own; nothing more."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+class MemoryStore:
+    """A StateStore in this process (unit tests, and a manager run without Ray). It survives a
+    Manager, not the process. Counts writes and bytes written."""
+
+    def __init__(self):
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self.writes = 0
+        self.bytes_written = 0
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._data[key] = bytes(value)
+            self.writes += 1
+            self.bytes_written += len(value)
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        with self._lock:
+            return {k: v for k, v in self._data.items() if k.startswith(prefix)}
+
+    def delete_prefix(self, prefix: str) -> None:
+        with self._lock:
+            for key in [k for k in self._data if k.startswith(prefix)]:
+                del self._data[key]
+
+
+class GcsStore:
+    """Ray's GCS key-value store (ray.experimental.internal_kv), from any process of the
+    cluster that called ray.init. A write is one GCS round trip (about 1.5 ms on loopback);
+    reading a prefix back is one list plus one multi-get, whatever the number of keys."""
+
+    def __init__(self, namespace: str = NAMESPACE):
+        self._namespace = namespace
+
+    def get(self, key: str) -> bytes | None:
+        from ray.experimental import internal_kv
+        return internal_kv._internal_kv_get(key, namespace=self._namespace)
+
+    def put(self, key: str, value: bytes) -> None:
+        from ray.experimental import internal_kv
+        internal_kv._internal_kv_put(key, value, overwrite=True, namespace=self._namespace)
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        from ray.experimental import internal_kv
+        keys = internal_kv._internal_kv_list(prefix, namespace=self._namespace)
+        if not keys:
+            return {}
+        client = internal_kv.internal_kv_get_gcs_client()
+        if hasattr(client, "internal_kv_multi_get"):
+            found = client.internal_kv_multi_get(keys, self._namespace.encode())
+        else:  # older Ray: one round trip per key
+            found = {k: internal_kv._internal_kv_get(k, namespace=self._namespace) for k in keys}
+        return {(k.decode() if isinstance(k, bytes) else k): v
+                for k, v in found.items() if v is not None}
+
+    def delete_prefix(self, prefix: str) -> None:
+        from ray.experimental import internal_kv
+        internal_kv._internal_kv_del(prefix, del_by_prefix=True, namespace=self._namespace)
+
+
+# ---- version records ------------------------------------------------------------------------
+def record_doc(record) -> dict:
+    """A cluster.manager.VersionRecord as JSON-able data."""
+    return {"version": record.version, "path": record.path, "state": record.state.value,
+            "aspired": record.aspired, "error_code": record.error_code,
+            "error_message": record.error_message, "where": record.where,
+            "ram_bytes": record.ram_bytes, "load_seconds": record.load_seconds,
+            "refused": record.refused, "attempts": record.attempts,
+            "interrupted": record.interrupted,
+            "reservations": [[key, p.node_id, p.gpu_index, p.vram_bytes, p.ram_bytes]
+                             for key, p in zip(record.reservations, record.placements)]}
+
+
+def record_fields(doc: dict) -> dict:
+    """Keyword arguments that rebuild the VersionRecord `record_doc` wrote."""
+    held = doc.get("reservations") or []
+    return {"version": int(doc["version"]), "path": doc["path"], "state": Harness(doc["state"]),
+            "aspired": bool(doc["aspired"]), "error_code": doc["error_code"],
+            "error_message": doc["error_message"], "where": doc.get("where"),
+            "ram_bytes": doc.get("ram_bytes"), "load_seconds": doc.get("load_seconds"),
+            "refused": bool(doc.get("refused")), "attempts": int(doc.get("attempts", 0)),
+            "interrupted": int(doc.get("interrupted", 0)),
+            "reservations": tuple(h[0] for h in held),
+            "placements": tuple(Placement(h[1], h[2], h[3], h[4]) for h in held)}
+
+
+def dumps(doc) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def loads(data: bytes):
+    return json.loads(data.decode("utf-8"))
+
+
+# ---- the config's dataclasses ---------------------------------------------------------------
+def _config_types() -> dict[str, type]:
+    from cluster.aspire_config import Autoscaling, ModelSettings
+    from cluster.source import ModelSource
+    from policies.aspired import All, Latest, Specific
+    from policies.traffic import TrafficSplit
+    return {f"{t.__module__}.{t.__qualname__}": t
+            for t in (ModelSource, Latest, All, Specific, ModelSettings, Autoscaling, TrafficSplit)}
+
+
+CONFIG_TYPES = _config_types()
+
+
+def encode_value(value):
+    """JSON-able form of config values: dataclasses of CONFIG_TYPES, tuples, lists, dicts
+    (any keys), str, numbers, bool and None, each kept exactly (a tuple stays a tuple)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        if kind not in CONFIG_TYPES:
+            raise TypeError(f"{kind} is not a stored config type")
+        return {"@type": kind, "fields": {f.name: encode_value(getattr(value, f.name))
+                                          for f in dataclasses.fields(value)}}
+    if isinstance(value, tuple):
+        return {"@tuple": [encode_value(v) for v in value]}
+    if isinstance(value, list):
+        return [encode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {"@dict": [[encode_value(k), encode_value(v)] for k, v in value.items()]}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in the manager's state")
+
+
+def decode_value(doc):
+    if isinstance(doc, list):
+        return [decode_value(v) for v in doc]
+    if isinstance(doc, dict):
+        if "@tuple" in doc:
+            return tuple(decode_value(v) for v in doc["@tuple"])
+        if "@dict" in doc:
+            return {decode_value(k): decode_value(v) for k, v in doc["@dict"]}
+        kind = CONFIG_TYPES.get(doc.get("@type"))
+        if kind is None:
+            raise ValueError(f"unknown stored type {doc.get('@type')!r}")
+        return kind(**{k: decode_value(v) for k, v in doc["fields"].items()})
+    return doc
+
+
+def _owner(app: str, prefixes: dict[str, str]) -> tuple[str, int] | None:
+    """(model, version) of an application named `<prefix><version>[-p<i>]`, for the model
+    whose prefix it is; None if no model's."""
+    m = re.fullmatch(r"(.*?)(\d+)(-p\d+)?", app)
+    if m is None or m.group(1) not in prefixes:
+        return None
+    return prefixes[m.group(1)], int(m.group(2))
+
+
+class Persistence:
+    """Writes and restores a Manager's state. A mixin of cluster.manager.Manager, which holds
+    the attributes used here (_store, _prefix, _dirty, _store_lock, _lock, _streams, _book,
+    _pool, _backend, ...) and calls `_touch(stream)` under its lock on every change."""
+
+    def _touch(self, stream: Stream) -> None:
+        """`stream` changed: the next flush writes its key (callers hold the lock)."""
+        if self._store is not None:
+            self._dirty.add(stream.name)
+
+    def flush_state(self, stream: Stream | None = None) -> int:
+        """Write the key of every stream changed since the last flush (of `stream` only, when
+        given); returns how many were written. Called every 100 ms by the controller, and by the
+        load threads before they create or delete a deployment. A failed write is logged and
+        tried again by the next flush."""
+        if self._store is None:
+            return 0
+        with self._store_lock:
+            return self._flush_locked(stream)
+
+    def _flush_locked(self, stream: Stream | None = None,
+                      ready: tuple[VersionRecord, dict] | None = None) -> int:
+        """Callers hold _store_lock. `ready`: (record of `stream`, fields) writes the record
+        with `fields` set, before they are set in memory."""
+        if self._store is None:
+            return 0
+        with self._lock:
+            if stream is None:
+                names = set(self._dirty)
+                self._dirty.clear()
+            else:
+                names = {stream.name}
+                self._dirty.discard(stream.name)
+            docs = {name: dumps(self._stream_doc(self._streams[name], ready))
+                    for name in names}
+        written = 0
+        for name, data in docs.items():
+            try:
+                self._store.put(f"{self._prefix}model/{name}", data)
+                written += 1
+            except Exception as exc:
+                log.warning("Writing the state of model %s failed: %s", name, exc)
+                with self._lock:
+                    self._dirty.add(name)
+        return written
+
+    def _stream_doc(self, stream: Stream, ready=None) -> dict:
+        records = []
+        for record in stream.versions.values():
+            if ready is not None and ready[0] is record:
+                record = dataclasses.replace(record, **ready[1])
+            records.append(record_doc(record))
+        measured = self._measured_vram.get(stream.name, {})
+        return {"name": stream.name, "policy": stream.policy, "versions": records,
+                "measured_vram": {str(v): b for v, b in measured.items()}}
+
+    def restore(self, list_apps: Callable[[], set[str]], app_prefix: Callable[[str], str]) -> dict:
+        """Carry on from a manager that died, from what it stored. Call it once, on a new
+        Manager, before anything else uses it.
+
+        `list_apps()`: the backend's applications that exist now (Serve applications named with
+        servable.APP_PREFIX); `app_prefix(name)`: how every application name of model `name`
+        starts, before the version number (and "-p<i>" for a version's further placements).
+
+        1. A version stored AVAILABLE whose applications all exist is adopted as it was: same
+           `where`, its reservations booked again exactly where they were; nothing is loaded.
+        2. START and END versions are kept as they were (an END version keeps its error).
+        3. Versions stored LOADING or UNLOADING, or AVAILABLE with an application missing, and
+           every application of a restored model that no adopted version owns (what a half-done
+           load leaves), are deleted by one recovery action once routers caught up (the router
+           grace, then acknowledgements); until then their streams start nothing. A version that
+           was loading (or lost an application) and is still aspired then starts over as START,
+           for its version policy to load again; one that was unloading ends as END.
+        4. The serving-map epoch continues above every epoch published before, so every router
+           fetches the restored map at its next poll.
+        Returns {"models", "adopted", "dropped", "orphans"} counts.
+        """
+        assert self._store is not None, "restore() needs a store"
+        docs = self._store.get_prefix(f"{self._prefix}model/")
+        ceiling = self._store.get(f"{self._prefix}epoch")
+        existing = set(list_apps())
+        adopted, dropped = 0, []
+        with self._lock:
+            self._list_apps, self._app_prefix = list_apps, app_prefix
+            self._grace_until = time.monotonic() + self._router_grace_s
+            for key, data in sorted(docs.items()):
+                try:
+                    doc = loads(data)
+                    stream = Stream(doc["name"], doc.get("policy", "availability_preserving"))
+                    for fields in doc["versions"]:
+                        record = VersionRecord(**record_fields(fields))
+                        stream.versions[record.version] = record
+                    measured = {int(v): b for v, b in doc.get("measured_vram", {}).items()}
+                except Exception as exc:  # that model is loaded afresh
+                    log.error("Cannot read the stored state %s: %s: %s", key, type(exc).__name__, exc)
+                    continue
+                self._streams[stream.name] = stream
+                if measured:
+                    self._measured_vram[stream.name] = measured
+                for record in stream.versions.values():
+                    apps = [a for a, _ in (record.where or {}).get("apps") or []]
+                    if record.state is Harness.READY and apps and existing.issuperset(apps):
+                        self._rebook(record)
+                        adopted += 1
+                        continue
+                    if record.state in (Harness.READY, Harness.LOADING, Harness.UNLOADING) \
+                            or record.where is not None:
+                        dropped.append((stream, record, record.state))
+                        if record.state is Harness.READY:  # out of the serving map
+                            record.state = Harness.LOADING if record.aspired else Harness.UNLOADING
+                        record.where = None
+                        self._touch(stream)
+                    record.reservations, record.placements = (), ()  # nothing of it runs
+            owned = {a for s in self._streams.values() for r in s.versions.values()
+                     if r.state is Harness.READY for a, _ in r.where.get("apps") or []}
+            prefixes = {app_prefix(name): name for name in self._streams}
+            orphans = sorted(a for a in existing - owned)
+            recovering = {s.name for s, _, _ in dropped}
+            recovering |= {o[0] for o in (_owner(a, prefixes) for a in orphans) if o is not None}
+            self._epoch = loads(ceiling) if ceiling else 0
+            self._publish()  # above every epoch a router may hold
+            if dropped or orphans:
+                for name in recovering:
+                    self._streams[name].busy = True
+                self._in_flight += 1
+                self._pool.submit(self._recover, recovering, dropped)
+            summary = {"models": len(self._streams), "adopted": adopted, "dropped": len(dropped),
+                       "orphans": len(orphans)}
+        log.info("Restored the manager's state: %s; serving map epoch %d", summary, self._epoch)
+        return summary
+
+    def _rebook(self, record: VersionRecord) -> None:
+        """Hold an adopted version's reservations again, exactly where its replicas run."""
+        if self._book is None:
+            return
+        for key, placement in zip(record.reservations, record.placements):
+            self._book.restore(key, placement)
+
+    def _recover(self, recovering: set[str], dropped: list) -> None:
+        """The recovery action of restore(): delete what a dead manager left, then let the
+        dropped versions start over."""
+        try:
+            with self._lock:
+                epoch = self._epoch
+            self._wait_for_routers(epoch)
+            apps = set(self._list_apps())
+            with self._lock:
+                keep = {a for s in self._streams.values() for r in s.versions.values()
+                        if r.state is Harness.READY for a, _ in r.where.get("apps") or []}
+                prefixes = {self._app_prefix(name): name for name in self._streams}
+            doomed: dict[tuple[str, int], list[str]] = {}
+            for app in sorted(apps - keep):
+                owner = _owner(app, prefixes)
+                # a model outside `recovering` may be loading this application right now
+                if owner is None or owner[0] in recovering:
+                    doomed.setdefault(owner or ("", 0), []).append(app)
+            for (name, version), names in doomed.items():
+                log.info("Deleting %s, left by the manager that stopped", ", ".join(names))
+                try:
+                    self._backend.unload(name, version, {"apps": [[a, 0] for a in names]})
+                except Exception as exc:
+                    log.error("Deleting %s raised %s: %s", names, type(exc).__name__, exc)
+        except Exception:
+            log.exception("recovery after a restart failed")
+        finally:
+            with self._lock:
+                for stream, record, was in dropped:
+                    self._settle_dropped(stream, record, was)
+                for name in recovering:
+                    self._streams[name].busy = False
+                    self._touch(self._streams[name])
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+    def _settle_dropped(self, stream: Stream, record: VersionRecord, was: Harness) -> None:
+        if stream.versions.get(record.version) is not record:
+            return  # replaced meanwhile (unaspired, then aspired again)
+        if was is Harness.UNLOADING or not record.aspired:
+            if record.state is not Harness.ERROR:
+                record.state = Harness.DISABLED
+            return
+        interrupted = record.interrupted + (was is Harness.LOADING)
+        fresh = VersionRecord(record.version, record.path, interrupted=interrupted)
+        if interrupted >= MAX_INTERRUPTED_LOADS:
+            fresh.state, fresh.error_code = Harness.ERROR, "ABORTED"
+            fresh.error_message = (f"Loading of servable {{name: {stream.name} version: "
+                                   f"{record.version}}} was interrupted by {interrupted} restarts "
+                                   "of the manager; it is not tried again while it stays aspired")
+            log.error("%s", fresh.error_message)
+        stream.versions[record.version] = fresh
