@@ -1,0 +1,22 @@
+"""Figures: what tests print (the measurements docs/reliability.md and the README quote) is
+collected from every passing test and shown once, as a "figures" section at the end of the run,
+so `make test` and CI show them without `-s` and without the rest of the captured output."""
+from __future__ import annotations
+
+_figures: list[tuple[str, list[str]]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and report.capstdout.strip():
+        lines = [line.rstrip() for line in report.capstdout.splitlines() if line.strip()]
+        _figures.append((report.nodeid, lines))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _figures:
+        return
+    terminalreporter.section("figures")
+    for nodeid, lines in _figures:
+        terminalreporter.write_line(nodeid)
+        for line in lines:
+            terminalreporter.write_line(f"    {line}")

@@ -1,0 +1,196 @@
+"""Faults under closed-loop load, on the session's real Ray cluster (reliability plan R4, R5, R8,
+R12): a version replica SIGKILLed, a replica that hangs (SIGSTOP: alive, answering nothing), the
+router process SIGKILLed, and a version unloaded with slow requests in flight. Each test prints the
+figures docs/reliability.md quotes."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.integration.conftest import DATA, ClosedLoop, wait_for
+
+pytestmark = pytest.mark.ray
+HALF_PLUS_TWO = DATA / "saved_model_half_plus_two_cpu" / "00000123"
+
+
+def alive_replica_pids(app: str, deployment: str = "servable") -> set[int]:
+    """PIDs of the ALIVE Serve replica actors of one application."""
+    from ray._private import state  # the GCS's actor table (the state API needs the dashboard)
+    return {a["Pid"] for a in state.actors().values()
+            if a["ActorClassName"] == f"ServeReplica:{app}:{deployment}" and a["State"] == "ALIVE"}
+
+
+def running_replicas(app: str) -> int:
+    from ray import serve
+    status = serve.status().applications.get(app)
+    if status is None:
+        return 0
+    return sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+
+
+@pytest.fixture(scope="module")
+def two_replicas(aspire, tmp_path_factory):
+    """A half_plus_two of its own with two replicas; yields (model name, Serve application)."""
+    import shutil
+
+    import ray
+
+    from cluster.aspire_config import ModelSettings
+    from deployments.servable import app_name
+    base = tmp_path_factory.mktemp("faults") / "faulty"
+    shutil.copytree(HALF_PLUS_TWO, base / "1")
+    ray.get(aspire.manager.set_settings.remote({"faulty": ModelSettings(num_replicas=2)}))
+    aspire.add_model("faulty", base)
+    aspire.wait_state("faulty", 1, "AVAILABLE")
+    app = app_name("faulty", 1)
+    wait_for(lambda: len(alive_replica_pids(app)) == 2, 60, what="two replicas")
+    yield "faulty", app
+    ray.get(aspire.manager.set_settings.remote({}))
+
+
+def _replaced(app: str, victim: int, others: set[int]) -> bool:
+    pids = alive_replica_pids(app)
+    return victim not in pids and others <= pids and len(pids) == 2 and running_replicas(app) == 2
+
+
+def test_killed_replica_costs_no_request_and_is_replaced(aspire, two_replicas):
+    name, app = two_replicas
+    victim, *others = sorted(alive_replica_pids(app))
+    with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
+        load.wait_more(100)
+        before = len(load.answers)
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: _replaced(app, victim, set(others)), 60, 0.2, what="a replacement replica")
+        replaced_s = time.monotonic() - killed
+        load.wait_more(100)
+    answered = len(load.answers) - before
+    print(f"\nreplica SIGKILL under 8 clients: {answered} requests after the kill, "
+          f"{len(load.failures)} failed; replacement RUNNING after {replaced_s:.1f} s")
+    assert load.failures == []
+    assert {p for _, p in load.answers} == {2.5}
+    assert replaced_s < 30
+
+
+def test_hung_replica_is_replaced_and_only_it(aspire, two_replicas):
+    name, app = two_replicas
+    victim, *others = sorted(alive_replica_pids(app))
+    try:
+        with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
+            load.wait_more(100)
+            os.kill(victim, signal.SIGSTOP)  # alive, holding its requests, answering nothing
+            stopped = time.monotonic()
+            wait_for(lambda: _replaced(app, victim, set(others)), 90, 0.2,
+                     what="the hung replica to be replaced")
+            replaced_s = time.monotonic() - stopped
+            load.wait_more(100)
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)  # never leave a stopped process behind
+        except ProcessLookupError:
+            pass
+    print(f"\nhung replica (SIGSTOP), health check every 1 s with a 3 s timeout: replaced after "
+          f"{replaced_s:.1f} s; the other replica kept its pid; {len(load.answers)} answers, "
+          f"{len(load.failures)} failed")
+    assert load.failures == []
+    assert set(others) <= alive_replica_pids(app)  # only the hung one was replaced
+
+
+def test_killed_router_fails_only_requests_it_held_and_comes_back(aspire):
+    """Clients that retry refused connections (nothing was sent) see only the requests the router
+    held when it died fail: at most one per client."""
+    from deployments.router import NAMESPACE  # noqa: F401  (the router app lives in Serve's namespace)
+    [router] = alive_replica_pids("aspire-router", "router")
+    url = f"{aspire.url}/v1/models/half_plus_two:predict"
+    stop, lock = threading.Event(), threading.Lock()
+    sent_failures, refused, answers = [], [0], []
+
+    def client():
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                r = session.post(url, json={"instances": [1.0]}, timeout=60)
+                with lock:
+                    answers.append((time.monotonic(), r.status_code))
+            except requests.ConnectionError as exc:
+                if "refused" in repr(exc).lower():
+                    with lock:
+                        refused[0] += 1
+                    stop.wait(0.05)  # nothing was sent: retry shortly
+                else:
+                    with lock:
+                        sent_failures.append((time.monotonic(), repr(exc)[:120]))
+                    session = requests.Session()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(answers) >= 100, 60, what="100 answers before the kill")
+        os.kill(router, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: any(t > killed and code == 200 for t, code in list(answers)), 120, 0.1,
+                 what="answers from a new router")
+        back_s = min(t for t, code in answers if t > killed and code == 200) - killed
+        wait_for(lambda: sum(1 for t, _ in list(answers) if t > killed) >= 100, 60,
+                 what="100 answers after the kill")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    codes = {code for _, code in answers}
+    print(f"\nrouter SIGKILL under 8 clients: port answering again after {back_s:.1f} s; "
+          f"{len(sent_failures)} requests in flight failed, {refused[0]} connections refused "
+          f"(retried), {len(answers)} answered")
+    assert codes == {200}
+    assert len(sent_failures) <= 8
+    assert back_s < 60
+    assert alive_replica_pids("aspire-router", "router") - {router}
+
+
+def test_unloaded_version_finishes_its_slow_requests(aspire, tmp_path):
+    import ray
+    from ray import serve
+
+    from deployments.servable import app_name
+    from tests.integration.export_models import export_sleepy_model
+    export_sleepy_model(tmp_path / "drain" / "1")
+    aspire.add_model("drain", tmp_path / "drain")
+    aspire.wait_state("drain", 1, "AVAILABLE")
+    app = app_name("drain", 1)
+    handle = serve.get_deployment_handle("servable", app)
+    url = f"{aspire.url}/v1/models/drain/versions/1:predict"
+    results = []
+
+    def slow_request(i):
+        started = time.monotonic()
+        r = requests.post(url, json={"inputs": {"x": [float(i)], "sleep_ms": [2000]}}, timeout=60)
+        results.append((r.status_code, r.json(), i, time.monotonic() - started))
+
+    threads = [threading.Thread(target=slow_request, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: handle.ping.remote().result(timeout_s=30)["ongoing_requests"] == 8, 30,
+             what="8 requests running in the replica")
+    unloading = time.monotonic()
+    ray.get(aspire.manager.set_models.remote([m for m in aspire.models if m.name != "drain"]))
+    aspire.models = [m for m in aspire.models if m.name != "drain"]
+    for t in threads:
+        t.join(60)
+    aspire.wait_state("drain", 1, "END", 60)  # as in TF Serving, an unloaded version stays listed
+    wait_for(lambda: app not in serve.status().applications, 60, what="its application deleted")
+    gone_s = time.monotonic() - unloading
+    late = aspire.post("/v1/models/drain/versions/1:predict",
+                       {"inputs": {"x": [1.0], "sleep_ms": [0]}})
+    print(f"\nunload with 8 requests of 2 s in flight: {sum(c == 200 for c, *_ in results)}/8 "
+          f"answered 200 (slowest {max(d for *_, d in results):.2f} s); the version was gone "
+          f"{gone_s:.1f} s after the unload began; a request after it: {late.status_code}")
+    assert sorted((c, body["outputs"], i) for c, body, i, _ in results) == [
+        (200, [i * 0.5 + 2.0], i) for i in range(8)]
+    assert late.status_code == 404
+    assert late.json() == {"error": "Servable not found for request: Specific(drain, 1)"}

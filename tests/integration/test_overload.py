@@ -1,0 +1,79 @@
+"""Overload (reliability plan I7): a version whose replica runs 1 request at a time and whose
+router may hold 4 more answers a burst of 50 with 5 accepted and the rest refused at once with
+429 RESOURCE_EXHAUSTED, TF Serving's status for it; the accepted ones all complete."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.ray
+SLEEP_MS = 2000
+
+
+@pytest.fixture(scope="module")
+def busy(aspire, tmp_path_factory):
+    import ray
+
+    from cluster.aspire_config import ModelSettings
+    from tests.integration.export_models import export_sleepy_model
+    base = tmp_path_factory.mktemp("overload") / "busy"
+    export_sleepy_model(base / "1")
+    ray.get(aspire.manager.set_settings.remote(
+        {"busy": ModelSettings(max_ongoing_requests=1, max_queued_requests=4)}))
+    aspire.add_model("busy", base)
+    aspire.wait_state("busy", 1, "AVAILABLE")
+    yield "busy"
+    ray.get(aspire.manager.set_settings.remote({}))
+
+
+def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
+    url = f"{aspire.url}/v1/models/{busy}:predict"
+    results, start = [], threading.Barrier(50)
+
+    def one(i):
+        session = requests.Session()
+        start.wait()
+        sent = time.monotonic()
+        r = session.post(url, json={"inputs": {"x": [float(i)], "sleep_ms": [SLEEP_MS]}}, timeout=120)
+        results.append((r.status_code, r.headers.get("content-type"), r.json(), time.monotonic() - sent, i))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    accepted = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] != 200]
+    latencies = sorted(r[3] for r in refused)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None
+    print(f"\nburst of 50 (max_ongoing_requests=1, max_queued_requests=4, {SLEEP_MS} ms each): "
+          f"{len(accepted)} accepted, {len(refused)} refused with "
+          f"{sorted({r[0] for r in refused})}; refused p50 "
+          f"{latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+          f"slowest accepted {max(r[3] for r in accepted):.1f} s")
+    assert len(results) == 50
+    # 1 running + 4 queued = 5 by the limits. Serve's count of queued requests is approximate
+    # both ways: a request being handed to a replica is counted in neither place for a moment
+    # (7 were accepted in one run), and a burst can be refused a little early.
+    assert 1 <= len(accepted) <= 10
+    assert len(refused) >= 40
+    assert {r[0] for r in refused} == {429}
+    assert all(r[1] == "application/json" for r in refused)
+    assert all(r[2]["error"].startswith("Too many requests for this servable: 4 already wait for a "
+                                        "replica at this router (max_queued_requests)") for r in refused)
+    assert sorted(r[2]["outputs"] for r in accepted) == sorted([[r[4] * 0.5 + 2.0] for r in accepted])
+    # refused without waiting for a replica: far less than one request's run time
+    assert p99 < SLEEP_MS / 1000 / 2
+
+
+def test_version_serves_normally_after_the_burst(aspire, busy):
+    wait_for(lambda: aspire.post(f"/v1/models/{busy}:predict",
+                                 {"inputs": {"x": [4.0], "sleep_ms": [0]}}).status_code == 200,
+             30, what="the version to take requests again")
+    r = aspire.post(f"/v1/models/{busy}:predict", {"inputs": {"x": [4.0], "sleep_ms": [0]}})
+    assert r.json() == {"outputs": [4.0]}
