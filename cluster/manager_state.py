@@ -28,8 +28,8 @@ What survives a restart: every version record, reservations (booked again exactl
 were), labels, traffic splits, settings, the model list, measured VRAM, and serving-map epochs
 (they only grow). What does not: metric totals kept by the manager (they restart from zero,
 which Prometheus treats as a counter reset; deltas that routers and replicas failed to ship while
-the manager was down are shipped afterwards, and a shipment whose call timed out, after 10 s,
-may still be applied and then counts twice), which routers exist and what they acknowledged
+the manager was down are shipped afterwards, each shipment applied once: deployments/metrics.py
+`Shipper`), which routers exist and what they acknowledged
 (hence the router grace), and loads or unloads in flight (redone, see `Persistence.restore`).
 
 A fresh start of the manager clears the prefix; only Ray's restart of the same actor reads it.

@@ -5,7 +5,8 @@ Data flow
 Every process that sees requests (router replicas, model replicas) records into one process-local
 `Recorder` (`inc` for counters, `observe` for histograms: a dict update under one lock). About once
 a second it ships `recorder.drain()` to the single `MetricsStore` in the manager actor, which
-`apply()`s the deltas; if shipping fails it calls `recorder.merge_back(deltas)` so nothing is lost.
+`apply()`s the deltas; a shipment that failed is sent again, and the store applies each once
+(`Shipper`), so nothing is lost or counted twice while the manager restarts.
 Scrapes render the store, so counts are exact across processes. Gauges that describe state
 (servable states, memory, traffic weights) are never recorded: `render_aspire(state)` takes them
 from the caller at scrape time.
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import math
 import threading
+import uuid
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Iterable
@@ -199,9 +201,13 @@ class Deltas:
 
     counters: {(name, labels): increment}
     histograms: {(name, labels): [per-bucket counts (len(bounds) + 1, last is +Inf), sum]}
+    source, seq: set by a Shipper: which process shipped them and its shipment number, so the
+    store applies each shipment once even when a send that timed out is sent again.
     """
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
     histograms: dict[tuple[str, Labels], list] = field(default_factory=dict)
+    source: str = ""
+    seq: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.counters or self.histograms)
@@ -249,19 +255,6 @@ class Recorder:
             self._counters, self._histograms = {}, {}
         return deltas
 
-    def merge_back(self, deltas: Deltas) -> None:
-        """Add drained deltas back (after a failed ship) so the next drain carries them."""
-        with self._lock:
-            for key, value in deltas.counters.items():
-                self._counters[key] = self._counters.get(key, 0) + value
-            for key, (counts, total) in deltas.histograms.items():
-                entry = self._histograms.get(key)
-                if entry is None:
-                    self._histograms[key] = [list(counts), total]
-                else:
-                    entry[0] = [a + b for a, b in zip(entry[0], counts)]
-                    entry[1] += total
-
 
 class MetricsStore:
     """The central, thread-safe sum of every process's deltas, and the two page renderers."""
@@ -271,6 +264,7 @@ class MetricsStore:
         self._max_series = max_series_per_metric
         self._counters: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, list]] = {}
+        self._applied: dict[str, int] = {}  # shipper -> last shipment applied
 
     def apply(self, deltas: Deltas) -> None:
         """Add one Recorder's drained deltas. Validates everything first (KeyError for an unknown
@@ -284,6 +278,10 @@ class MetricsStore:
                 raise ValueError(f"{name}: {len(counts)} buckets, expected "
                                  f"{len(HISTOGRAM_BUCKETS[name]) + 1}")
         with self._lock:
+            if deltas.source:
+                if deltas.seq <= self._applied.get(deltas.source, 0):
+                    return  # a shipment sent again after a send that timed out but arrived
+                self._applied[deltas.source] = deltas.seq
             for (name, labels), value in deltas.counters.items():
                 series = self._counters.setdefault(name, {})
                 labels = self._admit(name, series, labels)
@@ -413,11 +411,16 @@ def _page(lines: list[str]) -> str:
 
 class Shipper:
     """Ships a Recorder's deltas to the store every `period_s` with `send(deltas)` (a call to the
-    manager actor), on a daemon thread. A failed send merges the deltas back, so a manager that
-    is restarting loses no counts; `flush()` ships now (used before reading totals)."""
+    manager actor), on a daemon thread; `flush()` ships now (used before reading totals).
+
+    Each shipment is numbered. One whose send failed is kept and sent again, unchanged, before
+    anything newer (counts recorded meanwhile wait in the recorder), so a manager that is
+    restarting loses no counts, and the store, which applies a shipment number once, never
+    counts one twice when a send timed out but arrived."""
 
     def __init__(self, recorder: Recorder, send: Callable[[Deltas], None], period_s: float = 1.0):
         self.recorder, self._send, self._period_s = recorder, send, period_s
+        self._source, self._seq, self._pending = uuid.uuid4().hex, 0, None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one shipment at a time, so deltas arrive in order
         self._thread = threading.Thread(target=self._run, name="aspire-metrics", daemon=True)
@@ -428,16 +431,22 @@ class Shipper:
             self.flush()
 
     def flush(self) -> bool:
+        """Ship the pending shipment, then what was recorded since; False if a send failed."""
         with self._lock:
-            deltas = self.recorder.drain()
-            if not deltas:
-                return True
-            try:
-                self._send(deltas)
-                return True
-            except Exception:
-                self.recorder.merge_back(deltas)
-                return False
+            for _ in range(2):  # the one kept from a failed send, if any, then a fresh one
+                if self._pending is None:
+                    deltas = self.recorder.drain()
+                    if not deltas:
+                        return True
+                    self._seq += 1
+                    deltas.source, deltas.seq = self._source, self._seq
+                    self._pending = deltas
+                try:
+                    self._send(self._pending)
+                except Exception:
+                    return False
+                self._pending = None
+            return True
 
     def stop(self) -> None:
         self._stop.set()

@@ -302,24 +302,6 @@ def test_drain_resets_and_empty_drain_is_small():
     assert not r.drain()
 
 
-def test_merge_back_after_failed_ship_loses_nothing():
-    r = Recorder()
-    latency = labels_for(m.ASPIRE_REQUEST_LATENCY, "a", 1, "predict", "rest")
-    r.inc(m.TFS_REQUEST_COUNT, request_count("a", "OK"), 2)
-    r.observe(m.ASPIRE_REQUEST_LATENCY, latency, 0.02)
-    failed = r.drain()                                    # ship fails ...
-    r.inc(m.TFS_REQUEST_COUNT, request_count("a", "OK"))  # ... while traffic goes on
-    r.observe(m.ASPIRE_REQUEST_LATENCY, latency, 3)
-    r.merge_back(failed)
-    deltas = r.drain()
-    assert deltas.counters == {(m.TFS_REQUEST_COUNT, request_count("a", "OK")): 3}
-    counts, total = deltas.histograms[(m.ASPIRE_REQUEST_LATENCY, latency)]
-    assert sum(counts) == 2 and counts[5] == 1 and counts[12] == 1 \
-        and total == pytest.approx(3.02)
-    r.merge_back(deltas)                                  # into an empty recorder, too
-    assert r.drain() == deltas
-
-
 def test_concurrent_recording_loses_nothing():
     r = Recorder()
     labels = request_count("a", "OK")
@@ -450,6 +432,30 @@ def test_shipper_ships_periodically_and_keeps_deltas_when_sending_fails():
         deadline = time.monotonic() + 5
         while 'status="OK"} 6' not in store.render_tfserving() and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert ':tensorflow:serving:request_count{model_name="m",status="OK"} 6' in store.render_tfserving()
+    finally:
+        shipper.stop()
+
+
+def test_a_shipment_whose_send_timed_out_after_arriving_counts_once():
+    from deployments.metrics import Shipper
+    store, recorder = MetricsStore(), Recorder()
+    sent = []
+
+    def send(deltas):  # the manager applies it, but the caller gives up waiting
+        store.apply(deltas)
+        sent.append(deltas.seq)
+        if len(sent) == 1:
+            raise TimeoutError("no answer in 10 s")
+    shipper = Shipper(recorder, send, period_s=3600)
+    try:
+        labels = labels_for(TFS_REQUEST_COUNT, "m", "OK")
+        for _ in range(5):
+            recorder.inc(TFS_REQUEST_COUNT, labels)
+        assert not shipper.flush()
+        recorder.inc(TFS_REQUEST_COUNT, labels)  # recorded while the shipment is pending
+        assert shipper.flush()
+        assert sent == [1, 1, 2]  # the same shipment again, then the new counts
         assert ':tensorflow:serving:request_count{model_name="m",status="OK"} 6' in store.render_tfserving()
     finally:
         shipper.stop()
