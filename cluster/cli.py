@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--max_queued_requests", type=int, default=1000,
                            help="requests each router holds for a version while its replicas "
                                 "are full; beyond it 429 at once. -1: no limit")
+    ray_group.add_argument("--replica_health_check_period_s", type=float, default=5.0,
+                           help="Serve checks each version replica this often; 3 failed checks "
+                                "in a row replace it")
+    ray_group.add_argument("--replica_health_check_timeout_s", type=float, default=30.0,
+                           help="a health check unanswered this long fails (a hung replica is "
+                                "replaced within about 3 x (period + timeout))")
     ray_group.add_argument("--num_cpus_per_replica", type=float, default=0.25,
                            help="Ray CPUs reserved by each version replica")
     ray_group.add_argument("--gpus", default=None,
@@ -169,6 +175,9 @@ def validate(args: argparse.Namespace) -> None:
             raise FlagError(err.message) from None
     if args.max_ongoing_requests < 1:
         raise FlagError("--max_ongoing_requests must be at least 1")
+    if args.replica_health_check_period_s <= 0 or args.replica_health_check_timeout_s <= 0:
+        raise FlagError("--replica_health_check_period_s and --replica_health_check_timeout_s "
+                        "must be greater than 0")
     if args.max_queued_requests < -1:
         raise FlagError("--max_queued_requests must be at least 0, or -1 for no limit")
     if args.gpus is not None:
@@ -309,6 +318,8 @@ def serve_main(args: argparse.Namespace) -> int:
                                num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
                                max_ongoing_requests=args.max_ongoing_requests,
                                max_queued_requests=args.max_queued_requests,
+                               health_check_period_s=args.replica_health_check_period_s,
+                               health_check_timeout_s=args.replica_health_check_timeout_s,
                                run_timeout_ms=max(0, args.rest_api_timeout_in_ms)))
     options = launcher.ServerOptions(
         rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,

@@ -8,8 +8,11 @@ _figures: list[tuple[str, list[str]]] = []
 
 def pytest_runtest_logreport(report):
     if report.when == "call" and report.passed and report.capstdout.strip():
-        lines = [line.rstrip() for line in report.capstdout.splitlines() if line.strip()]
-        _figures.append((report.nodeid, lines))
+        # Ray's forwarded worker logs (coloured "(raylet) ...") and argparse's help are not figures
+        lines = [line.rstrip() for line in report.capstdout.splitlines()
+                 if line.strip() and "\x1b[" not in line and "(raylet)" not in line]
+        if lines and not lines[0].startswith("usage:"):
+            _figures.append((report.nodeid, lines))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -50,14 +50,17 @@ def test_autoscaled_version_books_max_replicas_and_follows_load(tmp_path):
 
     with Served(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                 f"--aspire_config_file={settings}", "--gpus=1x16GiB", f"--rest_api_port={port}",
-                "--port=0", "--rest_api_host=127.0.0.1"):
+                "--port=0", "--rest_api_host=127.0.0.1") as server:
         described = status()
         [placement] = described["placements"]["busy"]["1"]
         assert (placement["replicas"], placement["min_replicas"], placement["running_replicas"]) == (2, 1, 1)
         [gpu] = described["resources"]["gpus"]
         assert gpu["reserved"] == 12 * GIB  # max_replicas x 6 GiB, booked before any scale-up
-        table = subprocess.run([ASPIRE, "status", "--address=auto"], capture_output=True, text=True,
-                               timeout=120)
+        # the cluster's own address: the session's other Ray may be up too, and `auto` would
+        # not know which to pick
+        address = server.out.find(r"Ray cluster address: (\S+)").group(1)
+        table = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
+                               text=True, timeout=120)
         assert re.search(r"busy\s+1\s+AVAILABLE\s+1/2 \(min 1\)", table.stdout), table.stdout + table.stderr
 
         # 6 GiB would fit beside one running replica, but not beside the booked maximum.

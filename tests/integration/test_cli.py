@@ -56,21 +56,26 @@ def test_unknown_flag_is_a_clear_error():
 
 
 class replica_cpu_seconds:
-    """User + system CPU time of a process, from /proc; `stable_for(s)`: unchanged for s seconds."""
+    """User + system CPU time of a process, from /proc. `idle_for(s)`: it used under a fifth of a
+    core over the last `s` seconds (a spinning TF run uses a whole one; Ray's own threads a few
+    per cent)."""
 
     def __init__(self, pid: int):
-        self.pid, self.last, self.since = pid, self.read(), time.monotonic()
+        self.pid = pid
+        self.last, self.since = self.read(), time.monotonic()
 
     def read(self) -> float:
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stable_for(self, seconds: float) -> bool:
-        now = self.read()
-        if now != self.last:
-            self.last, self.since = now, time.monotonic()
-        return time.monotonic() - self.since >= seconds
+    def idle_for(self, seconds: float) -> bool:
+        now, cpu = time.monotonic(), self.read()
+        if now - self.since < seconds:
+            return False
+        busy = (cpu - self.last) / (now - self.since)
+        self.last, self.since = cpu, now
+        return busy < 0.2
 
 
 def test_timeout_and_tensor_content_flags(tmp_path):
@@ -94,9 +99,9 @@ def test_timeout_and_tensor_content_flags(tmp_path):
         # The work is cancelled too: TF stops the run (RunOptions.timeout_in_ms), so the
         # replica's CPU time stops growing instead of spinning on for ~30 s.
         cpu = replica_cpu_seconds(replica["pid"])
-        wait_for(lambda: cpu.stable_for(0.5), 10, 0.1, what="the replica's CPU to go idle")
-        print(f"\n504 after 500 ms; the replica's CPU idle {time.monotonic() - answered - 0.5:.2f} s "
-              "after the answer")
+        wait_for(lambda: cpu.idle_for(0.5), 10, 0.1, what="the replica's CPU to go idle")
+        print(f"\n504 after 500 ms; the replica's CPU idle within {time.monotonic() - answered:.2f} s "
+              "of the answer (measured over 0.5 s windows)")
         # --enable_serialization_as_tensor_content: gRPC outputs come as raw bytes
         import grpc
         import numpy as np

@@ -194,3 +194,32 @@ def test_unloaded_version_finishes_its_slow_requests(aspire, tmp_path):
         (200, [i * 0.5 + 2.0], i) for i in range(8)]
     assert late.status_code == 404
     assert late.json() == {"error": "Servable not found for request: Specific(drain, 1)"}
+
+
+def test_hung_manager_costs_no_prediction_and_status_answers_503(aspire):
+    """A manager that answers nothing (SIGSTOP): predictions go on from the routers' last
+    serving map; status calls get 503 after the router's 5 s wait instead of hanging."""
+    from ray._private import state
+
+    from deployments.router import MANAGER_CALL_S
+    [manager] = [a["Pid"] for a in state.actors().values()
+                 if a["ActorClassName"] == "ManagerActor" and a["State"] == "ALIVE"]
+    os.kill(manager, signal.SIGSTOP)
+    try:
+        with ClosedLoop(f"{aspire.url}/v1/models/half_plus_two:predict", clients=4) as load:
+            load.wait_more(50)
+            asked = time.monotonic()
+            status = aspire.get("/v1/models/half_plus_two")
+            status_s = time.monotonic() - asked
+            load.wait_more(50)
+    finally:
+        os.kill(manager, signal.SIGCONT)
+    print(f"\nmanager stopped: {len(load.answers)} predictions answered, {len(load.failures)} "
+          f"failed; a status call answered {status.status_code} after {status_s:.2f} s")
+    assert load.failures == []
+    assert status.status_code == 503
+    assert status.json()["error"].startswith(
+        f"The Aspire manager did not answer within {MANAGER_CALL_S:g} s")
+    assert MANAGER_CALL_S <= status_s < MANAGER_CALL_S + 5
+    wait_for(lambda: aspire.get("/v1/models/half_plus_two").status_code == 200, 60,
+             what="status to answer again")

@@ -52,3 +52,11 @@ def test_model_name_flag_follows_the_name_rule():
     validate(parse("--model_name=model..1"))
     with pytest.raises(FlagError, match=r"Invalid --model_name: '\.\.' \("):
         validate(parse("--model_name=.."))
+
+
+def test_health_check_flags_default_to_serves_and_must_be_positive():
+    args = parse()
+    assert (args.replica_health_check_period_s, args.replica_health_check_timeout_s) == (5.0, 30.0)
+    validate(parse("--replica_health_check_period_s=1", "--replica_health_check_timeout_s=3"))
+    with pytest.raises(FlagError, match="must be greater than 0"):
+        validate(parse("--replica_health_check_timeout_s=0"))
