@@ -45,6 +45,15 @@ def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
     threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
     for t in threads:
         t.start()
+    # While the version is still full, one client alone: what a refusal costs without 49 other
+    # requests from the same 2 cores ahead of it.
+    wait_for(lambda: sum(1 for r in list(results) if r[0] != 200) >= 40, 60, 0.01,
+             what="the burst's refusals")
+    alone, session = [], requests.Session()
+    for _ in range(30):
+        sent = time.monotonic()
+        r = session.post(url, json={"inputs": {"x": [0.0], "sleep_ms": [0]}}, timeout=120)
+        alone.append((r.status_code, time.monotonic() - sent))
     for t in threads:
         t.join(180)
     accepted = [r for r in results if r[0] == 200]
@@ -56,6 +65,9 @@ def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
           f"{sorted({r[0] for r in refused})}; refused p50 "
           f"{latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
           f"slowest accepted {max(r[3] for r in accepted):.1f} s")
+    alone_ms = sorted(d * 1000 for code, d in alone if code == 429)
+    print(f"one client alone while the version is full: {len(alone_ms)}/30 refused, p50 "
+          f"{alone_ms[len(alone_ms) // 2]:.1f} ms, max {alone_ms[-1]:.1f} ms")
     assert len(results) == 50
     # 1 running + 4 queued = 5 by the limits. Serve's count of queued requests is approximate
     # both ways: a request being handed to a replica is counted in neither place for a moment
@@ -69,6 +81,8 @@ def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
     assert sorted(r[2]["outputs"] for r in accepted) == sorted([[r[4] * 0.5 + 2.0] for r in accepted])
     # refused without waiting for a replica: far less than one request's run time
     assert p99 < SLEEP_MS / 1000 / 2
+    # the first accepted request ends 2 s after the burst; until then the version stays full
+    assert len(alone_ms) >= 20
 
 
 def test_version_serves_normally_after_the_burst(aspire, busy):
