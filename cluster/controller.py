@@ -86,6 +86,24 @@ def _running_replicas() -> dict[str, int]:
         return {}
 
 
+def _live_replica_pids() -> dict[str, list[int]]:
+    """Serve application -> pids of its servable replicas alive now, from the GCS's actor table
+    (the state API needs the dashboard, which an embedded Ray runs without). A placement's `pid`
+    is the replica that answered at load; this follows Serve's replacements."""
+    try:
+        from ray._private import state
+        prefix, suffix = "ServeReplica:", ":servable"
+        pids: dict[str, list[int]] = {}
+        for actor in state.actors().values():
+            name = actor.get("ActorClassName", "")
+            if actor.get("State") == "ALIVE" and name.startswith(prefix) and name.endswith(suffix):
+                pids.setdefault(name[len(prefix):-len(suffix)], []).append(actor["Pid"])
+        return {app: sorted(found) for app, found in pids.items()}
+    except Exception as exc:  # status must answer even when the GCS does not
+        log.warning("reading the actor table failed: %s", exc)
+        return {}
+
+
 def _servable_apps(timeout_s: float = 60.0) -> set[str]:
     """The Serve applications of servable versions that exist now. Retried while Serve's
     controller does not answer: a restarted manager must not take "unknown" for "none"."""
@@ -289,10 +307,11 @@ class ManagerActor:
         the resource book (per GPU and per node: total, reserved by whom, free), for
         `aspire status` and `GET /v1/aspire/status`."""
         placements: dict[str, dict[str, list]] = {}
-        running = _running_replicas()
+        running, pids = _running_replicas(), _live_replica_pids()
         for name, version, where in self._manager.versions_where():
             placements.setdefault(name, {})[str(version)] = [
-                {**p, "running_replicas": running.get(p.get("app"))} for p in where.get("placements", [])]
+                {**p, "running_replicas": running.get(p.get("app")), "pids": pids.get(p.get("app"), [])}
+                for p in where.get("placements", [])]
         return {"models": self._manager.list_models(), "labels": self._manager.labels(),
                 "manager": {"restored": self._restored},
                 "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},

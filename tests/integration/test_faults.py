@@ -69,6 +69,10 @@ def test_killed_replica_costs_no_request_and_is_replaced(aspire, two_replicas):
         wait_for(lambda: _replaced(app, victim, set(others)), 60, 0.2, what="a replacement replica")
         replaced_s = time.monotonic() - killed
         load.wait_more(100)
+    # Aspire's status follows the replacement: its placement lists the live pids
+    [placement] = aspire.get("/v1/aspire/status").json()["placements"][name]["1"]
+    assert placement["pids"] == sorted(alive_replica_pids(app))
+    assert victim not in placement["pids"]
     answered = len(load.answers) - before
     print(f"\nreplica SIGKILL under 8 clients: {answered} requests after the kill, "
           f"{len(load.failures)} failed; replacement RUNNING after {replaced_s:.1f} s")
