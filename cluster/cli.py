@@ -282,7 +282,7 @@ def serve_main(args: argparse.Namespace) -> int:
     from cluster.model_config import labels_from_config, models_from_config, read_config_file
     from cluster.source import ModelSource
     from deployments.errors import AspireError
-    from deployments.router import NAMESPACE
+    from deployments.router_core import NAMESPACE
     from deployments.servable import ReplicaOptions
 
     try:
@@ -320,10 +320,10 @@ def serve_main(args: argparse.Namespace) -> int:
                                max_queued_requests=args.max_queued_requests,
                                health_check_period_s=args.replica_health_check_period_s,
                                health_check_timeout_s=args.replica_health_check_timeout_s,
-                               run_timeout_ms=max(0, args.rest_api_timeout_in_ms)))
+                               run_timeout_ms=max(0, args.rest_api_timeout_in_ms),
+                               tensor_content=args.enable_serialization_as_tensor_content))
     options = launcher.ServerOptions(
         rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,
-        enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
         enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         rest_api_max_body_bytes=args.rest_api_max_body_bytes,
@@ -439,7 +439,7 @@ def status_main(args: argparse.Namespace) -> int:
     import ray
 
     from cluster.controller import get_manager
-    from deployments.router import NAMESPACE
+    from deployments.router_core import NAMESPACE
     try:
         ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)

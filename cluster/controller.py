@@ -36,7 +36,7 @@ from cluster.model_config import labels_from_config, models_from_config, read_co
 from cluster.source import FileSystemSource, ModelSource
 from deployments import metrics
 from deployments.errors import AspireError
-from deployments.router import MANAGER_NAME, NAMESPACE
+from deployments.router_core import MANAGER_NAME, NAMESPACE
 from deployments.servable import APP_PREFIX, ReplicaOptions, ServeBackend, app_name
 from policies.admission import Reservations
 

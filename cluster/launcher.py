@@ -25,7 +25,7 @@ ROUTER_APP = "aspire-router"
 # and KubeRay configs set it too). A replica that fails its health checks is usually hung: Serve's
 # default is to ask it to shut down gracefully and wait graceful_shutdown_timeout_s for an answer
 # it will never give, while requests on it wait; Aspire has it killed at once, and the routers
-# send those requests again (deployments/router.py `Router._call`).
+# send those requests again (deployments/router_core.py `RouterCore.call`).
 SERVE_ENV = {"RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS": "1"}
 
 
@@ -43,7 +43,6 @@ class ServerOptions:
     rest_api_host: str = "0.0.0.0"
     rest_api_port: int = 8501
     grpc_port: int = 8500  # 0: no gRPC API
-    enable_serialization_as_tensor_content: bool = False
     enable_grpc_healthcheck_service: bool = False
     rest_api_timeout_in_ms: int = 30000
     rest_api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -75,7 +74,7 @@ def start(config: ControllerConfig, options: ServerOptions):
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         router = Router.options(num_replicas=per_node * nodes, max_replicas_per_node=per_node,
                                 ray_actor_options=router_options)
-    serve.run(router.bind(options.rest_api_timeout_in_ms, options.enable_serialization_as_tensor_content,
+    serve.run(router.bind(options.rest_api_timeout_in_ms, config.replica.data_key,
                           metrics_path=options.metrics_path, host=options.rest_api_host,
                           rest_port=options.rest_api_port, grpc_port=options.grpc_port,
                           grpc_health=options.enable_grpc_healthcheck_service,

@@ -53,7 +53,7 @@ log = logging.getLogger("aspire.manager")
 NAMESPACE = "aspire"
 EPOCH_BLOCK = 1000  # serving-map epochs covered by one write of the ceiling
 # After a restart the manager does not know which routers exist. A router long-polls with a 5 s
-# timeout and polls again 1 s after a failed poll (deployments/router.py), so 7 s after the
+# timeout and polls again 1 s after a failed poll (deployments/router_core.py), so 7 s after the
 # manager answers again every live router has polled and is known; only then may a deployment
 # be deleted. (Counted from restore(), moments before the new incarnation answers.)
 ROUTER_GRACE_S = 7.0

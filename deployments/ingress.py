@@ -40,7 +40,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
         return uvloop.new_event_loop()
@@ -56,7 +56,7 @@ class Ingress:
     """
 
     def __init__(self) -> None:
-        self.loop = _new_loop()
+        self.loop = new_event_loop()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None

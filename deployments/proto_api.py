@@ -373,6 +373,11 @@ def _methods() -> dict:
     }
 
 
+def request_class(method: str):
+    """The request message class of a PredictionService method."""
+    return _methods()[method][0]
+
+
 def handle(model: LoadedSavedModel, method: str, request_bytes: bytes, name: str, version: int,
            tensor_content: bool) -> tuple[str, bytes | str]:
     """("OK", serialized response) or (status code name, message) for one gRPC call."""

@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ray import serve
 
-from deployments import inference, metrics, proto_api
+from deployments import inference, json_tensor, metrics, proto_api
 from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
+from deployments.replica_service import METADATA_KEY, REST_METHODS, ReplicaService, encode_answer
 from deployments.warmup import run_warmup
 from policies.admission import Need, Placement, replica_need, tf_memory_limit_bytes
 
@@ -51,7 +54,7 @@ def _metrics_shipper() -> metrics.Shipper:
     is the time inside the replica: tensor conversion and the session run."""
     import ray
 
-    from deployments.router import MANAGER_NAME, NAMESPACE
+    from deployments.router_core import MANAGER_NAME, NAMESPACE
 
     manager = []
 
@@ -71,13 +74,19 @@ class ServableDeployment:
     def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
                  warmup_iterations: int | None = 1, gpu_memory_limit_bytes: int | None = None,
                  batching: "BatchingOptions | None" = None, threads: tuple[int, int] = (0, 0),
-                 max_concurrency: int = 64, run_timeout_ms: int = 0):
+                 max_concurrency: int = 64, run_timeout_ms: int = 0, data_key: str = "",
+                 tensor_content: bool = False, shutdown_grace_s: float = 20.0):
         self.name, self.version = name, version
+        self._tensor_content = tensor_content  # --enable_serialization_as_tensor_content
+        self._shutdown_grace_s = shutdown_grace_s
+        self._service: ReplicaService | None = None
+        self._metadata_body: bytes | None = None
         self._pool = ThreadPoolExecutor(max(1, max_concurrency), thread_name_prefix="aspire-infer")
         self.model, self.load_error = None, None
         self.measured_vram_bytes = None
         self.session_threads = None
         self._ongoing = 0  # inference calls in this replica now (ping reports it)
+        self._calls = {"direct": 0, "handle": 0}  # calls answered, by path (ping reports them)
         self._shipper = _metrics_shipper()
         started = time.monotonic()
         # A failed load (warmup included) is kept as state and reported by ping(), not raised:
@@ -98,6 +107,11 @@ class ServableDeployment:
             if gpu_memory_limit_bytes:
                 from cluster.inventory import process_vram_bytes
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
+            if data_key:  # the direct data path (deployments/replica_service.py)
+                import ray
+                self._service = ReplicaService(self._direct, data_key,
+                                               ray.util.get_node_ip_address())
+                self._service.start()
         except AspireError as err:
             self.load_error = (err.code, err.message)
         except Exception as exc:
@@ -131,48 +145,72 @@ class ServableDeployment:
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "measured_vram_bytes": self.measured_vram_bytes,
-                "session_threads": self.session_threads, "ongoing_requests": self._ongoing}
+                "session_threads": self.session_threads, "ongoing_requests": self._ongoing,
+                "service_port": self._service.port if self._service is not None else None,
+                "calls": dict(self._calls)}
 
-    async def _in_pool(self, fn, *args):
-        self._ongoing += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        finally:
-            self._ongoing -= 1
+    def record_replica_metadata(self) -> dict:
+        """Published by Serve to every router with this replica's place in the running list:
+        the port of the replica's own service (deployments/replica_service.py)."""
+        return {METADATA_KEY: self._service.port} if self._service is not None else {}
 
     # Inference runs on the replica's own pool of long-lived threads (one per request it may hold
     # at once, so requests waiting for a batch never starve the batch), not on Serve's default
     # path for sync methods, which measured slower (bench/README.md).
-    async def rest(self, verb: str, doc: dict) -> tuple[str, str]:
+    async def _answer(self, method: str, payload: bytes) -> bytes:
+        """One call, direct or through Serve's handle: method and request bytes in, the answer
+        encoded as replica_service.encode_answer out."""
         if self.load_error is not None:
-            return self.load_error
-        return await self._in_pool(self._rest, verb, doc)
+            return encode_answer(*self.load_error)
+        self._ongoing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._work,
+                                                                    method, payload)
+        finally:
+            self._ongoing -= 1
 
-    def _rest(self, verb: str, doc: dict) -> tuple[str, str]:
+    async def _direct(self, method: str, payload: bytes) -> bytes:
+        self._calls["direct"] += 1
+        return await self._answer(method, payload)
+
+    async def call(self, method: str, payload: bytes) -> bytes:
+        """Serve's handle path (the routers' fallback): the same calls as the direct path."""
+        self._calls["handle"] += 1
+        return await self._answer(method, payload)
+
+    def _work(self, method: str, payload: bytes) -> bytes:
         started = time.perf_counter()
-        answer = inference.handle_rest(self.model, verb, doc)
-        self._runtime(verb.capitalize(), started)
-        return answer
+        try:
+            if method == "metadata":
+                return encode_answer("OK", self._metadata())
+            if method in REST_METHODS:
+                code, text = inference.handle_rest(self.model, method, json_tensor.parse_body(payload))
+                api = method.capitalize()
+            else:
+                code, text = proto_api.handle(self.model, method, payload, self.name, self.version,
+                                              self._tensor_content)
+                api = method
+            self._runtime(api, started)
+            return encode_answer(code, text)
+        except AspireError as err:
+            return encode_answer(err.code, err.message)
+        except Exception as exc:  # never a trace to the client; the log has it
+            log.exception("%s on {name: %s version: %d} failed", method, self.name, self.version)
+            return encode_answer("INTERNAL", f"Internal error: {type(exc).__name__}")
 
-    async def grpc(self, method: str, request: bytes, name: str, version: int,
-                   tensor_content: bool) -> tuple[str, bytes | str]:
-        if self.load_error is not None:
-            return self.load_error
-        return await self._in_pool(self._grpc, method, request, name, version, tensor_content)
-
-    def _grpc(self, method: str, request: bytes, name: str, version: int,
-              tensor_content: bool) -> tuple[str, bytes | str]:
-        started = time.perf_counter()
-        answer = proto_api.handle(self.model, method, request, name, version, tensor_content)
-        self._runtime(method, started)
-        return answer
-
-    def metadata(self) -> tuple[str, object]:
-        if self.load_error is not None:
-            return self.load_error
-        return "OK", inference.signature_metadata(self.model)
+    def _metadata(self) -> bytes:
+        """GET /metadata's body, as TF Serving prints it (computed once)."""
+        if self._metadata_body is None:
+            self._metadata_body = json.dumps(
+                {"model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
+                 "metadata": {"signature_def": inference.signature_metadata(self.model)}},
+                indent=1).encode("utf-8")
+        return self._metadata_body
 
     def __del__(self):
+        service = getattr(self, "_service", None)
+        if service is not None:  # routers stopped picking this replica; let its calls finish
+            service.stop(self._shutdown_grace_s)
         shipper = getattr(self, "_shipper", None)
         if shipper is not None:
             shipper.flush()
@@ -228,6 +266,11 @@ class ReplicaOptions:
     # TF session threads (--tensorflow_intra_op_parallelism / _inter_op_; 0: TF picks)
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    tensor_content: bool = False  # --enable_serialization_as_tensor_content
+    # Shared by routers and replicas: calls on a replica's own service must carry it
+    # (deployments/replica_service.py). Kept in Serve's arguments in the GCS, like the rest of
+    # the cluster's state; "" turns the direct path off (every call takes Serve's handle).
+    data_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     extra_actor_options: dict = field(default_factory=dict)
 
 
@@ -347,7 +390,9 @@ class ServeBackend:
                     [serve.RunTarget(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit,
                                                      opts.batching,
                                                      (opts.intra_op_threads, opts.inter_op_threads),
-                                                     ongoing, opts.run_timeout_ms),
+                                                     ongoing, opts.run_timeout_ms, opts.data_key,
+                                                     opts.tensor_content,
+                                                     opts.graceful_shutdown_timeout_s),
                                      name=app, route_prefix=None)],
                     wait_for_applications_running=False)
                 self._wait_running(app, f"{{name: {name} version: {version}}}")
@@ -374,7 +419,9 @@ class ServeBackend:
             raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
         measured = [r["measured_vram_bytes"] for r in replicas if r["measured_vram_bytes"]]
         return {"apps": apps, "ram_bytes": ram_bytes, "placements": replicas,
-                "measured_vram_bytes": max(measured) if measured else None}
+                "measured_vram_bytes": max(measured) if measured else None,
+                # what routers need besides the apps (deployments/router_core.py VersionAddress)
+                "max_queued_requests": queued, "autoscaled": any("autoscaling_config" in s for s in scaling)}
 
     def _wait_running(self, app: str, servable: str) -> None:
         """Wait for the application to run. A replica Ray cannot schedule (Serve reports it after

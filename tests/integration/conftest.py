@@ -175,7 +175,7 @@ def aspire():
 
     from cluster import launcher
     from cluster.source import ModelSource
-    from deployments.router import NAMESPACE
+    from deployments.router_core import NAMESPACE
     from deployments.servable import ReplicaOptions
 
     port, grpc_port = free_port(), free_port()

@@ -108,7 +108,7 @@ def test_hung_replica_is_replaced_and_only_it(aspire, two_replicas):
 def test_killed_router_fails_only_requests_it_held_and_comes_back(aspire):
     """Clients that retry refused connections (nothing was sent) see only the requests the router
     held when it died fail: at most one per client."""
-    from deployments.router import NAMESPACE  # noqa: F401  (the router app lives in Serve's namespace)
+    from deployments.router_core import NAMESPACE  # noqa: F401  (the router app lives in Serve's namespace)
     [router] = alive_replica_pids("aspire-router", "router")
     url = f"{aspire.url}/v1/models/half_plus_two:predict"
     stop, lock = threading.Event(), threading.Lock()
@@ -205,7 +205,7 @@ def test_hung_manager_costs_no_prediction_and_status_answers_503(aspire):
     serving map; status calls get 503 after the router's 5 s wait instead of hanging."""
     from ray._private import state
 
-    from deployments.router import MANAGER_CALL_S
+    from deployments.router_core import MANAGER_CALL_S
     [manager] = [a["Pid"] for a in state.actors().values()
                  if a["ActorClassName"] == "ManagerActor" and a["State"] == "ALIVE"]
     os.kill(manager, signal.SIGSTOP)

@@ -5,7 +5,7 @@ import zlib
 import pytest
 
 from deployments.errors import AspireError, BodyTooLarge
-from deployments.router import gunzip_limited
+from deployments.rest_api import gunzip_limited
 
 
 def test_gzip_within_the_limit_round_trips_including_several_members():

@@ -5,7 +5,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from cluster.model_config import models_from_config
 from deployments.errors import AspireError
-from deployments.grpc_ingress import spec_target, truncate
+from deployments.grpc_api import spec_target, truncate
 from policies.aspired import All, Latest, Specific
 
 

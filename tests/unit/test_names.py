@@ -7,9 +7,9 @@ import pytest
 from tensorflow_serving.apis import model_pb2
 
 from deployments.errors import AspireError
-from deployments.grpc_ingress import spec_target
+from deployments.grpc_api import spec_target
 from deployments.names import MAX_NAME_CHARS, check_name, escape, why_invalid
-from deployments.router import parse_path
+from deployments.rest_api import parse_path
 
 # Triton's ModelNameValidationTest.INVALID_TRAVERSAL_NAMES (qa/L0_input_validation).
 TRITON_TRAVERSAL_NAMES = ["../etc", "a/../b", "../../etc/passwd", "../../../../etc", "model/..", "..",

@@ -1,8 +1,9 @@
-"""TF Serving's REST URL grammar and servable resolution (router.parse_path / router.resolve)."""
+"""TF Serving's REST URL grammar and servable resolution (rest_api.parse_path / router_core.resolve)."""
 import pytest
 
 from deployments.errors import AspireError
-from deployments.router import parse_path, resolve
+from deployments.rest_api import parse_path
+from deployments.router_core import ServingMap, VersionAddress, resolve
 
 
 @pytest.mark.parametrize("method,path,expected", [
@@ -42,12 +43,13 @@ def test_bad_urls_get_tf_serving_messages(method, path, message):
     assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
 
 
-SERVING = {"epoch": 3, "models": {"m": {1: {"app": "a1"}, 4: {"app": "a4"}}},
-           "labels": {"m": {"stable": 1}}}
+SERVING = ServingMap.from_manager({"epoch": 3, "models": {"m": {1: {"apps": [["a1", 1]]},
+                                                                 4: {"apps": [["a4", 1]]}}},
+                                   "labels": {"m": {"stable": 1}}})
 
 
 def test_latest_is_the_highest_available_version():
-    assert resolve(SERVING, "m", None, None) == (4, {"app": "a4"})
+    assert resolve(SERVING, "m", None, None) == (4, VersionAddress(apps=(("a4", 1),)))
 
 
 def test_specific_version_and_label_resolve():

@@ -1,0 +1,195 @@
+"""Router side of the direct data path (deployments/replica_service.py has the wire contract).
+
+`VersionApp` routes calls for one Serve application of a version:
+1. Serve keeps the list of the application's running replicas current in the router (the
+   handle's long poll); each replica publishes its service port in its replica metadata.
+   `VersionApp` keeps one gRPC channel per replica whose port it knows, opened on first use.
+2. A call goes to the replica with the fewest calls in flight from this router. While a
+   replica's port is unknown, or Serve's list is not there yet, or every replica failed, the
+   call takes Serve's handle instead (`acquire` returns None): Serve's own queueing and retries.
+3. Limits, as Serve enforces them on its handle path: at most the replica's
+   `max_ongoing_requests` calls in flight per replica from this router; past that, calls wait
+   here in arrival order, and once `max_queued_requests` wait the next one is refused at once
+   (RESOURCE_EXHAUSTED, 429). With several routers a replica can run up to (routers x
+   max_ongoing_requests) calls; its inference pool queues the excess.
+4. A replica that fails a call at the transport level (killed, stopping, unreachable) is
+   skipped for `FAILED_SKIP_S` or until Serve's list changes; the router sends the call once
+   more (Router._call).
+5. A replica that leaves Serve's list (drained, replaced, scaled down) keeps its channel until
+   its last call from this router ends, then the channel is closed.
+
+Everything here runs on the router's ingress event loop; Serve's list is read, never written.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+from deployments.errors import AspireError
+from deployments.replica_service import KEY_HEADER, MAX_MESSAGE_BYTES, METADATA_KEY, SERVICE
+
+FAILED_SKIP_S = 5.0
+
+
+def serve_replicas(handle) -> dict | None:
+    """Serve's running replicas of the handle's deployment, as its router holds them
+    ({ReplicaID: RunningReplica}), or None while the handle has no request router yet.
+
+    This reads Ray Serve 2.60's request router (`RequestRouter.curr_replicas`, the property
+    custom request routers use) through the handle's private router attributes; Ray is pinned
+    in pyproject.toml, and tests/integration/test_request_path.py fails if the direct path stops
+    being taken."""
+    router = getattr(handle, "_router", None)
+    asyncio_router = getattr(router, "_asyncio_router", None)
+    request_router = getattr(asyncio_router, "_request_router", None)
+    return None if request_router is None else request_router.curr_replicas
+
+
+class ReplicaLink:
+    """One replica's channel, and this router's count of calls in flight on it."""
+
+    __slots__ = ("replica_id", "address", "max_ongoing", "ongoing", "failed_at", "retired",
+                 "_channel", "_calls")
+
+    def __init__(self, replica_id: str, address: str, max_ongoing: int) -> None:
+        import grpc
+        self.replica_id, self.address, self.max_ongoing = replica_id, address, max_ongoing
+        self.ongoing = 0
+        self.failed_at: float | None = None
+        self.retired = False
+        self._channel = grpc.aio.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._calls: dict = {}
+
+    def method(self, name: str):
+        call = self._calls.get(name)
+        if call is None:  # bytes in, bytes out: no (de)serializer
+            call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE}/{name}")
+        return call
+
+    def close(self) -> None:
+        asyncio.ensure_future(self._channel.close())
+
+
+class VersionApp:
+    """Direct calls to one Serve application's replicas, with Serve's handle as the fallback."""
+
+    def __init__(self, handle, max_queued_requests: int = -1) -> None:
+        self.handle = handle
+        if not handle.is_initialized:
+            handle._init()  # starts Serve's long poll of the replica list now, not on first call
+        self.max_queued = max_queued_requests
+        self._links: dict[str, ReplicaLink] = {}
+        self._seen: tuple[int, int] = (0, -1)  # (id, len) of the Serve dict last read
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def _refresh(self) -> None:
+        replicas = serve_replicas(self.handle)
+        if replicas is None:
+            return
+        seen = (id(replicas), len(replicas))
+        if seen == self._seen:
+            return
+        self._seen = seen
+        links = {}
+        for replica_id, replica in list(replicas.items()):
+            port = replica.replica_metadata.get(METADATA_KEY)
+            ip = replica._replica_info.node_ip
+            if not port or not ip:
+                continue
+            key = replica_id.unique_id
+            link = self._links.get(key)
+            if link is None:
+                link = ReplicaLink(key, f"{ip}:{port}", replica.max_ongoing_requests)
+            links[key] = link
+        for key, link in self._links.items():
+            if key not in links:
+                link.retired = True
+                if link.ongoing == 0:
+                    link.close()
+        added = links.keys() - self._links.keys()
+        self._links = links
+        while added and self._waiters:  # new replicas have room: the waiting calls pick again
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _pick(self, exclude: ReplicaLink | None) -> ReplicaLink | None:
+        best, now = None, None
+        for link in self._links.values():
+            if link is exclude:
+                continue
+            if link.failed_at is not None:
+                now = now or time.monotonic()
+                if now - link.failed_at < FAILED_SKIP_S:
+                    continue
+                link.failed_at = None
+            if best is None or link.ongoing < best.ongoing:
+                best = link
+        return best
+
+    async def acquire(self, deadline: float | None, exclude: ReplicaLink | None = None) -> ReplicaLink | None:
+        """A replica slot for one call (release it with `release`), or None: use the handle.
+        Raises RESOURCE_EXHAUSTED when max_queued_requests calls already wait, and
+        asyncio.TimeoutError when `deadline` (time.monotonic()) passes while waiting."""
+        self._refresh()
+        link = self._pick(exclude)
+        if link is None:
+            return None
+        if link.ongoing < link.max_ongoing:
+            link.ongoing += 1
+            return link
+        if 0 <= self.max_queued <= len(self._waiters):
+            raise AspireError(
+                f"Too many requests for this servable: {self.max_queued} already wait for a replica "
+                "at this router (max_queued_requests); retry later", "RESOURCE_EXHAUSTED")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            handed = await asyncio.wait_for(asyncio.shield(waiter), left)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self.release(waiter.result())  # a slot was handed over just as we gave up
+            else:
+                waiter.cancel()
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+        return handed if handed is not None else await self.acquire(deadline, exclude)
+
+    def release(self, link: ReplicaLink) -> None:
+        """End of a call on `link`: its slot goes to the longest waiter, else back to the link."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            if link.retired or link.failed_at is not None:
+                waiter.set_result(None)  # pick again: this replica is leaving
+                break
+            waiter.set_result(link)  # the slot passes on; the link's count stays the same
+            return
+        link.ongoing -= 1
+        if link.retired and link.ongoing == 0:
+            link.close()
+
+    def failed(self, link: ReplicaLink) -> None:
+        link.failed_at = time.monotonic()
+
+    def direct_replicas(self) -> int:
+        """Replicas this router can call directly now (for status and tests)."""
+        self._refresh()
+        return sum(1 for link in self._links.values() if link.failed_at is None)
+
+    def close(self) -> None:
+        """The application is gone from the serving map: close its idle channels now, the
+        others once their last call ends."""
+        for link in self._links.values():
+            link.retired = True
+            if link.ongoing == 0:
+                link.close()
+        self._links = {}
