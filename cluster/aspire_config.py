@@ -66,11 +66,16 @@ class Autoscaling:
         """Serve's autoscaling_config for one application holding part of the replicas."""
         config = {"min_replicas": min_replicas, "max_replicas": max_replicas,
                   "initial_replicas": min_replicas,
-                  "target_ongoing_requests": self.target_ongoing_requests}
+                  "target_ongoing_requests": self.target_ongoing_requests,
+                  # counts the calls on the direct data path too (deployments/autoscaling.py)
+                  "policy": {"policy_function": AUTOSCALING_POLICY}}
         for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
             if getattr(self, key) is not None:
                 config[key] = getattr(self, key)
         return config
+
+
+AUTOSCALING_POLICY = "deployments.autoscaling:direct_path_policy"
 
 
 @dataclass(frozen=True)

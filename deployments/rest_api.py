@@ -49,30 +49,33 @@ HTML = b"text/html; charset=utf-8"
 NOT_FOUND_PAGE = b"<html><body><h1>404 Not Found</h1></body></html>"
 
 
+def _malformed(method: str, raw_path: str) -> AspireError:
+    # Echoes of the request are cut to 256 characters: an error body stays small (TF Serving
+    # echoes the whole path).
+    return invalid_argument(f"Malformed request: {method} {escape(raw_path, 256)}")
+
+
 def parse_path(method: str, raw_path: str) -> dict:
     """TF Serving's REST URL grammar. Returns {"kind", "name", "version", "label", ...}; raises
     INVALID_ARGUMENT with TF Serving's messages."""
-    # Echoes of the request are cut to 256 characters: an error body stays small (TF Serving
-    # echoes the whole path).
-    malformed = invalid_argument(f"Malformed request: {method} {escape(raw_path, 256)}")
     if method == "POST":
         m = POST_PATH.fullmatch(raw_path)
         if not m or m.group(4) not in ("classify", "regress", "predict"):
-            raise malformed
+            raise _malformed(method, raw_path)
         name, version, label, verb = m.groups()
         kind = verb
     elif method == "GET":
         m = GET_PATH.fullmatch(raw_path)
         if not m or (m.group(4) is not None and m.group(4) != "metadata"):
-            raise malformed
+            raise _malformed(method, raw_path)
         name, version, label, sub = m.groups()
         if name is None:
             if version is not None or label is not None or sub is not None:
-                raise malformed
+                raise _malformed(method, raw_path)
             return {"kind": "list"}
         kind = "metadata" if sub else "status"
     else:
-        raise malformed
+        raise _malformed(method, raw_path)
     try:
         decoded = unquote_to_bytes(name).decode("utf-8")
     except UnicodeDecodeError:

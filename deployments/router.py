@@ -7,6 +7,7 @@ gRPC API (deployments/grpc_api.py) around it, on its own HTTP and gRPC servers
 """
 from __future__ import annotations
 
+import gc
 import uuid
 
 import ray
@@ -39,6 +40,9 @@ class Router:
                             grpc_port, lambda server: add_servicers(grpc_api, server, grpc_health),
                             grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else ())
         self.core.loop = self._ingress.loop
+        # What start-up loaded lives as long as the router: frozen, the collector never scans it.
+        gc.collect()
+        gc.freeze()
 
     def check_health(self) -> None:
         """Serve's health check: a router whose servers stopped is replaced."""

@@ -46,20 +46,16 @@ class VersionAddress:
 
     `apps`: its Serve applications (one per (node, GPU) that holds replicas) with their replica
     counts; calls are spread over them in that proportion. `max_queued_requests`: calls a router
-    may hold for it while its replicas are full (-1: no limit). `direct`: calls go straight to
-    the replicas; False for autoscaled versions, whose calls take Serve's handle because Serve's
-    autoscaler counts the requests its handles send."""
+    may hold for it while its replicas are full (-1: no limit)."""
 
     apps: tuple[tuple[str, int], ...]
     max_queued_requests: int = 1000
-    direct: bool = True
 
     @classmethod
     def from_where(cls, where: dict) -> "VersionAddress":
         """From the manager's record of a loaded version (cluster/manager.py `where`)."""
         return cls(apps=tuple((str(a), int(n)) for a, n in where.get("apps") or ()),
-                   max_queued_requests=int(where.get("max_queued_requests", 1000)),
-                   direct=not where.get("autoscaled", False))
+                   max_queued_requests=int(where.get("max_queued_requests", 1000)))
 
 
 @dataclass(frozen=True)
@@ -191,7 +187,7 @@ class RouterCore:
         for attempt in (1, 2):
             app = self._app(address)
             try:
-                link = await app.acquire(deadline, exclude) if address.direct else None
+                link = await app.acquire(deadline, exclude)
             except asyncio.TimeoutError:
                 raise self._timed_out() from None
             try:
