@@ -3,7 +3,8 @@
 `VersionApp` routes calls for one Serve application of a version:
 1. Serve keeps the list of the application's running replicas current in the router (the
    handle's long poll); each replica publishes its service port in its replica metadata.
-   `VersionApp` keeps one gRPC channel per replica whose port it knows, opened on first use.
+   `VersionApp` keeps one connection per replica whose port it knows, opened on first use;
+   calls share it, many in flight at once.
 2. A call goes to the replica with the fewest calls in flight from this router. While a
    replica's port is unknown, or Serve's list is not there yet, or every replica failed, the
    call takes Serve's handle instead (`acquire` returns None): Serve's own queueing and retries.
@@ -15,8 +16,8 @@
 4. A replica that fails a call at the transport level (killed, stopping, unreachable) is
    skipped for `FAILED_SKIP_S` or until Serve's list changes; the router sends the call once
    more (Router._call).
-5. A replica that leaves Serve's list (drained, replaced, scaled down) keeps its channel until
-   its last call from this router ends, then the channel is closed.
+5. A replica that leaves Serve's list (drained, replaced, scaled down) keeps its connection
+   until its last call from this router ends, then the connection is closed.
 
 Everything here runs on the router's ingress event loop; Serve's list is read, never written.
 """
@@ -27,7 +28,8 @@ import collections
 import time
 
 from deployments.errors import AspireError
-from deployments.replica_service import KEY_HEADER, MAX_MESSAGE_BYTES, METADATA_KEY, SERVICE
+from deployments.replica_service import (ANSWER_HEADER, CALL, CALL_HEADER, CANCEL, METADATA_KEY,
+                                         METHOD_NUMBERS, hello, set_nodelay)
 
 FAILED_SKIP_S = 5.0
 
@@ -46,38 +48,118 @@ def serve_replicas(handle) -> dict | None:
     return None if request_router is None else request_router.curr_replicas
 
 
+class _Answers(asyncio.Protocol):
+    """The router's end of one connection to a replica: sends the hello, reads answer frames."""
+
+    def __init__(self, key_hello: bytes) -> None:
+        self._hello = key_hello
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self._buf = bytearray()
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        set_nodelay(transport)
+        transport.write(self._hello)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        header = ANSWER_HEADER.size
+        while len(buf) >= header:
+            call_id, length = ANSWER_HEADER.unpack_from(buf)
+            if len(buf) < header + length:
+                return
+            answer = bytes(buf[header:header + length])
+            del buf[:header + length]
+            future = self.pending.pop(call_id, None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        lost = ConnectionError(f"connection to the replica lost: {exc or 'closed by the replica'}")
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(lost)
+        self.pending.clear()
+
+
 class ReplicaLink:
-    """One replica's channel, and this router's count of calls in flight on it."""
+    """One replica: its connection (opened on first use, again after it drops) and this
+    router's count of calls in flight on it."""
 
-    __slots__ = ("replica_id", "address", "max_ongoing", "ongoing", "failed_at", "retired",
-                 "_channel", "_calls")
+    __slots__ = ("replica_id", "host", "port", "max_ongoing", "ongoing", "failed_at", "retired",
+                 "_hello", "_conn", "_connecting", "_next_id")
 
-    def __init__(self, replica_id: str, address: str, max_ongoing: int) -> None:
-        import grpc
-        self.replica_id, self.address, self.max_ongoing = replica_id, address, max_ongoing
+    def __init__(self, replica_id: str, host: str, port: int, max_ongoing: int, key: str) -> None:
+        self.replica_id, self.host, self.port, self.max_ongoing = replica_id, host, port, max_ongoing
         self.ongoing = 0
         self.failed_at: float | None = None
         self.retired = False
-        self._channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-        self._calls: dict = {}
+        self._hello = hello(key)
+        self._conn: _Answers | None = None
+        self._connecting: asyncio.Future | None = None
+        self._next_id = 0
 
-    def method(self, name: str):
-        call = self._calls.get(name)
-        if call is None:  # bytes in, bytes out: no (de)serializer
-            call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE}/{name}")
-        return call
+    async def _connection(self) -> _Answers:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._connecting is None:  # one attempt, shared by the calls that wait for it
+            self._connecting = asyncio.ensure_future(asyncio.get_running_loop().create_connection(
+                lambda: _Answers(self._hello), self.host, self.port))
+        connecting = self._connecting
+        try:
+            _, conn = await asyncio.shield(connecting)
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to the replica at {self.host}:{self.port}: {exc}") from None
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        self._conn = conn
+        return conn
+
+    async def call(self, method: str, payload: bytes, timeout_s: float | None) -> bytes:
+        """The replica's encoded answer. Raises ConnectionError when the call failed in transport
+        (safe to send again) and asyncio.TimeoutError past `timeout_s`; either way, and when
+        the caller is cancelled, the replica is told to drop the call."""
+        conn = await self._connection()
+        loop = asyncio.get_running_loop()
+        self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
+        future = loop.create_future()
+        conn.pending[call_id] = future
+        conn.transport.write(CALL_HEADER.pack(CALL, call_id, METHOD_NUMBERS[method], len(payload)))
+        conn.transport.write(payload)
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
+        try:
+            return await future
+        except BaseException:
+            if conn.pending.pop(call_id, None) is not None and not conn.closed:
+                conn.transport.write(CALL_HEADER.pack(CANCEL, call_id, 0, 0))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
-        asyncio.ensure_future(self._channel.close())
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
 
 
 class VersionApp:
     """Direct calls to one Serve application's replicas, with Serve's handle as the fallback."""
 
-    def __init__(self, handle, max_queued_requests: int = -1) -> None:
+    def __init__(self, handle, key: str, max_queued_requests: int = -1) -> None:
         self.handle = handle
+        self._key = key
         if not handle.is_initialized:
             handle._init()  # starts Serve's long poll of the replica list now, not on first call
         self.max_queued = max_queued_requests
@@ -102,7 +184,7 @@ class VersionApp:
             key = replica_id.unique_id
             link = self._links.get(key)
             if link is None:
-                link = ReplicaLink(key, f"{ip}:{port}", replica.max_ongoing_requests)
+                link = ReplicaLink(key, ip, int(port), replica.max_ongoing_requests, self._key)
             links[key] = link
         for key, link in self._links.items():
             if key not in links:

@@ -27,7 +27,7 @@ from ray.serve.exceptions import BackPressureError
 from deployments import metrics
 from deployments.errors import AspireError, invalid_argument, not_found
 from deployments.replica_client import VersionApp
-from deployments.replica_service import KEY_HEADER, decode_answer
+from deployments.replica_service import decode_answer
 from policies.traffic import TrafficSplit, effective_weights, pick
 
 log = logging.getLogger("aspire.router")
@@ -121,7 +121,7 @@ class RouterCore:
     def __init__(self, manager, timeout_s: float | None, data_key: str, router_id: str) -> None:
         self._manager = manager
         self._timeout_s = timeout_s  # --rest_api_timeout_in_ms; None: no limit
-        self._key_metadata = ((KEY_HEADER, data_key),)
+        self._data_key = data_key
         self._id = router_id
         self._shipper = metrics.Shipper(metrics.Recorder(), lambda deltas: ray.get(
             self._manager.apply_metrics.remote(deltas), timeout=10))
@@ -164,7 +164,7 @@ class RouterCore:
         if app is None:
             from ray import serve
             app = self._apps[app_name] = VersionApp(serve.get_deployment_handle("servable", app_name),
-                                                    address.max_queued_requests)
+                                                    self._data_key, address.max_queued_requests)
         return app
 
     # ------------------------------------------------------------------------------ version calls
@@ -192,10 +192,8 @@ class RouterCore:
                 raise self._timed_out() from None
             try:
                 if link is None:
-                    answer = await self._handle_call(app, method, payload, deadline)
-                else:
-                    answer = await self._direct_call(app, link, method, payload, deadline)
-                return decode_answer(answer)
+                    return decode_answer(await self._handle_call(app, method, payload, deadline))
+                return await self._direct_call(app, link, method, payload, deadline)
             except _ReplicaLost as lost:
                 if attempt == 2:
                     raise AspireError("The replica serving this request stopped, and so did the "
@@ -210,15 +208,14 @@ class RouterCore:
 
     async def _direct_call(self, app: VersionApp, link, method: str, payload: bytes,
                            deadline: float | None) -> bytes:
-        import grpc
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
         try:
-            return await link.method(method)(payload, timeout=left, metadata=self._key_metadata)
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise self._timed_out() from None
+            return decode_answer(await link.call(method, payload, left))
+        except asyncio.TimeoutError:
+            raise self._timed_out() from None
+        except ConnectionError as err:  # the replica died, stopped or refused: not an answer
             app.failed(link)
-            raise _ReplicaLost(f"{err.code().name}: {err.details()}") from None
+            raise _ReplicaLost(str(err)) from None
         finally:
             app.release(link)
 

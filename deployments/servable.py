@@ -123,7 +123,7 @@ class ServableDeployment:
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
             if data_key:  # the direct data path (deployments/replica_service.py)
                 import ray
-                self._service = ReplicaService(self._direct, data_key,
+                self._service = ReplicaService(self._submit, data_key,
                                                ray.util.get_node_ip_address())
                 self._service.start()
         except AspireError as err:
@@ -189,13 +189,24 @@ class ServableDeployment:
         finally:
             self._ongoing -= 1
 
-    async def _direct(self, method: str, payload: bytes) -> bytes:
+    def _submit(self, method: str, payload: bytes) -> asyncio.Future:
+        """A direct call (deployments/replica_service.py), on the service's loop: the future of
+        its encoded answer. Cancelling it before the pool starts the work skips the work."""
+        loop = self._service.loop
+        if self.load_error is not None:
+            future = loop.create_future()
+            future.set_result(encode_answer(*self.load_error))
+            return future
         self._calls["direct"] += 1
         self._direct_ongoing += 1
-        try:
-            return await self._answer(method, payload)
-        finally:
-            self._direct_ongoing -= 1
+        self._ongoing += 1
+        future = loop.run_in_executor(self._pool, self._work, method, payload)
+        future.add_done_callback(self._direct_done)
+        return future
+
+    def _direct_done(self, _future) -> None:
+        self._direct_ongoing -= 1
+        self._ongoing -= 1
 
     def record_autoscaling_stats(self) -> dict:
         """Serve's hook, read periodically: direct calls in flight, which Serve's own request

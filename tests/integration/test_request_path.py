@@ -1,7 +1,7 @@
 """The direct data path (deployments/replica_service.py, replica_client.py): predictions go from
-the router to the version replica's own gRPC service, not through a Serve handle; the replica's
-port needs the cluster's data-plane key; bodies near the REST limit and gRPC messages far past
-Serve's 4 MB transport cap cross it whole."""
+the router to the version replica's own call service, not through a Serve handle; the replica's
+port answers nothing without the cluster's data-plane key; bodies near the REST limit and gRPC
+messages far past the 4 MB cap of Serve's own replica transport cross it whole."""
 from __future__ import annotations
 
 import json
@@ -61,18 +61,24 @@ def test_grpc_predictions_take_the_direct_path(aspire):
     assert (after["direct"] - before["direct"], after["handle"] - before["handle"]) == (20, 0)
 
 
-def test_replica_service_refuses_calls_without_the_data_plane_key(aspire):
+def test_replica_service_answers_nothing_without_the_data_plane_key(aspire):
+    import socket
+    import struct
+
     import ray
-    info = replica_handle().ping.remote().result(timeout_s=30)
-    port = info["service_port"]
+
+    from deployments.replica_service import CALL, CALL_HEADER, HELLO_MAGIC, METHOD_NUMBERS
+    port = replica_handle().ping.remote().result(timeout_s=30)["service_port"]
     assert port
-    ip = ray.util.get_node_ip_address()
-    with grpc.insecure_channel(f"{ip}:{port}") as channel:
-        predict = channel.unary_unary("/aspire.Servable/predict")
-        for metadata in ((), (("x-aspire-data-key", "wrong"),)):
-            with pytest.raises(grpc.RpcError) as err:
-                predict(b'{"instances": [1.0]}', timeout=30, metadata=metadata)
-            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    body = b'{"instances": [1.0]}'
+    call = CALL_HEADER.pack(CALL, 1, METHOD_NUMBERS["predict"], len(body)) + body
+    wrong = HELLO_MAGIC + struct.pack("!H", 5) + b"wrong"
+    before = calls()
+    for opening in (b"", wrong):  # no hello, then a hello with a wrong key
+        with socket.create_connection((ray.util.get_node_ip_address(), port), timeout=30) as sock:
+            sock.sendall(opening + call)
+            assert sock.recv(65536) == b""  # closed by the replica, nothing answered
+    assert calls() == before
 
 
 def test_a_rest_body_near_the_limit_crosses_the_direct_path(aspire):
