@@ -126,6 +126,8 @@ class ReplicaLink:
         (safe to send again) and asyncio.TimeoutError past `timeout_s`; either way, and when
         the caller is cancelled, the replica is told to drop the call."""
         conn = await self._connection()
+        if conn.closed:  # lost while this call waited for it to open
+            raise ConnectionError(f"connection to the replica at {self.host}:{self.port} closed")
         loop = asyncio.get_running_loop()
         self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
         future = loop.create_future()

@@ -40,6 +40,7 @@ class Router:
                             grpc_port, lambda server: add_servicers(grpc_api, server, grpc_health),
                             grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else ())
         self.core.loop = self._ingress.loop
+        self._ingress.loop.call_soon_threadsafe(self.core.sync_apps)  # the versions served now
         # What start-up loaded lives as long as the router: frozen, the collector never scans it.
         gc.collect()
         gc.freeze()

@@ -78,10 +78,6 @@ class ServingMap:
                    traffic={n: tuple(s) for n, s in raw.get("traffic", {}).items() if s},
                    known=frozenset(raw.get("known", ())))
 
-    def app_names(self) -> set[str]:
-        return {app for versions in self.models.values() for address in versions.values()
-                for app, _ in address.apps}
-
 
 def resolve(serving_map: ServingMap, name: str, version: int | None,
             label: str | None) -> tuple[int, VersionAddress]:
@@ -140,16 +136,31 @@ class RouterCore:
                 if update is not None:
                     self.map = ServingMap.from_manager(update)  # requests see old or new, never half
                     if self.loop is not None:
-                        self.loop.call_soon_threadsafe(self._prune_apps)
+                        self.loop.call_soon_threadsafe(self.sync_apps)
             except Exception as exc:  # manager restarting: keep the last map and retry
                 log.warning("serving map poll failed: %s", exc)
                 self._stop.wait(1.0)
 
-    def _prune_apps(self) -> None:
-        """Drop the channels of applications no longer in the map (their versions unloaded)."""
-        live = self.map.app_names()
-        for app in [a for a in self._apps if a not in live]:
+    def sync_apps(self) -> None:
+        """Open a `VersionApp` for every application in the map and close those no longer in it
+        (their versions unloaded). Run on the ingress loop at start and after each map update, so
+        a router learns a new version's replicas (and their call ports) before its first request
+        rather than on it. Each app keeps the map's current max_queued_requests."""
+        wanted = {app: address.max_queued_requests for versions in self.map.models.values()
+                  for address in versions.values() for app, _ in address.apps}
+        for app in [a for a in self._apps if a not in wanted]:
             self._apps.pop(app).close()
+        for app, max_queued in wanted.items():
+            if app in self._apps:
+                self._apps[app].max_queued = max_queued
+            else:
+                self._open_app(app, max_queued)
+
+    def _open_app(self, app_name: str, max_queued_requests: int) -> VersionApp:
+        from ray import serve
+        app = self._apps[app_name] = VersionApp(serve.get_deployment_handle("servable", app_name),
+                                                self._data_key, max_queued_requests)
+        return app
 
     def resolve(self, name: str, version: int | None, label: str | None) -> tuple[int, VersionAddress]:
         return resolve(self.map, name, version, label)
@@ -161,11 +172,8 @@ class RouterCore:
         else:
             app_name = random.choices([a for a, _ in apps], weights=[n for _, n in apps])[0]
         app = self._apps.get(app_name)
-        if app is None:
-            from ray import serve
-            app = self._apps[app_name] = VersionApp(serve.get_deployment_handle("servable", app_name),
-                                                    self._data_key, address.max_queued_requests)
-        return app
+        # Opened by sync_apps as soon as the map names it; here only if a request won that race.
+        return app if app is not None else self._open_app(app_name, address.max_queued_requests)
 
     # ------------------------------------------------------------------------------ version calls
     async def call(self, address: VersionAddress, method: str, payload: bytes) -> bytes:

@@ -121,17 +121,19 @@ class ServableDeployment:
             if gpu_memory_limit_bytes:
                 from cluster.inventory import process_vram_bytes
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
-            if data_key:  # the direct data path (deployments/replica_service.py)
-                import ray
-                self._service = ReplicaService(self._submit, data_key,
-                                               ray.util.get_node_ip_address())
-                self._service.start()
         except AspireError as err:
             self.load_error = (err.code, err.message)
         except Exception as exc:
             self.load_error = ("UNKNOWN", f"{type(exc).__name__}: {exc}")
         self._pool = ThreadPoolExecutor(inference_threads(max_concurrency, params is not None),
                                         thread_name_prefix="aspire-infer")
+        if data_key and self.load_error is None:  # the direct data path (replica_service.py)
+            import ray
+            try:
+                self._service = ReplicaService(self._submit, data_key, ray.util.get_node_ip_address())
+                self._service.start()
+            except Exception as exc:  # noqa: BLE001 - reported like a failed load
+                self.load_error = ("UNAVAILABLE", f"The replica's call service did not start: {exc}")
         log.info("load of {name: %s version: %d} from %s: %s in %.2f s", name, version, path,
                  self.load_error or "OK", time.monotonic() - started)
         # Everything loaded so far (TensorFlow's modules, the graph's Python objects) lives as

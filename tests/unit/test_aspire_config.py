@@ -146,9 +146,10 @@ def test_autoscaling_parses_with_serve_defaults_where_omitted():
     assert plain["m"].autoscaling == Autoscaling(2, 2, 2.0)
 
 
-def test_autoscaling_serve_config_carries_only_the_fields_set():
+def test_autoscaling_serve_config_carries_only_the_fields_set_and_the_direct_path_policy():
     assert Autoscaling(1, 4, 3.0).serve_config(1, 3) == {
-        "min_replicas": 1, "max_replicas": 3, "initial_replicas": 1, "target_ongoing_requests": 3.0}
+        "min_replicas": 1, "max_replicas": 3, "initial_replicas": 1, "target_ongoing_requests": 3.0,
+        "policy": {"policy_function": "deployments.autoscaling:direct_path_policy"}}
     assert Autoscaling(1, 4, 3.0, 0.0, 2.0).serve_config(2, 2)["downscale_delay_s"] == 2.0
 
 
