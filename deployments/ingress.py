@@ -2,9 +2,9 @@
 
 Ray Serve's proxy would add a hop to every request (client -> proxy -> router -> version), and on
 a 2-core machine that hop costs more than the model (bench/README.md). So each router replica
-listens on the REST and gRPC ports itself and calls the version's deployment through a Serve
-handle: one Ray hop per request. Serve still runs, places, health-checks and restarts the
-routers; its proxy is disabled.
+listens on the REST and gRPC ports itself and calls the version's replicas directly
+(deployments/replica_client.py): no Ray hop per request. Serve still runs, places,
+health-checks and restarts the routers; its proxy is disabled.
 
 Several router replicas on one node share the ports: the REST socket is bound with SO_REUSEPORT
 and gRPC sets it by default, so the kernel spreads connections over them. The servers run on

@@ -3,7 +3,8 @@
 `VersionApp` routes calls for one Serve application of a version:
 1. Serve keeps the list of the application's running replicas current in the router (the
    handle's long poll); each replica publishes its service port in its replica metadata.
-   `VersionApp` keeps one connection per replica whose port it knows, opened on first use;
+   `VersionApp` (opened by the router when the serving map names the application) keeps one
+   connection per replica whose port it knows, opened on its first call;
    calls share it, many in flight at once.
 2. A call goes to the replica with the fewest calls in flight from this router. While a
    replica's port is unknown, or Serve's list is not there yet, or every replica failed, the
@@ -15,7 +16,7 @@
    max_ongoing_requests) calls; its inference pool queues the excess.
 4. A replica that fails a call at the transport level (killed, stopping, unreachable) is
    skipped for `FAILED_SKIP_S` or until Serve's list changes; the router sends the call once
-   more (Router._call).
+   more (router_core.RouterCore.call).
 5. A replica that leaves Serve's list (drained, replaced, scaled down) keeps its connection
    until its last call from this router ends, then the connection is closed.
 

@@ -7,7 +7,6 @@ gRPC API (deployments/grpc_api.py) around it, on its own HTTP and gRPC servers
 """
 from __future__ import annotations
 
-import gc
 import uuid
 
 import ray
@@ -41,9 +40,6 @@ class Router:
                             grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else ())
         self.core.loop = self._ingress.loop
         self._ingress.loop.call_soon_threadsafe(self.core.sync_apps)  # the versions served now
-        # What start-up loaded lives as long as the router: frozen, the collector never scans it.
-        gc.collect()
-        gc.freeze()
 
     def check_health(self) -> None:
         """Serve's health check: a router whose servers stopped is replaced."""

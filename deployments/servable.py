@@ -18,7 +18,6 @@ context (policies/admission.py `tf_memory_limit_bytes`).
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import json
 import logging
@@ -136,10 +135,6 @@ class ServableDeployment:
                 self.load_error = ("UNAVAILABLE", f"The replica's call service did not start: {exc}")
         log.info("load of {name: %s version: %d} from %s: %s in %.2f s", name, version, path,
                  self.load_error or "OK", time.monotonic() - started)
-        # Everything loaded so far (TensorFlow's modules, the graph's Python objects) lives as
-        # long as the replica: frozen, the garbage collector never scans it again.
-        gc.collect()
-        gc.freeze()
 
     def _warmup(self, path: str, iterations: int) -> None:
         """run_warmup, recorded as TF Serving records it (latency and records read, by status)."""
@@ -176,9 +171,9 @@ class ServableDeployment:
         the port of the replica's own service (deployments/replica_service.py)."""
         return {METADATA_KEY: self._service.port} if self._service is not None else {}
 
-    # Inference runs on the replica's own pool of long-lived threads (one per request it may hold
-    # at once, so requests waiting for a batch never starve the batch), not on Serve's default
-    # path for sync methods, which measured slower (bench/README.md).
+    # Inference runs on the replica's own pool of long-lived threads (inference_threads: one per
+    # core, or one per request it may hold when batched, so requests waiting for a batch never
+    # starve the batch), not on Serve's default path for sync methods, which measured slower.
     async def _answer(self, method: str, payload: bytes) -> bytes:
         """One call, direct or through Serve's handle: method and request bytes in, the answer
         encoded as replica_service.encode_answer out."""
@@ -395,6 +390,15 @@ class ServeBackend:
         return (ongoing or self.options.max_ongoing_requests,
                 self.options.max_queued_requests if queued is None else queued)
 
+    def _health_checks(self, name: str) -> tuple[float, float]:
+        """(period, timeout) of Serve's health checks for a model's replicas: the side file's,
+        else the server-wide options."""
+        settings = self.settings.get(name)
+        period = settings.health_check_period_s if settings else None
+        timeout = settings.health_check_timeout_s if settings else None
+        return (period or self.options.health_check_period_s,
+                timeout or self.options.health_check_timeout_s)
+
     def load(self, name: str, version: int, path: str,
              placements: list[Placement] | None = None) -> dict:
         loader = SavedModelLoader(path, self.options.tags)
@@ -408,6 +412,7 @@ class ServeBackend:
         apps, replicas = [], []
         scaling = self._scaling(name, [n for _, n in groups])
         ongoing, queued = self._request_limits(name)
+        check_period_s, check_timeout_s = self._health_checks(name)
         try:
             for i, (placement, count) in enumerate(groups):
                 app = base if i == 0 else f"{base}-p{i}"
@@ -423,8 +428,7 @@ class ServeBackend:
                     name="servable", ray_actor_options=actor_options, **scaling[i],
                     max_ongoing_requests=ongoing, max_queued_requests=queued,
                     graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
-                    health_check_period_s=opts.health_check_period_s,
-                    health_check_timeout_s=opts.health_check_timeout_s,
+                    health_check_period_s=check_period_s, health_check_timeout_s=check_timeout_s,
                     # Aspire counts every request in its own metrics; Serve's per-call log line
                     # cost about 2 % of a replica's CPU
                     logging_config={"enable_access_log": False})
