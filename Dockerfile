@@ -33,7 +33,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends tini wget \
     && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --create-home --uid 1000 --shell /bin/bash aspire \
+RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash aspire \
     && mkdir -p /models
 
 # The project from the build context, as a regular (not editable) install. Only the files the
@@ -64,7 +64,7 @@ ENV MODEL_NAME=model \
 # gRPC (PredictionService, ModelService) and REST (/v1/models/...).
 EXPOSE 8500 8501
 
-USER aspire
+USER 1000:1000
 WORKDIR /home/aspire
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/aspire-entrypoint"]

@@ -27,6 +27,9 @@ Contract:
   - "max_queued_requests": int >= 0 or -1 (no limit), requests each router holds for the version
     while every replica is full; beyond it the router answers 429 at once. null means the
     server-wide --max_queued_requests.
+  - "health_check_period_s", "health_check_timeout_s": numbers > 0, how often Serve checks
+    each replica of the model and how long a check may take (three failures in a row replace
+    the replica); null means the server-wide --replica_health_check_period_s/_timeout_s.
   - "device": "gpu" or "cpu"; null (default) means GPU when the cluster has GPUs, else CPU.
   - "vram", "ram": what one replica needs, as a size string ("10GiB", "512MiB"); null means
     estimated from the SavedModel (policies/admission.py `replica_need`).
@@ -47,7 +50,8 @@ from policies.traffic import TrafficSplit
 DEFAULT_VERSION_POLICY = "availability_preserving"
 _TOP_LEVEL_KEYS = ("models",)
 _MODEL_KEYS = ("version_policy", "traffic", "num_replicas", "autoscaling", "max_ongoing_requests",
-               "max_queued_requests", "device", "vram", "ram")
+               "max_queued_requests", "health_check_period_s", "health_check_timeout_s", "device",
+               "vram", "ram")
 _AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests",
                      "upscale_delay_s", "downscale_delay_s", "look_back_period_s")
 
@@ -89,6 +93,8 @@ class ModelSettings:
     ram_bytes: int | None = None
     max_ongoing_requests: int | None = None  # None: the server-wide default
     max_queued_requests: int | None = None  # None: the server-wide default; -1: no limit
+    health_check_period_s: float | None = None  # None: the server-wide default
+    health_check_timeout_s: float | None = None
 
 
 class _DuplicateKey(Exception):
@@ -141,6 +147,12 @@ def _model_settings(body: object, fail) -> ModelSettings:
     queued = body.get("max_queued_requests")
     if queued is not None and (not _is_int(queued) or queued < -1):
         raise fail(f"max_queued_requests must be an integer >= 0, or -1 for no limit, got {queued!r}")
+    checks = {}
+    for key in ("health_check_period_s", "health_check_timeout_s"):
+        value = body.get(key)
+        if value is not None and (not _is_number(value) or not value > 0):
+            raise fail(f"{key} must be a number > 0, got {value!r}")
+        checks[key] = None if value is None else float(value)
     device = body.get("device")
     if device is not None and device not in DEVICES:
         raise fail(f"device must be {' or '.join(repr(d) for d in DEVICES)}, got {device!r}")
@@ -157,7 +169,7 @@ def _model_settings(body: object, fail) -> ModelSettings:
     if device == "cpu" and sizes["vram"]:
         raise fail("vram is declared but device is 'cpu'")
     return ModelSettings(policy, traffic, replicas, autoscaling, device, sizes["vram"], sizes["ram"],
-                         ongoing, queued)
+                         ongoing, queued, **checks)
 
 
 def _is_int(value) -> bool:

@@ -409,6 +409,10 @@ def _page(lines: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# How often routers and replicas ship their counts to the manager.
+SHIP_PERIOD_S = 1.0
+
+
 class Shipper:
     """Ships a Recorder's deltas to the store every `period_s` with `send(deltas)` (a call to the
     manager actor), on a daemon thread; `flush()` ships now (used before reading totals).
@@ -418,7 +422,8 @@ class Shipper:
     restarting loses no counts, and the store, which applies a shipment number once, never
     counts one twice when a send timed out but arrived."""
 
-    def __init__(self, recorder: Recorder, send: Callable[[Deltas], None], period_s: float = 1.0):
+    def __init__(self, recorder: Recorder, send: Callable[[Deltas], None],
+                 period_s: float = SHIP_PERIOD_S):
         self.recorder, self._send, self._period_s = recorder, send, period_s
         self._source, self._seq, self._pending = uuid.uuid4().hex, 0, None
         self._stop = threading.Event()

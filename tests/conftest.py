@@ -23,3 +23,23 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(nodeid)
         for line in lines:
             terminalreporter.write_line(f"    {line}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run order, by module (a module is never split, so its module-scoped fixtures start once):
+    1. tests without Ray (tests/unit, tests/gpu);
+    2. integration modules that start their own servers (`aspire serve`, their own Ray);
+    3. modules on the session's shared Aspire cluster (the `aspire` fixture), which then stays up
+       to the end with nothing else running beside it.
+    Each server runs alone on the machine's cores, never beside an idle session cluster."""
+    def group(item) -> int:
+        path = str(item.fspath)
+        if "/tests/integration/" not in path:
+            return 0
+        return 2 if path in shared else 1
+
+    shared = {str(item.fspath) for item in items if "aspire" in getattr(item, "fixturenames", ())}
+    order = {}
+    for item in items:
+        order.setdefault(str(item.fspath), len(order))
+    items.sort(key=lambda item: (group(item), order[str(item.fspath)]))

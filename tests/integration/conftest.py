@@ -190,9 +190,10 @@ def aspire():
     from cluster.controller import ControllerConfig
     config = ControllerConfig(models=models, poll_wait_s=0.5, num_load_threads=4,
                               max_num_load_retries=1, load_retry_interval_s=0.1,
-                              # a hung replica is found in about 3 x (1 + 3) s
-                              replica=ReplicaOptions(num_cpus=0.25, health_check_period_s=1,
-                                                     health_check_timeout_s=3))
+                              # Serve's health checks at the server's defaults (5 s, 30 s): a
+                              # replica slowed by a loaded machine is never replaced mid-test.
+                              # The hung-replica test shortens them for its own model.
+                              replica=ReplicaOptions(num_cpus=0.25))
     options = launcher.ServerOptions(
         rest_api_host="127.0.0.1", rest_api_port=port, rest_api_timeout_in_ms=30000,
         grpc_port=grpc_port, enable_grpc_healthcheck_service=True)

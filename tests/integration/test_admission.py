@@ -118,7 +118,7 @@ def test_admission_places_refuses_and_retries_on_two_logical_gpus(tmp_path):
         assert sorted(final.values()) == [["{name: b version: 2}"], ["{name: c version: 1}"]]
 
         # Two replicas of 5 GiB fit only one per GPU (6 GiB free on each): each reserves its
-        # own share, each runs on its own GPU, and requests reach both.
+        # own share and runs on its own GPU (one application per GPU), and the version answers.
         write_models(config, base, ["b", "c", "r"])
         wait_for(lambda: states("r").get(1, ("",))[0] == "AVAILABLE", 180, 0.2, what="r loaded")
         replicas = status()["placements"]["r"]["1"]

@@ -320,9 +320,22 @@ def run_fuzz_process(base_url: str, timeout_s: float = 300) -> dict:
 
 
 def test_fuzzed_requests_get_documented_answers_and_no_replica_restarts(aspire):
+    import ray
+
+    from tests.integration.conftest import wait_for
     before = _replica_pids(aspire.url)
     assert before, "no servable replicas to watch"
-    report = run_fuzz_process(aspire.url)
+    # The documented examples name the label "stable" of half_plus_two (version 123)
+    code, message = ray.get(aspire.manager.reload_config.remote(
+        aspire.models, {"half_plus_two": {"stable": 123}}))
+    assert code == "OK", message
+    try:
+        wait_for(lambda: aspire.post("/v1/models/half_plus_two/labels/stable:predict",
+                                     {"instances": [1.0]}).status_code == 200, 30,
+                 what="the routers to know the label")
+        report = run_fuzz_process(aspire.url)
+    finally:
+        ray.get(aspire.manager.reload_config.remote(aspire.models, {}))
     print(f"\napi fuzz: {report['requests']} requests in {report['seconds']:.1f} s "
           f"(request set {report['digest']}), statuses {report['statuses']}, "
           f"{len(report['failures'])} failed checks")
@@ -330,10 +343,8 @@ def test_fuzzed_requests_get_documented_answers_and_no_replica_restarts(aspire):
         print("  " + line)
     assert report["requests"] >= MIN_REQUESTS, f"only {report['requests']} requests"
     assert not report["failures"], "\n".join(report["failures"][:20])
-    # the documented examples work, but where the label "stable" (which the fixture lacks) has
-    # to pick the version: status requests ignore labels, as in TF Serving
-    wrong = {op: codes for op, codes in report["examples"].items()
-             if set(codes) != ({400} if "{label}" in op and not op.endswith("{label}") else {200})}
+    # every documented example works as documented
+    wrong = {op: codes for op, codes in report["examples"].items() if set(codes) != {200}}
     assert not wrong, f"documented examples answered {wrong}"
     live = aspire.post("/v1/models/half_plus_two:predict", {"instances": [1.0]})
     assert live.status_code == 200 and live.json() == {"predictions": [2.5]}, live.text

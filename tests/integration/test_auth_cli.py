@@ -91,12 +91,34 @@ def test_the_metrics_page_needs_the_token(server):
     assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, CHALLENGE)
     r = requests.get(server.url + METRICS, headers=bearer(TOKEN), timeout=30)
     assert r.status_code == 200 and "aspire_servable_state{" in r.text
-    requests.get(server.url + "/v1/models", timeout=30)  # one more refusal, counted
-    refusals = wait_for(lambda: re.search(
-        r'aspire_requests_total\{[^}]*code="UNAUTHENTICATED"[^}]*\} (\d+)',
-        requests.get(server.url + METRICS, headers=bearer(TOKEN), timeout=30).text), 30,
-        what="refusals on the metrics page")
-    print(f"metrics page: {refusals.group(0)}")
+    # Routers ship their counts every SHIP_PERIOD_S (deployments/metrics.py): a count unchanged
+    # over 3 periods has every earlier refusal in it.
+    before = settled_refusals(server)
+    requests.get(server.url + "/v1/models", timeout=30)  # one more refusal
+    wait_for(lambda: refusals(server) >= before + 1, 30, what="the refusal counted")
+    after = settled_refusals(server)
+    print(f"metrics page: refusals counted {before} -> {after} after one refused request")
+    assert after == before + 1
+
+
+def refusals(server) -> int:
+    page = requests.get(server.url + METRICS, headers=bearer(TOKEN), timeout=30).text
+    return sum(int(float(n)) for n in re.findall(
+        r'^aspire_requests_total\{[^}]*code="UNAUTHENTICATED"[^}]*\} (\S+)$', page, re.M))
+
+
+def settled_refusals(server, periods: int = 3) -> int:
+    """The refusal count once it has stayed the same for `periods` shipping periods."""
+    from deployments.metrics import SHIP_PERIOD_S as period_s
+    last, since = refusals(server), time.monotonic()
+    deadline = since + 60
+    while time.monotonic() - since < periods * period_s:
+        assert time.monotonic() < deadline, "refusal count never settled"
+        time.sleep(period_s / 4)
+        now = refusals(server)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def grpc_call(call, request, token=None) -> tuple[str, str]:

@@ -147,6 +147,28 @@ def write_config(path, entries):
     staging.rename(path)  # the poller never reads a half-written file
 
 
+def binomial_bounds(n: int, p: float, false_failure: float) -> tuple[int, int]:
+    """The narrowest [lo, hi] with P(X < lo) and P(X > hi) each under false_failure / 2 for
+    X ~ Binomial(n, p)."""
+    from math import comb
+    mass = [comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)]
+    lo, below = 0, 0.0
+    while below + mass[lo] < false_failure / 2:
+        below += mass[lo]
+        lo += 1
+    hi, above = n, 0.0
+    while above + mass[hi] < false_failure / 2:
+        above += mass[hi]
+        hi -= 1
+    return lo, hi
+
+
+def test_binomial_bounds_hold_the_stated_false_failure_rate():
+    lo, hi = binomial_bounds(500, 0.2, 1e-6)
+    assert (lo, hi) == (59, 146)  # checked by summing the exact tails: 4.1e-7 below, 3.5e-7 above
+    assert binomial_bounds(10, 0.5, 0.5)[0] <= 5 <= binomial_bounds(10, 0.5, 0.5)[1]
+
+
 def test_config_file_side_file_canary_split_and_polling(tmp_path):
     """--model_config_file with labels, Aspire's side file splitting traffic 80/20 by label, a
     weight change applied without reloading models, and config polling removing a model."""
@@ -177,7 +199,11 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
         share = answers.count(3.5) / len(answers)
         print(f"canary share over 500 requests with an 80/20 split: {share:.3f}")
         assert answers.count(2.5) + answers.count(3.5) == 500
-        assert 0.15 <= share <= 0.25
+        # Each unversioned request draws the canary with p = 0.2: the count is Binomial(500, 0.2).
+        # Outside [lo, hi] with probability under 1e-6 (exact tails, so a correct split fails this
+        # test less than once in a million runs); a 0/100 or 50/50 split lands far outside.
+        lo, hi = binomial_bounds(500, 0.2, 1e-6)
+        assert lo <= answers.count(3.5) <= hi, (lo, hi)
         # Move all traffic to the canary: no model is reloaded, only the router's weights change.
         side.write_text(json.dumps({"models": {"canary": {"traffic": {"stable": 0, "canary": 100}}}}))
         wait_for(lambda: all(session.post(f"{base}/canary:predict", json={"instances": [1.0]},

@@ -44,7 +44,10 @@ def two_replicas(aspire, tmp_path_factory):
     from deployments.servable import app_name
     base = tmp_path_factory.mktemp("faults") / "faulty"
     shutil.copytree(HALF_PLUS_TWO, base / "1")
-    ray.get(aspire.manager.set_settings.remote({"faulty": ModelSettings(num_replicas=2)}))
+    # Health checks every 1 s with a 3 s timeout for this model only (the side file's fields):
+    # a hung replica is found in about 3 x (1 + 3) s.
+    ray.get(aspire.manager.set_settings.remote({"faulty": ModelSettings(
+        num_replicas=2, health_check_period_s=1, health_check_timeout_s=3)}))
     aspire.add_model("faulty", base)
     aspire.wait_state("faulty", 1, "AVAILABLE")
     app = app_name("faulty", 1)
@@ -185,13 +188,18 @@ def test_unloaded_version_finishes_its_slow_requests(aspire, tmp_path):
     def slow_request(i):
         started = time.monotonic()
         r = requests.post(url, json={"inputs": {"x": [float(i)], "sleep_ms": [2000]}}, timeout=60)
-        results.append((r.status_code, r.json(), i, time.monotonic() - started))
+        results.append((r.status_code, r.json(), i, time.monotonic() - started, time.monotonic()))
 
+    def received() -> int:
+        return sum(handle.ping.remote().result(timeout_s=30)["calls"].values())
+
+    before = received()
     threads = [threading.Thread(target=slow_request, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
-    wait_for(lambda: handle.ping.remote().result(timeout_s=30)["ongoing_requests"] == 8, 30,
-             what="8 requests running in the replica")
+    # All 8 reached the replica; its inference threads run them a few at a time (2 s each), so
+    # most are still running or queued in it when the unload begins.
+    wait_for(lambda: received() - before == 8, 60, what="8 requests received by the replica")
     unloading = time.monotonic()
     ray.get(aspire.manager.set_models.remote([m for m in aspire.models if m.name != "drain"]))
     aspire.models = [m for m in aspire.models if m.name != "drain"]
@@ -202,11 +210,14 @@ def test_unloaded_version_finishes_its_slow_requests(aspire, tmp_path):
     gone_s = time.monotonic() - unloading
     late = aspire.post("/v1/models/drain/versions/1:predict",
                        {"inputs": {"x": [1.0], "sleep_ms": [0]}})
-    print(f"\nunload with 8 requests of 2 s in flight: {sum(c == 200 for c, *_ in results)}/8 "
-          f"answered 200 (slowest {max(d for *_, d in results):.2f} s); the version was gone "
+    in_flight = sum(1 for *_, ended in results if ended > unloading)
+    print(f"\nunload with 8 requests of 2 s received, {in_flight} of them still in flight: "
+          f"{sum(c == 200 for c, *_ in results)}/8 "
+          f"answered 200 (slowest {max(d for *_, d, _ in results):.2f} s); the version was gone "
           f"{gone_s:.1f} s after the unload began; a request after it: {late.status_code}")
-    assert sorted((c, body["outputs"], i) for c, body, i, _ in results) == [
+    assert sorted((c, body["outputs"], i) for c, body, i, _, _ in results) == [
         (200, [i * 0.5 + 2.0], i) for i in range(8)]
+    assert in_flight >= 1  # the unload met requests in flight (else this test checked nothing)
     assert late.status_code == 404
     assert late.json() == {"error": "Servable not found for request: Specific(drain, 1)"}
 

@@ -74,10 +74,13 @@ class RolloutExporter(TextExporter):
         # v1 serves all of RATE from the exporter's start until the rollout shifts traffic to v2
         v2 = RATE * v2_share_integral(elapsed)
         v1 = 1000 + RATE * (now - self.created) - v2
+        # Each sample carries the time its value was computed, so rate() divides by the time the
+        # counter really moved, not by scrape times that a loaded machine delays unevenly.
+        stamp = int(now * 1000)
         lines = ["# TYPE aspire_requests_total counter"]
         for version, value in (("1", v1), ("2", v2)):
             lines.append(f'aspire_requests_total{{model="m",version="{version}",api="predict",'
-                         f'protocol="rest",code="OK"}} {value:.3f}')
+                         f'protocol="rest",code="OK"}} {value:.3f} {stamp}')
         # errors are not drawn (code="OK" only)
         lines.append('aspire_requests_total{model="m",version="",api="predict",protocol="rest",'
                      f'code="NOT_FOUND"}} {int(5 * elapsed)}')

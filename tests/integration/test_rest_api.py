@@ -234,12 +234,15 @@ def test_cors_preflight(aspire):
     assert (ok.status_code, bad.status_code) == (200, 400)
 
 
-def test_server_survives_bad_inputs(aspire):
+def test_bad_inputs_get_400_nan_is_served_and_the_model_stays_up(aspire):
     for body in [b"\xff\xfe", b"[1,2", b'{"instances": [[1.0], [1.0, 2.0]]}', b"{" * 10000,
-                 b'{"instances": [NaN]}', b'{"inputs": {"x": {"b64": "!!"}}}']:
+                 b'{"inputs": {"x": {"b64": "!!"}}}']:
         r = aspire.post("/v1/models/half_plus_two:predict", body)
-        assert r.status_code in (200, 400), (body[:30], r.status_code, r.text)
-        assert "error" in r.json() or "predictions" in r.json()
+        assert r.status_code == 400, (body[:30], r.status_code, r.text)
+        assert list(r.json()) == ["error"], r.text
+    # TF Serving parses NaN (RapidJSON's kParseNanAndInfFlag) and writes it back bare
+    r = aspire.post("/v1/models/half_plus_two:predict", b'{"instances": [NaN]}')
+    assert (r.status_code, r.text.replace(" ", "").replace("\n", "")) == (200, '{"predictions":[NaN]}')
     assert aspire.get("/v1/models/half_plus_two").status_code == 200
 
 
@@ -317,13 +320,27 @@ def test_gzip_bomb_is_413_without_inflating_past_the_limit(aspire):
     assert r.json()["error"].startswith("Decompressed request body is larger than the limit of")
 
 
-def test_half_a_million_nesting_levels_are_400_fast_and_the_server_keeps_serving(aspire):
+def test_half_a_million_nesting_levels_are_400_faster_than_a_valid_body_of_that_size(aspire):
     import time
     body = b'{"instances": ' + b"[" * 500_000 + b"1.0" + b"]" * 500_000 + b"}"
-    started = time.perf_counter()
-    r = aspire.post("/v1/models/half_plus_two:predict", body)
-    seconds = time.perf_counter() - started
+    # the baseline, same run: a valid predict body of the same length
+    valid = b'{"instances": [' + b",".join([b"1.0"] * ((len(body) - 16) // 4)) + b"]}"
+    assert abs(len(valid) - len(body)) < 8
+
+    def best(payload, runs=3):
+        times, answer = [], None
+        for _ in range(runs):
+            started = time.perf_counter()
+            answer = aspire.post("/v1/models/half_plus_two:predict", payload)
+            times.append(time.perf_counter() - started)
+        return min(times), answer
+
+    refused_s, r = best(body)
+    valid_s, ok = best(valid)
     assert r.status_code == 400
     assert r.json()["error"].startswith("JSON Parse error: arrays and objects nest deeper than 256 levels")
-    print(f"500,000-deep instances over HTTP: 400 in {seconds * 1000:.0f} ms")
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == (len(body) - 16) // 4
+    print(f"500,000-deep instances over HTTP: 400 in {refused_s * 1000:.0f} ms; a valid body of "
+          f"the same size answered in {valid_s * 1000:.0f} ms")
+    assert refused_s < valid_s
     assert aspire.post("/v1/models/half_plus_two:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}

@@ -82,7 +82,7 @@ def test_unknown_model_key_is_rejected():
     assert error({"models": {"m": {"num_replica": 2}}}).message == (
         "Invalid Aspire config cfg.json: model 'm': unknown key 'num_replica' "
         "(expected one of version_policy, traffic, num_replicas, autoscaling, max_ongoing_requests, "
-        "max_queued_requests, device, vram, ram)")
+        "max_queued_requests, health_check_period_s, health_check_timeout_s, device, vram, ram)")
 
 
 def test_device_and_declared_sizes_are_parsed():
@@ -189,6 +189,22 @@ def test_request_limits_parse_per_model():
     assert (got["m"].max_ongoing_requests, got["m"].max_queued_requests) == (2, 0)
     assert (got["n"].max_ongoing_requests, got["n"].max_queued_requests) == (None, -1)
     assert (got["o"].max_ongoing_requests, got["o"].max_queued_requests) == (None, None)
+
+
+def test_health_checks_parse_per_model():
+    got = parse_aspire_config('{"models": {"m": {"health_check_period_s": 1, '
+                              '"health_check_timeout_s": 2.5}, "o": {}}}')
+    assert (got["m"].health_check_period_s, got["m"].health_check_timeout_s) == (1.0, 2.5)
+    assert (got["o"].health_check_period_s, got["o"].health_check_timeout_s) == (None, None)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("health_check_period_s", 0), ("health_check_period_s", -1), ("health_check_timeout_s", True),
+    ("health_check_timeout_s", "3"),
+])
+def test_health_checks_are_validated(field, value):
+    assert error({"models": {"m": {field: value}}}).message == (
+        f"Invalid Aspire config cfg.json: model 'm': {field} must be a number > 0, got {value!r}")
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -226,9 +227,11 @@ def test_ray_cluster_prometheus_config():
 
 @pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-ray-cluster.yml"])
 def test_promtool_check_config(name):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`)")
+    # promtool ships in Debian's `prometheus` package, installed here if missing (whatever ran first)
+    from tests.support.prometheus import ensure_prometheus
+    binary = ensure_prometheus()
+    promtool = shutil.which("promtool", path=os.path.dirname(binary)) or shutil.which("promtool")
+    assert promtool, f"no promtool beside {binary} or on PATH"
     done = subprocess.run([promtool, "check", "config", str(PROMETHEUS / name)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

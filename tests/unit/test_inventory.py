@@ -42,7 +42,8 @@ def test_declared_inventory_rejects(spec, match):
         assert str(info.value).startswith(f"invalid GPU inventory {spec!r}")
 
 
-def test_nvml_inventory_is_empty_without_a_driver():
+def test_nvml_inventory_is_empty_without_pynvml(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
     assert nvml_inventory("n1") == []
     assert nvml_inventory("n1", own_pids=[1, 2]) == []
 

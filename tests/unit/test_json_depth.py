@@ -1,4 +1,4 @@
-"""JSON nesting limit (CVE-2025-0649's shape): deep bodies are refused fast, with a 400, and the
+"""JSON nesting limit (CVE-2025-0649's shape): deep bodies are refused with a 400, faster than a valid body of the same size parses, and the
 limit leaves every valid request alone."""
 import time
 
@@ -25,15 +25,31 @@ def test_depth_at_the_limit_parses_and_one_more_is_invalid_argument(key):
                                   f"levels at offset: {len(key) + 5 + MAX_JSON_DEPTH - 1}")
 
 
+def best_seconds(call, runs: int = 5) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        try:
+            call()
+        except AspireError:
+            pass
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 @pytest.mark.parametrize("key", ["instances", "not_a_tensor_key"])
-def test_half_a_million_levels_are_refused_in_well_under_a_second(key):
+def test_half_a_million_levels_are_refused_faster_than_a_valid_body_of_that_size_parses(key):
     body = nested(500_000, key)
-    started = time.perf_counter()
     with pytest.raises(AspireError) as info:
         parse_body(body)
-    seconds = time.perf_counter() - started
     assert info.value.code == "INVALID_ARGUMENT" and "nest deeper than" in info.value.message
-    print(f"500,000-deep {key}: 400 after {seconds * 1000:.0f} ms")
+    # The baseline, same run: a flat, valid body of the same length (a million bytes)
+    flat = b'{"' + key.encode() + b'": [' + b",".join([b"1"] * ((len(body) - len(key) - 8) // 2)) + b"]}"
+    assert abs(len(flat) - len(body)) < 16
+    refused_s, parsed_s = best_seconds(lambda: parse_body(body)), best_seconds(lambda: parse_body(flat))
+    print(f"500,000-deep {key}: 400 after {refused_s * 1000:.1f} ms; a valid body of the same "
+          f"size parses in {parsed_s * 1000:.1f} ms")
+    assert refused_s < parsed_s
 
 
 def test_brackets_inside_strings_do_not_count():
