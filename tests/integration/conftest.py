@@ -159,6 +159,23 @@ class Aspire:
         return wait_for(lambda: self.states(name).get(version, ("",))[0] == state, timeout_s,
                         what=f"{name} v{version} {state}")
 
+    def remove_added_models(self, timeout_s: float = 180.0) -> list[str]:
+        """Unload every model a test added (back to BASE_MODELS) and wait until their versions
+        are unloaded and their Serve applications deleted. Returns the names removed."""
+        import ray
+        from ray import serve
+
+        from deployments.servable import app_name
+        added = [m.name for m in self.models if m.name not in BASE_MODELS]
+        if not added:
+            return []
+        self.models = [m for m in self.models if m.name in BASE_MODELS]
+        ray.get(self.manager.set_models.remote(self.models))
+        prefixes = tuple(app_name(name, 0)[:-1] for name in added)  # "...-v" of every version
+        wait_for(lambda: not any(app.startswith(prefixes) for app in serve.status().applications),
+                 timeout_s, 0.5, what=f"the applications of {added} deleted")
+        return added
+
     def add_model(self, name: str, base_path: str, policy=None):
         import ray
 
@@ -204,6 +221,18 @@ def aspire():
     yield Aspire(f"http://127.0.0.1:{port}", manager, models, f"127.0.0.1:{grpc_port}")
     launcher.stop(manager)
     ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _added_models_unloaded_after_the_module(request):
+    """Models a module added to the shared cluster are unloaded when the module ends, so the
+    cluster does not collect a replica per added model (each holds most of a GiB) for the rest
+    of the run. Runs after the module's own fixtures have finished."""
+    yield
+    uses_cluster = any("aspire" in item.fixturenames for item in request.session.items
+                       if item.module is request.module)
+    if uses_cluster:
+        request.getfixturevalue("aspire").remove_added_models()
 
 
 @pytest.fixture

@@ -30,9 +30,13 @@ def test_autoscaled_version_books_max_replicas_and_follows_load(tmp_path):
             for n in names) + "}\n")
 
     write_models(["busy"])
+    # Serve scales to ceil(requests in flight / target). The replica counts a direct call from
+    # its arrival to its answer: for half_plus_two (about a millisecond) under 6 Python clients
+    # that averages about one, right on a target of 1, where a scale-up waits for a lucky
+    # window. A target of 0.25 puts any steady load clearly above it and no load below it.
     settings.write_text(json.dumps({"models": {
         "busy": {"device": "gpu", "vram": "6GiB",
-                 "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                 "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.25,
                                  "upscale_delay_s": 0, "downscale_delay_s": 2,
                                  "look_back_period_s": 2}},
         "late": {"device": "gpu", "vram": "6GiB"}}}))
