@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/suite.py
 
 bench-smoke: $(STAMP)
-	$(BIN)/python bench/suite.py --smoke
+	$(BIN)/python -m pytest -q -m bench tests/integration/test_bench_smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

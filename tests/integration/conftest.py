@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.support.ports import free_port  # noqa: F401 (re-exported to the test modules)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -30,12 +31,6 @@ BASE_MODELS = {
     "counter": "saved_model_counter",
     "bad_half_plus_two": "bad_half_plus_two",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: str = "condition"):

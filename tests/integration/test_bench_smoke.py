@@ -1,6 +1,7 @@
 """The benchmark suite runs end to end (`bench/suite.py --smoke`: 1 s per point, concurrency 1):
 every system answers every model with no error, and the report has every row. No assertion on
-speed: figures come from `make bench` and go in bench/README.md."""
+speed: figures come from `make bench` and go in bench/README.md. Marked `bench`: outside the
+default run (`make test`), run by `make bench-smoke`."""
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.bench]
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ["in-process", "fastapi", "ray-serve", "aspire-rest", "aspire-grpc", "aspire-batch"]
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import requests
 
 from tests.support.debian import apt_install, ensure_binary, tail
+from tests.support.ports import free_port
 
 PACKAGE = "prometheus"
 DEBIAN_BINARY = "/usr/bin/prometheus"
@@ -152,9 +153,7 @@ def _sweep_stale_dirs() -> None:
 
 def _free_port() -> int:
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         if port != DEFAULT_PORT:
             return port
 
