@@ -25,16 +25,13 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    with socket.socket() as s:  # servers that listen on every address (gRPC's [::] or 0.0.0.0)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
+    # loopback, and every address for servers that listen on all of them (gRPC's 0.0.0.0)
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
     return True
 
 

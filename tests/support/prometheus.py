@@ -151,13 +151,6 @@ def _sweep_stale_dirs() -> None:
             pass  # no readable owner yet, or the owner is alive (or not ours): leave it
 
 
-def _free_port() -> int:
-    while True:
-        port = free_port()
-        if port != DEFAULT_PORT:
-            return port
-
-
 def _duration(seconds: float) -> str:
     ms = int(round(seconds * 1000))
     if ms <= 0:
@@ -262,7 +255,7 @@ class PrometheusServer:
         return self
 
     def _spawn(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [self.binary,
                f"--config.file={self.config_path}",
