@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from deployments import protos
 from deployments.errors import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger("aspire")
@@ -472,6 +473,7 @@ def version_text() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    protos.load()  # config files and API protos without TensorFlow's runtime
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.version:
         print(version_text())

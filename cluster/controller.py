@@ -34,7 +34,7 @@ from cluster.manager import Manager
 from cluster.manager_state import GcsStore, decode_value, dumps, encode_value, loads, state_prefix
 from cluster.model_config import labels_from_config, models_from_config, read_config_file
 from cluster.source import FileSystemSource, ModelSource
-from deployments import metrics
+from deployments import metrics, protos
 from deployments.errors import AspireError
 from deployments.router_core import MANAGER_NAME, NAMESPACE
 from deployments.servable import APP_PREFIX, ReplicaOptions, ServeBackend, app_name
@@ -135,6 +135,7 @@ def _app_prefix(name: str) -> str:
 class ManagerActor:
     def __init__(self, config: ControllerConfig):
         configure_logging()
+        protos.load()  # SavedModel metadata is read without TensorFlow's runtime
         self._config = config
         self._store = GcsStore()
         self._state_key = state_prefix(MANAGER_NAME)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from deployments.errors import CODES, AspireError
 
@@ -33,7 +35,47 @@ class Resources:
     variable_bytes: int  # variables/ plus the graph (constants of frozen graphs live there)
 
 
-def _gfile():
+def import_tensorflow():
+    """`import tensorflow`, without the eager import of Keras in tensorflow/__init__.py.
+
+    TF imports `keras.src.optimizers` at start-up, which imports all of Keras and, where they are
+    installed, scikit-learn and matplotlib: about 2 s and 100 MiB in every replica. A SavedModel's
+    graph and functions run without Keras's Python classes, so a replica skips it; Keras still
+    imports on first use (`tf.keras`, `import keras`), in full, because the block is lifted as
+    soon as TensorFlow is in."""
+    if "tensorflow.python" in sys.modules:
+        return sys.modules["tensorflow"]
+    blocked = "keras.src.optimizers" not in sys.modules
+    if blocked:
+        sys.modules["keras.src.optimizers"] = None  # TF's try/except ImportError skips it
+    try:
+        import tensorflow as tf
+    finally:
+        if blocked and sys.modules.get("keras.src.optimizers", 0) is None:
+            del sys.modules["keras.src.optimizers"]
+    return tf
+
+
+class _LocalFiles:
+    """The part of `tf.io.gfile` the loader uses, for local paths. TensorFlow's file systems
+    are needed only for URLs (gs://, s3://, hdfs://), and the manager, which reads metadata and
+    sizes, runs without TensorFlow's runtime (deployments/protos.py)."""
+    exists = staticmethod(os.path.exists)
+    listdir = staticmethod(os.listdir)
+    GFile = staticmethod(open)
+
+    @staticmethod
+    def walk(path):
+        return os.walk(path, followlinks=True)  # as gfile.walk; check_contained refused loops
+
+    @staticmethod
+    def stat(path):
+        return SimpleNamespace(length=os.stat(path).st_size)
+
+
+def _gfile(path: str):
+    if "://" not in path:
+        return _LocalFiles
     import tensorflow as tf  # imported on first use: TF takes seconds to import
     return tf.io.gfile
 
@@ -83,7 +125,7 @@ def check_contained(path: str) -> None:
 
 def _walk_bytes(path: str) -> tuple[int, int]:
     """(bytes of every file under `path`, bytes of variables/ and saved_model.pb(txt))."""
-    gfile = _gfile()
+    gfile = _gfile(path)
     total = weights = 0
     variables = os.path.join(path, "variables")
     for root, _dirs, files in gfile.walk(path):
@@ -145,7 +187,7 @@ class SavedModelLoader:
         """The MetaGraphDef for `tags`, read from disk without loading variables."""
         from tensorflow.core.protobuf import saved_model_pb2
         from google.protobuf import text_format
-        gfile = _gfile()
+        gfile = _gfile(self.path)
         pb, pbtxt = os.path.join(self.path, "saved_model.pb"), os.path.join(self.path, "saved_model.pbtxt")
         saved_model = saved_model_pb2.SavedModel()
         try:
@@ -179,7 +221,7 @@ class SavedModelLoader:
         """A version holding Keras files and no SavedModel gets a message that says why it is
         not served: .keras/.h5 files rebuild layers in Python (a Lambda layer is code), and
         Aspire runs only graphs through TF's SavedModel loader."""
-        gfile = _gfile()
+        gfile = _gfile(self.path)
         try:
             keras_files = sorted(n for n in gfile.listdir(self.path) if n.endswith(KERAS_SUFFIXES))
         except Exception:  # no directory at all: TF Serving's message below says so
@@ -198,7 +240,7 @@ class SavedModelLoader:
     def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0,
              gpu_memory_limit_bytes: int | None = None, run_timeout_ms: int = 0) -> "LoadedSavedModel":
         check_contained(self.path)  # again in the replica: the directory may have changed since
-        import tensorflow as tf
+        tf = import_tensorflow()
         tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
         graph = tf.Graph()
         config = session_config(intra_op_threads, inter_op_threads, gpu_memory_limit_bytes)

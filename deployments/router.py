@@ -12,6 +12,7 @@ import uuid
 import ray
 from ray import serve
 
+from deployments import protos
 from deployments.auth import BearerAuth, GrpcAuthInterceptor
 from deployments.errors import DEFAULT_MAX_BODY_BYTES
 from deployments.grpc_api import GrpcApi, add_servicers
@@ -28,6 +29,7 @@ class Router:
                  grpc_port: int = 8500, grpc_health: bool = False,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  auth_token_sha256: str | None = None, admin_token_sha256: str | None = None):
+        protos.load()  # TF Serving's protos without TensorFlow's runtime: a router runs no model
         # Digests, never tokens: Serve keeps these arguments in the GCS (deployments/auth.py).
         auth = BearerAuth(auth_token_sha256, admin_token_sha256)
         manager = ray.get_actor(manager_name, namespace=namespace)
