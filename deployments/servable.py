@@ -288,6 +288,12 @@ class ReplicaOptions:
     # router answers 429 at once instead of letting latency grow without bound. -1: no limit.
     max_queued_requests: int = 1000
     graceful_shutdown_timeout_s: float = 20.0
+    # How often Serve looks whether an unloading replica still has requests through its handle.
+    # Serve first waits one such period unconditionally (2 s by default, for load balancers to
+    # deregister the replica); Aspire's routers have acknowledged the new serving map before a
+    # version is deleted, and direct calls drain in the replica itself (__del__), so a short
+    # period only ends unloads sooner.
+    graceful_shutdown_wait_loop_s: float = 0.25
     # Serve's health check of each replica: a replica that fails (or does not answer in time)
     # REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD = 3 checks in a row is replaced.
     health_check_period_s: float = 5.0
@@ -428,6 +434,7 @@ class ServeBackend:
                     name="servable", ray_actor_options=actor_options, **scaling[i],
                     max_ongoing_requests=ongoing, max_queued_requests=queued,
                     graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
+                    graceful_shutdown_wait_loop_s=opts.graceful_shutdown_wait_loop_s,
                     health_check_period_s=check_period_s, health_check_timeout_s=check_timeout_s,
                     # Aspire counts every request in its own metrics; Serve's per-call log line
                     # cost about 2 % of a replica's CPU
