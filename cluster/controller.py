@@ -353,7 +353,7 @@ class ManagerActor:
             return err.code, err.message
         self._models = {m.name: m for m in models}
         self._source.set_models(models)
-        self._manager.set_labels(labels)
+        self._manager.set_labels(labels, wait_for_routers=True)
         self._save_config()  # an OK answer means a restart keeps it
         self._source.poll_once()
         return "OK", ""

@@ -455,7 +455,7 @@ class Manager(Persistence):
                            if now - seen < self._router_lease_s)
             if not self._changed.wait_for(caught_up, timeout=max(0.0, deadline - time.monotonic())):
                 lagging = [r for r, (acked, _) in self._router_acks.items() if acked < epoch]
-                log.warning("routers %s did not acknowledge serving map %d in %.0f s; unloading anyway",
+                log.warning("routers %s did not acknowledge serving map %d in %.0f s; going on",
                             lagging, epoch, self._router_ack_timeout_s)
 
     # ---- labels -----------------------------------------------------------------------------
@@ -495,11 +495,17 @@ class Manager(Persistence):
                 stream.policy = policy
                 self._touch(stream)
 
-    def set_labels(self, labels: dict[str, dict[str, int]]) -> None:
-        """Replace every model's labels (already checked with `check_labels`)."""
+    def set_labels(self, labels: dict[str, dict[str, int]], wait_for_routers: bool = False) -> None:
+        """Replace every model's labels (already checked with `check_labels`). With
+        `wait_for_routers`, return once every live router has acknowledged the serving map that
+        carries them (or after the acknowledgement timeout), so a reload that answers OK is in
+        force: a request by the new label right after it is routed, as in TF Serving."""
         with self._lock:
             self._labels = {name: dict(m) for name, m in labels.items() if m}
             self._publish()
+            epoch = self._epoch
+        if wait_for_routers:
+            self._wait_for_routers(epoch)
 
     # ---- status -----------------------------------------------------------------------------
     def model_status(self, name: str, version: int | None = None) -> list[dict]:

@@ -245,6 +245,23 @@ def test_labels_are_published_in_the_serving_map(manager):
     assert manager.serving_map()["epoch"] > epoch
 
 
+def test_a_reload_returns_its_labels_once_live_routers_acknowledged_them(manager):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    epoch = manager.serving_map()["epoch"]
+    manager.wait_for_serving_map(epoch, "router-a", 0)  # router-a is live and has applied `epoch`
+    done = threading.Event()
+    setter = threading.Thread(target=lambda: (manager.set_labels({"m": {"stable": 1}},
+                                                                 wait_for_routers=True), done.set()))
+    setter.start()
+    new_map = manager.wait_for_serving_map(epoch, "router-a", 5)  # router-a fetches the labels
+    assert new_map["labels"] == {"m": {"stable": 1}}
+    assert not done.is_set()  # fetched, not yet acknowledged
+    manager.wait_for_serving_map(new_map["epoch"], "router-a", 0)  # its next poll acknowledges
+    assert done.wait(5)
+    setter.join(5)
+
+
 def test_wait_for_models_returns_once_each_model_is_available_or_ended(manager, backend):
     backend.fail["/bad/1"] = AspireError("broken", "NOT_FOUND")
     manager.set_aspired_versions("good", {1: "/good/1"})
