@@ -20,10 +20,8 @@ serve-example: $(STAMP)
 	$(BIN)/aspire serve --model_name=digits --model_base_path=examples/models/digits \
 		--rest_api_port=8501 --port=8500 --monitoring_config_file=examples/monitoring_config.txt
 
-# two pytest-xdist workers: the shared-cluster modules on one, every other module on either
-# (tests/conftest.py sets the groups and the order)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs -n 2 --dist loadgroup --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -rs tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

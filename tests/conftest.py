@@ -3,8 +3,6 @@ collected from every passing test and shown once, as a "figures" section at the 
 so `make test` and CI show them without `-s` and without the rest of the captured output."""
 from __future__ import annotations
 
-import pytest
-
 _figures: list[tuple[str, list[str]]] = []
 
 
@@ -27,38 +25,21 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"    {line}")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Run order, by module (a module is never split, so its module-scoped fixtures start once).
-
-    One process (`pytest tests`):
+    """Run order, by module (a module is never split, so its module-scoped fixtures start once):
     1. tests without Ray (tests/unit, tests/gpu);
     2. integration modules that start their own servers (`aspire serve`, their own Ray);
     3. modules on the session's shared Aspire cluster (the `aspire` fixture), which then stays up
        to the end with nothing else running beside it.
-
-    Two xdist workers (`make test`: `-n 2 --dist loadgroup --no-loadscope-reorder`): every module
-    is an xdist group of its own, and the modules on the shared cluster are one group together,
-    so the cluster starts once, on one worker. That group goes first (it is the longest); the
-    other worker meanwhile takes the servers of their own, then the unit tests, module by module,
-    and the first worker to finish takes what is left."""
+    Each server runs alone on the machine's cores, never beside an idle session cluster."""
     def group(item) -> int:
         path = str(item.fspath)
         if "/tests/integration/" not in path:
-            return 2 if parallel else 0
-        if path in shared:
-            return 0 if parallel else 2
-        return 1
+            return 0
+        return 2 if path in shared else 1
 
-    # collection runs in the workers, which carry `workerinput` (their `dist` option is "no")
-    parallel = hasattr(config, "workerinput")
     shared = {str(item.fspath) for item in items if "aspire" in getattr(item, "fixturenames", ())}
     order = {}
     for item in items:
         order.setdefault(str(item.fspath), len(order))
     items.sort(key=lambda item: (group(item), order[str(item.fspath)]))
-    if parallel:
-        for item in items:
-            path = str(item.fspath)
-            item.add_marker(pytest.mark.xdist_group(
-                "shared-cluster" if path in shared else item.nodeid.split("::")[0]))
