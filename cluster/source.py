@@ -70,22 +70,28 @@ class FileSystemSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # One emitter at a time: a poll that read the old list would otherwise aspire a removed
+        # model's versions again after set_models emitted its empty list, and it stayed loaded.
+        self._emitting = threading.Lock()
 
     def set_models(self, models: list[ModelSource]) -> None:
-        """Replace the served model list; models that left get an empty aspired list."""
-        with self._lock:
-            removed = {m.name for m in self._models} - {m.name for m in models}
-            self._models = list(models)
-        for name in removed:
-            self._callback(name, {})
+        """Replace the served model list; models that left get an empty aspired list (after any
+        poll in progress, so nothing aspires them again)."""
+        with self._emitting:
+            with self._lock:
+                removed = {m.name for m in self._models} - {m.name for m in models}
+                self._models = list(models)
+            for name in removed:
+                self._callback(name, {})
 
     def poll_once(self) -> None:
-        with self._lock:
-            models = list(self._models)
-        for model in models:
-            aspired = poll_model(model)
-            if aspired is not None:
-                self._callback(model.name, aspired)
+        with self._emitting:
+            with self._lock:
+                models = list(self._models)
+            for model in models:
+                aspired = poll_model(model)
+                if aspired is not None:
+                    self._callback(model.name, aspired)
 
     def start(self) -> None:
         if self._poll_wait_s < 0:

@@ -69,3 +69,28 @@ def test_poll_once_mode_polls_exactly_once(tmp_path):
     source.start()
     source._thread.join(5)
     assert calls == ["m"] and not source._thread.is_alive()
+
+
+def test_a_poll_in_progress_cannot_aspire_a_model_again_after_its_removal(tmp_path):
+    import threading
+    for name in ("a", "m"):
+        (tmp_path / name / "1").mkdir(parents=True)
+    calls, polling, release = [], threading.Event(), threading.Event()
+
+    def callback(name, aspired):
+        calls.append((name, aspired))
+        if name == "a":  # the poll has read the list with "m" in it: hold it before it emits "m"
+            polling.set()
+            release.wait(5)
+
+    source = FileSystemSource([ModelSource(n, str(tmp_path / n)) for n in ("a", "m")], 1.0, callback)
+    poller = threading.Thread(target=source.poll_once)
+    poller.start()
+    assert polling.wait(5)
+    remover = threading.Thread(target=source.set_models, args=([ModelSource("a", str(tmp_path / "a"))],))
+    remover.start()
+    remover.join(0.2)
+    release.set()
+    poller.join(5)
+    remover.join(5)
+    assert [c for c in calls if c[0] == "m"][-1] == ("m", {})  # the removal is the last word
