@@ -31,7 +31,8 @@ class ModelSource:
 
 def _list_children(base_path: str) -> list[str]:
     if "://" in base_path:  # gs://, s3://, hdfs://: through TensorFlow's file systems
-        import tensorflow as tf
+        from deployments.loader import import_tensorflow
+        tf = import_tensorflow()
         if not tf.io.gfile.exists(base_path):
             raise FileNotFoundError(base_path)
         return [c.rstrip("/") for c in tf.io.gfile.listdir(base_path)]

@@ -76,8 +76,7 @@ class _LocalFiles:
 def _gfile(path: str):
     if "://" not in path:
         return _LocalFiles
-    import tensorflow as tf  # imported on first use: TF takes seconds to import
-    return tf.io.gfile
+    return import_tensorflow().io.gfile  # imported on first use: TF takes seconds to import
 
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
