@@ -31,11 +31,11 @@ class ModelSource:
 
 def _list_children(base_path: str) -> list[str]:
     if "://" in base_path:  # gs://, s3://, hdfs://: through TensorFlow's file systems
-        from deployments.loader import import_tensorflow
-        tf = import_tensorflow()
-        if not tf.io.gfile.exists(base_path):
+        from deployments.tf_runtime import runtime
+        gfile = runtime(base_path).gfile
+        if not gfile.exists(base_path):
             raise FileNotFoundError(base_path)
-        return [c.rstrip("/") for c in tf.io.gfile.listdir(base_path)]
+        return [c.rstrip("/") for c in gfile.listdir(base_path)]
     return [entry.name for entry in os.scandir(base_path) if entry.is_dir()]
 
 

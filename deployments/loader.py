@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 from deployments.errors import CODES, AspireError
+from deployments.tf_runtime import runtime
 
 RAM_ESTIMATE_MULTIPLIER = 1.2
 DEFAULT_TAGS = ("serve",)
@@ -33,27 +33,6 @@ DEFAULT_TAGS = ("serve",)
 class Resources:
     ram_bytes: int  # every file of the version x RAM_ESTIMATE_MULTIPLIER
     variable_bytes: int  # variables/ plus the graph (constants of frozen graphs live there)
-
-
-def import_tensorflow():
-    """`import tensorflow`, without the eager import of Keras in tensorflow/__init__.py.
-
-    TF imports `keras.src.optimizers` at start-up, which imports all of Keras and, where they are
-    installed, scikit-learn and matplotlib: about 2 s and 100 MiB in every replica. A SavedModel's
-    graph and functions run without Keras's Python classes, so a replica skips it; Keras still
-    imports on first use (`tf.keras`, `import keras`), in full, because the block is lifted as
-    soon as TensorFlow is in."""
-    if "tensorflow.python" in sys.modules:
-        return sys.modules["tensorflow"]
-    blocked = "keras.src.optimizers" not in sys.modules
-    if blocked:
-        sys.modules["keras.src.optimizers"] = None  # TF's try/except ImportError skips it
-    try:
-        import tensorflow as tf
-    finally:
-        if blocked and sys.modules.get("keras.src.optimizers", 0) is None:
-            del sys.modules["keras.src.optimizers"]
-    return tf
 
 
 class _LocalFiles:
@@ -76,7 +55,7 @@ class _LocalFiles:
 def _gfile(path: str):
     if "://" not in path:
         return _LocalFiles
-    return import_tensorflow().io.gfile  # imported on first use: TF takes seconds to import
+    return runtime(path).gfile  # imported on first use: TF takes seconds to import
 
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -160,8 +139,8 @@ def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0,
     as it needs it; with `gpu_memory_limit_bytes` (the replica's VRAM reservation less the CUDA
     context), the one GPU the replica sees is a logical device capped to it, so one version
     cannot starve another."""
-    import tensorflow as tf
-    config = tf.compat.v1.ConfigProto(
+    from tensorflow.core.protobuf import config_pb2
+    config = config_pb2.ConfigProto(
         intra_op_parallelism_threads=intra_op_threads,
         inter_op_parallelism_threads=inter_op_threads,
         allow_soft_placement=True)
@@ -239,15 +218,15 @@ class SavedModelLoader:
     def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0,
              gpu_memory_limit_bytes: int | None = None, run_timeout_ms: int = 0) -> "LoadedSavedModel":
         check_contained(self.path)  # again in the replica: the directory may have changed since
-        tf = import_tensorflow()
-        tf.get_logger().setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
+        tf = runtime(self.path)
+        tf.logger.setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
         graph = tf.Graph()
         config = session_config(intra_op_threads, inter_op_threads, gpu_memory_limit_bytes)
-        session = tf.compat.v1.Session(graph=graph, config=config)
+        session = tf.Session(graph=graph, config=config)
         try:
             with graph.as_default():
-                meta_graph = tf.compat.v1.saved_model.loader.load(session, list(self.tags), self.path)
-        except tf.errors.OpError as err:
+                meta_graph = tf.load_saved_model(session, list(self.tags), self.path)
+        except tf.OpError as err:
             session.close()
             raise _from_tf_error(err) from None
         except Exception as exc:
@@ -289,7 +268,7 @@ class LoadedSavedModel:
         Inputs must already name signature inputs (the request layer validates names with TF
         Serving's messages); missing inputs with a SignatureDef default are filled from it.
         """
-        import tensorflow as tf
+        tf = runtime()
         signature = self.signatures[signature_name]
         feeds = dict(inputs)
         for alias, proto in signature.defaults.items():
@@ -301,7 +280,7 @@ class LoadedSavedModel:
                             tuple(signature.outputs[a].name for a in outputs))
         try:
             values = fn(*[feeds[a] for a in aliases])
-        except tf.errors.OpError as err:
+        except tf.OpError as err:
             raise _from_tf_error(err) from None
         return dict(zip(outputs, values))
 

@@ -27,6 +27,7 @@ from deployments import inference
 from deployments.errors import AspireError, failed_precondition, invalid_argument, unimplemented
 from deployments.inference import DEFAULT_SIGNATURE
 from deployments.loader import LoadedSavedModel
+from deployments.tf_runtime import runtime
 
 if TYPE_CHECKING:
     from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
@@ -101,12 +102,11 @@ def _decode_string_list(proto) -> np.ndarray:
 
 
 def _to_ndarray(alias: str, proto) -> np.ndarray:
-    import tensorflow as tf
     from tensorflow.core.framework import types_pb2
     try:
         if proto.dtype == types_pb2.DT_STRING and proto.tensor_content:
             return _decode_string_list(proto)
-        return tf.make_ndarray(proto)
+        return runtime().make_ndarray(proto)
     except Exception:
         raise invalid_argument(f"tensor parsing error: {alias}") from None
 
@@ -129,11 +129,10 @@ def _fill_tensor(proto, value, tensor_content: bool) -> None:
     Session results always carry the base dtype, so TF1 ref outputs (DT_FLOAT_REF) come out as
     DT_FLOAT, as in TF Serving.
     """
-    import tensorflow as tf
     from tensorflow.core.framework import types_pb2
     array = np.asarray(value, order="C")  # ascontiguousarray would turn scalars into [1]
     is_string = array.dtype == object or array.dtype.kind in "SU"
-    dtype = types_pb2.DT_STRING if is_string else tf.as_dtype(array.dtype).as_datatype_enum
+    dtype = types_pb2.DT_STRING if is_string else runtime().as_dtype(array.dtype).as_datatype_enum
     proto.dtype = dtype
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)

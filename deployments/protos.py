@@ -17,6 +17,7 @@ import anything. Where TensorFlow is already imported, `load()` only imports the
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -51,7 +52,7 @@ OPTIONAL = (
     "tensorflow_serving.servables.tensorflow.session_bundle_config_pb2",
 )
 
-_lock = threading.Lock()
+import_lock = threading.RLock()  # held while a stand-in is in sys.modules
 
 
 def _import_all() -> None:
@@ -64,24 +65,33 @@ def _import_all() -> None:
             pass
 
 
+@contextlib.contextmanager
+def stand_in():
+    """A bare `tensorflow` package in `sys.modules` for the duration, so `tensorflow.*` modules
+    import without `tensorflow/__init__.py`; taken away after."""
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("tensorflow is not installed")
+    module = types.ModuleType("tensorflow", "stands in for TensorFlow while its modules import")
+    module.__path__ = list(spec.submodule_search_locations)
+    module.__file__ = spec.origin
+    with import_lock:
+        sys.modules["tensorflow"] = module
+        try:
+            yield
+        finally:
+            if sys.modules.get("tensorflow") is module:
+                del sys.modules["tensorflow"]
+
+
 def load() -> bool:
     """Import Aspire's proto modules; True when TensorFlow's runtime stayed out of the process."""
-    with _lock:
+    with import_lock:
         if "tensorflow" in sys.modules:
             _import_all()
-            return "tensorflow.python" not in sys.modules
-        spec = importlib.util.find_spec("tensorflow")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("tensorflow is not installed: its proto modules come with it")
-        stand_in = types.ModuleType("tensorflow", "stands in for TensorFlow while protos import")
-        stand_in.__path__ = list(spec.submodule_search_locations)
-        stand_in.__file__ = spec.origin
-        sys.modules["tensorflow"] = stand_in
-        try:
-            _import_all()
-        finally:
-            if sys.modules.get("tensorflow") is stand_in:
-                del sys.modules["tensorflow"]
+        else:
+            with stand_in():
+                _import_all()
         return "tensorflow.python" not in sys.modules
 
 

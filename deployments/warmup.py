@@ -26,6 +26,7 @@ import time
 
 from deployments import proto_api
 from deployments.errors import CODES, AspireError, invalid_argument, unimplemented
+from deployments.tf_runtime import runtime
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
@@ -58,10 +59,10 @@ def _from_tf_error(err) -> AspireError:
 def _records(path: str):
     """The file's records; TF's reader status becomes an AspireError. tf_record_iterator reports
     it as is ("corrupted record at 0 ..."), where TFRecordDataset adds function and op names."""
-    import tensorflow as tf
+    tf = runtime(path)
     try:
-        yield from tf.compat.v1.io.tf_record_iterator(path)
-    except tf.errors.OpError as err:
+        yield from tf.tf_record_iterator(path)
+    except tf.OpError as err:
         raise _from_tf_error(err) from None
 
 
@@ -84,15 +85,15 @@ def run_warmup(model, version_dir: str, name: str, version: int,
     tensorflow.serving.PredictionLog) against `model` before it becomes AVAILABLE. Returns the
     number of records read (0 when there is no file, logged as 'No warmup data file found at
     <path>'). Raises AspireError with TF Serving's messages and codes, which fail the load."""
-    import tensorflow as tf  # imported on first use: TF takes seconds to import
     from google.protobuf.message import DecodeError
     from tensorflow_serving.apis import prediction_log_pb2
 
     start = time.monotonic()
     path = os.path.join(version_dir, WARMUP_FILE)
+    tf = runtime(path)  # imported on first use: TF takes seconds to import
     try:
-        exists = tf.io.gfile.exists(path)
-    except tf.errors.OpError as err:
+        exists = tf.gfile.exists(path)
+    except tf.OpError as err:
         raise _from_tf_error(err) from None
     if not exists:
         logger.info("No warmup data file found at %s", path)

@@ -1,4 +1,4 @@
-"""deployments/protos.py and loader.import_tensorflow, each in a fresh interpreter (the test
+"""deployments/protos.py and deployments/tf_runtime.py, each in a fresh interpreter (the test
 process has TensorFlow imported already)."""
 from __future__ import annotations
 
@@ -37,13 +37,36 @@ def test_protos_load_without_tensorflows_runtime_and_tensorflow_imports_after():
     """) == "True 6.0"
 
 
-def test_a_replica_imports_tensorflow_without_keras_and_keras_still_imports_on_use():
+def test_a_replica_loads_warms_and_runs_without_tensorflows_init_and_tensorflow_imports_after():
     assert _run("""
         import sys
-        from deployments.loader import SavedModelLoader
-        model = SavedModelLoader(MODEL).load()
-        without = "keras" not in sys.modules and "keras.src.optimizers" not in sys.modules
-        import tensorflow as tf
+        import numpy as np
+        from deployments import servable, tf_runtime
+        replica = servable.ServableDeployment.func_or_class("m", 1, MODEL, ("serve",))
+        assert replica.load_error is None, replica.load_error
+        y = replica.model.run("serving_default", {"x": np.array([1.0, 2.0], np.float32)})["y"]
+        light = tf_runtime.light() and "keras" not in sys.modules and not tf_runtime.full_tensorflow()
+        import tensorflow as tf  # the rest of TF's API, on first use, in the same package
+        same = tf.errors.OpError is tf_runtime.runtime().OpError and tf.Graph is tf_runtime.runtime().Graph
         layer = tf.keras.layers.Dense(2)
-        print(without, type(layer).__name__, "keras.src.optimizers" in sys.modules)
-    """) == "True Dense True"
+        print(light, y.tolist(), same, float(tf.constant(2.0) * 3), tf.executing_eagerly(),
+              type(layer).__name__, tf_runtime.full_tensorflow())
+    """) == "True [2.5, 3.0] True 6.0 True Dense True"
+
+
+def test_a_url_path_gets_tensorflows_full_import_for_its_file_systems():
+    assert _run("""
+        from deployments import tf_runtime
+        gfile = tf_runtime.runtime("gs://no-such-bucket/model").gfile
+        print(tf_runtime.full_tensorflow(), tf_runtime.light(), callable(gfile.exists))
+    """) == "True False True"
+
+
+def test_a_declared_pluggable_device_library_counts_as_a_plugin():
+    assert _run("""
+        import os
+        from deployments import tf_runtime
+        before = "/opt/plugin.so" in tf_runtime._plugin_libraries()
+        os.environ["TF_PLUGGABLE_DEVICE_LIBRARY_PATH"] = "/opt/plugin.so"
+        print(before, "/opt/plugin.so" in tf_runtime._plugin_libraries())
+    """) == "False True"
