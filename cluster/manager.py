@@ -499,10 +499,13 @@ class Manager(Persistence):
         """Replace every model's labels (already checked with `check_labels`). With
         `wait_for_routers`, return once every live router has acknowledged the serving map that
         carries them (or after the acknowledgement timeout), so a reload that answers OK is in
-        force: a request by the new label right after it is routed, as in TF Serving."""
+        force: a request by the new label right after it is routed, as in TF Serving. Labels
+        equal to the current ones publish nothing (a config file polled unchanged)."""
         with self._lock:
-            self._labels = {name: dict(m) for name, m in labels.items() if m}
-            self._publish()
+            new = {name: dict(m) for name, m in labels.items() if m}
+            if new != self._labels:
+                self._labels = new
+                self._publish()
             epoch = self._epoch
         if wait_for_routers:
             self._wait_for_routers(epoch)

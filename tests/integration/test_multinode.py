@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ class RayNode:
     """`ray start ... --block` in its own session; stop() kills the whole session (raylet, GCS,
     workers, and the Aspire actors running on the node), never another Ray on this machine."""
 
-    def __init__(self, *args: str):
-        env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60's default for new clusters
+    def __init__(self, *args: str, env: dict | None = None):
+        env = {**os.environ, "RAY_AUTH_MODE": "token", **(env or {})}  # token: Ray 2.60's default
         self.proc = subprocess.Popen([RAY, "start", *args, "--disable-usage-stats", "--block"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=env, start_new_session=True)
@@ -60,8 +61,11 @@ def test_gpu_version_lands_on_the_gpu_worker_and_is_reported_when_the_worker_die
                                                "on_cpu": {"device": "cpu"}}}))
     gcs_port, port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
+    # The head's GCS health-checks the nodes every second and declares a node dead after 3
+    # failed checks (Ray's defaults: 3 s and 5), so the worker's death is known in seconds.
     head = RayNode("--head", f"--port={gcs_port}", "--num-cpus=2", "--num-gpus=0",
-                   "--include-dashboard=false", "--node-ip-address=127.0.0.1")
+                   "--include-dashboard=false", "--node-ip-address=127.0.0.1",
+                   env={"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
     worker = None
     try:
         # A node address of its own on loopback, so the driver and the manager find the head's.
@@ -101,12 +105,14 @@ def test_gpu_version_lands_on_the_gpu_worker_and_is_reported_when_the_worker_die
                   f"on_cpu on {'the worker' if on_cpu['node_id'] == worker_node else 'the head'}")
 
             worker.stop()  # the GPU node dies
+            died = time.monotonic()
             try:
                 wait_for(lambda: state("on_gpu")[:2] == ("END", "RESOURCE_EXHAUSTED"), 180, 0.5,
                          what="on_gpu reported as not serving, with no GPU left to re-place it on")
             except AssertionError:
                 print("".join(l for l in server.out.lines if "aspire" in l or "rror" in l)[-8000:])
                 raise
+            print(f"on_gpu reported END {time.monotonic() - died:.1f} s after its node was killed")
             assert server.out.find(r"Servable \{name: on_gpu version: 1\} lost its replicas: node")
             assert "no GPUs are known" in state("on_gpu")[2]
             r = requests.post(f"{url}/v1/models/on_gpu:predict", json={"instances": [1.0]}, timeout=30)

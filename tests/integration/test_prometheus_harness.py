@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from tests.integration.conftest import wait_for
 from tests.support.exporter import TextExporter
 from tests.support.prometheus import (PrometheusError, PrometheusServer, ensure_prometheus,
                                       prometheus_version)
@@ -107,8 +108,11 @@ def test_wait_for_scrapes_reports_a_down_target():
         s.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{s.getsockname()[1]}"
     with PrometheusServer([closed], scrape_interval_s=0.5) as prom:
+        # once Prometheus has tried the target, waiting for a good scrape must time out saying why
+        wait_for(lambda: [t for t in prom.targets() if t.get("health") == "down"], 60,
+                 what="the first failed scrape")
         with pytest.raises(TimeoutError, match="health=down"):
-            prom.wait_for_scrapes(n=1, timeout_s=15)
+            prom.wait_for_scrapes(n=1, timeout_s=1)
         assert prom.query_value(f'up{{instance="{closed}"}}') == 0
         pid = prom.pid
     assert _gone(pid)

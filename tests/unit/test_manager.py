@@ -262,6 +262,18 @@ def test_a_reload_returns_its_labels_once_live_routers_acknowledged_them(manager
     setter.join(5)
 
 
+def test_unchanged_labels_publish_no_new_serving_map(manager):
+    manager.set_aspired_versions("m", {1: "/m/1"})
+    manager.wait_idle(5)
+    manager.set_labels({"m": {"stable": 1}})
+    epoch = manager.serving_map()["epoch"]
+    manager.set_labels({"m": {"stable": 1}, "other": {}})  # a config file polled unchanged
+    assert manager.serving_map()["epoch"] == epoch
+    manager.set_labels({"m": {"stable": 1, "canary": 1}})
+    assert manager.serving_map()["epoch"] == epoch + 1
+    assert manager.serving_map()["labels"] == {"m": {"stable": 1, "canary": 1}}
+
+
 def test_wait_for_models_returns_once_each_model_is_available_or_ended(manager, backend):
     backend.fail["/bad/1"] = AspireError("broken", "NOT_FOUND")
     manager.set_aspired_versions("good", {1: "/good/1"})
