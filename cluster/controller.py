@@ -31,7 +31,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.aspire_config import ModelSettings, load_aspire_config
 from cluster.inventory import capacity_grew, cluster_inventory
 from cluster.manager import Manager
-from cluster.manager_state import GcsStore, decode_value, dumps, encode_value, loads, state_prefix
+from cluster.manager_state import ROUTER_POLL_S, GcsStore, decode_value, dumps, encode_value, loads, state_prefix
 from cluster.model_config import labels_from_config, models_from_config, read_config_file
 from cluster.source import FileSystemSource, ModelSource
 from deployments import metrics, protos
@@ -72,6 +72,9 @@ class ControllerConfig:
     settings: dict[str, ModelSettings] = field(default_factory=dict)
     gpus: str | None = None  # declared GPU inventory per node ("2x16GiB"); None: read NVML
     inventory_refresh_s: float = 5.0
+    # How long a router's long poll of the serving map waits. A restarted manager deletes
+    # nothing until every router has polled (manager_state.router_grace_s: this plus 2 s).
+    router_poll_s: float = ROUTER_POLL_S
 
 
 def _running_replicas() -> dict[str, int]:
@@ -156,7 +159,8 @@ class ManagerActor:
         self._manager = Manager(self._backend, num_load_threads=config.num_load_threads,
                                 max_num_load_retries=config.max_num_load_retries,
                                 load_retry_interval_s=config.load_retry_interval_s,
-                                book=self._book, store=self._store, state_prefix=self._state_key)
+                                book=self._book, store=self._store, state_prefix=self._state_key,
+                                router_poll_s=config.router_poll_s)
         self._restored = None
         if restarted:
             log.warning("The manager restarted: taking over the state it stored")

@@ -25,7 +25,7 @@ Contract:
   AVAILABLE before routers see it, UNLOADING before its deployment goes). A new Manager given
   the same store takes over with `restore()`: serving versions are adopted without loading
   anything, work cut short is redone, and after a restart no deployment is deleted before every
-  live router has had the time to poll (ROUTER_GRACE_S) and has acknowledged the current map.
+  live router has had the time to poll (manager_state.router_grace_s) and has acknowledged the current map.
 
 The backend that creates and deletes deployments is injected (deployments/servable.py in
 production), so this logic is unit-tested without Ray.
@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
 from cluster import manager_state
-from cluster.manager_state import (EPOCH_BLOCK, ROUTER_GRACE_S, Persistence, StateStore, Stream,
+from cluster.manager_state import (EPOCH_BLOCK, ROUTER_POLL_S, Persistence, StateStore, Stream,
                                    VersionRecord)
 from deployments import metrics
 from deployments.errors import AspireError
@@ -87,7 +87,7 @@ class Manager(Persistence):
                  clock: Callable[[], float] = time.monotonic, book: Reservations | None = None,
                  recorder: metrics.Recorder | None = None, store: StateStore | None = None,
                  state_prefix: str = manager_state.state_prefix("default"),
-                 router_grace_s: float = ROUTER_GRACE_S):
+                 router_poll_s: float = ROUTER_POLL_S, router_grace_s: float | None = None):
         self._backend = backend
         self._metrics = recorder or metrics.Recorder()  # load and admission metrics
         self._book = book  # None: no admission (every version is loaded as asked)
@@ -112,7 +112,9 @@ class Manager(Persistence):
         self._dirty: set[str] = set()  # streams changed since their key was last written
         self._store_lock = threading.Lock()  # one writer at a time, so keys never go back in time
         self._epoch_ceiling = 0
-        self._router_grace_s = router_grace_s
+        self._router_poll_s = router_poll_s  # routers' long poll; the serving map carries it
+        self._router_grace_s = (manager_state.router_grace_s(router_poll_s)  # tests may set it
+                                if router_grace_s is None else router_grace_s)
         self._grace_until = 0.0  # monotonic; set by restore(): routers are unknown until then
         self._list_apps: Callable[[], set[str]] | None = None  # set by restore()
         self._app_prefix: Callable[[str], str] | None = None
@@ -431,7 +433,8 @@ class Manager(Persistence):
                     models[stream.name] = ready
             labels = {name: dict(m) for name, m in self._labels.items()}
             return {"epoch": self._epoch, "models": models, "labels": labels,
-                    "traffic": dict(self._traffic), "known": sorted(self._streams)}
+                    "traffic": dict(self._traffic), "known": sorted(self._streams),
+                    "poll_s": self._router_poll_s}
 
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float) -> dict | None:
         """Long poll: acknowledges `known_epoch` for `router_id`, returns the map once it is newer."""

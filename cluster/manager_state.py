@@ -52,11 +52,19 @@ log = logging.getLogger("aspire.manager")
 
 NAMESPACE = "aspire"
 EPOCH_BLOCK = 1000  # serving-map epochs covered by one write of the ceiling
-# After a restart the manager does not know which routers exist. A router long-polls with a 5 s
-# timeout and polls again 1 s after a failed poll (deployments/router_core.py), so 7 s after the
-# manager answers again every live router has polled and is known; only then may a deployment
-# be deleted. (Counted from restore(), moments before the new incarnation answers.)
-ROUTER_GRACE_S = 7.0
+# After a restart the manager does not know which routers exist. A router long-polls for
+# `poll_s` (the serving map carries it; ROUTER_POLL_S by default) and polls again at most 1 s
+# after a failed poll (deployments/router_core.py), so `router_grace_s(poll_s)` after the manager
+# answers again every live router has polled and is known; only then may a deployment be
+# deleted. (Counted from restore(), moments before the new incarnation answers; the last second
+# is margin.)
+ROUTER_POLL_S = 5.0
+
+
+def router_grace_s(poll_s: float) -> float:
+    return poll_s + 1.0 + 1.0
+
+
 # A version whose loads were cut short by this many restarts of the manager (a load that takes
 # the manager down with it) ends with ABORTED instead of being loaded again and again.
 MAX_INTERRUPTED_LOADS = 3

@@ -68,6 +68,7 @@ class ServingMap:
     labels: dict[str, dict[str, int]] = field(default_factory=dict)
     traffic: dict[str, tuple] = field(default_factory=dict)
     known: frozenset[str] = frozenset()
+    poll_s: float = 5.0  # how long a router's long poll waits (the manager's router_poll_s)
 
     @classmethod
     def from_manager(cls, raw: dict) -> "ServingMap":
@@ -76,7 +77,7 @@ class ServingMap:
                            for name, versions in raw.get("models", {}).items()},
                    labels={n: dict(m) for n, m in raw.get("labels", {}).items()},
                    traffic={n: tuple(s) for n, s in raw.get("traffic", {}).items() if s},
-                   known=frozenset(raw.get("known", ())))
+                   known=frozenset(raw.get("known", ())), poll_s=float(raw.get("poll_s", 5.0)))
 
 
 def resolve(serving_map: ServingMap, name: str, version: int | None,
@@ -132,14 +133,14 @@ class RouterCore:
         while not self._stop.is_set():
             try:
                 update = ray.get(self._manager.wait_for_serving_map.remote(
-                    self.map.epoch, self._id, 5.0))
+                    self.map.epoch, self._id, self.map.poll_s))
                 if update is not None:
                     self.map = ServingMap.from_manager(update)  # requests see old or new, never half
                     if self.loop is not None:
                         self.loop.call_soon_threadsafe(self.sync_apps)
             except Exception as exc:  # manager restarting: keep the last map and retry
                 log.warning("serving map poll failed: %s", exc)
-                self._stop.wait(1.0)
+                self._stop.wait(min(1.0, self.map.poll_s))  # the manager's grace counts on 1 s
 
     def sync_apps(self) -> None:
         """Open a `VersionApp` for every application in the map and close those no longer in it

@@ -205,7 +205,10 @@ def aspire():
                               # Serve's health checks at the server's defaults (5 s, 30 s): a
                               # replica slowed by a loaded machine is never replaced mid-test.
                               # The hung-replica test shortens them for its own model.
-                              replica=ReplicaOptions(num_cpus=0.25))
+                              replica=ReplicaOptions(num_cpus=0.25),
+                              # routers poll the map every second, so a restarted manager's
+                              # grace before deleting anything is 3 s (7 s at the default 5 s)
+                              router_poll_s=1.0)
     options = launcher.ServerOptions(
         rest_api_host="127.0.0.1", rest_api_port=port, rest_api_timeout_in_ms=30000,
         grpc_port=grpc_port, enable_grpc_healthcheck_service=True)

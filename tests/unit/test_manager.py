@@ -262,6 +262,20 @@ def test_a_reload_returns_its_labels_once_live_routers_acknowledged_them(manager
     setter.join(5)
 
 
+def test_routers_poll_for_the_configured_period_and_the_restart_grace_follows_it(backend):
+    from deployments.router_core import ServingMap
+    default = Manager(backend)
+    short = Manager(backend, router_poll_s=1.0)
+    try:
+        assert ServingMap.from_manager(default.serving_map()).poll_s == 5.0
+        assert ServingMap.from_manager(short.serving_map()).poll_s == 1.0
+        # every router has polled once a poll period and a retry (1 s) have passed
+        assert default._router_grace_s == 7.0 and short._router_grace_s == 3.0
+    finally:
+        default.shutdown()
+        short.shutdown()
+
+
 def test_unchanged_labels_publish_no_new_serving_map(manager):
     manager.set_aspired_versions("m", {1: "/m/1"})
     manager.wait_idle(5)
