@@ -3,6 +3,8 @@ collected from every passing test and shown once, as a "figures" section at the 
 so `make test` and CI show them without `-s` and without the rest of the captured output."""
 from __future__ import annotations
 
+import pytest
+
 _figures: list[tuple[str, list[str]]] = []
 
 
@@ -43,3 +45,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         order.setdefault(str(item.fspath), len(order))
     items.sort(key=lambda item: (group(item), order[str(item.fspath)]))
+
+
+@pytest.fixture(scope="session")
+def export_matrix(tmp_path_factory):
+    """Every kind of tests/support/export_matrix.py, exported once per run (Keras and TF trace
+    each model: seconds of CPU), for the loader's unit tests and the served matrix."""
+    from tests.support.export_matrix import export_all
+    return export_all(tmp_path_factory.mktemp("export_matrix"))

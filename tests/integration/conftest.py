@@ -188,7 +188,7 @@ def aspire():
     from cluster import launcher
     from cluster.source import ModelSource
     from deployments.router_core import NAMESPACE
-    from deployments.servable import ReplicaOptions
+    from deployments.servable import BatchingOptions, ReplicaOptions
 
     port, grpc_port = free_port(), free_port()
     launcher.set_serve_env()
@@ -205,7 +205,11 @@ def aspire():
                               # Serve's health checks at the server's defaults (5 s, 30 s): a
                               # replica slowed by a loaded machine is never replaced mid-test.
                               # The hung-replica test shortens them for its own model.
-                              replica=ReplicaOptions(num_cpus=0.25),
+                              # --enable_batching --enable_per_model_batching_parameters: a
+                              # version with a batching_params.pbtxt is batched (no base model
+                              # has one; test_export_matrix.py adds batched copies)
+                              replica=ReplicaOptions(num_cpus=0.25,
+                                                     batching=BatchingOptions(per_model=True)),
                               # routers poll the map every second, so a restarted manager's
                               # grace before deleting anything is 3 s (7 s at the default 5 s)
                               router_poll_s=1.0)

@@ -10,28 +10,6 @@ import requests
 from tests.integration.conftest import ASPIRE, DATA, Served, free_port, wait_for
 
 pytestmark = pytest.mark.ray
-def test_serve_cli_serves_half_plus_two_then_shuts_down_on_ctrl_c():
-    port = free_port()
-    started = time.monotonic()
-    with Served("--model_name=half_plus_two", f"--model_base_path={DATA / 'saved_model_half_plus_two_cpu'}",
-                f"--rest_api_port={port}", "--port=0", "--rest_api_host=127.0.0.1") as server:
-        ready_s = time.monotonic() - started
-        r = requests.post(f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict",
-                          json={"instances": [1.0, 2.0, 5.0]}, timeout=30)
-        assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
-        # The manager's log lines reach the CLI's output through Ray's log monitor, which may
-        # deliver them after the ready line.
-        wait_for(lambda: server.out.find(
-            r"Successfully loaded servable version \{name: half_plus_two version: 123\}"), 30,
-            what="the load's log line")
-        address = server.out.find(r"Ray cluster address: (\S+)").group(1)
-        status = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
-                                text=True, timeout=120)
-        assert status.returncode == 0, status.stderr
-        assert re.search(r"half_plus_two\s+123\s+AVAILABLE", status.stdout), status.stdout
-        print(f"aspire serve to first AVAILABLE version and REST ready: {ready_s:.1f} s")
-    assert server.exit_code == 0, "".join(server.out.lines[-40:])
-    assert server.out.find(r"Unloading servable version \{name: half_plus_two version: 123\}")
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -78,15 +56,31 @@ class replica_cpu_seconds:
         return busy < 0.2
 
 
-def test_timeout_and_tensor_content_flags(tmp_path):
+def test_serve_cli_honours_timeout_thread_and_tensor_content_flags_then_exits_0_on_ctrl_c(tmp_path):
+    """`aspire serve --model_name --model_base_path` as the README starts it, with TF Serving's
+    timeout, session-thread and tensor-content flags; `aspire status` lists the version; Ctrl-C
+    unloads it and exits 0."""
     from tests.integration.export_models import export_slow_model
     export_slow_model(tmp_path / "slow" / "1")
     port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/v1/models/slow:predict"
+    started = time.monotonic()
     with Served("--model_name=slow", f"--model_base_path={tmp_path / 'slow'}",
                 f"--rest_api_port={port}", "--rest_api_host=127.0.0.1", "--rest_api_timeout_in_ms=500",
                 f"--port={grpc_port}", "--enable_serialization_as_tensor_content",
-                "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2"):
+                "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2") as server:
+        ready_s = time.monotonic() - started
+        # The manager's log lines reach the CLI's output through Ray's log monitor, which may
+        # deliver them after the ready line.
+        wait_for(lambda: server.out.find(
+            r"Successfully loaded servable version \{name: slow version: 1\}"), 30,
+            what="the load's log line")
+        address = server.out.find(r"Ray cluster address: (\S+)").group(1)
+        table = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
+                               text=True, timeout=120)
+        assert table.returncode == 0, table.stderr
+        assert re.search(r"slow\s+1\s+AVAILABLE", table.stdout), table.stdout
+        print(f"aspire serve to first AVAILABLE version and REST ready: {ready_s:.1f} s")
         status = requests.get(f"http://127.0.0.1:{port}/v1/aspire/status", timeout=30).json()
         [replica] = status["placements"]["slow"]["1"]
         assert replica["session_threads"] == [1, 2]  # read back from the replica's TF session
@@ -115,6 +109,8 @@ def test_timeout_and_tensor_content_flags(tmp_path):
             done = stub.Predict(request, timeout=60).outputs["done"]
         assert done.tensor_content and not done.int64_val
         assert tf.make_ndarray(done).tolist() == [7, 7]
+    assert server.exit_code == 0, "".join(server.out.lines[-40:])
+    assert server.out.find(r"Unloading servable version \{name: slow version: 1\}")
 
 
 def test_bad_model_config_file_fails_start_up_with_the_parse_error():
