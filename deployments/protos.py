@@ -65,16 +65,24 @@ def _import_all() -> None:
             pass
 
 
+def bare_package(module_type: type = types.ModuleType) -> types.ModuleType:
+    """An empty `tensorflow` package (of `module_type`) at TensorFlow's install location: its
+    submodules import into it without `tensorflow/__init__.py` running."""
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("tensorflow is not installed")
+    module = module_type("tensorflow")
+    module.__spec__, module.__loader__ = spec, spec.loader
+    module.__path__ = list(spec.submodule_search_locations)
+    module.__file__ = spec.origin
+    return module
+
+
 @contextlib.contextmanager
 def stand_in():
     """A bare `tensorflow` package in `sys.modules` for the duration, so `tensorflow.*` modules
     import without `tensorflow/__init__.py`; taken away after."""
-    spec = importlib.util.find_spec("tensorflow")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("tensorflow is not installed")
-    module = types.ModuleType("tensorflow", "stands in for TensorFlow while its modules import")
-    module.__path__ = list(spec.submodule_search_locations)
-    module.__file__ = spec.origin
+    module = bare_package()
     with import_lock:
         sys.modules["tensorflow"] = module
         try:

@@ -120,28 +120,19 @@ class _Package(types.ModuleType):
             raise AttributeError(f"module 'tensorflow' has no attribute {name!r}") from None
 
 
-def _light_package() -> _Package:
-    spec = importlib.util.find_spec("tensorflow")
-    package = _Package("tensorflow")
-    package.__spec__, package.__loader__ = spec, spec.loader
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__file__ = spec.origin
-    return package
-
-
 def runtime(path: str = "") -> SimpleNamespace:
     """TensorFlow's runtime as a replica uses it (see the module docstring); `path`, the model
     path it is for, decides whether the full import is needed (a URL)."""
     global _runtime
     with protos.import_lock:
-        if _runtime is not None and not ("://" in path and not full_tensorflow()):
+        if _runtime is not None and ("://" not in path or full_tensorflow()):
             return _runtime
         if "://" in path or "tensorflow" in sys.modules or _plugin_libraries():
             import_tensorflow()
             _runtime = _import_modules()
             return _runtime
         os.environ["TF2_BEHAVIOR"] = "1"  # as tensorflow/__init__.py sets it, before its modules
-        sys.modules["tensorflow"] = _light_package()
+        sys.modules["tensorflow"] = protos.bare_package(_Package)
         protos.load()  # the proto modules Aspire uses, in the same package
         _runtime = _import_modules()
         _runtime.enable_v2_behavior()  # as tensorflow/__init__.py does once its modules are in
