@@ -16,7 +16,7 @@ from ray import serve
 from cluster.controller import ControllerConfig, start_manager
 from deployments.errors import DEFAULT_MAX_BODY_BYTES
 from deployments.router import Router
-from deployments.servable import APP_PREFIX
+from deployments.servable import APP_PREFIX, delete_apps
 
 log = logging.getLogger("aspire")
 
@@ -61,9 +61,8 @@ def start(config: ControllerConfig, options: ServerOptions):
     """Bring Aspire up; returns the manager actor handle. Raises AspireError (e.g. a label that
     points at a version that is not available) before anything is left running."""
     serve.start(proxy_location="Disabled")
-    for app in serve.status().applications:
-        if app.startswith(APP_PREFIX):  # left by an Aspire that did not shut down
-            serve.delete(app)
+    # applications left by an Aspire that did not shut down
+    delete_apps([app for app in serve.status().applications if app.startswith(APP_PREFIX)])
     manager = start_manager(config)
     router_options = {"num_cpus": ROUTER_NUM_CPUS}
     per_node = options.num_router_replicas
@@ -111,9 +110,6 @@ def stop(manager) -> None:
             ray.get(manager.shutdown.remote(), timeout=120)
         except Exception as exc:
             log.warning("unloading on shutdown: %s", exc)
-    try:
-        serve.delete(ROUTER_APP)
-    except Exception as exc:
-        log.warning("router shutdown: %s", exc)
+    delete_apps([ROUTER_APP])
     if manager is not None:
         ray.kill(manager, no_restart=True)

@@ -21,7 +21,10 @@ from deployments.rest_api import RestApi
 from deployments.router_core import MANAGER_NAME, NAMESPACE, RouterCore
 
 
-@serve.deployment(name="router")
+# Serve waits one graceful_shutdown_wait_loop_s (2 s by default) before it stops a replica, for
+# requests through its handles; none come that way to a router, which drains its own sockets in
+# __del__ (Ingress.stop), so a short period only stops it sooner.
+@serve.deployment(name="router", graceful_shutdown_wait_loop_s=0.25)
 class Router:
     def __init__(self, rest_api_timeout_ms: int = 30000, data_key: str = "",
                  manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE,

@@ -463,12 +463,10 @@ class ServeBackend:
                                  "measured_vram_bytes": answer["measured_vram_bytes"],
                                  "session_threads": answer["session_threads"]})
         except AspireError:
-            for app, _ in apps:
-                self._delete(app)
+            delete_apps([app for app, _ in apps])
             raise
         except Exception as exc:
-            for app, _ in apps:
-                self._delete(app)
+            delete_apps([app for app, _ in apps])
             raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
         measured = [r["measured_vram_bytes"] for r in replicas if r["measured_vram_bytes"]]
         return {"apps": apps, "ram_bytes": ram_bytes, "placements": replicas,
@@ -501,12 +499,26 @@ class ServeBackend:
                           "DEADLINE_EXCEEDED")
 
     def unload(self, name: str, version: int, where: dict) -> None:
-        for app, _ in where.get("apps") or [[app_name(name, version), 1]]:
-            self._delete(app)
+        delete_apps([app for app, _ in where.get("apps") or [[app_name(name, version), 1]]])
 
-    @staticmethod
-    def _delete(app: str) -> None:
-        try:
-            serve.delete(app)
-        except Exception as exc:
-            log.warning("deleting %s failed: %s", app, exc)
+
+def delete_apps(apps: list[str], timeout_s: float = 120.0) -> None:
+    """Delete Serve applications and wait until they are gone (their replicas stopped).
+
+    All deletions are asked for at once, then Serve's status is polled every 0.1 s: Serve's own
+    blocking `serve.delete` deletes one application per call and polls once a second, which
+    added up to a second to every unload. Failures are logged, never raised (an unload must
+    go on)."""
+    if not apps:
+        return
+    try:
+        for app in apps:
+            serve.delete(app, _blocking=False)
+        deadline = time.monotonic() + timeout_s
+        while set(apps) & set(serve.status().applications):
+            if time.monotonic() > deadline:
+                log.warning("applications %s not deleted after %.0f s", apps, timeout_s)
+                return
+            time.sleep(0.1)
+    except Exception as exc:
+        log.warning("deleting %s failed: %s", apps, exc)

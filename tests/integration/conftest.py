@@ -104,9 +104,10 @@ class Served:
     """`aspire serve FLAGS` as a user runs it: waits for the ready line, Ctrl-C on exit.
     `exit_code` holds the status the process ended with."""
 
-    def __init__(self, *flags: str):
+    def __init__(self, *flags: str, env: dict | None = None):
         self.proc = subprocess.Popen([ASPIRE, "serve", *flags], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.out = Output(self.proc)
         self.exit_code = None
 
@@ -168,7 +169,7 @@ class Aspire:
         ray.get(self.manager.set_models.remote(self.models))
         prefixes = tuple(app_name(name, 0)[:-1] for name in added)  # "...-v" of every version
         wait_for(lambda: not any(app.startswith(prefixes) for app in serve.status().applications),
-                 timeout_s, 0.5, what=f"the applications of {added} deleted")
+                 timeout_s, 0.1, what=f"the applications of {added} deleted")
         return added
 
     def add_model(self, name: str, base_path: str, policy=None):

@@ -16,6 +16,10 @@ from tests.integration.conftest import ASPIRE, DATA, ClosedLoop, Served, free_po
 pytestmark = pytest.mark.ray
 HALF_PLUS_TWO = DATA / "saved_model_half_plus_two_cpu" / "00000123"
 GIB = 1024 ** 3
+# Replicas push their request counts to Serve's controller every
+# RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S (10 s by default), so a look-back window
+# of 2 s would see a count up to 10 s old: the test pushes every second.
+FRESH_METRICS = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
 
 
 def test_autoscaled_version_books_max_replicas_and_follows_load(tmp_path):
@@ -54,7 +58,7 @@ def test_autoscaled_version_books_max_replicas_and_follows_load(tmp_path):
 
     with Served(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                 f"--aspire_config_file={settings}", "--gpus=1x16GiB", f"--rest_api_port={port}",
-                "--port=0", "--rest_api_host=127.0.0.1") as server:
+                "--port=0", "--rest_api_host=127.0.0.1", env=FRESH_METRICS) as server:
         described = status()
         [placement] = described["placements"]["busy"]["1"]
         assert (placement["replicas"], placement["min_replicas"], placement["running_replicas"]) == (2, 1, 1)
