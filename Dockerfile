@@ -18,8 +18,9 @@
 #
 # Ctrl-C or `docker stop` unloads every version and stops Ray: give it time, `docker stop -t 60`.
 # Any other first argument is run as a command: `docker run ... aspire-serving:0.1.0 aspire --version`.
-# The flags are documented in README.md ("`aspire serve` flags"); docker/entrypoint.sh builds the
-# command line, and tests/unit/test_cluster_configs.py checks it against Aspire's own parser.
+# The flags are documented in docs/configuration.md ("`aspire serve` flags"); docker/entrypoint.sh
+# builds the command line, and tests/unit/test_cluster_configs.py checks it against Aspire's own
+# parser.
 FROM python:3.11-slim
 
 LABEL org.opencontainers.image.title="aspire-serving" \
@@ -40,9 +41,11 @@ RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash aspire \
 # package needs are copied, so a local .venv or test data never reach the image.
 WORKDIR /opt/aspire
 COPY pyproject.toml README.md ./
+COPY core ./core
+COPY config ./config
+COPY policies ./policies
 COPY cluster ./cluster
 COPY deployments ./deployments
-COPY policies ./policies
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir . \
     && aspire --version

@@ -15,8 +15,8 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
 
+from core.errors import AspireError, http_status  # noqa: E402
 from deployments import inference, json_tensor  # noqa: E402
-from deployments.errors import AspireError, http_status  # noqa: E402
 from deployments.loader import SavedModelLoader  # noqa: E402
 
 port = int(sys.argv[1])

@@ -1,7 +1,7 @@
 """The Manager's reconcile step at scale: 1,000 models x 3 versions with fake loaders.
 
 The real Manager (cluster/manager.py) with admission on (a Reservations book of 8 nodes x 8 GPUs
-and host RAM), driven as cluster/controller.py drives it: the source emits every model's aspired
+and host RAM), driven as cluster/manager_actor.py drives it: the source emits every model's aspired
 versions, then `reconcile()` runs every 100 ms. The backend answers at once, so what is timed is
 the Manager's own work: policy decisions, admission, state changes, serving-map publication.
 

@@ -31,8 +31,8 @@ class Models:
 
     @app.post("/v1/models/{model}:predict")
     async def predict(self, model: str, request: Request):
+        from core.errors import AspireError, http_status
         from deployments import inference, json_tensor
-        from deployments.errors import AspireError, http_status
         if model not in self.models:
             return Response(json.dumps({"error": f"Servable not found for request: Latest({model})"}),
                             404, media_type="application/json")

@@ -16,8 +16,8 @@ import sys
 import threading
 import time
 
+from core.errors import DEFAULT_MAX_BODY_BYTES
 from deployments import protos
-from deployments.errors import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger("aspire")
 
@@ -168,8 +168,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.num_cpus_per_replica < 0:
         raise FlagError("--num_cpus_per_replica cannot be negative")
     if not args.model_config_file:
-        from deployments.errors import AspireError
-        from deployments.names import check_name
+        from core.errors import AspireError
+        from core.names import check_name
         try:
             check_name(args.model_name, "--model_name")
         except AspireError as err:
@@ -250,7 +250,7 @@ def _models_and_labels(args, read_config_file, models_from_config, labels_from_c
     """The served models and labels: from --model_config_file, else the single-model flags.
     At start-up nothing is loaded yet, so a label is accepted only with
     --allow_version_labels_for_unavailable_models (TF Serving's rule)."""
-    from deployments.errors import AspireError
+    from core.errors import AspireError
     if not args.model_config_file:
         base_path = args.model_base_path
         if "://" not in base_path:
@@ -277,13 +277,17 @@ def serve_main(args: argparse.Namespace) -> int:
     import ray
 
     from cluster import launcher
-    from cluster.aspire_config import load_aspire_config
-    from cluster.monitoring_config import load_monitoring_config
-    from cluster.controller import ControllerConfig
-    from cluster.model_config import labels_from_config, models_from_config, read_config_file
-    from cluster.source import ModelSource
-    from deployments.errors import AspireError
-    from deployments.router_core import NAMESPACE
+    from cluster.manager_actor import ControllerConfig
+    from config.aspire_config import load_aspire_config
+    from config.model_config import (
+        ModelSource,
+        labels_from_config,
+        models_from_config,
+        read_config_file,
+    )
+    from config.monitoring_config import load_monitoring_config
+    from core.errors import AspireError
+    from core.names import NAMESPACE
     from deployments.servable import ReplicaOptions
 
     try:
@@ -293,7 +297,7 @@ def serve_main(args: argparse.Namespace) -> int:
         monitoring = load_monitoring_config(args.monitoring_config_file)
         batching = None
         if args.enable_batching:
-            from cluster.batching_config import load_batching_parameters
+            from config.batching_config import load_batching_parameters
             from deployments.servable import BatchingOptions
             batching = BatchingOptions(load_batching_parameters(args.batching_parameters_file or None),
                                        args.enable_per_model_batching_parameters)
@@ -380,7 +384,7 @@ def serve_main(args: argparse.Namespace) -> int:
 def status_table(described: dict) -> str:
     """Models, versions, states, labels and traffic weights as a table; then, per GPU, what is
     reserved and by which version, and per node the host RAM reserved."""
-    from policies.admission import format_bytes
+    from core.units import format_bytes
     from policies.traffic import TrafficSplit, effective_weights
     rows = [("MODEL", "VERSION", "STATE", "REPLICAS", "LABELS", "TRAFFIC", "ERROR")]
     for name, statuses in described["models"].items():
@@ -439,8 +443,8 @@ def status_main(args: argparse.Namespace) -> int:
         _use_ray_token_if_present()  # before Ray is imported: it reads the mode once
     import ray
 
-    from cluster.controller import get_manager
-    from deployments.router_core import NAMESPACE
+    from cluster.manager_actor import get_manager
+    from core.names import NAMESPACE
     try:
         ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)

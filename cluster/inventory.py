@@ -20,7 +20,8 @@ import os
 import re
 from typing import Callable, Iterable
 
-from policies.admission import Gpu, parse_bytes
+from core.units import parse_bytes
+from policies.admission import Gpu
 
 log = logging.getLogger("aspire.inventory")
 
@@ -109,32 +110,6 @@ def nvml_inventory(node_id: str, own_pids: Iterable[int] = ()) -> list[Gpu]:
             pass
 
 
-def process_vram_bytes(pid: int) -> int | None:
-    """GPU memory NVML reports used by process `pid`, summed over devices; None without NVML or
-    where the driver does not report it. A replica calls it on itself after loading and warmup:
-    that is the measured peak the manager remembers for the version."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:
-        return None
-    try:
-        total, seen = 0, False
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == pid and proc.usedGpuMemory is not None:
-                    total, seen = total + int(proc.usedGpuMemory), True
-        return total if seen else None
-    except pynvml.NVMLError:
-        return None
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
-
 def aspire_pids() -> list[int]:
     """Pids of this node's Aspire replicas (their environment carries ASPIRE_SERVABLE)."""
     pids = []
@@ -209,3 +184,11 @@ def capacity_grew(old: tuple[list[Gpu], dict[str, int]], new: tuple[list[Gpu], d
     old_gpus, new_gpus = usable(old[0]), usable(new[0])
     return (any(v > old_gpus.get(k, -1) for k, v in new_gpus.items())
             or any(v > old[1].get(k, -1) for k, v in new[1].items()))
+
+
+def head_node_id() -> str:
+    """The Ray head node (the one holding `node:__internal_head__`), else this process's node."""
+    import ray
+    return next((n["NodeID"] for n in ray.nodes()
+                 if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})),
+                ray.get_runtime_context().get_node_id())

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import ray
 from ray import serve
 
-from cluster.controller import ControllerConfig, start_manager
-from deployments.errors import DEFAULT_MAX_BODY_BYTES
+from cluster.inventory import head_node_id
+from cluster.manager_actor import ControllerConfig, start_manager
+from core.errors import DEFAULT_MAX_BODY_BYTES
+from core.names import APP_PREFIX
 from deployments.router import Router
-from deployments.servable import APP_PREFIX, delete_apps
+from deployments.servable import delete_apps
 
 log = logging.getLogger("aspire")
 
@@ -83,12 +85,6 @@ def start(config: ControllerConfig, options: ServerOptions):
               name=ROUTER_APP, route_prefix=None)
     return manager
 
-
-def head_node_id() -> str:
-    """The Ray head node (the one holding `node:__internal_head__`), else this process's node."""
-    return next((n["NodeID"] for n in ray.nodes()
-                 if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})),
-                ray.get_runtime_context().get_node_id())
 
 
 def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:

@@ -39,10 +39,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
 from cluster import manager_state
-from cluster.manager_state import (EPOCH_BLOCK, ROUTER_POLL_S, Persistence, StateStore, Stream,
-                                   VersionRecord)
-from deployments import metrics
-from deployments.errors import AspireError
+from cluster.manager_state import (
+    EPOCH_BLOCK,
+    ROUTER_POLL_S,
+    Persistence,
+    StateStore,
+    Stream,
+    VersionRecord,
+)
+from core import metrics
+from core.errors import AspireError
 from policies.admission import Need, Placement, Reservations
 from policies.lifecycle import POLICIES, PUBLIC_STATE, Action, Harness, VersionSnapshot
 
@@ -565,7 +571,7 @@ class Manager(Persistence):
             return sorted(self._streams)
 
     def metrics_state(self) -> dict:
-        """The gauges of deployments/metrics.py `render_aspire`: every version's state, what
+        """The gauges of core/metrics.py `render_aspire`: every version's state, what
         each version reserves where, and each model's share of unversioned traffic."""
         from policies.traffic import TrafficSplit, effective_weights
         held = self._book.held() if self._book is not None else {}

@@ -1,12 +1,12 @@
 """The manager's state: version records, the form they are stored in, and how a restarted
 manager takes over from what its predecessor stored.
 
-The manager actor (cluster/controller.py) is detached with `max_restarts=-1`: when its process
+The manager actor (cluster/manager_actor.py) is detached with `max_restarts=-1`: when its process
 dies, Ray starts it again with the same ControllerConfig. What it learnt since start-up is kept in
 a `StateStore`, in production Ray's GCS key-value store (`GcsStore`), which outlives the process.
 
 Layout (namespace "aspire", keys under `state_prefix(manager name)`, values JSON in UTF-8):
-1. `config`: the model list, labels and per-model settings in force (cluster/controller.py writes
+1. `config`: the model list, labels and per-model settings in force (cluster/manager_actor.py writes
    it whenever a reload, `set_settings` or the side file changes them).
 2. `epoch`: a ceiling of the serving-map epoch. The manager never publishes an epoch above it and
    raises it by `EPOCH_BLOCK` at a time, so one write covers many publications; a restarted
@@ -28,7 +28,7 @@ What survives a restart: every version record, reservations (booked again exactl
 were), labels, traffic splits, settings, the model list, measured VRAM, and serving-map epochs
 (they only grow). What does not: metric totals kept by the manager (they restart from zero,
 which Prometheus treats as a counter reset; deltas that routers and replicas failed to ship while
-the manager was down are shipped afterwards, each shipment applied once: deployments/metrics.py
+the manager was down are shipped afterwards, each shipment applied once: core/metrics.py
 `Shipper`), which routers exist and what they acknowledged
 (hence the router grace), and loads or unloads in flight (redone, see `Persistence.restore`).
 
@@ -217,8 +217,8 @@ def loads(data: bytes):
 
 # ---- the config's dataclasses ---------------------------------------------------------------
 def _config_types() -> dict[str, type]:
-    from cluster.aspire_config import Autoscaling, ModelSettings
-    from cluster.source import ModelSource
+    from config.aspire_config import Autoscaling, ModelSettings
+    from config.model_config import ModelSource
     from policies.aspired import All, Latest, Specific
     from policies.traffic import TrafficSplit
     return {f"{t.__module__}.{t.__qualname__}": t

@@ -14,19 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
-from policies.aspired import Latest, VersionPolicy, versions_in
+from config.model_config import ModelSource
+from policies.aspired import versions_in
 
 log = logging.getLogger("aspire.source")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    name: str
-    base_path: str
-    version_policy: VersionPolicy = Latest(1)
 
 
 def _list_children(base_path: str) -> list[str]:

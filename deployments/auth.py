@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from deployments.errors import AspireError
+from core.errors import AspireError
 
 log = logging.getLogger("aspire.auth")
 

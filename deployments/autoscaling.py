@@ -7,7 +7,7 @@ averaged by Serve over `look_back_period_s`), and this policy adds them to what 
 then decides as the default policy does: replicas = total requests / target_ongoing_requests.
 Serve applies min/max_replicas and the up- and downscale delays around it, as for its own.
 
-Named in each autoscaled version's Serve config (cluster/aspire_config.py AUTOSCALING_POLICY) and
+Named in each autoscaled version's Serve config (config/aspire_config.py AUTOSCALING_POLICY) and
 imported by Serve's controller: it must stay light (no TensorFlow).
 """
 from __future__ import annotations

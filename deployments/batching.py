@@ -50,8 +50,8 @@ from typing import Callable
 
 import numpy as np
 
-from cluster.batching_config import BatchingParameters
-from deployments.errors import AspireError
+from config.batching_config import BatchingParameters
+from core.errors import AspireError
 
 RunFn = Callable[[str, dict, "list[str] | None"], dict]
 

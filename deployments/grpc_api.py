@@ -18,8 +18,8 @@ import time
 
 import grpc
 
-from deployments.errors import CODES, AspireError, invalid_argument
-from deployments.names import check_name
+from core.errors import CODES, AspireError, invalid_argument
+from core.names import check_name
 from deployments.router_core import SLOW_MANAGER_CALL_S, RouterCore, Seen
 
 log = logging.getLogger("aspire.grpc")
@@ -211,7 +211,7 @@ class GrpcApi:
     async def HandleReloadConfigRequest(self, request, grpc_context):
         from tensorflow_serving.apis import model_management_pb2
 
-        from cluster.model_config import labels_from_config, models_from_config
+        from config.model_config import labels_from_config, models_from_config
         response = model_management_pb2.ReloadConfigResponse()
         try:
             models = models_from_config(request.config)

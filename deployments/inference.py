@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from google.protobuf import json_format, text_format
 
+from core.errors import AspireError, invalid_argument
 from deployments import json_tensor
-from deployments.errors import AspireError, invalid_argument
 from deployments.loader import LoadedSavedModel
 
 DEFAULT_SIGNATURE = "serving_default"

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from deployments.errors import AspireError, invalid_argument, unimplemented
+from core.errors import AspireError, invalid_argument, unimplemented
 from deployments.rapidjson_compat import _parse_value, _rj_parse, debug_string  # noqa: F401 (re-exported)
 
 _INT_RANGES = {

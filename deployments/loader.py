@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from deployments.errors import CODES, AspireError
+from core.errors import CODES, AspireError
 from deployments.tf_runtime import runtime
 
 log = logging.getLogger("aspire.loader")
@@ -251,7 +251,8 @@ def restore_signature_variables(session, graph, meta_graph, path: str) -> list[s
     freed. A variable still without a value after that fails the load with TF's own error: a
     version that cannot answer never becomes AVAILABLE."""
     from tensorflow.core.protobuf import trackable_object_graph_pb2
-    from tensorflow.python.ops import gen_io_ops, gen_resource_variable_ops as var_ops
+    from tensorflow.python.ops import gen_io_ops
+    from tensorflow.python.ops import gen_resource_variable_ops as var_ops
 
     handles = _signature_variables(meta_graph)
     if not handles:
@@ -305,8 +306,8 @@ class SavedModelLoader:
 
     def read_meta_graph(self):
         """The MetaGraphDef for `tags`, read from disk without loading variables."""
-        from tensorflow.core.protobuf import saved_model_pb2
         from google.protobuf import text_format
+        from tensorflow.core.protobuf import saved_model_pb2
         gfile = _gfile(self.path)
         pb, pbtxt = os.path.join(self.path, "saved_model.pb"), os.path.join(self.path, "saved_model.pbtxt")
         saved_model = saved_model_pb2.SavedModel()

@@ -23,15 +23,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.errors import AspireError, failed_precondition, invalid_argument, unimplemented
 from deployments import inference
-from deployments.errors import AspireError, failed_precondition, invalid_argument, unimplemented
 from deployments.inference import DEFAULT_SIGNATURE
 from deployments.loader import LoadedSavedModel
 from deployments.tf_runtime import runtime
 
 if TYPE_CHECKING:
-    from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
-                                         predict_pb2, regression_pb2)
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        inference_pb2,
+        predict_pb2,
+        regression_pb2,
+    )
 
 SIGNATURE_DEF_FIELD = "signature_def"
 _EMPTY_BATCH = np.empty(0, dtype=object)
@@ -361,8 +366,13 @@ def get_model_metadata(model: LoadedSavedModel, request: get_model_metadata_pb2.
 # ---------------------------------------------------------------------------------------- entry point
 @functools.cache
 def _methods() -> dict:
-    from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
-                                         predict_pb2, regression_pb2)
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        inference_pb2,
+        predict_pb2,
+        regression_pb2,
+    )
     return {
         "Predict": (predict_pb2.PredictRequest, predict),
         "Classify": (classification_pb2.ClassificationRequest, classify),

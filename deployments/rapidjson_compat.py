@@ -18,7 +18,7 @@ import re
 import struct
 from fractions import Fraction
 
-from deployments.errors import AspireError, invalid_argument
+from core.errors import AspireError, invalid_argument
 
 _MAX_DEBUG_BYTES = 256
 

@@ -28,9 +28,17 @@ import asyncio
 import collections
 import time
 
-from deployments.errors import AspireError
-from deployments.replica_service import (ANSWER_HEADER, CALL, CALL_HEADER, CANCEL, METADATA_KEY,
-                                         METHOD_NUMBERS, hello, set_nodelay)
+from core.errors import AspireError
+from deployments.replica_service import (
+    ANSWER_HEADER,
+    CALL,
+    CALL_HEADER,
+    CANCEL,
+    METADATA_KEY,
+    METHOD_NUMBERS,
+    hello,
+    set_nodelay,
+)
 
 FAILED_SKIP_S = 5.0
 

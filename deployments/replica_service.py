@@ -43,7 +43,7 @@ import threading
 import time
 from typing import Callable
 
-from deployments.errors import CODES, AspireError
+from core.errors import CODES, AspireError
 
 log = logging.getLogger("aspire.replica_service")
 

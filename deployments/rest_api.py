@@ -4,7 +4,7 @@ Life of a REST request (`RestApi.__call__`, the ASGI application of the REST por
 1. `/healthz` answers at once; with --auth_token_file the bearer token is checked first
    (deployments/auth.py); the metrics page and Aspire's status are the other non-/v1 paths.
 2. The raw (percent-encoded) path is matched with TF Serving's own URL grammar (`parse_path`),
-   and a model name that could be a path is refused (deployments/names.py).
+   and a model name that could be a path is refused (core/names.py).
 3. For inference, the body is read under --rest_api_max_body_bytes (and inflated, if gzip, under
    the same limit), the servable is resolved, and the body's bytes go to the version's replica
    as they came: the router never parses JSON on the success path. Only when the servable
@@ -22,10 +22,10 @@ import time
 import zlib
 from urllib.parse import unquote_to_bytes
 
+from core.errors import AspireError, BodyTooLarge, invalid_argument
+from core.names import check_name, escape
 from deployments import json_tensor
 from deployments.auth import CHALLENGE, BearerAuth
-from deployments.errors import AspireError, BodyTooLarge, invalid_argument
-from deployments.names import check_name, escape
 from deployments.router_core import SLOW_MANAGER_CALL_S, RouterCore, Seen
 
 log = logging.getLogger("aspire.rest")

@@ -12,13 +12,14 @@ import uuid
 import ray
 from ray import serve
 
+from core.errors import DEFAULT_MAX_BODY_BYTES
+from core.names import MANAGER_NAME, NAMESPACE
 from deployments import protos
 from deployments.auth import BearerAuth, GrpcAuthInterceptor
-from deployments.errors import DEFAULT_MAX_BODY_BYTES
 from deployments.grpc_api import GrpcApi, add_servicers
 from deployments.ingress import Ingress
 from deployments.rest_api import RestApi
-from deployments.router_core import MANAGER_NAME, NAMESPACE, RouterCore
+from deployments.router_core import RouterCore
 
 
 # Serve waits one graceful_shutdown_wait_loop_s (2 s by default) before it stops a replica, for

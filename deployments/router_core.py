@@ -24,16 +24,14 @@ import ray
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
-from deployments import metrics
-from deployments.errors import AspireError, invalid_argument, not_found
+from core import metrics
+from core.errors import AspireError, invalid_argument, not_found
 from deployments.replica_client import VersionApp
 from deployments.replica_service import decode_answer
 from policies.traffic import TrafficSplit, effective_weights, pick
 
 log = logging.getLogger("aspire.router")
 
-MANAGER_NAME = "aspire_manager"
-NAMESPACE = "aspire"
 # Status calls take milliseconds; a manager that has not answered in this long is down or
 # restarting (docs/reliability.md). Aspire's status and the metrics page gather more.
 MANAGER_CALL_S = 5.0
@@ -190,6 +188,9 @@ class RouterCore:
         3. Past --rest_api_timeout_in_ms the call is cancelled on the replica and answered 504;
            the replica's TF session stops the run itself (ReplicaOptions.run_timeout_ms). A
            client that goes away (gRPC cancel or deadline) cancels the call on the replica too.
+           Whichever of the two clocks fires first, the answer is the same: the session's
+           DEADLINE_EXCEEDED ("Timed out waiting for notification", TF's words) is answered
+           with the router's message, which names the flag.
         """
         deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
         exclude = None
@@ -203,6 +204,10 @@ class RouterCore:
                 if link is None:
                     return decode_answer(await self._handle_call(app, method, payload, deadline))
                 return await self._direct_call(app, link, method, payload, deadline)
+            except AspireError as err:
+                if err.code == "DEADLINE_EXCEEDED" and deadline is not None:
+                    raise self._timed_out() from None
+                raise
             except _ReplicaLost as lost:
                 if attempt == 2:
                     raise AspireError("The replica serving this request stopped, and so did the "

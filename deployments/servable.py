@@ -18,11 +18,9 @@ context (policies/admission.py `tf_memory_limit_bytes`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +28,11 @@ from dataclasses import dataclass, field
 
 from ray import serve
 
-from deployments import inference, json_tensor, metrics, proto_api
+from core import metrics
+from core.errors import AspireError
+from core.names import app_name
+from deployments import inference, json_tensor, proto_api
 from deployments.autoscaling import DIRECT_ONGOING
-from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
 from deployments.replica_service import METADATA_KEY, REST_METHODS, ReplicaService, encode_answer
 from deployments.warmup import run_warmup
@@ -40,22 +40,12 @@ from policies.admission import Need, Placement, replica_need, tf_memory_limit_by
 
 log = logging.getLogger("aspire.servable")
 
-APP_PREFIX = "aspire-servable-"
-
-
-def app_name(name: str, version: int) -> str:
-    """A Serve application name for (name, version): readable, unique even for odd model names."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
-    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
-    return f"{APP_PREFIX}{safe}-{digest}-v{version}"
-
-
 def _metrics_shipper() -> metrics.Shipper:
     """This replica's recorder, shipped to the manager's store every second. Runtime latency
     is the time inside the replica: tensor conversion and the session run."""
     import ray
 
-    from deployments.router_core import MANAGER_NAME, NAMESPACE
+    from core.names import MANAGER_NAME, NAMESPACE
 
     manager = []
 
@@ -118,7 +108,7 @@ class ServableDeployment:
             if warmup_iterations is not None:  # None: --enable_model_warmup=false
                 self._warmup(path, warmup_iterations)
             if gpu_memory_limit_bytes:
-                from cluster.inventory import process_vram_bytes
+                from core.nvml import process_vram_bytes
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
         except AspireError as err:
             self.load_error = (err.code, err.message)
@@ -267,12 +257,12 @@ class BatchingOptions:
     batching_params.pbtxt in each version's directory instead (no file: that version is not
     batched)."""
 
-    parameters: object | None = None  # cluster.batching_config.BatchingParameters
+    parameters: object | None = None  # config.batching_config.BatchingParameters
     per_model: bool = False
 
     def parameters_for(self, version_dir: str):
         if self.per_model:
-            from cluster.batching_config import load_per_model_batching_parameters
+            from config.batching_config import load_per_model_batching_parameters
             return load_per_model_batching_parameters(version_dir)
         return self.parameters
 
@@ -321,7 +311,7 @@ def _deploy_failure_message(text: str) -> str:
     """The useful line of a Serve DEPLOY_FAILED message (it embeds the replica's traceback)."""
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
-        if line.startswith(("deployments.errors.AspireError:", "AspireError:")):
+        if line.startswith(("core.errors.AspireError:", "AspireError:")):
             return line.split(":", 1)[1].strip()
     return text.strip().splitlines()[-1].strip() if text.strip() else "deployment failed"
 
@@ -351,7 +341,7 @@ class ServeBackend:
     def __init__(self, options: ReplicaOptions, load_timeout_s: float = 600.0):
         self.options = options
         self.load_timeout_s = load_timeout_s
-        self.settings: dict = {}  # model name -> cluster.aspire_config.ModelSettings
+        self.settings: dict = {}  # model name -> config.aspire_config.ModelSettings
 
     def need(self, name: str, version: int, path: str, has_gpus: bool,
              measured_vram_bytes: int | None) -> tuple[Need, int]:

@@ -55,7 +55,7 @@ def import_tensorflow():
     """`import tensorflow`, all of it, without the eager import of Keras (`_keras_deferred`)."""
     package = sys.modules.get("tensorflow")
     if isinstance(package, _Package):
-        getattr(package, "__version__")  # runs tensorflow/__init__.py in it, once
+        package.__version__  # runs tensorflow/__init__.py in it, once
         return package
     with _keras_deferred():
         import tensorflow as tf

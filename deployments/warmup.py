@@ -24,8 +24,8 @@ import logging
 import os
 import time
 
+from core.errors import CODES, AspireError, invalid_argument, unimplemented
 from deployments import proto_api
-from deployments.errors import CODES, AspireError, invalid_argument, unimplemented
 from deployments.tf_runtime import runtime
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from cluster.inventory import nvml_inventory
+from core.units import format_bytes
 from deployments.loader import SavedModelLoader
-from policies.admission import format_bytes, replica_need, tf_memory_limit_bytes
+from policies.admission import replica_need, tf_memory_limit_bytes
 
 GPUS = nvml_inventory("local")
 pytestmark = pytest.mark.skipif(not GPUS, reason="no NVIDIA GPU visible to NVML")
@@ -28,7 +29,7 @@ import json, os, sys
 import numpy as np
 import tensorflow as tf
 from deployments.loader import SavedModelLoader
-from cluster.inventory import process_vram_bytes
+from core.nvml import process_vram_bytes
 limit = int(sys.argv[2])
 model = SavedModelLoader(sys.argv[1]).load(gpu_memory_limit_bytes=limit)
 gpus = [d for d in model._session.list_devices() if d.device_type == "GPU"]
@@ -72,7 +73,7 @@ def test_tensorflow_is_capped_to_the_reservation_and_measured_under_the_estimate
     assert seen["measured"] <= estimate  # the whole process, CUDA context included, fits the reservation
     # A process that never touched the GPU holds none: asked in a fresh process, since whether
     # this pytest process did depends on which tests ran before.
-    fresh = subprocess.run([sys.executable, "-c", "import os; from cluster.inventory import "
+    fresh = subprocess.run([sys.executable, "-c", "import os; from core.nvml import "
                             "process_vram_bytes; print(process_vram_bytes(os.getpid()))"],
                            capture_output=True, text=True, timeout=120,
                            cwd=Path(__file__).resolve().parents[2])

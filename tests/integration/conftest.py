@@ -161,7 +161,7 @@ class Aspire:
         import ray
         from ray import serve
 
-        from deployments.servable import app_name
+        from core.names import app_name
         added = [m.name for m in self.models if m.name not in BASE_MODELS]
         if not added:
             return []
@@ -175,7 +175,7 @@ class Aspire:
     def add_model(self, name: str, base_path: str, policy=None):
         import ray
 
-        from cluster.source import ModelSource
+        from config.model_config import ModelSource
         from policies.aspired import Latest
         self.models = [m for m in self.models if m.name != name]
         self.models.append(ModelSource(name, str(base_path), policy or Latest(1)))
@@ -187,8 +187,8 @@ def aspire():
     import ray
 
     from cluster import launcher
-    from cluster.source import ModelSource
-    from deployments.router_core import NAMESPACE
+    from config.model_config import ModelSource
+    from core.names import NAMESPACE
     from deployments.servable import BatchingOptions, ReplicaOptions
 
     port, grpc_port = free_port(), free_port()
@@ -200,7 +200,7 @@ def aspire():
     from policies.aspired import All, Latest
     models = [ModelSource(name, str(DATA / d), All() if name == "saved_model_half_plus_two_2_versions"
                           else Latest(1)) for name, d in BASE_MODELS.items()]
-    from cluster.controller import ControllerConfig
+    from cluster.manager_actor import ControllerConfig
     config = ControllerConfig(models=models, poll_wait_s=0.5, num_load_threads=4,
                               max_num_load_retries=1, load_retry_interval_s=0.1,
                               # Serve's health checks at the server's defaults (5 s, 30 s): a

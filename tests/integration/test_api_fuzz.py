@@ -224,9 +224,11 @@ def fuzz(base_url: str) -> dict:
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.core.failures import FailureGroup
-    from schemathesis.specs.openapi.checks import (content_type_conformance,
-                                                   response_schema_conformance,
-                                                   status_code_conformance)
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     schema = schemathesis.openapi.from_path(SPEC)
     schema.validate()  # a valid OpenAPI 3.0 document, or no run

@@ -8,8 +8,12 @@ import grpc
 import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 from tests.integration.conftest import DATA, Served, free_port, wait_for
 from tests.integration.test_grpc_api import predict_request
@@ -91,7 +95,7 @@ def test_the_metrics_page_needs_the_token(server):
     assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, CHALLENGE)
     r = requests.get(server.url + METRICS, headers=bearer(TOKEN), timeout=30)
     assert r.status_code == 200 and "aspire_servable_state{" in r.text
-    # Routers ship their counts every SHIP_PERIOD_S (deployments/metrics.py): a count unchanged
+    # Routers ship their counts every SHIP_PERIOD_S (core/metrics.py): a count unchanged
     # over 3 periods has every earlier refusal in it.
     before = settled_refusals(server)
     requests.get(server.url + "/v1/models", timeout=30)  # one more refusal
@@ -109,7 +113,7 @@ def refusals(server) -> int:
 
 def settled_refusals(server, periods: int = 3) -> int:
     """The refusal count once it has stayed the same for `periods` shipping periods."""
-    from deployments.metrics import SHIP_PERIOD_S as period_s
+    from core.metrics import SHIP_PERIOD_S as period_s
     last, since = refusals(server), time.monotonic()
     deadline = since + 60
     while time.monotonic() - since < periods * period_s:

@@ -18,7 +18,6 @@ import shutil
 import grpc
 import numpy as np
 import pytest
-import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 

@@ -40,8 +40,8 @@ def two_replicas(aspire, tmp_path_factory):
 
     import ray
 
-    from cluster.aspire_config import ModelSettings
-    from deployments.servable import app_name
+    from config.aspire_config import ModelSettings
+    from core.names import app_name
     base = tmp_path_factory.mktemp("faults") / "faulty"
     shutil.copytree(HALF_PLUS_TWO, base / "1")
     # Health checks every 1 s with a 3 s timeout for this model only (the side file's fields):
@@ -175,7 +175,7 @@ def test_unloaded_version_finishes_its_slow_requests(aspire, tmp_path):
     import ray
     from ray import serve
 
-    from deployments.servable import app_name
+    from core.names import app_name
     from tests.integration.export_models import export_sleepy_model
     export_sleepy_model(tmp_path / "drain" / "1")
     aspire.add_model("drain", tmp_path / "drain")

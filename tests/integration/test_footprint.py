@@ -25,9 +25,14 @@ def _serve_replicas(app: str) -> list:
 
 
 def test_manager_and_routers_answer_every_api_without_tensorflows_runtime(aspire):
-    from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                         get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                         prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
     name = "half_plus_two"
     assert aspire.post(f"/v1/models/{name}:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
     assert aspire.post(f"/v1/models/{name}:classify",
@@ -53,7 +58,7 @@ def test_manager_and_routers_answer_every_api_without_tensorflows_runtime(aspire
     status.model_spec.name = name
     assert model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=60)
 
-    from deployments.servable import app_name
+    from core.names import app_name
     routers = _serve_replicas("aspire-router")
     replicas = _serve_replicas(app_name(name, 123))
     assert routers and replicas

@@ -10,10 +10,17 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.example import example_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, inference_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests.integration.conftest import wait_for
@@ -223,7 +230,7 @@ def reload_config(models) -> model_management_pb2.ReloadConfigRequest:
 
 
 def test_reload_config_swaps_model_list_while_clients_predict(aspire, model_stub, predict_stub, model_dir):
-    from cluster.source import ModelSource
+    from config.model_config import ModelSource
     base, publish = model_dir
     publish(1, "saved_model_half_plus_three")
     kept = list(aspire.models)
@@ -275,7 +282,7 @@ def test_invalid_reload_config_is_rejected_and_changes_nothing(aspire, model_stu
 
 
 def test_reload_reports_a_new_model_that_fails_to_load(aspire, model_stub):
-    from cluster.source import ModelSource
+    from config.model_config import ModelSource
     from tests.integration.conftest import DATA
     kept = list(aspire.models)
     err = rpc_error(model_stub.HandleReloadConfigRequest,

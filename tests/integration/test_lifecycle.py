@@ -21,7 +21,7 @@ def reload(aspire, models, labels):
 
 
 def test_labels_route_rest_and_grpc_and_follow_tf_serving_rules(aspire, model_dir):
-    from cluster.source import ModelSource
+    from config.model_config import ModelSource
     from policies.aspired import All
     base, publish = model_dir
     publish(1, "saved_model_half_plus_two_cpu")
@@ -41,8 +41,9 @@ def test_labels_route_rest_and_grpc_and_follow_tf_serving_rules(aspire, model_di
         assert r.json() == {"predictions": [ANSWER[version]]}
         r = aspire.get(f"/v1/models/labeled/labels/{label}/metadata")
         assert r.json()["model_spec"]["version"] == str(version)
-    from tests.integration.test_grpc_api import predict_request
     from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from tests.integration.test_grpc_api import predict_request
     with grpc.insecure_channel(aspire.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(predict_request("labeled", (1.0,), version_label="stable"), timeout=60)

@@ -11,8 +11,7 @@ import ray
 from ray import serve
 
 from cluster.manager_state import GcsStore, decode_value, loads, state_prefix
-from deployments.router_core import MANAGER_NAME
-from deployments.servable import APP_PREFIX, app_name
+from core.names import APP_PREFIX, MANAGER_NAME, app_name
 from policies.lifecycle import PUBLIC_STATE, Harness
 from tests.integration.conftest import ClosedLoop, wait_for
 

@@ -19,7 +19,7 @@ SLEEP_MS = 2000
 def busy(aspire, tmp_path_factory):
     import ray
 
-    from cluster.aspire_config import ModelSettings
+    from config.aspire_config import ModelSettings
     from tests.integration.export_models import export_sleepy_model
     base = tmp_path_factory.mktemp("overload") / "busy"
     export_sleepy_model(base / "1")
@@ -31,7 +31,7 @@ def busy(aspire, tmp_path_factory):
     # wait until the router knows the replica's port (until then calls take Serve's handle).
     from ray import serve
 
-    from deployments.servable import app_name
+    from core.names import app_name
     router = serve.get_deployment_handle("router", "aspire-router")
     wait_for(lambda: router.direct_replicas.remote().result(timeout_s=30).get(app_name("busy", 1)) == 1,
              60, 0.2, what="the router to call the replica directly")

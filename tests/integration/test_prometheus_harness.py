@@ -15,8 +15,12 @@ import requests
 
 from tests.integration.conftest import wait_for
 from tests.support.exporter import TextExporter
-from tests.support.prometheus import (PrometheusError, PrometheusServer, ensure_prometheus,
-                                      prometheus_version)
+from tests.support.prometheus import (
+    PrometheusError,
+    PrometheusServer,
+    ensure_prometheus,
+    prometheus_version,
+)
 
 
 class Exporter(TextExporter):

@@ -20,7 +20,7 @@ NAME, VERSION = "half_plus_two", 123
 def replica_handle():
     from ray import serve
 
-    from deployments.servable import app_name
+    from core.names import app_name
     return serve.get_deployment_handle("servable", app_name(NAME, VERSION))
 
 
@@ -46,8 +46,8 @@ def test_predictions_take_the_direct_path_not_serve_handles(aspire):
 
 
 def test_grpc_predictions_take_the_direct_path(aspire):
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(aspire.grpc_target))
     request = predict_pb2.PredictRequest()
     request.model_spec.name = NAME
@@ -82,7 +82,7 @@ def test_replica_service_answers_nothing_without_the_data_plane_key(aspire):
 
 
 def test_a_rest_body_near_the_limit_crosses_the_direct_path(aspire):
-    from deployments.errors import DEFAULT_MAX_BODY_BYTES
+    from core.errors import DEFAULT_MAX_BODY_BYTES
     # a real request padded to 1 MiB under --rest_api_max_body_bytes (64 MiB by default)
     head = b'{"instances": [1.0, 2.0], "padding": "'
     body = head + b"a" * (DEFAULT_MAX_BODY_BYTES - 2**20 - len(head)) + b'"}'
@@ -95,8 +95,8 @@ def test_a_rest_body_near_the_limit_crosses_the_direct_path(aspire):
 
 
 def test_a_grpc_message_of_40_mb_each_way_crosses_the_direct_path(aspire):
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     limit = 2**31 - 1
     channel = grpc.insecure_channel(aspire.grpc_target, options=[
         ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
@@ -117,7 +117,7 @@ def test_a_grpc_message_of_40_mb_each_way_crosses_the_direct_path(aspire):
 def test_every_router_learns_the_replica_port_from_serve(aspire):
     from ray import serve
 
-    from deployments.servable import app_name
+    from core.names import app_name
     router = serve.get_deployment_handle("router", "aspire-router")
     app = app_name(NAME, VERSION)
     counts = router.direct_replicas.remote().result(timeout_s=30)

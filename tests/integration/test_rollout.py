@@ -66,7 +66,7 @@ def test_version_failing_inside_its_replica_is_reported_and_old_keeps_serving(as
     assert aspire.states("corrupt_rollout")[1] == ("AVAILABLE", "OK")
     r = aspire.post("/v1/models/corrupt_rollout:predict", {"instances": [1.0]})
     assert r.json() == {"predictions": [V1_ANSWER]}
-    from deployments.servable import app_name
+    from core.names import app_name
     assert app_name("corrupt_rollout", 2) not in serve_apps()  # nothing left behind
     assert app_name("corrupt_rollout", 1) in serve_apps()
 

@@ -21,8 +21,11 @@ import grpc
 import pytest
 import ray
 from ray import serve
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 from tests.integration.conftest import DATA, ClosedLoop, wait_for
 from tests.integration.test_grpc_api import predict_request
@@ -161,7 +164,7 @@ def servable_apps() -> set[str]:
 
 def test_version_dirs_linked_outside_the_base_path_are_refused_and_v1_keeps_serving(aspire, model_dir,
                                                                                     tmp_path):
-    from deployments.servable import app_name
+    from core.names import app_name
     base, publish = model_dir
     publish(1, "saved_model_half_plus_two_cpu")
     aspire.add_model("linked", base)

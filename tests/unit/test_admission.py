@@ -5,10 +5,19 @@ import threading
 
 import pytest
 
-from deployments.errors import AspireError
-from policies.admission import (CUDA_CONTEXT_BYTES, GIB, MIB, VRAM_FACTOR, VRAM_WORKSPACE_BYTES, Gpu, Need,
-                                Placement, Reservations, estimate_vram_bytes, format_bytes,
-                                parse_bytes, replica_need)
+from core.errors import AspireError
+from core.units import GIB, MIB, format_bytes, parse_bytes
+from policies.admission import (
+    CUDA_CONTEXT_BYTES,
+    VRAM_FACTOR,
+    VRAM_WORKSPACE_BYTES,
+    Gpu,
+    Need,
+    Placement,
+    Reservations,
+    estimate_vram_bytes,
+    replica_need,
+)
 
 S = "{name: m version: %d}"
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from cluster.aspire_config import Autoscaling, ModelSettings, load_aspire_config, parse_aspire_config
-from deployments.errors import AspireError
+from config.aspire_config import Autoscaling, ModelSettings, load_aspire_config, parse_aspire_config
+from core.errors import AspireError
 from policies.traffic import TrafficSplit
 
 EXAMPLE = """{"models": {"my_model": {"version_policy": "resource_preserving",

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from cluster.batching_config import BatchingParameters
+from config.batching_config import BatchingParameters
+from core.errors import AspireError
 from deployments.batching import CLOSED_MESSAGE, Batcher
-from deployments.errors import AspireError
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 HALF_PLUS_TWO = os.path.join(DATA, "saved_model_half_plus_two_cpu", "00000123")

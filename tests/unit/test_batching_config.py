@@ -1,11 +1,15 @@
-"""cluster.batching_config: --batching_parameters_file and per-model batching_params.pbtxt."""
+"""config.batching_config: --batching_parameters_file and per-model batching_params.pbtxt."""
 import os
 
 import pytest
 
-from cluster.batching_config import (BatchingParameters, load_batching_parameters,
-                                     load_per_model_batching_parameters, parse_batching_parameters)
-from deployments.errors import AspireError
+from config.batching_config import (
+    BatchingParameters,
+    load_batching_parameters,
+    load_per_model_batching_parameters,
+    parse_batching_parameters,
+)
+from core.errors import AspireError
 
 # ts/servables/tensorflow/testdata/batching_config.txt
 TF_SERVING_FIXTURE = """max_batch_size { value: 128 }

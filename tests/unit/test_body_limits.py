@@ -4,7 +4,7 @@ import zlib
 
 import pytest
 
-from deployments.errors import AspireError, BodyTooLarge
+from core.errors import AspireError, BodyTooLarge
 from deployments.rest_api import gunzip_limited
 
 

@@ -27,10 +27,10 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster.aspire_config import load_aspire_config, parse_aspire_config
 from cluster.cli import FlagError, build_parser, validate
-from cluster.model_config import models_from_config, read_config_file
-from cluster.monitoring_config import load_monitoring_config, parse_monitoring_config
+from config.aspire_config import load_aspire_config, parse_aspire_config
+from config.model_config import models_from_config, read_config_file
+from config.monitoring_config import load_monitoring_config, parse_monitoring_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY_UP_DIR = ROOT / "cluster" / "ray-up"
@@ -39,7 +39,13 @@ RAY_UP_FILES = sorted(RAY_UP_DIR.glob("*.yaml"))
 KUBERAY_FILES = sorted(KUBERAY_DIR.glob("*.yaml"))
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-DOCS = [RAY_UP_DIR / "README.md", KUBERAY_DIR / "README.md", ROOT / "README.md"]
+README_DOCS = [RAY_UP_DIR / "README.md", KUBERAY_DIR / "README.md", ROOT / "README.md"]
+DOCS_DIR = ROOT / "docs"
+DOCS = README_DOCS + sorted(DOCS_DIR.glob("*.md"))
+# The pages that must hold `aspire` command lines: the READMEs, and the docs pages that quote them
+# (docs/reliability.md, docs/api.md, docs/gpus.md and docs/testing.md quote none).
+COMMAND_DOCS = README_DOCS + [DOCS_DIR / "configuration.md", DOCS_DIR / "operations.md",
+                              DOCS_DIR / "security.md"]
 
 with open(ROOT / "pyproject.toml", "rb") as _f:
     PYPROJECT = tomllib.load(_f)
@@ -81,7 +87,7 @@ def parse_aspire(argv: list[str]):
     try:
         return build_parser().parse_args(argv)
     except SystemExit as exc:
-        if exc.code == 0 and "--help" in argv:  # `aspire serve --help`, quoted in the README
+        if exc.code == 0 and "--help" in argv:  # `aspire serve --help` (docs/configuration.md)
             return build_parser().parse_args([a for a in argv if a != "--help"] + ["--model_base_path=/m"])
         raise AssertionError(f"aspire's parser refuses {shlex.join(argv)!r} (exit {exc.code})")
 
@@ -385,7 +391,7 @@ def _all_documented_command_lines() -> list[tuple[str, list[str]]]:
 
 def test_there_are_command_lines_to_check():
     sources = {source for source, _ in _all_documented_command_lines()}
-    assert {_rel(p) for p in RAY_UP_FILES + KUBERAY_FILES + DOCS} <= sources
+    assert {_rel(p) for p in RAY_UP_FILES + KUBERAY_FILES + COMMAND_DOCS} <= sources
 
 
 @pytest.mark.parametrize("source, argv", _all_documented_command_lines(),

@@ -30,13 +30,19 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from core.errors import AspireError
 from deployments import inference
-from deployments.errors import AspireError
 from deployments.json_tensor import (
-    TensorSpec, debug_string, decode_predict_request, encode_predict_response, parse_body, signature_name_of,
+    TensorSpec,
+    debug_string,
+    decode_predict_request,
+    encode_predict_response,
+    parse_body,
+    signature_name_of,
 )
 from deployments.loader import LoadedSavedModel
 from deployments.rapidjson_compat import MAX_JSON_DEPTH

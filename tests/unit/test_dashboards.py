@@ -7,8 +7,8 @@ Prometheus configs where Debian's promtool is installed.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path

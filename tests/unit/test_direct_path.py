@@ -10,11 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployments.errors import AspireError
+from core.errors import AspireError
 from deployments.grpc_api import model_spec_parts
 from deployments.replica_client import ReplicaLink, VersionApp
-from deployments.replica_service import (CallRefused, ReplicaService, decode_answer,
-                                         encode_answer)
+from deployments.replica_service import CallRefused, ReplicaService, decode_answer, encode_answer
 
 KEY = "k" * 32
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.errors import AspireError
+from core.errors import AspireError
 from deployments.loader import SavedModelLoader
 from tests.support.export_matrix import KINDS
 

@@ -7,9 +7,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from cluster.inventory import (aspire_pids, capacity_grew, declared_inventory, nodes_inventory,
-                              nvml_inventory)
-from policies.admission import GIB, MIB, Gpu
+from cluster.inventory import (
+    aspire_pids,
+    capacity_grew,
+    declared_inventory,
+    nodes_inventory,
+    nvml_inventory,
+)
+from core.units import GIB, MIB
+from policies.admission import Gpu
 
 
 @pytest.mark.parametrize("spec,sizes", [

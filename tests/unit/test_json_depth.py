@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from deployments.errors import AspireError
+from core.errors import AspireError
 from deployments.json_tensor import parse_body
 from deployments.rapidjson_compat import MAX_JSON_DEPTH
 

@@ -12,11 +12,18 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from core.errors import AspireError
 from deployments import json_tensor as jt
-from deployments.errors import AspireError
 from deployments.json_tensor import (
-    TensorSpec, debug_string, decode_examples, decode_predict_request, encode_classify_response,
-    encode_predict_response, encode_regress_response, parse_body, signature_name_of,
+    TensorSpec,
+    debug_string,
+    decode_examples,
+    decode_predict_request,
+    encode_classify_response,
+    encode_predict_response,
+    encode_regress_response,
+    parse_body,
+    signature_name_of,
 )
 
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from deployments.errors import AspireError
+from core.errors import AspireError
 from deployments.loader import SavedModelLoader, session_config
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from cluster.manager import Manager
-from deployments.errors import AspireError
+from core.errors import AspireError
 
 
 class RecordingBackend:

@@ -4,8 +4,9 @@ import threading
 import pytest
 
 from cluster.manager import Manager
-from deployments.errors import AspireError
-from policies.admission import GIB, Gpu, Need, Reservations
+from core.errors import AspireError
+from core.units import GIB
+from policies.admission import Gpu, Need, Reservations
 
 
 class SizedBackend:
@@ -195,7 +196,7 @@ def test_concurrent_admissions_never_over_commit(backend, book):
 
 
 def test_loads_refusals_and_state_are_measured(manager, backend, book):
-    from deployments.metrics import MetricsStore
+    from core.metrics import MetricsStore
     backend.fail.add(("bad", 1))
     load_big(manager, backend, "a", "b")
     load_big(manager, backend, "c")

@@ -11,10 +11,18 @@ import time
 import pytest
 
 from cluster.manager import Manager
-from cluster.manager_state import (EPOCH_BLOCK, MAX_INTERRUPTED_LOADS, MemoryStore, decode_value,
-                                   dumps, encode_value, loads)
-from deployments.errors import AspireError
-from policies.admission import GIB, Gpu, Need, Reservations
+from cluster.manager_state import (
+    EPOCH_BLOCK,
+    MAX_INTERRUPTED_LOADS,
+    MemoryStore,
+    decode_value,
+    dumps,
+    encode_value,
+    loads,
+)
+from core.errors import AspireError
+from core.units import GIB
+from policies.admission import Gpu, Need, Reservations
 
 
 class Serve:
@@ -354,8 +362,8 @@ def test_state_writes_and_restore_cost_with_1000_models():
 
 
 def test_config_values_round_trip_through_json():
-    from cluster.aspire_config import Autoscaling, ModelSettings
-    from cluster.source import ModelSource
+    from config.aspire_config import Autoscaling, ModelSettings
+    from config.model_config import ModelSource
     from policies.aspired import All, Latest, Specific
     from policies.traffic import TrafficSplit
     value = {"models": [ModelSource("a", "/m/a", Latest(2)), ModelSource("b", "gs://b", All()),
@@ -372,9 +380,9 @@ def test_config_values_round_trip_through_json():
 
 
 def test_application_prefix_matches_servable_application_names():
-    from cluster.controller import _app_prefix
+    from cluster.manager_actor import _app_prefix
     from cluster.manager_state import _owner
-    from deployments.servable import app_name
+    from core.names import app_name
     names = ["half_plus_two", "m1", "odd name/with:chars", "v12"]
     prefixes = {_app_prefix(n): n for n in names}
     for name in names:

@@ -1,4 +1,4 @@
-"""deployments.metrics: recording, central aggregation and the two exposition pages."""
+"""core.metrics: recording, central aggregation and the two exposition pages."""
 import pickle
 import sys
 import threading
@@ -7,8 +7,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployments import metrics as m
-from deployments.metrics import TFS_REQUEST_COUNT, MetricsStore, Recorder, labels_for
+from core import metrics as m
+from core.metrics import TFS_REQUEST_COUNT, MetricsStore, Recorder, labels_for
 
 # TF Serving prints bucket limits with absl::StrCat(double) == printf("%.6g").
 TF_LE = [
@@ -412,7 +412,7 @@ def test_overflow_backstop_default_limit():
 
 
 def test_shipper_ships_periodically_and_keeps_deltas_when_sending_fails():
-    from deployments.metrics import Shipper
+    from core.metrics import Shipper
     store, recorder = MetricsStore(), Recorder()
     broken = threading.Event()
     broken.set()
@@ -438,7 +438,7 @@ def test_shipper_ships_periodically_and_keeps_deltas_when_sending_fails():
 
 
 def test_a_shipment_whose_send_timed_out_after_arriving_counts_once():
-    from deployments.metrics import Shipper
+    from core.metrics import Shipper
     store, recorder = MetricsStore(), Recorder()
     sent = []
 

@@ -3,8 +3,8 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from cluster.model_config import models_from_config
-from deployments.errors import AspireError
+from config.model_config import models_from_config
+from core.errors import AspireError
 from deployments.grpc_api import spec_target, truncate
 from policies.aspired import All, Latest, Specific
 
@@ -86,7 +86,7 @@ def test_model_spec_targets():
 def test_tf_serving_good_config_file_parses(tmp_path):
     from pathlib import Path
 
-    from cluster.model_config import read_config_file
+    from config.model_config import read_config_file
     data = Path(__file__).resolve().parent.parent / "data"
     text = (data / "good_model_config.txt").read_text()
     text = text.replace("${TEST_HALF_PLUS_TWO_DIR}", "/models/two").replace(
@@ -100,7 +100,7 @@ def test_tf_serving_good_config_file_parses(tmp_path):
 def test_tf_serving_bad_config_file_names_file_and_position():
     from pathlib import Path
 
-    from cluster.model_config import read_config_file
+    from config.model_config import read_config_file
     path = str(Path(__file__).resolve().parent.parent / "data" / "bad_model_config.txt")
     with pytest.raises(AspireError) as err:
         read_config_file(path)
@@ -111,7 +111,7 @@ def test_tf_serving_bad_config_file_names_file_and_position():
 
 
 def test_version_labels_come_from_the_config():
-    from cluster.model_config import labels_from_config
+    from config.model_config import labels_from_config
     config = parse("""model_config_list { config { name: 'a' base_path: '/a' model_platform: 'tensorflow'
         version_labels { key: 'stable' value: 42 } version_labels { key: 'canary' value: 43 } } }""")
     assert labels_from_config(config) == {"a": {"stable": 42, "canary": 43}}

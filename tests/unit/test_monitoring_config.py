@@ -1,11 +1,15 @@
-"""cluster.monitoring_config: TF Serving's --monitoring_config_file."""
+"""config.monitoring_config: TF Serving's --monitoring_config_file."""
 import os
 
 import pytest
 
-from cluster.monitoring_config import (DEFAULT_PROMETHEUS_PATH, PrometheusSettings,
-                                       load_monitoring_config, parse_monitoring_config)
-from deployments.errors import AspireError
+from config.monitoring_config import (
+    DEFAULT_PROMETHEUS_PATH,
+    PrometheusSettings,
+    load_monitoring_config,
+    parse_monitoring_config,
+)
+from core.errors import AspireError
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "data", "monitoring_config.txt")
 

@@ -1,4 +1,4 @@
-"""The model-name rule (deployments/names.py) through both edges' parsers: REST `parse_path`
+"""The model-name rule (core/names.py) through both edges' parsers: REST `parse_path`
 after percent-decoding, gRPC `spec_target` on the ModelSpec as sent."""
 import time
 from urllib.parse import quote
@@ -6,9 +6,9 @@ from urllib.parse import quote
 import pytest
 from tensorflow_serving.apis import model_pb2
 
-from deployments.errors import AspireError
+from core.errors import AspireError
+from core.names import MAX_NAME_CHARS, check_name, escape, why_invalid
 from deployments.grpc_api import spec_target
-from deployments.names import MAX_NAME_CHARS, check_name, escape, why_invalid
 from deployments.rest_api import parse_path
 
 # Triton's ModelNameValidationTest.INVALID_TRAVERSAL_NAMES (qa/L0_input_validation).

@@ -3,8 +3,13 @@ resource_preserving_policy_test.cc), plus the aspired-version selection rules of
 import pytest
 
 from policies.aspired import All, Latest, Specific, parse_version, versions_in
-from policies.lifecycle import (Action, Harness, VersionSnapshot, availability_preserving,
-                                resource_preserving)
+from policies.lifecycle import (
+    Action,
+    Harness,
+    VersionSnapshot,
+    availability_preserving,
+    resource_preserving,
+)
 
 S = {
     "new": Harness.NEW, "loading": Harness.LOADING, "ready": Harness.READY,

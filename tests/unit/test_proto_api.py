@@ -14,11 +14,17 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
-                                     input_pb2, predict_pb2, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
+    input_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 
+from core.errors import AspireError
 from deployments import proto_api
-from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")

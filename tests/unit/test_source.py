@@ -1,7 +1,8 @@
 """File-system source polling rules on a real temporary directory tree."""
 import logging
 
-from cluster.source import FileSystemSource, ModelSource, poll_model
+from cluster.source import FileSystemSource, poll_model
+from config.model_config import ModelSource
 from policies.aspired import All, Latest, Specific
 
 

@@ -1,7 +1,7 @@
 """TF Serving's REST URL grammar and servable resolution (rest_api.parse_path / router_core.resolve)."""
 import pytest
 
-from deployments.errors import AspireError
+from core.errors import AspireError
 from deployments.rest_api import parse_path
 from deployments.router_core import ServingMap, VersionAddress, resolve
 
@@ -15,7 +15,7 @@ from deployments.router_core import ServingMap, VersionAddress, resolve
     ("GET", "/v1/models/m/versions/3", {"kind": "status", "name": "m", "version": 3, "label": None}),
     ("GET", "/v1/models/m/labels/canary/metadata", {"kind": "metadata", "name": "m", "version": None, "label": "canary"}),
     ("GET", "/v1/models", {"kind": "list"}),
-    # TF Serving's reserved-character name, less %2F: a "/" in a name is refused (deployments/names.py)
+    # TF Serving's reserved-character name, less %2F: a "/" in a name is refused (core/names.py)
     ("GET", "/v1/models/modelname%21%23%24%25%26%27%28%29%2A%2B%2C%3A%3B%3D%3F%40%5B%5D",
      {"kind": "status", "name": "modelname!#$%&'()*+,:;=?@[]", "version": None, "label": None}),
 ])
@@ -69,7 +69,7 @@ def test_unresolvable_requests(name, version, label, code, message):
 
 
 def test_error_codes_map_to_tf_serving_http_statuses():
-    from deployments.errors import CODES, http_status
+    from core.errors import CODES, http_status
     expected = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
                 "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
                 "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from deployments.errors import AspireError
+from core.errors import AspireError
 from deployments.loader import SavedModelLoader, check_contained
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")

@@ -13,11 +13,17 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import (classification_pb2, inference_pb2, input_pb2,
-                                     prediction_log_pb2, predict_pb2, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    input_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    regression_pb2,
+)
 
+from core.errors import AspireError
 from deployments import proto_api
-from deployments.errors import AspireError
 from deployments.loader import SavedModelLoader
 from deployments.warmup import MAX_WARMUP_RECORDS, WARMUP_FILE, run_warmup
 

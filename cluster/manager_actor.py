@@ -28,16 +28,30 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cluster.aspire_config import ModelSettings, load_aspire_config
-from cluster.inventory import capacity_grew, cluster_inventory
+from cluster.inventory import capacity_grew, cluster_inventory, head_node_id
 from cluster.manager import Manager
-from cluster.manager_state import ROUTER_POLL_S, GcsStore, decode_value, dumps, encode_value, loads, state_prefix
-from cluster.model_config import labels_from_config, models_from_config, read_config_file
-from cluster.source import FileSystemSource, ModelSource
-from deployments import metrics, protos
-from deployments.errors import AspireError
-from deployments.router_core import MANAGER_NAME, NAMESPACE
-from deployments.servable import APP_PREFIX, ReplicaOptions, ServeBackend, app_name
+from cluster.manager_state import (
+    ROUTER_POLL_S,
+    GcsStore,
+    decode_value,
+    dumps,
+    encode_value,
+    loads,
+    state_prefix,
+)
+from cluster.source import FileSystemSource
+from config.aspire_config import ModelSettings, load_aspire_config
+from config.model_config import (
+    ModelSource,
+    labels_from_config,
+    models_from_config,
+    read_config_file,
+)
+from core import metrics
+from core.errors import AspireError
+from core.names import APP_PREFIX, MANAGER_NAME, NAMESPACE, app_name
+from deployments import protos
+from deployments.servable import ReplicaOptions, ServeBackend
 from policies.admission import Reservations
 
 RECONCILE_INTERVAL_S = 0.1
@@ -329,7 +343,7 @@ class ManagerActor:
 
     # ---- metrics ------------------------------------------------------------------------------
     def apply_metrics(self, deltas: metrics.Deltas) -> None:
-        """Deltas shipped by a router or model replica (deployments/metrics.py `Shipper`)."""
+        """Deltas shipped by a router or model replica (core/metrics.py `Shipper`)."""
         self._metrics.apply(deltas)
 
     def metrics_page(self) -> str:
@@ -416,7 +430,6 @@ def start_manager(config: ControllerConfig):
     # On the head node: it lives as long as the cluster, so losing a worker never takes the
     # control plane with it. The source polls the model base paths from there: on a cluster,
     # a shared path that is the same on every node (or gs://, s3://).
-    from cluster.launcher import head_node_id
     head = head_node_id()
     # max_restarts=-1: Ray brings a dead manager back (same config, state from the GCS store);
     # ray.kill(..., no_restart=True) still ends it for good.

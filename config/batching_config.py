@@ -31,11 +31,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
-                             wrappers_pb2)
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 
-from cluster.model_config import read_proto_text
-from deployments.errors import AspireError
+from config.model_config import read_proto_text
+from core.errors import AspireError
 
 PER_MODEL_FILENAME = "batching_params.pbtxt"  # bundle_factory_util.cc kBatchingParamsFilename
 SERVER_THREAD_POOL_NAME = "model_server_batch_threads"  # server.cc, when no file is given

@@ -9,13 +9,21 @@ go through `models_from_config` and `labels_from_config`.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from cluster.source import ModelSource
-from deployments.errors import AspireError, invalid_argument
-from deployments.names import check_name
-from policies.aspired import All, Latest, Specific
+from core.errors import AspireError, invalid_argument
+from core.names import check_name
+from policies.aspired import All, Latest, Specific, VersionPolicy
 
 SUPPORTED_PLATFORMS = ("tensorflow",)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One served model: its name, its base path and the version policy the source applies."""
+    name: str
+    base_path: str
+    version_policy: VersionPolicy = Latest(1)
 
 
 def version_policy(config) -> Latest | All | Specific:

@@ -42,8 +42,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from deployments.errors import AspireError
-from policies.admission import DEVICES, parse_bytes
+from core.errors import AspireError
+from core.units import parse_bytes
+from policies.admission import DEVICES
 from policies.lifecycle import POLICIES
 from policies.traffic import TrafficSplit
 

@@ -33,9 +33,11 @@ outside printable ASCII (and the backslash) escaped, so the answer never carries
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import unicodedata
 
-from deployments.errors import invalid_argument
+from core.errors import invalid_argument
 
 MAX_NAME_CHARS = 256
 ECHO_CHARS = 64
@@ -85,3 +87,15 @@ def check_name(value: str, what: str = "model name") -> str:
         raise invalid_argument(f"Invalid {what}: '{escape(value)}' ({reason})")
     return value
 
+
+# --- names Aspire gives its own parts on Ray --------------------------------------------------
+NAMESPACE = "aspire"  # the Ray namespace of the manager actor and of the GCS state keys
+MANAGER_NAME = "aspire_manager"  # the manager actor's name in NAMESPACE
+APP_PREFIX = "aspire-servable-"  # every version's Serve application starts with it
+
+
+def app_name(name: str, version: int) -> str:
+    """A Serve application name for (name, version): readable, unique even for odd model names."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{APP_PREFIX}{safe}-{digest}-v{version}"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from cluster.model_config import read_proto_text
-from deployments.errors import AspireError
+from config.model_config import read_proto_text
+from core.errors import AspireError
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 
