@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve-example test unit bench bench-smoke clean
+.PHONY: setup serve-example test lint unit bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -20,8 +20,15 @@ serve-example: $(STAMP)
 	$(BIN)/aspire serve --model_name=digits --model_base_path=examples/models/digits \
 		--rest_api_port=8501 --port=8500 --monitoring_config_file=examples/monitoring_config.txt
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -rs tests
+
+# ruff (lint, and the format check) over everything, mypy over the core, the policies, the
+# config parsers and the manager's inputs (pyproject.toml); a finding fails `make test`
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -5,6 +5,7 @@ runs Aspire's own request core (deployments/inference.py) on Aspire's loader, so
 Aspire / baseline is the cost of Aspire's architecture (ingress -> Ray hop -> replica), not of
 its JSON or TF code. Usage: python bench/baseline_server.py PORT NAME=SAVED_MODEL_VERSION_DIR ...
 """
+
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,10 @@ from deployments import inference, json_tensor  # noqa: E402
 from deployments.loader import SavedModelLoader  # noqa: E402
 
 port = int(sys.argv[1])
-models = {name: SavedModelLoader(path).load()
-          for name, path in (arg.split("=", 1) for arg in sys.argv[2:])}
+models = {
+    name: SavedModelLoader(path).load()
+    for name, path in (arg.split("=", 1) for arg in sys.argv[2:])
+}
 app = FastAPI()
 
 
@@ -35,7 +38,9 @@ async def predict(model: str, request: Request):
     except AspireError as err:
         code, text = err.code, err.message
     if code != "OK":
-        return Response(json.dumps({"error": text}), http_status(code), media_type="application/json")
+        return Response(
+            json.dumps({"error": text}), http_status(code), media_type="application/json"
+        )
     return Response(text, media_type="application/json")
 
 

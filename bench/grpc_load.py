@@ -5,6 +5,7 @@ sent as raw bytes, so the client spends its CPU on gRPC, not on protobuf.
 Usage: python bench/grpc_load.py TARGET METHOD REQUEST_FILE CONCURRENCY DURATION_S
 Prints one JSON line: requests, errors, duration_s, latencies_ms (sorted sample of all).
 """
+
 import asyncio
 import json
 import sys
@@ -13,7 +14,9 @@ import time
 import grpc
 
 
-async def main(target: str, method: str, request: bytes, concurrency: int, duration_s: float) -> dict:
+async def main(
+    target: str, method: str, request: bytes, concurrency: int, duration_s: float
+) -> dict:
     latencies, errors = [], []
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(method)  # bytes in, bytes out
@@ -28,11 +31,16 @@ async def main(target: str, method: str, request: bytes, concurrency: int, durat
                     latencies.append(time.perf_counter() - started)
                 except grpc.aio.AioRpcError as err:
                     errors.append(err.code().name)
+
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "errors": len(errors), "duration_s": elapsed,
-            "latencies_ms": sorted(x * 1000 for x in latencies)}
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "duration_s": elapsed,
+        "latencies_ms": sorted(x * 1000 for x in latencies),
+    }
 
 
 if __name__ == "__main__":

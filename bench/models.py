@@ -9,6 +9,7 @@
 Each model gets its REST body and its serialized gRPC PredictRequest written to files, and the
 numpy inputs for the in-process run.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,13 +36,19 @@ class BenchModel:
 
 def export_mlp(path: Path, sizes=(784, 1024, 1024, 10), seed: int = 0) -> None:
     import tensorflow as tf
+
     rng = np.random.default_rng(seed)
 
     class MLP(tf.Module):
         def __init__(self):
             super().__init__()
-            self.layers = [(tf.Variable(rng.normal(0, (2 / a) ** 0.5, (a, b)).astype(np.float32)),
-                            tf.Variable(np.zeros(b, np.float32))) for a, b in zip(sizes, sizes[1:])]
+            self.layers = [
+                (
+                    tf.Variable(rng.normal(0, (2 / a) ** 0.5, (a, b)).astype(np.float32)),
+                    tf.Variable(np.zeros(b, np.float32)),
+                )
+                for a, b in zip(sizes, sizes[1:], strict=False)
+            ]
 
         @tf.function(input_signature=[tf.TensorSpec([None, sizes[0]], tf.float32, name="x")])
         def serve(self, x):
@@ -62,6 +69,7 @@ def _size(path: Path) -> int:
 def _write_requests(work: Path, name: str, array: np.ndarray, instances) -> tuple[Path, Path]:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
+
     body = work / f"{name}.json"
     body.write_text(json.dumps({"instances": instances}))
     request = predict_pb2.PredictRequest()
@@ -87,7 +95,9 @@ def prepare(work: Path, names: list[str]) -> dict[str, BenchModel]:
             array = np.round(np.random.default_rng(1).random((1, 784), np.float32), 3)
             instances = array.tolist()
         else:
-            raise ValueError(f"unknown benchmark model {name!r} (half_plus_two, {', '.join(MLP_SIZES)})")
+            raise ValueError(
+                f"unknown benchmark model {name!r} (half_plus_two, {', '.join(MLP_SIZES)})"
+            )
         body, grpc = _write_requests(work, name, array, instances)
         models[name] = BenchModel(base, str(version), body, grpc, {"x": array}, _size(version))
     return models

@@ -11,6 +11,7 @@ to do, and of a rollout pass (every model gets a 4th version; Latest-3 unloads t
 
 Usage: .venv/bin/python bench/reconcile.py [--models 1000] [--versions 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cluster.manager import Manager  # noqa: E402
-from policies.admission import Gpu, Need, Reservations  # noqa: E402
+from cluster.reservations import Reservations  # noqa: E402
+from policies.admission import Gpu, Need  # noqa: E402
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 class FakeBackend:
@@ -71,14 +73,19 @@ def run(models: int = 1000, versions: int = 3, quiet: bool = False) -> dict:
 
     def aspire(first: int):
         for name in names:
-            manager.set_aspired_versions(name, {v: f"/models/{name}/{v}"
-                                                for v in range(first, first + versions)})
+            manager.set_aspired_versions(
+                name, {v: f"/models/{name}/{v}" for v in range(first, first + versions)}
+            )
 
     def settled(expected_available: int):
         def check():
             states = [s["state"] for st in manager.list_models().values() for s in st]
-            return (states.count("AVAILABLE") == expected_available
-                    and not {"START", "LOADING", "UNLOADING"} & set(states))
+            return states.count("AVAILABLE") == expected_available and not {
+                "START",
+                "LOADING",
+                "UNLOADING",
+            } & set(states)
+
         return check
 
     try:
@@ -92,22 +99,33 @@ def run(models: int = 1000, versions: int = 3, quiet: bool = False) -> dict:
     busy = load_passes + rollout_passes
     wall, cpu = [w for w, _ in busy], [c for _, c in busy]
     result = {
-        "models": models, "versions": versions, "emit_ms": emit_ms,
-        "passes": len(busy), "first_pass_ms": load_passes[0][0],
+        "models": models,
+        "versions": versions,
+        "emit_ms": emit_ms,
+        "passes": len(busy),
+        "first_pass_ms": load_passes[0][0],
         "rollout_first_pass_ms": rollout_passes[0][0],
-        "median_wall_ms": statistics.median(wall), "max_wall_ms": max(wall),
-        "median_cpu_ms": statistics.median(cpu), "max_cpu_ms": max(cpu),
+        "median_wall_ms": statistics.median(wall),
+        "max_wall_ms": max(wall),
+        "median_cpu_ms": statistics.median(cpu),
+        "max_cpu_ms": max(cpu),
         "idle_pass_ms": statistics.median(idle),
     }
     if not quiet:
-        print(f"reconcile, {models} models x {versions} versions, fake loaders, admission on "
-              f"(64 GPUs on 8 nodes):")
+        print(
+            f"reconcile, {models} models x {versions} versions, fake loaders, admission on "
+            f"(64 GPUs on 8 nodes):"
+        )
         print(f"  set_aspired_versions for all models: {emit_ms:.1f} ms")
-        print(f"  first pass (starts {models} loads): {result['first_pass_ms']:.1f} ms; first "
-              f"rollout pass: {result['rollout_first_pass_ms']:.1f} ms")
-        print(f"  {len(busy)} passes while versions load and roll out: reconciling thread's CPU "
-              f"median {result['median_cpu_ms']:.1f} ms, max {result['max_cpu_ms']:.1f} ms; wall "
-              f"median {result['median_wall_ms']:.1f} ms, max {result['max_wall_ms']:.1f} ms")
+        print(
+            f"  first pass (starts {models} loads): {result['first_pass_ms']:.1f} ms; first "
+            f"rollout pass: {result['rollout_first_pass_ms']:.1f} ms"
+        )
+        print(
+            f"  {len(busy)} passes while versions load and roll out: reconciling thread's CPU "
+            f"median {result['median_cpu_ms']:.1f} ms, max {result['max_cpu_ms']:.1f} ms; wall "
+            f"median {result['median_wall_ms']:.1f} ms, max {result['max_wall_ms']:.1f} ms"
+        )
         print(f"  steady state (nothing to do): {result['idle_pass_ms']:.2f} ms per pass")
     return result
 

@@ -6,6 +6,7 @@ with Aspire's replica settings (1 replica, max_ongoing_requests=64), so Aspire /
 request paths, not settings. Usage: python bench/serve_app.py PORT NAME=SAVED_MODEL_VERSION_DIR ...
 Prints READY once it answers; stops on SIGINT or SIGTERM.
 """
+
 import json
 import signal
 import sys
@@ -27,22 +28,30 @@ app = FastAPI()
 class Models:
     def __init__(self, paths: dict):
         from deployments.loader import SavedModelLoader
+
         self.models = {name: SavedModelLoader(path).load() for name, path in paths.items()}
 
     @app.post("/v1/models/{model}:predict")
     async def predict(self, model: str, request: Request):
         from core.errors import AspireError, http_status
         from deployments import inference, json_tensor
+
         if model not in self.models:
-            return Response(json.dumps({"error": f"Servable not found for request: Latest({model})"}),
-                            404, media_type="application/json")
+            return Response(
+                json.dumps({"error": f"Servable not found for request: Latest({model})"}),
+                404,
+                media_type="application/json",
+            )
         try:  # the same steps as the baseline (b)
-            code, text = inference.handle_rest(self.models[model], "predict",
-                                               json_tensor.parse_body(await request.body()))
+            code, text = inference.handle_rest(
+                self.models[model], "predict", json_tensor.parse_body(await request.body())
+            )
         except AspireError as err:
             code, text = err.code, err.message
         if code != "OK":
-            return Response(json.dumps({"error": text}), http_status(code), media_type="application/json")
+            return Response(
+                json.dumps({"error": text}), http_status(code), media_type="application/json"
+            )
         return Response(text, media_type="application/json")
 
 
@@ -50,8 +59,12 @@ def main() -> None:
     port = int(sys.argv[1])
     paths = dict(arg.split("=", 1) for arg in sys.argv[2:])
     root = str(Path(__file__).resolve().parent.parent)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": root}})
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": root}},
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(Models.bind(paths), name="bench", route_prefix="/")
     print("READY", flush=True)

@@ -22,6 +22,7 @@ bench/reconcile.py (the Manager's reconcile step at 1,000 models x 3 versions).
 Writes bench/results/<UTC time>.md and the summary between the markers in bench/README.md.
 `--smoke` (CI): 1 s per point, concurrency 1, results to a temp dir, README untouched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,14 @@ from tests.support.ports import free_port  # noqa: E402
 
 PY = sys.executable
 ASPIRE = str(Path(PY).parent / "aspire")
-SYSTEMS = {"a": "in-process", "b": "fastapi", "c": "ray-serve", "d": "aspire-rest",
-           "e": "aspire-grpc", "f": "aspire-batch"}
+SYSTEMS = {
+    "a": "in-process",
+    "b": "fastapi",
+    "c": "ray-serve",
+    "d": "aspire-rest",
+    "e": "aspire-grpc",
+    "f": "aspire-batch",
+}
 README_BEGIN, README_END = "<!-- suite:begin -->", "<!-- suite:end -->"
 BATCHING = """max_batch_size { value: 32 }
 batch_timeout_micros { value: 1000 }
@@ -74,10 +81,15 @@ end
 
 def ensure_wrk() -> str:
     from tests.support.debian import apt_install, ensure_binary
-    return ensure_binary("wrk", lambda: shutil.which("wrk"), lambda deadline: apt_install("wrk", deadline))
+
+    return ensure_binary(
+        "wrk", lambda: shutil.which("wrk"), lambda deadline: apt_install("wrk", deadline)
+    )
 
 
-def run_measured(cmd: list[str], env: dict | None = None, timeout_s: float = 600) -> tuple[str, float]:
+def run_measured(
+    cmd: list[str], env: dict | None = None, timeout_s: float = 600
+) -> tuple[str, float]:
     """Run a client to completion; its stdout and the CPU seconds it used (user + system)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     timer = threading.Timer(timeout_s, proc.kill)
@@ -92,35 +104,71 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout_s: float = 600
     return out, usage.ru_utime + usage.ru_stime
 
 
-def wrk_point(wrk: str, script: Path, url: str, body: Path, concurrency: int, duration_s: float) -> dict:
-    out, cpu = run_measured([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s",
-                             "--timeout", "30s", "-s", str(script), url],
-                            env={**os.environ, "BENCH_BODY": str(body)})
+def wrk_point(
+    wrk: str, script: Path, url: str, body: Path, concurrency: int, duration_s: float
+) -> dict:
+    out, cpu = run_measured(
+        [
+            wrk,
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(duration_s))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            url,
+        ],
+        env={**os.environ, "BENCH_BODY": str(body)},
+    )
     m = re.search(r"^RESULT (.*)$", out, re.M)
     if not m:
         raise RuntimeError(f"wrk printed no result:\n{out}")
-    n, duration_us, connect, read, write, status, timeout, p50, p90, p99 = map(int, m.group(1).split())
+    n, duration_us, connect, read, write, status, timeout, p50, p90, p99 = map(
+        int, m.group(1).split()
+    )
     seconds = duration_us / 1e6
-    return {"requests": n, "rps": n / seconds, "p50": p50 / 1000, "p90": p90 / 1000,
-            "p99": p99 / 1000, "errors": connect + read + write + status + timeout,
-            "client_cpu": 100 * cpu / seconds}
+    return {
+        "requests": n,
+        "rps": n / seconds,
+        "p50": p50 / 1000,
+        "p90": p90 / 1000,
+        "p99": p99 / 1000,
+        "errors": connect + read + write + status + timeout,
+        "client_cpu": 100 * cpu / seconds,
+    }
 
 
 def grpc_point(target: str, request: Path, concurrency: int, duration_s: float) -> dict:
-    out, cpu = run_measured([PY, str(ROOT / "bench" / "grpc_load.py"), target,
-                             "/tensorflow.serving.PredictionService/Predict", str(request),
-                             str(concurrency), str(duration_s)])
+    out, cpu = run_measured(
+        [
+            PY,
+            str(ROOT / "bench" / "grpc_load.py"),
+            target,
+            "/tensorflow.serving.PredictionService/Predict",
+            str(request),
+            str(concurrency),
+            str(duration_s),
+        ]
+    )
     r = json.loads(out.strip().splitlines()[-1])
     ms = r["latencies_ms"] or [float("nan")]
     q = lambda p: ms[min(len(ms) - 1, int(p * len(ms)))]  # noqa: E731
-    return {"requests": r["requests"], "rps": r["requests"] / r["duration_s"], "p50": q(0.5),
-            "p90": q(0.9), "p99": q(0.99), "errors": r["errors"],
-            "client_cpu": 100 * cpu / r["duration_s"]}
+    return {
+        "requests": r["requests"],
+        "rps": r["requests"] / r["duration_s"],
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "errors": r["errors"],
+        "client_cpu": 100 * cpu / r["duration_s"],
+    }
 
 
 def in_process_point(path: str, inputs: dict, duration_s: float) -> dict:
     """The floor: the session run of one request's tensors, in a loop, in this process."""
     from deployments.loader import SavedModelLoader
+
     model = SavedModelLoader(path).load()
     for _ in range(20):
         model.run("serving_default", inputs)
@@ -136,8 +184,15 @@ def in_process_point(path: str, inputs: dict, duration_s: float) -> dict:
     model.unload()
     samples.sort()
     q = lambda p: samples[min(len(samples) - 1, int(p * len(samples)))]  # noqa: E731
-    return {"requests": len(samples), "rps": len(samples) / elapsed, "p50": q(0.5), "p90": q(0.9),
-            "p99": q(0.99), "errors": 0, "client_cpu": 100 * cpu / elapsed}
+    return {
+        "requests": len(samples),
+        "rps": len(samples) / elapsed,
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "errors": 0,
+        "client_cpu": 100 * cpu / elapsed,
+    }
 
 
 class Server:
@@ -147,8 +202,14 @@ class Server:
     def __init__(self, cmd: list[str], ready, what: str, timeout_s: float = 300):
         self.what = what
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True, text=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            text=True,
+        )
         deadline = time.monotonic() + timeout_s
         while not ready(self):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -226,8 +287,12 @@ class ServerCpu:
 
 def answers(url: str, body: bytes) -> bool:
     try:
-        return requests.post(url, data=body, headers={"Content-Type": "application/json"},
-                             timeout=5).status_code == 200
+        return (
+            requests.post(
+                url, data=body, headers={"Content-Type": "application/json"}, timeout=5
+            ).status_code
+            == 200
+        )
     except requests.RequestException:
         return False
 
@@ -240,6 +305,7 @@ def rss_bytes(pid: int) -> int:
 def machine() -> str:
     import ray
     import tensorflow as tf
+
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = "unknown CPU"
     try:
@@ -247,17 +313,29 @@ def machine() -> str:
             cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
     except (OSError, AttributeError):
         pass
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB, "
-            f"Linux {platform.release()}, Python {platform.python_version()}, Ray {ray.__version__}, "
-            f"TensorFlow {tf.__version__} (CPU)")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB, "
+        f"Linux {platform.release()}, Python {platform.python_version()}, Ray {ray.__version__}, "
+        f"TensorFlow {tf.__version__} (CPU)"
+    )
 
 
 def commit() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         return "unknown"
@@ -280,31 +358,48 @@ class Suite:
         cpu.start()
         point = point_fn()
         seconds = cpu.stop()
-        point["server_cpu_ms"] = (1000 * seconds / point["requests"]
-                                  if seconds is not None and point["requests"] else None)
+        point["server_cpu_ms"] = (
+            1000 * seconds / point["requests"]
+            if seconds is not None and point["requests"]
+            else None
+        )
         return point
 
     def record(self, model: str, system: str, concurrency: int, point: dict) -> None:
         row = {"model": model, "system": system, "concurrency": concurrency, **point}
         self.rows.append(row)
-        print(f"{model:13s} {SYSTEMS[system]:12s} c={concurrency:<3d} {point['rps']:8.1f} req/s  "
-              f"p50 {point['p50']:7.2f} ms  p90 {point['p90']:7.2f}  p99 {point['p99']:7.2f}  "
-              f"errors {point['errors']}  client CPU {point['client_cpu']:.0f}%  server CPU/request "
-              f"{_ms(point.get('server_cpu_ms'))}", flush=True)
+        print(
+            f"{model:13s} {SYSTEMS[system]:12s} c={concurrency:<3d} {point['rps']:8.1f} req/s  "
+            f"p50 {point['p50']:7.2f} ms  p90 {point['p90']:7.2f}  p99 {point['p99']:7.2f}  "
+            f"errors {point['errors']}  client CPU {point['client_cpu']:.0f}%  server CPU/request "
+            f"{_ms(point.get('server_cpu_ms'))}",
+            flush=True,
+        )
 
     def sweep_rest(self, system: str, url_of, server_pid: int | None = None) -> None:
         for name, m in self.models.items():
             if not answers(url_of(name), m.body_path.read_bytes()):
                 raise RuntimeError(f"{SYSTEMS[system]} does not answer {name}")
             for c in self.args.concurrency:
-                self.record(name, system, c, self.measure(server_pid, lambda: wrk_point(
-                    self.wrk, self.script, url_of(name), m.body_path, c, self.args.duration)))
+                self.record(
+                    name,
+                    system,
+                    c,
+                    self.measure(
+                        server_pid,
+                        lambda name=name, m=m, c=c: wrk_point(
+                            self.wrk, self.script, url_of(name), m.body_path, c, self.args.duration
+                        ),
+                    ),
+                )
 
     def run(self) -> None:
         sel = self.args.systems
         if "a" in sel:
             for name, m in self.models.items():
-                self.record(name, "a", 1, in_process_point(m.version_dir, m.inputs, self.args.duration))
+                self.record(
+                    name, "a", 1, in_process_point(m.version_dir, m.inputs, self.args.duration)
+                )
         if "b" in sel:
             self.baseline()
         if "c" in sel:
@@ -321,22 +416,31 @@ class Suite:
         port = free_port()
         url_of = lambda n: f"http://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
         first = next(iter(self.models))
-        server = Server([PY, "bench/baseline_server.py", str(port), *self.model_args()],
-                        lambda s: answers(url_of(first), self.models[first].body_path.read_bytes()),
-                        "the FastAPI baseline")
+        server = Server(
+            [PY, "bench/baseline_server.py", str(port), *self.model_args()],
+            lambda s: answers(url_of(first), self.models[first].body_path.read_bytes()),
+            "the FastAPI baseline",
+        )
         try:
             self.sweep_rest("b", url_of, server.proc.pid)
-            self.memory.append({"what": "FastAPI baseline process (all models)",
-                                "rss": rss_bytes(server.proc.pid),
-                                "model_bytes": sum(m.size_bytes for m in self.models.values())})
+            self.memory.append(
+                {
+                    "what": "FastAPI baseline process (all models)",
+                    "rss": rss_bytes(server.proc.pid),
+                    "model_bytes": sum(m.size_bytes for m in self.models.values()),
+                }
+            )
         finally:
             server.stop()
 
     def serve_app(self) -> None:
         port = free_port()
         url_of = lambda n: f"http://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
-        server = Server([PY, "bench/serve_app.py", str(port), *self.model_args()],
-                        lambda s: "READY" in s.output(), "the Ray Serve app")
+        server = Server(
+            [PY, "bench/serve_app.py", str(port), *self.model_args()],
+            lambda s: "READY" in s.output(),
+            "the Ray Serve app",
+        )
         try:
             self.sweep_rest("c", url_of, server.proc.pid)
         finally:
@@ -345,18 +449,31 @@ class Suite:
     def aspire(self, batching: bool) -> None:
         port, grpc_port = free_port(), free_port()
         config = self.work / "models.config"
-        config.write_text("model_config_list {\n" + "".join(
-            f'config {{ name: "{n}" base_path: "{m.base_path}" model_platform: "tensorflow" }}\n'
-            for n, m in self.models.items()) + "}\n")
-        flags = [f"--model_config_file={config}", f"--rest_api_port={port}", f"--port={grpc_port}",
-                 "--rest_api_host=127.0.0.1"]
+        config.write_text(
+            "model_config_list {\n"
+            + "".join(
+                f'config {{ name: "{n}" base_path: "{m.base_path}" '
+                f'model_platform: "tensorflow" }}\n'
+                for n, m in self.models.items()
+            )
+            + "}\n"
+        )
+        flags = [
+            f"--model_config_file={config}",
+            f"--rest_api_port={port}",
+            f"--port={grpc_port}",
+            "--rest_api_host=127.0.0.1",
+        ]
         if batching:
             params = self.work / "batching.txt"
             params.write_text(BATCHING)
             flags += ["--enable_batching", f"--batching_parameters_file={params}"]
         url_of = lambda n: f"http://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
-        server = Server([ASPIRE, "serve", *flags], lambda s: "Exporting HTTP/REST API" in s.output(),
-                        "aspire serve" + (" --enable_batching" if batching else ""))
+        server = Server(
+            [ASPIRE, "serve", *flags],
+            lambda s: "Exporting HTTP/REST API" in s.output(),
+            "aspire serve" + (" --enable_batching" if batching else ""),
+        )
         try:
             if batching:
                 self.sweep_rest("f", url_of, server.proc.pid)
@@ -366,19 +483,34 @@ class Suite:
             if "e" in self.args.systems:
                 for name, m in self.models.items():
                     for c in self.args.concurrency:
-                        self.record(name, "e", c, self.measure(server.proc.pid, lambda: grpc_point(
-                            f"127.0.0.1:{grpc_port}", m.grpc_path, c, self.args.duration)))
+                        self.record(
+                            name,
+                            "e",
+                            c,
+                            self.measure(
+                                server.proc.pid,
+                                lambda m=m, c=c: grpc_point(
+                                    f"127.0.0.1:{grpc_port}", m.grpc_path, c, self.args.duration
+                                ),
+                            ),
+                        )
             described = requests.get(f"http://127.0.0.1:{port}/v1/aspire/status", timeout=30).json()
             for name, m in self.models.items():
                 for version, placements in described["placements"].get(name, {}).items():
                     for p in placements:
-                        self.memory.append({"what": f"Aspire replica of {name} v{version}",
-                                            "rss": rss_bytes(p["pid"]), "model_bytes": m.size_bytes})
+                        self.memory.append(
+                            {
+                                "what": f"Aspire replica of {name} v{version}",
+                                "rss": rss_bytes(p["pid"]),
+                                "model_bytes": m.size_bytes,
+                            }
+                        )
         finally:
             server.stop()
 
 
 # ------------------------------------------------------------------------------------ report
+
 
 def by_key(rows: list[dict]) -> dict:
     return {(r["model"], r["system"], r["concurrency"]): r for r in rows}
@@ -402,7 +534,10 @@ def targets(rows: list[dict], reconcile: dict | None, concurrency: list[int]) ->
         if value is None:
             return out.append(f"- {label}: not measured in this run")
         ok = value <= bound if better == "<=" else value >= bound
-        out.append(f"- {label}: {fmt(value)} (target {better} {fmt(bound)}): **{'met' if ok else 'missed'}**")
+        out.append(
+            f"- {label}: {fmt(value)} (target {better} {fmt(bound)}): "
+            f"**{'met' if ok else 'missed'}**"
+        )
 
     hpt, top = "half_plus_two", max(concurrency)
 
@@ -411,55 +546,109 @@ def targets(rows: list[dict], reconcile: dict | None, concurrency: list[int]) ->
         return pair[0] / pair[1] if all(pair) else None
 
     x = lambda v: f"{v:.2f}x"  # noqa: E731
-    check("REST p50 at concurrency 1, half_plus_two, Aspire / FastAPI", over_b(hpt, "d", 1, "p50"), 3.0, x)
-    check("gRPC p50 at concurrency 1, half_plus_two, Aspire / FastAPI", over_b(hpt, "e", 1, "p50"), 3.0, x)
-    check(f"throughput at concurrency {top}, half_plus_two, Aspire REST / FastAPI",
-          over_b(hpt, "d", top, "rps"), 0.5, x, ">=")
-    check(f"throughput at concurrency {top}, mlp, Aspire REST / FastAPI",
-          over_b("mlp", "d", top, "rps"), 0.8, x, ">=")
-    check(f"throughput at concurrency {top}, mlp_wide (compute-bound), Aspire with batching / FastAPI",
-          over_b("mlp_wide", "f", top, "rps"), 2.0, x, ">=")
+    check(
+        "REST p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
+        over_b(hpt, "d", 1, "p50"),
+        3.0,
+        x,
+    )
+    check(
+        "gRPC p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
+        over_b(hpt, "e", 1, "p50"),
+        3.0,
+        x,
+    )
+    check(
+        f"throughput at concurrency {top}, half_plus_two, Aspire REST / FastAPI",
+        over_b(hpt, "d", top, "rps"),
+        0.5,
+        x,
+        ">=",
+    )
+    check(
+        f"throughput at concurrency {top}, mlp, Aspire REST / FastAPI",
+        over_b("mlp", "d", top, "rps"),
+        0.8,
+        x,
+        ">=",
+    )
+    check(
+        f"throughput at concurrency {top}, mlp_wide (compute-bound), "
+        "Aspire with batching / FastAPI",
+        over_b("mlp_wide", "f", top, "rps"),
+        2.0,
+        x,
+        ">=",
+    )
     for model in dict.fromkeys(r["model"] for r in rows):
         for c in concurrency:
             pair = get(model, "d", c, "rps"), get(model, "c", c, "rps")
-            check(f"throughput at concurrency {c}, {model}, Aspire REST / Ray Serve app",
-                  pair[0] / pair[1] if all(pair) else None, 2.0, x, ">=")
+            check(
+                f"throughput at concurrency {c}, {model}, Aspire REST / Ray Serve app",
+                pair[0] / pair[1] if all(pair) else None,
+                2.0,
+                x,
+                ">=",
+            )
     if reconcile:
-        check(f"reconcile pass, {reconcile['models']} models x {reconcile['versions']} versions "
-              "(slowest pass, wall)", reconcile["max_wall_ms"], 100.0, lambda v: f"{v:.1f} ms")
+        check(
+            f"reconcile pass, {reconcile['models']} models x {reconcile['versions']} versions "
+            "(slowest pass, wall)",
+            reconcile["max_wall_ms"],
+            100.0,
+            lambda v: f"{v:.1f} ms",
+        )
     return out
 
 
 def markdown(rows, memory, reconcile, args, started: str, host: str, rev: str) -> str:
     k = by_key(rows)
-    lines = [f"Run {started} UTC, commit {rev}, on {host}.",
-             f"Command: `{' '.join(['bench/suite.py', *sys.argv[1:]])}`; {args.duration:g} s per point, "
-             "closed loop; the client runs on the same machine.", ""]
+    lines = [
+        f"Run {started} UTC, commit {rev}, on {host}.",
+        f"Command: `{' '.join(['bench/suite.py', *sys.argv[1:]])}`; {args.duration:g} s per point, "
+        "closed loop; the client runs on the same machine.",
+        "",
+    ]
     for model in dict.fromkeys(r["model"] for r in rows):
-        lines += [f"**{model}**", "",
-                  "| system | conc. | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | "
-                  "server CPU / req | p50 / (b) | req/s / (b) | req/s / (c) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**{model}**",
+            "",
+            "| system | conc. | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | "
+            "server CPU / req | p50 / (b) | req/s / (b) | req/s / (c) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in (r for r in rows if r["model"] == model):
             b = k.get((model, "b", r["concurrency"]), {})
             c = k.get((model, "c", r["concurrency"]), {})
             lines.append(
                 f"| ({r['system']}) {SYSTEMS[r['system']]} | {r['concurrency']} | {r['rps']:.0f} | "
                 f"{r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['errors']} | "
-                f"{r['client_cpu']:.0f}% | {_ms(r.get('server_cpu_ms'))} | {ratio(r['p50'], b.get('p50'))} | "
-                f"{ratio(r['rps'], b.get('rps'))} | {ratio(r['rps'], c.get('rps'))} |")
+                f"{r['client_cpu']:.0f}% | {_ms(r.get('server_cpu_ms'))} | "
+                f"{ratio(r['p50'], b.get('p50'))} | "
+                f"{ratio(r['rps'], b.get('rps'))} | {ratio(r['rps'], c.get('rps'))} |"
+            )
         lines.append("")
     if memory:
-        lines += ["**Resident memory**", "", "| process | RSS | model on disk | RSS - model |",
-                  "|---|---|---|---|"]
-        lines += [f"| {m['what']} | {m['rss'] / 2**20:.0f} MiB | {m['model_bytes'] / 2**20:.1f} MiB | "
-                  f"{(m['rss'] - m['model_bytes']) / 2**20:.0f} MiB |" for m in memory]
+        lines += [
+            "**Resident memory**",
+            "",
+            "| process | RSS | model on disk | RSS - model |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m['what']} | {m['rss'] / 2**20:.0f} MiB | {m['model_bytes'] / 2**20:.1f} MiB | "
+            f"{(m['rss'] - m['model_bytes']) / 2**20:.0f} MiB |"
+            for m in memory
+        ]
         lines.append("")
     if reconcile:
-        lines += [f"**Reconcile** ({reconcile['models']} models x {reconcile['versions']} versions, fake "
-                  f"loaders, admission on): first pass {reconcile['first_pass_ms']:.1f} ms, slowest "
-                  f"pass {reconcile['max_wall_ms']:.1f} ms wall ({reconcile['max_cpu_ms']:.1f} ms CPU), "
-                  f"steady state {reconcile['idle_pass_ms']:.2f} ms.", ""]
+        lines += [
+            f"**Reconcile** ({reconcile['models']} models x {reconcile['versions']} versions, fake "
+            f"loaders, admission on): first pass {reconcile['first_pass_ms']:.1f} ms, slowest "
+            f"pass {reconcile['max_wall_ms']:.1f} ms wall ({reconcile['max_cpu_ms']:.1f} ms CPU), "
+            f"steady state {reconcile['idle_pass_ms']:.2f} ms.",
+            "",
+        ]
     lines += ["**Targets**", "", *targets(rows, reconcile, args.concurrency), ""]
     return "\n".join(lines)
 
@@ -483,9 +672,12 @@ def main() -> None:
     parser.add_argument("--reconcile-models", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")
-    parser.add_argument("--smoke", action="store_true",
-                        help="CI: 1 s per point, concurrency 1, 50 models in the reconcile run, "
-                             "results to a temp dir, README untouched")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: 1 s per point, concurrency 1, 50 models in the reconcile run, "
+        "results to a temp dir, README untouched",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.duration, args.concurrency, args.reconcile_models = 1.0, "1", 50
@@ -503,8 +695,15 @@ def main() -> None:
     reconcile = None
     if args.reconcile_models:  # in a fresh process, as in the manager actor (not this one, which
         # now holds TensorFlow and its models: its garbage collections would be timed too)
-        out, _ = run_measured([PY, str(ROOT / "bench" / "reconcile.py"), "--json",
-                               "--models", str(args.reconcile_models)])
+        out, _ = run_measured(
+            [
+                PY,
+                str(ROOT / "bench" / "reconcile.py"),
+                "--json",
+                "--models",
+                str(args.reconcile_models),
+            ]
+        )
         reconcile = json.loads(out.strip().splitlines()[-1])
     text = markdown(suite.rows, suite.memory, reconcile, args, started, host, rev)
     out = Path(args.out)

@@ -6,6 +6,7 @@ Life of a version starts here: flags are validated once, Ray is started (embedde
 created; its replicas listen on `--rest_api_port` and `--port`. Like TF Serving, `serve` reports the
 REST API ready once every model's first version has loaded or failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ from core.errors import DEFAULT_MAX_BODY_BYTES
 from deployments import protos
 
 log = logging.getLogger("aspire")
+
 
 class FlagError(Exception):
     pass
@@ -41,107 +43,251 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aspire", description=(
-        "A TensorFlow-Serving-compatible model server on Ray Serve."))
+    parser = argparse.ArgumentParser(
+        prog="aspire", description=("A TensorFlow-Serving-compatible model server on Ray Serve.")
+    )
     parser.add_argument("--version", action="store_true", help="print versions and exit")
     sub = parser.add_subparsers(dest="command")
 
-    s = sub.add_parser("serve", help="serve models (embedded Ray unless --address is given)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser(
+        "serve",
+        help="serve models (embedded Ray unless --address is given)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     tf = s.add_argument_group("TensorFlow Serving flags (same names and meanings)")
     tf.add_argument("--port", type=_port, default=8500, help="gRPC port; 0 disables gRPC")
-    tf.add_argument("--enable_serialization_as_tensor_content", type=_bool, nargs="?", const=True,
-                    default=False, help="gRPC Predict outputs as tensor_content bytes")
-    tf.add_argument("--enable_grpc_healthcheck_service", type=_bool, nargs="?", const=True,
-                    default=False, help="serve grpc.health.v1.Health on the gRPC port")
+    tf.add_argument(
+        "--enable_serialization_as_tensor_content",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="gRPC Predict outputs as tensor_content bytes",
+    )
+    tf.add_argument(
+        "--enable_grpc_healthcheck_service",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="serve grpc.health.v1.Health on the gRPC port",
+    )
     tf.add_argument("--rest_api_port", type=_port, default=8501, help="REST API port")
-    tf.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
-                    help="timeout of one REST call; <= 0 means none")
+    tf.add_argument(
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=30000,
+        help="timeout of one REST call; <= 0 means none",
+    )
     tf.add_argument("--model_name", default="default", help="name of the model to serve")
-    tf.add_argument("--model_base_path", default="",
-                    help="directory holding the model's numeric version directories")
-    tf.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                    help="seconds between polls of the base path; 0 polls once, < 0 never")
-    tf.add_argument("--monitoring_config_file", default="",
-                    help="TF Serving's MonitoringConfig text file: enables Prometheus metrics on "
-                         "the REST port at its path (default /monitoring/prometheus/metrics)")
-    tf.add_argument("--model_config_file", default="",
-                    help="text-format ModelServerConfig; overrides --model_name/--model_base_path")
-    tf.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
-                    help="re-read --model_config_file every N seconds; 0 never")
-    tf.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?",
-                    const=True, default=False,
-                    help="allow new labels to point at versions that are not yet AVAILABLE")
-    tf.add_argument("--max_num_load_retries", type=int, default=5,
-                    help="retries after a failed load (0: try once)")
-    tf.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
-                    help="wait between load retries, in microseconds")
-    tf.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False,
-                    help="batch concurrent requests to a version (TF Serving's dynamic batching)")
-    tf.add_argument("--batching_parameters_file", default="",
-                    help="BatchingParameters text file; defaults are TF Serving's")
-    tf.add_argument("--enable_per_model_batching_parameters", type=_bool, nargs="?", const=True,
-                    default=False, help="read batching_params.pbtxt from each version's directory")
-    tf.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
-                    help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE")
-    tf.add_argument("--num_request_iterations_for_warmup", type=int, default=0,
-                    help="replays per warmup record (used when > 0; else 1)")
-    tf.add_argument("--num_load_threads", type=int, default=4,
-                    help="versions loaded concurrently (TF Serving's default 0 means one at a time)")
+    tf.add_argument(
+        "--model_base_path",
+        default="",
+        help="directory holding the model's numeric version directories",
+    )
+    tf.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="seconds between polls of the base path; 0 polls once, < 0 never",
+    )
+    tf.add_argument(
+        "--monitoring_config_file",
+        default="",
+        help="TF Serving's MonitoringConfig text file: enables Prometheus metrics on "
+        "the REST port at its path (default /monitoring/prometheus/metrics)",
+    )
+    tf.add_argument(
+        "--model_config_file",
+        default="",
+        help="text-format ModelServerConfig; overrides --model_name/--model_base_path",
+    )
+    tf.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file every N seconds; 0 never",
+    )
+    tf.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="allow new labels to point at versions that are not yet AVAILABLE",
+    )
+    tf.add_argument(
+        "--max_num_load_retries",
+        type=int,
+        default=5,
+        help="retries after a failed load (0: try once)",
+    )
+    tf.add_argument(
+        "--load_retry_interval_micros",
+        type=int,
+        default=60_000_000,
+        help="wait between load retries, in microseconds",
+    )
+    tf.add_argument(
+        "--enable_batching",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="batch concurrent requests to a version (TF Serving's dynamic batching)",
+    )
+    tf.add_argument(
+        "--batching_parameters_file",
+        default="",
+        help="BatchingParameters text file; defaults are TF Serving's",
+    )
+    tf.add_argument(
+        "--enable_per_model_batching_parameters",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="read batching_params.pbtxt from each version's directory",
+    )
+    tf.add_argument(
+        "--enable_model_warmup",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE",
+    )
+    tf.add_argument(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=0,
+        help="replays per warmup record (used when > 0; else 1)",
+    )
+    tf.add_argument(
+        "--num_load_threads",
+        type=int,
+        default=4,
+        help="versions loaded concurrently (TF Serving's default 0 means one at a time)",
+    )
     tf.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraph tags")
-    tf.add_argument("--tensorflow_session_parallelism", type=int, default=0,
-                    help="threads for each TF session, intra- and inter-op alike (0: TF picks)")
-    tf.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
-                    help="threads that one TF op may use (0: TF picks)")
-    tf.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
-                    help="TF ops run at once in a session (0: TF picks)")
+    tf.add_argument(
+        "--tensorflow_session_parallelism",
+        type=int,
+        default=0,
+        help="threads for each TF session, intra- and inter-op alike (0: TF picks)",
+    )
+    tf.add_argument(
+        "--tensorflow_intra_op_parallelism",
+        type=int,
+        default=0,
+        help="threads that one TF op may use (0: TF picks)",
+    )
+    tf.add_argument(
+        "--tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        help="TF ops run at once in a session (0: TF picks)",
+    )
     ray_group = s.add_argument_group("Ray flags")
-    ray_group.add_argument("--address", default=None,
-                           help="join this Ray cluster ('auto', 'ray://host:10001', 'host:6379') "
-                                "instead of starting an embedded one")
-    ray_group.add_argument("--aspire_config_file", default="",
-                           help="Aspire's JSON side file: per-model version policy, traffic split, replicas")
-    ray_group.add_argument("--aspire_config_file_poll_wait_seconds", type=float, default=1.0,
-                           help="re-read --aspire_config_file every N seconds; 0 never")
+    ray_group.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster ('auto', 'ray://host:10001', 'host:6379') "
+        "instead of starting an embedded one",
+    )
+    ray_group.add_argument(
+        "--aspire_config_file",
+        default="",
+        help="Aspire's JSON side file: per-model version policy, traffic split, replicas",
+    )
+    ray_group.add_argument(
+        "--aspire_config_file_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="re-read --aspire_config_file every N seconds; 0 never",
+    )
     ray_group.add_argument("--rest_api_host", default="0.0.0.0", help="interface of the REST API")
-    ray_group.add_argument("--rest_api_max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                           help="largest REST request body, as sent and once gunzipped; larger "
-                                "ones get 413 before the body is read (default 64 MiB)")
+    ray_group.add_argument(
+        "--rest_api_max_body_bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest REST request body, as sent and once gunzipped; larger "
+        "ones get 413 before the body is read (default 64 MiB)",
+    )
     ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
-    ray_group.add_argument("--max_ongoing_requests", type=int, default=64,
-                           help="requests one version replica runs at once (the side file may "
-                                "set it per model)")
-    ray_group.add_argument("--max_queued_requests", type=int, default=1000,
-                           help="requests each router holds for a version while its replicas "
-                                "are full; beyond it 429 at once. -1: no limit")
-    ray_group.add_argument("--replica_health_check_period_s", type=float, default=5.0,
-                           help="Serve checks each version replica this often; 3 failed checks "
-                                "in a row replace it")
-    ray_group.add_argument("--replica_health_check_timeout_s", type=float, default=30.0,
-                           help="a health check unanswered this long fails (a hung replica is "
-                                "replaced within about 3 x (period + timeout))")
-    ray_group.add_argument("--num_cpus_per_replica", type=float, default=0.25,
-                           help="Ray CPUs reserved by each version replica")
-    ray_group.add_argument("--gpus", default=None,
-                           help="declare each GPU node's GPUs where NVML cannot read them, as "
-                                "COUNTxSIZE or a list of sizes (2x16GiB, 16GiB,24GiB); the "
-                                "embedded Ray gets that many logical GPUs. Default: NVML")
-    ray_group.add_argument("--num_router_replicas", type=int, default=1,
-                           help="router replicas per node (they share the ports)")
-    ray_group.add_argument("--proxy_location", default="EveryNode", choices=("EveryNode", "HeadOnly"),
-                           help="where the routers that listen on the REST and gRPC ports run: "
-                                "--num_router_replicas on every node alive at start-up (put a "
-                                "load balancer in front), or all on the head node")
-    ray_group.add_argument("--initial_load_timeout_s", type=float, default=600.0,
-                           help="how long to wait for the first versions before reporting ready")
-    ray_group.add_argument("--auth_token_file", default="",
-                           help="file holding one bearer token: every REST request and gRPC call "
-                                "must then send 'Authorization: Bearer <token>' (except GET "
-                                "/healthz and grpc.health.v1). Default: no authentication")
-    ray_group.add_argument("--admin_token_file", default="",
-                           help="file holding the admin token, the only one accepted by "
-                                "HandleReloadConfigRequest; without it admin calls are refused "
-                                "while --auth_token_file is set")
+    ray_group.add_argument(
+        "--max_ongoing_requests",
+        type=int,
+        default=64,
+        help="requests one version replica runs at once (the side file may set it per model)",
+    )
+    ray_group.add_argument(
+        "--max_queued_requests",
+        type=int,
+        default=1000,
+        help="requests each router holds for a version while its replicas "
+        "are full; beyond it 429 at once. -1: no limit",
+    )
+    ray_group.add_argument(
+        "--replica_health_check_period_s",
+        type=float,
+        default=5.0,
+        help="Serve checks each version replica this often; 3 failed checks in a row replace it",
+    )
+    ray_group.add_argument(
+        "--replica_health_check_timeout_s",
+        type=float,
+        default=30.0,
+        help="a health check unanswered this long fails (a hung replica is "
+        "replaced within about 3 x (period + timeout))",
+    )
+    ray_group.add_argument(
+        "--num_cpus_per_replica",
+        type=float,
+        default=0.25,
+        help="Ray CPUs reserved by each version replica",
+    )
+    ray_group.add_argument(
+        "--gpus",
+        default=None,
+        help="declare each GPU node's GPUs where NVML cannot read them, as "
+        "COUNTxSIZE or a list of sizes (2x16GiB, 16GiB,24GiB); the "
+        "embedded Ray gets that many logical GPUs. Default: NVML",
+    )
+    ray_group.add_argument(
+        "--num_router_replicas",
+        type=int,
+        default=1,
+        help="router replicas per node (they share the ports)",
+    )
+    ray_group.add_argument(
+        "--proxy_location",
+        default="EveryNode",
+        choices=("EveryNode", "HeadOnly"),
+        help="where the routers that listen on the REST and gRPC ports run: "
+        "--num_router_replicas on every node alive at start-up (put a "
+        "load balancer in front), or all on the head node",
+    )
+    ray_group.add_argument(
+        "--initial_load_timeout_s",
+        type=float,
+        default=600.0,
+        help="how long to wait for the first versions before reporting ready",
+    )
+    ray_group.add_argument(
+        "--auth_token_file",
+        default="",
+        help="file holding one bearer token: every REST request and gRPC call "
+        "must then send 'Authorization: Bearer <token>' (except GET "
+        "/healthz and grpc.health.v1). Default: no authentication",
+    )
+    ray_group.add_argument(
+        "--admin_token_file",
+        default="",
+        help="file holding the admin token, the only one accepted by "
+        "HandleReloadConfigRequest; without it admin calls are refused "
+        "while --auth_token_file is set",
+    )
 
     st = sub.add_parser("status", help="print models, versions and states")
     st.add_argument("--address", default="auto", help="the Ray cluster Aspire runs on")
@@ -151,16 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace) -> None:
     """Contradictions TF Serving rejects at start-up, with its wording where it has one."""
     if not args.model_base_path and not args.model_config_file:
-        raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+        raise FlagError(
+            "Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
     if args.max_num_load_retries < 0:
         raise FlagError("--max_num_load_retries cannot be negative")
     if args.rest_api_port == 0:
-        raise FlagError("--rest_api_port=0 is not supported: the routers always serve REST, on one port shared by all")
+        raise FlagError(
+            "--rest_api_port=0 is not supported: the routers always serve REST, on one port "
+            "shared by all"
+        )
     if args.enable_grpc_healthcheck_service and args.port == 0:
         raise FlagError("--enable_grpc_healthcheck_service needs the gRPC API (--port != 0)")
     if args.port != 0 and args.port == args.rest_api_port:
-        raise FlagError("server_options.http_port cannot be same as grpc_port. Please use a "
-                        "different port for HTTP/REST API.")
+        raise FlagError(
+            "server_options.http_port cannot be same as grpc_port. Please use a "
+            "different port for HTTP/REST API."
+        )
     if args.num_replicas < 1 or args.num_router_replicas < 1:
         raise FlagError("--num_replicas and --num_router_replicas must be at least 1")
     if args.rest_api_max_body_bytes < 1:
@@ -170,6 +323,7 @@ def validate(args: argparse.Namespace) -> None:
     if not args.model_config_file:
         from core.errors import AspireError
         from core.names import check_name
+
         try:
             check_name(args.model_name, "--model_name")
         except AspireError as err:
@@ -177,38 +331,57 @@ def validate(args: argparse.Namespace) -> None:
     if args.max_ongoing_requests < 1:
         raise FlagError("--max_ongoing_requests must be at least 1")
     if args.replica_health_check_period_s <= 0 or args.replica_health_check_timeout_s <= 0:
-        raise FlagError("--replica_health_check_period_s and --replica_health_check_timeout_s "
-                        "must be greater than 0")
+        raise FlagError(
+            "--replica_health_check_period_s and --replica_health_check_timeout_s "
+            "must be greater than 0"
+        )
     if args.max_queued_requests < -1:
         raise FlagError("--max_queued_requests must be at least 0, or -1 for no limit")
     if args.gpus is not None:
         from cluster.inventory import declared_inventory
+
         try:
             declared_inventory(args.gpus, "node")
         except ValueError as err:
             raise FlagError(f"--gpus: {err}") from None
     if args.num_load_threads < 0:
         raise FlagError("--num_load_threads cannot be negative")
-    if (args.tensorflow_intra_op_parallelism > 0 and args.tensorflow_inter_op_parallelism > 0
-            and args.tensorflow_session_parallelism > 0):
-        raise FlagError("Either configure server_options.tensorflow_session_parallelism or "
-                        "(server_options.tensorflow_intra_op_parallelism, "
-                        "server_options.tensorflow_inter_op_parallelism) separately. You cannot "
-                        "configure all.")
-    if args.model_base_path and "://" not in args.model_base_path and not os.path.isdir(args.model_base_path):
-        log.warning("--model_base_path %s does not exist (yet); it will be polled",
-                    args.model_base_path)
+    if (
+        args.tensorflow_intra_op_parallelism > 0
+        and args.tensorflow_inter_op_parallelism > 0
+        and args.tensorflow_session_parallelism > 0
+    ):
+        raise FlagError(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. You cannot "
+            "configure all."
+        )
+    if (
+        args.model_base_path
+        and "://" not in args.model_base_path
+        and not os.path.isdir(args.model_base_path)
+    ):
+        log.warning(
+            "--model_base_path %s does not exist (yet); it will be polled", args.model_base_path
+        )
     if not args.auth_token_file and args.rest_api_host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("serving on %s without --auth_token_file: whoever reaches the REST and gRPC "
-                    "ports can call every model", args.rest_api_host)
+        log.warning(
+            "serving on %s without --auth_token_file: whoever reaches the REST and gRPC "
+            "ports can call every model",
+            args.rest_api_host,
+        )
 
 
 def token_digests(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """SHA-256 digests of the --auth_token_file and --admin_token_file tokens (None where not
     set); the tokens themselves go no further than this process (deployments/auth.py)."""
     from deployments.auth import TokenFileError, digest, read_token
+
     if args.admin_token_file and not args.auth_token_file:
-        raise FlagError("--admin_token_file needs --auth_token_file: without it nothing is authenticated")
+        raise FlagError(
+            "--admin_token_file needs --auth_token_file: without it nothing is authenticated"
+        )
     tokens = {}
     for flag in ("auth_token_file", "admin_token_file"):
         path = getattr(args, flag)
@@ -217,10 +390,14 @@ def token_digests(args: argparse.Namespace) -> tuple[str | None, str | None]:
                 tokens[flag] = read_token(path)
             except TokenFileError as err:
                 raise FlagError(f"--{flag}: {err}") from None
-    if tokens.get("admin_token_file") is not None and tokens["admin_token_file"] == tokens["auth_token_file"]:
+    if (
+        tokens.get("admin_token_file") is not None
+        and tokens["admin_token_file"] == tokens["auth_token_file"]
+    ):
         raise FlagError("--admin_token_file must hold a different token from --auth_token_file")
-    return tuple(digest(tokens[f]) if f in tokens else None
-                 for f in ("auth_token_file", "admin_token_file"))
+    return tuple(
+        digest(tokens[f]) if f in tokens else None for f in ("auth_token_file", "admin_token_file")
+    )
 
 
 def session_threads(args: argparse.Namespace) -> tuple[int, int]:
@@ -241,8 +418,11 @@ def _use_ray_token_if_present() -> None:
     """
     if "RAY_AUTH_MODE" in os.environ:
         return
-    if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-            or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
+    if (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+    ):
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
@@ -251,6 +431,7 @@ def _models_and_labels(args, read_config_file, models_from_config, labels_from_c
     At start-up nothing is loaded yet, so a label is accepted only with
     --allow_version_labels_for_unavailable_models (TF Serving's rule)."""
     from core.errors import AspireError
+
     if not args.model_config_file:
         base_path = args.model_base_path
         if "://" not in base_path:
@@ -265,7 +446,9 @@ def _models_and_labels(args, read_config_file, models_from_config, labels_from_c
             for version in mapping.values():
                 raise AspireError(
                     f"Request to assign label to version {version} of model {name}, which is not "
-                    "currently available for inference", "FAILED_PRECONDITION")
+                    "currently available for inference",
+                    "FAILED_PRECONDITION",
+                )
     return models, labels
 
 
@@ -291,64 +474,89 @@ def serve_main(args: argparse.Namespace) -> int:
     from deployments.servable import ReplicaOptions
 
     try:
-        models, labels = _models_and_labels(args, read_config_file, models_from_config,
-                                            labels_from_config, ModelSource)
+        models, labels = _models_and_labels(
+            args, read_config_file, models_from_config, labels_from_config, ModelSource
+        )
         settings = load_aspire_config(args.aspire_config_file) if args.aspire_config_file else {}
         monitoring = load_monitoring_config(args.monitoring_config_file)
         batching = None
         if args.enable_batching:
             from config.batching_config import load_batching_parameters
             from deployments.servable import BatchingOptions
-            batching = BatchingOptions(load_batching_parameters(args.batching_parameters_file or None),
-                                       args.enable_per_model_batching_parameters)
+
+            batching = BatchingOptions(
+                load_batching_parameters(args.batching_parameters_file or None),
+                args.enable_per_model_batching_parameters,
+            )
     except AspireError as err:
         print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
         return 255
     intra_op_threads, inter_op_threads = session_threads(args)
     config = ControllerConfig(
-        models=models, labels=labels, poll_wait_s=args.file_system_poll_wait_seconds,
+        models=models,
+        labels=labels,
+        poll_wait_s=args.file_system_poll_wait_seconds,
         num_load_threads=max(1, args.num_load_threads),
         max_num_load_retries=args.max_num_load_retries,
         load_retry_interval_s=max(0, args.load_retry_interval_micros) / 1e6,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
-        model_config_file=os.path.abspath(args.model_config_file) if args.model_config_file else None,
+        model_config_file=os.path.abspath(args.model_config_file)
+        if args.model_config_file
+        else None,
         model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
-        aspire_config_file=os.path.abspath(args.aspire_config_file) if args.aspire_config_file else None,
+        aspire_config_file=os.path.abspath(args.aspire_config_file)
+        if args.aspire_config_file
+        else None,
         aspire_config_file_poll_wait_s=args.aspire_config_file_poll_wait_seconds,
-        settings=settings, gpus=args.gpus,
-        replica=ReplicaOptions(num_replicas=args.num_replicas, num_cpus=args.num_cpus_per_replica,
-                               tags=tuple(t for t in args.saved_model_tags.split(",") if t),
-                               enable_model_warmup=args.enable_model_warmup, batching=batching,
-                               intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-                               num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
-                               max_ongoing_requests=args.max_ongoing_requests,
-                               max_queued_requests=args.max_queued_requests,
-                               health_check_period_s=args.replica_health_check_period_s,
-                               health_check_timeout_s=args.replica_health_check_timeout_s,
-                               run_timeout_ms=max(0, args.rest_api_timeout_in_ms),
-                               tensor_content=args.enable_serialization_as_tensor_content))
+        settings=settings,
+        gpus=args.gpus,
+        replica=ReplicaOptions(
+            num_replicas=args.num_replicas,
+            num_cpus=args.num_cpus_per_replica,
+            tags=tuple(t for t in args.saved_model_tags.split(",") if t),
+            enable_model_warmup=args.enable_model_warmup,
+            batching=batching,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+            max_ongoing_requests=args.max_ongoing_requests,
+            max_queued_requests=args.max_queued_requests,
+            health_check_period_s=args.replica_health_check_period_s,
+            health_check_timeout_s=args.replica_health_check_timeout_s,
+            run_timeout_ms=max(0, args.rest_api_timeout_in_ms),
+            tensor_content=args.enable_serialization_as_tensor_content,
+        ),
+    )
     options = launcher.ServerOptions(
-        rest_api_host=args.rest_api_host, rest_api_port=args.rest_api_port, grpc_port=args.port,
+        rest_api_host=args.rest_api_host,
+        rest_api_port=args.rest_api_port,
+        grpc_port=args.port,
         enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         rest_api_max_body_bytes=args.rest_api_max_body_bytes,
         num_router_replicas=args.num_router_replicas,
         metrics_path=monitoring.path if monitoring.enabled else None,
         proxy_location=args.proxy_location,
-        auth_token_sha256=auth_digest, admin_token_sha256=admin_digest)
+        auth_token_sha256=auth_digest,
+        admin_token_sha256=admin_digest,
+    )
     started = time.monotonic()
     embedded = args.address is None
     if embedded:  # "local": always a new Ray instance, never one found on the machine
         num_gpus = None  # Ray detects real GPUs itself
         if args.gpus is not None:
             from cluster.inventory import declared_inventory
+
             num_gpus = len(declared_inventory(args.gpus, "node"))
         launcher.set_serve_env()
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_gpus=num_gpus)
     else:
         ray.init(address=args.address, namespace=NAMESPACE)
-    log.info("Ray cluster address: %s (aspire status --address=%s)",
-             ray.get_runtime_context().gcs_address, ray.get_runtime_context().gcs_address)
+    log.info(
+        "Ray cluster address: %s (aspire status --address=%s)",
+        ray.get_runtime_context().gcs_address,
+        ray.get_runtime_context().gcs_address,
+    )
     stop = threading.Event()
     interrupted = []
 
@@ -363,15 +571,23 @@ def serve_main(args: argparse.Namespace) -> int:
     manager = None
     try:
         manager = launcher.start(config, options)
-        pending = launcher.wait_initial_load(manager, [m.name for m in models],
-                                             args.initial_load_timeout_s)
+        pending = launcher.wait_initial_load(
+            manager, [m.name for m in models], args.initial_load_timeout_s
+        )
         for name in pending:
-            log.warning("model %s has no version loaded after %.0f s; still polling", name,
-                        args.initial_load_timeout_s)
+            log.warning(
+                "model %s has no version loaded after %.0f s; still polling",
+                name,
+                args.initial_load_timeout_s,
+            )
         if args.port:
             log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", args.port)
-        log.info("Exporting HTTP/REST API at:%s:%d ... (ready %.1f s after start)",
-                 args.rest_api_host, args.rest_api_port, time.monotonic() - started)
+        log.info(
+            "Exporting HTTP/REST API at:%s:%d ... (ready %.1f s after start)",
+            args.rest_api_host,
+            args.rest_api_port,
+            time.monotonic() - started,
+        )
         while not stop.wait(1.0):
             pass
     finally:
@@ -386,33 +602,61 @@ def status_table(described: dict) -> str:
     reserved and by which version, and per node the host RAM reserved."""
     from core.units import format_bytes
     from policies.traffic import TrafficSplit, effective_weights
+
     rows = [("MODEL", "VERSION", "STATE", "REPLICAS", "LABELS", "TRAFFIC", "ERROR")]
     for name, statuses in described["models"].items():
         labels = described.get("labels", {}).get(name, {})
         split = described.get("traffic", {}).get(name)
         available = {s["version"] for s in statuses if s["state"] == "AVAILABLE"}
-        weights = effective_weights(TrafficSplit(tuple(map(tuple, split))) if split else None,
-                                    labels, available)
+        weights = effective_weights(
+            TrafficSplit(tuple(map(tuple, split))) if split else None, labels, available
+        )
         for s in statuses:
             error = "" if s["error_code"] == "OK" else f"{s['error_code']}: {s['error_message']}"
-            names = ",".join(sorted(l for l, v in labels.items() if v == s["version"]))
+            names = ",".join(sorted(label for label, v in labels.items() if v == s["version"]))
             share = f"{weights[s['version']]:.0%}" if s["version"] in weights else ""
-            rows.append((name, str(s["version"]), s["state"],
-                         _replicas_cell(described.get("placements", {}).get(name, {}).get(str(s["version"]))),
-                         names, share, error))
+            rows.append(
+                (
+                    name,
+                    str(s["version"]),
+                    s["state"],
+                    _replicas_cell(
+                        described.get("placements", {}).get(name, {}).get(str(s["version"]))
+                    ),
+                    names,
+                    share,
+                    error,
+                )
+            )
     lines = _table(rows)
     resources = described.get("resources") or {}
     if resources.get("gpus"):
         rows = [("NODE", "GPU", "TOTAL", "RESERVED", "FREE", "HELD BY")]
         for g in resources["gpus"]:
             holders = ", ".join(f"{k} {format_bytes(v)}" for k, v in g["holders"].items())
-            rows.append((g["node"][:12], str(g["index"]), format_bytes(g["total"]),
-                         format_bytes(g["reserved"]), format_bytes(g["free"]), holders))
+            rows.append(
+                (
+                    g["node"][:12],
+                    str(g["index"]),
+                    format_bytes(g["total"]),
+                    format_bytes(g["reserved"]),
+                    format_bytes(g["free"]),
+                    holders,
+                )
+            )
         lines += [""] + _table(rows)
     if resources.get("hosts"):
         rows = [("NODE", "HOST RAM", "RESERVED", "FREE", "")]
-        rows += [(h["node"][:12], format_bytes(h["total"]), format_bytes(h["reserved"]),
-                  format_bytes(h["free"]), "") for h in resources["hosts"]]
+        rows += [
+            (
+                h["node"][:12],
+                format_bytes(h["total"]),
+                format_bytes(h["reserved"]),
+                format_bytes(h["free"]),
+                "",
+            )
+            for h in resources["hosts"]
+        ]
         lines += [""] + _table(rows)
     return "\n".join(lines)
 
@@ -433,7 +677,7 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = []
     for r in rows:
-        line = "  ".join(f"{c:<{w}}" for c, w in zip(r[:n], widths))
+        line = "  ".join(f"{c:<{w}}" for c, w in zip(r[:n], widths, strict=True))
         lines.append(f"{line}  {r[n]}" if r[n] else line.rstrip())
     return lines
 
@@ -445,9 +689,14 @@ def status_main(args: argparse.Namespace) -> int:
 
     from cluster.manager_actor import get_manager
     from core.names import NAMESPACE
+
     try:
-        ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address=args.address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     except ConnectionError as exc:
         print(f"aspire status: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
         return 1
@@ -463,6 +712,7 @@ def status_main(args: argparse.Namespace) -> int:
 
 def version_text() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         aspire = version("aspire-serving")
     except PackageNotFoundError:
@@ -478,7 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     protos.load()  # config files and API protos without TensorFlow's runtime
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.version:
         print(version_text())
         return 0

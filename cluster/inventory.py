@@ -12,6 +12,7 @@ task pinned to it.
   does not own. It returns [] when the NVML library or driver is missing, so it is safe to call
   everywhere; the real GPU path is exercised only on machines with NVIDIA drivers (tests/gpu/).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,20 +43,24 @@ def declared_inventory(spec: str, node_id: str) -> list[Gpu]:
     for item in spec.split(","):
         m = _ITEM_RE.match(item)
         if not m:
-            raise ValueError(f"invalid GPU inventory {spec!r}: empty entry; expected "
-                             "'COUNTxSIZE' or comma-separated sizes, e.g. '2x16GiB' or "
-                             "'16GiB,24GiB'")
+            raise ValueError(
+                f"invalid GPU inventory {spec!r}: empty entry; expected "
+                "'COUNTxSIZE' or comma-separated sizes, e.g. '2x16GiB' or "
+                "'16GiB,24GiB'"
+            )
         count = int(m.group(1)) if m.group(1) is not None else 1
         if count < 1:
-            raise ValueError(f"invalid GPU inventory {spec!r}: GPU count in {item.strip()!r} "
-                             "must be at least 1")
+            raise ValueError(
+                f"invalid GPU inventory {spec!r}: GPU count in {item.strip()!r} must be at least 1"
+            )
         try:
             size = parse_bytes(m.group(2))
         except ValueError as err:
             raise ValueError(f"invalid GPU inventory {spec!r}: {err}") from None
         if size <= 0:
-            raise ValueError(f"invalid GPU inventory {spec!r}: GPU memory in {item.strip()!r} "
-                             "must be positive")
+            raise ValueError(
+                f"invalid GPU inventory {spec!r}: GPU memory in {item.strip()!r} must be positive"
+            )
         for _ in range(count):
             gpus.append(Gpu(node_id, len(gpus), size))
     return gpus
@@ -84,9 +89,11 @@ def nvml_inventory(node_id: str, own_pids: Iterable[int] = ()) -> list[Gpu]:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            procs = {}
-            for getter in ("nvmlDeviceGetComputeRunningProcesses",
-                           "nvmlDeviceGetGraphicsRunningProcesses"):
+            procs: dict[int, int | None] = {}
+            for getter in (
+                "nvmlDeviceGetComputeRunningProcesses",
+                "nvmlDeviceGetGraphicsRunningProcesses",
+            ):
                 try:
                     for proc in getattr(pynvml, getter)(handle):
                         procs.setdefault(proc.pid, proc.usedGpuMemory)
@@ -97,9 +104,10 @@ def nvml_inventory(node_id: str, own_pids: Iterable[int] = ()) -> list[Gpu]:
                 mine = sum(used or 0 for pid, used in procs.items() if pid in own)
                 used_by_others = max(int(memory.used) - mine, 0)
             else:
-                used_by_others = sum(others.values())
-            gpus.append(Gpu(node_id, index, int(memory.total),
-                            min(int(used_by_others), int(memory.total))))
+                used_by_others = sum(used or 0 for used in others.values())  # none is None here
+            gpus.append(
+                Gpu(node_id, index, int(memory.total), min(int(used_by_others), int(memory.total)))
+            )
         return gpus
     except pynvml.NVMLError:
         return []
@@ -125,8 +133,9 @@ def aspire_pids() -> list[int]:
     return pids
 
 
-def nodes_inventory(nodes: list[dict], declared: str | None,
-                    probe: Callable[[str], list[Gpu]]) -> tuple[list[Gpu], dict[str, int]]:
+def nodes_inventory(
+    nodes: list[dict], declared: str | None, probe: Callable[[str], list[Gpu]]
+) -> tuple[list[Gpu], dict[str, int]]:
     """(GPUs, host RAM by node) of the alive nodes among `ray.nodes()`-shaped records.
 
     With a declared spec, a node gets the spec's GPUs up to its number of Ray logical GPUs (a
@@ -144,8 +153,14 @@ def nodes_inventory(nodes: list[dict], declared: str | None,
         if declared is not None:
             mine = declared_inventory(declared, node_id)
             if ray_gpus and len(mine) != ray_gpus:
-                log.warning("node %s has %d Ray GPUs but %d are declared (%s); using %d",
-                            node_id[:12], ray_gpus, len(mine), declared, min(ray_gpus, len(mine)))
+                log.warning(
+                    "node %s has %d Ray GPUs but %d are declared (%s); using %d",
+                    node_id[:12],
+                    ray_gpus,
+                    len(mine),
+                    declared,
+                    min(ray_gpus, len(mine)),
+                )
             gpus.extend(mine[:ray_gpus])
         elif ray_gpus:  # Ray found no GPU on a node (or they are hidden from it): nothing to read
             gpus.extend(probe(node_id))
@@ -159,36 +174,55 @@ def _probe_task():
     @ray.remote(num_cpus=0)
     def probe(node_id: str) -> list[Gpu]:
         return nvml_inventory(node_id, aspire_pids())
+
     return probe
 
 
-def cluster_inventory(declared: str | None, timeout_s: float = 10.0) -> tuple[list[Gpu], dict[str, int]]:
+def cluster_inventory(
+    declared: str | None, timeout_s: float = 10.0
+) -> tuple[list[Gpu], dict[str, int]]:
     """The inventory of the Ray cluster this process is connected to."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     def probe(node_id: str) -> list[Gpu]:
         try:
-            return ray.get(_probe_task().options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id, soft=False)).remote(node_id), timeout=timeout_s)
+            return ray.get(
+                _probe_task()
+                .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+                .remote(node_id),
+                timeout=timeout_s,
+            )
         except Exception as exc:
             log.warning("reading the GPUs of node %s failed: %s", node_id[:12], exc)
             return []
+
     return nodes_inventory(ray.nodes(), declared, probe)
 
 
-def capacity_grew(old: tuple[list[Gpu], dict[str, int]], new: tuple[list[Gpu], dict[str, int]]) -> bool:
+def capacity_grew(
+    old: tuple[list[Gpu], dict[str, int]], new: tuple[list[Gpu], dict[str, int]]
+) -> bool:
     """True when some GPU or node has more usable memory in `new` than in `old` (or is new)."""
+
     def usable(gpus):
         return {(g.node_id, g.index): g.total_bytes - g.used_by_others_bytes for g in gpus}
+
     old_gpus, new_gpus = usable(old[0]), usable(new[0])
-    return (any(v > old_gpus.get(k, -1) for k, v in new_gpus.items())
-            or any(v > old[1].get(k, -1) for k, v in new[1].items()))
+    return any(v > old_gpus.get(k, -1) for k, v in new_gpus.items()) or any(
+        v > old[1].get(k, -1) for k, v in new[1].items()
+    )
 
 
 def head_node_id() -> str:
     """The Ray head node (the one holding `node:__internal_head__`), else this process's node."""
     import ray
-    return next((n["NodeID"] for n in ray.nodes()
-                 if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})),
-                ray.get_runtime_context().get_node_id())
+
+    return next(
+        (
+            n["NodeID"]
+            for n in ray.nodes()
+            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
+        ),
+        ray.get_runtime_context().get_node_id(),
+    )

@@ -4,6 +4,7 @@ Shared by `aspire serve` and the integration tests, so both run exactly the same
 manager actor with its source, and the router deployment, whose replicas serve the REST and gRPC
 ports themselves (deployments/ingress.py; Serve's own proxy is disabled).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,6 +36,8 @@ def set_serve_env() -> None:
     """Put SERVE_ENV into this process's environment, before it starts an embedded Ray."""
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
+
+
 # Ray CPUs booked by each router replica. Routers mostly wait on I/O; Serve's default of 1 CPU
 # would let two routers fill a 2-core machine and leave no room for the models.
 ROUTER_NUM_CPUS = 0.25
@@ -73,18 +76,28 @@ def start(config: ControllerConfig, options: ServerOptions):
         router = Router.options(num_replicas=per_node, ray_actor_options=router_options)
     else:  # the same number on every node, so each node answers on the ports
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        router = Router.options(num_replicas=per_node * nodes, max_replicas_per_node=per_node,
-                                ray_actor_options=router_options)
-    serve.run(router.bind(options.rest_api_timeout_in_ms, config.replica.data_key,
-                          metrics_path=options.metrics_path, host=options.rest_api_host,
-                          rest_port=options.rest_api_port, grpc_port=options.grpc_port,
-                          grpc_health=options.enable_grpc_healthcheck_service,
-                          max_body_bytes=options.rest_api_max_body_bytes,
-                          auth_token_sha256=options.auth_token_sha256,
-                          admin_token_sha256=options.admin_token_sha256),
-              name=ROUTER_APP, route_prefix=None)
+        router = Router.options(
+            num_replicas=per_node * nodes,
+            max_replicas_per_node=per_node,
+            ray_actor_options=router_options,
+        )
+    serve.run(
+        router.bind(
+            options.rest_api_timeout_in_ms,
+            config.replica.data_key,
+            metrics_path=options.metrics_path,
+            host=options.rest_api_host,
+            rest_port=options.rest_api_port,
+            grpc_port=options.grpc_port,
+            grpc_health=options.enable_grpc_healthcheck_service,
+            max_body_bytes=options.rest_api_max_body_bytes,
+            auth_token_sha256=options.auth_token_sha256,
+            admin_token_sha256=options.admin_token_sha256,
+        ),
+        name=ROUTER_APP,
+        route_prefix=None,
+    )
     return manager
-
 
 
 def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:
@@ -92,8 +105,13 @@ def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:
     Returns the names still without one when `timeout_s` ran out."""
     result = ray.get(manager.wait_for_models.remote(names, timeout_s))
     for name, s in result["failed"].items():
-        log.error("model %s version %s failed to load: %s: %s", name, s["version"],
-                  s["error_code"], s["error_message"])
+        log.error(
+            "model %s version %s failed to load: %s: %s",
+            name,
+            s["version"],
+            s["error_code"],
+            s["error_message"],
+        )
     return result["pending"]
 
 

@@ -25,11 +25,13 @@ Contract:
   AVAILABLE before routers see it, UNLOADING before its deployment goes). A new Manager given
   the same store takes over with `restore()`: serving versions are adopted without loading
   anything, work cut short is redone, and after a restart no deployment is deleted before every
-  live router has had the time to poll (manager_state.router_grace_s) and has acknowledged the current map.
+  live router has had the time to poll (publisher.router_grace_s) and has acknowledged the
+  current map.
 
 The backend that creates and deletes deployments is injected (deployments/servable.py in
 production), so this logic is unit-tested without Ray.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,17 +42,23 @@ from typing import Callable, Protocol
 
 from cluster import manager_state
 from cluster.manager_state import (
-    EPOCH_BLOCK,
-    ROUTER_POLL_S,
     Persistence,
     StateStore,
     Stream,
     VersionRecord,
 )
+from cluster.publisher import ROUTER_POLL_S, Publisher
+from cluster.reservations import Reservations
 from core import metrics
 from core.errors import AspireError
-from policies.admission import Need, Placement, Reservations
-from policies.lifecycle import POLICIES, PUBLIC_STATE, Action, Harness, VersionSnapshot
+from policies.admission import Need, Placement, Refusal
+from policies.lifecycle import (
+    ASPIRED_VERSION_POLICIES,
+    PUBLIC_STATE,
+    Action,
+    HarnessState,
+    VersionSnapshot,
+)
 
 log = logging.getLogger("aspire.manager")
 # Load failures another attempt cannot fix: a version directory refused by the containment rule
@@ -59,8 +67,9 @@ NON_RETRIABLE_LOAD_CODES = frozenset({"PERMISSION_DENIED"})
 
 
 class Backend(Protocol):
-    def need(self, name: str, version: int, path: str, has_gpus: bool,
-             measured_vram_bytes: int | None) -> tuple[Need, int]:
+    def need(
+        self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
+    ) -> tuple[Need, int]:
         """(what one replica needs, how many replicas) for admission. Raises AspireError."""
 
     def load(self, name: str, version: int, path: str, placements: list[Placement] | None) -> dict:
@@ -71,29 +80,24 @@ class Backend(Protocol):
         """Delete the version's deployment."""
 
 
-def refusal_reason(message: str) -> str:
-    """A bounded label for an admission refusal, from policies/admission.py's messages."""
-    if "no GPUs are known" in message:
-        return "no_gpus"
-    if "no nodes are known" in message:
-        return "no_nodes"
-    if "of host RAM" in message:
-        return "host_ram"
-    return "gpu_memory"
-
-
-class _Refused(Exception):
-    """Admission refused a version; its state is already recorded."""
-
-
 class Manager(Persistence):
-    def __init__(self, backend: Backend, num_load_threads: int = 4,
-                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0,
-                 router_ack_timeout_s: float = 10.0, router_lease_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, book: Reservations | None = None,
-                 recorder: metrics.Recorder | None = None, store: StateStore | None = None,
-                 state_prefix: str = manager_state.state_prefix("default"),
-                 router_poll_s: float = ROUTER_POLL_S, router_grace_s: float | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        num_load_threads: int = 4,
+        max_num_load_retries: int = 5,
+        load_retry_interval_s: float = 60.0,
+        router_ack_timeout_s: float = 10.0,
+        router_lease_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        book: Reservations | None = None,
+        recorder: metrics.Recorder | None = None,
+        store: StateStore | None = None,
+        state_prefix: str = manager_state.state_prefix("default"),
+        router_poll_s: float = ROUTER_POLL_S,
+        router_grace_s: float | None = None,
+    ):
         self._backend = backend
         self._metrics = recorder or metrics.Recorder()  # load and admission metrics
         self._book = book  # None: no admission (every version is loaded as asked)
@@ -105,11 +109,7 @@ class Manager(Persistence):
         self._traffic: dict[str, tuple] = {}  # model -> ((label or version, weight), ...)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # serving map or status changed
-        self._epoch = 0
-        self._router_acks: dict[str, tuple[int, float]] = {}  # router id -> (epoch, last seen)
-        self._router_ack_timeout_s = router_ack_timeout_s
-        self._router_lease_s = router_lease_s
-        self._clock = clock
+        self._clock, self._sleep = clock, sleep  # waits for retries and the router grace
         self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
         self._in_flight = 0
         # persistence (None: nothing survives this object); lock order: _store_lock, then _lock
@@ -117,18 +117,26 @@ class Manager(Persistence):
         self._prefix = state_prefix
         self._dirty: set[str] = set()  # streams changed since their key was last written
         self._store_lock = threading.Lock()  # one writer at a time, so keys never go back in time
-        self._epoch_ceiling = 0
-        self._router_poll_s = router_poll_s  # routers' long poll; the serving map carries it
-        self._router_grace_s = (manager_state.router_grace_s(router_poll_s)  # tests may set it
-                                if router_grace_s is None else router_grace_s)
-        self._grace_until = 0.0  # monotonic; set by restore(): routers are unknown until then
+        self._publisher = Publisher(
+            self._changed,
+            store=store,
+            ceiling_key=f"{state_prefix}epoch",
+            poll_s=router_poll_s,  # routers' long poll; the serving map carries it
+            grace_s=router_grace_s,  # None: derived from the poll (tests may set it)
+            ack_timeout_s=router_ack_timeout_s,
+            lease_s=router_lease_s,
+            clock=clock,
+            sleep=sleep,
+        )
         self._list_apps: Callable[[], set[str]] | None = None  # set by restore()
         self._app_prefix: Callable[[str], str] | None = None
 
     # ---- source side ------------------------------------------------------------------------
-    def set_aspired_versions(self, name: str, versions: dict[int, str], policy: str | None = None) -> None:
+    def set_aspired_versions(
+        self, name: str, versions: dict[int, str], policy: str | None = None
+    ) -> None:
         with self._lock:
-            if policy is not None and policy not in POLICIES:
+            if policy is not None and policy not in ASPIRED_VERSION_POLICIES:
                 raise ValueError(f"unknown version policy {policy!r}")
             stream = self._streams.get(name)
             changed = stream is None  # the source repeats itself every poll: write changes only
@@ -143,8 +151,11 @@ class Manager(Persistence):
                 record = stream.versions.get(version)
                 # A version unloaded (or failed, then unaspired) and aspired again starts over;
                 # one that failed and stayed aspired is not retried (TF Serving's rule).
-                if record is None or record.state is Harness.DISABLED or (
-                        record.state is Harness.ERROR and not record.aspired):
+                if (
+                    record is None
+                    or record.state is HarnessState.DISABLED
+                    or (record.state is HarnessState.ERROR and not record.aspired)
+                ):
                     stream.versions[version] = VersionRecord(version, path)
                     changed = True
                 elif not record.aspired or record.path != path:
@@ -165,18 +176,19 @@ class Manager(Persistence):
             for stream in self._streams.values():
                 if stream.busy:
                     continue
-                snapshots = [VersionSnapshot(r.version, r.state, r.aspired)
-                             for r in stream.versions.values()]
-                action = POLICIES[stream.policy](snapshots)
+                snapshots = [
+                    VersionSnapshot(r.version, r.state, r.aspired) for r in stream.versions.values()
+                ]
+                action = ASPIRED_VERSION_POLICIES[stream.policy](snapshots)
                 if action is None:
                     continue
                 stream.busy = True
                 self._in_flight += 1
                 record = stream.versions[action.version]
                 if action.kind == "load":
-                    record.state = Harness.LOADING
+                    record.state = HarnessState.LOADING
                 else:
-                    record.state = Harness.UNLOADING
+                    record.state = HarnessState.UNLOADING
                     self._publish()  # out of the serving map before anything is deleted
                 self._touch(stream)
                 self._changed.notify_all()
@@ -198,31 +210,44 @@ class Manager(Persistence):
                 self._in_flight -= 1
                 self._changed.notify_all()
 
-    def _admit(self, stream: Stream, record: VersionRecord, servable: str) -> list[Placement] | None:
-        """Reserve every replica's resources, all or none; AspireError(RESOURCE_EXHAUSTED) if
-        they do not fit. The refusal is recorded under the same lock as the reservation, so a
-        release racing with it always sees the version as refused and retries it."""
+    def _admit(
+        self, stream: Stream, record: VersionRecord, servable: str
+    ) -> list[Placement] | Refusal | None:
+        """Reserve every replica's resources, all or none (None: no admission), or return the
+        refusal when they do not fit. The refusal is recorded under the same lock as the
+        reservation, so a release racing with it always sees the version as refused and
+        retries it."""
         if self._book is None:
             return None
-        need, replicas = self._backend.need(stream.name, record.version, record.path,
-                                            self._book.has_gpus(),
-                                            self._measured_vram.get(stream.name, {}).get(record.version))
-        keys = [servable] if replicas == 1 else [f"{servable} replica {i + 1} of {replicas}"
-                                                 for i in range(replicas)]
+        need, replicas = self._backend.need(
+            stream.name,
+            record.version,
+            record.path,
+            self._book.has_gpus(),
+            self._measured_vram.get(stream.name, {}).get(record.version),
+        )
+        keys = (
+            [servable]
+            if replicas == 1
+            else [f"{servable} replica {i + 1} of {replicas}" for i in range(replicas)]
+        )
         with self._lock:
-            placements = []
-            try:
-                for k in keys:
-                    placements.append(self._book.reserve(k, need))
-            except AspireError as err:
-                for k in keys[:len(placements)]:
-                    self._book.release(k)
-                record.refused = err.code == "RESOURCE_EXHAUSTED"
-                if record.refused:
-                    self._metrics.inc(metrics.ASPIRE_ADMISSION_REFUSALS, metrics.labels_for(
-                        metrics.ASPIRE_ADMISSION_REFUSALS, stream.name, refusal_reason(err.message)))
-                self._fail(stream, record, servable, err.code, err.message)
-                raise _Refused() from None
+            placements: list[Placement] = []
+            for k in keys:
+                placed = self._book.reserve(k, need)
+                if isinstance(placed, Refusal):  # all or none: give back what was held
+                    for held in keys[: len(placements)]:
+                        self._book.release(held)
+                    record.refused = True
+                    self._metrics.inc(
+                        metrics.ASPIRE_ADMISSION_REFUSALS,
+                        metrics.labels_for(
+                            metrics.ASPIRE_ADMISSION_REFUSALS, stream.name, placed.reason
+                        ),
+                    )
+                    self._fail(stream, record, servable, placed.code, placed.message)
+                    return placed
+                placements.append(placed)
             record.reservations, record.placements = tuple(keys), tuple(placements)
             self._touch(stream)
         return placements
@@ -245,9 +270,14 @@ class Manager(Persistence):
     def _capacity_changed(self, reason: str) -> None:
         for stream in self._streams.values():
             for version, record in list(stream.versions.items()):
-                if record.state is Harness.ERROR and record.refused and record.aspired:
-                    log.info("Retrying servable {name: %s version: %d}, refused for insufficient "
-                             "resources: %s", stream.name, version, reason)
+                if record.state is HarnessState.ERROR and record.refused and record.aspired:
+                    log.info(
+                        "Retrying servable {name: %s version: %d}, refused for insufficient "
+                        "resources: %s",
+                        stream.name,
+                        version,
+                        reason,
+                    )
                     stream.versions[version] = VersionRecord(version, record.path)
                     self._touch(stream)
         self._changed.notify_all()
@@ -263,13 +293,15 @@ class Manager(Persistence):
                 for record in stream.versions.values():
                     placements = (record.where or {}).get("placements") or []
                     gone = sorted({p.get("node_id") for p in placements} & set(node_ids))
-                    if record.state is not Harness.READY or not gone:
+                    if record.state is not HarnessState.READY or not gone:
                         continue
                     servable = f"{{name: {stream.name} version: {record.version}}}"
-                    record.state = Harness.ERROR
+                    record.state = HarnessState.ERROR
                     record.error_code = "UNAVAILABLE"
-                    record.error_message = (f"Servable {servable} lost its replicas: node "
-                                            f"{', '.join(n[:12] for n in gone)} left the cluster")
+                    record.error_message = (
+                        f"Servable {servable} lost its replicas: node "
+                        f"{', '.join(n[:12] for n in gone)} left the cluster"
+                    )
                     log.error("%s", record.error_message)
                     self._touch(stream)
                     hit.append(servable)
@@ -284,7 +316,9 @@ class Manager(Persistence):
         try:
             self._backend.unload(stream.name, record.version, record.where or {})
         except Exception as exc:
-            log.error("Deleting the deployments of %s raised %s: %s", servable, type(exc).__name__, exc)
+            log.error(
+                "Deleting the deployments of %s raised %s: %s", servable, type(exc).__name__, exc
+            )
         with self._lock:
             record.where = None
             if record.aspired and stream.versions.get(record.version) is record:
@@ -302,8 +336,8 @@ class Manager(Persistence):
         where, code, message = None, "UNKNOWN", ""
         try:
             placements = self._admit(stream, record, servable)
-        except _Refused:
-            return
+            if isinstance(placements, Refusal):
+                return
         except AspireError as err:
             self._fail(stream, record, servable, err.code, err.message)
             return
@@ -311,13 +345,19 @@ class Manager(Persistence):
             self._fail(stream, record, servable, "UNKNOWN", f"{type(exc).__name__}: {exc}")
             return
         if placements:
-            log.info("Admitted servable: %s on %s", servable, ", ".join(
-                f"node {p.node_id[:12]} " + (f"GPU {p.gpu_index}" if p.gpu_index is not None else "CPU")
-                for p in placements))
+            log.info(
+                "Admitted servable: %s on %s",
+                servable,
+                ", ".join(
+                    f"node {p.node_id[:12]} "
+                    + (f"GPU {p.gpu_index}" if p.gpu_index is not None else "CPU")
+                    for p in placements
+                ),
+            )
         for attempt in range(self._max_num_load_retries + 1):
             if attempt:
                 # TF Serving's retrier: wait, and give up early once the version is unaspired.
-                time.sleep(self._load_retry_interval_s)
+                self._sleep(self._load_retry_interval_s)
                 with self._lock:
                     if not record.aspired:
                         code, message = "CANCELLED", "Loading of servable cancelled"
@@ -344,17 +384,27 @@ class Manager(Persistence):
                 break
         if where is not None:
             elapsed = time.monotonic() - started
-            self._metrics.observe(metrics.ASPIRE_LOAD_DURATION,
-                                  metrics.labels_for(metrics.ASPIRE_LOAD_DURATION, stream.name), elapsed)
-            self._metrics.inc(metrics.TF_LOAD_LATENCY,
-                              metrics.labels_for(metrics.TF_LOAD_LATENCY, record.path), elapsed * 1e6)
+            self._metrics.observe(
+                metrics.ASPIRE_LOAD_DURATION,
+                metrics.labels_for(metrics.ASPIRE_LOAD_DURATION, stream.name),
+                elapsed,
+            )
+            self._metrics.inc(
+                metrics.TF_LOAD_LATENCY,
+                metrics.labels_for(metrics.TF_LOAD_LATENCY, record.path),
+                elapsed * 1e6,
+            )
             with self._lock:
                 measured = where.get("measured_vram_bytes")
                 if measured:
                     seen = self._measured_vram.setdefault(stream.name, {})
                     seen[record.version] = min(measured, seen.get(record.version, measured))
-            ready = {"state": Harness.READY, "where": where, "load_seconds": elapsed,
-                     "ram_bytes": where.get("ram_bytes")}
+            ready = {
+                "state": HarnessState.READY,
+                "where": where,
+                "load_seconds": elapsed,
+                "ram_bytes": where.get("ram_bytes"),
+            }
             with self._store_lock:
                 # Stored AVAILABLE before any router can see it: a restarted manager then never
                 # deletes a deployment that a router may still route to without the grace wait.
@@ -369,18 +419,25 @@ class Manager(Persistence):
         self._fail(stream, record, servable, code, message)
 
     def _count_attempt(self, name: str, path: str, code: str) -> None:
-        self._metrics.inc(metrics.ASPIRE_LOAD_ATTEMPTS,
-                          metrics.labels_for(metrics.ASPIRE_LOAD_ATTEMPTS, name, code))
-        self._metrics.inc(metrics.TF_LOAD_ATTEMPT_COUNT, metrics.labels_for(
-            metrics.TF_LOAD_ATTEMPT_COUNT, path, "success" if code == "OK" else "fail"))
+        self._metrics.inc(
+            metrics.ASPIRE_LOAD_ATTEMPTS,
+            metrics.labels_for(metrics.ASPIRE_LOAD_ATTEMPTS, name, code),
+        )
+        self._metrics.inc(
+            metrics.TF_LOAD_ATTEMPT_COUNT,
+            metrics.labels_for(
+                metrics.TF_LOAD_ATTEMPT_COUNT, path, "success" if code == "OK" else "fail"
+            ),
+        )
 
     def drain_metrics(self) -> metrics.Deltas:
         return self._metrics.drain()
 
-    def _fail(self, stream: Stream, record: VersionRecord, servable: str, code: str,
-              message: str) -> None:
+    def _fail(
+        self, stream: Stream, record: VersionRecord, servable: str, code: str, message: str
+    ) -> None:
         with self._lock:
-            record.state = Harness.ERROR
+            record.state = HarnessState.ERROR
             record.error_code, record.error_message = code, message
             self._touch(stream)
             self._changed.notify_all()
@@ -390,8 +447,8 @@ class Manager(Persistence):
         servable = f"{{name: {stream.name} version: {record.version}}}"
         log.info("Unloading servable version %s", servable)
         with self._lock:
-            epoch = self._epoch
-        self._wait_for_routers(epoch)
+            epoch = self._publisher.epoch
+        self._publisher.wait_for_routers(epoch)
         self.flush_state(stream)  # UNLOADING is stored before the deployment goes
         try:
             self._backend.unload(stream.name, record.version, record.where or {})
@@ -399,7 +456,7 @@ class Manager(Persistence):
             log.error("Unloading servable %s raised %s: %s", servable, type(exc).__name__, exc)
         with self._lock:
             record.where = None
-            record.state = Harness.DISABLED
+            record.state = HarnessState.DISABLED
             self._touch(stream)
         self._release(stream, record, servable, "was unloaded")
         log.info("Done unloading servable version %s", servable)
@@ -417,55 +474,38 @@ class Manager(Persistence):
 
     # ---- serving map and routers ------------------------------------------------------------
     def _publish(self) -> None:
-        self._epoch += 1
-        if self._store is not None and self._epoch > self._epoch_ceiling:
-            # Written before the epoch is visible, once per EPOCH_BLOCK publications.
-            ceiling = self._epoch + EPOCH_BLOCK
-            try:
-                self._store.put(f"{self._prefix}epoch", manager_state.dumps(ceiling))
-                self._epoch_ceiling = ceiling
-            except Exception as exc:  # tried again at the next publication
-                log.error("Writing the serving map epoch failed: %s", exc)
-        self._changed.notify_all()
+        self._publisher.publish()
 
     def serving_map(self) -> dict:
         """{"epoch": n, "models": {name: {version: where}}} of the READY versions."""
         with self._lock:
             models = {}
             for stream in self._streams.values():
-                ready = {r.version: r.where for r in stream.versions.values()
-                         if r.state is Harness.READY}
+                ready = {
+                    r.version: r.where
+                    for r in stream.versions.values()
+                    if r.state is HarnessState.READY
+                }
                 if ready:
                     models[stream.name] = ready
             labels = {name: dict(m) for name, m in self._labels.items()}
-            return {"epoch": self._epoch, "models": models, "labels": labels,
-                    "traffic": dict(self._traffic), "known": sorted(self._streams),
-                    "poll_s": self._router_poll_s}
+            return {
+                "epoch": self._publisher.epoch,
+                "models": models,
+                "labels": labels,
+                "traffic": dict(self._traffic),
+                "known": sorted(self._streams),
+                "poll_s": self._publisher.poll_s,
+            }
 
-    def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float) -> dict | None:
-        """Long poll: acknowledges `known_epoch` for `router_id`, returns the map once it is newer."""
-        with self._lock:
-            self._router_acks[router_id] = (known_epoch, self._clock())
-            self._changed.notify_all()
-            self._changed.wait_for(lambda: self._epoch != known_epoch, timeout=timeout_s)
-            if self._epoch == known_epoch:
-                return None
+    def wait_for_serving_map(
+        self, known_epoch: int, router_id: str, timeout_s: float
+    ) -> dict | None:
+        """Long poll: acknowledges `known_epoch` for `router_id`; returns the map once it is
+        newer, None after `timeout_s` without a newer one."""
+        if not self._publisher.wait_for_newer(known_epoch, router_id, timeout_s):
+            return None
         return self.serving_map()
-
-    def _wait_for_routers(self, epoch: int) -> None:
-        grace = self._grace_until - time.monotonic()
-        if grace > 0:  # just restarted: a router that has not polled yet is not known to wait for
-            time.sleep(grace)
-        deadline = time.monotonic() + self._router_ack_timeout_s
-        with self._lock:
-            def caught_up():
-                now = self._clock()
-                return all(acked >= epoch for acked, seen in self._router_acks.values()
-                           if now - seen < self._router_lease_s)
-            if not self._changed.wait_for(caught_up, timeout=max(0.0, deadline - time.monotonic())):
-                lagging = [r for r, (acked, _) in self._router_acks.items() if acked < epoch]
-                log.warning("routers %s did not acknowledge serving map %d in %.0f s; going on",
-                            lagging, epoch, self._router_ack_timeout_s)
 
     # ---- labels -----------------------------------------------------------------------------
     def check_labels(self, labels: dict[str, dict[str, int]], allow_unavailable: bool) -> None:
@@ -477,13 +517,15 @@ class Manager(Persistence):
                 current = self._labels.get(name, {})
                 for label, version in mapping.items():
                     record = stream.versions.get(version) if stream else None
-                    if record is not None and record.state is Harness.READY:
+                    if record is not None and record.state is HarnessState.READY:
                         continue
                     if allow_unavailable and current.get(label, version) == version:
                         continue
                     raise AspireError(
                         f"Request to assign label to version {version} of model {name}, which is "
-                        "not currently available for inference", "FAILED_PRECONDITION")
+                        "not currently available for inference",
+                        "FAILED_PRECONDITION",
+                    )
 
     def set_traffic(self, traffic: dict[str, tuple]) -> None:
         """Replace the weighted traffic splits of unversioned requests (Aspire side file)."""
@@ -496,7 +538,7 @@ class Manager(Persistence):
             return dict(self._traffic)
 
     def set_policy(self, name: str, policy: str) -> None:
-        if policy not in POLICIES:
+        if policy not in ASPIRED_VERSION_POLICIES:
             raise ValueError(f"unknown version policy {policy!r}")
         with self._lock:
             stream = self._streams.get(name)
@@ -515,9 +557,9 @@ class Manager(Persistence):
             if new != self._labels:
                 self._labels = new
                 self._publish()
-            epoch = self._epoch
+            epoch = self._publisher.epoch
         if wait_for_routers:
-            self._wait_for_routers(epoch)
+            self._publisher.wait_for_routers(epoch)
 
     # ---- status -----------------------------------------------------------------------------
     def model_status(self, name: str, version: int | None = None) -> list[dict]:
@@ -529,7 +571,9 @@ class Manager(Persistence):
             if version is not None:
                 record = stream.versions.get(version)
                 if record is None:
-                    raise AspireError(f"Could not find version {version} of model {name}", "NOT_FOUND")
+                    raise AspireError(
+                        f"Could not find version {version} of model {name}", "NOT_FOUND"
+                    )
                 return [record.status()]
             return [stream.versions[v].status() for v in sorted(stream.versions, reverse=True)]
 
@@ -537,7 +581,7 @@ class Manager(Persistence):
         """Block until each named model has a version AVAILABLE or END (TF Serving's wait at
         start-up and on reload). Returns {"pending": [names still without one],
         "failed": {name: status of its newest END version} for models with none AVAILABLE}."""
-        done = (Harness.READY, Harness.ERROR, Harness.DISABLED)  # AVAILABLE or END
+        done = (HarnessState.READY, HarnessState.ERROR, HarnessState.DISABLED)  # AVAILABLE or END
 
         def statuses(name: str) -> list[VersionRecord]:
             stream = self._streams.get(name)
@@ -551,7 +595,7 @@ class Manager(Persistence):
             failed = {}
             for name in names:
                 records = statuses(name)
-                if records and not any(r.state is Harness.READY for r in records):
+                if records and not any(r.state is HarnessState.READY for r in records):
                     ended = [r for r in records if r.state in done]
                     if ended:
                         failed[name] = ended[0].status()
@@ -563,8 +607,11 @@ class Manager(Persistence):
 
     def list_models(self) -> dict[str, list[dict]]:
         with self._lock:
-            return {name: self.model_status(name) for name in sorted(self._streams)
-                    if self._streams[name].versions}
+            return {
+                name: self.model_status(name)
+                for name in sorted(self._streams)
+                if self._streams[name].versions
+            }
 
     def stream_names(self) -> list[str]:
         with self._lock:
@@ -574,6 +621,7 @@ class Manager(Persistence):
         """The gauges of core/metrics.py `render_aspire`: every version's state, what
         each version reserves where, and each model's share of unversioned traffic."""
         from policies.traffic import TrafficSplit, effective_weights
+
         held = self._book.held() if self._book is not None else {}
         with self._lock:
             versions, vram, traffic = [], {}, []
@@ -582,9 +630,10 @@ class Manager(Persistence):
                 available = set()
                 for version in sorted(stream.versions):
                     record = stream.versions[version]
-                    versions.append({"model": name, "version": version,
-                                     "state": PUBLIC_STATE[record.state]})
-                    if record.state is Harness.READY:
+                    versions.append(
+                        {"model": name, "version": version, "state": PUBLIC_STATE[record.state]}
+                    )
+                    if record.state is HarnessState.READY:
                         available.add(version)
                     for key in record.reservations:
                         p = held.get(key)
@@ -592,18 +641,31 @@ class Manager(Persistence):
                             slot = (name, version, p.node_id, p.gpu_index)
                             vram[slot] = vram.get(slot, 0) + p.vram_bytes
                 split = self._traffic.get(name)
-                weights = effective_weights(TrafficSplit(tuple(split)) if split else None,
-                                            self._labels.get(name, {}), available)
-                traffic += [{"model": name, "version": v, "weight": w}
-                            for v, w in sorted(weights.items())]
-        return {"versions": versions, "traffic": traffic,
-                "vram_by_version": [{"model": m, "version": v, "node": n, "gpu": g, "bytes": b}
-                                    for (m, v, n, g), b in sorted(vram.items())]}
+                weights = effective_weights(
+                    TrafficSplit(tuple(split)) if split else None,
+                    self._labels.get(name, {}),
+                    available,
+                )
+                traffic += [
+                    {"model": name, "version": v, "weight": w} for v, w in sorted(weights.items())
+                ]
+        return {
+            "versions": versions,
+            "traffic": traffic,
+            "vram_by_version": [
+                {"model": m, "version": v, "node": n, "gpu": g, "bytes": b}
+                for (m, v, n, g), b in sorted(vram.items())
+            ],
+        }
 
     def versions_where(self) -> list[tuple[str, int, dict]]:
         with self._lock:
-            return [(s.name, r.version, r.where) for s in self._streams.values()
-                    for r in s.versions.values() if r.where is not None]
+            return [
+                (s.name, r.version, r.where)
+                for s in self._streams.values()
+                for r in s.versions.values()
+                if r.where is not None
+            ]
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -17,6 +17,7 @@ predict traffic does not notice; status and admin calls wait for the new incarna
 start (`start_manager`, e.g. a new `aspire serve`) clears that state first and starts from its
 ControllerConfig; `launcher.stop` kills the actor with `no_restart=True`, for good.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.inventory import capacity_grew, cluster_inventory, head_node_id
 from cluster.manager import Manager
 from cluster.manager_state import (
-    ROUTER_POLL_S,
     GcsStore,
     decode_value,
     dumps,
@@ -39,6 +39,8 @@ from cluster.manager_state import (
     loads,
     state_prefix,
 )
+from cluster.publisher import ROUTER_POLL_S
+from cluster.reservations import Reservations
 from cluster.source import FileSystemSource
 from config.aspire_config import ModelSettings, load_aspire_config
 from config.model_config import (
@@ -52,7 +54,6 @@ from core.errors import AspireError
 from core.names import APP_PREFIX, MANAGER_NAME, NAMESPACE, app_name
 from deployments import protos
 from deployments.servable import ReplicaOptions, ServeBackend
-from policies.admission import Reservations
 
 RECONCILE_INTERVAL_S = 0.1
 log = logging.getLogger("aspire.manager")
@@ -87,7 +88,7 @@ class ControllerConfig:
     gpus: str | None = None  # declared GPU inventory per node ("2x16GiB"); None: read NVML
     inventory_refresh_s: float = 5.0
     # How long a router's long poll of the serving map waits. A restarted manager deletes
-    # nothing until every router has polled (manager_state.router_grace_s: this plus 2 s).
+    # nothing until every router has polled (publisher.router_grace_s: this plus 2 s).
     router_poll_s: float = ROUTER_POLL_S
 
 
@@ -96,8 +97,11 @@ def _running_replicas() -> dict[str, int]:
     min_replicas and the count admission reserved)."""
     try:
         from ray import serve
-        return {app: sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
-                for app, status in serve.status().applications.items()}
+
+        return {
+            app: sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+            for app, status in serve.status().applications.items()
+        }
     except Exception as exc:  # status must answer even when Serve does not
         log.warning("serve.status() failed: %s", exc)
         return {}
@@ -109,12 +113,13 @@ def _live_replica_pids() -> dict[str, list[int]]:
     is the replica that answered at load; this follows Serve's replacements."""
     try:
         from ray._private import state
+
         prefix, suffix = "ServeReplica:", ":servable"
         pids: dict[str, list[int]] = {}
         for actor in state.actors().values():
             name = actor.get("ActorClassName", "")
             if actor.get("State") == "ALIVE" and name.startswith(prefix) and name.endswith(suffix):
-                pids.setdefault(name[len(prefix):-len(suffix)], []).append(actor["Pid"])
+                pids.setdefault(name[len(prefix) : -len(suffix)], []).append(actor["Pid"])
         return {app: sorted(found) for app, found in pids.items()}
     except Exception as exc:  # status must answer even when the GCS does not
         log.warning("reading the actor table failed: %s", exc)
@@ -125,6 +130,7 @@ def _servable_apps(timeout_s: float = 60.0) -> set[str]:
     """The Serve applications of servable versions that exist now. Retried while Serve's
     controller does not answer: a restarted manager must not take "unknown" for "none"."""
     from ray import serve
+
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -167,25 +173,42 @@ class ManagerActor:
         self._backend = ServeBackend(config.replica)
         self._inventory = cluster_inventory(config.gpus)
         self._book = Reservations(*self._inventory)
-        log.info("Inventory: %d GPUs (%s), host RAM on %d nodes", len(self._inventory[0]),
-                 "declared " + config.gpus if config.gpus is not None else "NVML",
-                 len(self._inventory[1]))
-        self._manager = Manager(self._backend, num_load_threads=config.num_load_threads,
-                                max_num_load_retries=config.max_num_load_retries,
-                                load_retry_interval_s=config.load_retry_interval_s,
-                                book=self._book, store=self._store, state_prefix=self._state_key,
-                                router_poll_s=config.router_poll_s)
+        log.info(
+            "Inventory: %d GPUs (%s), host RAM on %d nodes",
+            len(self._inventory[0]),
+            "declared " + config.gpus if config.gpus is not None else "NVML",
+            len(self._inventory[1]),
+        )
+        self._manager = Manager(
+            self._backend,
+            num_load_threads=config.num_load_threads,
+            max_num_load_retries=config.max_num_load_retries,
+            load_retry_interval_s=config.load_retry_interval_s,
+            book=self._book,
+            store=self._store,
+            state_prefix=self._state_key,
+            router_poll_s=config.router_poll_s,
+        )
         self._restored = None
         if restarted:
             log.warning("The manager restarted: taking over the state it stored")
             self._restored = self._manager.restore(_servable_apps, _app_prefix)
             # nodes that left while no manager watched: their versions are re-placed
             known = set(self._inventory[1]) | {g.node_id for g in self._inventory[0]}
-            gone = {p.get("node_id") for _, _, where in self._manager.versions_where()
-                    for p in where.get("placements") or []} - known - {None}
+            gone = (
+                {
+                    p.get("node_id")
+                    for _, _, where in self._manager.versions_where()
+                    for p in where.get("placements") or []
+                }
+                - known
+                - {None}
+            )
             if gone:
-                log.warning("Ray nodes left the cluster while the manager was down: %s",
-                            ", ".join(n[:12] for n in sorted(gone)))
+                log.warning(
+                    "Ray nodes left the cluster while the manager was down: %s",
+                    ", ".join(n[:12] for n in sorted(gone)),
+                )
                 self._manager.nodes_lost(gone)
         self._metrics = metrics.MetricsStore()  # every process's counts, added up
         self._settings: dict[str, ModelSettings] = {}
@@ -195,17 +218,39 @@ class ManagerActor:
         self._manager.set_labels(labels)  # checked at start-up by the CLI, or before the restart
         self._save_config()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._reconcile_loop, name="aspire-reconcile", daemon=True),
-                         threading.Thread(target=self._poll_loop, daemon=True, name="aspire-state",
-                                          args=(RECONCILE_INTERVAL_S, self._manager.flush_state)),
-                         threading.Thread(target=self._poll_loop, daemon=True, name="aspire-inventory",
-                                          args=(config.inventory_refresh_s, self.refresh_inventory))]
+        self._threads = [
+            threading.Thread(target=self._reconcile_loop, name="aspire-reconcile", daemon=True),
+            threading.Thread(
+                target=self._poll_loop,
+                daemon=True,
+                name="aspire-state",
+                args=(RECONCILE_INTERVAL_S, self._manager.flush_state),
+            ),
+            threading.Thread(
+                target=self._poll_loop,
+                daemon=True,
+                name="aspire-inventory",
+                args=(config.inventory_refresh_s, self.refresh_inventory),
+            ),
+        ]
         if config.model_config_file and config.model_config_file_poll_wait_s > 0:
-            self._threads.append(threading.Thread(target=self._poll_loop, daemon=True, args=(
-                config.model_config_file_poll_wait_s, self._reread_model_config), name="aspire-config"))
+            self._threads.append(
+                threading.Thread(
+                    target=self._poll_loop,
+                    daemon=True,
+                    args=(config.model_config_file_poll_wait_s, self._reread_model_config),
+                    name="aspire-config",
+                )
+            )
         if config.aspire_config_file and config.aspire_config_file_poll_wait_s > 0:
-            self._threads.append(threading.Thread(target=self._poll_loop, daemon=True, args=(
-                config.aspire_config_file_poll_wait_s, self._reread_aspire_config), name="aspire-side"))
+            self._threads.append(
+                threading.Thread(
+                    target=self._poll_loop,
+                    daemon=True,
+                    args=(config.aspire_config_file_poll_wait_s, self._reread_aspire_config),
+                    name="aspire-side",
+                )
+            )
         for thread in self._threads:
             thread.start()
         self._source.start()
@@ -233,8 +278,11 @@ class ManagerActor:
             if data is None:
                 return None
             doc = loads(data)
-            return {"models": decode_value(doc["models"]), "labels": decode_value(doc["labels"]),
-                    "settings": decode_value(doc["settings"])}
+            return {
+                "models": decode_value(doc["models"]),
+                "labels": decode_value(doc["labels"]),
+                "settings": decode_value(doc["settings"]),
+            }
         except Exception as exc:  # the ControllerConfig is the next best thing
             log.error("Cannot read the stored configuration: %s: %s", type(exc).__name__, exc)
             return None
@@ -243,9 +291,11 @@ class ManagerActor:
         """Store the model list, labels and settings in force. The snapshot is taken under the
         lock, so the last write is always the newest state."""
         with self._config_lock:
-            doc = {"models": encode_value(list(self._models.values())),
-                   "labels": encode_value(self._manager.labels()),
-                   "settings": encode_value(dict(self._settings))}
+            doc = {
+                "models": encode_value(list(self._models.values())),
+                "labels": encode_value(self._manager.labels()),
+                "settings": encode_value(dict(self._settings)),
+            }
             try:
                 self._store.put(self._state_key + "config", dumps(doc))
             except Exception as exc:
@@ -329,14 +379,25 @@ class ManagerActor:
         running, pids = _running_replicas(), _live_replica_pids()
         for name, version, where in self._manager.versions_where():
             placements.setdefault(name, {})[str(version)] = [
-                {**p, "running_replicas": running.get(p.get("app")), "pids": pids.get(p.get("app"), [])}
-                for p in where.get("placements", [])]
-        return {"models": self._manager.list_models(), "labels": self._manager.labels(),
-                "manager": {"restored": self._restored},
-                "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},
-                "placements": placements,
-                "resources": {"gpus": self._book.snapshot(), "hosts": self._book.ram_snapshot(),
-                              "lost": sorted(self._book.lost())}}
+                {
+                    **p,
+                    "running_replicas": running.get(p.get("app")),
+                    "pids": pids.get(p.get("app"), []),
+                }
+                for p in where.get("placements", [])
+            ]
+        return {
+            "models": self._manager.list_models(),
+            "labels": self._manager.labels(),
+            "manager": {"restored": self._restored},
+            "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},
+            "placements": placements,
+            "resources": {
+                "gpus": self._book.snapshot(),
+                "hosts": self._book.ram_snapshot(),
+                "lost": sorted(self._book.lost()),
+            },
+        }
 
     def serving_map(self) -> dict:
         return self._manager.serving_map()
@@ -351,10 +412,14 @@ class ManagerActor:
         and the state gauges read now)."""
         self._metrics.apply(self._manager.drain_metrics())
         state = self._manager.metrics_state()
-        state["gpus"] = [{"node": g["node"], "gpu": g["index"], "total": g["total"],
-                          "reserved": g["reserved"]} for g in self._book.snapshot()]
-        state["hosts"] = [{"node": h["node"], "total": h["total"], "reserved": h["reserved"]}
-                          for h in self._book.ram_snapshot()]
+        state["gpus"] = [
+            {"node": g["node"], "gpu": g["index"], "total": g["total"], "reserved": g["reserved"]}
+            for g in self._book.snapshot()
+        ]
+        state["hosts"] = [
+            {"node": h["node"], "total": h["total"], "reserved": h["reserved"]}
+            for h in self._book.ram_snapshot()
+        ]
         tfserving = self._metrics.render_tfserving()
         aspire = self._metrics.render_aspire(state)
         return (tfserving if tfserving.strip() else "") + aspire
@@ -362,11 +427,15 @@ class ManagerActor:
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float):
         return self._manager.wait_for_serving_map(known_epoch, router_id, timeout_s)
 
-    def reload_config(self, models: list[ModelSource], labels: dict[str, dict[str, int]]) -> tuple[str, str]:
+    def reload_config(
+        self, models: list[ModelSource], labels: dict[str, dict[str, int]]
+    ) -> tuple[str, str]:
         """Replace the served model list and labels (TF Serving's ReloadConfig). Labels are
         checked first; if they are refused, nothing changes. Models that stay are not disturbed."""
         try:
-            self._manager.check_labels(labels, self._config.allow_version_labels_for_unavailable_models)
+            self._manager.check_labels(
+                labels, self._config.allow_version_labels_for_unavailable_models
+            )
         except AspireError as err:
             return err.code, err.message
         self._models = {m.name: m for m in models}
@@ -433,10 +502,15 @@ def start_manager(config: ControllerConfig):
     head = head_node_id()
     # max_restarts=-1: Ray brings a dead manager back (same config, state from the GCS store);
     # ray.kill(..., no_restart=True) still ends it for good.
-    actor = actor_cls.options(name=MANAGER_NAME, namespace=NAMESPACE, lifetime="detached",
-                              max_concurrency=64, num_cpus=0, max_restarts=-1,
-                              scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
-                              ).remote(config)
+    actor = actor_cls.options(
+        name=MANAGER_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        max_concurrency=64,
+        num_cpus=0,
+        max_restarts=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False),
+    ).remote(config)
     ray.get(actor.ready.remote())
     return actor
 

@@ -8,9 +8,10 @@ a `StateStore`, in production Ray's GCS key-value store (`GcsStore`), which outl
 Layout (namespace "aspire", keys under `state_prefix(manager name)`, values JSON in UTF-8):
 1. `config`: the model list, labels and per-model settings in force (cluster/manager_actor.py writes
    it whenever a reload, `set_settings` or the side file changes them).
-2. `epoch`: a ceiling of the serving-map epoch. The manager never publishes an epoch above it and
-   raises it by `EPOCH_BLOCK` at a time, so one write covers many publications; a restarted
-   manager starts above it, so every router holding an older map fetches the new one.
+2. `epoch`: a ceiling of the serving-map epoch. The manager never publishes an epoch above it
+   and raises it by `EPOCH_BLOCK` at a time (cluster/publisher.py), so one write covers many
+   publications; a restarted manager starts above it, so every router holding an older map
+   fetches the new one.
 3. `model/<name>`: one key per servable stream: its version policy, the peak VRAM measured per
    version, and every version record (state, error, `where` with applications, placements and
    RAM, the admission reservations held, load attempts).
@@ -34,6 +35,7 @@ the manager was down are shipped afterwards, each shipment applied once: core/me
 
 A fresh start of the manager clears the prefix; only Ray's restart of the same actor reads it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,29 +43,14 @@ import json
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from core.names import NAMESPACE
 from policies.admission import Placement
-from policies.lifecycle import PUBLIC_STATE, Harness
+from policies.lifecycle import PUBLIC_STATE, HarnessState
 
 log = logging.getLogger("aspire.manager")
-
-NAMESPACE = "aspire"
-EPOCH_BLOCK = 1000  # serving-map epochs covered by one write of the ceiling
-# After a restart the manager does not know which routers exist. A router long-polls for
-# `poll_s` (the serving map carries it; ROUTER_POLL_S by default) and polls again at most 1 s
-# after a failed poll (deployments/router_core.py), so `router_grace_s(poll_s)` after the manager
-# answers again every live router has polled and is known; only then may a deployment be
-# deleted. (Counted from restore(), moments before the new incarnation answers; the last second
-# is margin.)
-ROUTER_POLL_S = 5.0
-
-
-def router_grace_s(poll_s: float) -> float:
-    return poll_s + 1.0 + 1.0
-
 
 # A version whose loads were cut short by this many restarts of the manager (a load that takes
 # the manager down with it) ends with ABORTED instead of being loaded again and again.
@@ -78,7 +65,7 @@ def state_prefix(manager_name: str) -> str:
 class VersionRecord:
     version: int
     path: str
-    state: Harness = Harness.NEW
+    state: HarnessState = HarnessState.NEW
     aspired: bool = True
     error_code: str = "OK"
     error_message: str = ""
@@ -92,9 +79,13 @@ class VersionRecord:
     interrupted: int = 0  # loads of this version cut short by a restart of the manager
 
     def status(self) -> dict:
-        return {"version": self.version, "state": PUBLIC_STATE[self.state],
-                "error_code": self.error_code, "error_message": self.error_message,
-                "aspired": self.aspired}
+        return {
+            "version": self.version,
+            "state": PUBLIC_STATE[self.state],
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "aspired": self.aspired,
+        }
 
 
 @dataclass
@@ -157,14 +148,17 @@ class GcsStore:
 
     def get(self, key: str) -> bytes | None:
         from ray.experimental import internal_kv
+
         return internal_kv._internal_kv_get(key, namespace=self._namespace)
 
     def put(self, key: str, value: bytes) -> None:
         from ray.experimental import internal_kv
+
         internal_kv._internal_kv_put(key, value, overwrite=True, namespace=self._namespace)
 
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
         from ray.experimental import internal_kv
+
         keys = internal_kv._internal_kv_list(prefix, namespace=self._namespace)
         if not keys:
             return {}
@@ -173,38 +167,60 @@ class GcsStore:
             found = client.internal_kv_multi_get(keys, self._namespace.encode())
         else:  # older Ray: one round trip per key
             found = {k: internal_kv._internal_kv_get(k, namespace=self._namespace) for k in keys}
-        return {(k.decode() if isinstance(k, bytes) else k): v
-                for k, v in found.items() if v is not None}
+        return {
+            (k.decode() if isinstance(k, bytes) else k): v
+            for k, v in found.items()
+            if v is not None
+        }
 
     def delete_prefix(self, prefix: str) -> None:
         from ray.experimental import internal_kv
+
         internal_kv._internal_kv_del(prefix, del_by_prefix=True, namespace=self._namespace)
 
 
 # ---- version records ------------------------------------------------------------------------
 def record_doc(record) -> dict:
     """A cluster.manager.VersionRecord as JSON-able data."""
-    return {"version": record.version, "path": record.path, "state": record.state.value,
-            "aspired": record.aspired, "error_code": record.error_code,
-            "error_message": record.error_message, "where": record.where,
-            "ram_bytes": record.ram_bytes, "load_seconds": record.load_seconds,
-            "refused": record.refused, "attempts": record.attempts,
-            "interrupted": record.interrupted,
-            "reservations": [[key, p.node_id, p.gpu_index, p.vram_bytes, p.ram_bytes]
-                             for key, p in zip(record.reservations, record.placements)]}
+    return {
+        "version": record.version,
+        "path": record.path,
+        "state": record.state.value,
+        "aspired": record.aspired,
+        "error_code": record.error_code,
+        "error_message": record.error_message,
+        "where": record.where,
+        "ram_bytes": record.ram_bytes,
+        "load_seconds": record.load_seconds,
+        "refused": record.refused,
+        "attempts": record.attempts,
+        "interrupted": record.interrupted,
+        "reservations": [
+            [key, p.node_id, p.gpu_index, p.vram_bytes, p.ram_bytes]
+            for key, p in zip(record.reservations, record.placements, strict=True)
+        ],
+    }
 
 
 def record_fields(doc: dict) -> dict:
     """Keyword arguments that rebuild the VersionRecord `record_doc` wrote."""
     held = doc.get("reservations") or []
-    return {"version": int(doc["version"]), "path": doc["path"], "state": Harness(doc["state"]),
-            "aspired": bool(doc["aspired"]), "error_code": doc["error_code"],
-            "error_message": doc["error_message"], "where": doc.get("where"),
-            "ram_bytes": doc.get("ram_bytes"), "load_seconds": doc.get("load_seconds"),
-            "refused": bool(doc.get("refused")), "attempts": int(doc.get("attempts", 0)),
-            "interrupted": int(doc.get("interrupted", 0)),
-            "reservations": tuple(h[0] for h in held),
-            "placements": tuple(Placement(h[1], h[2], h[3], h[4]) for h in held)}
+    return {
+        "version": int(doc["version"]),
+        "path": doc["path"],
+        "state": HarnessState(doc["state"]),
+        "aspired": bool(doc["aspired"]),
+        "error_code": doc["error_code"],
+        "error_message": doc["error_message"],
+        "where": doc.get("where"),
+        "ram_bytes": doc.get("ram_bytes"),
+        "load_seconds": doc.get("load_seconds"),
+        "refused": bool(doc.get("refused")),
+        "attempts": int(doc.get("attempts", 0)),
+        "interrupted": int(doc.get("interrupted", 0)),
+        "reservations": tuple(h[0] for h in held),
+        "placements": tuple(Placement(h[1], h[2], h[3], h[4]) for h in held),
+    }
 
 
 def dumps(doc) -> bytes:
@@ -221,8 +237,11 @@ def _config_types() -> dict[str, type]:
     from config.model_config import ModelSource
     from policies.aspired import All, Latest, Specific
     from policies.traffic import TrafficSplit
-    return {f"{t.__module__}.{t.__qualname__}": t
-            for t in (ModelSource, Latest, All, Specific, ModelSettings, Autoscaling, TrafficSplit)}
+
+    return {
+        f"{t.__module__}.{t.__qualname__}": t
+        for t in (ModelSource, Latest, All, Specific, ModelSettings, Autoscaling, TrafficSplit)
+    }
 
 
 CONFIG_TYPES = _config_types()
@@ -235,8 +254,12 @@ def encode_value(value):
         kind = f"{type(value).__module__}.{type(value).__qualname__}"
         if kind not in CONFIG_TYPES:
             raise TypeError(f"{kind} is not a stored config type")
-        return {"@type": kind, "fields": {f.name: encode_value(getattr(value, f.name))
-                                          for f in dataclasses.fields(value)}}
+        return {
+            "@type": kind,
+            "fields": {
+                f.name: encode_value(getattr(value, f.name)) for f in dataclasses.fields(value)
+            },
+        }
     if isinstance(value, tuple):
         return {"@tuple": [encode_value(v) for v in value]}
     if isinstance(value, list):
@@ -292,8 +315,9 @@ class Persistence:
         with self._store_lock:
             return self._flush_locked(stream)
 
-    def _flush_locked(self, stream: Stream | None = None,
-                      ready: tuple[VersionRecord, dict] | None = None) -> int:
+    def _flush_locked(
+        self, stream: Stream | None = None, ready: tuple[VersionRecord, dict] | None = None
+    ) -> int:
         """Callers hold _store_lock. `ready`: (record of `stream`, fields) writes the record
         with `fields` set, before they are set in memory."""
         if self._store is None:
@@ -305,8 +329,7 @@ class Persistence:
             else:
                 names = {stream.name}
                 self._dirty.discard(stream.name)
-            docs = {name: dumps(self._stream_doc(self._streams[name], ready))
-                    for name in names}
+            docs = {name: dumps(self._stream_doc(self._streams[name], ready)) for name in names}
         written = 0
         for name, data in docs.items():
             try:
@@ -325,8 +348,12 @@ class Persistence:
                 record = dataclasses.replace(record, **ready[1])
             records.append(record_doc(record))
         measured = self._measured_vram.get(stream.name, {})
-        return {"name": stream.name, "policy": stream.policy, "versions": records,
-                "measured_vram": {str(v): b for v, b in measured.items()}}
+        return {
+            "name": stream.name,
+            "policy": stream.policy,
+            "versions": records,
+            "measured_vram": {str(v): b for v, b in measured.items()},
+        }
 
     def restore(self, list_apps: Callable[[], set[str]], app_prefix: Callable[[str], str]) -> dict:
         """Carry on from a manager that died, from what it stored. Call it once, on a new
@@ -356,7 +383,6 @@ class Persistence:
         adopted, dropped = 0, []
         with self._lock:
             self._list_apps, self._app_prefix = list_apps, app_prefix
-            self._grace_until = time.monotonic() + self._router_grace_s
             for key, data in sorted(docs.items()):
                 try:
                     doc = loads(data)
@@ -366,48 +392,66 @@ class Persistence:
                         stream.versions[record.version] = record
                     measured = {int(v): b for v, b in doc.get("measured_vram", {}).items()}
                 except Exception as exc:  # that model is loaded afresh
-                    log.error("Cannot read the stored state %s: %s: %s", key, type(exc).__name__, exc)
+                    log.error(
+                        "Cannot read the stored state %s: %s: %s", key, type(exc).__name__, exc
+                    )
                     continue
                 self._streams[stream.name] = stream
                 if measured:
                     self._measured_vram[stream.name] = measured
                 for record in stream.versions.values():
                     apps = [a for a, _ in (record.where or {}).get("apps") or []]
-                    if record.state is Harness.READY and apps and existing.issuperset(apps):
+                    if record.state is HarnessState.READY and apps and existing.issuperset(apps):
                         self._rebook(record)
                         adopted += 1
                         continue
-                    if record.state in (Harness.READY, Harness.LOADING, Harness.UNLOADING) \
-                            or record.where is not None:
+                    if (
+                        record.state
+                        in (HarnessState.READY, HarnessState.LOADING, HarnessState.UNLOADING)
+                        or record.where is not None
+                    ):
                         dropped.append((stream, record, record.state))
-                        if record.state is Harness.READY:  # out of the serving map
-                            record.state = Harness.LOADING if record.aspired else Harness.UNLOADING
+                        if record.state is HarnessState.READY:  # out of the serving map
+                            record.state = (
+                                HarnessState.LOADING if record.aspired else HarnessState.UNLOADING
+                            )
                         record.where = None
                         self._touch(stream)
                     record.reservations, record.placements = (), ()  # nothing of it runs
-            owned = {a for s in self._streams.values() for r in s.versions.values()
-                     if r.state is Harness.READY for a, _ in r.where.get("apps") or []}
+            owned = {
+                a
+                for s in self._streams.values()
+                for r in s.versions.values()
+                if r.state is HarnessState.READY
+                for a, _ in r.where.get("apps") or []
+            }
             prefixes = {app_prefix(name): name for name in self._streams}
             orphans = sorted(a for a in existing - owned)
             recovering = {s.name for s, _, _ in dropped}
             recovering |= {o[0] for o in (_owner(a, prefixes) for a in orphans) if o is not None}
-            self._epoch = loads(ceiling) if ceiling else 0
-            self._publish()  # above every epoch a router may hold
+            # above every epoch a router may hold; the router grace starts now
+            self._publisher.continue_from(loads(ceiling) if ceiling else 0)
             if dropped or orphans:
                 for name in recovering:
                     self._streams[name].busy = True
                 self._in_flight += 1
                 self._pool.submit(self._recover, recovering, dropped)
-            summary = {"models": len(self._streams), "adopted": adopted, "dropped": len(dropped),
-                       "orphans": len(orphans)}
-        log.info("Restored the manager's state: %s; serving map epoch %d", summary, self._epoch)
+            summary = {
+                "models": len(self._streams),
+                "adopted": adopted,
+                "dropped": len(dropped),
+                "orphans": len(orphans),
+            }
+        log.info(
+            "Restored the manager's state: %s; serving map epoch %d", summary, self._publisher.epoch
+        )
         return summary
 
     def _rebook(self, record: VersionRecord) -> None:
         """Hold an adopted version's reservations again, exactly where its replicas run."""
         if self._book is None:
             return
-        for key, placement in zip(record.reservations, record.placements):
+        for key, placement in zip(record.reservations, record.placements, strict=True):
             self._book.restore(key, placement)
 
     def _recover(self, recovering: set[str], dropped: list) -> None:
@@ -415,12 +459,17 @@ class Persistence:
         dropped versions start over."""
         try:
             with self._lock:
-                epoch = self._epoch
-            self._wait_for_routers(epoch)
+                epoch = self._publisher.epoch
+            self._publisher.wait_for_routers(epoch)
             apps = set(self._list_apps())
             with self._lock:
-                keep = {a for s in self._streams.values() for r in s.versions.values()
-                        if r.state is Harness.READY for a, _ in r.where.get("apps") or []}
+                keep = {
+                    a
+                    for s in self._streams.values()
+                    for r in s.versions.values()
+                    if r.state is HarnessState.READY
+                    for a, _ in r.where.get("apps") or []
+                }
                 prefixes = {self._app_prefix(name): name for name in self._streams}
             doomed: dict[tuple[str, int], list[str]] = {}
             for app in sorted(apps - keep):
@@ -446,19 +495,21 @@ class Persistence:
                 self._in_flight -= 1
                 self._changed.notify_all()
 
-    def _settle_dropped(self, stream: Stream, record: VersionRecord, was: Harness) -> None:
+    def _settle_dropped(self, stream: Stream, record: VersionRecord, was: HarnessState) -> None:
         if stream.versions.get(record.version) is not record:
             return  # replaced meanwhile (unaspired, then aspired again)
-        if was is Harness.UNLOADING or not record.aspired:
-            if record.state is not Harness.ERROR:
-                record.state = Harness.DISABLED
+        if was is HarnessState.UNLOADING or not record.aspired:
+            if record.state is not HarnessState.ERROR:
+                record.state = HarnessState.DISABLED
             return
-        interrupted = record.interrupted + (was is Harness.LOADING)
+        interrupted = record.interrupted + (was is HarnessState.LOADING)
         fresh = VersionRecord(record.version, record.path, interrupted=interrupted)
         if interrupted >= MAX_INTERRUPTED_LOADS:
-            fresh.state, fresh.error_code = Harness.ERROR, "ABORTED"
-            fresh.error_message = (f"Loading of servable {{name: {stream.name} version: "
-                                   f"{record.version}}} was interrupted by {interrupted} restarts "
-                                   "of the manager; it is not tried again while it stays aspired")
+            fresh.state, fresh.error_code = HarnessState.ERROR, "ABORTED"
+            fresh.error_message = (
+                f"Loading of servable {{name: {stream.name} version: "
+                f"{record.version}}} was interrupted by {interrupted} restarts "
+                "of the manager; it is not tried again while it stays aspired"
+            )
             log.error("%s", fresh.error_message)
         stream.versions[record.version] = fresh

@@ -9,6 +9,7 @@ A base path that cannot be read is logged and that model is skipped for the roun
 serves keeps serving (TF Serving skips the whole round; skipping only the broken model keeps the
 others moving).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ log = logging.getLogger("aspire.source")
 def _list_children(base_path: str) -> list[str]:
     if "://" in base_path:  # gs://, s3://, hdfs://: through TensorFlow's file systems
         from deployments.tf_runtime import runtime
+
         gfile = runtime(base_path).gfile
         if not gfile.exists(base_path):
             raise FileNotFoundError(base_path)
@@ -37,27 +39,43 @@ def poll_model(model: ModelSource) -> dict[int, str] | None:
     try:
         children = _list_children(model.base_path)
     except OSError as exc:
-        log.error("Could not find base path %s for servable %s with error %s",
-                  model.base_path, model.name, exc)
+        log.error(
+            "Could not find base path %s for servable %s with error %s",
+            model.base_path,
+            model.name,
+            exc,
+        )
         return None
     found, warnings = versions_in(children)
     for warning in warnings:
         log.warning(warning)
     if not found:
-        log.warning("No versions of servable %s found under base path %s. Did you forget to name "
-                    "your leaf directory as a number (eg. '/1/')?", model.name, model.base_path)
+        log.warning(
+            "No versions of servable %s found under base path %s. Did you forget to name "
+            "your leaf directory as a number (eg. '/1/')?",
+            model.name,
+            model.base_path,
+        )
     aspired = model.version_policy.select(list(found))
     for version in getattr(model.version_policy, "versions", ()):
         if version not in found:
-            log.warning("Version %d of servable %s, which was requested to be served as a "
-                        "'specific' version in the servable's version policy, was not found in "
-                        "the file system", version, model.name)
+            log.warning(
+                "Version %d of servable %s, which was requested to be served as a "
+                "'specific' version in the servable's version policy, was not found in "
+                "the file system",
+                version,
+                model.name,
+            )
     return {v: os.path.join(model.base_path, found[v]) for v in aspired}
 
 
 class FileSystemSource:
-    def __init__(self, models: list[ModelSource], poll_wait_s: float,
-                 callback: Callable[[str, dict[int, str]], None]):
+    def __init__(
+        self,
+        models: list[ModelSource],
+        poll_wait_s: float,
+        callback: Callable[[str, dict[int, str]], None],
+    ):
         self._models = list(models)
         self._poll_wait_s = poll_wait_s
         self._callback = callback

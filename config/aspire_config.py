@@ -20,8 +20,9 @@ Contract:
   - "autoscaling": Ray Serve autoscaling instead of a fixed count (not with "num_replicas"):
     "min_replicas" (int >= 1), "max_replicas" (int >= min), "target_ongoing_requests" (> 0;
     default 2), and optionally "upscale_delay_s" / "downscale_delay_s" (>= 0; Serve's defaults
-    30 s / 600 s) and "look_back_period_s" (> 0; Serve's default 30 s). Admission books max_replicas replicas up front, so a scale-up never fails for
-    memory and never takes room from another version.
+    30 s / 600 s) and "look_back_period_s" (> 0; Serve's default 30 s). Admission books
+    max_replicas replicas up front, so a scale-up never fails for memory and never takes room from
+    another version.
   - "max_ongoing_requests": int >= 1, requests one replica runs at once; null means the
     server-wide --max_ongoing_requests.
   - "max_queued_requests": int >= 0 or -1 (no limit), requests each router holds for the version
@@ -37,6 +38,7 @@ Contract:
   silently ignored. Every error is `AspireError(..., "INVALID_ARGUMENT")` whose message names the
   file, and the model and field where there is one.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,21 +47,38 @@ from dataclasses import dataclass
 from core.errors import AspireError
 from core.units import parse_bytes
 from policies.admission import DEVICES
-from policies.lifecycle import POLICIES
+from policies.lifecycle import ASPIRED_VERSION_POLICIES
 from policies.traffic import TrafficSplit
 
 DEFAULT_VERSION_POLICY = "availability_preserving"
 _TOP_LEVEL_KEYS = ("models",)
-_MODEL_KEYS = ("version_policy", "traffic", "num_replicas", "autoscaling", "max_ongoing_requests",
-               "max_queued_requests", "health_check_period_s", "health_check_timeout_s", "device",
-               "vram", "ram")
-_AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests",
-                     "upscale_delay_s", "downscale_delay_s", "look_back_period_s")
+_MODEL_KEYS = (
+    "version_policy",
+    "traffic",
+    "num_replicas",
+    "autoscaling",
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "health_check_period_s",
+    "health_check_timeout_s",
+    "device",
+    "vram",
+    "ram",
+)
+_AUTOSCALING_KEYS = (
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "upscale_delay_s",
+    "downscale_delay_s",
+    "look_back_period_s",
+)
 
 
 @dataclass(frozen=True)
 class Autoscaling:
     """Ray Serve autoscaling bounds for one version's replicas (Serve's own field names)."""
+
     min_replicas: int
     max_replicas: int
     target_ongoing_requests: float = 2.0
@@ -69,11 +88,14 @@ class Autoscaling:
 
     def serve_config(self, min_replicas: int, max_replicas: int) -> dict:
         """Serve's autoscaling_config for one application holding part of the replicas."""
-        config = {"min_replicas": min_replicas, "max_replicas": max_replicas,
-                  "initial_replicas": min_replicas,
-                  "target_ongoing_requests": self.target_ongoing_requests,
-                  # counts the calls on the direct data path too (deployments/autoscaling.py)
-                  "policy": {"policy_function": AUTOSCALING_POLICY}}
+        config = {
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "initial_replicas": min_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            # counts the calls on the direct data path too (deployments/autoscaling.py)
+            "policy": {"policy_function": AUTOSCALING_POLICY},
+        }
         for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
             if getattr(self, key) is not None:
                 config[key] = getattr(self, key)
@@ -85,7 +107,9 @@ AUTOSCALING_POLICY = "deployments.autoscaling:direct_path_policy"
 
 @dataclass(frozen=True)
 class ModelSettings:
-    version_policy: str = DEFAULT_VERSION_POLICY  # a key of policies.lifecycle.POLICIES
+    version_policy: str = (
+        DEFAULT_VERSION_POLICY  # a key of policies.lifecycle.ASPIRED_VERSION_POLICIES
+    )
     traffic: TrafficSplit | None = None
     num_replicas: int | None = None  # None: the server-wide default
     autoscaling: Autoscaling | None = None  # set: Serve autoscaling, not num_replicas
@@ -125,8 +149,10 @@ def _model_settings(body: object, fail) -> ModelSettings:
     if problem := _unknown(body, _MODEL_KEYS):
         raise fail(problem)
     policy = body.get("version_policy", DEFAULT_VERSION_POLICY)
-    if not isinstance(policy, str) or policy not in POLICIES:
-        raise fail(f"unknown version_policy {policy!r} (expected {' or '.join(POLICIES)})")
+    if not isinstance(policy, str) or policy not in ASPIRED_VERSION_POLICIES:
+        raise fail(
+            f"unknown version_policy {policy!r} (expected {' or '.join(ASPIRED_VERSION_POLICIES)})"
+        )
     traffic = body.get("traffic")
     if traffic is not None:
         try:
@@ -134,8 +160,9 @@ def _model_settings(body: object, fail) -> ModelSettings:
         except ValueError as e:
             raise fail(f"invalid traffic: {e}") from None
     replicas = body.get("num_replicas")
-    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
-                                 or replicas < 1):
+    if replicas is not None and (
+        isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1
+    ):
         raise fail(f"num_replicas must be an integer >= 1, got {replicas!r}")
     autoscaling = body.get("autoscaling")
     if autoscaling is not None:
@@ -147,7 +174,9 @@ def _model_settings(body: object, fail) -> ModelSettings:
         raise fail(f"max_ongoing_requests must be an integer >= 1, got {ongoing!r}")
     queued = body.get("max_queued_requests")
     if queued is not None and (not _is_int(queued) or queued < -1):
-        raise fail(f"max_queued_requests must be an integer >= 0, or -1 for no limit, got {queued!r}")
+        raise fail(
+            f"max_queued_requests must be an integer >= 0, or -1 for no limit, got {queued!r}"
+        )
     checks = {}
     for key in ("health_check_period_s", "health_check_timeout_s"):
         value = body.get(key)
@@ -157,7 +186,7 @@ def _model_settings(body: object, fail) -> ModelSettings:
     device = body.get("device")
     if device is not None and device not in DEVICES:
         raise fail(f"device must be {' or '.join(repr(d) for d in DEVICES)}, got {device!r}")
-    sizes = {}
+    sizes: dict[str, int | None] = {}
     for key in ("vram", "ram"):
         value = body.get(key)
         if value is None:
@@ -169,8 +198,18 @@ def _model_settings(body: object, fail) -> ModelSettings:
             raise fail(f"invalid {key}: {e}") from None
     if device == "cpu" and sizes["vram"]:
         raise fail("vram is declared but device is 'cpu'")
-    return ModelSettings(policy, traffic, replicas, autoscaling, device, sizes["vram"], sizes["ram"],
-                         ongoing, queued, **checks)
+    return ModelSettings(
+        policy,
+        traffic,
+        replicas,
+        autoscaling,
+        device,
+        sizes["vram"],
+        sizes["ram"],
+        ongoing,
+        queued,
+        **checks,
+    )
 
 
 def _is_int(value) -> bool:
@@ -193,7 +232,9 @@ def _autoscaling(body: object, fail) -> Autoscaling:
     if not _is_int(low) or low < 1:
         raise fail(f"autoscaling: min_replicas must be an integer >= 1, got {low!r}")
     if not _is_int(high) or high < low:
-        raise fail(f"autoscaling: max_replicas must be an integer >= min_replicas ({low}), got {high!r}")
+        raise fail(
+            f"autoscaling: max_replicas must be an integer >= min_replicas ({low}), got {high!r}"
+        )
     target = body.get("target_ongoing_requests", 2.0)
     if not _is_number(target) or not target > 0 or target == float("inf"):
         raise fail(f"autoscaling: target_ongoing_requests must be a number > 0, got {target!r}")
@@ -201,7 +242,9 @@ def _autoscaling(body: object, fail) -> Autoscaling:
     for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
         value = body.get(key)
         low_ok = (lambda v: v > 0) if key == "look_back_period_s" else (lambda v: v >= 0)
-        if value is not None and (not _is_number(value) or not low_ok(value) or value == float("inf")):
+        if value is not None and (
+            not _is_number(value) or not low_ok(value) or value == float("inf")
+        ):
             bound = "> 0" if key == "look_back_period_s" else ">= 0"
             raise fail(f"autoscaling: {key} must be a number {bound}, got {value!r}")
         delays[key] = value
@@ -210,6 +253,7 @@ def _autoscaling(body: object, fail) -> Autoscaling:
 
 def parse_aspire_config(text: str, source: str = "<aspire config>") -> dict[str, ModelSettings]:
     """Model name -> settings from the JSON text of an Aspire config; AspireError if invalid."""
+
     def fail(message: str) -> AspireError:
         return AspireError(f"Invalid Aspire config {source}: {message}", "INVALID_ARGUMENT")
 
@@ -231,12 +275,14 @@ def parse_aspire_config(text: str, source: str = "<aspire config>") -> dict[str,
         if not name:
             raise fail("model name must not be empty")
         settings[name] = _model_settings(
-            body, lambda message, name=name: fail(f"model {name!r}: {message}"))
+            body, lambda message, name=name: fail(f"model {name!r}: {message}")
+        )
     return settings
 
 
 def load_aspire_config(path: str) -> dict[str, ModelSettings]:
-    """`parse_aspire_config` of the file at `path`; AspireError if it cannot be read or is invalid."""
+    """`parse_aspire_config` of the file at `path`; AspireError if it cannot be read or is
+    invalid."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -26,6 +26,7 @@ when the installed package ships it (tensorflow-serving-api 2.21 does not); othe
 in a private descriptor pool, from the BatchingParameters message of
 ts/servables/tensorflow/session_bundle_config.proto (field numbers 1-9 as there).
 """
+
 from __future__ import annotations
 
 import os
@@ -62,6 +63,7 @@ class BatchingParameters:
     | allowed_batch_sizes | (): no padding | BatchingSessionOptions |
     | pad_variable_length_inputs | False | BatchingSessionOptions |
     """
+
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
@@ -92,6 +94,7 @@ class BatchingParameters:
 def _batching_parameters_class():
     try:
         from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+
         return session_bundle_config_pb2.BatchingParameters
     except ImportError:
         pass
@@ -101,31 +104,51 @@ def _batching_parameters_class():
     pool.Add(wrappers)
     proto = descriptor_pb2.FileDescriptorProto(
         name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
-        package="tensorflow.serving", syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"])
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
     F = descriptor_pb2.FieldDescriptorProto
     message = proto.message_type.add(name="BatchingParameters")
     for name, number, wrapper in (
-            ("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
-            ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
-            ("thread_pool_name", 5, "StringValue"),
-            ("enable_large_batch_splitting", 8, "BoolValue"),
-            ("max_execution_batch_size", 9, "Int64Value")):
-        message.field.add(name=name, number=number, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
-                          type_name=f".google.protobuf.{wrapper}")
-    message.field.add(name="allowed_batch_sizes", number=6, type=F.TYPE_INT64,
-                      label=F.LABEL_REPEATED)
-    message.field.add(name="pad_variable_length_inputs", number=7, type=F.TYPE_BOOL,
-                      label=F.LABEL_OPTIONAL)
+        ("max_batch_size", 1, "Int64Value"),
+        ("batch_timeout_micros", 2, "Int64Value"),
+        ("max_enqueued_batches", 3, "Int64Value"),
+        ("num_batch_threads", 4, "Int64Value"),
+        ("thread_pool_name", 5, "StringValue"),
+        ("enable_large_batch_splitting", 8, "BoolValue"),
+        ("max_execution_batch_size", 9, "Int64Value"),
+    ):
+        message.field.add(
+            name=name,
+            number=number,
+            type=F.TYPE_MESSAGE,
+            label=F.LABEL_OPTIONAL,
+            type_name=f".google.protobuf.{wrapper}",
+        )
+    message.field.add(
+        name="allowed_batch_sizes", number=6, type=F.TYPE_INT64, label=F.LABEL_REPEATED
+    )
+    message.field.add(
+        name="pad_variable_length_inputs", number=7, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL
+    )
     pool.Add(proto)
     return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    )
 
 
 BatchingParametersProto = _batching_parameters_class()
 
-_WRAPPED = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
-            "thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size")
+_WRAPPED = (
+    "max_batch_size",
+    "batch_timeout_micros",
+    "max_enqueued_batches",
+    "num_batch_threads",
+    "thread_pool_name",
+    "enable_large_batch_splitting",
+    "max_execution_batch_size",
+)
 
 
 def _invalid(message: str) -> AspireError:
@@ -143,12 +166,16 @@ def _validate(p: BatchingParameters) -> BatchingParameters:
     if p.allowed_batch_sizes:
         # batching_session.cc CreateBasicBatchingSession (the model server's path does not check
         # this; the proto's comment requires it).
-        if any(b <= a for a, b in zip(p.allowed_batch_sizes, p.allowed_batch_sizes[1:])):
+        if any(
+            b <= a for a, b in zip(p.allowed_batch_sizes, p.allowed_batch_sizes[1:], strict=False)
+        ):
             raise _invalid("allowed_batch_sizes entries must be monotonically increasing")
         last = p.allowed_batch_sizes[-1]
         if last != p.max_batch_size:  # bundle_factory_util.cc WrapSessionForBatching
-            raise _invalid("Last entry in allowed_batch_sizes must match max_batch_size; last "
-                           f"entry was {last}; expected {p.max_batch_size}")
+            raise _invalid(
+                "Last entry in allowed_batch_sizes must match max_batch_size; last "
+                f"entry was {last}; expected {p.max_batch_size}"
+            )
     max_enqueued = p.max_enqueued_batches
     if max_enqueued == 0 and not p.enable_large_batch_splitting:
         max_enqueued = 1  # SharedBatchScheduler::AddQueue keeps old low-QPS configs working
@@ -167,16 +194,22 @@ def _validate(p: BatchingParameters) -> BatchingParameters:
             raise _invalid(f"max_execution_batch_size must be positive; was {max_execution}")
         if p.max_batch_size < max_execution:
             # errors::InvalidArgument StrCat's the three values after the sentence, unseparated.
-            raise _invalid("When enable_large_batch_splitting is true, input_batch_size_limit "
-                           "must be greater than or equal to max_execution_batch_size."
-                           f"1{p.max_batch_size}{max_execution}")
+            raise _invalid(
+                "When enable_large_batch_splitting is true, input_batch_size_limit "
+                "must be greater than or equal to max_execution_batch_size."
+                f"1{p.max_batch_size}{max_execution}"
+            )
     return BatchingParameters(
-        max_batch_size=p.max_batch_size, batch_timeout_micros=p.batch_timeout_micros,
-        max_enqueued_batches=max_enqueued, num_batch_threads=p.num_batch_threads,
+        max_batch_size=p.max_batch_size,
+        batch_timeout_micros=p.batch_timeout_micros,
+        max_enqueued_batches=max_enqueued,
+        num_batch_threads=p.num_batch_threads,
         thread_pool_name=p.thread_pool_name,
         enable_large_batch_splitting=p.enable_large_batch_splitting,
-        max_execution_batch_size=max_execution, allowed_batch_sizes=p.allowed_batch_sizes,
-        pad_variable_length_inputs=p.pad_variable_length_inputs)
+        max_execution_batch_size=max_execution,
+        allowed_batch_sizes=p.allowed_batch_sizes,
+        pad_variable_length_inputs=p.pad_variable_length_inputs,
+    )
 
 
 def parse_batching_parameters(text: str, source: str = "<string>") -> BatchingParameters:
@@ -187,9 +220,13 @@ def parse_batching_parameters(text: str, source: str = "<string>") -> BatchingPa
     except text_format.ParseError as err:
         raise _invalid(f"Invalid protobuf file: '{source}': {err}") from None
     values = {name: getattr(proto, name).value for name in _WRAPPED if proto.HasField(name)}
-    return _validate(BatchingParameters(
-        **values, allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
-        pad_variable_length_inputs=proto.pad_variable_length_inputs))
+    return _validate(
+        BatchingParameters(
+            **values,
+            allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
+            pad_variable_length_inputs=proto.pad_variable_length_inputs,
+        )
+    )
 
 
 def load_batching_parameters(file: str | None) -> BatchingParameters:

@@ -6,6 +6,7 @@ ServerCore::ReloadConfig, with its messages: one entry per name, absolute base p
 platform "tensorflow". `--model_config_file`, its polling and gRPC's HandleReloadConfigRequest all
 go through `models_from_config` and `labels_from_config`.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from core.errors import AspireError, invalid_argument
 from core.names import check_name
-from policies.aspired import All, Latest, Specific, VersionPolicy
+from policies.aspired import All, Latest, ServableVersionPolicy, Specific
 
 SUPPORTED_PLATFORMS = ("tensorflow",)
 
@@ -21,9 +22,10 @@ SUPPORTED_PLATFORMS = ("tensorflow",)
 @dataclass(frozen=True)
 class ModelSource:
     """One served model: its name, its base path and the version policy the source applies."""
+
     name: str
     base_path: str
-    version_policy: VersionPolicy = Latest(1)
+    version_policy: ServableVersionPolicy = Latest(1)
 
 
 def version_policy(config) -> Latest | All | Specific:
@@ -44,8 +46,10 @@ def models_from_config(server_config) -> list[ModelSource]:
     if kind is None:
         return []
     if kind != "model_config_list":
-        raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                               "Only ModelConfigList is currently supported")
+        raise invalid_argument(
+            "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+            "Only ModelConfigList is currently supported"
+        )
     models, seen = [], set()
     for config in server_config.model_config_list.config:
         name = config.name
@@ -55,17 +59,21 @@ def models_from_config(server_config) -> list[ModelSource]:
             raise invalid_argument(f"Illegal to list model {name} multiple times in config list")
         seen.add(name)
         if "://" not in config.base_path and not os.path.isabs(config.base_path):
-            raise invalid_argument(f"Expected model {name} to have an absolute path or URI; got "
-                                   f"base_path()={config.base_path}")
+            raise invalid_argument(
+                f"Expected model {name} to have an absolute path or URI; got "
+                f"base_path()={config.base_path}"
+            )
         has_type = config.model_type != 0
         if has_type and config.model_platform:
             raise invalid_argument(
                 "Illegal setting both ModelServerConfig::model_type (deprecated) and "
-                f"ModelServerConfig::model_platform, model name is {name}")
+                f"ModelServerConfig::model_platform, model name is {name}"
+            )
         if not has_type and not config.model_platform:
             raise invalid_argument(
                 "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
-                f"ModelServerConfig::model_platform, model name is {name}")
+                f"ModelServerConfig::model_platform, model name is {name}"
+            )
         platform = config.model_platform or ("tensorflow" if config.model_type == 1 else "other")
         if platform not in SUPPORTED_PLATFORMS:
             raise invalid_argument(f"Model {name} requests unsupported platform {platform}")
@@ -77,14 +85,18 @@ def labels_from_config(server_config) -> dict[str, dict[str, int]]:
     """{model: {label: version}} from each ModelConfig's version_labels."""
     if server_config.WhichOneof("config") != "model_config_list":
         return {}
-    return {c.name: dict(c.version_labels) for c in server_config.model_config_list.config
-            if c.version_labels}
+    return {
+        c.name: dict(c.version_labels)
+        for c in server_config.model_config_list.config
+        if c.version_labels
+    }
 
 
 def read_config_file(path: str):
     """Parse a text-format ModelServerConfig; INVALID_ARGUMENT naming the file and the line."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
+
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -96,7 +108,8 @@ def read_config_file(path: str):
     except text_format.ParseError as exc:
         raise invalid_argument(
             f"Invalid protobuf file: '{path}': Error parsing text-format "
-            f"tensorflow.serving.ModelServerConfig: {exc}") from None
+            f"tensorflow.serving.ModelServerConfig: {exc}"
+        ) from None
     return config
 
 

@@ -12,6 +12,7 @@ The message class comes from `tensorflow_serving.config.monitoring_config_pb2` w
 tensorflow-serving-api ships it (2.21 does not); otherwise it is built here, in a private
 descriptor pool, from the two-message proto (ts/config/monitoring_config.proto).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter
 @dataclass(frozen=True)
 class PrometheusSettings:
     """Whether to serve the Prometheus page, and on which REST path."""
+
     enabled: bool = False
     path: str = DEFAULT_PROMETHEUS_PATH
 
@@ -34,23 +36,32 @@ class PrometheusSettings:
 def _monitoring_config_class():
     try:
         from tensorflow_serving.config import monitoring_config_pb2
+
         return monitoring_config_pb2.MonitoringConfig
     except ImportError:
         pass
     proto = descriptor_pb2.FileDescriptorProto(
         name="tensorflow_serving/config/monitoring_config.proto",
-        package="tensorflow.serving", syntax="proto3")
+        package="tensorflow.serving",
+        syntax="proto3",
+    )
     F = descriptor_pb2.FieldDescriptorProto
     prometheus = proto.message_type.add(name="PrometheusConfig")
     prometheus.field.add(name="enable", number=1, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL)
     prometheus.field.add(name="path", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
     monitoring = proto.message_type.add(name="MonitoringConfig")
-    monitoring.field.add(name="prometheus_config", number=1, type=F.TYPE_MESSAGE,
-                         label=F.LABEL_OPTIONAL, type_name=".tensorflow.serving.PrometheusConfig")
+    monitoring.field.add(
+        name="prometheus_config",
+        number=1,
+        type=F.TYPE_MESSAGE,
+        label=F.LABEL_OPTIONAL,
+        type_name=".tensorflow.serving.PrometheusConfig",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+        pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
+    )
 
 
 MonitoringConfig = _monitoring_config_class()
@@ -66,8 +77,11 @@ def parse_monitoring_config(text: str, source: str = "<string>") -> PrometheusSe
     prometheus = config.prometheus_config
     path = prometheus.path or DEFAULT_PROMETHEUS_PATH
     if not path.startswith("/"):
-        raise AspireError(f"Invalid monitoring config '{source}': prometheus_config.path must "
-                          f"start with \"/\", got {path!r}", "INVALID_ARGUMENT")
+        raise AspireError(
+            f"Invalid monitoring config '{source}': prometheus_config.path must "
+            f'start with "/", got {path!r}',
+            "INVALID_ARGUMENT",
+        )
     return PrometheusSettings(enabled=prometheus.enable, path=path)
 
 

@@ -1,27 +1,53 @@
 """Errors that carry a TensorFlow status code, and the one table that maps codes to HTTP.
 
-Every failure a client can see is an `AspireError(code, message)`. The REST router turns it into
-TF Serving's `{"error": message}` body with `http_status(code)`; the gRPC ingress uses the same code.
-Load failures are recorded as state (error_code, error_message) in the manager, never re-raised
-into its loops.
+Every failure a client can see is an `AspireError(code, message)`. The REST router turns it into TF
+Serving's `{"error": message}` body with `http_status(code)`; the gRPC ingress uses the same code.
+Load failures are recorded as state (error_code, error_message) in the manager, never re-raised into
+its loops.
 """
+
 from __future__ import annotations
 
 # tensorflow.error.Code names, in enum order (value = index), as TF Serving reports them.
 CODES = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
     "UNAUTHENTICATED",
 )
 
 # http_server.cc ToHTTPStatusCode
 _HTTP_STATUS = {
-    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
-    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
-    "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
 }
 
 
@@ -67,8 +93,9 @@ class BodyTooLarge(AspireError):
 
     def __init__(self, size: int | None, limit: int, what: str = "Request body"):
         told = f" of {size} bytes" if size is not None else ""
-        super().__init__(f"{what}{told} is larger than the limit of {limit} bytes "
-                         "(--rest_api_max_body_bytes)")
+        super().__init__(
+            f"{what}{told} is larger than the limit of {limit} bytes (--rest_api_max_body_bytes)"
+        )
 
 
 def invalid_argument(message: str) -> AspireError:

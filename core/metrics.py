@@ -44,6 +44,7 @@ store keeps at most `MAX_SERIES_PER_METRIC` label sets per metric; any further n
 folded into one series whose label values are all `OVERFLOW` ("_overflow"), and each folded delta
 entry increments `aspire_metrics_dropped_series_total{metric=<name>}`.
 """
+
 from __future__ import annotations
 
 import math
@@ -98,8 +99,22 @@ def _exponential(scale: float, growth: float, count: int) -> tuple[float, ...]:
 
 
 TF_LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # microseconds
-ASPIRE_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                          2.5, 5.0, 10.0)
+ASPIRE_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 ASPIRE_LOAD_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 # Finite upper bounds of every histogram (the +Inf bucket is implicit); observe() of a name that
@@ -115,10 +130,17 @@ HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
 
 # Every recordable counter name; inc() of a name that is not here raises KeyError.
 # (ASPIRE_DROPPED_SERIES is counted by the store itself, never recorded.)
-COUNTERS = frozenset({
-    TFS_REQUEST_COUNT, TFS_MODEL_WARMUP_RECORDS_READ, TF_LOAD_ATTEMPT_COUNT, TF_LOAD_LATENCY,
-    ASPIRE_REQUESTS, ASPIRE_LOAD_ATTEMPTS, ASPIRE_ADMISSION_REFUSALS,
-})
+COUNTERS = frozenset(
+    {
+        TFS_REQUEST_COUNT,
+        TFS_MODEL_WARMUP_RECORDS_READ,
+        TF_LOAD_ATTEMPT_COUNT,
+        TF_LOAD_LATENCY,
+        ASPIRE_REQUESTS,
+        ASPIRE_LOAD_ATTEMPTS,
+        ASPIRE_ADMISSION_REFUSALS,
+    }
+)
 
 # Label names of every recorded metric, in the order they are rendered.
 LABEL_NAMES: dict[str, tuple[str, ...]] = {
@@ -146,7 +168,7 @@ HELP: dict[str, str] = {
     ASPIRE_ADMISSION_REFUSALS: "Loads refused by admission control, by model and reason.",
     ASPIRE_BATCH_TASKS: "Requests (tasks) per batch run by dynamic batching, by model and version.",
     ASPIRE_DROPPED_SERIES: "Label sets folded into the _overflow series because a metric hit "
-                           "its series limit, by metric.",
+    "its series limit, by metric.",
     ASPIRE_SERVABLE_STATE: "1 for the current state of a servable version, 0 for the others.",
     ASPIRE_GPU_MEMORY_TOTAL: "Total memory of a GPU in bytes.",
     ASPIRE_GPU_MEMORY_RESERVED: "GPU memory reserved by placed servables in bytes.",
@@ -160,8 +182,11 @@ HELP: dict[str, str] = {
 _STATE_GAUGES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ASPIRE_GPU_MEMORY_TOTAL: ("gpus", ("node", "gpu"), "total"),
     ASPIRE_GPU_MEMORY_RESERVED: ("gpus", ("node", "gpu"), "reserved"),
-    ASPIRE_SERVABLE_VRAM_RESERVED: ("vram_by_version", ("model", "version", "node", "gpu"),
-                                    "bytes"),
+    ASPIRE_SERVABLE_VRAM_RESERVED: (
+        "vram_by_version",
+        ("model", "version", "node", "gpu"),
+        "bytes",
+    ),
     ASPIRE_HOST_RAM_TOTAL: ("hosts", ("node",), "total"),
     ASPIRE_HOST_RAM_RESERVED: ("hosts", ("node",), "reserved"),
     ASPIRE_TRAFFIC_WEIGHT: ("traffic", ("model", "version"), "weight"),
@@ -182,7 +207,7 @@ def labels_for(name: str, *values: object) -> Labels:
     names = LABEL_NAMES[name]
     if len(values) != len(names):
         raise ValueError(f"{name} takes labels {names}, got {len(values)} values")
-    return tuple(zip(names, map(str, values)))
+    return tuple(zip(names, map(str, values), strict=True))
 
 
 def model_label(name: str, known: Callable[[str], bool] | Collection[str]) -> str:
@@ -204,6 +229,7 @@ class Deltas:
     source, seq: set by a Shipper: which process shipped them and its shipment number, so the
     store applies each shipment once even when a send that timed out is sent again.
     """
+
     counters: dict[tuple[str, Labels], float] = field(default_factory=dict)
     histograms: dict[tuple[str, Labels], list] = field(default_factory=dict)
     source: str = ""
@@ -275,8 +301,9 @@ class MetricsStore:
                 raise KeyError(name)
         for (name, _), (counts, _) in deltas.histograms.items():
             if len(counts) != len(HISTOGRAM_BUCKETS[name]) + 1:
-                raise ValueError(f"{name}: {len(counts)} buckets, expected "
-                                 f"{len(HISTOGRAM_BUCKETS[name]) + 1}")
+                raise ValueError(
+                    f"{name}: {len(counts)} buckets, expected {len(HISTOGRAM_BUCKETS[name]) + 1}"
+                )
         with self._lock:
             if deltas.source:
                 if deltas.seq <= self._applied.get(deltas.source, 0):
@@ -287,13 +314,13 @@ class MetricsStore:
                 labels = self._admit(name, series, labels)
                 series[labels] = series.get(labels, 0) + value
             for (name, labels), (counts, total) in deltas.histograms.items():
-                series = self._histograms.setdefault(name, {})
-                labels = self._admit(name, series, labels)
-                entry = series.get(labels)
+                buckets = self._histograms.setdefault(name, {})
+                labels = self._admit(name, buckets, labels)
+                entry = buckets.get(labels)
                 if entry is None:
-                    series[labels] = [list(counts), total]
+                    buckets[labels] = [list(counts), total]
                 else:
-                    entry[0] = [a + b for a, b in zip(entry[0], counts)]
+                    entry[0] = [a + b for a, b in zip(entry[0], counts, strict=True)]
                     entry[1] += total
 
     def _admit(self, name: str, series: dict, labels: Labels) -> Labels:
@@ -329,11 +356,16 @@ class MetricsStore:
             lines = self._render(lambda name: not _is_tf(name), tf_style=False, extra=families)
         return _page(lines)
 
-    def _render(self, wanted: Callable[[str], bool], tf_style: bool,
-                extra: dict[str, list[tuple[Labels, float]]] | None = None) -> list[str]:
+    def _render(
+        self,
+        wanted: Callable[[str], bool],
+        tf_style: bool,
+        extra: dict[str, list[tuple[Labels, float]]] | None = None,
+    ) -> list[str]:
         kinds = {name: "counter" for name, series in self._counters.items() if series}
         kinds.update((name, "histogram") for name, series in self._histograms.items() if series)
-        kinds.update((name, "gauge") for name, series in (extra or {}).items() if series)
+        extra = extra or {}
+        kinds.update((name, "gauge") for name, series in extra.items() if series)
         lines: list[str] = []
         for name in sorted(n for n in kinds if wanted(n)):
             kind = kinds[name]
@@ -351,28 +383,39 @@ class MetricsStore:
                 bounds = [le(b) for b in HISTOGRAM_BUCKETS[name]] + ["+Inf"]
                 for labels, (counts, total) in sorted(self._histograms[name].items()):
                     cumulative = 0
-                    for bound, count in zip(bounds, counts):
+                    for bound, count in zip(bounds, counts, strict=True):
                         cumulative += count
-                        lines.append(_sample(f"{name}_bucket", labels + (("le", bound),),
-                                             cumulative, tf_style))
+                        lines.append(
+                            _sample(
+                                f"{name}_bucket", labels + (("le", bound),), cumulative, tf_style
+                            )
+                        )
                     lines.append(_sample(f"{name}_sum", labels, total, tf_style))
                     lines.append(_sample(f"{name}_count", labels, cumulative, tf_style))
         return lines
 
 
 def _state_gauges(state: dict) -> Iterable[tuple[str, list[tuple[Labels, float]]]]:
-    servable = []
+    servable: list[tuple[Labels, float]] = []
     for entry in state.get("versions", ()):
         if entry["state"] not in SERVABLE_STATES:
             raise ValueError(f"unknown servable state {entry['state']!r}")
         for s in SERVABLE_STATES:
-            labels = (("model", str(entry["model"])), ("version", str(entry["version"])),
-                      ("state", s))
+            labels: Labels = (
+                ("model", str(entry["model"])),
+                ("version", str(entry["version"])),
+                ("state", s),
+            )
             servable.append((labels, 1 if s == entry["state"] else 0))
     yield ASPIRE_SERVABLE_STATE, servable
     for name, (key, label_names, value_field) in _STATE_GAUGES.items():
-        yield name, [(tuple((n, str(entry[n])) for n in label_names), entry[value_field])
-                     for entry in state.get(key, ())]
+        yield (
+            name,
+            [
+                (tuple((n, str(entry[n])) for n in label_names), entry[value_field])
+                for entry in state.get(key, ())
+            ],
+        )
 
 
 def escape_label_value(value: str) -> str:
@@ -422,10 +465,12 @@ class Shipper:
     restarting loses no counts, and the store, which applies a shipment number once, never
     counts one twice when a send timed out but arrived."""
 
-    def __init__(self, recorder: Recorder, send: Callable[[Deltas], None],
-                 period_s: float = SHIP_PERIOD_S):
+    def __init__(
+        self, recorder: Recorder, send: Callable[[Deltas], None], period_s: float = SHIP_PERIOD_S
+    ):
         self.recorder, self._send, self._period_s = recorder, send, period_s
-        self._source, self._seq, self._pending = uuid.uuid4().hex, 0, None
+        self._source, self._seq = uuid.uuid4().hex, 0
+        self._pending: Deltas | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one shipment at a time, so deltas arrive in order
         self._thread = threading.Thread(target=self._run, name="aspire-metrics", daemon=True)

@@ -31,6 +31,7 @@ an unknown model: `...`, `model..1`, `..my_model`, `a.b`, names with inner space
 letters. The message echoes at most 64 characters of the refused value, with every character
 outside printable ASCII (and the backslash) escaped, so the answer never carries control bytes.
 """
+
 from __future__ import annotations
 
 import hashlib

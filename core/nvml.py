@@ -3,6 +3,7 @@
 The cluster's GPU inventory (cluster/inventory.py) reads devices through NVML too; a replica
 measures its own peak after loading (deployments/servable.py) with `process_vram_bytes`.
 """
+
 from __future__ import annotations
 
 
@@ -12,6 +13,7 @@ def process_vram_bytes(pid: int) -> int | None:
     that is the measured peak the manager remembers for the version."""
     try:
         import pynvml
+
         pynvml.nvmlInit()
     except Exception:
         return None

@@ -23,6 +23,7 @@ always have equal length, so the time an answer takes says nothing about how muc
 was right. Use long random tokens (`openssl rand -hex 32`): a digest of a short one could be
 brute-forced by someone who can read the GCS.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,11 +65,15 @@ def read_token(path: str) -> str:
     if not token:
         raise TokenFileError(f"token file {path} is empty")
     if any(not 0x21 <= ord(c) <= 0x7E for c in token):
-        raise TokenFileError(f"token file {path} holds whitespace or control characters inside "
-                             "the token")
+        raise TokenFileError(
+            f"token file {path} holds whitespace or control characters inside the token"
+        )
     if len(token) < MIN_TOKEN_CHARS:
-        log.warning("the token in %s has %d characters; use a long random one (openssl rand "
-                    "-hex 32)", path, len(token))
+        log.warning(
+            "the token in %s has %d characters; use a long random one (openssl rand -hex 32)",
+            path,
+            len(token),
+        )
     if os.stat(path).st_mode & 0o077:
         log.warning("token file %s is readable by other users (chmod 600 it)", path)
     return token
@@ -109,18 +114,24 @@ class BearerAuth:
             return
         token = bearer_token(header)
         if token is None:
-            raise AspireError("Missing bearer token: send the header 'Authorization: Bearer "
-                              "<token>'", "UNAUTHENTICATED")
+            raise AspireError(
+                "Missing bearer token: send the header 'Authorization: Bearer <token>'",
+                "UNAUTHENTICATED",
+            )
         presented = digest(token)
         # Both comparisons always run: which one matched must not show in the timing either.
         is_user = hmac.compare_digest(presented, self.token_digest)
-        is_admin = self.admin_digest is not None and hmac.compare_digest(presented, self.admin_digest)
+        is_admin = self.admin_digest is not None and hmac.compare_digest(
+            presented, self.admin_digest
+        )
         if not (is_user or is_admin):
             raise AspireError("Invalid bearer token", "UNAUTHENTICATED")
         if admin and not is_admin:
             if self.admin_digest is None:
-                raise AspireError("Admin calls are disabled: the server was started without "
-                                  "--admin_token_file", "PERMISSION_DENIED")
+                raise AspireError(
+                    "Admin calls are disabled: the server was started without --admin_token_file",
+                    "PERMISSION_DENIED",
+                )
             raise AspireError("This call needs the admin token", "PERMISSION_DENIED")
 
 
@@ -136,11 +147,18 @@ class GrpcAuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if not self._auth.enabled or method.startswith(OPEN_SERVICES):
             return await continuation(handler_call_details)
-        header = next((value for key, value in handler_call_details.invocation_metadata or ()
-                       if key == "authorization"), None)
+        header = next(
+            (
+                value
+                for key, value in handler_call_details.invocation_metadata or ()
+                if key == "authorization"
+            ),
+            None,
+        )
         try:
-            self._auth.check(header if isinstance(header, str) else None,
-                             admin=method in ADMIN_METHODS)
+            self._auth.check(
+                header if isinstance(header, str) else None, admin=method in ADMIN_METHODS
+            )
         except AspireError as err:
             handler = await continuation(handler_call_details)
             return _refusal(err, handler is not None and handler.response_streaming)

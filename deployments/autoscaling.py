@@ -10,6 +10,7 @@ Serve applies min/max_replicas and the up- and downscale delays around it, as fo
 Named in each autoscaled version's Serve config (config/aspire_config.py AUTOSCALING_POLICY) and
 imported by Serve's controller: it must stay light (no TensorFlow).
 """
+
 from __future__ import annotations
 
 DIRECT_ONGOING = "aspire_direct_ongoing"  # the metric replicas report

@@ -40,6 +40,7 @@ from many request threads at once. Contract, with the TF source each rule comes 
 
 Counters for metrics: `stats()` -> BatcherStats(batches, tasks, rows, padding_rows).
 """
+
 from __future__ import annotations
 
 import threading
@@ -61,9 +62,9 @@ TIMEOUT_MESSAGE = "Run() timeout exceeded while waiting in batching queue"
 
 @dataclass(frozen=True)
 class BatcherStats:
-    batches: int = 0       # calls to `run`
-    tasks: int = 0         # task pieces run (a split task counts once per piece)
-    rows: int = 0          # task rows run, padding excluded
+    batches: int = 0  # calls to `run`
+    tasks: int = 0  # task pieces run (a split task counts once per piece)
+    rows: int = 0  # task rows run, padding excluded
     padding_rows: int = 0  # rows added to reach an allowed batch size
 
 
@@ -126,13 +127,16 @@ def _task_size(inputs: dict) -> int:
     size = None
     for value in inputs.values():
         if value.ndim == 0:
-            raise _fail("Batching Run() input tensors must have at least one dimension",
-                        "INVALID_ARGUMENT")
+            raise _fail(
+                "Batching Run() input tensors must have at least one dimension", "INVALID_ARGUMENT"
+            )
         if size is None:
             size = value.shape[0]
         elif value.shape[0] != size:
-            raise _fail("Batching Run() input tensors must have equal 0th-dimension size",
-                        "INVALID_ARGUMENT")
+            raise _fail(
+                "Batching Run() input tensors must have equal 0th-dimension size",
+                "INVALID_ARGUMENT",
+            )
     return int(size)
 
 
@@ -145,15 +149,19 @@ def _pad_non_batch_dims(value: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
         return value.reshape(shape)
     if value.size == 0:
         raise _fail("Got empty tensor in batch of non-empty tensors.", "INVALID_ARGUMENT")
-    widths = [(0, 0)] + [(0, want - have) for have, want in zip(value.shape[1:], dims)]
+    widths = [(0, 0)] + [(0, want - have) for have, want in zip(value.shape[1:], dims, strict=True)]
     return np.pad(value, widths, mode="constant", constant_values=value.flat[0])
 
 
 class Batcher:
     """Batches concurrent `submit()` calls into `run` calls; see the module docstring."""
 
-    def __init__(self, run: RunFn, params: BatchingParameters,
-                 on_batch: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        run: RunFn,
+        params: BatchingParameters,
+        on_batch: Callable[[int, int], None] | None = None,
+    ):
         self._run = run
         self._on_batch = on_batch  # (tasks, padding rows) of each batch run, for metrics
         self._params = params
@@ -164,15 +172,21 @@ class Batcher:
         self._next = 0  # round-robin position in _queues
         self._closed = False
         self._stats = BatcherStats()
-        self._workers = [threading.Thread(target=self._work, daemon=True,
-                                          name=f"{params.thread_pool_name}_{i}")
-                         for i in range(params.batch_threads())]
+        self._workers = [
+            threading.Thread(target=self._work, daemon=True, name=f"{params.thread_pool_name}_{i}")
+            for i in range(params.batch_threads())
+        ]
         for worker in self._workers:
             worker.start()
 
     # ----------------------------------------------------------------------------- request side
-    def submit(self, signature_name: str, inputs: dict, output_aliases: list[str] | None = None,
-               timeout_ms: int | None = None) -> dict:
+    def submit(
+        self,
+        signature_name: str,
+        inputs: dict,
+        output_aliases: list[str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dict:
         """Run `inputs` as part of a batch; returns {alias: ndarray} for this task's rows only.
 
         `timeout_ms` (TF's RunOptions.timeout_in_ms; None or <= 0 = none) bounds the time spent
@@ -181,9 +195,18 @@ class Batcher:
         arrays = {alias: np.asarray(value) for alias, value in inputs.items()}
         size = _task_size(arrays)
         outputs = None if output_aliases is None else tuple(sorted(set(output_aliases)))
-        key = (signature_name, outputs, tuple(
-            (alias, x.dtype.str, x.ndim if self._params.pad_variable_length_inputs else x.shape[1:])
-            for alias, x in sorted(arrays.items())))
+        key = (
+            signature_name,
+            outputs,
+            tuple(
+                (
+                    alias,
+                    x.dtype.str,
+                    x.ndim if self._params.pad_variable_length_inputs else x.shape[1:],
+                )
+                for alias, x in sorted(arrays.items())
+            ),
+        )
         now = time.monotonic()
         deadline = now + timeout_ms / 1000 if timeout_ms and timeout_ms > 0 else None
         with self._cond:
@@ -196,8 +219,11 @@ class Batcher:
             result = _Result(len(pieces))
             offset = 0
             for piece, n in enumerate(pieces):
-                part = arrays if len(pieces) == 1 else {
-                    alias: x[offset:offset + n] for alias, x in arrays.items()}
+                part = (
+                    arrays
+                    if len(pieces) == 1
+                    else {alias: x[offset : offset + n] for alias, x in arrays.items()}
+                )
                 offset += n
                 if queue.batches[-1].size + n > self._execution_size:
                     queue.batches.append(_Batch())  # closes the open batch
@@ -212,30 +238,40 @@ class Batcher:
             raise result.error
         if len(result.outputs) == 1:
             return result.outputs[0]
-        return {alias: np.concatenate([piece[alias] for piece in result.outputs], axis=0)
-                for alias in result.outputs[0]}
+        return {
+            alias: np.concatenate([piece[alias] for piece in result.outputs], axis=0)
+            for alias in result.outputs[0]
+        }
 
     def _admit(self, queue: _Queue, size: int) -> list[int]:
         """Sizes of the pieces the task is queued as, or the AspireError refusing it."""
         p = self._params
         if size > p.max_batch_size:
-            raise _fail(f"Task size {size} is larger than maximum input batch size "
-                        f"{p.max_batch_size}", "INVALID_ARGUMENT")
+            raise _fail(
+                f"Task size {size} is larger than maximum input batch size {p.max_batch_size}",
+                "INVALID_ARGUMENT",
+            )
         limit, enqueued = self._execution_size, len(queue.batches)
         open_size = queue.batches[-1].size
         if not p.enable_large_batch_splitting:
             if open_size + size > p.max_batch_size and enqueued >= p.max_enqueued_batches:
-                raise _fail("The batch scheduling queue to which this task was submitted is full; "
-                            f"currently {enqueued} batches enqueued and max_enqueued_batches is "
-                            f"{p.max_enqueued_batches}", "UNAVAILABLE")
+                raise _fail(
+                    "The batch scheduling queue to which this task was submitted is full; "
+                    f"currently {enqueued} batches enqueued and max_enqueued_batches is "
+                    f"{p.max_enqueued_batches}",
+                    "UNAVAILABLE",
+                )
             return [size]
         capacity = (p.max_enqueued_batches - enqueued) * limit + (limit - open_size)
         if size > capacity:
-            raise _fail("The batch scheduling queue to which this task was submitted is full; task "
-                        f"size is {size} but scheduling capacity is only {capacity} "
-                        f"(num_enqueued_batches={enqueued}, max_enqueued_batches="
-                        f"{p.max_enqueued_batches}, open_batch_size={open_size}, "
-                        f"max_execution_batch_size={limit})", "UNAVAILABLE")
+            raise _fail(
+                "The batch scheduling queue to which this task was submitted is full; task "
+                f"size is {size} but scheduling capacity is only {capacity} "
+                f"(num_enqueued_batches={enqueued}, max_enqueued_batches="
+                f"{p.max_enqueued_batches}, open_batch_size={open_size}, "
+                f"max_execution_batch_size={limit})",
+                "UNAVAILABLE",
+            )
         remaining = limit - open_size
         if size <= remaining:
             return [size]
@@ -253,9 +289,14 @@ class Batcher:
             queue = self._queues[keys[index]]
             batches = queue.batches
             open_batch = batches[-1]
-            if len(batches) == 1 and open_batch.tasks and (
+            if (
+                len(batches) == 1
+                and open_batch.tasks
+                and (
                     open_batch.size >= self._execution_size
-                    or now >= open_batch.start + self._timeout_s):
+                    or now >= open_batch.start + self._timeout_s
+                )
+            ):
                 batches.append(_Batch())
             if len(batches) >= 2:
                 self._next = index + 1
@@ -294,14 +335,15 @@ class Batcher:
             outputs = self._run_batch(queue, batch.tasks)
         except BaseException as exc:  # every task must be answered, whatever happened
             code = exc.code if isinstance(exc, AspireError) else "INTERNAL"
-            message = (exc.message if isinstance(exc, AspireError)
-                       else f"{type(exc).__name__}: {exc}")
+            message = (
+                exc.message if isinstance(exc, AspireError) else f"{type(exc).__name__}: {exc}"
+            )
             for task in batch.tasks:
                 task.result.finish(task.piece, error=_fail(message, code))
             if not isinstance(exc, Exception):
                 raise
             return
-        for task, task_outputs in zip(batch.tasks, outputs):
+        for task, task_outputs in zip(batch.tasks, outputs, strict=True):
             task.result.finish(task.piece, outputs=task_outputs)
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> list[dict]:
@@ -325,8 +367,9 @@ class Batcher:
             merged[alias] = values[0] if len(values) == 1 else np.concatenate(values, axis=0)
         with self._cond:
             s = self._stats
-            self._stats = BatcherStats(s.batches + 1, s.tasks + len(tasks), s.rows + total,
-                                       s.padding_rows + padding)
+            self._stats = BatcherStats(
+                s.batches + 1, s.tasks + len(tasks), s.rows + total, s.padding_rows + padding
+            )
         if self._on_batch is not None:
             self._on_batch(len(tasks), padding)
         aliases = None if queue.output_aliases is None else list(queue.output_aliases)
@@ -340,13 +383,17 @@ class Batcher:
             if value.ndim == 0:
                 raise _fail("Batched output tensor has 0 dimensions", "FAILED_PRECONDITION")
             if value.shape[0] != total + padding:
-                raise _fail("Batched output tensor's 0th dimension does not equal the sum of the "
-                            "0th dimension sizes of the input tensors", "FAILED_PRECONDITION")
+                raise _fail(
+                    "Batched output tensor's 0th dimension does not equal the sum of the "
+                    "0th dimension sizes of the input tensors",
+                    "FAILED_PRECONDITION",
+                )
             arrays[name] = value
         per_task, offset = [], 0
         for task in tasks:
-            per_task.append({name: value[offset:offset + task.size]
-                             for name, value in arrays.items()})
+            per_task.append(
+                {name: value[offset : offset + task.size] for name, value in arrays.items()}
+            )
             offset += task.size
         return per_task
 
@@ -379,13 +426,16 @@ class BatchedModel:
     """A loaded model whose `run` goes through a Batcher, as TF Serving wraps the session of a
     version when batching is on: predict, classify, regress and warmup are all batched."""
 
-    def __init__(self, model, params: BatchingParameters,
-                 on_batch: Callable[[int, int], None] | None = None):
+    def __init__(
+        self, model, params: BatchingParameters, on_batch: Callable[[int, int], None] | None = None
+    ):
         self._model = model
         self.signatures = model.signatures
         self.batcher = Batcher(model.run, params, on_batch)
 
-    def run(self, signature_name: str, inputs: dict, output_aliases: list[str] | None = None) -> dict:
+    def run(
+        self, signature_name: str, inputs: dict, output_aliases: list[str] | None = None
+    ) -> dict:
         return self.batcher.submit(signature_name, inputs, output_aliases)
 
     def unload(self) -> None:

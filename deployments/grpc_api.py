@@ -11,6 +11,7 @@ and GetModelMetadata are decoded whole in the router, because TF Serving checks 
 before it looks the model up. Errors carry TF Serving's status code and message, truncated to
 1024 characters as TF Serving does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,13 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 HEALTH_SERVICES = ("", "tensorflow.serving.ModelService", PREDICTION_SERVICE)
 STATES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 # gRPC method -> the `api` label of Aspire's request metrics (REST uses the same words).
-API_LABELS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
-              "MultiInference": "multi_inference", "GetModelMetadata": "metadata"}
+API_LABELS = {
+    "Predict": "predict",
+    "Classify": "classify",
+    "Regress": "regress",
+    "MultiInference": "multi_inference",
+    "GetModelMetadata": "metadata",
+}
 
 
 def add_servicers(api: "GrpcApi", server, health: bool) -> None:
@@ -38,14 +44,25 @@ def add_servicers(api: "GrpcApi", server, health: bool) -> None:
     --enable_grpc_healthcheck_service, grpc.health.v1.Health (Check only; List and Watch answer
     UNIMPLEMENTED) on `server`."""
     from tensorflow_serving.apis import model_service_pb2_grpc
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PREDICTION_SERVICE, {
-        method: grpc.unary_unary_rpc_method_handler(api.forwarder(method)) for method in API_LABELS}),))
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                PREDICTION_SERVICE,
+                {
+                    method: grpc.unary_unary_rpc_method_handler(api.forwarder(method))
+                    for method in API_LABELS
+                },
+            ),
+        )
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(api, server)
     if health:
         from grpc_health.v1 import health_pb2_grpc
 
         class Health(health_pb2_grpc.HealthServicer):
             Check = api.Check
+
         health_pb2_grpc.add_HealthServicer_to_server(Health(), server)
 
 
@@ -104,7 +121,7 @@ def model_spec_parts(request: bytes) -> list[bytes] | None:
             elif wire == 2:
                 length, pos = _varint(request, pos)
                 if number == 1:
-                    parts.append(request[pos:pos + length])
+                    parts.append(request[pos : pos + length])
                 pos += length
             elif wire == 5:
                 pos += 4
@@ -119,10 +136,13 @@ def model_spec_parts(request: bytes) -> list[bytes] | None:
 
 def _decode(request_cls, request: bytes):
     from google.protobuf.message import DecodeError
+
     try:
         return request_cls.FromString(request)
     except DecodeError as exc:
-        raise invalid_argument(f"Could not parse {request_cls.DESCRIPTOR.full_name}: {exc}") from None
+        raise invalid_argument(
+            f"Could not parse {request_cls.DESCRIPTOR.full_name}: {exc}"
+        ) from None
 
 
 class GrpcApi:
@@ -134,14 +154,17 @@ class GrpcApi:
     def forwarder(self, method: str):
         async def forward(request: bytes, grpc_context) -> bytes:
             return await self._forward(method, request, grpc_context)
+
         return forward
 
     def _model_spec(self, method: str, request: bytes):
         """The ModelSpec the request names (None: it names none), with TF Serving's checks that
         come before the model lookup."""
         from tensorflow_serving.apis import model_pb2
+
         if method == "MultiInference":
             from tensorflow_serving.apis import inference_pb2
+
             decoded = _decode(inference_pb2.MultiInferenceRequest, request)
             # The servable is resolved from the first task; proto_api checks that all tasks agree.
             if not decoded.tasks:
@@ -153,12 +176,14 @@ class GrpcApi:
             from tensorflow_serving.apis import get_model_metadata_pb2
 
             from deployments.proto_api import validate_metadata_request
+
             decoded = _decode(get_model_metadata_pb2.GetModelMetadataRequest, request)
             validate_metadata_request(decoded)  # TF Serving checks the fields before the model
             return decoded.model_spec if decoded.HasField("model_spec") else None
         parts = model_spec_parts(request)
         if parts is None:  # not a well-formed message: the full decode says why
             from deployments.proto_api import request_class
+
             _decode(request_class(method), request)
             raise invalid_argument(f"Could not parse the {method} request")
         if not parts:
@@ -184,13 +209,16 @@ class GrpcApi:
         except Exception as exc:
             log.exception("gRPC %s failed", method)
             code = "INTERNAL"
-            set_error(grpc_context, AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL"))
+            set_error(
+                grpc_context, AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL")
+            )
         finally:
             self.core.record(seen, "grpc", code, time.perf_counter() - started)
         return b""
 
     async def GetModelStatus(self, request, grpc_context):
         from tensorflow_serving.apis import get_model_status_pb2
+
         response = get_model_status_pb2.GetModelStatusResponse()
         try:
             if not request.HasField("model_spec"):
@@ -203,7 +231,9 @@ class GrpcApi:
             set_error(grpc_context, err)
             return response
         for s in payload:
-            entry = response.model_version_status.add(version=s["version"], state=STATES[s["state"]])
+            entry = response.model_version_status.add(
+                version=s["version"], state=STATES[s["state"]]
+            )
             entry.status.error_code = CODES.index(s["error_code"])
             entry.status.error_message = s["error_message"]
         return response
@@ -212,14 +242,18 @@ class GrpcApi:
         from tensorflow_serving.apis import model_management_pb2
 
         from config.model_config import labels_from_config, models_from_config
+
         response = model_management_pb2.ReloadConfigResponse()
         try:
             models = models_from_config(request.config)
             if request.config.WhichOneof("config") is not None:  # empty config: no action
                 before = set(await self.core.ask_manager("configured_models"))
                 code, message = await self.core.ask_manager(
-                    "reload_config", models, labels_from_config(request.config),
-                    timeout_s=SLOW_MANAGER_CALL_S)
+                    "reload_config",
+                    models,
+                    labels_from_config(request.config),
+                    timeout_s=SLOW_MANAGER_CALL_S,
+                )
                 if code != "OK":
                     raise AspireError(message, code)
                 # As in TF Serving, the call waits for the newly named models only.
@@ -232,19 +266,29 @@ class GrpcApi:
 
     async def _wait_settled(self, names: list[str], timeout_s: float = 300.0) -> None:
         """TF Serving's reload returns once every named model has a version AVAILABLE or END."""
-        result = await self.core.ask_manager("wait_for_models", names, timeout_s, timeout_s=timeout_s + 30)
-        failures = [f"{{name: {n} version: {s['version']}}} due to error: "
-                    f"{s['error_code']}: {s['error_message']}" for n, s in result["failed"].items()]
-        failures += [f"{{name: {n}}} due to error: no version became available in {timeout_s:.0f} s"
-                     for n in result["pending"]]
+        result = await self.core.ask_manager(
+            "wait_for_models", names, timeout_s, timeout_s=timeout_s + 30
+        )
+        failures = [
+            f"{{name: {n} version: {s['version']}}} due to error: "
+            f"{s['error_code']}: {s['error_message']}"
+            for n, s in result["failed"].items()
+        ]
+        failures += [
+            f"{{name: {n}}} due to error: no version became available in {timeout_s:.0f} s"
+            for n in result["pending"]
+        ]
         if failures:
-            raise AspireError(f"{len(failures)} model(s) did not become available: "
-                              + "".join(f"{{{f}}}, " for f in failures), "UNKNOWN")
+            raise AspireError(
+                f"{len(failures)} model(s) did not become available: "
+                + "".join(f"{{{f}}}, " for f in failures),
+                "UNKNOWN",
+            )
 
     async def Check(self, request, grpc_context):
         from grpc_health.v1 import health_pb2
+
         if request.service not in HEALTH_SERVICES:
             set_error(grpc_context, AspireError(f"Unknown service: {request.service}", "NOT_FOUND"))
             return health_pb2.HealthCheckResponse()
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-

@@ -2,6 +2,7 @@
 and classify/regress result extraction, on one loaded version. REST (JSON) entry points are here;
 the gRPC ingress converts TensorProtos to the same numpy inputs and calls the same functions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,6 +19,7 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 
 def tensor_spec(info) -> json_tensor.TensorSpec:
     from tensorflow.core.framework import types_pb2
+
     shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
     dtype = types_pb2.DataType.Name(info.dtype)
     if dtype.endswith("_REF"):  # TF1 variables are fetched as values of the base type
@@ -27,17 +29,23 @@ def tensor_spec(info) -> json_tensor.TensorSpec:
 
 def signature_metadata(model: LoadedSavedModel) -> dict:
     """`metadata.signature_def` of GET /metadata: the SignatureDefMap as protobuf JSON."""
-    return {"signature_def": {
-        name: json_format.MessageToDict(sig, preserving_proto_field_name=True,
-                                        always_print_fields_with_no_presence=True)
-        for name, sig in model.signatures.items()}}
+    return {
+        "signature_def": {
+            name: json_format.MessageToDict(
+                sig, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+            for name, sig in model.signatures.items()
+        }
+    }
 
 
 def _predict_signature(model: LoadedSavedModel, name: str):
     key = name or DEFAULT_SIGNATURE
     signature = model.signatures.get(key)
     if signature is None:
-        raise invalid_argument(f'Serving signature name: "{json_tensor._text(key)}" not found in signature def')
+        raise invalid_argument(
+            f'Serving signature name: "{json_tensor._text(key)}" not found in signature def'
+        )
     if not signature.inputs:
         raise invalid_argument(f"Failed to get input map for signature: {name or 'DEFAULT'}")
     return key, signature
@@ -72,20 +80,27 @@ def _serialized_examples(doc: dict) -> np.ndarray:
     return np.array([prefix + e for e in examples], dtype=object)
 
 
-def classify(model: LoadedSavedModel, signature_name: str, serialized: np.ndarray) -> list[list[tuple[str, float]]]:
+def classify(
+    model: LoadedSavedModel, signature_name: str, serialized: np.ndarray
+) -> list[list[tuple[str, float]]]:
     key, signature = _example_signature(model, signature_name)
     # TF Serving's order of checks (classifier.cc): counts first, then names.
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
     if len(signature.outputs) not in (1, 2):
-        raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+        raise invalid_argument(
+            f"Expected one or two output Tensors, found {len(signature.outputs)}"
+        )
     if "inputs" not in signature.inputs:
-        raise invalid_argument(f"No classification inputs found in SignatureDef: {_debug(signature)}")
+        raise invalid_argument(
+            f"No classification inputs found in SignatureDef: {_debug(signature)}"
+        )
     wanted = [a for a in ("classes", "scores") if a in signature.outputs]
     if not wanted:
         raise invalid_argument(
             'Expected classification signature outputs to contain at least one of "classes" or '
-            f'"scores". Signature was: {_debug(signature)}')
+            f'"scores". Signature was: {_debug(signature)}'
+        )
     if len(serialized) == 0:
         raise invalid_argument("Input is empty.")
     out = model.run(key, {"inputs": serialized}, wanted)
@@ -95,7 +110,9 @@ def classify(model: LoadedSavedModel, signature_name: str, serialized: np.ndarra
         if tensor.ndim != 2 or tensor.shape[0] != n:
             raise invalid_argument(
                 f"Expected Tensor shape: [{n} ?] but got {list(tensor.shape)}"
-                if tensor.ndim == 2 else f"Expected {alias} Tensor of rank 2, got {tensor.ndim}")
+                if tensor.ndim == 2
+                else f"Expected {alias} Tensor of rank 2, got {tensor.ndim}"
+            )
     width = (classes if classes is not None else scores).shape[1]
     results = []
     for i in range(n):
@@ -126,7 +143,8 @@ def regress(model: LoadedSavedModel, signature_name: str, serialized: np.ndarray
     if not (values.shape == (n,) or values.shape == (n, 1)):
         raise invalid_argument(
             f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-            f"{list(values.shape)}")
+            f"{list(values.shape)}"
+        )
     return [float(v) for v in values.reshape(n)]
 
 

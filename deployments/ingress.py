@@ -10,6 +10,7 @@ Several router replicas on one node share the ports: the REST socket is bound wi
 and gRPC sets it by default, so the kernel spreads connections over them. The servers run on
 their own thread and event loop, so a slow request handler never blocks Serve's replica loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +44,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
+
         return uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop ships with ray[serve]
         return asyncio.new_event_loop()
@@ -64,15 +66,26 @@ class Ingress:
         self._grpc = None
         self._grpc_interceptors: tuple = ()
 
-    def start(self, asgi_app, host: str, rest_port: int, grpc_port: int = 0,
-              add_servicers: Callable[[object], None] | None = None, timeout_s: float = 30.0,
-              grpc_interceptors: Sequence[object] = ()) -> None:
+    def start(
+        self,
+        asgi_app,
+        host: str,
+        rest_port: int,
+        grpc_port: int = 0,
+        add_servicers: Callable[[object], None] | None = None,
+        timeout_s: float = 30.0,
+        grpc_interceptors: Sequence[object] = (),
+    ) -> None:
         """`grpc_interceptors`: grpc.aio server interceptors, run before every gRPC handler
         (deployments/auth.py's token check)."""
         self._grpc_interceptors = tuple(grpc_interceptors)
         rest_sock = listening_socket(host, rest_port)
-        self._thread = threading.Thread(target=self._run, name="aspire-ingress", daemon=True,
-                                        args=(asgi_app, rest_sock, host, grpc_port, add_servicers))
+        self._thread = threading.Thread(
+            target=self._run,
+            name="aspire-ingress",
+            daemon=True,
+            args=(asgi_app, rest_sock, host, grpc_port, add_servicers),
+        )
         self._thread.start()
         if not self._ready.wait(timeout_s):
             raise RuntimeError(f"ingress servers did not start in {timeout_s:.0f} s")
@@ -91,12 +104,18 @@ class Ingress:
 
     async def _serve(self, asgi_app, rest_sock, host: str, grpc_port: int, add_servicers) -> None:
         import uvicorn
+
         if grpc_port:
             import grpc
-            self._grpc = grpc.aio.server(interceptors=self._grpc_interceptors, options=[
-                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1)])
+
+            self._grpc = grpc.aio.server(
+                interceptors=self._grpc_interceptors,
+                options=[
+                    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+                    ("grpc.so_reuseport", 1),
+                ],
+            )
             add_servicers(self._grpc)
             address = f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
             try:
@@ -108,9 +127,17 @@ class Ingress:
                 self._ready.set()
                 return
             await self._grpc.start()
-        config = uvicorn.Config(asgi_app, interface="asgi3", lifespan="off", access_log=False,
-                                log_level="warning", proxy_headers=False,
-                                http="httptools", timeout_keep_alive=75, server_header=False)
+        config = uvicorn.Config(
+            asgi_app,
+            interface="asgi3",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            proxy_headers=False,
+            http="httptools",
+            timeout_keep_alive=75,
+            server_header=False,
+        )
         self._http = uvicorn.Server(config)
         self._http.install_signal_handlers = lambda: None  # not the main thread
         serving = asyncio.ensure_future(self._http.serve(sockets=[rest_sock]))

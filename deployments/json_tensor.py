@@ -1,25 +1,30 @@
 """JSON <-> tensor codec of TF Serving's REST API (tensorflow_serving/util/json_tensor.cc).
 
 Contract:
-* `parse_body` accepts exactly what RapidJSON 1.1.0 accepts with kParseIterativeFlag | kParseNanAndInfFlag |
-  kParseStopWhenDoneFlag (NaN/Inf/Infinity tokens, trailing bytes ignored, UTF-8 not validated, NUL = end of input) and
-  reports its errors as `JSON Parse error: <RapidJSON message> at offset: <byte offset>`. The RapidJSON emulation
-  (parser, number formatting, debug strings) lives in deployments.rapidjson_compat.
-* JSON values are Python values: object -> dict, array -> list, string -> str (bytes that are not UTF-8 kept through
-  'surrogateescape'), integer literal -> int, decimal literal -> float, true/false -> bool, null -> None. An int outside
-  [-2**63, 2**64) counts as a double, as RapidJSON stores it; one past DBL_MAX, which no Python float holds, is the
-  finite double RapidJSON's digit loop leaves.
-* Every error is an AspireError carrying TF Serving's message and code; `<json>` in messages is TF's debug string
-  (PrettyWriter, single-line arrays, cut once 256 bytes are written).
-* Predict responses format floats as WriteDecimal does; ints, bools and strings as RapidJSON writes them. Output is
-  compact JSON. A DT_STRING element that is not valid UTF-8 is written as {"b64": ...} so the body stays valid JSON.
+* `parse_body` accepts exactly what RapidJSON 1.1.0 accepts with kParseIterativeFlag |
+  kParseNanAndInfFlag | kParseStopWhenDoneFlag (NaN/Inf/Infinity tokens, trailing bytes ignored,
+  UTF-8 not validated, NUL = end of input) and reports its errors as
+  `JSON Parse error: <RapidJSON message> at offset: <byte offset>`. The RapidJSON emulation (parser,
+  number formatting, debug strings) lives in deployments.rapidjson_compat.
+* JSON values are Python values: object -> dict, array -> list, string -> str (bytes that are not
+  UTF-8 kept through 'surrogateescape'), integer literal -> int, decimal literal -> float,
+  true/false -> bool, null -> None. An int outside [-2**63, 2**64) counts as a double, as RapidJSON
+  stores it; one past DBL_MAX, which no Python float holds, is the finite double RapidJSON's digit
+  loop leaves.
+* Every error is an AspireError carrying TF Serving's message and code; `<json>` in messages is TF's
+  debug string (PrettyWriter, single-line arrays, cut once 256 bytes are written).
+* Predict responses format floats as WriteDecimal does; ints, bools and strings as RapidJSON writes
+  them. Output is compact JSON. A DT_STRING element that is not valid UTF-8 is written as
+  {"b64": ...} so the body stays valid JSON.
 
-Known differences from TF Serving: decimal literals are rounded correctly (RapidJSON's default strtod can be one ulp
-off for 16+ significant digits, which float32 inputs never show); a key repeated in one object keeps its last value
-(RapidJSON uses the first and prints both); where TF walks a protobuf Map of several inputs, names go in sorted order;
-invalid UTF-8 inside error messages becomes U+FFFD; a name from the request (input alias, feature or signature name)
-longer than 256 bytes is cut to 256 bytes and "..." in error messages.
+Known differences from TF Serving: decimal literals are rounded correctly (RapidJSON's default
+strtod can be one ulp off for 16+ significant digits, which float32 inputs never show); a key
+repeated in one object keeps its last value (RapidJSON uses the first and prints both); where TF
+walks a protobuf Map of several inputs, names go in sorted order; invalid UTF-8 inside error
+messages becomes U+FFFD; a name from the request (input alias, feature or signature name) longer
+than 256 bytes is cut to 256 bytes and "..." in error messages.
 """
+
 from __future__ import annotations
 
 import binascii
@@ -36,21 +41,38 @@ from core.errors import AspireError, invalid_argument, unimplemented
 from deployments.rapidjson_compat import _parse_value, _rj_parse, debug_string  # noqa: F401 (re-exported)
 
 _INT_RANGES = {
-    "DT_INT32": (-2**31, 2**31), "DT_INT16": (-2**31, 2**31), "DT_INT8": (-2**31, 2**31),
-    "DT_UINT8": (-2**31, 2**31), "DT_INT64": (-2**63, 2**63), "DT_UINT32": (0, 2**32), "DT_UINT64": (0, 2**64),
+    "DT_INT32": (-(2**31), 2**31),
+    "DT_INT16": (-(2**31), 2**31),
+    "DT_INT8": (-(2**31), 2**31),
+    "DT_UINT8": (-(2**31), 2**31),
+    "DT_INT64": (-(2**63), 2**63),
+    "DT_UINT32": (0, 2**32),
+    "DT_UINT64": (0, 2**64),
 }
 _NP = {
-    "DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_INT32": np.int32, "DT_INT16": np.int16,
-    "DT_INT8": np.int8, "DT_UINT8": np.uint8, "DT_INT64": np.int64, "DT_UINT32": np.uint32,
-    "DT_UINT64": np.uint64, "DT_BOOL": np.bool_, "DT_STRING": np.object_,
+    "DT_FLOAT": np.float32,
+    "DT_DOUBLE": np.float64,
+    "DT_INT32": np.int32,
+    "DT_INT16": np.int16,
+    "DT_INT8": np.int8,
+    "DT_UINT8": np.uint8,
+    "DT_INT64": np.int64,
+    "DT_UINT32": np.uint32,
+    "DT_UINT64": np.uint64,
+    "DT_BOOL": np.bool_,
+    "DT_STRING": np.object_,
 }
-_NP_OTHER = {"DT_HALF": np.float16, "DT_COMPLEX64": np.complex64, "DT_COMPLEX128": np.complex128,
-             "DT_UINT16": np.uint16}
+_NP_OTHER = {
+    "DT_HALF": np.float16,
+    "DT_COMPLEX64": np.complex64,
+    "DT_COMPLEX128": np.complex128,
+    "DT_UINT16": np.uint16,
+}
 
 
 class TensorSpec(NamedTuple):
-    dtype: str                 # TF dtype enum name, e.g. 'DT_FLOAT'
-    shape: tuple | None        # dims with -1 for unknown, None for unknown rank
+    dtype: str  # TF dtype enum name, e.g. 'DT_FLOAT'
+    shape: tuple | None  # dims with -1 for unknown, None for unknown rank
 
 
 def _tf_name(dtype: str) -> str:  # DataTypeString: DT_HALF -> half, DT_FLOAT_REF -> float_ref
@@ -82,9 +104,10 @@ def _jtype(v) -> str:  # JsonTypeString
     return {dict: "Object", list: "Array", str: "String"}.get(type(v), "Number")
 
 
-# ---------------------------------------------------------------- parsing (RapidJSON emulation: rapidjson_compat)
+# -------------------------------------------------- parsing (RapidJSON emulation: rapidjson_compat)
 def parse_body(body: bytes) -> dict:
-    """Parse a REST body as TF Serving does (see module docstring); the top level must be an object."""
+    """Parse a REST body as TF Serving does (see module docstring); the top level must be an
+    object."""
     body = bytes(body)
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
@@ -99,8 +122,10 @@ def signature_name_of(doc: dict) -> str:
         return ""
     name = doc["signature_name"]
     if not isinstance(name, str):
-        raise invalid_argument(f"JSON Value: {debug_string(doc)} not formatted correctly. "
-                               "'signature_name' key must be a string value.")
+        raise invalid_argument(
+            f"JSON Value: {debug_string(doc)} not formatted correctly. "
+            "'signature_name' key must be a string value."
+        )
     return name
 
 
@@ -111,7 +136,8 @@ _B64_SPACE = re.compile(r"[ \t\n\v\f\r]")
 
 
 def _absl_b64decode(s: str) -> bytes | None:
-    """absl::Base64Unescape: whitespace skipped, padding optional but exact when present, '.' pads too."""
+    """absl::Base64Unescape: whitespace skipped, padding optional but exact when present, '.' pads
+    too."""
     if len(s) % 4 == 0 and _B64_CANONICAL.fullmatch(s):
         return binascii.a2b_base64(s)
     m = _B64_LOOSE.fullmatch(s)
@@ -130,7 +156,9 @@ def _is_b64(v) -> bool:
 
 def _b64_value(v) -> bytes:
     if not _is_b64(v):
-        raise invalid_argument(f"JSON Value: {debug_string(v)} not formatted correctly for base64 data")
+        raise invalid_argument(
+            f"JSON Value: {debug_string(v)} not formatted correctly for base64 data"
+        )
     out = _absl_b64decode(v["b64"])
     if out is None:
         raise invalid_argument("Unable to base64 decode")
@@ -138,8 +166,10 @@ def _b64_value(v) -> bytes:
 
 
 def _type_error(v, dtype: str) -> AspireError:
-    return invalid_argument(f"JSON Value: {debug_string(v)} Type: {_jtype(v)} is not of expected type: "
-                            f"{_tf_name(dtype)}")
+    return invalid_argument(
+        f"JSON Value: {debug_string(v)} Type: {_jtype(v)} is not of expected type: "
+        f"{_tf_name(dtype)}"
+    )
 
 
 def _leaf(v, dtype: str):  # AddValueToTensor (objects: only b64 strings)
@@ -159,7 +189,9 @@ def _leaf(v, dtype: str):  # AddValueToTensor (objects: only b64 strings)
     elif dtype == "DT_BOOL":
         ok = type(v) is bool
     else:
-        raise unimplemented(f"Conversion of JSON Value: {debug_string(v)} to type: {_tf_name(dtype)}")
+        raise unimplemented(
+            f"Conversion of JSON Value: {debug_string(v)} to type: {_tf_name(dtype)}"
+        )
     if not ok:
         raise _type_error(v, dtype)
     return v
@@ -182,14 +214,20 @@ def _fill(val, dims: list[int], dtype: str) -> list:
         v, level = stack.pop()
         if not isinstance(v, list):
             if level != rank:
-                raise invalid_argument(f"JSON Value: {debug_string(v)} found at incorrect level: {level + 1} "
-                                       f"in the JSON DOM. Expected at level: {rank}")
+                raise invalid_argument(
+                    f"JSON Value: {debug_string(v)} found at incorrect level: {level + 1} "
+                    f"in the JSON DOM. Expected at level: {rank}"
+                )
             out.append(_leaf(v, dtype))
         elif level >= rank:
-            raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
+            raise invalid_argument(
+                f"Encountered list at unexpected level: {level} expected < {rank}"
+            )
         elif len(v) != dims[level]:
-            raise invalid_argument(f"Encountered list at unexpected size: {len(v)} at level: {level} "
-                                   f"expected size: {dims[level]}")
+            raise invalid_argument(
+                f"Encountered list at unexpected size: {len(v)} at level: {level} "
+                f"expected size: {dims[level]}"
+            )
         else:
             stack.extend((x, level + 1) for x in reversed(v))
     return out
@@ -204,7 +242,12 @@ def _to_array(flat: list, dims: list[int], dtype: str) -> np.ndarray:
     elif dtype == "DT_FLOAT":
         with np.errstate(over="ignore"):  # static_cast<float>(double): overflow -> inf
             arr = np.array(flat, dtype=np.float64).astype(np.float32)
-    elif dtype in ("DT_INT32", "DT_INT16", "DT_INT8", "DT_UINT8"):  # int_val is int32, narrowed by a C cast
+    elif dtype in (
+        "DT_INT32",
+        "DT_INT16",
+        "DT_INT8",
+        "DT_UINT8",
+    ):  # int_val is int32, narrowed by a C cast
         arr = np.array(flat, dtype=np.int64).astype(_NP[dtype])
     else:
         arr = np.array(flat, dtype=_NP[dtype])
@@ -213,9 +256,16 @@ def _to_array(flat: list, dims: list[int], dtype: str) -> np.ndarray:
     return arr.reshape(dims)
 
 
-_FAST = {"DT_FLOAT": (np.float64, {int, float}), "DT_DOUBLE": (np.float64, {int, float}),
-         "DT_INT64": (np.int64, {int}), "DT_UINT64": (np.uint64, {int}), "DT_BOOL": (np.bool_, {bool})}
-_FAST.update({k: (np.int64, {int}) for k in ("DT_INT32", "DT_INT16", "DT_INT8", "DT_UINT8", "DT_UINT32")})
+_FAST = {
+    "DT_FLOAT": (np.float64, {int, float}),
+    "DT_DOUBLE": (np.float64, {int, float}),
+    "DT_INT64": (np.int64, {int}),
+    "DT_UINT64": (np.uint64, {int}),
+    "DT_BOOL": (np.bool_, {bool}),
+}
+_FAST.update(
+    {k: (np.int64, {int}) for k in ("DT_INT32", "DT_INT16", "DT_INT8", "DT_UINT8", "DT_UINT32")}
+)
 
 
 def _fast_array(val, dims: list[int], dtype: str):
@@ -262,8 +312,10 @@ def _add_item(item, name, inputs, sizes, shapes, values) -> None:  # AddInstance
     elif sizes[name] != len(flat):
         raise invalid_argument(f"Expecting tensor size: {sizes[name]} but got: {len(flat)}")
     elif shapes[name] != dims:
-        raise invalid_argument(f"Expecting shape [{','.join(map(str, shapes[name]))}] "
-                               f"but got: [{','.join(map(str, dims))}]")
+        raise invalid_argument(
+            f"Expecting shape [{','.join(map(str, shapes[name]))}] "
+            f"but got: [{','.join(map(str, dims))}]"
+        )
     else:
         values[name].extend(flat)
 
@@ -271,12 +323,16 @@ def _add_item(item, name, inputs, sizes, shapes, values) -> None:  # AddInstance
 def _decode_rows(instances: list, inputs: dict) -> dict:
     names = sorted(inputs)
     if not isinstance(instances[0], dict) and len(inputs) > 1:
-        raise invalid_argument("instances is a plain list, but expecting list of objects as multiple input tensors "
-                               "required as per tensorinfo_map")
+        raise invalid_argument(
+            "instances is a plain list, but expecting list of objects as multiple input tensors "
+            "required as per tensorinfo_map"
+        )
     objects, n = _is_element_object(instances[0]), len(instances)
     if objects and all(_is_element_object(e) and e.keys() == inputs.keys() for e in instances):
         cols = {k: [e[k] for e in instances] for k in names}
-        fast = {k: _fast_array(cols[k], [n] + _shape_of(cols[k][0]), inputs[k].dtype) for k in names}
+        fast = {
+            k: _fast_array(cols[k], [n] + _shape_of(cols[k][0]), inputs[k].dtype) for k in names
+        }
         if all(a is not None for a in fast.values()):
             return fast
     elif not objects:
@@ -292,27 +348,37 @@ def _decode_rows(instances: list, inputs: dict) -> dict:
                 try:
                     _add_item(item, key, inputs, sizes, shapes, values)
                 except AspireError as e:
-                    raise invalid_argument(f"Failed to process element: {i} key: {_text(key)} of 'instances' list. "
-                                           f"Error: {e.code}: {e.message}") from None
+                    raise invalid_argument(
+                        f"Failed to process element: {i} key: {_text(key)} of 'instances' list. "
+                        f"Error: {e.code}: {e.message}"
+                    ) from None
             if set(elem) != set(names):
-                raise invalid_argument(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                                       f"{debug_string(elem)} keys must be equal to: {','.join(names)}")
+                raise invalid_argument(
+                    f"Failed to process element: {i} of 'instances' list. JSON object: "
+                    f"{debug_string(elem)} keys must be equal to: {','.join(names)}"
+                )
         else:
             if _is_element_object(elem):
-                raise invalid_argument(f"Expecting value/list but got object at item {i} of input list")
+                raise invalid_argument(
+                    f"Expecting value/list but got object at item {i} of input list"
+                )
             try:
                 _add_item(elem, names[0], inputs, sizes, shapes, values)
             except AspireError as e:
-                raise invalid_argument(f"Failed to process element: {i} of 'instances' list. "
-                                       f"Error: {e.code}: {e.message}") from None
+                raise invalid_argument(
+                    f"Failed to process element: {i} of 'instances' list. "
+                    f"Error: {e.code}: {e.message}"
+                ) from None
     return {k: _to_array(values[k], [n] + shapes[k], inputs[k].dtype) for k in values}
 
 
 def _decode_columns(val, inputs: dict) -> dict:
     if not isinstance(val, dict) or _is_b64(val):
         if len(inputs) > 1:
-            raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple input tensors "
-                                   "required as per tensorinfo_map")
+            raise invalid_argument(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors "
+                "required as per tensorinfo_map"
+            )
         name = next(iter(inputs))
         return {name: _tensor(val, inputs[name].dtype)}
     out = {}
@@ -323,19 +389,30 @@ def _decode_columns(val, inputs: dict) -> dict:
     return out
 
 
-def decode_predict_request(doc: dict, inputs: dict[str, TensorSpec]) -> tuple[dict[str, np.ndarray], str]:
-    """FillPredictRequestFromJson from the instances/inputs step on: ({alias: ndarray}, 'row' | 'columnar')."""
+def decode_predict_request(
+    doc: dict, inputs: dict[str, TensorSpec]
+) -> tuple[dict[str, np.ndarray], str]:
+    """FillPredictRequestFromJson from the instances/inputs step on:
+    ({alias: ndarray}, 'row' | 'columnar')."""
     if not inputs:
-        raise invalid_argument(f"Failed to get input map for signature: {signature_name_of(doc) or 'DEFAULT'}")
+        raise invalid_argument(
+            f"Failed to get input map for signature: {signature_name_of(doc) or 'DEFAULT'}"
+        )
     if "instances" in doc:
         if "inputs" in doc:
-            raise invalid_argument(f"JSON Value: {debug_string(doc)} Not formatted correctly expecting only one of "
-                                   "'inputs' or 'instances' keys to exist ")
+            raise invalid_argument(
+                f"JSON Value: {debug_string(doc)} Not formatted correctly expecting only one of "
+                "'inputs' or 'instances' keys to exist "
+            )
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise invalid_argument(f"JSON Value: {debug_string(doc)} Expecting 'instances' to be an list/array")
+            raise invalid_argument(
+                f"JSON Value: {debug_string(doc)} Expecting 'instances' to be an list/array"
+            )
         if not instances:
-            raise invalid_argument(f"JSON Value: {debug_string(doc)} No values in 'instances' array")
+            raise invalid_argument(
+                f"JSON Value: {debug_string(doc)} No values in 'instances' array"
+            )
         return _decode_rows(instances, inputs), "row"
     if "inputs" in doc:
         return _decode_columns(doc["inputs"], inputs), "columnar"
@@ -347,7 +424,8 @@ _POW10 = np.array([float(10**k) for k in range(23)])
 
 
 def _f32_from_decimal(s: str) -> float:
-    """Correctly rounded decimal -> float32 (absl::SimpleAtof); only an exact float32 midpoint needs care."""
+    """Correctly rounded decimal -> float32 (absl::SimpleAtof); only an exact float32 midpoint needs
+    care."""
     d = float(s)
     f = float(np.float32(d))
     if f == d or not math.isfinite(f):
@@ -359,8 +437,9 @@ def _f32_from_decimal(s: str) -> float:
 
 
 def _six_digits_round_trip(v: np.ndarray, f32: bool) -> np.ndarray:
-    """For finite v: does absl::StrCat's '%g' text parse back to the same float/double? Vectorised with exact
-    powers of ten; magnitudes beyond them and float32 double-rounding ties are settled one by one."""
+    """For finite v: does absl::StrCat's '%g' text parse back to the same float/double? Vectorised
+    with exact powers of ten; magnitudes beyond them and float32 double-rounding ties are settled
+    one by one."""
     rt = np.ones(v.shape, dtype=bool)
     nz = np.flatnonzero(v)
     if not nz.size:
@@ -381,7 +460,9 @@ def _six_digits_round_trip(v: np.ndarray, f32: bool) -> np.ndarray:
             c32 = cand.astype(np.float32)
             back = c32.astype(np.float64)
             good = back == a
-            other = np.nextafter(c32, np.where(cand > back, np.float32(np.inf), np.float32(-np.inf)))
+            other = np.nextafter(
+                c32, np.where(cand > back, np.float32(np.inf), np.float32(-np.inf))
+            )
             unsure = ~exact | ((cand != back) & ((back + other.astype(np.float64)) * 0.5 == cand))
         else:
             good, unsure = cand == a, ~exact
@@ -392,13 +473,20 @@ def _six_digits_round_trip(v: np.ndarray, f32: bool) -> np.ndarray:
     return rt
 
 
-_FORMATS = {True: np.array(["%g", "%g.0", "%.9g", "%.9g.0", "NaN%.0s", "Infinity%.0s", "-Infinity%.0s"], object),
-            False: np.array(["%g", "%g.0", "%.17g", "%.17g.0", "NaN%.0s", "Infinity%.0s", "-Infinity%.0s"], object)}
+_FORMATS = {
+    True: np.array(
+        ["%g", "%g.0", "%.9g", "%.9g.0", "NaN%.0s", "Infinity%.0s", "-Infinity%.0s"], object
+    ),
+    False: np.array(
+        ["%g", "%g.0", "%.17g", "%.17g.0", "NaN%.0s", "Infinity%.0s", "-Infinity%.0s"], object
+    ),
+}
 
 
 def _decimal_tokens(values: np.ndarray) -> list[str]:
-    """WriteDecimal for every element: '%g' if it round-trips, else '%.9g' / '%.17g'; '.0' appended when the text
-    has neither '.' nor 'e' (exactly the integral values below 10**precision); NaN/Infinity/-Infinity bare."""
+    """WriteDecimal for every element: '%g' if it round-trips, else '%.9g' / '%.17g'; '.0' appended
+    when the text has neither '.' nor 'e' (exactly the integral values below 10**precision);
+    NaN/Infinity/-Infinity bare."""
     f32 = values.dtype == np.float32
     with np.errstate(all="ignore"):
         v = values.astype(np.float64).ravel()
@@ -456,11 +544,15 @@ def _nest(tokens: list[str], dims: tuple, keep: int) -> list[str]:
         if size == 0:
             tokens = ["[]"] * groups
         else:
-            tokens = ["[" + ",".join(tokens[g * size:(g + 1) * size]) + "]" for g in range(groups)]
+            tokens = [
+                "[" + ",".join(tokens[g * size : (g + 1) * size]) + "]" for g in range(groups)
+            ]
     return tokens
 
 
-def encode_predict_response(outputs: dict[str, np.ndarray], fmt: str, dtypes: dict[str, str] | None = None) -> str:
+def encode_predict_response(
+    outputs: dict[str, np.ndarray], fmt: str, dtypes: dict[str, str] | None = None
+) -> str:
     """MakeJsonFromTensors: 'row' -> {"predictions": ...}, 'columnar' -> {"outputs": ...}."""
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
@@ -476,16 +568,26 @@ def encode_predict_response(outputs: dict[str, np.ndarray], fmt: str, dtypes: di
             if arr.ndim == 0:
                 raise invalid_argument(f"Tensor name: {name} has no shape information ")
             if batch >= 0 and arr.shape[0] != batch:
-                raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {arr.shape[0]} "
-                                       f"expecting: {batch}")
+                raise invalid_argument(
+                    f"Tensor name: {name} has inconsistent batch size: {arr.shape[0]} "
+                    f"expecting: {batch}"
+                )
             batch = arr.shape[0]
-    for name, arr, dtype in items:  # TF fails on the first value it cannot write; empty tensors write none
+    # TF fails on the first value it cannot write; empty tensors write none
+    for _name, arr, dtype in items:
         if dtype not in _NP and arr.size:
             raise invalid_argument(f"Failed to write JSON value for tensor type: {_tf_name(dtype)}")
     keep = 1 if fmt == "row" else 0
-    parts = {name: _nest(_tokens(arr, dtype, dtype == "DT_STRING" and name.endswith("_bytes")) if arr.size else [],
-                         arr.shape, keep)
-             for name, arr, dtype in items}
+    parts = {
+        name: _nest(
+            _tokens(arr, dtype, dtype == "DT_STRING" and name.endswith("_bytes"))
+            if arr.size
+            else [],
+            arr.shape,
+            keep,
+        )
+        for name, arr, dtype in items
+    }
     keys = {name: _encode_str(name) for name in parts}
     if fmt == "columnar":
         if len(parts) == 1:
@@ -494,19 +596,29 @@ def encode_predict_response(outputs: dict[str, np.ndarray], fmt: str, dtypes: di
     if len(parts) == 1:
         rows = next(iter(parts.values()))
     else:
-        rows = ["{" + ",".join(f"{keys[k]}:{v[r]}" for k, v in parts.items()) + "}" for r in range(batch)]
+        rows = [
+            "{" + ",".join(f"{keys[k]}:{v[r]}" for k, v in parts.items()) + "}"
+            for r in range(batch)
+        ]
     return '{"predictions":[' + ",".join(rows) + "]}"
 
 
 def encode_classify_response(results: list[list[tuple[str, float]]]) -> str:
-    """MakeJsonFromClassificationResult: {"results": [[["label", score], ...], ...]} (scores are float32)."""
+    """MakeJsonFromClassificationResult: {"results": [[["label", score], ...], ...]}
+    (scores are float32)."""
     if not results:
         raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
     rows = []
     for classes in results:
         scores = _decimal_tokens(np.array([s for _, s in classes], dtype=np.float32))
-        rows.append("[" + ",".join(f"[{_string_token(label, False)},{score}]"
-                                   for (label, _), score in zip(classes, scores)) + "]")
+        rows.append(
+            "["
+            + ",".join(
+                f"[{_string_token(label, False)},{score}]"
+                for (label, _), score in zip(classes, scores, strict=True)
+            )
+            + "]"
+        )
     return '{"results":[' + ",".join(rows) + "]}"
 
 
@@ -518,19 +630,25 @@ def encode_regress_response(values: list[float]) -> str:
 
 
 # ---------------------------------------------------------------- classify / regress request
-def _feature_values(name: str, content) -> tuple[str | None, list]:  # AddValueToFeature over a scalar or list
+def _feature_values(
+    name: str, content
+) -> tuple[str | None, list]:  # AddValueToFeature over a scalar or list
     kind, out = None, []
     for v in content if isinstance(content, list) else [content]:
         if v is None or isinstance(v, list) or (isinstance(v, dict) and not _is_b64(v)):
-            raise invalid_argument(f"Feature: {_text(name)} has element with unexpected JSON type: {_jtype(v)}")
+            raise invalid_argument(
+                f"Feature: {_text(name)} has element with unexpected JSON type: {_jtype(v)}"
+            )
         if isinstance(v, (dict, str)):
             want = "bytes"
-        elif type(v) is float or not (v is True or v is False or -2**63 <= v < 2**64):
+        elif type(v) is float or not (v is True or v is False or -(2**63) <= v < 2**64):
             want = "float"
         else:
             want = "int64"
         if kind not in (None, want):
-            raise invalid_argument(f"Unexpected element type in feature: {_text(name)} expecting type: {kind}")
+            raise invalid_argument(
+                f"Unexpected element type in feature: {_text(name)} expecting type: {kind}"
+            )
         kind = want
         if isinstance(v, dict):
             out.append(_b64_value(v))
@@ -539,7 +657,9 @@ def _feature_values(name: str, content) -> tuple[str | None, list]:  # AddValueT
         elif want == "float":
             out.append(float(v))
         elif v >= 2**63:
-            raise invalid_argument(f"Feature: {_text(name)} has uint64_t element. Only int64_t is supported.")
+            raise invalid_argument(
+                f"Feature: {_text(name)} has uint64_t element. Only int64_t is supported."
+            )
         else:
             out.append(int(v))
     return kind, out
@@ -551,10 +671,14 @@ def _make_example(obj, example_pb2) -> bytes:
     example = example_pb2.Example()
     for name, content in obj.items():
         kind, vals = _feature_values(name, content)
-        feature = example.features.feature[name]  # an empty list still creates the (kind-less) feature
+        feature = example.features.feature[
+            name
+        ]  # an empty list still creates the (kind-less) feature
         if kind == "float":
             with np.errstate(over="ignore"):
-                feature.float_list.value.extend(np.array(vals, dtype=np.float64).astype(np.float32).tolist())
+                feature.float_list.value.extend(
+                    np.array(vals, dtype=np.float64).astype(np.float32).tolist()
+                )
         elif kind == "int64":
             feature.int64_list.value.extend(vals)
         elif kind == "bytes":
@@ -563,16 +687,23 @@ def _make_example(obj, example_pb2) -> bytes:
 
 
 def decode_examples(doc: dict) -> tuple[list[bytes], bytes | None]:
-    """FillClassifyRegressRequestFromJson: (serialized Examples, serialized context Example or None)."""
+    """FillClassifyRegressRequestFromJson: (serialized Examples, serialized context Example or
+    None)."""
     from tensorflow.core.example import example_pb2
 
     context = _make_example(doc["context"], example_pb2) if "context" in doc else None
     if "examples" not in doc:
-        raise invalid_argument(f"JSON Value: {debug_string(doc)} When method is classify, key 'examples' is expected "
-                               "and was not found")
+        raise invalid_argument(
+            f"JSON Value: {debug_string(doc)} When method is classify, key 'examples' is expected "
+            "and was not found"
+        )
     examples = doc["examples"]
     if not isinstance(examples, list):
-        raise invalid_argument(f"JSON Value: {debug_string(doc)} Expecting 'examples' value to be an list/array")
+        raise invalid_argument(
+            f"JSON Value: {debug_string(doc)} Expecting 'examples' value to be an list/array"
+        )
     if not examples:
-        raise invalid_argument(f"JSON Value: {debug_string(doc)} 'examples' value is an empty array")
+        raise invalid_argument(
+            f"JSON Value: {debug_string(doc)} 'examples' value is an empty array"
+        )
     return [_make_example(e, example_pb2) for e in examples], context

@@ -19,6 +19,7 @@
   not find variable"); they are restored from the checkpoint through the object graph, and a
   version whose signatures would still read a variable without a value fails its load.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,6 +46,7 @@ class _LocalFiles:
     """The part of `tf.io.gfile` the loader uses, for local paths. TensorFlow's file systems
     are needed only for URLs (gs://, s3://, hdfs://), and the manager, which reads metadata and
     sizes, runs without TensorFlow's runtime (deployments/protos.py)."""
+
     exists = staticmethod(os.path.exists)
     listdir = staticmethod(os.listdir)
     GFile = staticmethod(open)
@@ -84,8 +86,10 @@ def check_contained(path: str) -> None:
     base = os.path.dirname(path)
     real_base, real_version = os.path.realpath(base), os.path.realpath(path)
     if not real_version.startswith(real_base.rstrip(os.sep) + os.sep):
-        raise AspireError(f"Version directory {path} resolves outside the model base path {base}",
-                          "PERMISSION_DENIED")
+        raise AspireError(
+            f"Version directory {path} resolves outside the model base path {base}",
+            "PERMISSION_DENIED",
+        )
     pending = [(path, (real_version,))]  # (directory, real paths of it and its ancestors)
     while pending:
         root, chain = pending.pop()
@@ -98,12 +102,18 @@ def check_contained(path: str) -> None:
             real = os.path.realpath(entry.path)
             shown = os.path.relpath(entry.path, path)
             if not _inside(real, real_base):
-                raise AspireError(f"Version directory {path} holds {shown}, which resolves "
-                                  f"outside the model base path {base}", "PERMISSION_DENIED")
+                raise AspireError(
+                    f"Version directory {path} holds {shown}, which resolves "
+                    f"outside the model base path {base}",
+                    "PERMISSION_DENIED",
+                )
             if entry.is_dir():  # follows links, as the loader would
                 if real in chain:
-                    raise AspireError(f"Version directory {path} holds {shown}, a link back to "
-                                      "a directory that holds it", "PERMISSION_DENIED")
+                    raise AspireError(
+                        f"Version directory {path} holds {shown}, a link back to "
+                        "a directory that holds it",
+                        "PERMISSION_DENIED",
+                    )
                 pending.append((entry.path, chain + (real,)))
 
 
@@ -116,8 +126,11 @@ def _walk_bytes(path: str) -> tuple[int, int]:
         for name in files:
             size = gfile.stat(os.path.join(root, name)).length
             total += size
-            if (root.rstrip("/") == variables or root.startswith(variables + "/")
-                    or (root.rstrip("/") == path.rstrip("/") and name.startswith("saved_model.pb"))):
+            if (
+                root.rstrip("/") == variables
+                or root.startswith(variables + "/")
+                or (root.rstrip("/") == path.rstrip("/") and name.startswith("saved_model.pb"))
+            ):
                 weights += size
     return total, weights
 
@@ -129,7 +142,7 @@ def _tf_message(message: str) -> str:
         lines = lines[1:]
         for i, line in enumerate(lines):
             if line.startswith("Node: "):  # the trace of where the op was defined ends here
-                lines = lines[i + 1:]
+                lines = lines[i + 1 :]
                 break
     return " ".join(lines)
 
@@ -139,17 +152,20 @@ def _from_tf_error(err) -> AspireError:
     return AspireError(_tf_message(err.message), code)
 
 
-def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0,
-                   gpu_memory_limit_bytes: int | None = None):
+def session_config(
+    intra_op_threads: int = 0, inter_op_threads: int = 0, gpu_memory_limit_bytes: int | None = None
+):
     """The TF session config of a replica. Memory growth is on, so a version takes GPU memory
     as it needs it; with `gpu_memory_limit_bytes` (the replica's VRAM reservation less the CUDA
     context), the one GPU the replica sees is a logical device capped to it, so one version
     cannot starve another."""
     from tensorflow.core.protobuf import config_pb2
+
     config = config_pb2.ConfigProto(
         intra_op_parallelism_threads=intra_op_threads,
         inter_op_parallelism_threads=inter_op_threads,
-        allow_soft_placement=True)
+        allow_soft_placement=True,
+    )
     config.gpu_options.allow_growth = True
     if gpu_memory_limit_bytes:
         device = config.gpu_options.experimental.virtual_devices.add()
@@ -162,8 +178,11 @@ def _signature_variables(meta_graph) -> list[str]:
     signature output through the graph's inputs (a function's captured variables are inputs of
     its call node)."""
     nodes = {node.name: node for node in meta_graph.graph_def.node}
-    stack = [tensor.name for signature in meta_graph.signature_def.values()
-             for tensor in signature.outputs.values()]
+    stack = [
+        tensor.name
+        for signature in meta_graph.signature_def.values()
+        for tensor in signature.outputs.values()
+    ]
     seen, handles = set(), []
     while stack:
         name = stack.pop().lstrip("^").split(":")[0]
@@ -190,7 +209,9 @@ def _captured_objects(meta_graph) -> dict[str, int]:
         if saved is None or not saved.bound_inputs:
             continue
         inputs = [i for i in node.input if not i.startswith("^")]
-        for name, node_id in zip(inputs[len(inputs) - len(saved.bound_inputs):], saved.bound_inputs):
+        for name, node_id in zip(
+            inputs[len(inputs) - len(saved.bound_inputs) :], saved.bound_inputs, strict=False
+        ):
             found.setdefault(name.split(":")[0], node_id)
     return found
 
@@ -209,8 +230,11 @@ def _checkpoint_keys(meta_graph, checkpoint_graph) -> dict[int, str]:
             if attribute.name == "VARIABLE_VALUE":
                 keys[saved_id] = attribute.checkpoint_key
         children = {c.local_name: c.node_id for c in stored[stored_id].children}
-        queue.extend((c.node_id, children[c.local_name]) for c in saved[saved_id].children
-                     if c.local_name in children)
+        queue.extend(
+            (c.node_id, children[c.local_name])
+            for c in saved[saved_id].children
+            if c.local_name in children
+        )
     return keys
 
 
@@ -228,12 +252,21 @@ def _release_unread_copies(session, graph, meta_graph, read: list[str]) -> list[
     in_use = {resource(nodes[name]) for name in read}
     for function in meta_graph.graph_def.library.function:
         in_use.update(resource(node) for node in function.node_def if node.op == "VarHandleOp")
-    unread = sorted(name for name, node in nodes.items()
-                    if node.op == "VarHandleOp" and resource(node) not in in_use)
+    unread = sorted(
+        name
+        for name, node in nodes.items()
+        if node.op == "VarHandleOp" and resource(node) not in in_use
+    )
     if unread:
         with graph.name_scope("aspire_release"):
-            session.run([var_ops.destroy_resource_op(graph.get_tensor_by_name(name + ":0"),
-                                                     ignore_lookup_error=True) for name in unread])
+            session.run(
+                [
+                    var_ops.destroy_resource_op(
+                        graph.get_tensor_by_name(name + ":0"), ignore_lookup_error=True
+                    )
+                    for name in unread
+                ]
+            )
     return unread
 
 
@@ -262,25 +295,32 @@ def restore_signature_variables(session, graph, meta_graph, path: str) -> list[s
         tensors = {name: graph.get_tensor_by_name(name + ":0") for name in handles}
         with graph.name_scope("aspire_restore"):
             checks = [var_ops.var_is_initialized_op(tensors[name]) for name in handles]
-        missing = [name for name, ok in zip(handles, session.run(checks)) if not ok]
+        missing = [name for name, ok in zip(handles, session.run(checks), strict=True) if not ok]
         restored = []
         if missing and meta_graph.object_graph_def.nodes:
             prefix = os.path.join(path, "variables", "variables")
             with graph.name_scope("aspire_restore"):
-                (raw,) = gen_io_ops.restore_v2(prefix, ["_CHECKPOINTABLE_OBJECT_GRAPH"], [""],
-                                               [runtime().as_dtype("string")])
+                (raw,) = gen_io_ops.restore_v2(
+                    prefix, ["_CHECKPOINTABLE_OBJECT_GRAPH"], [""], [runtime().as_dtype("string")]
+                )
             checkpoint_graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
-                session.run(raw))
+                session.run(raw)
+            )
             keys = _checkpoint_keys(meta_graph, checkpoint_graph)
             objects = _captured_objects(meta_graph)
             restored = [name for name in missing if keys.get(objects.get(name, -1))]
             if restored:
                 with graph.name_scope("aspire_restore"):
                     values = gen_io_ops.restore_v2(
-                        prefix, [keys[objects[name]] for name in restored], [""] * len(restored),
-                        [nodes[name].attr["dtype"].type for name in restored])
-                    assigns = [var_ops.assign_variable_op(tensors[name], value)
-                               for name, value in zip(restored, values)]
+                        prefix,
+                        [keys[objects[name]] for name in restored],
+                        [""] * len(restored),
+                        [nodes[name].attr["dtype"].type for name in restored],
+                    )
+                    assigns = [
+                        var_ops.assign_variable_op(tensors[name], value)
+                        for name, value in zip(restored, values, strict=True)
+                    ]
                 session.run(assigns)
                 _release_unread_copies(session, graph, meta_graph, handles)
         still = [name for name in missing if name not in restored]
@@ -289,8 +329,10 @@ def restore_signature_variables(session, graph, meta_graph, path: str) -> list[s
             with graph.name_scope("aspire_restore"):
                 read = var_ops.read_variable_op(tensors[still[0]], dtype)
             session.run(read)
-            raise AspireError(f"Variable {still[0]} read by the signatures of {path} has no value "
-                              "after loading", "FAILED_PRECONDITION")
+            raise AspireError(
+                f"Variable {still[0]} read by the signatures of {path} has no value after loading",
+                "FAILED_PRECONDITION",
+            )
     return restored
 
 
@@ -308,8 +350,12 @@ class SavedModelLoader:
         """The MetaGraphDef for `tags`, read from disk without loading variables."""
         from google.protobuf import text_format
         from tensorflow.core.protobuf import saved_model_pb2
+
         gfile = _gfile(self.path)
-        pb, pbtxt = os.path.join(self.path, "saved_model.pb"), os.path.join(self.path, "saved_model.pbtxt")
+        pb, pbtxt = (
+            os.path.join(self.path, "saved_model.pb"),
+            os.path.join(self.path, "saved_model.pbtxt"),
+        )
         saved_model = saved_model_pb2.SavedModel()
         try:
             if gfile.exists(pb):
@@ -323,11 +369,15 @@ class SavedModelLoader:
                 raise AspireError(
                     "Could not find SavedModel .pb or .pbtxt at supplied export directory path: "
                     f"{self.path}. Check that the directory exists and that you have the right "
-                    "permissions for accessing it.", "NOT_FOUND")
+                    "permissions for accessing it.",
+                    "NOT_FOUND",
+                )
         except AspireError:
             raise
         except Exception as exc:  # DecodeError, text_format.ParseError, I/O errors
-            raise AspireError(f"Failed to parse SavedModel at {self.path}: {exc}", "DATA_LOSS")
+            raise AspireError(
+                f"Failed to parse SavedModel at {self.path}: {exc}", "DATA_LOSS"
+            ) from None
         wanted = set(self.tags)
         for meta_graph in saved_model.meta_graphs:
             if set(meta_graph.meta_info_def.tags) == wanted:
@@ -336,7 +386,9 @@ class SavedModelLoader:
         raise AspireError(
             f"MetaGraphDef associated with tags '{','.join(self.tags)}' could not be found in "
             f"SavedModel, with available tags '{available}'. To inspect available tag-sets in "
-            "the SavedModel, please use the SavedModel CLI: `saved_model_cli`", "NOT_FOUND")
+            "the SavedModel, please use the SavedModel CLI: `saved_model_cli`",
+            "NOT_FOUND",
+        )
 
     def _refuse_keras_files(self) -> None:
         """A version holding Keras files and no SavedModel gets a message that says why it is
@@ -351,15 +403,22 @@ class SavedModelLoader:
             raise AspireError(
                 f"Version directory {self.path} holds Keras file(s) {', '.join(keras_files)} and "
                 "no SavedModel (saved_model.pb): Aspire serves SavedModels only and never "
-                "deserialises Keras files. Export one with model.export(path).", "NOT_FOUND")
+                "deserialises Keras files. Export one with model.export(path).",
+                "NOT_FOUND",
+            )
 
     def validate(self) -> dict:
         """Signature defs of the version (cheap); raises AspireError when it cannot load."""
         check_contained(self.path)
         return dict(self.read_meta_graph().signature_def)
 
-    def load(self, intra_op_threads: int = 0, inter_op_threads: int = 0,
-             gpu_memory_limit_bytes: int | None = None, run_timeout_ms: int = 0) -> "LoadedSavedModel":
+    def load(
+        self,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        gpu_memory_limit_bytes: int | None = None,
+        run_timeout_ms: int = 0,
+    ) -> "LoadedSavedModel":
         check_contained(self.path)  # again in the replica: the directory may have changed since
         tf = runtime(self.path)
         tf.logger.setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
@@ -378,10 +437,16 @@ class SavedModelLoader:
             raise
         except Exception as exc:
             session.close()
-            raise AspireError(f"Failed to load SavedModel at {self.path}: {exc}", "INTERNAL") from None
+            raise AspireError(
+                f"Failed to load SavedModel at {self.path}: {exc}", "INTERNAL"
+            ) from None
         if restored:
-            log.info("Restored %d variable(s) read by the signatures of %s from its object graph "
-                     "(the TF1 restore left them without values)", len(restored), self.path)
+            log.info(
+                "Restored %d variable(s) read by the signatures of %s from its object graph "
+                "(the TF1 restore left them without values)",
+                len(restored),
+                self.path,
+            )
         model = LoadedSavedModel(session, dict(meta_graph.signature_def), run_timeout_ms)
         model.restored_variables = restored
         return model
@@ -407,6 +472,7 @@ class LoadedSavedModel:
         fn = self._callables.get(key)
         if fn is None:
             from tensorflow.core.protobuf import config_pb2
+
             with self._lock:
                 fn = self._callables.get(key)
                 if fn is None:
@@ -417,7 +483,9 @@ class LoadedSavedModel:
                     self._callables[key] = fn
         return fn
 
-    def run(self, signature_name: str, inputs: dict, output_aliases: list[str] | None = None) -> dict:
+    def run(
+        self, signature_name: str, inputs: dict, output_aliases: list[str] | None = None
+    ) -> dict:
         """Run `signature_name` on {alias: ndarray}; returns {alias: ndarray}.
 
         Inputs must already name signature inputs (the request layer validates names with TF
@@ -431,13 +499,15 @@ class LoadedSavedModel:
                 feeds[alias] = tf.make_ndarray(proto)
         aliases = sorted(feeds)
         outputs = list(output_aliases) if output_aliases is not None else sorted(signature.outputs)
-        fn = self._callable(tuple(signature.inputs[a].name for a in aliases),
-                            tuple(signature.outputs[a].name for a in outputs))
+        fn = self._callable(
+            tuple(signature.inputs[a].name for a in aliases),
+            tuple(signature.outputs[a].name for a in outputs),
+        )
         try:
             values = fn(*[feeds[a] for a in aliases])
         except tf.OpError as err:
             raise _from_tf_error(err) from None
-        return dict(zip(outputs, values))
+        return dict(zip(outputs, values, strict=True))
 
     @property
     def session_threads(self) -> tuple[int, int]:

@@ -15,6 +15,7 @@ Contract:
 - TensorFlow and the tensorflow_serving protos are imported on first use: TF takes seconds to
   import and this module is imported by processes that never run a model.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,7 +44,8 @@ _EMPTY_BATCH = np.empty(0, dtype=object)
 # What a callable-run session says for a feed of the wrong dtype (loader.LoadedSavedModel.run);
 # the node is `_arg_<feed node>_<output index>_<arg index>`.
 _TYPE_MISMATCH = re.compile(
-    r"^Type mismatch: actual (\w+) vs\. expect (\w+) \[\[\{\{node _arg_(.+)_(\d+)_\d+\}\}\]\]$")
+    r"^Type mismatch: actual (\w+) vs\. expect (\w+) \[\[\{\{node _arg_(.+)_(\d+)_\d+\}\}\]\]$"
+)
 
 
 def _object_array(values: list) -> np.ndarray:
@@ -77,10 +79,11 @@ def _session_error(err: AspireError, feed_names) -> AspireError:
     if tensor not in names:
         return err
     return invalid_argument(
-        f"Expects arg[{names.index(tensor)}] to be {expected} but {actual} is provided")
+        f"Expects arg[{names.index(tensor)}] to be {expected} but {actual} is provided"
+    )
 
 
-# ------------------------------------------------------------------------------------ tensor conversion
+# -------------------------------------------------------------------------------- tensor conversion
 def _decode_string_list(proto) -> np.ndarray:
     """DT_STRING tensor_content as TF's EncodeStringList writes it: every length as a varint32,
     then every string's bytes. tf.make_ndarray cannot read it; TF's Tensor::FromProto can."""
@@ -99,7 +102,7 @@ def _decode_string_list(proto) -> np.ndarray:
         sizes.append(size)
     values = []
     for size in sizes:
-        values.append(data[pos:pos + size])
+        values.append(data[pos : pos + size])
         pos += size
     if pos != len(data):
         raise ValueError("trailing bytes after the encoded strings")
@@ -108,6 +111,7 @@ def _decode_string_list(proto) -> np.ndarray:
 
 def _to_ndarray(alias: str, proto) -> np.ndarray:
     from tensorflow.core.framework import types_pb2
+
     try:
         if proto.dtype == types_pb2.DT_STRING and proto.tensor_content:
             return _decode_string_list(proto)
@@ -119,10 +123,19 @@ def _to_ndarray(alias: str, proto) -> np.ndarray:
 @functools.cache
 def _value_fields() -> dict:
     from tensorflow.core.framework import types_pb2 as t
-    fields = {t.DT_FLOAT: "float_val", t.DT_DOUBLE: "double_val", t.DT_INT64: "int64_val",
-              t.DT_UINT32: "uint32_val", t.DT_UINT64: "uint64_val", t.DT_BOOL: "bool_val",
-              t.DT_HALF: "half_val", t.DT_BFLOAT16: "half_val",
-              t.DT_COMPLEX64: "scomplex_val", t.DT_COMPLEX128: "dcomplex_val"}
+
+    fields = {
+        t.DT_FLOAT: "float_val",
+        t.DT_DOUBLE: "double_val",
+        t.DT_INT64: "int64_val",
+        t.DT_UINT32: "uint32_val",
+        t.DT_UINT64: "uint64_val",
+        t.DT_BOOL: "bool_val",
+        t.DT_HALF: "half_val",
+        t.DT_BFLOAT16: "half_val",
+        t.DT_COMPLEX64: "scomplex_val",
+        t.DT_COMPLEX128: "dcomplex_val",
+    }
     for dtype in (t.DT_INT32, t.DT_INT16, t.DT_INT8, t.DT_UINT8, t.DT_UINT16):
         fields[dtype] = "int_val"
     return fields
@@ -135,6 +148,7 @@ def _fill_tensor(proto, value, tensor_content: bool) -> None:
     DT_FLOAT, as in TF Serving.
     """
     from tensorflow.core.framework import types_pb2
+
     array = np.asarray(value, order="C")  # ascontiguousarray would turn scalars into [1]
     is_string = array.dtype == object or array.dtype.kind in "SU"
     dtype = types_pb2.DT_STRING if is_string else runtime().as_dtype(array.dtype).as_datatype_enum
@@ -160,7 +174,7 @@ def _fill_tensor(proto, value, tensor_content: bool) -> None:
         getattr(proto, field).extend(flat.tolist())
 
 
-# ------------------------------------------------------------------------------------------- Predict
+# ------------------------------------------------------------------------------------------ Predict
 def _predict_inputs(signature, request_inputs) -> dict:
     """predict_util.cc VerifyRequestInputsSize, then saved_model util GetInputValues."""
     sent, expected = set(request_inputs), set(signature.inputs)
@@ -169,7 +183,8 @@ def _predict_inputs(signature, request_inputs) -> dict:
             f"input size does not match signature: {len(sent)}!={len(expected)} "
             f"len({{{_join(sent)}}}) != len({{{_join(expected)}}}). "
             f"Sent extra: {{{_join(sent - expected)}}}. "
-            f"Missing but required: {{{_join(expected - sent)}}}.")
+            f"Missing but required: {{{_join(expected - sent)}}}."
+        )
     inputs = {}
     # TF walks the signature's hash map; sorted order makes the reported alias deterministic when
     # several are missing.
@@ -182,11 +197,15 @@ def _predict_inputs(signature, request_inputs) -> dict:
             raise invalid_argument(
                 f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not "
                 f"found in request and no default value provided. Inputs expected to be in the "
-                f"request {{{_join(sent)}}}, or default input alias set: {_join(signature.defaults)}")
+                f"request {{{_join(sent)}}}, or default input alias set: "
+                f"{_join(signature.defaults)}"
+            )
     used = sent & expected
     if sent and len(used) != len(sent):
-        raise invalid_argument(f"Inputs contains invalid name. Used request inputs: {_join(used)}, "
-                               f"request input: {_join(sent)}")
+        raise invalid_argument(
+            f"Inputs contains invalid name. Used request inputs: {_join(used)}, "
+            f"request input: {_join(sent)}"
+        )
     return inputs
 
 
@@ -196,16 +215,23 @@ def _output_aliases(signature, output_filter) -> list[str] | None:
         if alias not in signature.outputs:
             raise invalid_argument(
                 f"output tensor alias not found in signature: {alias} Outputs expected to be in "
-                f"the set {{{_join(signature.outputs)}}}.")
+                f"the set {{{_join(signature.outputs)}}}."
+            )
         if alias in aliases:
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         aliases.append(alias)
     return aliases or None  # no filter: every signature output
 
 
-def predict(model: LoadedSavedModel, request: predict_pb2.PredictRequest, name: str, version: int,
-            tensor_content: bool = False) -> predict_pb2.PredictResponse:
+def predict(
+    model: LoadedSavedModel,
+    request: predict_pb2.PredictRequest,
+    name: str,
+    version: int,
+    tensor_content: bool = False,
+) -> predict_pb2.PredictResponse:
     from tensorflow_serving.apis import predict_pb2
+
     key = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = model.signatures.get(key)
     if signature is None:
@@ -223,7 +249,7 @@ def predict(model: LoadedSavedModel, request: predict_pb2.PredictRequest, name: 
     return response
 
 
-# ---------------------------------------------------------------------------------- Classify, Regress
+# -------------------------------------------------------------------------------- Classify, Regress
 def _serialized_examples(input_proto) -> np.ndarray:
     """util.cc InputToSerializedExampleTensor: a context's bytes followed by an example's bytes
     parse as their merge, which is how a graph taking tf.Example strings sees the context."""
@@ -260,31 +286,40 @@ def _fill_regressions(result, values) -> None:
         result.regressions.add(value=value)
 
 
-def classify(model: LoadedSavedModel, request: classification_pb2.ClassificationRequest, name: str,
-             version: int) -> classification_pb2.ClassificationResponse:
+def classify(
+    model: LoadedSavedModel,
+    request: classification_pb2.ClassificationRequest,
+    name: str,
+    version: int,
+) -> classification_pb2.ClassificationResponse:
     from tensorflow_serving.apis import classification_pb2
+
     signature_name = request.model_spec.signature_name
-    rows = _run_examples(inference.classify, model, signature_name,
-                         _serialized_examples(request.input))
+    rows = _run_examples(
+        inference.classify, model, signature_name, _serialized_examples(request.input)
+    )
     response = classification_pb2.ClassificationResponse()
     _set_model_spec(response.model_spec, name, version, signature_name)
     _fill_classifications(response.result, rows)
     return response
 
 
-def regress(model: LoadedSavedModel, request: regression_pb2.RegressionRequest, name: str,
-            version: int) -> regression_pb2.RegressionResponse:
+def regress(
+    model: LoadedSavedModel, request: regression_pb2.RegressionRequest, name: str, version: int
+) -> regression_pb2.RegressionResponse:
     from tensorflow_serving.apis import regression_pb2
+
     signature_name = request.model_spec.signature_name
-    values = _run_examples(inference.regress, model, signature_name,
-                           _serialized_examples(request.input))
+    values = _run_examples(
+        inference.regress, model, signature_name, _serialized_examples(request.input)
+    )
     response = regression_pb2.RegressionResponse()
     _set_model_spec(response.model_spec, name, version, signature_name)
     _fill_regressions(response.result, values)
     return response
 
 
-# ------------------------------------------------------------------------------------ MultiInference
+# ----------------------------------------------------------------------------------- MultiInference
 _TASKS = {
     inference.CLASSIFY_METHOD: (inference.classify, "classification_result", _fill_classifications),
     inference.REGRESS_METHOD: (inference.regress, "regression_result", _fill_regressions),
@@ -301,9 +336,11 @@ def _check_task_signature(fn, model, signature_name: str) -> None:
             raise
 
 
-def multi_inference(model: LoadedSavedModel, request: inference_pb2.MultiInferenceRequest, name: str,
-                    version: int) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(
+    model: LoadedSavedModel, request: inference_pb2.MultiInferenceRequest, name: str, version: int
+) -> inference_pb2.MultiInferenceResponse:
     from tensorflow_serving.apis import inference_pb2
+
     model_name, seen = "", set()
     for task in request.tasks:
         spec = task.model_spec
@@ -313,7 +350,8 @@ def multi_inference(model: LoadedSavedModel, request: inference_pb2.MultiInferen
             model_name = spec.name
         elif spec.name != model_name:
             raise invalid_argument(
-                "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+                "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+            )
         key = spec.signature_name or DEFAULT_SIGNATURE
         if key in seen:
             raise invalid_argument(f"Duplicate evaluation of signature: {key}")
@@ -334,12 +372,13 @@ def multi_inference(model: LoadedSavedModel, request: inference_pb2.MultiInferen
         result = response.results.add()
         fill(getattr(result, field), values)
         # TF Serving names each result after its task's ModelSpec, with the served version.
-        _set_model_spec(result.model_spec, task.model_spec.name, version,
-                        task.model_spec.signature_name)
+        _set_model_spec(
+            result.model_spec, task.model_spec.name, version, task.model_spec.signature_name
+        )
     return response
 
 
-# ---------------------------------------------------------------------------------- GetModelMetadata
+# --------------------------------------------------------------------------------- GetModelMetadata
 def validate_metadata_request(request: get_model_metadata_pb2.GetModelMetadataRequest) -> None:
     """TF Serving checks metadata_field before it looks the model up, so an ingress that wants the
     same precedence calls this before resolving the ModelSpec."""
@@ -350,9 +389,14 @@ def validate_metadata_request(request: get_model_metadata_pb2.GetModelMetadataRe
             raise invalid_argument(f"Metadata field {field} is not supported")
 
 
-def get_model_metadata(model: LoadedSavedModel, request: get_model_metadata_pb2.GetModelMetadataRequest,
-                       name: str, version: int) -> get_model_metadata_pb2.GetModelMetadataResponse:
+def get_model_metadata(
+    model: LoadedSavedModel,
+    request: get_model_metadata_pb2.GetModelMetadataRequest,
+    name: str,
+    version: int,
+) -> get_model_metadata_pb2.GetModelMetadataResponse:
     from tensorflow_serving.apis import get_model_metadata_pb2
+
     validate_metadata_request(request)
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
     for key, signature in model.signatures.items():
@@ -363,7 +407,7 @@ def get_model_metadata(model: LoadedSavedModel, request: get_model_metadata_pb2.
     return response
 
 
-# ---------------------------------------------------------------------------------------- entry point
+# -------------------------------------------------------------------------------------- entry point
 @functools.cache
 def _methods() -> dict:
     from tensorflow_serving.apis import (
@@ -373,6 +417,7 @@ def _methods() -> dict:
         predict_pb2,
         regression_pb2,
     )
+
     return {
         "Predict": (predict_pb2.PredictRequest, predict),
         "Classify": (classification_pb2.ClassificationRequest, classify),
@@ -387,10 +432,17 @@ def request_class(method: str):
     return _methods()[method][0]
 
 
-def handle(model: LoadedSavedModel, method: str, request_bytes: bytes, name: str, version: int,
-           tensor_content: bool) -> tuple[str, bytes | str]:
+def handle(
+    model: LoadedSavedModel,
+    method: str,
+    request_bytes: bytes,
+    name: str,
+    version: int,
+    tensor_content: bool,
+) -> tuple[str, bytes | str]:
     """("OK", serialized response) or (status code name, message) for one gRPC call."""
     from google.protobuf.message import DecodeError
+
     entry = _methods().get(method)
     if entry is None:
         return "UNIMPLEMENTED", f"Method not found: {method}"

@@ -15,6 +15,7 @@ TensorFlow, which finds and reuses the same modules (one class per message, whoe
 Call `load()` once at the start of a process that never runs a model, before other threads
 import anything. Where TensorFlow is already imported, `load()` only imports the protos.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,15 +1,18 @@
-"""RapidJSON 1.1.0 emulation: the parser and writer behaviour that TF Serving's REST API exposes to clients.
+"""RapidJSON 1.1.0 emulation: the parser and writer behaviour that TF Serving's REST API exposes to
+clients.
 
 TF Serving parses request bodies with RapidJSON 1.1.0 (kParseIterativeFlag | kParseNanAndInfFlag |
-kParseStopWhenDoneFlag) and echoes values back through JsonValueToDebugString (PrettyWriter, single-line arrays, cut
-once 256 bytes are written). Clients see both in error messages, so this module reproduces them byte for byte:
-* `_parse_value(body)` returns the document as Python values (see json_tensor's contract) or raises an AspireError
-  `JSON Parse error: <RapidJSON message> at offset: <byte offset>` with RapidJSON's exact message and offset. Bodies
-  that json.loads reads the same way take the C-speed path; the rest go through `_rj_parse`, a port of RapidJSON's
-  iterative parser and number parsing.
-* `debug_string(value)` is JsonValueToDebugString, with numbers written as RapidJSON's Writer does (Grisu2 digits
-  laid out by Prettify, ported in `_rj_dtoa`).
+kParseStopWhenDoneFlag) and echoes values back through JsonValueToDebugString (PrettyWriter,
+single-line arrays, cut once 256 bytes are written). Clients see both in error messages, so this
+module reproduces them byte for byte:
+* `_parse_value(body)` returns the document as Python values (see json_tensor's contract) or raises
+  an AspireError `JSON Parse error: <RapidJSON message> at offset: <byte offset>` with RapidJSON's
+  exact message and offset. Bodies that json.loads reads the same way take the C-speed path; the
+  rest go through `_rj_parse`, a port of RapidJSON's iterative parser and number parsing.
+* `debug_string(value)` is JsonValueToDebugString, with numbers written as RapidJSON's Writer does
+  (Grisu2 digits laid out by Prettify, ported in `_rj_dtoa`).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +26,7 @@ from core.errors import AspireError, invalid_argument
 _MAX_DEBUG_BYTES = 256
 
 
-# ---------------------------------------------------------------- debug strings (JsonValueToDebugString)
+# ----------------------------------------------------------- debug strings (JsonValueToDebugString)
 _ESC = {c: b"\\u%04X" % c for c in range(32)}
 _ESC.update({8: b"\\b", 9: b"\\t", 10: b"\\n", 12: b"\\f", 13: b"\\r", 34: b'\\"', 92: b"\\\\"})
 _NEEDS_ESC = re.compile(rb'[\x00-\x1f"\\]')
@@ -50,7 +53,8 @@ _DBL_MAX = 1.7976931348623157e308
 
 
 def _grisu2(value: float) -> tuple[str, int]:
-    """RapidJSON internal::Grisu2 (digits, K); not always the shortest or closest digits, hence ported."""
+    """RapidJSON internal::Grisu2 (digits, K); not always the shortest or closest digits, hence
+    ported."""
     bits = int.from_bytes(struct.pack("<d", value), "little")
     f, e = (bits & (2**52 - 1)) | (2**52 if bits >> 52 else 0), max(bits >> 52, 1) - 1075
     pf, pe = (f << 1) + 1, e - 1
@@ -77,8 +81,11 @@ def _grisu2(value: float) -> tuple[str, int]:
     kappa, digits = len(str(p1)), []
 
     def grisu_round(rest, ten_kappa, wp_w):
-        while rest < wp_w and delta - rest >= ten_kappa and (
-                rest + ten_kappa < wp_w or wp_w - rest > rest + ten_kappa - wp_w):
+        while (
+            rest < wp_w
+            and delta - rest >= ten_kappa
+            and (rest + ten_kappa < wp_w or wp_w - rest > rest + ten_kappa - wp_w)
+        ):
             digits[-1] -= 1
             rest += ten_kappa
 
@@ -129,9 +136,11 @@ def _rj_scalar(v) -> bytes | None:
         return json.dumps(v).encode()
     if isinstance(v, str):
         return _rj_string_bytes(v)
-    if type(v) is int and -2**63 <= v < 2**64:
+    if type(v) is int and -(2**63) <= v < 2**64:
         return str(v).encode()
-    v = float(v) if type(v) is float or abs(v) <= _DBL_MAX else math.inf  # other ints are doubles to RapidJSON
+    v = (
+        float(v) if type(v) is float or abs(v) <= _DBL_MAX else math.inf
+    )  # other ints are doubles to RapidJSON
     return _rj_dtoa(v).encode() if math.isfinite(v) else None
 
 
@@ -152,8 +161,9 @@ def _events(v):
 
 
 def debug_string(value) -> str:
-    """TF Serving's JsonValueToDebugString: PrettyWriter with kFormatSingleLineArray, stopped at the first event
-    that starts once 256 bytes are written (the last token may overrun; closing brackets are then missing)."""
+    """TF Serving's JsonValueToDebugString: PrettyWriter with kFormatSingleLineArray, stopped at the
+    first event that starts once 256 bytes are written (the last token may overrun; closing brackets
+    are then missing)."""
     return _debug_bytes(value).decode("utf-8", "replace")
 
 
@@ -191,28 +201,68 @@ def _debug_bytes(value) -> bytes:
     return bytes(buf)
 
 
-# ---------------------------------------------------------------- parsing (RapidJSON 1.1.0 emulation)
+# -------------------------------------------------------------- parsing (RapidJSON 1.1.0 emulation)
 _M_EMPTY, _M_INVALID = "The document is empty.", "Invalid value."
-_M_NAME, _M_COLON = "Missing a name for object member.", "Missing a colon after a name of object member."
-_M_CURLY, _M_SQUARE = "Missing a comma or '}' after an object member.", "Missing a comma or ']' after an array element."
-_M_HEX, _M_SURROGATE = "Incorrect hex digit after \\u escape in string.", "The surrogate pair in string is invalid."
-_M_ESCAPE, _M_QUOTE = "Invalid escape character in string.", "Missing a closing quotation mark in string."
-_M_BIG, _M_FRAC, _M_EXP = ("Number too big to be stored in double.", "Miss fraction part in number.",
-                           "Miss exponent in number.")
+_M_NAME, _M_COLON = (
+    "Missing a name for object member.",
+    "Missing a colon after a name of object member.",
+)
+_M_CURLY, _M_SQUARE = (
+    "Missing a comma or '}' after an object member.",
+    "Missing a comma or ']' after an array element.",
+)
+_M_HEX, _M_SURROGATE = (
+    "Incorrect hex digit after \\u escape in string.",
+    "The surrogate pair in string is invalid.",
+)
+_M_ESCAPE, _M_QUOTE = (
+    "Invalid escape character in string.",
+    "Missing a closing quotation mark in string.",
+)
+_M_BIG, _M_FRAC, _M_EXP = (
+    "Number too big to be stored in double.",
+    "Miss fraction part in number.",
+    "Miss exponent in number.",
+)
 _START, _FINISH, _OBJ, _KEY, _KV, _MVAL, _MDELIM, _ARR, _ELEM, _EDELIM = range(10)
 _AFTER_VALUE = {_START: _FINISH, _KV: _MVAL, _ARR: _ELEM, _EDELIM: _ELEM}
-_STATE_ERROR = {_START: _M_EMPTY, _OBJ: _M_NAME, _MDELIM: _M_NAME, _KEY: _M_COLON, _MVAL: _M_CURLY,
-                _KV: _M_INVALID, _ARR: _M_INVALID, _EDELIM: _M_INVALID, _ELEM: _M_SQUARE}
-_SIMPLE_ESC = {ord(k): v for k, v in {'"': b'"', "\\": b"\\", "/": b"/", "b": b"\b", "f": b"\f", "n": b"\n",
-                                      "r": b"\r", "t": b"\t"}.items()}
+_STATE_ERROR = {
+    _START: _M_EMPTY,
+    _OBJ: _M_NAME,
+    _MDELIM: _M_NAME,
+    _KEY: _M_COLON,
+    _MVAL: _M_CURLY,
+    _KV: _M_INVALID,
+    _ARR: _M_INVALID,
+    _EDELIM: _M_INVALID,
+    _ELEM: _M_SQUARE,
+}
+_SIMPLE_ESC = {
+    ord(k): v
+    for k, v in {
+        '"': b'"',
+        "\\": b"\\",
+        "/": b"/",
+        "b": b"\b",
+        "f": b"\f",
+        "n": b"\n",
+        "r": b"\r",
+        "t": b"\t",
+    }.items()
+}
 _PLAIN = re.compile(rb'[^"\\\x00-\x1f]+')
 _DIGIT = re.compile(rb"[0-9]*")
 # A run of array elements that are plain numbers RapidJSON cannot reject, each followed by a comma.
-_NUMBER_RUN = re.compile(rb"(?:-?(?:0|[1-9][0-9]{0,299})(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,2})?[ \t\n\r]*,[ \t\n\r]*)+")
-# Where Python's json and RapidJSON could disagree on a body that Python accepts (see _python_disagrees).
+_NUMBER_RUN = re.compile(
+    rb"(?:-?(?:0|[1-9][0-9]{0,299})(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,2})?[ \t\n\r]*,[ \t\n\r]*)+"
+)
+# Where Python's json and RapidJSON could disagree on a body that Python accepts
+# (see _python_disagrees).
 _CLASSES = bytes(0x31 if 48 <= c <= 57 else 0x65 if c in b"eE+" else 0x30 for c in range(256))
 _NUMBER_BEFORE = re.compile(rb"[\[,:][ \t\n\r]*(-?[0-9]*\.?[0-9]*[eE]\+?)\Z")
-_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD]([89a-fA-F])[0-9a-fA-F]{2}")  # unescaped backslash
+_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*\\u[dD]([89a-fA-F])[0-9a-fA-F]{2}"
+)  # unescaped backslash
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 # Aspire's limit on how deeply arrays and objects nest (RapidJSON's iterative parser has none).
@@ -228,7 +278,7 @@ def _perr(msg: str, offset: int) -> AspireError:
 
 
 def _hex4(b: bytes, j: int, esc: int) -> tuple[int, int]:
-    digits = b[j:j + 4]
+    digits = b[j : j + 4]
     if len(digits) < 4 or not all(c in b"0123456789abcdefABCDEF" for c in digits):
         raise _perr(_M_HEX, esc)
     return int(digits, 16), j + 4
@@ -255,7 +305,7 @@ def _rj_string(b: bytes, j: int) -> tuple[str, int]:
             raise _perr(_M_ESCAPE, esc)
         cp, j = _hex4(b, j + 2, esc)
         if 0xD800 <= cp <= 0xDBFF:  # a lone low surrogate is accepted as-is, as in 1.1.0
-            if b[j:j + 2] != b"\\u":
+            if b[j : j + 2] != b"\\u":
                 raise _perr(_M_SURROGATE, esc)
             lo, j = _hex4(b, j + 2, esc)
             if not 0xDC00 <= lo <= 0xDFFF:
@@ -265,7 +315,8 @@ def _rj_string(b: bytes, j: int) -> tuple[str, int]:
 
 
 def _rj_number(b: bytes, i: int):
-    """Reader::ParseNumber (normal precision): same acceptance, errors and offsets; the value is correctly rounded."""
+    """Reader::ParseNumber (normal precision): same acceptance, errors and offsets; the value is
+    correctly rounded."""
     n, start = len(b), i
 
     def pk(j):
@@ -283,7 +334,13 @@ def _rj_number(b: bytes, i: int):
     if 0x30 <= c <= 0x39:
         int_digits, i = digits_at(i) if c != 0x30 else (b"0", i + 1)
         limit = 2**63 if minus else 2**64 - 1
-        kept = next((k for k in range(1, min(len(int_digits), 21) + 1) if int(int_digits[:k]) > limit), 0) - 1
+        kept = (
+            next(
+                (k for k in range(1, min(len(int_digits), 21) + 1) if int(int_digits[:k]) > limit),
+                0,
+            )
+            - 1
+        )
         if kept < 0:  # fits (u)int64
             acc, sig = int(int_digits), len(int_digits) - 1
         else:  # RapidJSON goes on in a double and refuses to pass DBL_MAX / 10
@@ -294,7 +351,7 @@ def _rj_number(b: bytes, i: int):
                 d = d * 10 + (ch - 48)
     elif c in (0x49, 0x4E):  # Consume() chains: 'N','a','N' else 'I','n','f'[,'i','n','i','t','y']
         nan_inf = True
-        if b[i:i + 3] == b"NaN":
+        if b[i : i + 3] == b"NaN":
             d, i = math.nan, i + 3
         else:
             i += (c == 0x4E) + (c == 0x4E and pk(i + 1) == 0x61)
@@ -350,7 +407,9 @@ def _rj_number(b: bytes, i: int):
     if nan_inf:
         return d, i
     value = int(int_digits)
-    if value > _DBL_MAX:  # no Python float holds it (float() raises); RapidJSON keeps the finite d accumulated above
+    if (
+        value > _DBL_MAX
+    ):  # no Python float holds it (float() raises); RapidJSON keeps the finite d accumulated above
         value = d
     return (-value if minus else value), i
 
@@ -362,14 +421,15 @@ def _rj_value(b: bytes, i: int):
     for word, value in ((b"null", None), (b"true", True), (b"false", False)):
         if c == word[0]:
             for k in range(1, len(word)):
-                if b[i + k:i + k + 1] != word[k:k + 1]:
+                if b[i + k : i + k + 1] != word[k : k + 1]:
                     raise _perr(_M_INVALID, i + k)
             return value, i + len(word)
     return _rj_number(b, i)
 
 
 def _rj_parse(b: bytes, i: int):
-    """GenericReader::IterativeParse with kParseStopWhenDoneFlag; returns the root value or raises."""
+    """GenericReader::IterativeParse with kParseStopWhenDoneFlag; returns the root value or
+    raises."""
     n, stack, state, root = len(b), [], _START, None
 
     def ws(j):
@@ -402,8 +462,10 @@ def _rj_parse(b: bytes, i: int):
         if state in _AFTER_VALUE:
             if c in (0x5B, 0x7B):
                 if len(stack) >= MAX_JSON_DEPTH:
-                    raise invalid_argument(f"JSON Parse error: arrays and objects nest deeper than "
-                                           f"{MAX_JSON_DEPTH} levels at offset: {i}")
+                    raise invalid_argument(
+                        f"JSON Parse error: arrays and objects nest deeper than "
+                        f"{MAX_JSON_DEPTH} levels at offset: {i}"
+                    )
                 stack.append([[] if c == 0x5B else {}, _AFTER_VALUE[state], None])
                 state, i = (_ARR if c == 0x5B else _OBJ), i + 1
             elif c == 0x5D and state == _ARR:
@@ -435,9 +497,9 @@ def _rj_parse(b: bytes, i: int):
 
 
 def _python_disagrees(body: bytes) -> bool:
-    """True when json.loads may accept what RapidJSON rejects or decodes differently: a positive exponent of 3+
-    digits that overflows under RapidJSON's own rule, 300+ digit runs, \\u escapes of unpaired surrogates.
-    Each test is a C-speed scan; only the rare hits are looked at closely."""
+    """True when json.loads may accept what RapidJSON rejects or decodes differently: a positive
+    exponent of 3+ digits that overflows under RapidJSON's own rule, 300+ digit runs, \\u escapes of
+    unpaired surrogates. Each test is a C-speed scan; only the rare hits are looked at closely."""
     classes = body.translate(_CLASSES)
     if b"1" * 300 in classes:
         return True
@@ -454,9 +516,18 @@ def _python_disagrees(body: bytes) -> bool:
         escapes = list(_SURROGATE.finditer(body))
         for k, m in enumerate(escapes):
             high = m.group(1) in b"89abAB"
-            mate = (escapes[k + 1] if k + 1 < len(escapes) else None) if high else escapes[k - 1] if k else None
-            if mate is None or (mate.start() != m.end() if high else mate.end() != m.start()) or (
-                    (mate.group(1) in b"89abAB") == high):
+            mate = (
+                (escapes[k + 1] if k + 1 < len(escapes) else None)
+                if high
+                else escapes[k - 1]
+                if k
+                else None
+            )
+            if (
+                mate is None
+                or (mate.start() != m.end() if high else mate.end() != m.start())
+                or ((mate.group(1) in b"89abAB") == high)
+            ):
                 return True
     return False
 
@@ -486,7 +557,10 @@ def _parse_value(body: bytes):
         text = body[start:].decode("utf-8", "surrogateescape")
         try:
             doc, _ = _DECODER.raw_decode(text, _WS.match(text).end())
-            if type(doc) not in (int, float):  # a root number may end in what RapidJSON rejects ("1.", "2e")
+            if type(doc) not in (
+                int,
+                float,
+            ):  # a root number may end in what RapidJSON rejects ("1.", "2e")
                 return doc
         except (ValueError, RecursionError):
             pass

@@ -22,6 +22,7 @@
 
 Everything here runs on the router's ingress event loop; Serve's list is read, never written.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,8 +81,8 @@ class _Answers(asyncio.Protocol):
             call_id, length = ANSWER_HEADER.unpack_from(buf)
             if len(buf) < header + length:
                 return
-            answer = bytes(buf[header:header + length])
-            del buf[:header + length]
+            answer = bytes(buf[header : header + length])
+            del buf[: header + length]
             future = self.pending.pop(call_id, None)
             if future is not None and not future.done():
                 future.set_result(answer)
@@ -99,11 +100,27 @@ class ReplicaLink:
     """One replica: its connection (opened on first use, again after it drops) and this
     router's count of calls in flight on it."""
 
-    __slots__ = ("replica_id", "host", "port", "max_ongoing", "ongoing", "failed_at", "retired",
-                 "_hello", "_conn", "_connecting", "_next_id")
+    __slots__ = (
+        "replica_id",
+        "host",
+        "port",
+        "max_ongoing",
+        "ongoing",
+        "failed_at",
+        "retired",
+        "_hello",
+        "_conn",
+        "_connecting",
+        "_next_id",
+    )
 
     def __init__(self, replica_id: str, host: str, port: int, max_ongoing: int, key: str) -> None:
-        self.replica_id, self.host, self.port, self.max_ongoing = replica_id, host, port, max_ongoing
+        self.replica_id, self.host, self.port, self.max_ongoing = (
+            replica_id,
+            host,
+            port,
+            max_ongoing,
+        )
         self.ongoing = 0
         self.failed_at: float | None = None
         self.retired = False
@@ -117,13 +134,18 @@ class ReplicaLink:
         if conn is not None and not conn.closed:
             return conn
         if self._connecting is None:  # one attempt, shared by the calls that wait for it
-            self._connecting = asyncio.ensure_future(asyncio.get_running_loop().create_connection(
-                lambda: _Answers(self._hello), self.host, self.port))
+            self._connecting = asyncio.ensure_future(
+                asyncio.get_running_loop().create_connection(
+                    lambda: _Answers(self._hello), self.host, self.port
+                )
+            )
         connecting = self._connecting
         try:
             _, conn = await asyncio.shield(connecting)
         except OSError as exc:
-            raise ConnectionError(f"cannot connect to the replica at {self.host}:{self.port}: {exc}") from None
+            raise ConnectionError(
+                f"cannot connect to the replica at {self.host}:{self.port}: {exc}"
+            ) from None
         finally:
             if self._connecting is connecting and connecting.done():
                 self._connecting = None
@@ -223,7 +245,9 @@ class VersionApp:
                 best = link
         return best
 
-    async def acquire(self, deadline: float | None, exclude: ReplicaLink | None = None) -> ReplicaLink | None:
+    async def acquire(
+        self, deadline: float | None, exclude: ReplicaLink | None = None
+    ) -> ReplicaLink | None:
         """A replica slot for one call (release it with `release`), or None: use the handle.
         Raises RESOURCE_EXHAUSTED when max_queued_requests calls already wait, and
         asyncio.TimeoutError when `deadline` (time.monotonic()) passes while waiting."""
@@ -236,8 +260,10 @@ class VersionApp:
             return link
         if 0 <= self.max_queued <= len(self._waiters):
             raise AspireError(
-                f"Too many requests for this servable: {self.max_queued} already wait for a replica "
-                "at this router (max_queued_requests); retry later", "RESOURCE_EXHAUSTED")
+                f"Too many requests for this servable: {self.max_queued} already wait for a "
+                "replica at this router (max_queued_requests); retry later",
+                "RESOURCE_EXHAUSTED",
+            )
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:

@@ -33,6 +33,7 @@ Wire contract, shared by `ReplicaService` (replica side) and `deployments/replic
    pool. `stop(grace_s)` refuses new connections and calls (routers send those elsewhere), lets
    the calls in flight finish for up to `grace_s`, then closes every connection.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,17 @@ from core.errors import CODES, AspireError
 
 log = logging.getLogger("aspire.replica_service")
 
-METHODS = ("predict", "classify", "regress", "metadata",
-           "Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata")
+METHODS = (
+    "predict",
+    "classify",
+    "regress",
+    "metadata",
+    "Predict",
+    "Classify",
+    "Regress",
+    "MultiInference",
+    "GetModelMetadata",
+)
 METHOD_NUMBERS = {m: i for i, m in enumerate(METHODS)}
 REST_METHODS = METHODS[:4]
 HELLO_MAGIC = b"ASPIRE-CALLS/1\n"
@@ -56,7 +66,9 @@ CALL_HEADER = struct.Struct("!BIBQ")  # frame type, call id, method number, payl
 ANSWER_HEADER = struct.Struct("!IQ")  # call id, answer length
 CALL, CANCEL = 1, 2
 MAX_PAYLOAD_BYTES = 2**31 - 1
-METADATA_KEY = "aspire_port"  # the replica metadata entry routers read (Serve's record_replica_metadata)
+METADATA_KEY = (
+    "aspire_port"  # the replica metadata entry routers read (Serve's record_replica_metadata)
+)
 
 _OK = b"\x00"
 REFUSED = 255
@@ -89,6 +101,7 @@ def decode_answer(answer: bytes) -> bytes:
 def set_nodelay(transport) -> None:
     """Small frames go out at once (no Nagle delay waiting for the peer's ACK)."""
     import socket
+
     sock = transport.get_extra_info("socket")
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -146,25 +159,25 @@ class _Connection(asyncio.Protocol):
                 return
             if len(buf) < header + length:
                 return
-            payload = bytes(buf[header:header + length])
-            del buf[:header + length]
+            payload = bytes(buf[header : header + length])
+            del buf[: header + length]
             self._start(call_id, METHODS[method], payload)
 
     def _read_hello(self) -> bool:
         buf, size = self._buf, len(HELLO_MAGIC) + 2
         if len(buf) < size:
             return False
-        if bytes(buf[:len(HELLO_MAGIC)]) != HELLO_MAGIC:
+        if bytes(buf[: len(HELLO_MAGIC)]) != HELLO_MAGIC:
             self._transport.close()
             return False
         (length,) = struct.unpack_from("!H", buf, len(HELLO_MAGIC))
         if len(buf) < size + length:
             return False
-        if not hmac.compare_digest(bytes(buf[size:size + length]), self._service.key):
+        if not hmac.compare_digest(bytes(buf[size : size + length]), self._service.key):
             log.warning("closed a connection with a wrong data-plane key")
             self._transport.close()
             return False
-        del buf[:size + length]
+        del buf[: size + length]
         self._greeted = True
         return True
 
@@ -214,7 +227,9 @@ class ReplicaService:
 
     def start(self, timeout_s: float = 30.0) -> int:
         """Listen on a port the OS picks; returns it. Raises if the service cannot start."""
-        self._thread = threading.Thread(target=self._run, name="aspire-replica-service", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="aspire-replica-service", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(timeout_s):
             raise RuntimeError(f"replica service did not start in {timeout_s:.0f} s")
@@ -224,11 +239,13 @@ class ReplicaService:
 
     def _run(self) -> None:
         from deployments.ingress import new_event_loop
+
         self.loop = new_event_loop()
         asyncio.set_event_loop(self.loop)
         try:
-            self._server = self.loop.run_until_complete(self.loop.create_server(
-                lambda: _Connection(self), self._host, 0, backlog=1024))
+            self._server = self.loop.run_until_complete(
+                self.loop.create_server(lambda: _Connection(self), self._host, 0, backlog=1024)
+            )
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._error = exc

@@ -13,6 +13,7 @@ Life of a REST request (`RestApi.__call__`, the ASGI application of the REST por
 4. The answer's bytes are the response body; an AspireError becomes TF Serving's
    `{"error": "..."}` with the HTTP status TF Serving maps from its code.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,12 @@ log = logging.getLogger("aspire.rest")
 
 POST_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 GET_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 V1_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 INT64_MAX = 2**63 - 1
 # Aspire's own status (every model, where its replicas run, GPU and RAM reservations): not part
@@ -84,7 +87,9 @@ def parse_path(method: str, raw_path: str) -> dict:
         try:
             label = unquote_to_bytes(label).decode("utf-8")
         except UnicodeDecodeError:
-            raise invalid_argument(f"Failed to decode model version label:{escape(label, 256)}") from None
+            raise invalid_argument(
+                f"Failed to decode model version label:{escape(label, 256)}"
+            ) from None
     if version is not None:
         # at most 19 significant digits fit an int64; Python refuses to parse past 4,300
         number = int(version) if len(version.lstrip("0")) <= 19 else INT64_MAX + 1
@@ -156,8 +161,9 @@ def gunzip_limited(body: bytes, limit: int) -> bytes:
         if size > limit or inflater.unconsumed_tail:
             raise BodyTooLarge(None, limit, "Decompressed request body")
         if not inflater.eof:
-            raise invalid_argument("Failed to decompress gzip request body: it ends before the "
-                                   "end of its gzip stream")
+            raise invalid_argument(
+                "Failed to decompress gzip request body: it ends before the end of its gzip stream"
+            )
         data = inflater.unused_data
     return b"".join(out)
 
@@ -171,17 +177,24 @@ def error_body(err: AspireError) -> bytes:
 
 
 def status_body(statuses: list[dict]) -> dict:
-    return {"model_version_status": [
-        {"version": str(s["version"]), "state": s["state"],
-         "status": {"error_code": s["error_code"], "error_message": s["error_message"]}}
-        for s in statuses]}
+    return {
+        "model_version_status": [
+            {
+                "version": str(s["version"]),
+                "state": s["state"],
+                "status": {"error_code": s["error_code"], "error_message": s["error_message"]},
+            }
+            for s in statuses
+        ]
+    }
 
 
 class RestApi:
     """The REST port's ASGI application."""
 
-    def __init__(self, core: RouterCore, auth: BearerAuth, max_body_bytes: int,
-                 metrics_path: str | None) -> None:
+    def __init__(
+        self, core: RouterCore, auth: BearerAuth, max_body_bytes: int, metrics_path: str | None
+    ) -> None:
         self.core = core
         self._auth = auth
         self._max_body_bytes = max_body_bytes
@@ -201,7 +214,9 @@ class RestApi:
     async def dispatch(self, scope, receive) -> tuple[int, bytes, bytes, list]:
         """(status, content type, body, extra headers) of one request."""
         method = scope["method"]
-        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+        raw_path = (
+            (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+        )
         if raw_path == HEALTH_PATH and method == "GET":  # open: says the router is up
             return 200, JSON, json_body({"status": "ok"}), []
         if self._auth.enabled and method != "OPTIONS":  # preflights carry no credentials

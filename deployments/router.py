@@ -5,6 +5,7 @@ versions, manager calls, metrics) and serves TF Serving's REST API (deployments/
 gRPC API (deployments/grpc_api.py) around it, on its own HTTP and gRPC servers
 (deployments/ingress.py). Serve places, health-checks and restarts the routers; its proxy is off.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -27,23 +28,41 @@ from deployments.router_core import RouterCore
 # __del__ (Ingress.stop), so a short period only stops it sooner.
 @serve.deployment(name="router", graceful_shutdown_wait_loop_s=0.25)
 class Router:
-    def __init__(self, rest_api_timeout_ms: int = 30000, data_key: str = "",
-                 manager_name: str = MANAGER_NAME, namespace: str = NAMESPACE,
-                 metrics_path: str | None = None, host: str = "0.0.0.0", rest_port: int = 8501,
-                 grpc_port: int = 8500, grpc_health: bool = False,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 auth_token_sha256: str | None = None, admin_token_sha256: str | None = None):
+    def __init__(
+        self,
+        rest_api_timeout_ms: int = 30000,
+        data_key: str = "",
+        manager_name: str = MANAGER_NAME,
+        namespace: str = NAMESPACE,
+        metrics_path: str | None = None,
+        host: str = "0.0.0.0",
+        rest_port: int = 8501,
+        grpc_port: int = 8500,
+        grpc_health: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        auth_token_sha256: str | None = None,
+        admin_token_sha256: str | None = None,
+    ):
         protos.load()  # TF Serving's protos without TensorFlow's runtime: a router runs no model
         # Digests, never tokens: Serve keeps these arguments in the GCS (deployments/auth.py).
         auth = BearerAuth(auth_token_sha256, admin_token_sha256)
         manager = ray.get_actor(manager_name, namespace=namespace)
-        self.core = RouterCore(manager, rest_api_timeout_ms / 1000 if rest_api_timeout_ms > 0 else None,
-                               data_key, f"router-{uuid.uuid4().hex[:12]}")
+        self.core = RouterCore(
+            manager,
+            rest_api_timeout_ms / 1000 if rest_api_timeout_ms > 0 else None,
+            data_key,
+            f"router-{uuid.uuid4().hex[:12]}",
+        )
         grpc_api = GrpcApi(self.core)
         self._ingress = Ingress()
-        self._ingress.start(RestApi(self.core, auth, max_body_bytes, metrics_path), host, rest_port,
-                            grpc_port, lambda server: add_servicers(grpc_api, server, grpc_health),
-                            grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else ())
+        self._ingress.start(
+            RestApi(self.core, auth, max_body_bytes, metrics_path),
+            host,
+            rest_port,
+            grpc_port,
+            lambda server: add_servicers(grpc_api, server, grpc_health),
+            grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else (),
+        )
         self.core.loop = self._ingress.loop
         self._ingress.loop.call_soon_threadsafe(self.core.sync_apps)  # the versions served now
 
@@ -55,8 +74,10 @@ class Router:
     def direct_replicas(self) -> dict[str, int]:
         """Replicas of each version application this router calls directly (tests, status)."""
         import asyncio
+
         async def count():
             return self.core.direct_replicas()
+
         return asyncio.run_coroutine_threadsafe(count(), self._ingress.loop).result(10)
 
     def __del__(self):

@@ -11,6 +11,7 @@ REST (deployments/rest_api.py) and gRPC (deployments/grpc_api.py) are thin adapt
 4. asks the manager status and admin questions (`ask_manager`: 503 while it does not answer);
 5. records every request in the metrics.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,10 @@ class VersionAddress:
     @classmethod
     def from_where(cls, where: dict) -> "VersionAddress":
         """From the manager's record of a loaded version (cluster/manager.py `where`)."""
-        return cls(apps=tuple((str(a), int(n)) for a, n in where.get("apps") or ()),
-                   max_queued_requests=int(where.get("max_queued_requests", 1000)))
+        return cls(
+            apps=tuple((str(a), int(n)) for a, n in where.get("apps") or ()),
+            max_queued_requests=int(where.get("max_queued_requests", 1000)),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,16 +73,22 @@ class ServingMap:
 
     @classmethod
     def from_manager(cls, raw: dict) -> "ServingMap":
-        return cls(epoch=raw["epoch"],
-                   models={name: {int(v): VersionAddress.from_where(w) for v, w in versions.items()}
-                           for name, versions in raw.get("models", {}).items()},
-                   labels={n: dict(m) for n, m in raw.get("labels", {}).items()},
-                   traffic={n: tuple(s) for n, s in raw.get("traffic", {}).items() if s},
-                   known=frozenset(raw.get("known", ())), poll_s=float(raw.get("poll_s", 5.0)))
+        return cls(
+            epoch=raw["epoch"],
+            models={
+                name: {int(v): VersionAddress.from_where(w) for v, w in versions.items()}
+                for name, versions in raw.get("models", {}).items()
+            },
+            labels={n: dict(m) for n, m in raw.get("labels", {}).items()},
+            traffic={n: tuple(s) for n, s in raw.get("traffic", {}).items() if s},
+            known=frozenset(raw.get("known", ())),
+            poll_s=float(raw.get("poll_s", 5.0)),
+        )
 
 
-def resolve(serving_map: ServingMap, name: str, version: int | None,
-            label: str | None) -> tuple[int, VersionAddress]:
+def resolve(
+    serving_map: ServingMap, name: str, version: int | None, label: str | None
+) -> tuple[int, VersionAddress]:
     """(version, address) of the servable a request names; NOT_FOUND as TF Serving words it.
     Without a version or label: the traffic split if the model has one, else Latest."""
     versions = serving_map.models.get(name, {})
@@ -93,8 +102,9 @@ def resolve(serving_map: ServingMap, name: str, version: int | None,
             raise not_found(f"Servable not found for request: Latest({name})")
         split = serving_map.traffic.get(name)
         if split:  # Aspire's weighted canary traffic for unversioned requests
-            weights = effective_weights(TrafficSplit(split), serving_map.labels.get(name, {}),
-                                        set(versions))
+            weights = effective_weights(
+                TrafficSplit(split), serving_map.labels.get(name, {}), set(versions)
+            )
             version = pick(weights, random.random())
         else:
             version = max(versions)
@@ -118,8 +128,10 @@ class RouterCore:
         self._timeout_s = timeout_s  # --rest_api_timeout_in_ms; None: no limit
         self._data_key = data_key
         self._id = router_id
-        self._shipper = metrics.Shipper(metrics.Recorder(), lambda deltas: ray.get(
-            self._manager.apply_metrics.remote(deltas), timeout=10))
+        self._shipper = metrics.Shipper(
+            metrics.Recorder(),
+            lambda deltas: ray.get(self._manager.apply_metrics.remote(deltas), timeout=10),
+        )
         self.map = ServingMap.from_manager(ray.get(self._manager.serving_map.remote()))
         self._apps: dict[str, VersionApp] = {}
         self.loop: asyncio.AbstractEventLoop | None = None  # the ingress loop, once it runs
@@ -130,10 +142,15 @@ class RouterCore:
     def _follow_serving_map(self) -> None:
         while not self._stop.is_set():
             try:
-                update = ray.get(self._manager.wait_for_serving_map.remote(
-                    self.map.epoch, self._id, self.map.poll_s))
+                update = ray.get(
+                    self._manager.wait_for_serving_map.remote(
+                        self.map.epoch, self._id, self.map.poll_s
+                    )
+                )
                 if update is not None:
-                    self.map = ServingMap.from_manager(update)  # requests see old or new, never half
+                    self.map = ServingMap.from_manager(
+                        update
+                    )  # requests see old or new, never half
                     if self.loop is not None:
                         self.loop.call_soon_threadsafe(self.sync_apps)
             except Exception as exc:  # manager restarting: keep the last map and retry
@@ -145,8 +162,12 @@ class RouterCore:
         (their versions unloaded). Run on the ingress loop at start and after each map update, so
         a router learns a new version's replicas (and their call ports) before its first request
         rather than on it. Each app keeps the map's current max_queued_requests."""
-        wanted = {app: address.max_queued_requests for versions in self.map.models.values()
-                  for address in versions.values() for app, _ in address.apps}
+        wanted = {
+            app: address.max_queued_requests
+            for versions in self.map.models.values()
+            for address in versions.values()
+            for app, _ in address.apps
+        }
         for app in [a for a in self._apps if a not in wanted]:
             self._apps.pop(app).close()
         for app, max_queued in wanted.items():
@@ -157,11 +178,15 @@ class RouterCore:
 
     def _open_app(self, app_name: str, max_queued_requests: int) -> VersionApp:
         from ray import serve
-        app = self._apps[app_name] = VersionApp(serve.get_deployment_handle("servable", app_name),
-                                                self._data_key, max_queued_requests)
+
+        app = self._apps[app_name] = VersionApp(
+            serve.get_deployment_handle("servable", app_name), self._data_key, max_queued_requests
+        )
         return app
 
-    def resolve(self, name: str, version: int | None, label: str | None) -> tuple[int, VersionAddress]:
+    def resolve(
+        self, name: str, version: int | None, label: str | None
+    ) -> tuple[int, VersionAddress]:
         return resolve(self.map, name, version, label)
 
     def _app(self, address: VersionAddress) -> VersionApp:
@@ -210,18 +235,24 @@ class RouterCore:
                 raise
             except _ReplicaLost as lost:
                 if attempt == 2:
-                    raise AspireError("The replica serving this request stopped, and so did the "
-                                      "one it was retried on", "UNAVAILABLE") from None
+                    raise AspireError(
+                        "The replica serving this request stopped, and so did the "
+                        "one it was retried on",
+                        "UNAVAILABLE",
+                    ) from None
                 log.warning("replica lost during a request (%s); retrying once", lost)
                 exclude = link
         raise AssertionError("unreachable")
 
     def _timed_out(self) -> AspireError:
-        return AspireError(f"Request timed out after {self._timeout_s * 1000:.0f} ms "
-                           "(--rest_api_timeout_in_ms)", "DEADLINE_EXCEEDED")
+        return AspireError(
+            f"Request timed out after {self._timeout_s * 1000:.0f} ms (--rest_api_timeout_in_ms)",
+            "DEADLINE_EXCEEDED",
+        )
 
-    async def _direct_call(self, app: VersionApp, link, method: str, payload: bytes,
-                           deadline: float | None) -> bytes:
+    async def _direct_call(
+        self, app: VersionApp, link, method: str, payload: bytes, deadline: float | None
+    ) -> bytes:
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
         try:
             return decode_answer(await link.call(method, payload, left))
@@ -233,8 +264,9 @@ class RouterCore:
         finally:
             app.release(link)
 
-    async def _handle_call(self, app: VersionApp, method: str, payload: bytes,
-                           deadline: float | None) -> bytes:
+    async def _handle_call(
+        self, app: VersionApp, method: str, payload: bytes, deadline: float | None
+    ) -> bytes:
         response = app.handle.call.remote(method, payload)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -249,7 +281,9 @@ class RouterCore:
             limit = exc.args[1] if len(exc.args) > 1 else "the limit of"
             raise AspireError(
                 f"Too many requests for this servable: {limit} already wait for a replica "
-                "at this router (max_queued_requests); retry later", "RESOURCE_EXHAUSTED") from None
+                "at this router (max_queued_requests); retry later",
+                "RESOURCE_EXHAUSTED",
+            ) from None
         except RayActorError as exc:
             raise _ReplicaLost(type(exc).__name__) from None
 
@@ -265,9 +299,11 @@ class RouterCore:
         try:
             return await asyncio.wait_for(getattr(self._manager, method).remote(*args), timeout_s)
         except (asyncio.TimeoutError, RayActorError):
-            raise AspireError(f"The Aspire manager did not answer within {timeout_s:g} s (it may "
-                              "be restarting); predictions are not affected; retry later",
-                              "UNAVAILABLE") from None
+            raise AspireError(
+                f"The Aspire manager did not answer within {timeout_s:g} s (it may "
+                "be restarting); predictions are not affected; retry later",
+                "UNAVAILABLE",
+            ) from None
         except Exception as exc:  # a bug in the manager: logged here, never a trace to the client
             log.exception("manager call %s failed", method)
             raise AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL") from None
@@ -282,16 +318,25 @@ class RouterCore:
         api = seen.api
         inference = api in ("predict", "classify", "regress")
         if protocol == "rest" or inference:  # TF Serving counts gRPC's inference calls only
-            recorder.inc(metrics.TFS_REQUEST_COUNT,
-                         metrics.labels_for(metrics.TFS_REQUEST_COUNT, name, code))
+            recorder.inc(
+                metrics.TFS_REQUEST_COUNT, metrics.labels_for(metrics.TFS_REQUEST_COUNT, name, code)
+            )
         if code == "OK" and (protocol == "rest" or inference):
             tf_api = (api.capitalize() if protocol == "grpc" else api) if inference else ""
-            recorder.observe(metrics.TFS_REQUEST_LATENCY, metrics.labels_for(
-                metrics.TFS_REQUEST_LATENCY, name, tf_api, protocol.upper()), seconds * 1e6)
-        recorder.inc(metrics.ASPIRE_REQUESTS, metrics.labels_for(
-            metrics.ASPIRE_REQUESTS, name, seen.version, api, protocol, code))
-        recorder.observe(metrics.ASPIRE_REQUEST_LATENCY, metrics.labels_for(
-            metrics.ASPIRE_REQUEST_LATENCY, name, seen.version, api, protocol), seconds)
+            recorder.observe(
+                metrics.TFS_REQUEST_LATENCY,
+                metrics.labels_for(metrics.TFS_REQUEST_LATENCY, name, tf_api, protocol.upper()),
+                seconds * 1e6,
+            )
+        recorder.inc(
+            metrics.ASPIRE_REQUESTS,
+            metrics.labels_for(metrics.ASPIRE_REQUESTS, name, seen.version, api, protocol, code),
+        )
+        recorder.observe(
+            metrics.ASPIRE_REQUEST_LATENCY,
+            metrics.labels_for(metrics.ASPIRE_REQUEST_LATENCY, name, seen.version, api, protocol),
+            seconds,
+        )
 
     def stop(self) -> None:
         self._stop.set()

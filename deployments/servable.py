@@ -15,6 +15,7 @@ replicas so TensorFlow never touches a GPU it holds no reservation on), Ray's ow
 is not asked for, and TensorFlow inside the replica is capped to the reservation less the CUDA
 context (policies/admission.py `tf_memory_limit_bytes`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,6 +41,7 @@ from policies.admission import Need, Placement, replica_need, tf_memory_limit_by
 
 log = logging.getLogger("aspire.servable")
 
+
 def _metrics_shipper() -> metrics.Shipper:
     """This replica's recorder, shipped to the manager's store every second. Runtime latency
     is the time inside the replica: tensor conversion and the session run."""
@@ -57,6 +59,7 @@ def _metrics_shipper() -> metrics.Shipper:
         except Exception:
             manager.clear()  # looked up again next time: the manager may have been restarted
             raise
+
     return metrics.Shipper(metrics.Recorder(), send)
 
 
@@ -73,11 +76,22 @@ def inference_threads(max_concurrency: int, batched: bool) -> int:
 
 @serve.deployment
 class ServableDeployment:
-    def __init__(self, name: str, version: int, path: str, tags: tuple[str, ...],
-                 warmup_iterations: int | None = 1, gpu_memory_limit_bytes: int | None = None,
-                 batching: "BatchingOptions | None" = None, threads: tuple[int, int] = (0, 0),
-                 max_concurrency: int = 64, run_timeout_ms: int = 0, data_key: str = "",
-                 tensor_content: bool = False, shutdown_grace_s: float = 20.0):
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: str,
+        tags: tuple[str, ...],
+        warmup_iterations: int | None = 1,
+        gpu_memory_limit_bytes: int | None = None,
+        batching: "BatchingOptions | None" = None,
+        threads: tuple[int, int] = (0, 0),
+        max_concurrency: int = 64,
+        run_timeout_ms: int = 0,
+        data_key: str = "",
+        tensor_content: bool = False,
+        shutdown_grace_s: float = 20.0,
+    ):
         self.name, self.version = name, version
         self._tensor_content = tensor_content  # --enable_serialization_as_tensor_content
         self._shutdown_grace_s = shutdown_grace_s
@@ -96,35 +110,59 @@ class ServableDeployment:
         # raising would make Serve retry the constructor and bury TF's message in a traceback.
         try:
             self.model = SavedModelLoader(path, tags).load(
-                intra_op_threads=threads[0], inter_op_threads=threads[1],
-                gpu_memory_limit_bytes=gpu_memory_limit_bytes, run_timeout_ms=run_timeout_ms)
+                intra_op_threads=threads[0],
+                inter_op_threads=threads[1],
+                gpu_memory_limit_bytes=gpu_memory_limit_bytes,
+                run_timeout_ms=run_timeout_ms,
+            )
             self.session_threads = list(self.model.session_threads)
             params = batching.parameters_for(path) if batching is not None else None
             if params is not None:
                 from deployments.batching import BatchedModel
+
                 labels = metrics.labels_for(metrics.ASPIRE_BATCH_TASKS, name, version)
-                self.model = BatchedModel(self.model, params, lambda tasks, _padding: (
-                    self._shipper.recorder.observe(metrics.ASPIRE_BATCH_TASKS, labels, tasks)))
+                self.model = BatchedModel(
+                    self.model,
+                    params,
+                    lambda tasks, _padding: self._shipper.recorder.observe(
+                        metrics.ASPIRE_BATCH_TASKS, labels, tasks
+                    ),
+                )
             if warmup_iterations is not None:  # None: --enable_model_warmup=false
                 self._warmup(path, warmup_iterations)
             if gpu_memory_limit_bytes:
                 from core.nvml import process_vram_bytes
+
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
         except AspireError as err:
             self.load_error = (err.code, err.message)
         except Exception as exc:
             self.load_error = ("UNKNOWN", f"{type(exc).__name__}: {exc}")
-        self._pool = ThreadPoolExecutor(inference_threads(max_concurrency, params is not None),
-                                        thread_name_prefix="aspire-infer")
+        self._pool = ThreadPoolExecutor(
+            inference_threads(max_concurrency, params is not None),
+            thread_name_prefix="aspire-infer",
+        )
         if data_key and self.load_error is None:  # the direct data path (replica_service.py)
             import ray
+
             try:
-                self._service = ReplicaService(self._submit, data_key, ray.util.get_node_ip_address())
+                self._service = ReplicaService(
+                    self._submit, data_key, ray.util.get_node_ip_address()
+                )
                 self._service.start()
             except Exception as exc:  # noqa: BLE001 - reported like a failed load
-                self.load_error = ("UNAVAILABLE", f"The replica's call service did not start: {exc}")
-        log.info("load of {name: %s version: %d} from %s: %s in %.2f s", name, version, path,
-                 self.load_error or "OK", time.monotonic() - started)
+                self.load_error = (
+                    "UNAVAILABLE",
+                    f"The replica's call service did not start: {exc}",
+                )
+        log.info(
+            "load of {name: %s version: %d} from %s: %s in %.2f s",
+            name,
+            version,
+            path,
+            self.load_error or "OK",
+            time.monotonic() - started,
+        )
 
     def _warmup(self, path: str, iterations: int) -> None:
         """run_warmup, recorded as TF Serving records it (latency and records read, by status)."""
@@ -136,25 +174,40 @@ class ServableDeployment:
             raise
         finally:
             if records or status != "OK":  # nothing is recorded without a warmup file
-                recorder.observe(metrics.TFS_MODEL_WARMUP_LATENCY, metrics.labels_for(
-                    metrics.TFS_MODEL_WARMUP_LATENCY, path, status), (time.perf_counter() - started) * 1e6)
-                recorder.inc(metrics.TFS_MODEL_WARMUP_RECORDS_READ, metrics.labels_for(
-                    metrics.TFS_MODEL_WARMUP_RECORDS_READ, path, status), records)
+                recorder.observe(
+                    metrics.TFS_MODEL_WARMUP_LATENCY,
+                    metrics.labels_for(metrics.TFS_MODEL_WARMUP_LATENCY, path, status),
+                    (time.perf_counter() - started) * 1e6,
+                )
+                recorder.inc(
+                    metrics.TFS_MODEL_WARMUP_RECORDS_READ,
+                    metrics.labels_for(metrics.TFS_MODEL_WARMUP_RECORDS_READ, path, status),
+                    records,
+                )
 
     def _runtime(self, api: str, started: float) -> None:
         if api in ("Predict", "Classify", "Regress"):
-            self._shipper.recorder.observe(metrics.TFS_RUNTIME_LATENCY, metrics.labels_for(
-                metrics.TFS_RUNTIME_LATENCY, self.name, api, "TF1"), (time.perf_counter() - started) * 1e6)
+            self._shipper.recorder.observe(
+                metrics.TFS_RUNTIME_LATENCY,
+                metrics.labels_for(metrics.TFS_RUNTIME_LATENCY, self.name, api, "TF1"),
+                (time.perf_counter() - started) * 1e6,
+            )
 
     def ping(self) -> dict:
         import ray
-        return {"version": self.version, "error": self.load_error, "pid": os.getpid(),
-                "node_id": ray.get_runtime_context().get_node_id(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "measured_vram_bytes": self.measured_vram_bytes,
-                "session_threads": self.session_threads, "ongoing_requests": self._ongoing,
-                "service_port": self._service.port if self._service is not None else None,
-                "calls": dict(self._calls)}
+
+        return {
+            "version": self.version,
+            "error": self.load_error,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "measured_vram_bytes": self.measured_vram_bytes,
+            "session_threads": self.session_threads,
+            "ongoing_requests": self._ongoing,
+            "service_port": self._service.port if self._service is not None else None,
+            "calls": dict(self._calls),
+        }
 
     def record_replica_metadata(self) -> dict:
         """Published by Serve to every router with this replica's place in the running list:
@@ -171,8 +224,9 @@ class ServableDeployment:
             return encode_answer(*self.load_error)
         self._ongoing += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._work,
-                                                                    method, payload)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._work, method, payload
+            )
         finally:
             self._ongoing -= 1
 
@@ -211,11 +265,14 @@ class ServableDeployment:
             if method == "metadata":
                 return encode_answer("OK", self._metadata())
             if method in REST_METHODS:
-                code, text = inference.handle_rest(self.model, method, json_tensor.parse_body(payload))
+                code, text = inference.handle_rest(
+                    self.model, method, json_tensor.parse_body(payload)
+                )
                 api = method.capitalize()
             else:
-                code, text = proto_api.handle(self.model, method, payload, self.name, self.version,
-                                              self._tensor_content)
+                code, text = proto_api.handle(
+                    self.model, method, payload, self.name, self.version, self._tensor_content
+                )
                 api = method
             self._runtime(api, started)
             return encode_answer(code, text)
@@ -229,9 +286,16 @@ class ServableDeployment:
         """GET /metadata's body, as TF Serving prints it (computed once)."""
         if self._metadata_body is None:
             self._metadata_body = json.dumps(
-                {"model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
-                 "metadata": {"signature_def": inference.signature_metadata(self.model)}},
-                indent=1).encode("utf-8")
+                {
+                    "model_spec": {
+                        "name": self.name,
+                        "signature_name": "",
+                        "version": str(self.version),
+                    },
+                    "metadata": {"signature_def": inference.signature_metadata(self.model)},
+                },
+                indent=1,
+            ).encode("utf-8")
         return self._metadata_body
 
     def __del__(self):
@@ -263,6 +327,7 @@ class BatchingOptions:
     def parameters_for(self, version_dir: str):
         if self.per_model:
             from config.batching_config import load_per_model_batching_parameters
+
             return load_per_model_batching_parameters(version_dir)
         return self.parameters
 
@@ -327,11 +392,15 @@ def _groups(placements: list[Placement]) -> list[tuple[Placement, int]]:
 def _replica_env(app: str, placement: Placement | None) -> dict[str, str]:
     env = {"ASPIRE_SERVABLE": app}  # lets the NVML inventory tell Aspire's processes apart
     if placement is not None:
-        env.update({
-            "CUDA_VISIBLE_DEVICES": "" if placement.gpu_index is None else str(placement.gpu_index),
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers GPUs as NVML does
-            "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
-        })
+        env.update(
+            {
+                "CUDA_VISIBLE_DEVICES": ""
+                if placement.gpu_index is None
+                else str(placement.gpu_index),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers GPUs as NVML does
+                "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+            }
+        )
     return env
 
 
@@ -343,16 +412,20 @@ class ServeBackend:
         self.load_timeout_s = load_timeout_s
         self.settings: dict = {}  # model name -> config.aspire_config.ModelSettings
 
-    def need(self, name: str, version: int, path: str, has_gpus: bool,
-             measured_vram_bytes: int | None) -> tuple[Need, int]:
+    def need(
+        self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
+    ) -> tuple[Need, int]:
         settings = self.settings.get(name)
         resources = SavedModelLoader(path, self.options.tags).estimate_resources()
         device = (settings and settings.device) or ("gpu" if has_gpus else "cpu")
-        need = replica_need(device, variable_bytes=resources.variable_bytes,
-                            ram_estimate_bytes=resources.ram_bytes,
-                            declared_vram_bytes=settings.vram_bytes if settings else None,
-                            declared_ram_bytes=settings.ram_bytes if settings else None,
-                            measured_vram_bytes=measured_vram_bytes)
+        need = replica_need(
+            device,
+            variable_bytes=resources.variable_bytes,
+            ram_estimate_bytes=resources.ram_bytes,
+            declared_vram_bytes=settings.vram_bytes if settings else None,
+            declared_ram_bytes=settings.ram_bytes if settings else None,
+            measured_vram_bytes=measured_vram_bytes,
+        )
         return need, self._replicas(name)
 
     def _replicas(self, name: str) -> int:
@@ -374,8 +447,10 @@ class ServeBackend:
         for n in counts:  # the first min_replicas reserved replicas, in placement order
             floors.append(max(1, min(n, left)))
             left -= min(n, left)
-        return [{"autoscaling_config": autoscaling.serve_config(low, n)}
-                for low, n in zip(floors, counts)]
+        return [
+            {"autoscaling_config": autoscaling.serve_config(low, n)}
+            for low, n in zip(floors, counts, strict=True)
+        ]
 
     def _request_limits(self, name: str) -> tuple[int, int]:
         """(max_ongoing_requests, max_queued_requests) of a model: the side file's, else the
@@ -383,8 +458,10 @@ class ServeBackend:
         settings = self.settings.get(name)
         ongoing = settings and settings.max_ongoing_requests
         queued = settings.max_queued_requests if settings else None
-        return (ongoing or self.options.max_ongoing_requests,
-                self.options.max_queued_requests if queued is None else queued)
+        return (
+            ongoing or self.options.max_ongoing_requests,
+            self.options.max_queued_requests if queued is None else queued,
+        )
 
     def _health_checks(self, name: str) -> tuple[float, float]:
         """(period, timeout) of Serve's health checks for a model's replicas: the side file's,
@@ -392,17 +469,21 @@ class ServeBackend:
         settings = self.settings.get(name)
         period = settings.health_check_period_s if settings else None
         timeout = settings.health_check_timeout_s if settings else None
-        return (period or self.options.health_check_period_s,
-                timeout or self.options.health_check_timeout_s)
+        return (
+            period or self.options.health_check_period_s,
+            timeout or self.options.health_check_timeout_s,
+        )
 
-    def load(self, name: str, version: int, path: str,
-             placements: list[Placement] | None = None) -> dict:
+    def load(
+        self, name: str, version: int, path: str, placements: list[Placement] | None = None
+    ) -> dict:
         loader = SavedModelLoader(path, self.options.tags)
         ram_bytes = loader.estimate_resources().ram_bytes
         loader.validate()  # cheap: refuses a version that cannot load before starting replicas
         opts = self.options
-        warmup = (max(1, opts.num_request_iterations_for_warmup)
-                  if opts.enable_model_warmup else None)
+        warmup = (
+            max(1, opts.num_request_iterations_for_warmup) if opts.enable_model_warmup else None
+        )
         groups = _groups(placements) if placements else [(None, self._replicas(name))]
         base = app_name(name, version)
         apps, replicas = [], []
@@ -413,45 +494,77 @@ class ServeBackend:
             for i, (placement, count) in enumerate(groups):
                 app = base if i == 0 else f"{base}-p{i}"
                 apps.append([app, count])
-                actor_options = {"num_cpus": opts.num_cpus, "num_gpus": 0,
-                                 "runtime_env": {"env_vars": _replica_env(app, placement)},
-                                 **opts.extra_actor_options}
+                actor_options = {
+                    "num_cpus": opts.num_cpus,
+                    "num_gpus": 0,
+                    "runtime_env": {"env_vars": _replica_env(app, placement)},
+                    **opts.extra_actor_options,
+                }
                 if placement is not None:
                     actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
-                limit = (tf_memory_limit_bytes(placement.vram_bytes)
-                         if placement is not None and placement.gpu_index is not None else None)
+                limit = (
+                    tf_memory_limit_bytes(placement.vram_bytes)
+                    if placement is not None and placement.gpu_index is not None
+                    else None
+                )
                 deployment = ServableDeployment.options(
-                    name="servable", ray_actor_options=actor_options, **scaling[i],
-                    max_ongoing_requests=ongoing, max_queued_requests=queued,
+                    name="servable",
+                    ray_actor_options=actor_options,
+                    **scaling[i],
+                    max_ongoing_requests=ongoing,
+                    max_queued_requests=queued,
                     graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
                     graceful_shutdown_wait_loop_s=opts.graceful_shutdown_wait_loop_s,
-                    health_check_period_s=check_period_s, health_check_timeout_s=check_timeout_s,
+                    health_check_period_s=check_period_s,
+                    health_check_timeout_s=check_timeout_s,
                     # Aspire counts every request in its own metrics; Serve's per-call log line
                     # cost about 2 % of a replica's CPU
-                    logging_config={"enable_access_log": False})
+                    logging_config={"enable_access_log": False},
+                )
                 [handle] = serve.run_many(
-                    [serve.RunTarget(deployment.bind(name, version, path, tuple(opts.tags), warmup, limit,
-                                                     opts.batching,
-                                                     (opts.intra_op_threads, opts.inter_op_threads),
-                                                     ongoing, opts.run_timeout_ms, opts.data_key,
-                                                     opts.tensor_content,
-                                                     opts.graceful_shutdown_timeout_s),
-                                     name=app, route_prefix=None)],
-                    wait_for_applications_running=False)
+                    [
+                        serve.RunTarget(
+                            deployment.bind(
+                                name,
+                                version,
+                                path,
+                                tuple(opts.tags),
+                                warmup,
+                                limit,
+                                opts.batching,
+                                (opts.intra_op_threads, opts.inter_op_threads),
+                                ongoing,
+                                opts.run_timeout_ms,
+                                opts.data_key,
+                                opts.tensor_content,
+                                opts.graceful_shutdown_timeout_s,
+                            ),
+                            name=app,
+                            route_prefix=None,
+                        )
+                    ],
+                    wait_for_applications_running=False,
+                )
                 self._wait_running(app, f"{{name: {name} version: {version}}}")
                 answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
                 if answer["error"] is not None:
                     code, message = answer["error"]
                     raise AspireError(message, code)
                 autoscaled = scaling[i].get("autoscaling_config")
-                replicas.append({"app": app, "replicas": count,
-                                 "min_replicas": autoscaled["min_replicas"] if autoscaled else count,
-                                 "node_id": answer["node_id"], "pid": answer["pid"],
-                                 "gpu": None if placement is None else placement.gpu_index,
-                                 "vram_bytes": 0 if placement is None else placement.vram_bytes,
-                                 "cuda_visible_devices": answer["cuda_visible_devices"],
-                                 "measured_vram_bytes": answer["measured_vram_bytes"],
-                                 "session_threads": answer["session_threads"]})
+                replicas.append(
+                    {
+                        "app": app,
+                        "replicas": count,
+                        "min_replicas": autoscaled["min_replicas"] if autoscaled else count,
+                        "node_id": answer["node_id"],
+                        "pid": answer["pid"],
+                        "gpu": None if placement is None else placement.gpu_index,
+                        "vram_bytes": 0 if placement is None else placement.vram_bytes,
+                        "cuda_visible_devices": answer["cuda_visible_devices"],
+                        "measured_vram_bytes": answer["measured_vram_bytes"],
+                        "session_threads": answer["session_threads"],
+                    }
+                )
         except AspireError:
             delete_apps([app for app, _ in apps])
             raise
@@ -459,10 +572,14 @@ class ServeBackend:
             delete_apps([app for app, _ in apps])
             raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
         measured = [r["measured_vram_bytes"] for r in replicas if r["measured_vram_bytes"]]
-        return {"apps": apps, "ram_bytes": ram_bytes, "placements": replicas,
-                "measured_vram_bytes": max(measured) if measured else None,
-                # what routers need besides the apps (deployments/router_core.py VersionAddress)
-                "max_queued_requests": queued}
+        return {
+            "apps": apps,
+            "ram_bytes": ram_bytes,
+            "placements": replicas,
+            "measured_vram_bytes": max(measured) if measured else None,
+            # what routers need besides the apps (deployments/router_core.py VersionAddress)
+            "max_queued_requests": queued,
+        }
 
     def _wait_running(self, app: str, servable: str) -> None:
         """Wait for the application to run. A replica Ray cannot schedule (Serve reports it after
@@ -476,17 +593,24 @@ class ServeBackend:
                 if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
                     detail = [d.message for d in status.deployments.values() if d.message]
                     message = _deploy_failure_message("\n".join(detail) or status.message)
-                    raise AspireError(message, "RESOURCE_EXHAUSTED" if "Unschedulable" in message
-                                      else "UNKNOWN")
+                    raise AspireError(
+                        message, "RESOURCE_EXHAUSTED" if "Unschedulable" in message else "UNKNOWN"
+                    )
                 for deployment in status.deployments.values():
                     text = deployment.message or ""
                     if "to be scheduled" in text:
-                        detail = text[text.find("Resources required"):].split(" Use `ray status`")[0]
-                        raise AspireError(f"Replicas of servable {servable} could not be scheduled "
-                                          f"on the cluster: {detail}", "RESOURCE_EXHAUSTED")
+                        detail = text[text.find("Resources required") :].split(" Use `ray status`")[
+                            0
+                        ]
+                        raise AspireError(
+                            f"Replicas of servable {servable} could not be scheduled "
+                            f"on the cluster: {detail}",
+                            "RESOURCE_EXHAUSTED",
+                        )
             time.sleep(0.2)
-        raise AspireError(f"Servable {servable} did not start in {self.load_timeout_s:.0f} s",
-                          "DEADLINE_EXCEEDED")
+        raise AspireError(
+            f"Servable {servable} did not start in {self.load_timeout_s:.0f} s", "DEADLINE_EXCEEDED"
+        )
 
     def unload(self, name: str, version: int, where: dict) -> None:
         delete_apps([app for app, _ in where.get("apps") or [[app_name(name, version), 1]]])

@@ -18,6 +18,7 @@ would miss: a path that is a URL (gs://, s3://, hdfs://: file systems that TF's 
 registers), and an installation with plugin libraries (`tensorflow-plugins`, first-party kernel
 libraries, TF_PLUGGABLE_DEVICE_LIBRARY_PATH), which only `tensorflow/__init__.py` loads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,7 +56,7 @@ def import_tensorflow():
     """`import tensorflow`, all of it, without the eager import of Keras (`_keras_deferred`)."""
     package = sys.modules.get("tensorflow")
     if isinstance(package, _Package):
-        package.__version__  # runs tensorflow/__init__.py in it, once
+        _ = package.__version__  # runs tensorflow/__init__.py in it, once
         return package
     with _keras_deferred():
         import tensorflow as tf
@@ -72,7 +73,9 @@ def _plugin_libraries() -> list[str]:
     for scheme in sysconfig.get_scheme_names():
         for name in ("purelib", "platlib"):
             dirs.add(sysconfig.get_path(name, scheme))
-    found += [p for d in sorted(dirs) if d and os.path.exists(p := os.path.join(d, "tensorflow-plugins"))]
+    found += [
+        p for d in sorted(dirs) if d and os.path.exists(p := os.path.join(d, "tensorflow-plugins"))
+    ]
     if os.getenv("TF_PLUGGABLE_DEVICE_LIBRARY_PATH", ""):
         found.append(os.environ["TF_PLUGGABLE_DEVICE_LIBRARY_PATH"])
     return found
@@ -90,12 +93,24 @@ def _import_modules() -> SimpleNamespace:
 
     return SimpleNamespace(
         enable_v2_behavior=v2_compat.enable_v2_behavior,
-        Graph=ops.Graph, Session=session.Session, ConfigProto=config_pb2.ConfigProto,
-        CallableOptions=config_pb2.CallableOptions, load_saved_model=loader.load,
-        OpError=errors.OpError, make_ndarray=tensor_util.MakeNdarray, as_dtype=dtypes.as_dtype,
-        tf_record_iterator=tf_record.tf_record_iterator, logger=tf_logging.get_logger(),
-        gfile=SimpleNamespace(exists=file_io.file_exists_v2, listdir=file_io.list_directory_v2,
-                              walk=file_io.walk_v2, stat=file_io.stat_v2, GFile=gfile.GFile))
+        Graph=ops.Graph,
+        Session=session.Session,
+        ConfigProto=config_pb2.ConfigProto,
+        CallableOptions=config_pb2.CallableOptions,
+        load_saved_model=loader.load,
+        OpError=errors.OpError,
+        make_ndarray=tensor_util.MakeNdarray,
+        as_dtype=dtypes.as_dtype,
+        tf_record_iterator=tf_record.tf_record_iterator,
+        logger=tf_logging.get_logger(),
+        gfile=SimpleNamespace(
+            exists=file_io.file_exists_v2,
+            listdir=file_io.list_directory_v2,
+            walk=file_io.walk_v2,
+            stat=file_io.stat_v2,
+            GFile=gfile.GFile,
+        ),
+    )
 
 
 class _Package(types.ModuleType):
@@ -111,7 +126,9 @@ class _Package(types.ModuleType):
             raise AttributeError(f"module 'tensorflow' has no attribute {name!r}")
         with protos.import_lock:
             if not state.get("_aspire_initialised"):
-                state["_aspire_initialised"] = True  # a lookup from the init itself must not recurse
+                state["_aspire_initialised"] = (
+                    True  # a lookup from the init itself must not recurse
+                )
                 with _keras_deferred():
                     self.__spec__.loader.exec_module(self)
         try:

@@ -17,6 +17,7 @@ Contract (TF Serving's saved_model_warmup{,_util}.cc, session path):
    DATA_LOSS for a file that is not TFRecord; TF's own code for other I/O errors.
 5. Success is logged on logger "aspire.warmup" with the record count and elapsed microseconds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,9 @@ _REPLAY = {
 
 
 def _printable(record: bytes) -> str:
-    shown = "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02x}"
-                    for b in record[:_SHOWN_RECORD_BYTES])
+    shown = "".join(
+        chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02x}" for b in record[:_SHOWN_RECORD_BYTES]
+    )
     return shown + ("..." if len(record) > _SHOWN_RECORD_BYTES else "")
 
 
@@ -52,7 +54,8 @@ def _from_tf_error(err) -> AspireError:
     code = CODES[err.error_code] if 0 <= err.error_code < len(CODES) else "UNKNOWN"
     if code == "DATA_LOSS":
         return AspireError(
-            f"{err.message}. Please verify your warmup data is in TFRecord format.", code)
+            f"{err.message}. Please verify your warmup data is in TFRecord format.", code
+        )
     return AspireError(err.message, code)
 
 
@@ -79,8 +82,9 @@ def _replay(model, log, name: str, version: int, iterations: int) -> None:
         replay(model, request, name, version)
 
 
-def run_warmup(model, version_dir: str, name: str, version: int,
-               num_request_iterations: int = 1) -> int:
+def run_warmup(
+    model, version_dir: str, name: str, version: int, num_request_iterations: int = 1
+) -> int:
     """Replay <version_dir>/assets.extra/tf_serving_warmup_requests (TFRecord of serialized
     tensorflow.serving.PredictionLog) against `model` before it becomes AVAILABLE. Returns the
     number of records read (0 when there is no file, logged as 'No warmup data file found at
@@ -99,8 +103,11 @@ def run_warmup(model, version_dir: str, name: str, version: int,
         logger.info("No warmup data file found at %s", path)
         return 0
     iterations = num_request_iterations if num_request_iterations > 0 else 1
-    logger.info("Starting to read warmup data for model at %s with num_request_iterations: %d",
-                path, iterations)
+    logger.info(
+        "Starting to read warmup data for model at %s with num_request_iterations: %d",
+        path,
+        iterations,
+    )
     count = 0
     with contextlib.closing(_records(path)) as records:  # closes the file on failure
         for record in records:
@@ -108,13 +115,20 @@ def run_warmup(model, version_dir: str, name: str, version: int,
                 log = prediction_log_pb2.PredictionLog.FromString(record)
             except DecodeError:
                 raise invalid_argument(
-                    f"Failed to parse warmup record: {_printable(record)} from {path}") from None
+                    f"Failed to parse warmup record: {_printable(record)} from {path}"
+                ) from None
             _replay(model, log, name, version, iterations)
             count += 1
             if count > MAX_WARMUP_RECORDS:
-                raise invalid_argument(f"Number of warmup records exceeds the maximum "
-                                       f"({MAX_WARMUP_RECORDS}) at {path}")
+                raise invalid_argument(
+                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
+                )
     elapsed_us = int((time.monotonic() - start) * 1e6)
-    logger.info("Finished reading warmup data for model at %s. Number of warmup records read: %d. "
-                "Elapsed time (microseconds): %d.", path, count, elapsed_us)
+    logger.info(
+        "Finished reading warmup data for model at %s. Number of warmup records read: %d. "
+        "Elapsed time (microseconds): %d.",
+        path,
+        count,
+        elapsed_us,
+    )
     return count

@@ -4,6 +4,7 @@ TF Serving's FileSystemStoragePathSource rules: a child of the base path is a ve
 name parses as a (non-negative) int64 (`00000123` is 123; `v2`, `1.5`, `2.denied` are not). The
 servable version policy (latest N, all, specific) picks the aspired versions from those found.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,7 +37,8 @@ def versions_in(names: list[str]) -> tuple[dict[int, str], list[str]]:
         if version in found:
             warnings.append(
                 f"Duplicate version directories detected. Version {version} will be loaded "
-                f"from {found[version]}, {name} will be ignored.")
+                f"from {found[version]}, {name} will be ignored."
+            )
             continue
         found[version] = name
     return found, warnings
@@ -66,4 +68,7 @@ class Specific:
         return sorted(v for v in set(self.versions) if v in present)
 
 
-VersionPolicy = Latest | All | Specific
+# TF Serving's ServableVersionPolicy (model_version_policy in a model config): which versions
+# found on disk are aspired. (How a stream moves to them is the AspiredVersionPolicy's choice,
+# policies/lifecycle.py.)
+ServableVersionPolicy = Latest | All | Specific

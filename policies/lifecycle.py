@@ -1,4 +1,4 @@
-"""The next load or unload action for one servable stream: TF Serving's version policies.
+"""The next load or unload action for one servable stream: TF Serving's AspiredVersionPolicy.
 
 Input is a snapshot of every version the manager tracks for one servable name: its harness state
 and whether it is still aspired. Output is at most one action. The manager executes it and asks
@@ -9,6 +9,7 @@ again; it never runs two actions for the same stream at once.
   fails to load leaves the old one serving.
 - resource-preserving: unload the old version first, so two versions are never held at once.
 """
+
 from __future__ import annotations
 
 import enum
@@ -16,32 +17,32 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 
-class Harness(enum.Enum):
+class HarnessState(enum.Enum):
     """Internal state of one version (TF Serving's LoaderHarness, folded)."""
 
-    NEW = "new"              # aspired, load not started
-    LOADING = "loading"      # resources reserved, deployment being created
-    READY = "ready"          # deployment answers; in the serving map
+    NEW = "new"  # aspired, load not started
+    LOADING = "loading"  # resources reserved, deployment being created
+    READY = "ready"  # deployment answers; in the serving map
     UNLOADING = "unloading"  # out of the serving map; deployment being deleted
-    DISABLED = "disabled"    # unloaded cleanly
-    ERROR = "error"          # load failed or was refused
+    DISABLED = "disabled"  # unloaded cleanly
+    ERROR = "error"  # load failed or was refused
 
 
-# Harness state -> the ModelVersionStatus.State clients see.
+# HarnessState state -> the ModelVersionStatus.State clients see.
 PUBLIC_STATE = {
-    Harness.NEW: "START",
-    Harness.LOADING: "LOADING",
-    Harness.READY: "AVAILABLE",
-    Harness.UNLOADING: "UNLOADING",
-    Harness.DISABLED: "END",
-    Harness.ERROR: "END",
+    HarnessState.NEW: "START",
+    HarnessState.LOADING: "LOADING",
+    HarnessState.READY: "AVAILABLE",
+    HarnessState.UNLOADING: "UNLOADING",
+    HarnessState.DISABLED: "END",
+    HarnessState.ERROR: "END",
 }
 
 
 @dataclass(frozen=True)
 class VersionSnapshot:
     version: int
-    state: Harness
+    state: HarnessState
     aspired: bool
 
 
@@ -53,12 +54,12 @@ class Action:
 
 def availability_preserving(versions: Iterable[VersionSnapshot]) -> Action | None:
     versions = list(versions)
-    unaspired_ready = [v for v in versions if not v.aspired and v.state is Harness.READY]
+    unaspired_ready = [v for v in versions if not v.aspired and v.state is HarnessState.READY]
     any_aspired = any(v.aspired for v in versions)
-    aspired_ready = any(v.aspired and v.state is Harness.READY for v in versions)
+    aspired_ready = any(v.aspired and v.state is HarnessState.READY for v in versions)
     if unaspired_ready and (not any_aspired or aspired_ready or len(unaspired_ready) > 1):
         return Action("unload", min(v.version for v in unaspired_ready))
-    aspired_new = [v.version for v in versions if v.aspired and v.state is Harness.NEW]
+    aspired_new = [v.version for v in versions if v.aspired and v.state is HarnessState.NEW]
     if aspired_new:
         return Action("load", max(aspired_new))
     return None
@@ -67,18 +68,22 @@ def availability_preserving(versions: Iterable[VersionSnapshot]) -> Action | Non
 def resource_preserving(versions: Iterable[VersionSnapshot]) -> Action | None:
     versions = list(versions)
     for v in versions:  # list order, as TF Serving does
-        if not v.aspired and v.state is Harness.READY:
+        if not v.aspired and v.state is HarnessState.READY:
             return Action("unload", v.version)
-    settled = (Harness.DISABLED, Harness.ERROR)
+    settled = (HarnessState.DISABLED, HarnessState.ERROR)
     if any(not v.aspired and v.state not in settled for v in versions):
         return None  # an old version is still loading or unloading: wait for it to release
-    aspired_new = [v.version for v in versions if v.aspired and v.state is Harness.NEW]
+    aspired_new = [v.version for v in versions if v.aspired and v.state is HarnessState.NEW]
     if aspired_new:
         return Action("load", max(aspired_new))
     return None
 
 
-POLICIES: dict[str, Callable[[Iterable[VersionSnapshot]], Action | None]] = {
+# TF Serving's AspiredVersionPolicy: the stream's versions -> its next action, if any. (Which
+# versions are aspired at all is the ServableVersionPolicy's choice, policies/aspired.py.)
+AspiredVersionPolicy = Callable[[Iterable[VersionSnapshot]], Action | None]
+
+ASPIRED_VERSION_POLICIES: dict[str, AspiredVersionPolicy] = {
     "availability_preserving": availability_preserving,
     "resource_preserving": resource_preserving,
 }

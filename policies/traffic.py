@@ -15,6 +15,7 @@ Contract:
 - `pick` maps a uniform draw u in [0, 1) to a version, deterministically, so callers control the
   randomness (and tests can seed it).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ class TrafficSplit:
     @staticmethod
     def parse(obj: dict) -> "TrafficSplit":
         if not isinstance(obj, dict):
-            raise ValueError(f"traffic must be an object of key -> weight, got {type(obj).__name__}")
+            raise ValueError(
+                f"traffic must be an object of key -> weight, got {type(obj).__name__}"
+            )
         if not obj:
             raise ValueError("traffic must name at least one version or label")
         weights = []
@@ -54,16 +57,18 @@ class TrafficSplit:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise ValueError(f"traffic weight for {raw_key!r} must be a number, got {weight!r}")
             if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"traffic weight for {raw_key!r} must be a finite number >= 0, "
-                                 f"got {weight!r}")
+                raise ValueError(
+                    f"traffic weight for {raw_key!r} must be a finite number >= 0, got {weight!r}"
+                )
             weights.append((key, float(weight)))
         if sum(w for _, w in weights) <= 0:
             raise ValueError("traffic weights must not all be 0")
         return TrafficSplit(tuple(weights))
 
 
-def effective_weights(split: TrafficSplit | None, labels: dict[str, int],
-                      available: set[int]) -> dict[int, float]:
+def effective_weights(
+    split: TrafficSplit | None, labels: dict[str, int], available: set[int]
+) -> dict[int, float]:
     """Version -> probability (sums to 1) for an unversioned request.
 
     Labels resolve to versions; keys that are unknown labels or name versions not in `available`
@@ -74,7 +79,7 @@ def effective_weights(split: TrafficSplit | None, labels: dict[str, int],
     if not available:
         return {}
     totals: dict[int, float] = {}
-    for key, weight in (split.weights if split is not None else ()):
+    for key, weight in split.weights if split is not None else ():
         version = key if isinstance(key, int) else labels.get(key)
         if version in available and weight > 0:
             totals[version] = totals.get(version, 0.0) + weight

@@ -1,6 +1,7 @@
 """Figures: what tests print (the measurements docs/reliability.md and the README quote) is
 collected from every passing test and shown once, as a "figures" section at the end of the run,
 so `make test` and CI show them without `-s` and without the rest of the captured output."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,11 @@ _figures: list[tuple[str, list[str]]] = []
 def pytest_runtest_logreport(report):
     if report.when == "call" and report.passed and report.capstdout.strip():
         # Ray's forwarded worker logs (coloured "(raylet) ...") and argparse's help are not figures
-        lines = [line.rstrip() for line in report.capstdout.splitlines()
-                 if line.strip() and "\x1b[" not in line and "(raylet)" not in line]
+        lines = [
+            line.rstrip()
+            for line in report.capstdout.splitlines()
+            if line.strip() and "\x1b[" not in line and "(raylet)" not in line
+        ]
         if lines and not lines[0].startswith("usage:"):
             _figures.append((report.nodeid, lines))
 
@@ -34,6 +38,7 @@ def pytest_collection_modifyitems(config, items):
     3. modules on the session's shared Aspire cluster (the `aspire` fixture), which then stays up
        to the end with nothing else running beside it.
     Each server runs alone on the machine's cores, never beside an idle session cluster."""
+
     def group(item) -> int:
         path = str(item.fspath)
         if "/tests/integration/" not in path:
@@ -52,4 +57,5 @@ def export_matrix(tmp_path_factory):
     """Every kind of tests/support/export_matrix.py, exported once per run (Keras and TF trace
     each model: seconds of CPU), for the loader's unit tests and the served matrix."""
     from tests.support.export_matrix import export_all
+
     return export_all(tmp_path_factory.mktemp("export_matrix"))

@@ -15,6 +15,7 @@ Two range queries through Prometheus's HTTP API (/api/v1/query_range):
 `render(...)` is the same thing as a function; it returns what it drew (see `Rollout`). Needs
 matplotlib (drawn with the Agg backend, no display). Only the standard library talks to Prometheus.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ import urllib.request
 from dataclasses import dataclass, field
 
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
-STATE_COLORS = {"START": "#8fb8de", "LOADING": "#f5a623", "AVAILABLE": "#2ca02c",
-                "UNLOADING": "#9467bd", "END": "#7f7f7f"}
+STATE_COLORS = {
+    "START": "#8fb8de",
+    "LOADING": "#f5a623",
+    "AVAILABLE": "#2ca02c",
+    "UNLOADING": "#9467bd",
+    "END": "#7f7f7f",
+}
 UNKNOWN_STATE_COLOR = "#d62728"
 MAX_POINTS = 11000  # Prometheus refuses range queries with more points per series than this
 
@@ -44,6 +50,7 @@ class PrometheusQueryError(RuntimeError):
 @dataclass
 class Rollout:
     """What render() drew."""
+
     out: str
     step: float
     rate_window: str
@@ -56,6 +63,7 @@ class Rollout:
 
 # ------------------------------------------------------------------------------------ queries
 
+
 def _is_loopback(url: str) -> bool:
     host = urllib.parse.urlsplit(url).hostname or ""
     if host == "localhost":
@@ -66,14 +74,20 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def query_range(prometheus_url: str, expr: str, start: float, end: float, step: float,
-                timeout_s: float = 30.0) -> list[dict]:
+def query_range(
+    prometheus_url: str, expr: str, start: float, end: float, step: float, timeout_s: float = 30.0
+) -> list[dict]:
     """`data.result` of /api/v1/query_range: [{"metric": {...}, "values": [[ts, "v"], ...]}]."""
     url = prometheus_url.rstrip("/") + "/api/v1/query_range"
-    body = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
-                                   "step": f"{step:g}"}).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"})
+    body = urllib.parse.urlencode(
+        {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+    ).encode()
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+    )
     # A loopback Prometheus is never reached through an HTTP(S)_PROXY from the environment.
     handlers = [urllib.request.ProxyHandler({})] if _is_loopback(url) else []
     opener = urllib.request.build_opener(*handlers)
@@ -108,8 +122,10 @@ def _duration(seconds: float) -> str:
 
 
 def requests_expr(model: str, rate_window: str) -> str:
-    return (f'sum by (version) (rate(aspire_requests_total{{model="{_label_value(model)}",'
-            f'code="OK",version!=""}}[{rate_window}]))')
+    return (
+        f'sum by (version) (rate(aspire_requests_total{{model="{_label_value(model)}",'
+        f'code="OK",version!=""}}[{rate_window}]))'
+    )
 
 
 def state_expr(model: str) -> str:
@@ -126,6 +142,7 @@ def _version_label(version: str) -> str:
 
 # ------------------------------------------------------------------------------------ shaping
 
+
 def _grid(start: float, end: float, step: float) -> list[float]:
     n = int(math.floor((end - start) / step + 1e-9)) + 1
     return [start + i * step for i in range(n)]
@@ -135,7 +152,9 @@ def _index(t: float, start: float, step: float) -> int:
     return int(round((t - start) / step))
 
 
-def _rates(result: list[dict], times: list[float], start: float, step: float) -> dict[str, list[float]]:
+def _rates(
+    result: list[dict], times: list[float], start: float, step: float
+) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {}
     for series in result:
         version = series["metric"].get("version", "")
@@ -148,8 +167,9 @@ def _rates(result: list[dict], times: list[float], start: float, step: float) ->
     return rates
 
 
-def _segments(result: list[dict], times: list[float], start: float,
-              step: float) -> dict[str, list[tuple[float, float, str]]]:
+def _segments(
+    result: list[dict], times: list[float], start: float, step: float
+) -> dict[str, list[tuple[float, float, str]]]:
     """Per version, the state at each step (None where no state was 1), merged into runs."""
     lanes: dict[str, list[str | None]] = {}
     for series in result:
@@ -181,13 +201,21 @@ def _state_rank(state: str) -> int:
 
 # ------------------------------------------------------------------------------------ drawing
 
+
 def _default_step(start: float, end: float) -> float:
     return max(1.0, (end - start) / 600.0)
 
 
-def render(prometheus_url: str, model: str, start: float, end: float, out: str,
-           step: float | None = None, rate_window: str | None = None,
-           title: str | None = None) -> Rollout:
+def render(
+    prometheus_url: str,
+    model: str,
+    start: float,
+    end: float,
+    out: str,
+    step: float | None = None,
+    rate_window: str | None = None,
+    title: str | None = None,
+) -> Rollout:
     """Query Prometheus for `model`'s rollout between unix times `start` and `end` and write a
     two-panel PNG to `out`. `step` (seconds) defaults to (end-start)/600, at least 1 s;
     `rate_window` (a PromQL duration) defaults to max(4 steps, 20 s), four scrapes at the 5 s
@@ -199,23 +227,32 @@ def render(prometheus_url: str, model: str, start: float, end: float, out: str,
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
     if (end - start) / step + 1 > MAX_POINTS:
-        raise ValueError(f"{(end - start) / step + 1:.0f} points per series: more than "
-                         f"Prometheus's {MAX_POINTS}; use a larger step")
+        raise ValueError(
+            f"{(end - start) / step + 1:.0f} points per series: more than "
+            f"Prometheus's {MAX_POINTS}; use a larger step"
+        )
     rate_window = rate_window or _duration(max(4 * step, 20.0))
 
     times = _grid(start, end, step)
-    rates = _rates(query_range(prometheus_url, requests_expr(model, rate_window), start, end, step),
-                   times, start, step)
-    segments = _segments(query_range(prometheus_url, state_expr(model), start, end, step),
-                         times, start, step)
-    rollout = Rollout(out=out, step=step, rate_window=rate_window, times=times, rates=rates,
-                      segments=segments)
+    rates = _rates(
+        query_range(prometheus_url, requests_expr(model, rate_window), start, end, step),
+        times,
+        start,
+        step,
+    )
+    segments = _segments(
+        query_range(prometheus_url, state_expr(model), start, end, step), times, start, step
+    )
+    rollout = Rollout(
+        out=out, step=step, rate_window=rate_window, times=times, rates=rates, segments=segments
+    )
     _draw(rollout, model, start, end, title)
     return rollout
 
 
 def _draw(rollout: Rollout, model: str, start: float, end: float, title: str | None) -> None:
     import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
@@ -230,22 +267,42 @@ def _draw(rollout: Rollout, model: str, start: float, end: float, title: str | N
     version_color = {v: palette(i % 10) for i, v in enumerate(versions)}
 
     fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(11, 6.5), sharex=True, dpi=110,
-        gridspec_kw={"height_ratios": [3, max(1.2, 0.45 * max(1, len(versions)))]})
-    fig.suptitle(title or f"{model}: version rollout "
-                 f"({to_dt(start):%Y-%m-%d %H:%M:%S} to {to_dt(end):%H:%M:%S} UTC)")
+        2,
+        1,
+        figsize=(11, 6.5),
+        sharex=True,
+        dpi=110,
+        gridspec_kw={"height_ratios": [3, max(1.2, 0.45 * max(1, len(versions)))]},
+    )
+    fig.suptitle(
+        title
+        or f"{model}: version rollout "
+        f"({to_dt(start):%Y-%m-%d %H:%M:%S} to {to_dt(end):%H:%M:%S} UTC)"
+    )
 
     # top: stacked requests/s by version
     x = [to_dt(t) for t in rollout.times]
     stacked = [v for v in versions if v in rollout.rates]
     if stacked:
-        top.stackplot(x, *[rollout.rates[v] for v in stacked],
-                      labels=[_version_label(v) for v in stacked],
-                      colors=[version_color[v] for v in stacked], alpha=0.85, linewidth=0.5)
+        top.stackplot(
+            x,
+            *[rollout.rates[v] for v in stacked],
+            labels=[_version_label(v) for v in stacked],
+            colors=[version_color[v] for v in stacked],
+            alpha=0.85,
+            linewidth=0.5,
+        )
         top.legend(loc="upper left", title="version", fontsize=8, title_fontsize=8)
     else:
-        top.text(0.5, 0.5, "no aspire_requests_total samples", transform=top.transAxes,
-                 ha="center", va="center", color="0.4")
+        top.text(
+            0.5,
+            0.5,
+            "no aspire_requests_total samples",
+            transform=top.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
     top.set_ylabel("requests/s (code OK)")
     top.set_ylim(bottom=0)
     top.grid(True, alpha=0.3)
@@ -257,27 +314,46 @@ def _draw(rollout: Rollout, model: str, start: float, end: float, title: str | N
     for lane, version in enumerate(lanes):
         for seg_start, seg_end, state in rollout.segments.get(version, []):
             color = STATE_COLORS.get(state, UNKNOWN_STATE_COLOR)
-            bottom.broken_barh([(to_num(seg_start), to_num(seg_end) - to_num(seg_start))],
-                               (lane - 0.4, 0.8), facecolors=color, edgecolors="white",
-                               linewidth=0.5)
+            bottom.broken_barh(
+                [(to_num(seg_start), to_num(seg_end) - to_num(seg_start))],
+                (lane - 0.4, 0.8),
+                facecolors=color,
+                edgecolors="white",
+                linewidth=0.5,
+            )
             if state not in seen_states:
                 seen_states.append(state)
     if not any(rollout.segments.values()):
-        bottom.text(0.5, 0.5, "no aspire_servable_state samples", transform=bottom.transAxes,
-                    ha="center", va="center", color="0.4")
+        bottom.text(
+            0.5,
+            0.5,
+            "no aspire_servable_state samples",
+            transform=bottom.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
     bottom.set_yticks(range(len(lanes)))
     bottom.set_yticklabels([_version_label(v) for v in lanes])
     bottom.set_ylim(-0.6, max(1, len(lanes)) - 0.4)
     bottom.invert_yaxis()
     bottom.set_ylabel("servable state")
     bottom.grid(True, axis="x", alpha=0.3)
-    legend_states = [s for s in STATES if s in seen_states] + [s for s in seen_states
-                                                               if s not in STATES]
+    legend_states = [s for s in STATES if s in seen_states] + [
+        s for s in seen_states if s not in STATES
+    ]
     if legend_states:
-        bottom.legend(handles=[Patch(facecolor=STATE_COLORS.get(s, UNKNOWN_STATE_COLOR), label=s)
-                               for s in legend_states],
-                      loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=len(legend_states),
-                      fontsize=8, frameon=False)
+        bottom.legend(
+            handles=[
+                Patch(facecolor=STATE_COLORS.get(s, UNKNOWN_STATE_COLOR), label=s)
+                for s in legend_states
+            ],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.28),
+            ncol=len(legend_states),
+            fontsize=8,
+            frameon=False,
+        )
 
     bottom.set_xlim(to_dt(start), to_dt(end))
     locator = mdates.AutoDateLocator(tz=utc)
@@ -294,6 +370,7 @@ def _draw(rollout: Rollout, model: str, start: float, end: float, title: str | N
 
 # ---------------------------------------------------------------------------------------- CLI
 
+
 def _time_arg(text: str) -> float:
     """Unix seconds, or a negative number: that many seconds before now."""
     value = float(text)
@@ -301,34 +378,62 @@ def _time_arg(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prometheus", default="http://127.0.0.1:9090",
-                        help="Prometheus base URL (default %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--prometheus",
+        default="http://127.0.0.1:9090",
+        help="Prometheus base URL (default %(default)s)",
+    )
     parser.add_argument("--model", required=True, help="model name (the `model` label)")
-    parser.add_argument("--start", type=_time_arg, default=None,
-                        help="unix seconds, or negative seconds relative to now "
-                             "(default: 15 minutes before --end)")
-    parser.add_argument("--end", type=_time_arg, default=None,
-                        help="unix seconds, or negative seconds relative to now (default: now)")
+    parser.add_argument(
+        "--start",
+        type=_time_arg,
+        default=None,
+        help="unix seconds, or negative seconds relative to now (default: 15 minutes before --end)",
+    )
+    parser.add_argument(
+        "--end",
+        type=_time_arg,
+        default=None,
+        help="unix seconds, or negative seconds relative to now (default: now)",
+    )
     parser.add_argument("--out", default="rollout.png", help="PNG to write (default %(default)s)")
-    parser.add_argument("--step", type=float, default=None,
-                        help="query resolution in seconds (default: range/600, at least 1)")
-    parser.add_argument("--rate-window", default=None,
-                        help="rate() window, a PromQL duration (default: max(4 steps, 20s))")
+    parser.add_argument(
+        "--step",
+        type=float,
+        default=None,
+        help="query resolution in seconds (default: range/600, at least 1)",
+    )
+    parser.add_argument(
+        "--rate-window",
+        default=None,
+        help="rate() window, a PromQL duration (default: max(4 steps, 20s))",
+    )
     parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args(argv)
     end = args.end if args.end is not None else time.time()
     start = args.start if args.start is not None else end - 900
     try:
-        rollout = render(args.prometheus, args.model, start, end, args.out, step=args.step,
-                         rate_window=args.rate_window, title=args.title)
+        rollout = render(
+            args.prometheus,
+            args.model,
+            start,
+            end,
+            args.out,
+            step=args.step,
+            rate_window=args.rate_window,
+            title=args.title,
+        )
     except (PrometheusQueryError, ValueError) as e:
         print(f"render_rollout: {e}", file=sys.stderr)
         return 1
     versions = sorted(set(rollout.rates) | set(rollout.segments), key=_version_key)
-    print(f"wrote {rollout.out}: versions {', '.join(map(_version_label, versions)) or 'none'}, "
-          f"step {rollout.step:g}s, rate window {rollout.rate_window}")
+    print(
+        f"wrote {rollout.out}: versions {', '.join(map(_version_label, versions)) or 'none'}, "
+        f"step {rollout.step:g}s, rate window {rollout.rate_window}"
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 Run on a machine with an NVIDIA driver: `pytest -s tests/gpu`. TensorFlow must see the GPU too
 (the `tensorflow[and-cuda]` wheel) for the cap and measurement tests; they skip otherwise.
 """
+
 import json
 import os
 import subprocess
@@ -41,9 +42,14 @@ print(json.dumps({"gpu_limits": [d.memory_limit_bytes for d in gpus],
 
 def run_child(limit: int) -> dict:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(MODEL), str(limit)], env=env,
-                         capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(MODEL), str(limit)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -52,30 +58,50 @@ def test_nvml_inventory_reports_every_gpu_with_its_memory():
     for gpu in GPUS:
         assert gpu.total_bytes > 0
         assert 0 <= gpu.used_by_others_bytes <= gpu.total_bytes
-    print("NVML inventory:", [(g.index, format_bytes(g.total_bytes),
-                               format_bytes(g.used_by_others_bytes)) for g in GPUS])
+    print(
+        "NVML inventory:",
+        [
+            (g.index, format_bytes(g.total_bytes), format_bytes(g.used_by_others_bytes))
+            for g in GPUS
+        ],
+    )
 
 
 def test_tensorflow_is_capped_to_the_reservation_and_measured_under_the_estimate():
     resources = SavedModelLoader(str(MODEL)).estimate_resources()
-    estimate = replica_need("gpu", variable_bytes=resources.variable_bytes,
-                            ram_estimate_bytes=resources.ram_bytes).vram_bytes
-    cap = tf_memory_limit_bytes(estimate)  # what the replica gives TF: the estimate less the context
+    estimate = replica_need(
+        "gpu", variable_bytes=resources.variable_bytes, ram_estimate_bytes=resources.ram_bytes
+    ).vram_bytes
+    cap = tf_memory_limit_bytes(
+        estimate
+    )  # what the replica gives TF: the estimate less the context
     seen = run_child(cap)
     if not seen["gpu_limits"]:
         pytest.skip("TensorFlow sees no GPU (install tensorflow[and-cuda])")
     # TF reserves a little of the limit for itself; the logical device never exceeds it.
     assert all(0 < limit <= cap for limit in seen["gpu_limits"])
-    print(f"estimated {format_bytes(estimate)}, TF device limit "
-          f"{format_bytes(seen['gpu_limits'][0])}, NVML measured "
-          f"{format_bytes(seen['measured'] or 0)} (includes the CUDA context)")
+    print(
+        f"estimated {format_bytes(estimate)}, TF device limit "
+        f"{format_bytes(seen['gpu_limits'][0])}, NVML measured "
+        f"{format_bytes(seen['measured'] or 0)} (includes the CUDA context)"
+    )
     assert seen["measured"] is not None
-    assert seen["measured"] <= estimate  # the whole process, CUDA context included, fits the reservation
+    assert (
+        seen["measured"] <= estimate
+    )  # the whole process, CUDA context included, fits the reservation
     # A process that never touched the GPU holds none: asked in a fresh process, since whether
     # this pytest process did depends on which tests ran before.
-    fresh = subprocess.run([sys.executable, "-c", "import os; from core.nvml import "
-                            "process_vram_bytes; print(process_vram_bytes(os.getpid()))"],
-                           capture_output=True, text=True, timeout=120,
-                           cwd=Path(__file__).resolve().parents[2])
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; from core.nvml import "
+            "process_vram_bytes; print(process_vram_bytes(os.getpid()))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert fresh.stdout.strip().splitlines()[-1] == "None"

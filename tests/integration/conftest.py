@@ -4,6 +4,7 @@ Aspire is started through cluster/launcher.py, the same code `aspire serve` runs
 models from tests/data (TensorFlow Serving's own test models). Tests that need a model of their
 own add it with `aspire.add_model(...)`, which goes through the manager's model-list path.
 """
+
 from __future__ import annotations
 
 import os
@@ -105,15 +106,23 @@ class Served:
     `exit_code` holds the status the process ended with."""
 
     def __init__(self, *flags: str, env: dict | None = None):
-        self.proc = subprocess.Popen([ASPIRE, "serve", *flags], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True,
-                                     env=None if env is None else {**os.environ, **env})
+        self.proc = subprocess.Popen(
+            [ASPIRE, "serve", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
+        )
         self.out = Output(self.proc)
         self.exit_code = None
 
     def __enter__(self):
-        wait_for(lambda: self.out.find(r"Exporting HTTP/REST API") or self.proc.poll() is not None,
-                 240, 0.2, what="aspire serve to report ready")
+        wait_for(
+            lambda: self.out.find(r"Exporting HTTP/REST API") or self.proc.poll() is not None,
+            240,
+            0.2,
+            what="aspire serve to report ready",
+        )
         assert self.proc.poll() is None, "".join(self.out.lines[-40:])
         return self
 
@@ -148,12 +157,17 @@ class Aspire:
         r = self.get(f"/v1/models/{name}")
         if r.status_code != 200:
             return {}
-        return {int(s["version"]): (s["state"], s["status"]["error_code"])
-                for s in r.json()["model_version_status"]}
+        return {
+            int(s["version"]): (s["state"], s["status"]["error_code"])
+            for s in r.json()["model_version_status"]
+        }
 
     def wait_state(self, name: str, version: int, state: str, timeout_s: float = 120.0):
-        return wait_for(lambda: self.states(name).get(version, ("",))[0] == state, timeout_s,
-                        what=f"{name} v{version} {state}")
+        return wait_for(
+            lambda: self.states(name).get(version, ("",))[0] == state,
+            timeout_s,
+            what=f"{name} v{version} {state}",
+        )
 
     def remove_added_models(self, timeout_s: float = 180.0) -> list[str]:
         """Unload every model a test added (back to BASE_MODELS) and wait until their versions
@@ -162,14 +176,19 @@ class Aspire:
         from ray import serve
 
         from core.names import app_name
+
         added = [m.name for m in self.models if m.name not in BASE_MODELS]
         if not added:
             return []
         self.models = [m for m in self.models if m.name in BASE_MODELS]
         ray.get(self.manager.set_models.remote(self.models))
         prefixes = tuple(app_name(name, 0)[:-1] for name in added)  # "...-v" of every version
-        wait_for(lambda: not any(app.startswith(prefixes) for app in serve.status().applications),
-                 timeout_s, 0.1, what=f"the applications of {added} deleted")
+        wait_for(
+            lambda: not any(app.startswith(prefixes) for app in serve.status().applications),
+            timeout_s,
+            0.1,
+            what=f"the applications of {added} deleted",
+        )
         return added
 
     def add_model(self, name: str, base_path: str, policy=None):
@@ -177,6 +196,7 @@ class Aspire:
 
         from config.model_config import ModelSource
         from policies.aspired import Latest
+
         self.models = [m for m in self.models if m.name != name]
         self.models.append(ModelSource(name, str(base_path), policy or Latest(1)))
         ray.get(self.manager.set_models.remote(self.models))
@@ -195,28 +215,50 @@ def aspire():
     launcher.set_serve_env()
     # "local": always a new Ray of our own, never one found on the machine (ray start writes
     # /tmp/ray/ray_current_cluster, which a bare ray.init() would join)
-    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=8, num_gpus=0,
-             log_to_driver=os.environ.get("ASPIRE_TEST_LOGS") == "1")
+    ray.init(
+        address="local",
+        namespace=NAMESPACE,
+        include_dashboard=False,
+        num_cpus=8,
+        num_gpus=0,
+        log_to_driver=os.environ.get("ASPIRE_TEST_LOGS") == "1",
+    )
     from policies.aspired import All, Latest
-    models = [ModelSource(name, str(DATA / d), All() if name == "saved_model_half_plus_two_2_versions"
-                          else Latest(1)) for name, d in BASE_MODELS.items()]
+
+    models = [
+        ModelSource(
+            name,
+            str(DATA / d),
+            All() if name == "saved_model_half_plus_two_2_versions" else Latest(1),
+        )
+        for name, d in BASE_MODELS.items()
+    ]
     from cluster.manager_actor import ControllerConfig
-    config = ControllerConfig(models=models, poll_wait_s=0.5, num_load_threads=4,
-                              max_num_load_retries=1, load_retry_interval_s=0.1,
-                              # Serve's health checks at the server's defaults (5 s, 30 s): a
-                              # replica slowed by a loaded machine is never replaced mid-test.
-                              # The hung-replica test shortens them for its own model.
-                              # --enable_batching --enable_per_model_batching_parameters: a
-                              # version with a batching_params.pbtxt is batched (no base model
-                              # has one; test_export_matrix.py adds batched copies)
-                              replica=ReplicaOptions(num_cpus=0.25,
-                                                     batching=BatchingOptions(per_model=True)),
-                              # routers poll the map every second, so a restarted manager's
-                              # grace before deleting anything is 3 s (7 s at the default 5 s)
-                              router_poll_s=1.0)
+
+    config = ControllerConfig(
+        models=models,
+        poll_wait_s=0.5,
+        num_load_threads=4,
+        max_num_load_retries=1,
+        load_retry_interval_s=0.1,
+        # Serve's health checks at the server's defaults (5 s, 30 s): a
+        # replica slowed by a loaded machine is never replaced mid-test.
+        # The hung-replica test shortens them for its own model.
+        # --enable_batching --enable_per_model_batching_parameters: a
+        # version with a batching_params.pbtxt is batched (no base model
+        # has one; test_export_matrix.py adds batched copies)
+        replica=ReplicaOptions(num_cpus=0.25, batching=BatchingOptions(per_model=True)),
+        # routers poll the map every second, so a restarted manager's
+        # grace before deleting anything is 3 s (7 s at the default 5 s)
+        router_poll_s=1.0,
+    )
     options = launcher.ServerOptions(
-        rest_api_host="127.0.0.1", rest_api_port=port, rest_api_timeout_in_ms=30000,
-        grpc_port=grpc_port, enable_grpc_healthcheck_service=True)
+        rest_api_host="127.0.0.1",
+        rest_api_port=port,
+        rest_api_timeout_in_ms=30000,
+        grpc_port=grpc_port,
+        enable_grpc_healthcheck_service=True,
+    )
     manager = launcher.start(config, options)
     pending = launcher.wait_initial_load(manager, list(BASE_MODELS), 300)
     assert not pending, f"models never settled: {pending}"
@@ -232,8 +274,11 @@ def _added_models_unloaded_after_the_module(request):
     cluster does not collect a replica per added model (each holds most of a GiB) for the rest
     of the run. Runs after the module's own fixtures have finished."""
     yield
-    uses_cluster = any("aspire" in item.fixturenames for item in request.session.items
-                       if item.module is request.module)
+    uses_cluster = any(
+        "aspire" in item.fixturenames
+        for item in request.session.items
+        if item.module is request.module
+    )
     if uses_cluster:
         request.getfixturevalue("aspire").remove_added_models()
 
@@ -248,4 +293,5 @@ def model_dir(tmp_path):
         staging = tmp_path / f".staging-{version}"
         shutil.copytree(DATA / source / "00000123", staging)
         staging.rename(base / str(version))  # the poller never sees a half-copied version
+
     return base, publish

@@ -1,4 +1,5 @@
 """SavedModels the tests export themselves (TF2 `tf.saved_model.save`)."""
+
 from pathlib import Path
 
 
@@ -26,14 +27,21 @@ def export_sleepy_model(version_dir: Path) -> Path:
     from tensorflow.python.data.ops import dataset_ops
 
     class Sleepy(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
-                                      tf.TensorSpec([None], tf.int64, name="sleep_ms")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.float32, name="x"),
+                tf.TensorSpec([None], tf.int64, name="sleep_ms"),
+            ]
+        )
         def serve(self, x, sleep_ms):
             data = tf.data.Dataset.from_tensors(x)
             # reading the single element sleeps twice: once for it, once for the end
             slept = tf.raw_ops.SleepDataset(
-                input_dataset=data._variant_tensor, sleep_microseconds=tf.reduce_max(sleep_ms) * 500,
-                output_types=[tf.float32], output_shapes=[tf.TensorShape([None])])
+                input_dataset=data._variant_tensor,
+                sleep_microseconds=tf.reduce_max(sleep_ms) * 500,
+                output_types=[tf.float32],
+                output_shapes=[tf.TensorShape([None])],
+            )
             y = dataset_ops._VariantDataset(slept, data.element_spec).get_single_element()
             return {"y": y * 0.5 + 2.0}
 
@@ -46,6 +54,7 @@ def write_warmup_requests(version_dir: Path, requests: list) -> Path:
     """Write `assets.extra/tf_serving_warmup_requests` with one PredictLog per PredictRequest."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
+
     path = Path(version_dir) / "assets.extra" / "tf_serving_warmup_requests"
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:

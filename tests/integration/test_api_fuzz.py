@@ -18,6 +18,7 @@ every run), after which the server answers and no servable replica restarted (sa
 Two path inputs the schema never generates, a 5000-byte malformed path and a 5000-digit
 version, are tried on their own (found while writing this file: both were mishandled).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,9 +46,23 @@ MIN_REQUESTS = 1000
 MAX_ERROR_BYTES = 4096
 MAX_ECHO_BYTES = 256  # TF Serving's kMaxJsonDebugStringBytes
 # a stack trace, or a path of the server's files (the checkout, the interpreter, common roots)
-LEAKS = re.compile("|".join([
-    r"Traceback", r"File \"", r"site-packages", r"dist-packages", r"\.py\b",
-    "/home/", "/usr/", "/tmp/", "/root/", re.escape(str(ROOT)), re.escape(sys.prefix)]))
+LEAKS = re.compile(
+    "|".join(
+        [
+            r"Traceback",
+            r"File \"",
+            r"site-packages",
+            r"dist-packages",
+            r"\.py\b",
+            "/home/",
+            "/usr/",
+            "/tmp/",
+            "/root/",
+            re.escape(str(ROOT)),
+            re.escape(sys.prefix),
+        ]
+    )
+)
 
 
 def _strings(value):
@@ -99,10 +114,12 @@ def error_body_hygiene(ctx, response, case):
         assert content_type.startswith("text/html") and _leak(text, case) is None, text[:300]
         return None
     assert content_type.split(";")[0].strip() == "application/json", (
-        f"error with content type {content_type!r}")
+        f"error with content type {content_type!r}"
+    )
     body = json.loads(text)
     assert isinstance(body, dict) and list(body) == ["error"] and isinstance(body["error"], str), (
-        f"error body is not exactly {{'error': <str>}}: {text[:300]}")
+        f"error body is not exactly {{'error': <str>}}: {text[:300]}"
+    )
     message = body["error"]
     leak = _leak(message, case)
     assert leak is None, f"error leaks {leak!r}: {message[:300]!r}"
@@ -111,7 +128,8 @@ def error_body_hygiene(ctx, response, case):
             echoed = _echoed_bytes(s, message)
             # the slack: the text after a cut echo may happen to continue the input ('"', "...")
             assert echoed <= MAX_ECHO_BYTES + 16, (
-                f"error echoes {echoed} bytes of an input: {message[:200]!r}...")
+                f"error echoes {echoed} bytes of an input: {message[:200]!r}..."
+            )
     return None
 
 
@@ -122,8 +140,13 @@ class Served:
     def __init__(self, base_url: str):
         models = requests.get(f"{base_url}/v1/models", timeout=30).json()["models"]
         # AVAILABLE ones first: Hypothesis draws the first choices most often
-        pairs = sorted(((s["state"] != "AVAILABLE", m["name"], int(s["version"]))
-                        for m in models for s in m["model_version_status"]))
+        pairs = sorted(
+            (
+                (s["state"] != "AVAILABLE", m["name"], int(s["version"]))
+                for m in models
+                for s in m["model_version_status"]
+            )
+        )
         self.pairs = [(name, version) for _, name, version in pairs]
         self.names = list(dict.fromkeys(name for name, _ in self.pairs))
         signatures: dict[str, set] = {"predict": set(), "classify": set(), "regress": set()}
@@ -149,8 +172,14 @@ def _bodies(served: Served, verb: str):
     from hypothesis import strategies as st
 
     floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
-    numbers = st.one_of(floats, floats, st.floats(allow_nan=False, allow_infinity=False),
-                        st.integers(-(2**70), 2**70), st.booleans(), st.text(max_size=3))
+    numbers = st.one_of(
+        floats,
+        floats,
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(-(2**70), 2**70),
+        st.booleans(),
+        st.text(max_size=3),
+    )
     shapes = st.lists(st.integers(0, 3), max_size=3)
 
     def shaped(shape):
@@ -162,25 +191,34 @@ def _bodies(served: Served, verb: str):
     ragged = st.recursive(numbers, lambda inner: st.lists(inner, max_size=3), max_leaves=8)
     tensors = st.one_of(shapes.flatmap(shaped), ragged)
     # names over 256 bytes: an error may name them, but not echo them whole (S5)
-    long_names = st.builds(lambda piece, n: (piece * n)[:n], st.text(min_size=1, max_size=4),
-                           st.integers(257, 2000))
+    long_names = st.builds(
+        lambda piece, n: (piece * n)[:n], st.text(min_size=1, max_size=4), st.integers(257, 2000)
+    )
     names = st.one_of(st.sampled_from(served.signatures[verb] + ["", "unknown"]), long_names)
     # without a name, predict runs serving_default; classify and regress would always fail
-    signature = (st.fixed_dictionaries({}, optional={"signature_name": names}) if verb == "predict"
-                 else st.fixed_dictionaries({"signature_name": names}))
+    signature = (
+        st.fixed_dictionaries({}, optional={"signature_name": names})
+        if verb == "predict"
+        else st.fixed_dictionaries({"signature_name": names})
+    )
     aliases = st.one_of(st.sampled_from(served.aliases + ["unknown"]), long_names)
     if verb == "predict":
         named = st.dictionaries(aliases, tensors, max_size=2)
-        rows = st.one_of(shapes.flatmap(lambda s: st.lists(shaped(s), min_size=1, max_size=4)),
-                         st.lists(tensors, min_size=1, max_size=4),
-                         st.lists(named, min_size=1, max_size=3))
-        tensor_part = st.one_of(st.fixed_dictionaries({"instances": rows}),
-                                st.fixed_dictionaries({"inputs": st.one_of(tensors, named)}))
+        rows = st.one_of(
+            shapes.flatmap(lambda s: st.lists(shaped(s), min_size=1, max_size=4)),
+            st.lists(tensors, min_size=1, max_size=4),
+            st.lists(named, min_size=1, max_size=3),
+        )
+        tensor_part = st.one_of(
+            st.fixed_dictionaries({"instances": rows}),
+            st.fixed_dictionaries({"inputs": st.one_of(tensors, named)}),
+        )
     else:
         feature = st.one_of(numbers, st.lists(numbers, max_size=3))
         example = st.dictionaries(aliases, feature, max_size=2)
-        tensor_part = st.fixed_dictionaries({"examples": st.lists(example, min_size=1, max_size=3)},
-                                            optional={"context": example})
+        tensor_part = st.fixed_dictionaries(
+            {"examples": st.lists(example, min_size=1, max_size=3)}, optional={"context": example}
+        )
     return st.tuples(signature, tensor_part).map(lambda parts: {**parts[0], **parts[1]})
 
 
@@ -193,7 +231,8 @@ def _steer(schema, served: Served) -> None:
     def swap(value, key, choices):
         # the generated value last: Hypothesis draws the first choices most often
         return st.sampled_from([*choices, None]).map(
-            lambda c: value if c is None else {**value, key: c})
+            lambda c: value if c is None else {**value, key: c}
+        )
 
     @schema.hook
     def flatmap_path_parameters(ctx, params):
@@ -203,7 +242,8 @@ def _steer(schema, served: Served) -> None:
             return swap(params, "model_name", served.names * 2)
         # a name with one of its own versions: a random pair would mostly be a 404
         return st.sampled_from([*served.pairs, None, None]).map(
-            lambda p: params if p is None else {**params, "model_name": p[0], "version": p[1]})
+            lambda p: params if p is None else {**params, "model_name": p[0], "version": p[1]}
+        )
 
     @schema.hook
     def before_generate_body(ctx, strategy):
@@ -232,8 +272,13 @@ def fuzz(base_url: str) -> dict:
 
     schema = schemathesis.openapi.from_path(SPEC)
     schema.validate()  # a valid OpenAPI 3.0 document, or no run
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_schema_conformance, error_body_hygiene]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        error_body_hygiene,
+    ]
     statuses: Counter = Counter()
     by_operation: Counter = Counter()
     examples: dict[str, list[int]] = {}
@@ -266,8 +311,14 @@ def fuzz(base_url: str) -> dict:
     def run(strategy, count: int, each) -> None:
         # derandomize: the same requests on every run; no shrinking: failures are collected,
         # not raised, so every distinct one is reported
-        @settings(max_examples=count, derandomize=True, database=None, deadline=None,
-                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=count,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=strategy)
         def test(case):
             each(case)
@@ -286,13 +337,20 @@ def fuzz(base_url: str) -> dict:
             run(strategy, 1, example)
     _steer(schema, Served(base_url))
     for operation in operations:
-        for mode, count in ((GenerationMode.POSITIVE, EXAMPLES["positive"]),
-                            (GenerationMode.NEGATIVE, EXAMPLES["negative"])):
+        for mode, count in (
+            (GenerationMode.POSITIVE, EXAMPLES["positive"]),
+            (GenerationMode.NEGATIVE, EXAMPLES["negative"]),
+        ):
             run(operation.as_strategy(generation_mode=mode), count, send)
-    return {"requests": sum(statuses.values()), "statuses": dict(sorted(statuses.items())),
-            "by_operation": dict(sorted(by_operation.items())), "examples": examples,
-            "seconds": time.monotonic() - started, "digest": digest.hexdigest()[:16],
-            "failures": failures}
+    return {
+        "requests": sum(statuses.values()),
+        "statuses": dict(sorted(statuses.items())),
+        "by_operation": dict(sorted(by_operation.items())),
+        "examples": examples,
+        "seconds": time.monotonic() - started,
+        "digest": digest.hexdigest()[:16],
+        "failures": failures,
+    }
 
 
 def _replica_pids(base_url: str) -> dict[str, tuple[int, int]]:
@@ -315,8 +373,14 @@ def run_fuzz_process(base_url: str, timeout_s: float = 300) -> dict:
     loaded so far, so in the test's own process the requests would depend on which other tests
     the session collected; a fresh process (with a fixed hash seed) sends the same ones always."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run([sys.executable, "-m", "tests.integration.test_api_fuzz", base_url],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.test_api_fuzz", base_url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -325,22 +389,33 @@ def test_fuzzed_requests_get_documented_answers_and_no_replica_restarts(aspire):
     import ray
 
     from tests.integration.conftest import wait_for
+
     before = _replica_pids(aspire.url)
     assert before, "no servable replicas to watch"
     # The documented examples name the label "stable" of half_plus_two (version 123)
-    code, message = ray.get(aspire.manager.reload_config.remote(
-        aspire.models, {"half_plus_two": {"stable": 123}}))
+    code, message = ray.get(
+        aspire.manager.reload_config.remote(aspire.models, {"half_plus_two": {"stable": 123}})
+    )
     assert code == "OK", message
     try:
-        wait_for(lambda: aspire.post("/v1/models/half_plus_two/labels/stable:predict",
-                                     {"instances": [1.0]}).status_code == 200, 30,
-                 what="the routers to know the label")
+        wait_for(
+            lambda: (
+                aspire.post(
+                    "/v1/models/half_plus_two/labels/stable:predict", {"instances": [1.0]}
+                ).status_code
+                == 200
+            ),
+            30,
+            what="the routers to know the label",
+        )
         report = run_fuzz_process(aspire.url)
     finally:
         ray.get(aspire.manager.reload_config.remote(aspire.models, {}))
-    print(f"\napi fuzz: {report['requests']} requests in {report['seconds']:.1f} s "
-          f"(request set {report['digest']}), statuses {report['statuses']}, "
-          f"{len(report['failures'])} failed checks")
+    print(
+        f"\napi fuzz: {report['requests']} requests in {report['seconds']:.1f} s "
+        f"(request set {report['digest']}), statuses {report['statuses']}, "
+        f"{len(report['failures'])} failed checks"
+    )
     for line in report["failures"][:20]:
         print("  " + line)
     assert report["requests"] >= MIN_REQUESTS, f"only {report['requests']} requests"
@@ -351,8 +426,10 @@ def test_fuzzed_requests_get_documented_answers_and_no_replica_restarts(aspire):
     live = aspire.post("/v1/models/half_plus_two:predict", {"instances": [1.0]})
     assert live.status_code == 200 and live.json() == {"predictions": [2.5]}, live.text
     after = _replica_pids(aspire.url)
-    print(f"replica PIDs before {sorted(p for _, p in before.values())}, "
-          f"after {sorted(p for _, p in after.values())}")
+    print(
+        f"replica PIDs before {sorted(p for _, p in before.values())}, "
+        f"after {sorted(p for _, p in after.values())}"
+    )
     assert after == before, f"replicas restarted or moved: before {before}, after {after}"
 
 

@@ -1,6 +1,7 @@
 """Dynamic batching through `aspire serve --enable_batching`, as a TF Serving user enables it:
 concurrent requests are batched by the replica and each gets its own answer; TF Serving's errors
 come back for a task larger than the batch limit and for a bad parameters file."""
+
 import re
 import subprocess
 import threading
@@ -26,10 +27,16 @@ def test_batched_requests_each_get_their_own_answer(tmp_path):
     params.write_text(PARAMS)
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/models/half_plus_two:predict"
-    with Served("--model_name=half_plus_two", f"--model_base_path={DATA / 'saved_model_half_plus_two_cpu'}",
-                "--enable_batching", f"--batching_parameters_file={params}", f"--rest_api_port={port}",
-                f"--monitoring_config_file={DATA / 'monitoring_config.txt'}",
-                "--port=0", "--rest_api_host=127.0.0.1"):
+    with Served(
+        "--model_name=half_plus_two",
+        f"--model_base_path={DATA / 'saved_model_half_plus_two_cpu'}",
+        "--enable_batching",
+        f"--batching_parameters_file={params}",
+        f"--rest_api_port={port}",
+        f"--monitoring_config_file={DATA / 'monitoring_config.txt'}",
+        "--port=0",
+        "--rest_api_host=127.0.0.1",
+    ):
         wrong, lock = [], threading.Lock()
 
         def client(k):
@@ -40,22 +47,38 @@ def test_batched_requests_each_get_their_own_answer(tmp_path):
                 if r.status_code != 200 or r.json() != {"predictions": [v / 2 + 2 for v in x]}:
                     with lock:
                         wrong.append((x, r.status_code, r.text))
+
         threads = [threading.Thread(target=client, args=(k,)) for k in range(12)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(300)
         assert wrong == []
+
         # The replica ran fewer batches than it got requests: they were batched.
         def batch_stats():
-            page = requests.get(f"http://127.0.0.1:{port}/monitoring/prometheus/metrics", timeout=30).text
-            found = dict(re.findall(r'aspire_batch_tasks_(sum|count)\{model="half_plus_two",'
-                                    r'version="123"\} (\d+)', page))
+            page = requests.get(
+                f"http://127.0.0.1:{port}/monitoring/prometheus/metrics", timeout=30
+            ).text
+            found = dict(
+                re.findall(
+                    r'aspire_batch_tasks_(sum|count)\{model="half_plus_two",'
+                    r'version="123"\} (\d+)',
+                    page,
+                )
+            )
             return {k: int(v) for k, v in found.items()}
-        stats = wait_for(lambda: (s := batch_stats()).get("sum", 0) >= 12 * 20 and s, 30, 0.5,
-                         what="batch metrics of 240 requests (plus warmup)")
-        print(f"{stats['sum']} requests ran in {stats['count']} batches "
-              f"({stats['sum'] / stats['count']:.2f} per batch)")
+
+        stats = wait_for(
+            lambda: (s := batch_stats()).get("sum", 0) >= 12 * 20 and s,
+            30,
+            0.5,
+            what="batch metrics of 240 requests (plus warmup)",
+        )
+        print(
+            f"{stats['sum']} requests ran in {stats['count']} batches "
+            f"({stats['sum'] / stats['count']:.2f} per batch)"
+        )
         assert stats["count"] < stats["sum"]
         r = requests.post(url, json={"instances": [1.0] * 5}, timeout=60)
         assert r.status_code == 400
@@ -65,9 +88,22 @@ def test_batched_requests_each_get_their_own_answer(tmp_path):
 def test_a_bad_batching_parameters_file_stops_start_up(tmp_path):
     params = tmp_path / "batching.txt"
     params.write_text("max_batch_size { value: 4 }\nallowed_batch_sizes: 2\n")
-    r = subprocess.run([ASPIRE, "serve", "--model_name=m", f"--model_base_path={tmp_path}",
-                        "--enable_batching", f"--batching_parameters_file={params}", "--port=0"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            ASPIRE,
+            "serve",
+            "--model_name=m",
+            f"--model_base_path={tmp_path}",
+            "--enable_batching",
+            f"--batching_parameters_file={params}",
+            "--port=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 255
-    assert ("Failed to start server. Error: INVALID_ARGUMENT: Last entry in allowed_batch_sizes must "
-            "match max_batch_size; last entry was 2; expected 4") in r.stderr
+    assert (
+        "Failed to start server. Error: INVALID_ARGUMENT: Last entry in allowed_batch_sizes must "
+        "match max_batch_size; last entry was 2; expected 4"
+    ) in r.stderr

@@ -2,6 +2,7 @@
 every system answers every model with no error, and the report has every row. No assertion on
 speed: figures come from `make bench` and go in bench/README.md. Marked `bench`: outside the
 default run (`make test`), run by `make bench-smoke`."""
+
 import re
 import subprocess
 import sys
@@ -15,13 +16,21 @@ SYSTEMS = ["in-process", "fastapi", "ray-serve", "aspire-rest", "aspire-grpc", "
 
 
 def test_benchmark_smoke_run_measures_all_six_systems_on_every_model():
-    done = subprocess.run([sys.executable, "bench/suite.py", "--smoke"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "bench/suite.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = Path(re.search(r"written to (\S+\.md)", done.stdout).group(1)).read_text()
     for model in ("half_plus_two", "mlp", "mlp_wide"):
         section = report.split(f"**{model}**", 1)[1].split("\n\n**", 1)[0]
-        rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| \([a-f]\) (\S+) \| 1 \| (.*)$", section, re.M)}
+        rows = {
+            m.group(1): m.group(2)
+            for m in re.finditer(r"^\| \([a-f]\) (\S+) \| 1 \| (.*)$", section, re.M)
+        }
         assert sorted(rows) == sorted(SYSTEMS), section
         for system, cells in rows.items():
             rps, _p50, _p90, _p99, errors = cells.split(" | ")[:5]

@@ -1,4 +1,5 @@
 """`aspire serve` and `aspire status` as a user runs them: a real process, embedded Ray, Ctrl-C."""
+
 import os
 import re
 import subprocess
@@ -12,14 +13,26 @@ from tests.integration.conftest import ASPIRE, DATA, Served, free_port, wait_for
 pytestmark = pytest.mark.ray
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--model_base_path=/m", "--port=8501", "--rest_api_port=8501"],
-     "http_port cannot be same as grpc_port"),
-    ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
-    (["--model_base_path=/m", "--num_replicas=0"], "must be at least 1"),
-    (["--model_base_path=/m", "--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=1",
-      "--tensorflow_inter_op_parallelism=1"], "You cannot configure all."),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (
+            ["--model_base_path=/m", "--port=8501", "--rest_api_port=8501"],
+            "http_port cannot be same as grpc_port",
+        ),
+        ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
+        (["--model_base_path=/m", "--num_replicas=0"], "must be at least 1"),
+        (
+            [
+                "--model_base_path=/m",
+                "--tensorflow_session_parallelism=2",
+                "--tensorflow_intra_op_parallelism=1",
+                "--tensorflow_inter_op_parallelism=1",
+            ],
+            "You cannot configure all.",
+        ),
+    ],
+)
 def test_contradictory_flags_are_a_clear_error(flags, message):
     r = subprocess.run([ASPIRE, "serve", *flags], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
@@ -27,8 +40,12 @@ def test_contradictory_flags_are_a_clear_error(flags, message):
 
 
 def test_unknown_flag_is_a_clear_error():
-    r = subprocess.run([ASPIRE, "serve", "--model_base_path=/m", "--no_such_flag=1"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [ASPIRE, "serve", "--model_base_path=/m", "--no_such_flag=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "unrecognized arguments: --no_such_flag=1" in r.stderr
 
@@ -61,23 +78,36 @@ def test_serve_cli_honours_timeout_thread_and_tensor_content_flags_then_exits_0_
     timeout, session-thread and tensor-content flags; `aspire status` lists the version; Ctrl-C
     unloads it and exits 0."""
     from tests.integration.export_models import export_slow_model
+
     export_slow_model(tmp_path / "slow" / "1")
     port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/v1/models/slow:predict"
     started = time.monotonic()
-    with Served("--model_name=slow", f"--model_base_path={tmp_path / 'slow'}",
-                f"--rest_api_port={port}", "--rest_api_host=127.0.0.1", "--rest_api_timeout_in_ms=500",
-                f"--port={grpc_port}", "--enable_serialization_as_tensor_content",
-                "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2") as server:
+    with Served(
+        "--model_name=slow",
+        f"--model_base_path={tmp_path / 'slow'}",
+        f"--rest_api_port={port}",
+        "--rest_api_host=127.0.0.1",
+        "--rest_api_timeout_in_ms=500",
+        f"--port={grpc_port}",
+        "--enable_serialization_as_tensor_content",
+        "--tensorflow_intra_op_parallelism=1",
+        "--tensorflow_inter_op_parallelism=2",
+    ) as server:
         ready_s = time.monotonic() - started
         # The manager's log lines reach the CLI's output through Ray's log monitor, which may
         # deliver them after the ready line.
-        wait_for(lambda: server.out.find(
-            r"Successfully loaded servable version \{name: slow version: 1\}"), 30,
-            what="the load's log line")
+        wait_for(
+            lambda: server.out.find(
+                r"Successfully loaded servable version \{name: slow version: 1\}"
+            ),
+            30,
+            what="the load's log line",
+        )
         address = server.out.find(r"Ray cluster address: (\S+)").group(1)
-        table = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
-                               text=True, timeout=120)
+        table = subprocess.run(
+            [ASPIRE, "status", f"--address={address}"], capture_output=True, text=True, timeout=120
+        )
         assert table.returncode == 0, table.stderr
         assert re.search(r"slow\s+1\s+AVAILABLE", table.stdout), table.stdout
         print(f"aspire serve to first AVAILABLE version and REST ready: {ready_s:.1f} s")
@@ -94,13 +124,16 @@ def test_serve_cli_honours_timeout_thread_and_tensor_content_flags_then_exits_0_
         # replica's CPU time stops growing instead of spinning on for ~30 s.
         cpu = replica_cpu_seconds(replica["pid"])
         wait_for(lambda: cpu.idle_for(0.5), 10, 0.1, what="the replica's CPU to go idle")
-        print(f"\n504 after 500 ms; the replica's CPU idle within {time.monotonic() - answered:.2f} s "
-              "of the answer (measured over 0.5 s windows)")
+        print(
+            f"\n504 after 500 ms; the replica's CPU idle within "
+            f"{time.monotonic() - answered:.2f} s of the answer (measured over 0.5 s windows)"
+        )
         # --enable_serialization_as_tensor_content: gRPC outputs come as raw bytes
         import grpc
         import numpy as np
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "slow"
         request.inputs["iterations"].CopyFrom(tf.make_tensor_proto(np.array([7, 3], np.int64)))
@@ -114,30 +147,48 @@ def test_serve_cli_honours_timeout_thread_and_tensor_content_flags_then_exits_0_
 
 
 def test_bad_model_config_file_fails_start_up_with_the_parse_error():
-    r = subprocess.run([ASPIRE, "serve", f"--model_config_file={DATA / 'bad_model_config.txt'}"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [ASPIRE, "serve", f"--model_config_file={DATA / 'bad_model_config.txt'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 255
     assert "Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file:" in r.stderr
-    assert "bad_model_config.txt': Error parsing text-format tensorflow.serving.ModelServerConfig: 1:1" in r.stderr
+    assert (
+        "bad_model_config.txt': Error parsing text-format tensorflow.serving.ModelServerConfig: 1:1"
+        in r.stderr
+    )
 
 
 def test_labels_at_start_up_need_the_allow_flag(tmp_path):
     config = tmp_path / "models.config"
-    config.write_text(f"""model_config_list {{ config {{ name: 'm' base_path: '{DATA / 'saved_model_half_plus_two_cpu'}'
-        model_platform: 'tensorflow' version_labels {{ key: 'stable' value: 123 }} }} }}""")
-    r = subprocess.run([ASPIRE, "serve", f"--model_config_file={config}"], capture_output=True,
-                       text=True, timeout=120)
+    config.write_text(
+        "model_config_list { config { name: 'm' "
+        f"base_path: '{DATA / 'saved_model_half_plus_two_cpu'}'\n"
+        "        model_platform: 'tensorflow' version_labels { key: 'stable' value: 123 } } }"
+    )
+    r = subprocess.run(
+        [ASPIRE, "serve", f"--model_config_file={config}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 255
-    assert ("FAILED_PRECONDITION: Request to assign label to version 123 of model m, which is not "
-            "currently available for inference") in r.stderr
+    assert (
+        "FAILED_PRECONDITION: Request to assign label to version 123 of model m, which is not "
+        "currently available for inference"
+    ) in r.stderr
 
 
 def write_config(path, entries):
     body = "".join(
         f"config {{ name: '{name}' base_path: '{base}' model_platform: 'tensorflow' "
         f"model_version_policy {{ all {{}} }} "
-        + "".join(f"version_labels {{ key: '{k}' value: {v} }} " for k, v in labels.items()) + "} "
-        for name, base, labels in entries)
+        + "".join(f"version_labels {{ key: '{k}' value: {v} }} " for k, v in labels.items())
+        + "} "
+        for name, base, labels in entries
+    )
     staging = path.with_suffix(".tmp")
     staging.write_text(f"model_config_list {{ {body} }}")
     staging.rename(path)  # the poller never reads a half-written file
@@ -147,7 +198,8 @@ def binomial_bounds(n: int, p: float, false_failure: float) -> tuple[int, int]:
     """The narrowest [lo, hi] with P(X < lo) and P(X > hi) each under false_failure / 2 for
     X ~ Binomial(n, p)."""
     from math import comb
-    mass = [comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)]
+
+    mass = [comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
     lo, below = 0, 0.0
     while below + mass[lo] < false_failure / 2:
         below += mass[lo]
@@ -170,12 +222,18 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
     weight change applied without reloading models, and config polling removing a model."""
     import json
     import shutil
+
     canary = tmp_path / "canary"
     shutil.copytree(DATA / "saved_model_half_plus_two_cpu" / "00000123", canary / "1")
     shutil.copytree(DATA / "saved_model_half_plus_three" / "00000123", canary / "2")
     config, side = tmp_path / "models.config", tmp_path / "aspire.json"
-    write_config(config, [("canary", canary, {"stable": 1, "canary": 2}),
-                          ("half_plus_two", DATA / "saved_model_half_plus_two_cpu", {})])
+    write_config(
+        config,
+        [
+            ("canary", canary, {"stable": 1, "canary": 2}),
+            ("half_plus_two", DATA / "saved_model_half_plus_two_cpu", {}),
+        ],
+    )
     side.write_text(json.dumps({"models": {"canary": {"traffic": {"stable": 80, "canary": 20}}}}))
     port = free_port()
     base = f"http://127.0.0.1:{port}/v1/models"
@@ -184,14 +242,28 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
     def states(name):
         r = session.get(f"{base}/{name}", timeout=30)
         return {s["version"]: s["state"] for s in r.json().get("model_version_status", [])}
-    with Served(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.5",
-                f"--aspire_config_file={side}", "--aspire_config_file_poll_wait_seconds=0.5",
-                "--allow_version_labels_for_unavailable_models", f"--rest_api_port={port}", "--port=0",
-                "--rest_api_host=127.0.0.1") as server:
-        wait_for(lambda: states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}, 120,
-                 what="both canary versions")
-        answers = [session.post(f"{base}/canary:predict", json={"instances": [1.0]}, timeout=30)
-                   .json()["predictions"][0] for _ in range(500)]
+
+    with Served(
+        f"--model_config_file={config}",
+        "--model_config_file_poll_wait_seconds=0.5",
+        f"--aspire_config_file={side}",
+        "--aspire_config_file_poll_wait_seconds=0.5",
+        "--allow_version_labels_for_unavailable_models",
+        f"--rest_api_port={port}",
+        "--port=0",
+        "--rest_api_host=127.0.0.1",
+    ) as server:
+        wait_for(
+            lambda: states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"},
+            120,
+            what="both canary versions",
+        )
+        answers = [
+            session.post(f"{base}/canary:predict", json={"instances": [1.0]}, timeout=30).json()[
+                "predictions"
+            ][0]
+            for _ in range(500)
+        ]
         share = answers.count(3.5) / len(answers)
         print(f"canary share over 500 requests with an 80/20 split: {share:.3f}")
         assert answers.count(2.5) + answers.count(3.5) == 500
@@ -201,17 +273,35 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
         lo, hi = binomial_bounds(500, 0.2, 1e-6)
         assert lo <= answers.count(3.5) <= hi, (lo, hi)
         # Move all traffic to the canary: no model is reloaded, only the router's weights change.
-        side.write_text(json.dumps({"models": {"canary": {"traffic": {"stable": 0, "canary": 100}}}}))
-        wait_for(lambda: all(session.post(f"{base}/canary:predict", json={"instances": [1.0]},
-                                          timeout=30).json()["predictions"][0] == 3.5
-                             for _ in range(20)), 30, 0.2, what="the new split")
+        side.write_text(
+            json.dumps({"models": {"canary": {"traffic": {"stable": 0, "canary": 100}}}})
+        )
+        wait_for(
+            lambda: all(
+                session.post(
+                    f"{base}/canary:predict", json={"instances": [1.0]}, timeout=30
+                ).json()["predictions"][0]
+                == 3.5
+                for _ in range(20)
+            ),
+            30,
+            0.2,
+            what="the new split",
+        )
         assert states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}
         address = server.out.find(r"Ray cluster address: (\S+)").group(1)
-        status = subprocess.run([ASPIRE, "status", f"--address={address}"], capture_output=True,
-                                text=True, timeout=120)
-        assert re.search(r"canary\s+2\s+AVAILABLE\s+1/1\s+canary\s+100%", status.stdout), status.stdout
-        assert re.search(r"canary\s+1\s+AVAILABLE\s+1/1\s+stable\s*$", status.stdout, re.M), status.stdout
+        status = subprocess.run(
+            [ASPIRE, "status", f"--address={address}"], capture_output=True, text=True, timeout=120
+        )
+        assert re.search(r"canary\s+2\s+AVAILABLE\s+1/1\s+canary\s+100%", status.stdout), (
+            status.stdout
+        )
+        assert re.search(r"canary\s+1\s+AVAILABLE\s+1/1\s+stable\s*$", status.stdout, re.M), (
+            status.stdout
+        )
         # Config polling: a model removed from the file is unloaded, the others stay.
         write_config(config, [("canary", canary, {"stable": 1, "canary": 2})])
-        wait_for(lambda: states("half_plus_two") == {"123": "END"}, 120, what="half_plus_two unloaded")
+        wait_for(
+            lambda: states("half_plus_two") == {"123": "END"}, 120, what="half_plus_two unloaded"
+        )
         assert states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}

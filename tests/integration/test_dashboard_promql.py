@@ -6,6 +6,7 @@ Then semantics: a tiny in-process exporter serves every metric the dashboard rea
 names, labels and types Aspire exports, and every expression must return at least one series,
 so a misspelt metric or label shows up here as an empty panel would in Grafana.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,19 +36,27 @@ def exposition(scrape: int) -> str:
     n = 10 * (scrape + 1)
     lines = ["# TYPE aspire_requests_total counter"]
     for version, code in [("1", "OK"), ("2", "OK"), ("2", "INVALID_ARGUMENT"), ("", "NOT_FOUND")]:
-        lines.append(f'aspire_requests_total{{model="m",version="{version}",api="predict",'
-                     f'protocol="rest",code="{code}"}} {n}')
+        lines.append(
+            f'aspire_requests_total{{model="m",version="{version}",api="predict",'
+            f'protocol="rest",code="{code}"}} {n}'
+        )
     lines.append("# TYPE aspire_request_latency_seconds histogram")
     for version in ("1", "2"):
-        lines += _histogram("aspire_request_latency_seconds",
-                            f'model="m",version="{version}",api="predict",protocol="rest"',
-                            BUCKETS_S, n, 0.004)
+        lines += _histogram(
+            "aspire_request_latency_seconds",
+            f'model="m",version="{version}",api="predict",protocol="rest"',
+            BUCKETS_S,
+            n,
+            0.004,
+        )
     lines.append("# TYPE aspire_servable_state gauge")
     current = {"1": "UNLOADING", "2": "AVAILABLE"}
     for version, now in current.items():
         for state in ("START", "LOADING", "AVAILABLE", "UNLOADING", "END"):
-            lines.append(f'aspire_servable_state{{model="m",version="{version}",state="{state}"}} '
-                         f"{1 if state == now else 0}")
+            lines.append(
+                f'aspire_servable_state{{model="m",version="{version}",state="{state}"}} '
+                f"{1 if state == now else 0}"
+            )
     lines.append("# TYPE aspire_load_attempts_total counter")
     lines.append(f'aspire_load_attempts_total{{model="m",status="OK"}} {2 + scrape}')
     lines.append('aspire_load_attempts_total{model="m",status="RESOURCE_EXHAUSTED"} 1')
@@ -60,8 +69,9 @@ def exposition(scrape: int) -> str:
     lines.append("# TYPE aspire_gpu_memory_reserved_bytes gauge")
     lines.append('aspire_gpu_memory_reserved_bytes{node="n1",gpu="0"} 4294967296')
     lines.append("# TYPE aspire_servable_vram_reserved_bytes gauge")
-    lines.append('aspire_servable_vram_reserved_bytes{model="m",version="2",node="n1",gpu="0"} '
-                 "4294967296")
+    lines.append(
+        'aspire_servable_vram_reserved_bytes{model="m",version="2",node="n1",gpu="0"} 4294967296'
+    )
     lines.append("# TYPE aspire_host_ram_total_bytes gauge")
     lines.append('aspire_host_ram_total_bytes{node="n1"} 137438953472')
     lines.append("# TYPE aspire_host_ram_reserved_bytes gauge")
@@ -72,8 +82,13 @@ def exposition(scrape: int) -> str:
     lines.append("# TYPE :tensorflow:serving:request_count counter")
     lines.append(f':tensorflow:serving:request_count{{model_name="m",status="OK"}} {n}')
     lines.append("# TYPE :tensorflow:serving:request_latency histogram")
-    lines += _histogram(":tensorflow:serving:request_latency",
-                        'model_name="m",API="predict",entrypoint="REST"', BUCKETS_US, n, 4000)
+    lines += _histogram(
+        ":tensorflow:serving:request_latency",
+        'model_name="m",API="predict",entrypoint="REST"',
+        BUCKETS_US,
+        n,
+        4000,
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -87,15 +102,18 @@ def exporter():
 def test_every_dashboard_expression_parses_and_returns_data(exporter):
     exprs = dashboard_expressions()
     assert len(exprs) >= 15
-    with PrometheusServer([exporter.target], scrape_interval_s=0.5,
-                          metrics_path="/monitoring/prometheus/metrics") as prom:
+    with PrometheusServer(
+        [exporter.target], scrape_interval_s=0.5, metrics_path="/monitoring/prometheus/metrics"
+    ) as prom:
         errors = {}
         for expr in exprs:  # nothing scraped yet: only the parser is exercised
             try:
                 prom.query(expr)
             except PrometheusError as e:
                 errors[expr] = str(e)
-        assert not errors, "PromQL errors:\n" + "\n".join(f"{e}\n  -> {m}" for e, m in errors.items())
+        assert not errors, "PromQL errors:\n" + "\n".join(
+            f"{e}\n  -> {m}" for e, m in errors.items()
+        )
 
         prom.wait_for_scrapes(n=4, timeout_s=30)
         deadline = time.monotonic() + 15
@@ -107,8 +125,10 @@ def test_every_dashboard_expression_parses_and_returns_data(exporter):
         assert not empty, "expressions with no result:\n" + "\n".join(empty)
 
         # the state timeline's encoding: value = 1 + index of the current state
-        by_version = {r["metric"]["version"]: float(r["value"][1])
-                      for r in prom.query(next(e for e in exprs if "aspire_servable_state" in e))}
+        by_version = {
+            r["metric"]["version"]: float(r["value"][1])
+            for r in prom.query(next(e for e in exprs if "aspire_servable_state" in e))
+        }
         assert by_version == {"1": 4.0, "2": 3.0}  # UNLOADING, AVAILABLE
         # the TF Serving p99 is in seconds (microseconds / 1e6): 4000 us lies in the 5000 us bucket
         p99 = prom.query(next(e for e in exprs if ":tensorflow:serving:request_latency" in e))

@@ -11,6 +11,7 @@ TF Serving's TF1 test models are served throughout the other modules, batched in
 test_batching.py. A version that fails its load ends as END while the old one serves on
 (test_rollout.py); that a version whose signatures read a variable without a value fails its load
 is checked in process."""
+
 from __future__ import annotations
 
 import shutil
@@ -50,9 +51,13 @@ def matrix(aspire, export_matrix, tmp_path_factory):
 
 
 def rest_predict(aspire, name, signature, inputs):
-    body = {"signature_name": signature,
-            "inputs": {a: [v.decode() if isinstance(v, bytes) else v for v in x.tolist()]
-                       for a, x in inputs.items()}}
+    body = {
+        "signature_name": signature,
+        "inputs": {
+            a: [v.decode() if isinstance(v, bytes) else v for v in x.tolist()]
+            for a, x in inputs.items()
+        },
+    }
     return aspire.post(f"/v1/models/{name}:predict", body)
 
 
@@ -70,12 +75,14 @@ def check_close(what, got, expected):
         got = [g.encode() if isinstance(g, str) else g for g in np.asarray(got, object).tolist()]
         assert got == expected.tolist(), what
     else:
-        np.testing.assert_allclose(np.asarray(got, expected.dtype), expected, rtol=1e-6, atol=1e-6,
-                                   err_msg=what)
+        np.testing.assert_allclose(
+            np.asarray(got, expected.dtype), expected, rtol=1e-6, atol=1e-6, err_msg=what
+        )
 
 
 def test_every_export_kind_answers_rest_and_grpc_batched_as_in_python_and_lists_every_signature(
-        aspire, matrix):
+    aspire, matrix
+):
     with grpc.insecure_channel(aspire.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for name, case in matrix.items():
@@ -94,7 +101,9 @@ def test_every_export_kind_answers_rest_and_grpc_batched_as_in_python_and_lists_
                 for alias, value in expected.items():
                     check_close(f"REST {name} {signature} {alias}", rest[alias], value)
                     check_close(f"gRPC {name} {signature} {alias}", via_grpc[alias], value)
-    print(f"{len(matrix)} export kinds, batched: REST and gRPC equal the models' own answers to 1e-6")
+    print(
+        f"{len(matrix)} export kinds, batched: REST and gRPC equal the models' own answers to 1e-6"
+    )
 
 
 def test_every_export_kind_runs_through_the_batcher(aspire, matrix):
@@ -105,5 +114,7 @@ def test_every_export_kind_runs_through_the_batcher(aspire, matrix):
         rows = {a: np.resize(x, (MAX_BATCH + 1,) + x.shape[1:]) for a, x in inputs.items()}
         r = rest_predict(aspire, name, signature, rows)
         assert r.status_code == 400, (name, r.text)
-        assert r.json() == {"error": f"Task size {MAX_BATCH + 1} is larger than maximum input "
-                                     f"batch size {MAX_BATCH}"}
+        assert r.json() == {
+            "error": f"Task size {MAX_BATCH + 1} is larger than maximum input "
+            f"batch size {MAX_BATCH}"
+        }

@@ -1,6 +1,7 @@
 """TensorFlow's runtime only where a model runs: the manager and the routers read SavedModel
 metadata and TF Serving's protos without it (deployments/protos.py), across loads, REST and gRPC
 predictions, metadata, status and classify calls; the version replicas import it."""
+
 from __future__ import annotations
 
 import sys
@@ -13,15 +14,18 @@ pytestmark = pytest.mark.ray
 
 
 def _runs_tensorflow(actor) -> bool:
-    return ray.get(actor.__ray_call__.remote(lambda _self: "tensorflow.python" in sys.modules),
-                   timeout=60)
+    return ray.get(
+        actor.__ray_call__.remote(lambda _self: "tensorflow.python" in sys.modules), timeout=60
+    )
 
 
 def _serve_replicas(app: str) -> list:
     """The replica actors of Serve application `app` (named SERVE_REPLICA::app#deployment#id)."""
-    return [ray.get_actor(a["name"], namespace=a["namespace"])
-            for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(f"SERVE_REPLICA::{app}#")]
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{app}#")
+    ]
 
 
 def test_manager_and_routers_answer_every_api_without_tensorflows_runtime(aspire):
@@ -33,10 +37,18 @@ def test_manager_and_routers_answer_every_api_without_tensorflows_runtime(aspire
         predict_pb2,
         prediction_service_pb2_grpc,
     )
+
     name = "half_plus_two"
-    assert aspire.post(f"/v1/models/{name}:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
-    assert aspire.post(f"/v1/models/{name}:classify",
-                       {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]}).status_code == 200
+    assert aspire.post(f"/v1/models/{name}:predict", {"instances": [1.0]}).json() == {
+        "predictions": [2.5]
+    }
+    assert (
+        aspire.post(
+            f"/v1/models/{name}:classify",
+            {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]},
+        ).status_code
+        == 200
+    )
     assert aspire.get(f"/v1/models/{name}/metadata").status_code == 200
     assert aspire.get(f"/v1/models/{name}").status_code == 200
     channel = grpc.insecure_channel(aspire.grpc_target)
@@ -59,6 +71,7 @@ def test_manager_and_routers_answer_every_api_without_tensorflows_runtime(aspire
     assert model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=60)
 
     from core.names import app_name
+
     routers = _serve_replicas("aspire-router")
     replicas = _serve_replicas(app_name(name, 123))
     assert routers and replicas

@@ -2,6 +2,7 @@
 
 The stubs send no `application` metadata, exactly as TF Serving clients do.
 """
+
 import threading
 
 import grpc
@@ -86,25 +87,56 @@ def test_predict_with_output_filter_and_explicit_version(predict_stub):
     assert tf.make_ndarray(response.outputs["y"]).tolist() == [3.0]
 
 
-@pytest.mark.parametrize("mutate,code,message", [
-    (lambda r: r.model_spec.__setattr__("name", "nope"), grpc.StatusCode.NOT_FOUND,
-     "Servable not found for request: Latest(nope)"),
-    (lambda r: r.model_spec.version.__setattr__("value", 7), grpc.StatusCode.NOT_FOUND,
-     "Servable not found for request: Specific(half_plus_two, 7)"),
-    (lambda r: r.model_spec.__setattr__("version_label", "stable"), grpc.StatusCode.INVALID_ARGUMENT,
-     "Unrecognized servable version label: stable"),
-    (lambda r: r.model_spec.__setattr__("name", ""), grpc.StatusCode.INVALID_ARGUMENT,
-     "ModelSpec has no name specified."),
-    (lambda r: r.ClearField("model_spec"), grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"),
-    (lambda r: r.model_spec.__setattr__("signature_name", "nope"), grpc.StatusCode.FAILED_PRECONDITION,
-     'Serving signature key "nope" not found.'),
-    (lambda r: r.output_filter.append("z"), grpc.StatusCode.INVALID_ARGUMENT,
-     "output tensor alias not found in signature: z"),
-    (lambda r: r.inputs["extra"].CopyFrom(tf.make_tensor_proto(np.array([1.0], np.float32))),
-     grpc.StatusCode.INVALID_ARGUMENT, "Sent extra: {extra}"),
-    (lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([b"a"], object))),
-     grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be float but string is provided"),
-])
+@pytest.mark.parametrize(
+    "mutate,code,message",
+    [
+        (
+            lambda r: r.model_spec.__setattr__("name", "nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Latest(nope)",
+        ),
+        (
+            lambda r: r.model_spec.version.__setattr__("value", 7),
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Specific(half_plus_two, 7)",
+        ),
+        (
+            lambda r: r.model_spec.__setattr__("version_label", "stable"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Unrecognized servable version label: stable",
+        ),
+        (
+            lambda r: r.model_spec.__setattr__("name", ""),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ModelSpec has no name specified.",
+        ),
+        (
+            lambda r: r.ClearField("model_spec"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Missing ModelSpec",
+        ),
+        (
+            lambda r: r.model_spec.__setattr__("signature_name", "nope"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "nope" not found.',
+        ),
+        (
+            lambda r: r.output_filter.append("z"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "output tensor alias not found in signature: z",
+        ),
+        (
+            lambda r: r.inputs["extra"].CopyFrom(tf.make_tensor_proto(np.array([1.0], np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Sent extra: {extra}",
+        ),
+        (
+            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([b"a"], object))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expects arg[0] to be float but string is provided",
+        ),
+    ],
+)
 def test_predict_errors_have_tf_serving_codes_and_messages(predict_stub, mutate, code, message):
     request = predict_request()
     mutate(request)
@@ -117,7 +149,9 @@ def test_long_error_messages_are_truncated_at_1024_characters(predict_stub):
     # a long signature name, not a long model name: names over 256 characters are refused first
     err = rpc_error(predict_stub.Predict, predict_request(signature_name="s" * 3000))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert err.details() == f'Serving signature key "{"s" * 3000}" not found.'[:1024] + "...TRUNCATED"
+    assert (
+        err.details() == f'Serving signature key "{"s" * 3000}" not found.'[:1024] + "...TRUNCATED"
+    )
 
 
 def test_classify_and_regress_with_and_without_context(predict_stub):
@@ -140,8 +174,10 @@ def test_classify_and_regress_with_and_without_context(predict_stub):
 
 def test_multi_inference_runs_classify_and_regress_tasks(predict_stub):
     request = inference_pb2.MultiInferenceRequest()
-    for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
-                              ("regress_x_to_y2", "tensorflow/serving/regress")):
+    for signature, method in (
+        ("classify_x_to_y", "tensorflow/serving/classify"),
+        ("regress_x_to_y2", "tensorflow/serving/regress"),
+    ):
         task = request.tasks.add()
         task.model_spec.name = "half_plus_two"
         task.model_spec.signature_name = signature
@@ -160,6 +196,7 @@ def test_stateful_counter_signatures(predict_stub):
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(np.float32(value)))
         return float(tf.make_ndarray(predict_stub.Predict(request, timeout=60).outputs["output"]))
+
     start = call("get_counter")
     assert call("incr_counter") == start + 1
     assert call("incr_counter_by", delta=3.0) == start + 4
@@ -173,8 +210,13 @@ def test_get_model_metadata_packs_signature_defs(predict_stub):
     response = predict_stub.GetModelMetadata(request, timeout=60)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
-    assert set(signatures.signature_def) == {"serving_default", "classify_x_to_y", "regress_x_to_y",
-                                             "regress_x_to_y2", "regress_x2_to_y3"}
+    assert set(signatures.signature_def) == {
+        "serving_default",
+        "classify_x_to_y",
+        "regress_x_to_y",
+        "regress_x_to_y2",
+        "regress_x2_to_y3",
+    }
     assert response.model_spec.version.value == 123
     request.ClearField("metadata_field")
     err = rpc_error(predict_stub.GetModelMetadata, request)
@@ -187,18 +229,23 @@ def test_get_model_status_matches_rest(model_stub):
     response = model_stub.GetModelStatus(request, timeout=60)
     assert [(s.version, s.state, s.status.error_code) for s in response.model_version_status] == [
         (124, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0),
-        (123, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)]
+        (123, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0),
+    ]
     request.model_spec.name = "bad_half_plus_two"
     (bad,) = model_stub.GetModelStatus(request, timeout=60).model_version_status
     assert bad.state == get_model_status_pb2.ModelVersionStatus.END
     assert bad.status.error_code == grpc.StatusCode.NOT_FOUND.value[0]
     request.model_spec.name = "nope"
     err = rpc_error(model_stub.GetModelStatus, request)
-    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find any versions of model nope",
+    )
 
 
 def test_health_check_reports_serving(channel):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     stub = health_pb2_grpc.HealthStub(channel)
     for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=60)
@@ -207,6 +254,7 @@ def test_health_check_reports_serving(channel):
 
 def test_client_deadline_is_honoured(aspire, predict_stub, tmp_path):
     from tests.integration.export_models import export_slow_model
+
     export_slow_model(tmp_path / "slow" / "1")
     aspire.add_model("slow", tmp_path / "slow")
     aspire.wait_state("slow", 1, "AVAILABLE")
@@ -221,16 +269,20 @@ def test_client_deadline_is_honoured(aspire, predict_stub, tmp_path):
 def reload_config(models) -> model_management_pb2.ReloadConfigRequest:
     config = model_server_config_pb2.ModelServerConfig()
     for m in models:
-        entry = config.model_config_list.config.add(name=m.name, base_path=m.base_path,
-                                                    model_platform="tensorflow")
+        entry = config.model_config_list.config.add(
+            name=m.name, base_path=m.base_path, model_platform="tensorflow"
+        )
         policy = type(m.version_policy).__name__
         if policy == "All":
             entry.model_version_policy.all.SetInParent()
     return model_management_pb2.ReloadConfigRequest(config=config)
 
 
-def test_reload_config_swaps_model_list_while_clients_predict(aspire, model_stub, predict_stub, model_dir):
+def test_reload_config_swaps_model_list_while_clients_predict(
+    aspire, model_stub, predict_stub, model_dir
+):
     from config.model_config import ModelSource
+
     base, publish = model_dir
     publish(1, "saved_model_half_plus_three")
     kept = list(aspire.models)
@@ -239,15 +291,19 @@ def test_reload_config_swaps_model_list_while_clients_predict(aspire, model_stub
     def client():
         while not stop.is_set():
             try:
-                answers.append(predict_stub.Predict(predict_request(), timeout=30).outputs["y"].float_val[0])
+                answers.append(
+                    predict_stub.Predict(predict_request(), timeout=30).outputs["y"].float_val[0]
+                )
             except grpc.RpcError as exc:
                 failures.append(exc.details())
+
     thread = threading.Thread(target=client)
     thread.start()
     try:
         # Add a model: the call returns once it has a version AVAILABLE (or END).
         response = model_stub.HandleReloadConfigRequest(
-            reload_config(kept + [ModelSource("reloaded", str(base))]), timeout=300)
+            reload_config(kept + [ModelSource("reloaded", str(base))]), timeout=300
+        )
         assert response.status.error_code == 0
         assert aspire.states("reloaded") == {1: ("AVAILABLE", "OK")}
         r = predict_request(name="reloaded", x=(1.0,))
@@ -264,15 +320,25 @@ def test_reload_config_swaps_model_list_while_clients_predict(aspire, model_stub
     assert aspire.states("half_plus_two") == {123: ("AVAILABLE", "OK")}
 
 
-@pytest.mark.parametrize("text,message", [
-    ("model_config_list { config { name: 'a' base_path: 'relative' model_platform: 'tensorflow' } }",
-     "Expected model a to have an absolute path or URI; got base_path()=relative"),
-    ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'tensorflow' } "
-     "config { name: 'a' base_path: '/b' model_platform: 'tensorflow' } }",
-     "Illegal to list model a multiple times in config list"),
-    ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'onnx' } }",
-     "Model a requests unsupported platform onnx"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "model_config_list { config { name: 'a' base_path: 'relative' "
+            "model_platform: 'tensorflow' } }",
+            "Expected model a to have an absolute path or URI; got base_path()=relative",
+        ),
+        (
+            "model_config_list { config { name: 'a' base_path: '/a' model_platform: 'tensorflow' } "
+            "config { name: 'a' base_path: '/b' model_platform: 'tensorflow' } }",
+            "Illegal to list model a multiple times in config list",
+        ),
+        (
+            "model_config_list { config { name: 'a' base_path: '/a' model_platform: 'onnx' } }",
+            "Model a requests unsupported platform onnx",
+        ),
+    ],
+)
 def test_invalid_reload_config_is_rejected_and_changes_nothing(aspire, model_stub, text, message):
     request = model_management_pb2.ReloadConfigRequest()
     text_format.Parse(text, request.config)
@@ -284,11 +350,16 @@ def test_invalid_reload_config_is_rejected_and_changes_nothing(aspire, model_stu
 def test_reload_reports_a_new_model_that_fails_to_load(aspire, model_stub):
     from config.model_config import ModelSource
     from tests.integration.conftest import DATA
+
     kept = list(aspire.models)
-    err = rpc_error(model_stub.HandleReloadConfigRequest,
-                    reload_config(kept + [ModelSource("broken_new", str(DATA / "bad_half_plus_two"))]))
+    err = rpc_error(
+        model_stub.HandleReloadConfigRequest,
+        reload_config(kept + [ModelSource("broken_new", str(DATA / "bad_half_plus_two"))]),
+    )
     assert err.code() == grpc.StatusCode.UNKNOWN
-    assert err.details().startswith("1 model(s) did not become available: "
-                                    "{{name: broken_new version: 123} due to error: NOT_FOUND: ")
+    assert err.details().startswith(
+        "1 model(s) did not become available: "
+        "{{name: broken_new version: 123} due to error: NOT_FOUND: "
+    )
     model_stub.HandleReloadConfigRequest(reload_config(kept), timeout=300)
     assert aspire.states("half_plus_two") == {123: ("AVAILABLE", "OK")}

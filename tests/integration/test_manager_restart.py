@@ -2,6 +2,7 @@
 incarnation carries on from the state the old one kept in the GCS (cluster/manager_state.py)
 without loading anything that served.
 """
+
 import os
 import signal
 import time
@@ -12,7 +13,7 @@ from ray import serve
 
 from cluster.manager_state import GcsStore, decode_value, loads, state_prefix
 from core.names import APP_PREFIX, MANAGER_NAME, app_name
-from policies.lifecycle import PUBLIC_STATE, Harness
+from policies.lifecycle import PUBLIC_STATE, HarnessState
 from tests.integration.conftest import ClosedLoop, wait_for
 
 pytestmark = pytest.mark.ray
@@ -28,14 +29,21 @@ def recorded_pids(aspire) -> dict[str, int]:
     """Application -> the PID its replica had when loaded, for single-replica applications
     (a ping of a multi-replica one may reach any of its replicas)."""
     placements = aspire.get("/v1/aspire/status").json()["placements"]
-    return {p["app"]: p["pid"] for versions in placements.values() for ps in versions.values()
-            for p in ps if p["replicas"] == 1}
+    return {
+        p["app"]: p["pid"]
+        for versions in placements.values()
+        for ps in versions.values()
+        for p in ps
+        if p["replicas"] == 1
+    }
 
 
 def replica_pids(apps) -> dict[str, int]:
     """The PID each application's replica answers from now."""
-    return {app: serve.get_deployment_handle("servable", app).ping.remote().result(
-        timeout_s=30)["pid"] for app in sorted(apps)}
+    return {
+        app: serve.get_deployment_handle("servable", app).ping.remote().result(timeout_s=30)["pid"]
+        for app in sorted(apps)
+    }
 
 
 def stored_state(name: str, version: int) -> str | None:
@@ -78,13 +86,17 @@ def test_killed_manager_comes_back_with_the_same_state_and_predict_never_fails(a
         killed_at = time.monotonic()
         ray.kill(aspire.manager, no_restart=False)
         back_s = wait_answering(aspire.manager, killed_at, old_pid)
-        answered_while_down = len([t for t, _ in load.answers if killed_at <= t <= killed_at + back_s])
+        answered_while_down = len(
+            [t for t, _ in load.answers if killed_at <= t <= killed_at + back_s]
+        )
         load.wait_more(20)
         # status calls, which routers send to the manager, answer again
         wait_for(lambda: aspire.get("/v1/models/half_plus_two").status_code == 200, 30)
         load.wait_more(20)
-    print(f"\nmanager answered again {back_s:.2f} s after ray.kill; {answered_while_down} predicts "
-          f"answered meanwhile, {len(load.answers)} in all, {len(load.failures)} failed")
+    print(
+        f"\nmanager answered again {back_s:.2f} s after ray.kill; {answered_while_down} predicts "
+        f"answered meanwhile, {len(load.answers)} in all, {len(load.failures)} failed"
+    )
     assert load.failures == []
     assert ray.get(aspire.manager.list_models.remote()) == before
     restored = aspire.get("/v1/aspire/status").json()["manager"]["restored"]
@@ -109,9 +121,16 @@ def test_manager_killed_during_a_rollout_finishes_it_once_without_orphans(aspire
         publish(2, "saved_model_half_plus_three")
         started = time.monotonic()
         # the window: v2 stored LOADING and its application created, its replica not yet serving
-        wait_for(lambda: stored_state(name, 2) == "loading" and app_name(name, 2) in servable_apps()
-                 and aspire.states(name).get(2, ("",))[0] == "LOADING", 60, 0.05,
-                 what="v2 half-loaded")
+        wait_for(
+            lambda: (
+                stored_state(name, 2) == "loading"
+                and app_name(name, 2) in servable_apps()
+                and aspire.states(name).get(2, ("",))[0] == "LOADING"
+            ),
+            60,
+            0.05,
+            what="v2 half-loaded",
+        )
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)  # the process dies mid-load, as in a crash
         back_s = wait_answering(aspire.manager, killed_at, pid)
@@ -120,9 +139,11 @@ def test_manager_killed_during_a_rollout_finishes_it_once_without_orphans(aspire
         aspire.wait_state(name, 1, "END", timeout_s=60)
         done_s = time.monotonic() - killed_at
         load.wait_more(20)
-    print(f"\nv2 half-loaded {killed_at - started:.2f} s after publishing; manager back "
-          f"{back_s:.2f} s after SIGKILL; v2 AVAILABLE after {available_s:.2f} s, v1 unloaded after "
-          f"{done_s:.2f} s; {len(load.answers)} predicts, {len(load.failures)} failed")
+    print(
+        f"\nv2 half-loaded {killed_at - started:.2f} s after publishing; manager back "
+        f"{back_s:.2f} s after SIGKILL; v2 AVAILABLE after {available_s:.2f} s, v1 unloaded after "
+        f"{done_s:.2f} s; {len(load.answers)} predicts, {len(load.failures)} failed"
+    )
     assert load.failures == []
     assert aspire.states(name) == {2: ("AVAILABLE", "OK"), 1: ("END", "OK")}
     restored = aspire.get("/v1/aspire/status").json()["manager"]["restored"]
@@ -132,7 +153,7 @@ def test_manager_killed_during_a_rollout_finishes_it_once_without_orphans(aspire
     assert ours == {app_name(name, 2)}  # exactly v2: no half-loaded copy, no v1
     answers = [a for _, a in load.answers]
     assert V2_ANSWER in answers
-    assert V1_ANSWER not in answers[answers.index(V2_ANSWER):]  # switched once, never back
+    assert V1_ANSWER not in answers[answers.index(V2_ANSWER) :]  # switched once, never back
 
 
 def test_state_in_the_gcs_matches_the_manager_and_its_cost(aspire):
@@ -140,15 +161,32 @@ def test_state_in_the_gcs_matches_the_manager_and_its_cost(aspire):
     store = GcsStore()
     prefix = state_prefix(MANAGER_NAME)
     assert ray.get(aspire.manager.settle.remote(120))
-    wait_for(lambda: ray.get(aspire.manager.__ray_call__.remote(
-        lambda actor: actor._manager.flush_state())) == 0, 10, what="a flush with nothing to write")
+    wait_for(
+        lambda: (
+            ray.get(aspire.manager.__ray_call__.remote(lambda actor: actor._manager.flush_state()))
+            == 0
+        ),
+        10,
+        what="a flush with nothing to write",
+    )
     stored = [loads(v) for v in store.get_prefix(prefix + "model/").values()]
     listed = ray.get(aspire.manager.list_models.remote())
-    assert {doc["name"]: sorted((r["version"], PUBLIC_STATE[Harness(r["state"])], r["error_code"],
-                                 r["error_message"]) for r in doc["versions"])
-            for doc in stored if doc["versions"]} == {
+    assert {
+        doc["name"]: sorted(
+            (
+                r["version"],
+                PUBLIC_STATE[HarnessState(r["state"])],
+                r["error_code"],
+                r["error_message"],
+            )
+            for r in doc["versions"]
+        )
+        for doc in stored
+        if doc["versions"]
+    } == {
         name: sorted((s["version"], s["state"], s["error_code"], s["error_message"]) for s in ss)
-        for name, ss in listed.items()}
+        for name, ss in listed.items()
+    }
     assert decode_value(loads(store.get(prefix + "config"))["models"]) == aspire.models
 
     scratch = "manager/cost-probe/model/"
@@ -161,7 +199,8 @@ def test_state_in_the_gcs_matches_the_manager_and_its_cost(aspire):
     read = store.get_prefix(scratch)
     get_s = time.perf_counter() - started
     store.delete_prefix(scratch)
-    print(f"\nGCS: 1,000 model keys of {len(doc)} B written in {put_s:.2f} s "
-          f"({put_s * 1000 / len(read):.2f} ms each), read back in {get_s * 1000:.0f} ms")
+    print(
+        f"\nGCS: 1,000 model keys of {len(doc)} B written in {put_s:.2f} s "
+        f"({put_s * 1000 / len(read):.2f} ms each), read back in {get_s * 1000:.0f} ms"
+    )
     assert len(read) == 1000 and store.get_prefix(scratch) == {}
-

@@ -1,6 +1,7 @@
 """Metrics end to end: `aspire serve` with 2 router replicas and 2 logical GPUs, scraped by a
 real Prometheus (Debian's package) during a real rollout under load. Every PromQL expression of
 the Grafana dashboard must return data, and Prometheus's totals must equal what the test sent."""
+
 import importlib.util
 import json
 import os
@@ -22,7 +23,9 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def render_module():
-    spec = importlib.util.spec_from_file_location("render_rollout", ROOT / "cluster/grafana/render_rollout.py")
+    spec = importlib.util.spec_from_file_location(
+        "render_rollout", ROOT / "cluster/grafana/render_rollout.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -34,20 +37,35 @@ def test_rollout_is_observable_through_a_real_prometheus(tmp_path):
     shutil.copytree(DATA / "saved_model_half_plus_two_cpu" / "00000123", base / "rollout" / "1")
     shutil.copytree(DATA / "saved_model_half_plus_two_cpu" / "00000123", base / "huge" / "1")
     config = tmp_path / "models.config"
-    config.write_text("model_config_list {\n" + "".join(
-        f'config {{ name: "{n}" base_path: "{base / n}" model_platform: "tensorflow" }}\n'
-        for n in ("rollout", "huge")) + "}\n")
+    config.write_text(
+        "model_config_list {\n"
+        + "".join(
+            f'config {{ name: "{n}" base_path: "{base / n}" model_platform: "tensorflow" }}\n'
+            for n in ("rollout", "huge")
+        )
+        + "}\n"
+    )
     settings = tmp_path / "aspire.json"
-    settings.write_text(json.dumps({"models": {"rollout": {"vram": "4GiB"},
-                                               "huge": {"vram": "20GiB"}}}))  # never fits
+    settings.write_text(
+        json.dumps({"models": {"rollout": {"vram": "4GiB"}, "huge": {"vram": "20GiB"}}})
+    )  # never fits
     port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    with Served(f"--model_config_file={config}", f"--aspire_config_file={settings}",
-                f"--monitoring_config_file={DATA / 'monitoring_config.txt'}", "--gpus=2x16GiB",
-                "--num_router_replicas=2", f"--rest_api_port={port}", f"--port={grpc_port}",
-                "--rest_api_host=127.0.0.1"), \
-            PrometheusServer([f"127.0.0.1:{port}"], scrape_interval_s=1.0,
-                             metrics_path=METRICS_PATH) as prom:
+    with (
+        Served(
+            f"--model_config_file={config}",
+            f"--aspire_config_file={settings}",
+            f"--monitoring_config_file={DATA / 'monitoring_config.txt'}",
+            "--gpus=2x16GiB",
+            "--num_router_replicas=2",
+            f"--rest_api_port={port}",
+            f"--port={grpc_port}",
+            "--rest_api_host=127.0.0.1",
+        ),
+        PrometheusServer(
+            [f"127.0.0.1:{port}"], scrape_interval_s=1.0, metrics_path=METRICS_PATH
+        ) as prom,
+    ):
         page = requests.get(url + METRICS_PATH, timeout=30)
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
         assert "# TYPE :tensorflow:cc:saved_model:load_attempt_count counter" in page.text
@@ -58,10 +76,20 @@ def test_rollout_is_observable_through_a_real_prometheus(tmp_path):
         # A rollout v1 -> v2 under load, through both router replicas.
         with ClosedLoop(f"{url}/v1/models/rollout:predict", clients=4) as load:
             load.wait_more(100)
-            shutil.copytree(DATA / "saved_model_half_plus_three" / "00000123", base / "rollout" / "2")
-            wait_for(lambda: requests.get(f"{url}/v1/models/rollout/versions/1", timeout=30)
-                     .json()["model_version_status"][0]["state"] == "END", 180, 0.2,
-                     what="v1 unloaded after v2 took over")
+            shutil.copytree(
+                DATA / "saved_model_half_plus_three" / "00000123", base / "rollout" / "2"
+            )
+            wait_for(
+                lambda: (
+                    requests.get(f"{url}/v1/models/rollout/versions/1", timeout=30).json()[
+                        "model_version_status"
+                    ][0]["state"]
+                    == "END"
+                ),
+                180,
+                0.2,
+                what="v1 unloaded after v2 took over",
+            )
             load.wait_more(100)
         sent_ok = len(load.answers)
         assert load.failures == []
@@ -70,38 +98,74 @@ def test_rollout_is_observable_through_a_real_prometheus(tmp_path):
             r = requests.post(f"{url}/v1/models/rollout:predict", data="{bad", timeout=30)
             assert r.status_code == 400
         for i in range(50):
-            assert requests.post(f"{url}/v1/models/nope{i}:predict", json={"instances": [1]},
-                                 timeout=30).status_code == 404
+            assert (
+                requests.post(
+                    f"{url}/v1/models/nope{i}:predict", json={"instances": [1]}, timeout=30
+                ).status_code
+                == 404
+            )
         sent = sent_ok + 7
         grpc_predicts(f"127.0.0.1:{grpc_port}", "rollout", 5)
 
         def total(expr):
             result = prom.query(expr)
             return float(result[0]["value"][1]) if result else None
+
         # Counts from 2 router processes, shipped to the manager and scraped: exactly what was sent.
         try:
-            wait_for(lambda: total('sum(aspire_requests_total{model="rollout",api="predict",protocol="rest"})') == sent
-                     and total('sum(aspire_requests_total{model="_unknown"})') == 50
-                     and total('sum(aspire_requests_total{model="rollout",protocol="grpc"})') == 5,
-                     60, 0.5, what=f"Prometheus to count {sent} + 50 requests")
+            wait_for(
+                lambda: (
+                    total(
+                        'sum(aspire_requests_total{model="rollout",api="predict",protocol="rest"})'
+                    )
+                    == sent
+                    and total('sum(aspire_requests_total{model="_unknown"})') == 50
+                    and total('sum(aspire_requests_total{model="rollout",protocol="grpc"})') == 5
+                ),
+                60,
+                0.5,
+                what=f"Prometheus to count {sent} + 50 requests",
+            )
         except AssertionError:
             print(prom.query('aspire_requests_total{model="rollout"}'), prom.targets())
             print(requests.get(url + METRICS_PATH, timeout=30).text)
             raise
         # (the test's own status polls are requests too: count predicts only)
-        assert total('sum(:tensorflow:serving:request_latency_count{model_name="rollout",API="predict",'
-                     'entrypoint="REST"})') == sent_ok
-        assert total('sum(:tensorflow:serving:request_latency_count{model_name="rollout",API="Predict",'
-                     'entrypoint="GRPC"})') == 5
-        assert total('sum(aspire_requests_total{model="rollout",api="predict",protocol="rest",code="OK"})') == sent_ok
+        assert (
+            total(
+                'sum(:tensorflow:serving:request_latency_count{model_name="rollout",API="predict",'
+                'entrypoint="REST"})'
+            )
+            == sent_ok
+        )
+        assert (
+            total(
+                'sum(:tensorflow:serving:request_latency_count{model_name="rollout",API="Predict",'
+                'entrypoint="GRPC"})'
+            )
+            == 5
+        )
+        assert (
+            total(
+                'sum(aspire_requests_total{model="rollout",api="predict",protocol="rest",code="OK"})'
+            )
+            == sent_ok
+        )
         assert total('sum(aspire_requests_total{model="rollout",code="INVALID_ARGUMENT"})') == 7
         assert total('count(aspire_requests_total{model="_unknown"})') == 1  # one series, not 50
         assert total('sum(aspire_requests_total{model="_unknown"})') == 50
-        by_version = {s["metric"]["version"]: float(s["value"][1]) for s in prom.query(
-            'sum by (version) (aspire_requests_total{model="rollout",protocol="rest",api="predict",code="OK"})')}
+        by_version = {
+            s["metric"]["version"]: float(s["value"][1])
+            for s in prom.query(
+                'sum by (version) (aspire_requests_total{model="rollout",protocol="rest",'
+                'api="predict",code="OK"})'
+            )
+        }
         assert set(by_version) == {"1", "2"} and all(v > 0 for v in by_version.values())
-        print(f"rollout under load: {sent} requests sent, Prometheus counted {sent} "
-              f"(v1 {by_version['1']:.0f}, v2 {by_version['2']:.0f}) through 2 routers")
+        print(
+            f"rollout under load: {sent} requests sent, Prometheus counted {sent} "
+            f"(v1 {by_version['1']:.0f}, v2 {by_version['2']:.0f}) through 2 routers"
+        )
 
         prom.wait_for_scrapes(prom_scrapes(prom) + 3, timeout_s=60)  # a window for rate()
         empty = [e for e in dashboard_expressions() if not prom.query(e)]
@@ -109,8 +173,16 @@ def test_rollout_is_observable_through_a_real_prometheus(tmp_path):
         end = time.time()
 
         out = Path(os.environ.get("ASPIRE_ROLLOUT_PNG", tmp_path / "rollout.png"))
-        render_module().render(prom.url, "rollout", start - 5, end, str(out), step=1,
-                               rate_window="5s", title="Aspire: rollout v1 -> v2 under load (real Prometheus data)")
+        render_module().render(
+            prom.url,
+            "rollout",
+            start - 5,
+            end,
+            str(out),
+            step=1,
+            rate_window="5s",
+            title="Aspire: rollout v1 -> v2 under load (real Prometheus data)",
+        )
         assert out.stat().st_size > 20_000
 
 
@@ -119,6 +191,7 @@ def grpc_predicts(target: str, model: str, n: int) -> None:
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
     with grpc.insecure_channel(target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for _ in range(n):

@@ -4,6 +4,7 @@ A tiny in-process HTTP server exposes a counter in the Prometheus text format; a
 (Debian's package, installed on first use) scrapes it, and the test reads it back through the
 HTTP API, both instant and range queries, plus Prometheus's own PromQL parse errors.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,14 @@ class Exporter(TextExporter):
 
     def __init__(self):
         self.value = 0
-        super().__init__(lambda _scrapes: (
-            "# HELP harness_test_requests_total Requests seen by the harness test.\n"
-            "# TYPE harness_test_requests_total counter\n"
-            f'harness_test_requests_total{{code="200"}} {self.value}\n'), path="/metrics")
+        super().__init__(
+            lambda _scrapes: (
+                "# HELP harness_test_requests_total Requests seen by the harness test.\n"
+                "# TYPE harness_test_requests_total counter\n"
+                f'harness_test_requests_total{{code="200"}} {self.value}\n'
+            ),
+            path="/metrics",
+        )
 
     def set(self, value: int):
         with self.lock:
@@ -74,14 +79,21 @@ def test_prometheus_scrapes_queries_and_stops(exporter):
 
         result = prom.query("harness_test_requests_total")
         assert len(result) == 1
-        assert result[0]["metric"] == {"__name__": "harness_test_requests_total", "code": "200",
-                                       "instance": exporter.target, "job": "aspire"}
+        assert result[0]["metric"] == {
+            "__name__": "harness_test_requests_total",
+            "code": "200",
+            "instance": exporter.target,
+            "job": "aspire",
+        }
         assert float(result[0]["value"][1]) == 7
         assert prom.query_value('harness_test_requests_total{code="200"}') == 7
 
         exporter.set(42)
-        seen = prom.wait_for("harness_test_requests_total",
-                             lambda r: r and float(r[0]["value"][1]) == 42, timeout_s=30)
+        seen = prom.wait_for(
+            "harness_test_requests_total",
+            lambda r: r and float(r[0]["value"][1]) == 42,
+            timeout_s=30,
+        )
         assert float(seen[0]["value"][1]) == 42
         assert prom.query_value("sum(harness_test_requests_total)") == 42
 
@@ -113,8 +125,11 @@ def test_wait_for_scrapes_reports_a_down_target():
         closed = f"127.0.0.1:{s.getsockname()[1]}"
     with PrometheusServer([closed], scrape_interval_s=0.5) as prom:
         # once Prometheus has tried the target, waiting for a good scrape must time out saying why
-        wait_for(lambda: [t for t in prom.targets() if t.get("health") == "down"], 60,
-                 what="the first failed scrape")
+        wait_for(
+            lambda: [t for t in prom.targets() if t.get("health") == "down"],
+            60,
+            what="the first failed scrape",
+        )
         with pytest.raises(TimeoutError, match="health=down"):
             prom.wait_for_scrapes(n=1, timeout_s=1)
         assert prom.query_value(f'up{{instance="{closed}"}}') == 0

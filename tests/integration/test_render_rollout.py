@@ -6,6 +6,7 @@ UNLOADING to END, while aspire_requests_total shifts the traffic from v1 to v2. 
 scrapes it every 0.5 s; render() then queries it and must draw a two-panel PNG that shows both
 versions and those states.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -79,17 +80,24 @@ class RolloutExporter(TextExporter):
         stamp = int(now * 1000)
         lines = ["# TYPE aspire_requests_total counter"]
         for version, value in (("1", v1), ("2", v2)):
-            lines.append(f'aspire_requests_total{{model="m",version="{version}",api="predict",'
-                         f'protocol="rest",code="OK"}} {value:.3f} {stamp}')
+            lines.append(
+                f'aspire_requests_total{{model="m",version="{version}",api="predict",'
+                f'protocol="rest",code="OK"}} {value:.3f} {stamp}'
+            )
         # errors are not drawn (code="OK" only)
-        lines.append('aspire_requests_total{model="m",version="",api="predict",protocol="rest",'
-                     f'code="NOT_FOUND"}} {int(5 * elapsed)}')
+        lines.append(
+            'aspire_requests_total{model="m",version="",api="predict",protocol="rest",'
+            f'code="NOT_FOUND"}} {int(5 * elapsed)}'
+        )
         lines.append("# TYPE aspire_servable_state gauge")
         for version, now in states(t).items():
             for state in ("START", "LOADING", "AVAILABLE", "UNLOADING", "END"):
-                lines.append(f'aspire_servable_state{{model="m",version="{version}",'
-                             f'state="{state}"}} {1 if state == now else 0}')
+                lines.append(
+                    f'aspire_servable_state{{model="m",version="{version}",'
+                    f'state="{state}"}} {1 if state == now else 0}'
+                )
         return "\n".join(lines) + "\n"
+
 
 @pytest.fixture
 def exporter():
@@ -101,20 +109,23 @@ def exporter():
 def test_render_rollout_png(exporter, tmp_path):
     render_rollout = load_script()
     out = tmp_path / "docs" / "rollout.png"
-    with PrometheusServer([exporter.target], scrape_interval_s=0.5,
-                          metrics_path="/monitoring/prometheus/metrics") as prom:
+    with PrometheusServer(
+        [exporter.target], scrape_interval_s=0.5, metrics_path="/monitoring/prometheus/metrics"
+    ) as prom:
         prom.wait_for_scrapes(n=9, timeout_s=30)  # 4 s of samples: full rate windows at `start`
         start = time.time() - 1.0
         exporter.start()
         time.sleep(DURATION_S + 1.0)
         end = time.time()
-        rollout = render_rollout.render(prom.url, "m", start, end, str(out), step=0.25,
-                                        rate_window="2s")
+        rollout = render_rollout.render(
+            prom.url, "m", start, end, str(out), step=0.25, rate_window="2s"
+        )
 
     assert out.exists() and out.stat().st_size > 20_000
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
+
     image = matplotlib.image.imread(str(out))
     height, width = image.shape[:2]
     assert width >= 1000 and height >= 600
@@ -130,7 +141,7 @@ def test_render_rollout_png(exporter, tmp_path):
     assert seen["2"][-1] == "AVAILABLE" and "LOADING" in seen["2"]
     for runs in rollout.segments.values():
         assert all(a < b for a, b, _ in runs)
-        assert all(prev[1] <= nxt[0] + 1e-6 for prev, nxt in zip(runs, runs[1:]))
+        assert all(prev[1] <= nxt[0] + 1e-6 for prev, nxt in zip(runs, runs[1:], strict=False))
 
 
 def test_cli_reports_prometheus_errors(tmp_path, capsys):
@@ -138,16 +149,31 @@ def test_cli_reports_prometheus_errors(tmp_path, capsys):
     with PrometheusServer([], scrape_interval_s=1.0) as prom:
         now = time.time()
         # 20 points per series at most would be fine; this step makes far too many
-        rc = render_rollout.main(["--prometheus", prom.url, "--model", "m", "--start",
-                                  str(now - 86400), "--end", str(now), "--step", "0.001",
-                                  "--out", str(tmp_path / "x.png")])
+        rc = render_rollout.main(
+            [
+                "--prometheus",
+                prom.url,
+                "--model",
+                "m",
+                "--start",
+                str(now - 86400),
+                "--end",
+                str(now),
+                "--step",
+                "0.001",
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
         assert rc == 1 and "use a larger step" in capsys.readouterr().err
         with pytest.raises(render_rollout.PrometheusQueryError, match="parse error"):
-            render_rollout.render(prom.url, "m", now - 60, now, str(tmp_path / "x.png"),
-                                  rate_window="2x")
+            render_rollout.render(
+                prom.url, "m", now - 60, now, str(tmp_path / "x.png"), rate_window="2x"
+            )
         # no data: still a PNG, with both panels saying so
-        rollout = render_rollout.render(prom.url, "nothing", now - 60, now,
-                                        str(tmp_path / "empty.png"))
+        rollout = render_rollout.render(
+            prom.url, "nothing", now - 60, now, str(tmp_path / "empty.png")
+        )
         assert rollout.rates == {} and rollout.segments == {}
         assert (tmp_path / "empty.png").stat().st_size > 5_000
     assert not (tmp_path / "x.png").exists()

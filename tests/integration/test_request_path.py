@@ -2,6 +2,7 @@
 the router to the version replica's own call service, not through a Serve handle; the replica's
 port answers nothing without the cluster's data-plane key; bodies near the REST limit and gRPC
 messages far past the 4 MB cap of Serve's own replica transport cross it whole."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ def replica_handle():
     from ray import serve
 
     from core.names import app_name
+
     return serve.get_deployment_handle("servable", app_name(NAME, VERSION))
 
 
@@ -32,8 +34,15 @@ def test_predictions_take_the_direct_path_not_serve_handles(aspire):
     url = f"{aspire.url}/v1/models/{NAME}:predict"
     session = requests.Session()
     # the router learns the replica's port from Serve's long poll: wait until calls go direct
-    wait_for(lambda: (session.post(url, json={"instances": [1.0]}, timeout=30).status_code == 200
-                      and calls()["direct"] > 0), 60, 0.2, what="a direct call")
+    wait_for(
+        lambda: (
+            session.post(url, json={"instances": [1.0]}, timeout=30).status_code == 200
+            and calls()["direct"] > 0
+        ),
+        60,
+        0.2,
+        what="a direct call",
+    )
     before = calls()
     for i in range(40):
         r = session.post(url, json={"instances": [float(i)]}, timeout=30)
@@ -41,14 +50,19 @@ def test_predictions_take_the_direct_path_not_serve_handles(aspire):
     after = calls()
     assert after["direct"] - before["direct"] == 40
     assert after["handle"] == before["handle"]
-    print(f"40 predictions: {after['direct'] - before['direct']} direct, "
-          f"{after['handle'] - before['handle']} through Serve's handle")
+    print(
+        f"40 predictions: {after['direct'] - before['direct']} direct, "
+        f"{after['handle'] - before['handle']} through Serve's handle"
+    )
 
 
 def test_grpc_predictions_take_the_direct_path(aspire):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(aspire.grpc_target))
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(aspire.grpc_target)
+    )
     request = predict_pb2.PredictRequest()
     request.model_spec.name = NAME
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([2.0], np.float32)))
@@ -56,7 +70,10 @@ def test_grpc_predictions_take_the_direct_path(aspire):
     before = calls()
     for _ in range(20):
         answer = stub.Predict(request, timeout=30)
-        assert list(answer.outputs["y"].float_val) == [3.0] and answer.model_spec.version.value == VERSION
+        assert (
+            list(answer.outputs["y"].float_val) == [3.0]
+            and answer.model_spec.version.value == VERSION
+        )
     after = calls()
     assert (after["direct"] - before["direct"], after["handle"] - before["handle"]) == (20, 0)
 
@@ -68,6 +85,7 @@ def test_replica_service_answers_nothing_without_the_data_plane_key(aspire):
     import ray
 
     from deployments.replica_service import CALL, CALL_HEADER, HELLO_MAGIC, METHOD_NUMBERS
+
     port = replica_handle().ping.remote().result(timeout_s=30)["service_port"]
     assert port
     body = b'{"instances": [1.0]}'
@@ -83,12 +101,17 @@ def test_replica_service_answers_nothing_without_the_data_plane_key(aspire):
 
 def test_a_rest_body_near_the_limit_crosses_the_direct_path(aspire):
     from core.errors import DEFAULT_MAX_BODY_BYTES
+
     # a real request padded to 1 MiB under --rest_api_max_body_bytes (64 MiB by default)
     head = b'{"instances": [1.0, 2.0], "padding": "'
     body = head + b"a" * (DEFAULT_MAX_BODY_BYTES - 2**20 - len(head)) + b'"}'
     before = calls()
-    r = requests.post(f"{aspire.url}/v1/models/{NAME}:predict", data=body, timeout=120,
-                      headers={"Content-Type": "application/json"})
+    r = requests.post(
+        f"{aspire.url}/v1/models/{NAME}:predict",
+        data=body,
+        timeout=120,
+        headers={"Content-Type": "application/json"},
+    )
     assert (r.status_code, r.json()) == (200, {"predictions": [2.5, 3.0]})
     assert calls()["direct"] == before["direct"] + 1
     print(f"{len(body) / 2**20:.0f} MiB REST body answered through the direct path")
@@ -97,9 +120,15 @@ def test_a_rest_body_near_the_limit_crosses_the_direct_path(aspire):
 def test_a_grpc_message_of_40_mb_each_way_crosses_the_direct_path(aspire):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
     limit = 2**31 - 1
-    channel = grpc.insecure_channel(aspire.grpc_target, options=[
-        ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
+    channel = grpc.insecure_channel(
+        aspire.grpc_target,
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ],
+    )
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     x = np.arange(10_000_000, dtype=np.float32)  # 40 MB in, 40 MB out: 10x Serve's 4 MB cap
     request = predict_pb2.PredictRequest()
@@ -110,14 +139,17 @@ def test_a_grpc_message_of_40_mb_each_way_crosses_the_direct_path(aspire):
     y = tf.make_ndarray(answer.outputs["y"])
     assert y.shape == x.shape and np.array_equal(y, x / 2 + 2)
     assert calls()["direct"] == before["direct"] + 1
-    print(f"gRPC Predict of {request.ByteSize() / 1e6:.0f} MB answered with "
-          f"{answer.ByteSize() / 1e6:.0f} MB through the direct path")
+    print(
+        f"gRPC Predict of {request.ByteSize() / 1e6:.0f} MB answered with "
+        f"{answer.ByteSize() / 1e6:.0f} MB through the direct path"
+    )
 
 
 def test_every_router_learns_the_replica_port_from_serve(aspire):
     from ray import serve
 
     from core.names import app_name
+
     router = serve.get_deployment_handle("router", "aspire-router")
     app = app_name(NAME, VERSION)
     counts = router.direct_replicas.remote().result(timeout_s=30)

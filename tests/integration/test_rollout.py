@@ -3,6 +3,7 @@
 The models encode their version in the answer: half_plus_two gives x/2+2, half_plus_three x/2+3,
 so every response tells which version served it.
 """
+
 import shutil
 
 import pytest
@@ -30,7 +31,7 @@ def test_new_version_rolls_out_under_load_without_a_failed_request(aspire, model
     answers = [a for _, a in load.answers]
     assert V1_ANSWER in answers and V2_ANSWER in answers
     # Once v2 answered, v1 never answers again: the switch is monotonic.
-    assert V1_ANSWER not in answers[answers.index(V2_ANSWER):]
+    assert V1_ANSWER not in answers[answers.index(V2_ANSWER) :]
     assert aspire.states("rollout") == {2: ("AVAILABLE", "OK"), 1: ("END", "OK")}
 
 
@@ -67,12 +68,14 @@ def test_version_failing_inside_its_replica_is_reported_and_old_keeps_serving(as
     r = aspire.post("/v1/models/corrupt_rollout:predict", {"instances": [1.0]})
     assert r.json() == {"predictions": [V1_ANSWER]}
     from core.names import app_name
+
     assert app_name("corrupt_rollout", 2) not in serve_apps()  # nothing left behind
     assert app_name("corrupt_rollout", 1) in serve_apps()
 
 
 def serve_apps() -> list[str]:
     from ray import serve
+
     return list(serve.status().applications)
 
 
@@ -91,4 +94,7 @@ def test_missing_base_path_keeps_serving_and_emptied_base_path_unloads(aspire, m
     shutil.rmtree(base / "1")  # base path present but empty: every version is unloaded
     aspire.wait_state("moving", 1, "END")
     r = aspire.post("/v1/models/moving:predict", {"instances": [1.0]})
-    assert (r.status_code, r.json()) == (404, {"error": "Servable not found for request: Latest(moving)"})
+    assert (r.status_code, r.json()) == (
+        404,
+        {"error": "Servable not found for request: Latest(moving)"},
+    )

@@ -3,6 +3,7 @@
 Used by tests/support/prometheus.py (Debian's `prometheus`) and bench/suite.py (Debian's `wrk`).
 Concurrent callers serialise on a flock in /tmp; stale package lists are refreshed once.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,8 +17,11 @@ import time
 from typing import Callable
 
 # apt-get output that means "the package lists are missing or stale": run `apt-get update`, retry
-NEEDS_UPDATE = re.compile(r"Unable to locate package|has no installation candidate|Failed to fetch"
-                          r"|404\s+Not Found|is not available, but is referred to", re.I)
+NEEDS_UPDATE = re.compile(
+    r"Unable to locate package|has no installation candidate|Failed to fetch"
+    r"|404\s+Not Found|is not available, but is referred to",
+    re.I,
+)
 APT_LOCKED = re.compile(r"Could not get lock|Unable to acquire the dpkg frontend lock", re.I)
 
 
@@ -26,8 +30,14 @@ def apt(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=300", *args]
     for attempt in range(5):
         try:
-            done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=timeout_s)
+            done = subprocess.run(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
         except subprocess.TimeoutExpired as e:
             raise RuntimeError(f"`{' '.join(cmd)}` did not finish in {timeout_s:.0f} s") from e
         if done.returncode == 0 or not APT_LOCKED.search(done.stderr + done.stdout) or attempt == 4:
@@ -54,16 +64,24 @@ def apt_install(package: str, deadline: float) -> None:
     if done.returncode != 0 and NEEDS_UPDATE.search(done.stdout + done.stderr):
         update = apt(["update"], left())
         if update.returncode != 0:
-            raise RuntimeError(f"`apt-get update` failed while installing {package}:\n"
-                               + tail(update.stdout + update.stderr))
+            raise RuntimeError(
+                f"`apt-get update` failed while installing {package}:\n"
+                + tail(update.stdout + update.stderr)
+            )
         done = apt(install, left())
     if done.returncode != 0:
-        raise RuntimeError(f"`apt-get install {package}` failed (exit {done.returncode}):\n"
-                           + tail(done.stdout + done.stderr))
+        raise RuntimeError(
+            f"`apt-get install {package}` failed (exit {done.returncode}):\n"
+            + tail(done.stdout + done.stderr)
+        )
 
 
-def ensure_binary(package: str, find: Callable[[], str | None], install: Callable[[float], None],
-                  timeout_s: float = 900.0) -> str:
+def ensure_binary(
+    package: str,
+    find: Callable[[], str | None],
+    install: Callable[[float], None],
+    timeout_s: float = 900.0,
+) -> str:
     """The path `find()` returns, after `install(deadline)` under a per-package flock if it
     returned None. Raises RuntimeError if the binary is still missing afterwards."""
     path = find()
@@ -80,8 +98,10 @@ def ensure_binary(package: str, find: Callable[[], str | None], install: Callabl
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out waiting for {lock_path} "
-                                       f"(another process is installing {package})") from None
+                    raise RuntimeError(
+                        f"timed out waiting for {lock_path} "
+                        f"(another process is installing {package})"
+                    ) from None
                 time.sleep(0.5)
         try:
             path = find()  # installed by whoever held the lock before us

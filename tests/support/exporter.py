@@ -1,4 +1,5 @@
 """A stand-in Prometheus target for tests: a loopback HTTP server answering GETs with text."""
+
 from __future__ import annotations
 
 import threading

@@ -6,6 +6,7 @@ ports from meanwhile: between the check and the server's bind, Ray may take it (
 to address '127.0.0.1:44687'" in one run). `free_port()` picks a random bindable port below the
 ephemeral range instead, and above the ports Ray hands its workers (10002-19999 by default), so
 nothing that asks the kernel for "any port" can be given it."""
+
 from __future__ import annotations
 
 import random

@@ -2,7 +2,9 @@
 
     from tests.support.prometheus import PrometheusServer
 
-    with PrometheusServer(["127.0.0.1:8501"], metrics_path="/monitoring/prometheus/metrics") as prom:
+    with PrometheusServer(
+        ["127.0.0.1:8501"], metrics_path="/monitoring/prometheus/metrics"
+    ) as prom:
         prom.wait_for_scrapes(n=2)
         prom.query('sum(rate(some_counter_total[30s]))')
 
@@ -12,6 +14,7 @@ binary as a child process on 127.0.0.1 and a free port picked at start (never 90
 config and TSDB in a fresh temp dir that `stop()` removes. Only the standard library and
 `requests` are used.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -39,7 +42,6 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 DEFAULT_PORT = 9090  # the Debian service's port: ours never uses it
 
 
-
 class PrometheusError(RuntimeError):
     """Prometheus answered an API call with `status != "success"`; the message is its own text."""
 
@@ -49,6 +51,7 @@ class PrometheusError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------- install
+
 
 def _find_binary() -> str | None:
     path = shutil.which("prometheus")
@@ -69,11 +72,19 @@ def _stop_packaged_service() -> None:
     """Stop the Debian service in case the package started it anyway (no policy-rc.d veto, or a
     systemd that ignores it). Our own servers never use its port, so this is only hygiene."""
     if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
-        subprocess.run(["systemctl", "disable", "--now", "prometheus"], capture_output=True,
-                       timeout=60, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["systemctl", "disable", "--now", "prometheus"],
+            capture_output=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
     elif os.path.exists("/etc/init.d/prometheus"):
-        subprocess.run(["/etc/init.d/prometheus", "stop"], capture_output=True, timeout=60,
-                       stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["/etc/init.d/prometheus", "stop"],
+            capture_output=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def ensure_prometheus(timeout_s: float = 900.0) -> str:
@@ -108,8 +119,9 @@ def _install(deadline: float) -> None:
 
 def prometheus_version(binary: str | None = None) -> str:
     """The version string of the binary, e.g. "2.42.0+ds"."""
-    out = subprocess.run([binary or ensure_prometheus(), "--version"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [binary or ensure_prometheus(), "--version"], capture_output=True, text=True, timeout=30
+    )
     m = re.search(r"prometheus, version (\S+)", out.stdout + out.stderr)
     return m.group(1) if m else (out.stdout + out.stderr).strip()
 
@@ -175,8 +187,14 @@ class PrometheusServer:
     READY_TIMEOUT_S = 60.0
     STOP_TIMEOUT_S = 10.0
 
-    def __init__(self, targets: list[str], scrape_interval_s: float = 1.0, job: str = "aspire",
-                 metrics_path: str = "/metrics", extra_scrape_configs: list[dict] | None = None):
+    def __init__(
+        self,
+        targets: list[str],
+        scrape_interval_s: float = 1.0,
+        job: str = "aspire",
+        metrics_path: str = "/metrics",
+        extra_scrape_configs: list[dict] | None = None,
+    ):
         self.targets_config = [self._target(t) for t in targets]
         self.scrape_interval_s = scrape_interval_s
         self.job, self.metrics_path = job, metrics_path
@@ -195,8 +213,10 @@ class PrometheusServer:
         if "://" in target:
             scheme, _, rest = target.partition("://")
             if scheme != "http" or "/" in rest.rstrip("/"):
-                raise ValueError(f"target {target!r}: give host:port (use metrics_path for the "
-                                 "path, extra_scrape_configs for anything else)")
+                raise ValueError(
+                    f"target {target!r}: give host:port (use metrics_path for the "
+                    "path, extra_scrape_configs for anything else)"
+                )
             target = rest.rstrip("/")
         return target
 
@@ -216,13 +236,19 @@ class PrometheusServer:
     def config(self) -> dict:
         interval = _duration(self.scrape_interval_s)
         return {
-            "global": {"scrape_interval": interval, "scrape_timeout": interval,
-                       "evaluation_interval": interval},
-            "scrape_configs": [{
-                "job_name": self.job,
-                "metrics_path": self.metrics_path,
-                "static_configs": [{"targets": self.targets_config}],
-            }, *self.extra_scrape_configs],
+            "global": {
+                "scrape_interval": interval,
+                "scrape_timeout": interval,
+                "evaluation_interval": interval,
+            },
+            "scrape_configs": [
+                {
+                    "job_name": self.job,
+                    "metrics_path": self.metrics_path,
+                    "static_configs": [{"targets": self.targets_config}],
+                },
+                *self.extra_scrape_configs,
+            ],
         }
 
     def start(self) -> "PrometheusServer":
@@ -244,8 +270,11 @@ class PrometheusServer:
                     self._wait_ready()
                     return self
                 except RuntimeError:
-                    if attempt < 2 and self.process.poll() is not None \
-                            and "address already in use" in self.log_tail().lower():
+                    if (
+                        attempt < 2
+                        and self.process.poll() is not None
+                        and "address already in use" in self.log_tail().lower()
+                    ):
                         self._terminate()
                         continue
                     raise
@@ -257,12 +286,14 @@ class PrometheusServer:
     def _spawn(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [self.binary,
-               f"--config.file={self.config_path}",
-               f"--storage.tsdb.path={os.path.join(self.dir, 'data')}",
-               f"--web.listen-address=127.0.0.1:{self.port}",
-               "--storage.tsdb.retention.time=1d",
-               "--log.level=info"]
+        cmd = [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={os.path.join(self.dir, 'data')}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--storage.tsdb.retention.time=1d",
+            "--log.level=info",
+        ]
         # Backstop for a test process that dies without running atexit (SIGKILL): the kernel
         # kills Prometheus when its parent thread exits. Only from the main thread, which lives
         # as long as the process; setpriv avoids preexec_fn, unsafe in threaded processes.
@@ -271,8 +302,9 @@ class PrometheusServer:
         if self._log is not None:
             self._log.close()
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                        stderr=subprocess.STDOUT, cwd=self.dir)
+        self.process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir
+        )
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.READY_TIMEOUT_S
@@ -280,8 +312,10 @@ class PrometheusServer:
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
-                raise RuntimeError(f"prometheus exited with code {code} before it was ready; "
-                                   f"log tail:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"prometheus exited with code {code} before it was ready; "
+                    f"log tail:\n{self.log_tail()}"
+                )
             try:
                 r = self._session.get(f"{self.url}/-/ready", timeout=2)
                 if r.status_code == 200:
@@ -290,8 +324,10 @@ class PrometheusServer:
             except requests.RequestException as e:
                 last = f"{type(e).__name__}: {e}"
             time.sleep(0.1)
-        raise RuntimeError(f"prometheus at {self.url} not ready after {self.READY_TIMEOUT_S:.0f} s "
-                           f"(last: {last}); log tail:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"prometheus at {self.url} not ready after {self.READY_TIMEOUT_S:.0f} s "
+            f"(last: {last}); log tail:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the process's stdout+stderr (Prometheus logs to stderr)."""
@@ -354,12 +390,16 @@ class PrometheusServer:
         try:
             body = r.json()
         except ValueError:
-            raise PrometheusError(f"{path}: HTTP {r.status_code}, not JSON: {r.text[:500]}",
-                                  status_code=r.status_code) from None
+            raise PrometheusError(
+                f"{path}: HTTP {r.status_code}, not JSON: {r.text[:500]}", status_code=r.status_code
+            ) from None
         if body.get("status") != "success":
             error_type = body.get("errorType")
-            raise PrometheusError(f"{path}: {error_type}: {body.get('error')}",
-                                  error_type=error_type, status_code=r.status_code)
+            raise PrometheusError(
+                f"{path}: {error_type}: {body.get('error')}",
+                error_type=error_type,
+                status_code=r.status_code,
+            )
         return body.get("data")
 
     def query(self, expr: str, time: float | _dt.datetime | str | None = None) -> list:
@@ -370,14 +410,25 @@ class PrometheusServer:
             params["time"] = _timestamp(time)
         return self._api("/api/v1/query", params, method="POST")["result"]
 
-    def query_range(self, expr: str, start: float | _dt.datetime | str,
-                    end: float | _dt.datetime | str, step: float | str) -> list:
+    def query_range(
+        self,
+        expr: str,
+        start: float | _dt.datetime | str,
+        end: float | _dt.datetime | str,
+        step: float | str,
+    ) -> list:
         """Range query; returns `data.result` ([{"metric": {...}, "values": [[ts, "v"], ...]}])."""
-        params = {"query": expr, "start": _timestamp(start), "end": _timestamp(end),
-                  "step": step if isinstance(step, str) else f"{float(step):g}"}
+        params = {
+            "query": expr,
+            "start": _timestamp(start),
+            "end": _timestamp(end),
+            "step": step if isinstance(step, str) else f"{float(step):g}",
+        }
         return self._api("/api/v1/query_range", params, method="POST")["result"]
 
-    def query_value(self, expr: str, time: float | _dt.datetime | str | None = None) -> float | None:
+    def query_value(
+        self, expr: str, time: float | _dt.datetime | str | None = None
+    ) -> float | None:
         """The float value of an expression yielding one sample (or a scalar); None when empty."""
         result = self.query(expr, time)
         if not result:
@@ -406,27 +457,42 @@ class PrometheusServer:
         while True:
             active = self.targets()
             ours = [t for t in active if t["labels"].get("job") == self.job]
-            counts = {(s["metric"].get("job"), s["metric"].get("instance")): float(s["value"][1])
-                      for s in self.query("sum_over_time(up[1d])")}
-            missing = [t for t in active
-                       if t.get("health") != "up"
-                       or counts.get((t["labels"].get("job"), t["labels"].get("instance")), 0) < n]
+            counts = {
+                (s["metric"].get("job"), s["metric"].get("instance")): float(s["value"][1])
+                for s in self.query("sum_over_time(up[1d])")
+            }
+            missing = [
+                t
+                for t in active
+                if t.get("health") != "up"
+                or counts.get((t["labels"].get("job"), t["labels"].get("instance")), 0) < n
+            ]
             if len(ours) >= expected and active and not missing:
                 return active
-            state = "; ".join(
-                f"{t['scrapeUrl']}: health={t.get('health')} scrapes_ok="
-                f"{counts.get((t['labels'].get('job'), t['labels'].get('instance')), 0):g}"
-                + (f" lastError={t['lastError']!r}" if t.get("lastError") else "")
-                for t in active) or "no active targets"
+            state = (
+                "; ".join(
+                    f"{t['scrapeUrl']}: health={t.get('health')} scrapes_ok="
+                    f"{counts.get((t['labels'].get('job'), t['labels'].get('instance')), 0):g}"
+                    + (f" lastError={t['lastError']!r}" if t.get("lastError") else "")
+                    for t in active
+                )
+                or "no active targets"
+            )
             if len(ours) < expected:
                 state += f" (job {self.job!r}: {len(ours)} of {expected} targets active)"
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"targets not scraped successfully {n} times within "
-                                   f"{timeout_s:g} s: {state}")
+                raise TimeoutError(
+                    f"targets not scraped successfully {n} times within {timeout_s:g} s: {state}"
+                )
             time.sleep(poll_s)
 
-    def wait_for(self, expr: str, predicate: Callable[[list], Any], timeout_s: float = 30.0,
-                 poll_s: float = 0.2) -> list:
+    def wait_for(
+        self,
+        expr: str,
+        predicate: Callable[[list], Any],
+        timeout_s: float = 30.0,
+        poll_s: float = 0.2,
+    ) -> list:
         """Poll query(expr) until predicate(result) is truthy; returns that result. Query errors
         from Prometheus (e.g. a PromQL parse error) are raised at once; on timeout raises
         TimeoutError with the last result."""
@@ -436,6 +502,8 @@ class PrometheusServer:
             if predicate(result):
                 return result
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"{expr!r} did not satisfy the predicate within {timeout_s:g} s; "
-                                   f"last result: {json.dumps(result)[:1000]}")
+                raise TimeoutError(
+                    f"{expr!r} did not satisfy the predicate within {timeout_s:g} s; "
+                    f"last result: {json.dumps(result)[:1000]}"
+                )
             time.sleep(poll_s)

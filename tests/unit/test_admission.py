@@ -1,11 +1,12 @@
 """Reservation book: best fit, host RAM admission, refusals, release, inventory updates and a
 concurrent property test that over-commit never happens."""
+
 import random
 import threading
 
 import pytest
 
-from core.errors import AspireError
+from cluster.reservations import Reservations
 from core.units import GIB, MIB, format_bytes, parse_bytes
 from policies.admission import (
     CUDA_CONTEXT_BYTES,
@@ -14,7 +15,7 @@ from policies.admission import (
     Gpu,
     Need,
     Placement,
-    Reservations,
+    Refusal,
     estimate_vram_bytes,
     replica_need,
 )
@@ -27,21 +28,28 @@ def book(*sizes_gib, node="n1", ram_gib=64, used=0):
     return Reservations(gpus, {node: int(ram_gib * GIB)})
 
 
-def refusal(reservations, servable, need):
-    with pytest.raises(AspireError) as info:
-        reservations.reserve(servable, need)
-    assert info.value.code == "RESOURCE_EXHAUSTED"
-    return info.value.message
+def refusal(reservations, servable, need, reason=None):
+    """The refusal's message; the refusal holds nothing and carries its bounded reason."""
+    refused = reservations.reserve(servable, need)
+    assert isinstance(refused, Refusal), refused
+    assert refused.code == "RESOURCE_EXHAUSTED"
+    assert servable not in reservations.held()
+    if reason is not None:
+        assert refused.reason == reason
+    return refused.message
 
 
 # -- best fit ---------------------------------------------------------------------------------
 
+
 def test_best_fit_picks_the_tightest_gpu_that_fits():
-    r = Reservations([Gpu("n1", 0, 16 * GIB), Gpu("n1", 1, 8 * GIB), Gpu("n2", 0, 12 * GIB)],
-                     {"n1": 64 * GIB, "n2": 64 * GIB})
+    r = Reservations(
+        [Gpu("n1", 0, 16 * GIB), Gpu("n1", 1, 8 * GIB), Gpu("n2", 0, 12 * GIB)],
+        {"n1": 64 * GIB, "n2": 64 * GIB},
+    )
     assert r.reserve(S % 1, Need(6 * GIB)) == Placement("n1", 1, 6 * GIB, 0)
-    assert r.reserve(S % 2, Need(6 * GIB)) == Placement("n2", 0, 6 * GIB, 0)   # n1/1 has 2 left
-    assert r.reserve(S % 3, Need(2 * GIB)) == Placement("n1", 1, 2 * GIB, 0)   # exact fit
+    assert r.reserve(S % 2, Need(6 * GIB)) == Placement("n2", 0, 6 * GIB, 0)  # n1/1 has 2 left
+    assert r.reserve(S % 3, Need(2 * GIB)) == Placement("n1", 1, 2 * GIB, 0)  # exact fit
     assert r.reserve(S % 4, Need(7 * GIB)) == Placement("n1", 0, 7 * GIB, 0)
 
 
@@ -50,55 +58,70 @@ def test_two_10gib_models_land_on_different_16gib_gpus_and_a_third_is_refused():
     a = r.reserve(S % 1, Need(10 * GIB))
     b = r.reserve(S % 2, Need(10 * GIB))
     assert (a.gpu_index, b.gpu_index) == (0, 1)
-    msg = refusal(r, S % 3, Need(10 * GIB))
-    assert msg == ("Insufficient resources to load servable {name: m version: 3}; needs 10.0 GiB "
-                   "of GPU memory, largest free block is 6.0 GiB (node n1 GPU 0)")
+    msg = refusal(r, S % 3, Need(10 * GIB), "gpu_memory")
+    assert msg == (
+        "Insufficient resources to load servable {name: m version: 3}; needs 10.0 GiB "
+        "of GPU memory, largest free block is 6.0 GiB (node n1 GPU 0)"
+    )
 
 
 def test_ties_go_to_lowest_node_then_index():
-    r = Reservations([Gpu("n2", 0, 8 * GIB), Gpu("n1", 1, 8 * GIB), Gpu("n1", 0, 8 * GIB)],
-                     {"n1": GIB, "n2": GIB})
+    r = Reservations(
+        [Gpu("n2", 0, 8 * GIB), Gpu("n1", 1, 8 * GIB), Gpu("n1", 0, 8 * GIB)],
+        {"n1": GIB, "n2": GIB},
+    )
     assert r.reserve("a", Need(GIB)) == Placement("n1", 0, GIB, 0)
 
 
 def test_used_by_others_is_respected():
-    r = Reservations([Gpu("n1", 0, 16 * GIB, used_by_others_bytes=10 * GIB),
-                      Gpu("n1", 1, 16 * GIB, used_by_others_bytes=4 * GIB)], {"n1": 64 * GIB})
-    assert r.reserve("a", Need(6 * GIB)).gpu_index == 0       # 6 free on GPU 0: tightest
+    r = Reservations(
+        [
+            Gpu("n1", 0, 16 * GIB, used_by_others_bytes=10 * GIB),
+            Gpu("n1", 1, 16 * GIB, used_by_others_bytes=4 * GIB),
+        ],
+        {"n1": 64 * GIB},
+    )
+    assert r.reserve("a", Need(6 * GIB)).gpu_index == 0  # 6 free on GPU 0: tightest
     assert r.reserve("b", Need(6 * GIB)).gpu_index == 1
-    msg = refusal(r, "c", Need(7 * GIB))
+    msg = refusal(r, "c", Need(7 * GIB), "gpu_memory")
     assert msg.endswith("largest free block is 6.0 GiB (node n1 GPU 1)")
 
 
 def test_gpu_need_also_reserves_host_ram_on_the_same_node():
-    r = Reservations([Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 24 * GIB)],
-                     {"n1": 2 * GIB, "n2": 32 * GIB})
-    p = r.reserve("a", Need(8 * GIB, 4 * GIB))                # n1 is tighter but lacks RAM
+    r = Reservations(
+        [Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 24 * GIB)], {"n1": 2 * GIB, "n2": 32 * GIB}
+    )
+    p = r.reserve("a", Need(8 * GIB, 4 * GIB))  # n1 is tighter but lacks RAM
     assert p == Placement("n2", 0, 8 * GIB, 4 * GIB)
-    msg = refusal(r, "b", Need(8 * GIB, 40 * GIB))
-    assert msg == ("Insufficient resources to load servable b; needs 8.0 GiB of GPU memory and "
-                   "40.0 GiB of host RAM on the same node, largest free host RAM next to a "
-                   "fitting GPU is 28.0 GiB (node n2)")
+    msg = refusal(r, "b", Need(8 * GIB, 40 * GIB), "host_ram")
+    assert msg == (
+        "Insufficient resources to load servable b; needs 8.0 GiB of GPU memory and "
+        "40.0 GiB of host RAM on the same node, largest free host RAM next to a "
+        "fitting GPU is 28.0 GiB (node n2)"
+    )
 
 
 # -- CPU-only ---------------------------------------------------------------------------------
+
 
 def test_cpu_only_need_reserves_ram_on_the_node_with_most_free_ram():
     r = Reservations([Gpu("n1", 0, 16 * GIB)], {"n1": 8 * GIB, "n2": 6 * GIB})
     assert r.reserve("a", Need(ram_bytes=3 * GIB)) == Placement("n1", None, 0, 3 * GIB)
     assert r.reserve("b", Need(ram_bytes=3 * GIB)) == Placement("n2", None, 0, 3 * GIB)
     assert r.reserve("c", Need(ram_bytes=3 * GIB)) == Placement("n1", None, 0, 3 * GIB)
-    assert r.snapshot()[0]["reserved"] == 0                   # no GPU memory touched
-    msg = refusal(r, S % 7, Need(ram_bytes=4 * GIB))
-    assert msg == ("Insufficient resources to load servable {name: m version: 7}; needs 4.0 GiB "
-                   "of host RAM, largest free block is 3.0 GiB (node n2)")
+    assert r.snapshot()[0]["reserved"] == 0  # no GPU memory touched
+    msg = refusal(r, S % 7, Need(ram_bytes=4 * GIB), "host_ram")
+    assert msg == (
+        "Insufficient resources to load servable {name: m version: 7}; needs 4.0 GiB "
+        "of host RAM, largest free block is 3.0 GiB (node n2)"
+    )
     assert [row["reserved"] for row in r.ram_snapshot()] == [6 * GIB, 3 * GIB]
 
 
 def test_refusals_with_nothing_known():
     r = Reservations([], {})
-    assert "no GPUs are known" in refusal(r, "a", Need(GIB))
-    assert "no nodes are known" in refusal(r, "a", Need(ram_bytes=GIB))
+    assert "no GPUs are known" in refusal(r, "a", Need(GIB), "no_gpus")
+    assert "no nodes are known" in refusal(r, "a", Need(ram_bytes=GIB), "no_nodes")
     r = Reservations([], {"n1": GIB})
     assert r.reserve("a", Need()) == Placement("n1", None, 0, 0)
 
@@ -112,6 +135,7 @@ def test_refusal_disturbs_nothing():
 
 
 # -- release ----------------------------------------------------------------------------------
+
 
 def test_release_frees_and_is_idempotent():
     r = book(16)
@@ -133,16 +157,31 @@ def test_a_key_cannot_hold_two_reservations():
 
 # -- snapshot / inventory updates -------------------------------------------------------------
 
+
 def test_snapshot_contents():
     r = Reservations([Gpu("n1", 1, 16 * GIB, GIB), Gpu("n1", 0, 8 * GIB)], {"n1": 64 * GIB})
     r.reserve("{name: a version: 1}", Need(5 * GIB))
     r.reserve("{name: b version: 2}", Need(3 * GIB))
     r.reserve("{name: c version: 1}", Need(12 * GIB))
     assert r.snapshot() == [
-        {"node": "n1", "index": 0, "total": 8 * GIB, "reserved": 8 * GIB, "used_by_others": 0,
-         "free": 0, "holders": {"{name: a version: 1}": 5 * GIB, "{name: b version: 2}": 3 * GIB}},
-        {"node": "n1", "index": 1, "total": 16 * GIB, "reserved": 12 * GIB,
-         "used_by_others": GIB, "free": 3 * GIB, "holders": {"{name: c version: 1}": 12 * GIB}},
+        {
+            "node": "n1",
+            "index": 0,
+            "total": 8 * GIB,
+            "reserved": 8 * GIB,
+            "used_by_others": 0,
+            "free": 0,
+            "holders": {"{name: a version: 1}": 5 * GIB, "{name: b version: 2}": 3 * GIB},
+        },
+        {
+            "node": "n1",
+            "index": 1,
+            "total": 16 * GIB,
+            "reserved": 12 * GIB,
+            "used_by_others": GIB,
+            "free": 3 * GIB,
+            "holders": {"{name: c version: 1}": 12 * GIB},
+        },
     ]
 
 
@@ -159,8 +198,9 @@ def test_shrinking_a_gpu_keeps_reservations_and_admits_nothing_over_total():
 
 
 def test_a_gpu_leaving_reports_its_reservations_as_lost():
-    r = Reservations([Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)],
-                     {"n1": 8 * GIB, "n2": 9 * GIB})
+    r = Reservations(
+        [Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)], {"n1": 8 * GIB, "n2": 9 * GIB}
+    )
     a = r.reserve("a", Need(10 * GIB))
     b = r.reserve("b", Need(10 * GIB))
     c = r.reserve("c", Need(ram_bytes=GIB))
@@ -169,9 +209,10 @@ def test_a_gpu_leaving_reports_its_reservations_as_lost():
     assert r.lost() == {"b": b, "c": c} and set(r.held()) == {"a", "b", "c"}
     assert [row["node"] for row in r.snapshot()] == ["n1"]
     refusal(r, "d", Need(10 * GIB))
-    r.update_inventory([Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)],
-                       {"n1": 8 * GIB, "n2": 8 * GIB})
-    assert r.lost() == {}                                     # it came back: counted again
+    r.update_inventory(
+        [Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)], {"n1": 8 * GIB, "n2": 8 * GIB}
+    )
+    assert r.lost() == {}  # it came back: counted again
     refusal(r, "d", Need(10 * GIB))
     r.release("b")
     assert r.reserve("d", Need(10 * GIB)) == Placement("n2", 0, 10 * GIB, 0)
@@ -180,9 +221,14 @@ def test_a_gpu_leaving_reports_its_reservations_as_lost():
 
 # -- concurrency property ---------------------------------------------------------------------
 
+
 def test_random_concurrent_reserve_release_never_overcommits():
-    gpus = [Gpu("n1", 0, 16 * GIB, 2 * GIB), Gpu("n1", 1, 16 * GIB),
-            Gpu("n2", 0, 24 * GIB, GIB), Gpu("n2", 1, 8 * GIB)]
+    gpus = [
+        Gpu("n1", 0, 16 * GIB, 2 * GIB),
+        Gpu("n1", 1, 16 * GIB),
+        Gpu("n2", 0, 24 * GIB, GIB),
+        Gpu("n2", 1, 8 * GIB),
+    ]
     ram = {"n1": 32 * GIB, "n2": 48 * GIB}
     r = Reservations(gpus, ram)
     by_key = {(g.node_id, g.index): g for g in gpus}
@@ -211,13 +257,11 @@ def test_random_concurrent_reserve_release_never_overcommits():
                     name = f"{{name: t{seed} version: {i}}}"
                     vram = 0 if rng.random() < 0.2 else rng.randrange(1, 12 * GIB)
                     need = Need(vram, rng.choice([0, rng.randrange(1, 8 * GIB)]))
-                    r.reserve(name, need)
-                    mine.append(name)
-                    outcomes["placed"] += 1
-            except AspireError as err:
-                outcomes["refused"] += 1
-                if err.code != "RESOURCE_EXHAUSTED":
-                    errors.append(err)
+                    if isinstance(r.reserve(name, need), Refusal):
+                        outcomes["refused"] += 1
+                    else:
+                        mine.append(name)
+                        outcomes["placed"] += 1
             except Exception as err:  # noqa: BLE001 - anything else is a failure
                 errors.append(err)
             check()
@@ -228,7 +272,7 @@ def test_random_concurrent_reserve_release_never_overcommits():
     for t in pool:
         t.join()
     assert errors == [] and violations == []
-    assert outcomes["placed"] > 100 and outcomes["refused"] > 100   # both paths exercised
+    assert outcomes["placed"] > 100 and outcomes["refused"] > 100  # both paths exercised
     held = r.held()
     assert sum(row["reserved"] for row in r.snapshot()) == sum(p.vram_bytes for p in held.values())
     for name in held:
@@ -237,6 +281,7 @@ def test_random_concurrent_reserve_release_never_overcommits():
 
 
 # -- estimate and sizes -----------------------------------------------------------------------
+
 
 def test_vram_estimate_rule_and_monotonicity():
     assert (VRAM_FACTOR, VRAM_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES) == (2.0, 256 * MIB, GIB)
@@ -249,21 +294,44 @@ def test_vram_estimate_rule_and_monotonicity():
         estimate_vram_bytes(-1)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("16GiB", 16 * GIB), ("512MiB", 512 * MIB), ("1.5GB", 1_500_000_000), ("1000", 1000),
-    ("0", 0), ("2 GiB", 2 * GIB), ("16gib", 16 * GIB), ("4Gi", 4 * GIB), ("1KiB", 1024),
-    ("1kb", 1000), ("3M", 3_000_000), ("1TiB", 1024 ** 4), ("10B", 10), (" 7 ", 7),
-    ("0.5GiB", GIB // 2), (".5KiB", 512),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("16GiB", 16 * GIB),
+        ("512MiB", 512 * MIB),
+        ("1.5GB", 1_500_000_000),
+        ("1000", 1000),
+        ("0", 0),
+        ("2 GiB", 2 * GIB),
+        ("16gib", 16 * GIB),
+        ("4Gi", 4 * GIB),
+        ("1KiB", 1024),
+        ("1kb", 1000),
+        ("3M", 3_000_000),
+        ("1TiB", 1024**4),
+        ("10B", 10),
+        (" 7 ", 7),
+        ("0.5GiB", GIB // 2),
+        (".5KiB", 512),
+    ],
+)
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("text,match", [
-    ("", "invalid size"), ("GiB", "invalid size"), ("-1GiB", "invalid size"),
-    ("16 GiBs", "unknown unit"), ("1.2.3GB", "invalid size"), ("16 PiB", "unknown unit"),
-    ("1e9", "invalid size"), (16, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("", "invalid size"),
+        ("GiB", "invalid size"),
+        ("-1GiB", "invalid size"),
+        ("16 GiBs", "unknown unit"),
+        ("1.2.3GB", "invalid size"),
+        ("16 PiB", "unknown unit"),
+        ("1e9", "invalid size"),
+        (16, "must be a string"),
+    ],
+)
 def test_parse_bytes_rejects(text, match):
     with pytest.raises(ValueError, match=match):
         parse_bytes(text)
@@ -273,10 +341,16 @@ def test_need_rejects_negative_and_format_bytes():
     with pytest.raises(ValueError):
         Need(-1)
     assert [format_bytes(n) for n in (0, 100, 2048, 3 * MIB, 10 * GIB)] == [
-        "0 B", "100 B", "2.0 KiB", "3.0 MiB", "10.0 GiB"]
+        "0 B",
+        "100 B",
+        "2.0 KiB",
+        "3.0 MiB",
+        "10.0 GiB",
+    ]
 
 
 # -- replica_need: what one replica reserves ---------------------------------------------------
+
 
 def test_replica_need_on_cpu_reserves_ram_only():
     assert replica_need("cpu", variable_bytes=10 * GIB, ram_estimate_bytes=123) == Need(0, 123)
@@ -288,18 +362,31 @@ def test_replica_need_on_gpu_estimates_from_variables():
 
 
 def test_declared_sizes_win_over_estimates_and_measurements():
-    need = replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=5,
-                        declared_vram_bytes=10 * GIB, declared_ram_bytes=7,
-                        measured_vram_bytes=MIB)
+    need = replica_need(
+        "gpu",
+        variable_bytes=GIB,
+        ram_estimate_bytes=5,
+        declared_vram_bytes=10 * GIB,
+        declared_ram_bytes=7,
+        measured_vram_bytes=MIB,
+    )
     assert need == Need(10 * GIB, 7)
 
 
 def test_measured_peak_only_ever_lowers_the_estimate():
     estimate = estimate_vram_bytes(GIB)
-    assert replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=0,
-                        measured_vram_bytes=GIB).vram_bytes == GIB
-    assert replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=0,
-                        measured_vram_bytes=100 * GIB).vram_bytes == estimate
+    assert (
+        replica_need(
+            "gpu", variable_bytes=GIB, ram_estimate_bytes=0, measured_vram_bytes=GIB
+        ).vram_bytes
+        == GIB
+    )
+    assert (
+        replica_need(
+            "gpu", variable_bytes=GIB, ram_estimate_bytes=0, measured_vram_bytes=100 * GIB
+        ).vram_bytes
+        == estimate
+    )
 
 
 def test_replica_need_rejects_unknown_devices():
@@ -309,6 +396,7 @@ def test_replica_need_rejects_unknown_devices():
 
 def test_tensorflow_is_capped_to_the_reservation_less_the_cuda_context():
     from policies.admission import tf_memory_limit_bytes
+
     assert tf_memory_limit_bytes(10 * GIB) == 9 * GIB
     assert tf_memory_limit_bytes(estimate_vram_bytes(GIB)) == 2 * GIB + 256 * MIB
     assert tf_memory_limit_bytes(512 * MIB) == 256 * MIB  # never below TF's workspace

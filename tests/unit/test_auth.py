@@ -1,5 +1,6 @@
 """Bearer-token authentication (deployments/auth.py): token files, digests, the header check, the
 admin rule, the CLI flags, and the gRPC interceptor on a real in-process grpc.aio server."""
+
 import asyncio
 import hashlib
 import hmac
@@ -42,13 +43,16 @@ def test_a_token_file_is_stripped_and_only_its_digest_travels(tmp_path):
     assert TOKEN not in user
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", "is empty"),
-    (" \n\t ", "is empty"),
-    ("two words", "holds whitespace or control characters inside the token"),
-    ("tok\x00en", "holds whitespace or control characters inside the token"),
-    ("tökenvalue", "holds non-ASCII bytes"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "is empty"),
+        (" \n\t ", "is empty"),
+        ("two words", "holds whitespace or control characters inside the token"),
+        ("tok\x00en", "holds whitespace or control characters inside the token"),
+        ("tökenvalue", "holds non-ASCII bytes"),
+    ],
+)
 def test_unusable_token_files_are_refused(tmp_path, content, message):
     path = write(tmp_path / "token", content)
     with pytest.raises(TokenFileError, match=message):
@@ -58,7 +62,9 @@ def test_unusable_token_files_are_refused(tmp_path, content, message):
 def test_a_missing_or_unreadable_token_file_names_the_reason(tmp_path):
     with pytest.raises(TokenFileError) as err:
         read_token(str(tmp_path / "absent"))
-    assert str(err.value) == f"cannot read token file {tmp_path / 'absent'}: No such file or directory"
+    assert (
+        str(err.value) == f"cannot read token file {tmp_path / 'absent'}: No such file or directory"
+    )
     with pytest.raises(TokenFileError, match="Is a directory"):
         read_token(str(tmp_path))
 
@@ -69,20 +75,34 @@ def test_short_and_world_readable_tokens_are_warned_about(tmp_path, caplog):
     assert "is readable by other users (chmod 600 it)" in caplog.text
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--auth_token_file=/no/such/file"],
-     "--auth_token_file: cannot read token file /no/such/file: No such file or directory"),
-    (["--admin_token_file={admin}"],
-     "--admin_token_file needs --auth_token_file: without it nothing is authenticated"),
-    (["--auth_token_file={empty}"], "--auth_token_file: token file {empty} is empty"),
-    (["--auth_token_file={token}", "--admin_token_file={same}"],
-     "--admin_token_file must hold a different token from --auth_token_file"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (
+            ["--auth_token_file=/no/such/file"],
+            "--auth_token_file: cannot read token file /no/such/file: No such file or directory",
+        ),
+        (
+            ["--admin_token_file={admin}"],
+            "--admin_token_file needs --auth_token_file: without it nothing is authenticated",
+        ),
+        (["--auth_token_file={empty}"], "--auth_token_file: token file {empty} is empty"),
+        (
+            ["--auth_token_file={token}", "--admin_token_file={same}"],
+            "--admin_token_file must hold a different token from --auth_token_file",
+        ),
+    ],
+)
 def test_token_flags_fail_validation_with_a_clear_message(tmp_path, flags, message):
-    files = {"token": write(tmp_path / "t", TOKEN), "same": write(tmp_path / "s", TOKEN + "\n"),
-             "admin": write(tmp_path / "a", ADMIN), "empty": write(tmp_path / "e", "")}
-    args = build_parser().parse_args(["serve", "--model_base_path=/m",
-                                      *(f.format(**files) for f in flags)])
+    files = {
+        "token": write(tmp_path / "t", TOKEN),
+        "same": write(tmp_path / "s", TOKEN + "\n"),
+        "admin": write(tmp_path / "a", ADMIN),
+        "empty": write(tmp_path / "e", ""),
+    }
+    args = build_parser().parse_args(
+        ["serve", "--model_base_path=/m", *(f.format(**files) for f in flags)]
+    )
     validate(args)  # the other flags are fine
     with pytest.raises(FlagError) as err:
         token_digests(args)
@@ -99,21 +119,41 @@ def test_without_a_token_file_every_call_passes():
     off.check(None, admin=True)
 
 
-@pytest.mark.parametrize("header,code,message", [
-    (None, "UNAUTHENTICATED", "Missing bearer token: send the header 'Authorization: Bearer <token>'"),
-    ("", "UNAUTHENTICATED", "Missing bearer token: send the header 'Authorization: Bearer <token>'"),
-    (f"Basic {TOKEN}", "UNAUTHENTICATED", "Missing bearer token: send the header 'Authorization: Bearer <token>'"),
-    ("Bearer ", "UNAUTHENTICATED", "Missing bearer token: send the header 'Authorization: Bearer <token>'"),
-    ("Bearer wrong", "UNAUTHENTICATED", "Invalid bearer token"),
-    (f"Bearer {TOKEN}x", "UNAUTHENTICATED", "Invalid bearer token"),
-    (f"Bearer {TOKEN[:-1]}", "UNAUTHENTICATED", "Invalid bearer token"),
-])
+@pytest.mark.parametrize(
+    "header,code,message",
+    [
+        (
+            None,
+            "UNAUTHENTICATED",
+            "Missing bearer token: send the header 'Authorization: Bearer <token>'",
+        ),
+        (
+            "",
+            "UNAUTHENTICATED",
+            "Missing bearer token: send the header 'Authorization: Bearer <token>'",
+        ),
+        (
+            f"Basic {TOKEN}",
+            "UNAUTHENTICATED",
+            "Missing bearer token: send the header 'Authorization: Bearer <token>'",
+        ),
+        (
+            "Bearer ",
+            "UNAUTHENTICATED",
+            "Missing bearer token: send the header 'Authorization: Bearer <token>'",
+        ),
+        ("Bearer wrong", "UNAUTHENTICATED", "Invalid bearer token"),
+        (f"Bearer {TOKEN}x", "UNAUTHENTICATED", "Invalid bearer token"),
+        (f"Bearer {TOKEN[:-1]}", "UNAUTHENTICATED", "Invalid bearer token"),
+    ],
+)
 def test_missing_and_wrong_tokens_are_unauthenticated(header, code, message):
     assert refusal(AUTH.check, header) == (code, message)
 
 
-@pytest.mark.parametrize("header", [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER  {TOKEN} ",
-                                    f"Bearer {ADMIN}"])
+@pytest.mark.parametrize(
+    "header", [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER  {TOKEN} ", f"Bearer {ADMIN}"]
+)
 def test_the_inference_and_admin_tokens_pass_inference_calls(header):
     AUTH.check(header)
 
@@ -121,20 +161,27 @@ def test_the_inference_and_admin_tokens_pass_inference_calls(header):
 def test_non_ascii_lookalikes_of_a_token_do_not_pass():
     with_mark = BearerAuth(digest("secret?token-0123456789"))
     with_mark.check("Bearer secret?token-0123456789")
-    for presented in ("secret\u00e9token-0123456789", "secret\ufffdtoken-0123456789",
-                      "secret\ud800token-0123456789"):
+    for presented in (
+        "secret\u00e9token-0123456789",
+        "secret\ufffdtoken-0123456789",
+        "secret\ud800token-0123456789",
+    ):
         assert refusal(with_mark.check, f"Bearer {presented}")[0] == "UNAUTHENTICATED"
 
 
 def test_admin_calls_need_the_admin_token():
     AUTH.check(f"Bearer {ADMIN}", admin=True)
     assert refusal(AUTH.check, f"Bearer {TOKEN}", admin=True) == (
-        "PERMISSION_DENIED", "This call needs the admin token")
+        "PERMISSION_DENIED",
+        "This call needs the admin token",
+    )
     assert refusal(AUTH.check, "Bearer wrong", admin=True)[0] == "UNAUTHENTICATED"
     no_admin = BearerAuth(digest(TOKEN))
     no_admin.check(f"Bearer {TOKEN}")
     assert refusal(no_admin.check, f"Bearer {TOKEN}", admin=True) == (
-        "PERMISSION_DENIED", "Admin calls are disabled: the server was started without --admin_token_file")
+        "PERMISSION_DENIED",
+        "Admin calls are disabled: the server was started without --admin_token_file",
+    )
 
 
 def test_every_check_compares_digests_with_compare_digest_against_both_tokens(monkeypatch):
@@ -143,6 +190,7 @@ def test_every_check_compares_digests_with_compare_digest_against_both_tokens(mo
     def spy(a, b):
         calls.append((a, b))
         return real(a, b)
+
     monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     for header in (f"Bearer {TOKEN}", f"Bearer {ADMIN}", "Bearer wrong"):
         calls.clear()
@@ -175,17 +223,23 @@ def big_request(megabytes: int) -> predict_pb2.PredictRequest:
 def test_the_interceptor_refuses_before_the_request_is_read():
     async def scenario():
         servicer = Counting()
-        server = grpc.aio.server(interceptors=[GrpcAuthInterceptor(AUTH)], options=[
-            ("grpc.max_receive_message_length", 2**31 - 1)])
+        server = grpc.aio.server(
+            interceptors=[GrpcAuthInterceptor(AUTH)],
+            options=[("grpc.max_receive_message_length", 2**31 - 1)],
+        )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         results = {}
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
-                ("grpc.max_send_message_length", 2**31 - 1)]) as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 2**31 - 1)]
+        ) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            for name, metadata in (("none", ()), ("wrong", (("authorization", "Bearer x"),)),
-                                   ("right", (("authorization", f"Bearer {TOKEN}"),))):
+            for name, metadata in (
+                ("none", ()),
+                ("wrong", (("authorization", "Bearer x"),)),
+                ("right", (("authorization", f"Bearer {TOKEN}"),)),
+            ):
                 started = time.perf_counter()
                 try:
                     await stub.Predict(big_request(1), metadata=metadata, timeout=30)
@@ -194,8 +248,10 @@ def test_the_interceptor_refuses_before_the_request_is_read():
                     results[name] = (err.code().name, time.perf_counter() - started, err.details())
             calls_after_small = servicer.calls
             big = big_request(200)
-            for name, metadata in (("200 MB, no token", ()),
-                                   ("200 MB, right token", (("authorization", f"Bearer {TOKEN}"),))):
+            for name, metadata in (
+                ("200 MB, no token", ()),
+                ("200 MB, right token", (("authorization", f"Bearer {TOKEN}"),)),
+            ):
                 started = time.perf_counter()
                 try:
                     await stub.Predict(big, metadata=metadata, timeout=60)
@@ -209,8 +265,14 @@ def test_the_interceptor_refuses_before_the_request_is_read():
     for name, result in results.items():
         print(f"gRPC Predict, {name}: {result[0]} in {result[1] * 1000:.1f} ms")
     assert results["none"][0] == "UNAUTHENTICATED"
-    assert results["none"][2] == "Missing bearer token: send the header 'Authorization: Bearer <token>'"
-    assert results["wrong"][:1] + results["wrong"][2:] == ("UNAUTHENTICATED", "Invalid bearer token")
+    assert (
+        results["none"][2]
+        == "Missing bearer token: send the header 'Authorization: Bearer <token>'"
+    )
+    assert results["wrong"][:1] + results["wrong"][2:] == (
+        "UNAUTHENTICATED",
+        "Invalid bearer token",
+    )
     assert results["right"][0] == "OK"
     assert results["200 MB, no token"][0] == "UNAUTHENTICATED"
     assert results["200 MB, right token"][0] == "OK"

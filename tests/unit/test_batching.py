@@ -1,4 +1,5 @@
 """deployments.batching: TF Serving's BatchingSession semantics on request threads."""
+
 import os
 import threading
 import time
@@ -101,8 +102,10 @@ def test_concurrent_submitters_get_their_own_rows_in_shared_batches(make_batcher
     batcher = make_batcher(run, max_batch_size=8)
     with submitters(batcher, 17, run.gate) as pool:
         first = hold_worker(batcher, run, pool)
-        futures = [pool.submit(batcher.submit, "serving_default",
-                               {"x": np.array([[float(i)]])}, ["y"]) for i in range(16)]
+        futures = [
+            pool.submit(batcher.submit, "serving_default", {"x": np.array([[float(i)]])}, ["y"])
+            for i in range(16)
+        ]
         wait_until(lambda: batcher.num_enqueued_tasks() == 16)
         run.gate.set()
         for i, future in enumerate(futures):
@@ -114,6 +117,7 @@ def test_concurrent_submitters_get_their_own_rows_in_shared_batches(make_batcher
 
 def test_real_saved_model_batches_and_answers_each_submitter(make_batcher):
     from deployments.loader import SavedModelLoader
+
     model = SavedModelLoader(HALF_PLUS_TWO).load()
     seen, gate = [], threading.Event()
 
@@ -126,12 +130,13 @@ def test_real_saved_model_batches_and_answers_each_submitter(make_batcher):
     requests = [np.arange(i % 3 + 1, dtype=np.float32).reshape(-1, 1) + 10 * i for i in range(16)]
     try:
         with submitters(batcher, 16, gate) as pool:
-            futures = [pool.submit(batcher.submit, "serving_default", {"x": x}, ["y"])
-                       for x in requests]
+            futures = [
+                pool.submit(batcher.submit, "serving_default", {"x": x}, ["y"]) for x in requests
+            ]
             # both workers hold a batch at the gate while the other tasks queue up behind them
             wait_until(lambda: batcher.stats().tasks + batcher.num_enqueued_tasks() == 16)
             gate.set()
-            for x, future in zip(requests, futures):
+            for x, future in zip(requests, futures, strict=True):
                 y = future.result(WAIT_S)["y"]
                 assert y.dtype == np.float32
                 np.testing.assert_allclose(y, x / 2 + 2)
@@ -173,10 +178,16 @@ def test_a_full_batch_does_not_wait_for_the_timeout(make_batcher):
     run = FakeRun()
     batcher = make_batcher(run, max_batch_size=4, batch_timeout_micros=3600 * 10**6)
     with submitters(batcher, 4, run.gate) as pool:
-        futures = [pool.submit(batcher.submit, "serving_default", {"x": np.array([[float(i)]])},
-                               ["y"]) for i in range(4)]
-        assert [f.result(WAIT_S)["y"].tolist() for f in futures] == [[[0.0]], [[2.0]], [[4.0]],
-                                                                     [[6.0]]]
+        futures = [
+            pool.submit(batcher.submit, "serving_default", {"x": np.array([[float(i)]])}, ["y"])
+            for i in range(4)
+        ]
+        assert [f.result(WAIT_S)["y"].tolist() for f in futures] == [
+            [[0.0]],
+            [[2.0]],
+            [[4.0]],
+            [[6.0]],
+        ]
     assert run.batch_sizes == [4]
 
 
@@ -193,8 +204,10 @@ def test_full_queue_is_unavailable_at_once(make_batcher):
         assert waiting.result(WAIT_S)["y"].tolist() == [[2.0]]
         first.result(WAIT_S)
     assert err.value.code == "UNAVAILABLE"
-    assert err.value.message == ("The batch scheduling queue to which this task was submitted is "
-                                 "full; currently 1 batches enqueued and max_enqueued_batches is 1")
+    assert err.value.message == (
+        "The batch scheduling queue to which this task was submitted is "
+        "full; currently 1 batches enqueued and max_enqueued_batches is 1"
+    )
 
 
 def test_task_larger_than_max_batch_size_is_invalid(make_batcher):
@@ -203,25 +216,33 @@ def test_task_larger_than_max_batch_size_is_invalid(make_batcher):
     with pytest.raises(AspireError) as err:
         batcher.submit("serving_default", {"x": np.zeros((5, 1))}, ["y"])
     assert (err.value.code, err.value.message) == (
-        "INVALID_ARGUMENT", "Task size 5 is larger than maximum input batch size 4")
+        "INVALID_ARGUMENT",
+        "Task size 5 is larger than maximum input batch size 4",
+    )
     assert run.calls == []
 
 
 def test_large_tasks_are_split_only_when_enabled(make_batcher):
     run = FakeRun()
-    batcher = make_batcher(run, max_batch_size=8, enable_large_batch_splitting=True,
-                           max_execution_batch_size=2)
+    batcher = make_batcher(
+        run, max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=2
+    )
     x = np.arange(5.0).reshape(5, 1)
     assert batcher.submit("serving_default", {"x": x}, ["y"])["y"].tolist() == (x * 2).tolist()
     assert run.batch_sizes == [2, 2, 1]
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ({}, "Batching Run() must have at least one input tensor"),
-    ({"x": np.float32(1.0)}, "Batching Run() input tensors must have at least one dimension"),
-    ({"x": np.zeros((2, 1)), "w": np.zeros((3, 1))},
-     "Batching Run() input tensors must have equal 0th-dimension size"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({}, "Batching Run() must have at least one input tensor"),
+        ({"x": np.float32(1.0)}, "Batching Run() input tensors must have at least one dimension"),
+        (
+            {"x": np.zeros((2, 1)), "w": np.zeros((3, 1))},
+            "Batching Run() input tensors must have equal 0th-dimension size",
+        ),
+    ],
+)
 def test_unbatchable_inputs_are_invalid(make_batcher, inputs, message):
     batcher = make_batcher(FakeRun())
     with pytest.raises(AspireError) as err:
@@ -232,22 +253,25 @@ def test_unbatchable_inputs_are_invalid(make_batcher, inputs, message):
 def test_incompatible_tasks_never_share_a_batch(make_batcher):
     run = FakeRun(gate_open=False)
     batcher = make_batcher(run, max_batch_size=8)
-    tasks = [("serving_default", np.zeros((1, 1), np.float32), ["y"]),
-             ("serving_default", np.zeros((1, 2), np.float32), ["y"]),   # other non-batch dims
-             ("serving_default", np.zeros((1, 1), np.float64), ["y"]),   # other dtype
-             ("serving_default", np.zeros((1, 1), np.float32), ["z"]),   # other outputs
-             ("other", np.zeros((1, 1), np.float32), ["y"])]             # other signature
+    tasks = [
+        ("serving_default", np.zeros((1, 1), np.float32), ["y"]),
+        ("serving_default", np.zeros((1, 2), np.float32), ["y"]),  # other non-batch dims
+        ("serving_default", np.zeros((1, 1), np.float64), ["y"]),  # other dtype
+        ("serving_default", np.zeros((1, 1), np.float32), ["z"]),  # other outputs
+        ("other", np.zeros((1, 1), np.float32), ["y"]),
+    ]  # other signature
     with submitters(batcher, 11, run.gate) as pool:
         first = hold_worker(batcher, run, pool)
         futures = [pool.submit(batcher.submit, sig, {"x": x}, out) for sig, x, out in tasks * 2]
         wait_until(lambda: batcher.num_enqueued_tasks() == 10)
         run.gate.set()
-        for future, (_, x, out) in zip(futures, tasks * 2):
+        for future, (_, x, out) in zip(futures, tasks * 2, strict=True):
             assert future.result(WAIT_S)[out[0]].shape == x.shape
         first.result(WAIT_S)
     batches = [(sig, x["x"].dtype, x["x"].shape, outs) for sig, x, outs in run.calls[1:]]
     assert sorted(map(str, batches)) == sorted(
-        str((sig, x.dtype, (2,) + x.shape[1:], out)) for sig, x, out in tasks)
+        str((sig, x.dtype, (2,) + x.shape[1:], out)) for sig, x, out in tasks
+    )
 
 
 def test_variable_length_inputs_are_padded_when_enabled(make_batcher):
@@ -257,8 +281,9 @@ def test_variable_length_inputs_are_padded_when_enabled(make_batcher):
         first = hold_worker(batcher, run, pool)
         short = pool.submit(batcher.submit, "serving_default", {"x": np.array([[7.0, 8.0]])}, ["y"])
         wait_until(lambda: batcher.num_enqueued_tasks() == 1)
-        long = pool.submit(batcher.submit, "serving_default", {"x": np.array([[1.0, 2.0, 3.0]])},
-                           ["y"])
+        long = pool.submit(
+            batcher.submit, "serving_default", {"x": np.array([[1.0, 2.0, 3.0]])}, ["y"]
+        )
         wait_until(lambda: batcher.num_enqueued_tasks() == 2)
         run.gate.set()
         assert short.result(WAIT_S)["y"].tolist() == [[14.0, 16.0, 14.0]]  # padded with x[0]
@@ -272,15 +297,19 @@ def test_a_failing_run_reaches_every_task_of_the_batch_and_the_next_batch_works(
     batcher = make_batcher(run, max_batch_size=8)
     with submitters(batcher, 4, run.gate) as pool:
         first = hold_worker(batcher, run, pool)
-        futures = [pool.submit(batcher.submit, "serving_default", {"x": np.array([[x]])}, ["y"])
-                   for x in (1.0, POISON, 2.0)]
+        futures = [
+            pool.submit(batcher.submit, "serving_default", {"x": np.array([[x]])}, ["y"])
+            for x in (1.0, POISON, 2.0)
+        ]
         wait_until(lambda: batcher.num_enqueued_tasks() == 3)
         run.gate.set()
         assert first.result(WAIT_S)["y"].tolist() == [[200.0]]
         errors = [future.exception(WAIT_S) for future in futures]
     assert run.batch_sizes == [1, 3]
-    assert all(isinstance(e, AspireError) and (e.code, e.message) == ("INVALID_ARGUMENT", "boom")
-               for e in errors)
+    assert all(
+        isinstance(e, AspireError) and (e.code, e.message) == ("INVALID_ARGUMENT", "boom")
+        for e in errors
+    )
     assert len({id(e) for e in errors}) == 3  # each task raises its own exception object
     after = batcher.submit("serving_default", {"x": np.array([[5.0]])}, ["y"])
     assert after["y"].tolist() == [[10.0]]
@@ -301,12 +330,16 @@ def test_bad_outputs_fail_the_batch_with_tf_messages(make_batcher):
     with pytest.raises(AspireError) as err:
         batcher.submit("serving_default", {"x": np.zeros((2, 1))}, ["y"])
     assert (err.value.code, err.value.message) == (
-        "FAILED_PRECONDITION", "Batched output tensor's 0th dimension does not equal the sum of "
-        "the 0th dimension sizes of the input tensors")
+        "FAILED_PRECONDITION",
+        "Batched output tensor's 0th dimension does not equal the sum of "
+        "the 0th dimension sizes of the input tensors",
+    )
     with pytest.raises(AspireError) as err:
         batcher.submit("serving_default", {"x": np.zeros((2, 1))}, ["y"])
     assert (err.value.code, err.value.message) == (
-        "FAILED_PRECONDITION", "Batched output tensor has 0 dimensions")
+        "FAILED_PRECONDITION",
+        "Batched output tensor has 0 dimensions",
+    )
 
 
 def test_tasks_that_waited_past_their_timeout_are_not_run(make_batcher):
@@ -314,8 +347,9 @@ def test_tasks_that_waited_past_their_timeout_are_not_run(make_batcher):
     batcher = make_batcher(run, max_batch_size=8)
     with submitters(batcher, 2, run.gate) as pool:
         first = hold_worker(batcher, run, pool)
-        late = pool.submit(batcher.submit, "serving_default", {"x": np.array([[1.0]])}, ["y"],
-                           timeout_ms=1)
+        late = pool.submit(
+            batcher.submit, "serving_default", {"x": np.array([[1.0]])}, ["y"], timeout_ms=1
+        )
         wait_until(lambda: batcher.num_enqueued_tasks() == 1)
         deadline = time.monotonic() + 0.01
         wait_until(lambda: time.monotonic() > deadline)
@@ -324,7 +358,9 @@ def test_tasks_that_waited_past_their_timeout_are_not_run(make_batcher):
         with pytest.raises(AspireError) as err:
             late.result(WAIT_S)
     assert (err.value.code, err.value.message) == (
-        "RESOURCE_EXHAUSTED", "Run() timeout exceeded while waiting in batching queue")
+        "RESOURCE_EXHAUSTED",
+        "Run() timeout exceeded while waiting in batching queue",
+    )
     assert run.batch_sizes == [1]
 
 
@@ -333,8 +369,10 @@ def test_close_fails_queued_tasks_and_refuses_new_ones(make_batcher):
     batcher = make_batcher(run, max_batch_size=8)
     with submitters(batcher, 4, run.gate) as pool:
         first = hold_worker(batcher, run, pool)
-        queued = [pool.submit(batcher.submit, "serving_default", {"x": np.array([[1.0]])}, ["y"])
-                  for _ in range(3)]
+        queued = [
+            pool.submit(batcher.submit, "serving_default", {"x": np.array([[1.0]])}, ["y"])
+            for _ in range(3)
+        ]
         wait_until(lambda: batcher.num_enqueued_tasks() == 3)
         batcher.close(timeout_s=0)
         for future in queued:

@@ -1,4 +1,5 @@
 """config.batching_config: --batching_parameters_file and per-model batching_params.pbtxt."""
+
 import os
 
 import pytest
@@ -34,7 +35,8 @@ def test_empty_file_gives_defaults():
 
 def test_no_file_names_the_model_server_thread_pool():
     assert load_batching_parameters(None) == BatchingParameters(
-        thread_pool_name="model_server_batch_threads")
+        thread_pool_name="model_server_batch_threads"
+    )
     assert load_batching_parameters("") == load_batching_parameters(None)
 
 
@@ -42,8 +44,11 @@ def test_tf_serving_fixture(tmp_path):
     path = tmp_path / "batching_config.txt"
     path.write_text(TF_SERVING_FIXTURE)
     assert load_batching_parameters(str(path)) == BatchingParameters(
-        max_batch_size=128, batch_timeout_micros=0, max_enqueued_batches=1000000,
-        num_batch_threads=8)
+        max_batch_size=128,
+        batch_timeout_micros=0,
+        max_enqueued_batches=1000000,
+        num_batch_threads=8,
+    )
 
 
 def test_every_field_is_read():
@@ -70,11 +75,13 @@ def test_parameters_are_frozen():
 
 def test_max_execution_batch_size_only_counts_when_splitting():
     # GetQueueOptions reads max_execution_batch_size only with splitting on, else max_batch_size.
-    p = parse_batching_parameters("max_batch_size { value: 8 } "
-                                  "max_execution_batch_size { value: 4 }")
+    p = parse_batching_parameters(
+        "max_batch_size { value: 8 } max_execution_batch_size { value: 4 }"
+    )
     assert p.execution_batch_size == 8
-    p = parse_batching_parameters("max_batch_size { value: 8 } "
-                                  "enable_large_batch_splitting { value: true }")
+    p = parse_batching_parameters(
+        "max_batch_size { value: 8 } enable_large_batch_splitting { value: true }"
+    )
     assert p.max_execution_batch_size == 8 and p.execution_batch_size == 8
 
 
@@ -83,40 +90,59 @@ def test_zero_max_enqueued_batches_means_one_without_splitting():
     assert parse_batching_parameters("max_enqueued_batches { value: 0 }").max_enqueued_batches == 1
 
 
-@pytest.mark.parametrize("text, message", [
-    ("num_batch_threads { value: 0 }", "num_batch_threads must be positive; was 0"),
-    ("max_batch_size { value: 0 }", "input_batch_size_limit must be positive; was 0"),
-    ("max_batch_size { value: -4 }", "input_batch_size_limit must be positive; was -4"),
-    ("batch_timeout_micros { value: -1 }", "batch_timeout_micros must be non-negative; was -1"),
-    ("max_enqueued_batches { value: -2 }", "max_enqueued_batches must be positive; was -2"),
-    ("max_enqueued_batches { value: 0 } enable_large_batch_splitting { value: true }",
-     "max_enqueued_batches must be positive; was 0"),
-    ("max_batch_size { value: 8 } allowed_batch_sizes: [2, 4]",
-     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; expected 8"),
-    ("allowed_batch_sizes: [2, 4]",  # max_batch_size unset: the 1000 default is expected
-     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
-     "expected 1000"),
-    ("max_batch_size { value: 8 } allowed_batch_sizes: [4, 2, 8]",
-     "allowed_batch_sizes entries must be monotonically increasing"),
-    ("max_batch_size { value: 8 } allowed_batch_sizes: [4, 4, 8]",
-     "allowed_batch_sizes entries must be monotonically increasing"),
-    ("max_batch_size { value: 8 } max_execution_batch_size { value: 16 } "
-     "enable_large_batch_splitting { value: true }",
-     "When enable_large_batch_splitting is true, input_batch_size_limit must be greater than or "
-     "equal to max_execution_batch_size.1816"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("num_batch_threads { value: 0 }", "num_batch_threads must be positive; was 0"),
+        ("max_batch_size { value: 0 }", "input_batch_size_limit must be positive; was 0"),
+        ("max_batch_size { value: -4 }", "input_batch_size_limit must be positive; was -4"),
+        ("batch_timeout_micros { value: -1 }", "batch_timeout_micros must be non-negative; was -1"),
+        ("max_enqueued_batches { value: -2 }", "max_enqueued_batches must be positive; was -2"),
+        (
+            "max_enqueued_batches { value: 0 } enable_large_batch_splitting { value: true }",
+            "max_enqueued_batches must be positive; was 0",
+        ),
+        (
+            "max_batch_size { value: 8 } allowed_batch_sizes: [2, 4]",
+            "Last entry in allowed_batch_sizes must match max_batch_size; "
+            "last entry was 4; expected 8",
+        ),
+        (
+            "allowed_batch_sizes: [2, 4]",  # max_batch_size unset: the 1000 default is expected
+            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
+            "expected 1000",
+        ),
+        (
+            "max_batch_size { value: 8 } allowed_batch_sizes: [4, 2, 8]",
+            "allowed_batch_sizes entries must be monotonically increasing",
+        ),
+        (
+            "max_batch_size { value: 8 } allowed_batch_sizes: [4, 4, 8]",
+            "allowed_batch_sizes entries must be monotonically increasing",
+        ),
+        (
+            "max_batch_size { value: 8 } max_execution_batch_size { value: 16 } "
+            "enable_large_batch_splitting { value: true }",
+            "When enable_large_batch_splitting is true, input_batch_size_limit must be "
+            "greater than or equal to max_execution_batch_size.1816",
+        ),
+    ],
+)
 def test_values_tf_rejects(text, message):
     with pytest.raises(AspireError) as err:
         parse_batching_parameters(text)
     assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
 
 
-@pytest.mark.parametrize("text, parser_says", [
-    ("max_batch_size: 128", 'Expected "{"'),  # the fields are wrapper messages
-    ("max_batch_size { value: 1.5 }", "Couldn't parse integer"),
-    ("batch_size { value: 1 }", 'no field named "batch_size"'),
-    ("max_batch_size { value: 1", "Expected"),
-])
+@pytest.mark.parametrize(
+    "text, parser_says",
+    [
+        ("max_batch_size: 128", 'Expected "{"'),  # the fields are wrapper messages
+        ("max_batch_size { value: 1.5 }", "Couldn't parse integer"),
+        ("batch_size { value: 1 }", 'no field named "batch_size"'),
+        ("max_batch_size { value: 1", "Expected"),
+    ],
+)
 def test_malformed_files(tmp_path, text, parser_says):
     path = tmp_path / "batching.txt"
     path.write_text(text)
@@ -138,7 +164,8 @@ def test_missing_file_is_not_found(tmp_path):
 def test_per_model_file_is_read_from_the_version_dir(tmp_path):
     (tmp_path / "batching_params.pbtxt").write_text("max_batch_size { value: 16 }")
     assert load_per_model_batching_parameters(str(tmp_path)) == BatchingParameters(
-        max_batch_size=16)
+        max_batch_size=16
+    )
 
 
 def test_no_per_model_file_means_no_batching(tmp_path):

@@ -1,4 +1,5 @@
 """REST body limits without a server: gzip is inflated only up to --rest_api_max_body_bytes."""
+
 import gzip
 import zlib
 
@@ -30,20 +31,27 @@ def test_gzip_bomb_stops_at_the_limit(monkeypatch):
                 out = obj.decompress(data, max_length)
                 inflated.append(len(out))
                 return out
+
         return Probe()
+
     monkeypatch.setattr(zlib, "decompressobj", watching)
     with pytest.raises(BodyTooLarge) as info:
         gunzip_limited(bomb, 1024 * 1024)
     assert info.value.http == 413 and info.value.code == "RESOURCE_EXHAUSTED"
-    assert info.value.message == ("Decompressed request body is larger than the limit of 1048576 bytes "
-                                  "(--rest_api_max_body_bytes)")
+    assert info.value.message == (
+        "Decompressed request body is larger than the limit of 1048576 bytes "
+        "(--rest_api_max_body_bytes)"
+    )
     assert sum(inflated) <= 1024 * 1024 + 1
 
 
-@pytest.mark.parametrize("body,fragment", [
-    (b"not gzip at all", "Failed to decompress gzip request body"),
-    (gzip.compress(b"hello")[:-6], "ends before the end of its gzip stream"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (b"not gzip at all", "Failed to decompress gzip request body"),
+        (gzip.compress(b"hello")[:-6], "ends before the end of its gzip stream"),
+    ],
+)
 def test_broken_gzip_is_invalid_argument(body, fragment):
     with pytest.raises(AspireError) as info:
         gunzip_limited(body, 1024)

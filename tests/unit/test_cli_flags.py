@@ -1,4 +1,5 @@
 """`aspire serve` flags resolved without starting anything: TF Serving's session-thread rules."""
+
 import pytest
 
 from cluster.cli import FlagError, build_parser, session_threads, validate
@@ -8,13 +9,16 @@ def parse(*flags):
     return build_parser().parse_args(["serve", "--model_base_path=/m", *flags])
 
 
-@pytest.mark.parametrize("flags,threads", [
-    ((), (0, 0)),  # TF picks
-    (("--tensorflow_session_parallelism=4",), (4, 4)),
-    (("--tensorflow_intra_op_parallelism=2",), (2, 0)),
-    (("--tensorflow_inter_op_parallelism=3", "--tensorflow_session_parallelism=8"), (0, 3)),
-    (("--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2"), (1, 2)),
-])
+@pytest.mark.parametrize(
+    "flags,threads",
+    [
+        ((), (0, 0)),  # TF picks
+        (("--tensorflow_session_parallelism=4",), (4, 4)),
+        (("--tensorflow_intra_op_parallelism=2",), (2, 0)),
+        (("--tensorflow_inter_op_parallelism=3", "--tensorflow_session_parallelism=8"), (0, 3)),
+        (("--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=2"), (1, 2)),
+    ],
+)
 def test_session_threads_follow_tf_serving(flags, threads):
     args = parse(*flags)
     validate(args)
@@ -22,11 +26,17 @@ def test_session_threads_follow_tf_serving(flags, threads):
 
 
 def test_all_three_thread_flags_is_tf_servings_error():
-    args = parse("--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=1",
-                 "--tensorflow_inter_op_parallelism=1")
-    with pytest.raises(FlagError, match=r"Either configure server_options.tensorflow_session_parallelism "
-                                        r"or \(server_options.tensorflow_intra_op_parallelism, "
-                                        r"server_options.tensorflow_inter_op_parallelism\) separately"):
+    args = parse(
+        "--tensorflow_session_parallelism=2",
+        "--tensorflow_intra_op_parallelism=1",
+        "--tensorflow_inter_op_parallelism=1",
+    )
+    with pytest.raises(
+        FlagError,
+        match=r"Either configure server_options.tensorflow_session_parallelism "
+        r"or \(server_options.tensorflow_intra_op_parallelism, "
+        r"server_options.tensorflow_inter_op_parallelism\) separately",
+    ):
         validate(args)
 
 
@@ -42,7 +52,9 @@ def test_request_limit_flags_default_and_bounds():
     assert (args.max_ongoing_requests, args.max_queued_requests) == (64, 1000)
     validate(parse("--max_queued_requests=-1", "--max_ongoing_requests=1"))
     validate(parse("--max_queued_requests=0"))
-    with pytest.raises(FlagError, match="--max_queued_requests must be at least 0, or -1 for no limit"):
+    with pytest.raises(
+        FlagError, match="--max_queued_requests must be at least 0, or -1 for no limit"
+    ):
         validate(parse("--max_queued_requests=-2"))
     with pytest.raises(FlagError, match="--max_ongoing_requests must be at least 1"):
         validate(parse("--max_ongoing_requests=0"))

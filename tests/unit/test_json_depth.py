@@ -1,5 +1,6 @@
-"""JSON nesting limit (CVE-2025-0649's shape): deep bodies are refused with a 400, faster than a valid body of the same size parses, and the
-limit leaves every valid request alone."""
+"""JSON nesting limit (CVE-2025-0649's shape): deep bodies are refused with a 400, faster than a
+valid body of the same size parses, and the limit leaves every valid request alone."""
+
 import time
 
 import pytest
@@ -21,8 +22,10 @@ def test_depth_at_the_limit_parses_and_one_more_is_invalid_argument(key):
     with pytest.raises(AspireError) as info:
         parse_body(nested(MAX_JSON_DEPTH + 1, key))
     assert info.value.code == "INVALID_ARGUMENT"
-    assert info.value.message == (f"JSON Parse error: arrays and objects nest deeper than {MAX_JSON_DEPTH} "
-                                  f"levels at offset: {len(key) + 5 + MAX_JSON_DEPTH - 1}")
+    assert info.value.message == (
+        f"JSON Parse error: arrays and objects nest deeper than {MAX_JSON_DEPTH} "
+        f"levels at offset: {len(key) + 5 + MAX_JSON_DEPTH - 1}"
+    )
 
 
 def best_seconds(call, runs: int = 5) -> float:
@@ -44,11 +47,22 @@ def test_half_a_million_levels_are_refused_faster_than_a_valid_body_of_that_size
         parse_body(body)
     assert info.value.code == "INVALID_ARGUMENT" and "nest deeper than" in info.value.message
     # The baseline, same run: a flat, valid body of the same length (a million bytes)
-    flat = b'{"' + key.encode() + b'": [' + b",".join([b"1"] * ((len(body) - len(key) - 8) // 2)) + b"]}"
+    flat = (
+        b'{"'
+        + key.encode()
+        + b'": ['
+        + b",".join([b"1"] * ((len(body) - len(key) - 8) // 2))
+        + b"]}"
+    )
     assert abs(len(flat) - len(body)) < 16
-    refused_s, parsed_s = best_seconds(lambda: parse_body(body)), best_seconds(lambda: parse_body(flat))
-    print(f"500,000-deep {key}: 400 after {refused_s * 1000:.1f} ms; a valid body of the same "
-          f"size parses in {parsed_s * 1000:.1f} ms")
+    refused_s, parsed_s = (
+        best_seconds(lambda: parse_body(body)),
+        best_seconds(lambda: parse_body(flat)),
+    )
+    print(
+        f"500,000-deep {key}: 400 after {refused_s * 1000:.1f} ms; a valid body of the same "
+        f"size parses in {parsed_s * 1000:.1f} ms"
+    )
     assert refused_s < parsed_s
 
 

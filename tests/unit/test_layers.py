@@ -1,6 +1,7 @@
 """The packages' import graph: imports flow one way, core <- policies <- config <- deployments <-
 cluster, and no module imports itself back through others (imports inside functions count too:
 a cycle through a lazy import is still a cycle)."""
+
 import ast
 from pathlib import Path
 
@@ -74,8 +75,12 @@ def test_every_layer_has_modules_and_the_graph_sees_their_imports():
 
 def test_imports_flow_from_core_up_and_never_back():
     rank = {package: i for i, package in enumerate(LAYERS)}
-    upward = [f"{m} imports {d}" for m, deps in sorted(import_graph().items()) for d in sorted(deps)
-              if rank[d.split(".")[0]] > rank[m.split(".")[0]]]
+    upward = [
+        f"{m} imports {d}"
+        for m, deps in sorted(import_graph().items())
+        for d in sorted(deps)
+        if rank[d.split(".")[0]] > rank[m.split(".")[0]]
+    ]
     assert upward == []
 
 

@@ -1,4 +1,5 @@
 """The Loader on real SavedModels, without Ray: TF1 session exports, TF2 exports, Keras exports."""
+
 import os
 
 import numpy as np
@@ -16,14 +17,20 @@ def version_dir(model: str) -> str:
 
 def test_ram_estimate_is_file_bytes_times_1_2():
     path = version_dir("saved_model_half_plus_two_cpu")
-    total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    total = sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+    )
     assert SavedModelLoader(path).estimate_resources().ram_bytes == int(total * 1.2)
 
 
 def test_variable_bytes_count_the_variables_and_the_graph():
     path = version_dir("saved_model_half_plus_two_cpu")
-    weights = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path)
-                  for f in files if "variables" in root or f.startswith("saved_model.pb"))
+    weights = sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(path)
+        for f in files
+        if "variables" in root or f.startswith("saved_model.pb")
+    )
     resources = SavedModelLoader(path).estimate_resources()
     assert resources.variable_bytes == weights
     assert 0 < resources.variable_bytes < resources.ram_bytes
@@ -33,7 +40,7 @@ def test_session_config_grows_memory_and_caps_it_to_the_reservation():
     plain = session_config()
     assert plain.gpu_options.allow_growth
     assert len(plain.gpu_options.experimental.virtual_devices) == 0
-    capped = session_config(gpu_memory_limit_bytes=10 * 1024 ** 3)
+    capped = session_config(gpu_memory_limit_bytes=10 * 1024**3)
     assert capped.gpu_options.allow_growth
     [device] = capped.gpu_options.experimental.virtual_devices
     assert list(device.memory_limit_mb) == [10 * 1024]
@@ -41,16 +48,20 @@ def test_session_config_grows_memory_and_caps_it_to_the_reservation():
 
 def test_a_capped_load_still_serves_where_no_gpu_is_visible():
     loaded = SavedModelLoader(version_dir("saved_model_half_plus_two_cpu")).load(
-        gpu_memory_limit_bytes=512 * 1024 ** 2)
+        gpu_memory_limit_bytes=512 * 1024**2
+    )
     out = loaded.run("serving_default", {"x": np.array([[1.0]], np.float32)})
     assert out["y"].tolist() == [[2.5]]
 
 
-@pytest.mark.parametrize("model,feed,expected", [
-    ("saved_model_half_plus_two_cpu", [[1.0], [5.0]], [[2.5], [4.5]]),        # TF1 export
-    ("saved_model_half_plus_three", [1.0, 2.0], [3.5, 4.0]),                 # TF1.0 export
-    ("saved_model_half_plus_two_tf2_cpu", [1.0], [2.5]),                     # TF2 tf.Module export
-])
+@pytest.mark.parametrize(
+    "model,feed,expected",
+    [
+        ("saved_model_half_plus_two_cpu", [[1.0], [5.0]], [[2.5], [4.5]]),  # TF1 export
+        ("saved_model_half_plus_three", [1.0, 2.0], [3.5, 4.0]),  # TF1.0 export
+        ("saved_model_half_plus_two_tf2_cpu", [1.0], [2.5]),  # TF2 tf.Module export
+    ],
+)
 def test_tf1_and_tf2_exports_load_and_run(model, feed, expected):
     loaded = SavedModelLoader(version_dir(model)).load()
     out = loaded.run("serving_default", {"x": np.array(feed, np.float32)})
@@ -73,6 +84,7 @@ def test_session_state_persists_between_runs():
 
 def test_keras_model_export_loads(tmp_path):
     import keras
+
     inputs = keras.Input(shape=(3,), name="features")
     outputs = keras.layers.Dense(2, name="scores")(inputs)
     model = keras.Model(inputs, outputs)
@@ -89,11 +101,15 @@ def test_missing_saved_model_is_refused_before_loading():
     with pytest.raises(AspireError) as err:
         SavedModelLoader(version_dir("bad_half_plus_two")).validate()
     assert err.value.code == "NOT_FOUND"
-    assert err.value.message.startswith("Could not find SavedModel .pb or .pbtxt at supplied export directory path")
+    assert err.value.message.startswith(
+        "Could not find SavedModel .pb or .pbtxt at supplied export directory path"
+    )
 
 
 def test_unknown_tag_set_is_refused():
-    with pytest.raises(AspireError, match="MetaGraphDef associated with tags 'gpu' could not be found"):
+    with pytest.raises(
+        AspireError, match="MetaGraphDef associated with tags 'gpu' could not be found"
+    ):
         SavedModelLoader(version_dir("saved_model_half_plus_two_cpu"), ("gpu",)).validate()
 
 
@@ -106,6 +122,7 @@ def test_garbage_saved_model_pb_is_refused(tmp_path):
 
 def test_corrupt_variables_fail_the_load_with_tf_message(tmp_path):
     import shutil
+
     shutil.copytree(version_dir("saved_model_half_plus_two_cpu"), tmp_path / "1")
     (tmp_path / "1" / "variables" / "variables.index").write_bytes(b"garbage")
     with pytest.raises(AspireError) as err:

@@ -1,6 +1,6 @@
 """Manager reconcile logic without Ray: a recording backend stands in for Serve deployments."""
+
 import threading
-import time
 
 import pytest
 
@@ -155,20 +155,24 @@ def test_unknown_policy_is_rejected(manager):
         manager.set_aspired_versions("m", {1: "/m/1"}, policy="newest_only")
 
 
-def test_load_is_retried_then_ends_with_the_last_error(backend):
-    manager = Manager(backend, max_num_load_retries=2, load_retry_interval_s=0.01)
+def test_load_is_retried_after_the_interval_then_ends_with_the_last_error(backend):
+    # TF Serving's default interval (one minute), waited on an injected sleeper: no real wait
+    slept = []
+    manager = Manager(backend, max_num_load_retries=2, load_retry_interval_s=60, sleep=slept.append)
     backend.fail["/m/1"] = AspireError("broken", "DATA_LOSS")
     manager.set_aspired_versions("m", {1: "/m/1"})
     assert manager.wait_idle(5)
     assert backend.events == [("load", "m", 1)] * 3
+    assert slept == [60, 60]  # one interval before each retry
     assert states(manager, "m") == [(1, "END", "DATA_LOSS")]
     manager.shutdown()
 
 
 def test_a_version_dir_outside_its_base_path_is_tried_once(backend):
     manager = Manager(backend, max_num_load_retries=2, load_retry_interval_s=0.01)
-    backend.fail["/m/1"] = AspireError("Version directory /m/1 resolves outside the model base "
-                                       "path /m", "PERMISSION_DENIED")
+    backend.fail["/m/1"] = AspireError(
+        "Version directory /m/1 resolves outside the model base path /m", "PERMISSION_DENIED"
+    )
     manager.set_aspired_versions("m", {1: "/m/1"})
     assert manager.wait_idle(5)
     assert backend.events == [("load", "m", 1)]
@@ -177,26 +181,30 @@ def test_a_version_dir_outside_its_base_path_is_tried_once(backend):
 
 
 def test_retries_stop_when_the_version_is_unaspired(backend):
-    manager = Manager(backend, max_num_load_retries=50, load_retry_interval_s=0.05)
+    def unaspire_while_waiting(seconds):  # the version is unaspired during the retry interval
+        slept.append(seconds)
+        manager.set_aspired_versions("m", {})
+
+    slept = []
+    manager = Manager(
+        backend, max_num_load_retries=50, load_retry_interval_s=60, sleep=unaspire_while_waiting
+    )
     backend.fail["/m/1"] = AspireError("broken", "DATA_LOSS")
     manager.set_aspired_versions("m", {1: "/m/1"})
-    manager.reconcile()
-    deadline = time.monotonic() + 5
-    while len(backend.events) < 2 and time.monotonic() < deadline:  # a retry has happened
-        threading.Event().wait(0.01)
-    manager.set_aspired_versions("m", {})
     assert manager.wait_idle(5)
-    assert len(backend.events) < 50
+    assert backend.events == [("load", "m", 1)] and slept == [60]  # no retry after it
     assert states(manager, "m") == [(1, "END", "CANCELLED")]
     manager.shutdown()
 
 
 def test_transient_failure_then_success_makes_the_version_available(backend):
-    manager = Manager(backend, max_num_load_retries=3, load_retry_interval_s=0.01)
+    slept = []
+    manager = Manager(backend, max_num_load_retries=3, load_retry_interval_s=60, sleep=slept.append)
     backend.fail["/m/1"] = AspireError("flaky", "UNAVAILABLE")
 
     def heal(*_):
         backend.fail.pop("/m/1", None)
+
     original = backend.load
 
     def load(name, version, path, placements=None):
@@ -204,20 +212,21 @@ def test_transient_failure_then_success_makes_the_version_available(backend):
             return original(name, version, path, placements)
         finally:
             heal()
+
     backend.load = load
     manager.set_aspired_versions("m", {1: "/m/1"})
     assert manager.wait_idle(5)
-    assert states(manager, "m") == [(1, "AVAILABLE", "OK")]
+    assert states(manager, "m") == [(1, "AVAILABLE", "OK")] and slept == [60]
     manager.shutdown()
 
 
 LABEL_CASES = [
     # (label currently -> version, requested mapping, allow_unavailable, error?)
-    ({}, {"stable": 1}, False, False),             # 1 is AVAILABLE
-    ({}, {"canary": 2}, False, True),              # 2 is not loaded
-    ({}, {"canary": 2}, True, False),              # new label may point ahead with the flag
-    ({"canary": 1}, {"canary": 2}, True, True),    # moving a label to an unavailable version
-    ({"canary": 2}, {"canary": 2}, True, False),   # keeping it where it is
+    ({}, {"stable": 1}, False, False),  # 1 is AVAILABLE
+    ({}, {"canary": 2}, False, True),  # 2 is not loaded
+    ({}, {"canary": 2}, True, False),  # new label may point ahead with the flag
+    ({"canary": 1}, {"canary": 2}, True, True),  # moving a label to an unavailable version
+    ({"canary": 2}, {"canary": 2}, True, False),  # keeping it where it is
 ]
 
 
@@ -230,8 +239,10 @@ def test_label_rules_follow_tf_serving(manager, current, requested, allow, fails
         with pytest.raises(AspireError) as err:
             manager.check_labels({"m": requested}, allow)
         assert err.value.code == "FAILED_PRECONDITION"
-        assert err.value.message == ("Request to assign label to version 2 of model m, which is not "
-                                     "currently available for inference")
+        assert err.value.message == (
+            "Request to assign label to version 2 of model m, which is not "
+            "currently available for inference"
+        )
     else:
         manager.check_labels({"m": requested}, allow)
 
@@ -251,8 +262,9 @@ def test_a_reload_returns_its_labels_once_live_routers_acknowledged_them(manager
     epoch = manager.serving_map()["epoch"]
     manager.wait_for_serving_map(epoch, "router-a", 0)  # router-a is live and has applied `epoch`
     done = threading.Event()
-    setter = threading.Thread(target=lambda: (manager.set_labels({"m": {"stable": 1}},
-                                                                 wait_for_routers=True), done.set()))
+    setter = threading.Thread(
+        target=lambda: (manager.set_labels({"m": {"stable": 1}}, wait_for_routers=True), done.set())
+    )
     setter.start()
     new_map = manager.wait_for_serving_map(epoch, "router-a", 5)  # router-a fetches the labels
     assert new_map["labels"] == {"m": {"stable": 1}}
@@ -264,13 +276,14 @@ def test_a_reload_returns_its_labels_once_live_routers_acknowledged_them(manager
 
 def test_routers_poll_for_the_configured_period_and_the_restart_grace_follows_it(backend):
     from deployments.router_core import ServingMap
+
     default = Manager(backend)
     short = Manager(backend, router_poll_s=1.0)
     try:
         assert ServingMap.from_manager(default.serving_map()).poll_s == 5.0
         assert ServingMap.from_manager(short.serving_map()).poll_s == 1.0
         # every router has polled once a poll period and a retry (1 s) have passed
-        assert default._router_grace_s == 7.0 and short._router_grace_s == 3.0
+        assert default._publisher.grace_s == 7.0 and short._publisher.grace_s == 3.0
     finally:
         default.shutdown()
         short.shutdown()
@@ -298,6 +311,7 @@ def test_wait_for_models_returns_once_each_model_is_available_or_ended(manager, 
     def reconcile_loop():
         while not stop.wait(0.01):
             manager.reconcile()
+
     threading.Thread(target=reconcile_loop, daemon=True).start()
     try:
         result = manager.wait_for_models(["good", "bad"], 5)

@@ -1,12 +1,14 @@
 """Resource-aware admission in the Manager, without Ray: a recording backend and a real book."""
+
 import threading
 
 import pytest
 
 from cluster.manager import Manager
+from cluster.reservations import Reservations
 from core.errors import AspireError
 from core.units import GIB
-from policies.admission import Gpu, Need, Reservations
+from policies.admission import Gpu, Need
 
 
 class SizedBackend:
@@ -50,8 +52,9 @@ def book():
 
 @pytest.fixture
 def manager(backend, book):
-    m = Manager(backend, num_load_threads=2, max_num_load_retries=0, router_ack_timeout_s=1,
-                book=book)
+    m = Manager(
+        backend, num_load_threads=2, max_num_load_retries=0, router_ack_timeout_s=1, book=book
+    )
     yield m
     m.shutdown()
 
@@ -78,8 +81,10 @@ def test_two_big_models_land_on_different_gpus_and_a_third_is_refused(manager, b
     load_big(manager, backend, "c")
     assert status(manager, "c") == [(1, "END", "RESOURCE_EXHAUSTED")]
     message = manager.model_status("c")[0]["error_message"]
-    assert message.startswith("Insufficient resources to load servable {name: c version: 1}; "
-                              "needs 10.0 GiB of GPU memory, largest free block is 6.0 GiB")
+    assert message.startswith(
+        "Insufficient resources to load servable {name: c version: 1}; "
+        "needs 10.0 GiB of GPU memory, largest free block is 6.0 GiB"
+    )
     assert ("c", 1) not in backend.loads  # refused before any deployment was created
     assert status(manager, "a") == [(1, "AVAILABLE", "OK")]
     assert set(manager.serving_map()["models"]) == {"a", "b"}
@@ -110,8 +115,10 @@ def test_refused_version_that_is_no_longer_aspired_is_not_retried(manager, backe
 def test_inventory_growth_retries_a_refused_version(manager, backend, book):
     load_big(manager, backend, "a", "b")
     load_big(manager, backend, "c")
-    book.update_inventory([Gpu("n1", 0, 16 * GIB), Gpu("n1", 1, 16 * GIB), Gpu("n2", 0, 16 * GIB)],
-                          {"n1": 64 * GIB, "n2": 64 * GIB})
+    book.update_inventory(
+        [Gpu("n1", 0, 16 * GIB), Gpu("n1", 1, 16 * GIB), Gpu("n2", 0, 16 * GIB)],
+        {"n1": 64 * GIB, "n2": 64 * GIB},
+    )
     manager.capacity_changed("node n2 joined")
     assert manager.wait_idle(5)
     assert status(manager, "c") == [(1, "AVAILABLE", "OK")]
@@ -142,8 +149,10 @@ def test_each_replica_reserves_its_own_share_all_or_nothing(manager, backend, bo
     backend.replicas["r"] = 2
     load_big(manager, backend, "r")
     assert sorted(p.gpu_index for p in backend.placements[("r", 1)]) == [0, 1]
-    assert set(gpus_of(book)) == {"{name: r version: 1} replica 1 of 2",
-                                  "{name: r version: 1} replica 2 of 2"}
+    assert set(gpus_of(book)) == {
+        "{name: r version: 1} replica 1 of 2",
+        "{name: r version: 1} replica 2 of 2",
+    }
     backend.replicas["s"] = 2
     backend.vram["s"] = 5 * GIB
     manager.set_aspired_versions("s", {1: "/s/1"})
@@ -197,6 +206,7 @@ def test_concurrent_admissions_never_over_commit(backend, book):
 
 def test_loads_refusals_and_state_are_measured(manager, backend, book):
     from core.metrics import MetricsStore
+
     backend.fail.add(("bad", 1))
     load_big(manager, backend, "a", "b")
     load_big(manager, backend, "c")
@@ -213,22 +223,29 @@ def test_loads_refusals_and_state_are_measured(manager, backend, book):
     assert 'aspire_servable_state{model="a",version="1",state="AVAILABLE"} 1' in page
     assert 'aspire_traffic_weight{model="a",version="1"} 1' in page
     gpu = gpus_of(book)["{name: a version: 1}"]
-    assert (f'aspire_servable_vram_reserved_bytes{{model="a",version="1",node="n1",gpu="{gpu}"}} '
-            f'{10 * GIB}') in page
+    assert (
+        f'aspire_servable_vram_reserved_bytes{{model="a",version="1",node="n1",gpu="{gpu}"}} '
+        f"{10 * GIB}"
+    ) in page
     assert 'model="c",version="1",node=' not in page  # a refused version reserves nothing
 
 
-def test_a_lost_node_takes_its_versions_out_and_re_places_them_where_they_fit(manager, backend, book):
-    book.update_inventory([Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)],
-                          {"n1": 64 * GIB, "n2": 64 * GIB})
+def test_a_lost_node_takes_its_versions_out_and_re_places_them_where_they_fit(
+    manager, backend, book
+):
+    book.update_inventory(
+        [Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)], {"n1": 64 * GIB, "n2": 64 * GIB}
+    )
     load_big(manager, backend, "a", "b")  # one on each node
     placed = {name: backend.placements[(name, 1)][0].node_id for name in ("a", "b")}
     for name in ("a", "b"):  # the backend reports where replicas run, as ServeBackend does
         with manager._lock:
             manager._streams[name].versions[1].where["placements"] = [{"node_id": placed[name]}]
     lost = placed["a"]
-    book.update_inventory([g for g in (Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB))
-                           if g.node_id != lost], {n: 64 * GIB for n in ("n1", "n2") if n != lost})
+    book.update_inventory(
+        [g for g in (Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)) if g.node_id != lost],
+        {n: 64 * GIB for n in ("n1", "n2") if n != lost},
+    )
     assert manager.nodes_lost({lost}) == ["{name: a version: 1}"]
     assert "a" not in manager.serving_map()["models"]
     assert manager.wait_idle(5)
@@ -236,8 +253,9 @@ def test_a_lost_node_takes_its_versions_out_and_re_places_them_where_they_fit(ma
     assert status(manager, "a") == [(1, "END", "RESOURCE_EXHAUSTED")]
     assert status(manager, "b") == [(1, "AVAILABLE", "OK")]
     kept = [n for n in ("n1", "n2") if n != lost]
-    book.update_inventory([Gpu(n, 0, 16 * GIB) for n in kept + ["n3"]],
-                          {n: 64 * GIB for n in kept + ["n3"]})
+    book.update_inventory(
+        [Gpu(n, 0, 16 * GIB) for n in kept + ["n3"]], {n: 64 * GIB for n in kept + ["n3"]}
+    )
     manager.capacity_changed("node n3 joined")
     assert manager.wait_idle(5)
     assert status(manager, "a") == [(1, "AVAILABLE", "OK")]

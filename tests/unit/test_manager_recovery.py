@@ -5,6 +5,7 @@ them), shared by every incarnation, as Serve outlives the manager. An incarnatio
 `Process` is killed: from then on nothing it does reaches the store or Serve, as with a killed
 process, while its threads held in a gated load stay where they were.
 """
+
 import threading
 import time
 
@@ -12,7 +13,6 @@ import pytest
 
 from cluster.manager import Manager
 from cluster.manager_state import (
-    EPOCH_BLOCK,
     MAX_INTERRUPTED_LOADS,
     MemoryStore,
     decode_value,
@@ -20,9 +20,11 @@ from cluster.manager_state import (
     encode_value,
     loads,
 )
+from cluster.publisher import EPOCH_BLOCK
+from cluster.reservations import Reservations
 from core.errors import AspireError
 from core.units import GIB
-from policies.admission import Gpu, Need, Reservations
+from policies.admission import Gpu, Need
 
 
 class Serve:
@@ -53,8 +55,11 @@ class Serve:
         if (name, version) in self.fail:
             self.unload(name, version, {"apps": [[a, 1] for a in apps]})
             raise self.fail[(name, version)]
-        return {"apps": [[a, 1] for a in apps], "ram_bytes": GIB,
-                "placements": [{"app": a, "pid": 1000 + version} for a in apps]}
+        return {
+            "apps": [[a, 1] for a in apps],
+            "ram_bytes": GIB,
+            "placements": [{"app": a, "pid": 1000 + version} for a in apps],
+        }
 
     def unload(self, name, version, where):
         with self.lock:
@@ -113,8 +118,15 @@ class Cluster:
 
     def start(self, restore: bool):
         process, book = Process(self.serve, self.store), new_book()
-        m = Manager(process, num_load_threads=4, max_num_load_retries=0, router_ack_timeout_s=2,
-                    book=book, store=process, router_grace_s=self.grace_s)
+        m = Manager(
+            process,
+            num_load_threads=4,
+            max_num_load_retries=0,
+            router_ack_timeout_s=2,
+            book=book,
+            store=process,
+            router_grace_s=self.grace_s,
+        )
         m.process, m.book = process, book
         self.managers.append(m)
         m.summary = m.restore(lambda: set(self.serve.apps), app_prefix) if restore else None
@@ -153,7 +165,10 @@ def settle_until(m, predicate, timeout_s=10):
 
 
 def totals(book):
-    return (sum(g["reserved"] for g in book.snapshot()), sum(h["reserved"] for h in book.ram_snapshot()))
+    return (
+        sum(g["reserved"] for g in book.snapshot()),
+        sum(h["reserved"] for h in book.ram_snapshot()),
+    )
 
 
 def test_restore_adopts_available_keeps_end_and_redoes_a_load_cut_short(cluster):
@@ -186,8 +201,13 @@ def test_restore_adopts_available_keeps_end_and_redoes_a_load_cut_short(cluster)
     assert m2.book.held() == {k: p for k, p in held_before.items() if "name: c version: 2" not in k}
     assert totals(m2.book) == (totals_before[0], totals_before[1] - GIB)  # all but c v2's RAM
 
-    settle_until(m2, lambda: m2.model_status("c")[0]["state"] == "AVAILABLE"
-                 and m2.model_status("c")[1]["state"] == "END")
+    settle_until(
+        m2,
+        lambda: (
+            m2.model_status("c")[0]["state"] == "AVAILABLE"
+            and m2.model_status("c")[1]["state"] == "END"
+        ),
+    )
     assert serve.apps == {"a-v1", "gpu_b-v1", "gpu_b-v1-p1", "c-v2"}
     later = serve.events[seen:]
     assert [e[1:3] for e in later if e[0] == "load"] == [("c", 2)]  # nothing serving reloaded
@@ -212,8 +232,12 @@ def test_a_version_is_stored_available_before_any_router_can_route_to_it(cluster
                 doc = loads(cluster.store.get(f"manager/default/model/{name}"))
                 stored = {r["version"]: r["state"] for r in doc["versions"]}
                 routed.extend((name, v) for v in versions)
-                ahead.extend((name, v, stored.get(v)) for v in versions
-                             if stored.get(v) not in ("ready", "unloading", "disabled"))
+                ahead.extend(
+                    (name, v, stored.get(v))
+                    for v in versions
+                    if stored.get(v) not in ("ready", "unloading", "disabled")
+                )
+
     thread = threading.Thread(target=router, daemon=True)
     thread.start()
     for version in (1, 2, 3):  # 20 models loading at once, then rolled out twice
@@ -223,7 +247,9 @@ def test_a_version_is_stored_available_before_any_router_can_route_to_it(cluster
         settle_until(m, lambda: applied[0] == m.serving_map()["epoch"])  # it saw this version
     stop.set()
     thread.join(5)
-    print(f"\n{len(set(routed))} versions seen by the router; {len(ahead)} not yet stored AVAILABLE")
+    print(
+        f"\n{len(set(routed))} versions seen by the router; {len(ahead)} not yet stored AVAILABLE"
+    )
     assert len(set(routed)) == 60 and ahead == []
 
 
@@ -247,6 +273,7 @@ def test_no_deployment_is_deleted_before_the_router_grace_and_known_routers_caug
             while time.monotonic() < t:
                 assert "u-v1" in serve.apps, f"deleted {time.monotonic() - restored_at:.2f} s in"
                 time.sleep(0.02)
+
         kept_until(restored_at + 0.5)  # no router known yet: none is waited for but the grace
         fresh = m2.wait_for_serving_map(epoch, "router-2", 0)  # router-2 polls, old epoch
         assert fresh is not None and fresh["models"] == {}
@@ -254,10 +281,19 @@ def test_no_deployment_is_deleted_before_the_router_grace_and_known_routers_caug
         m2.wait_for_serving_map(fresh["epoch"], "router-2", 0)
         settle_until(m2, lambda: "u-v1" not in serve.apps)
         waited = next(e[2] for e in serve.events if e[0] == "delete") - restored_at
-        print(f"\ndeleted u v1 {waited:.2f} s after the restore (grace {cluster.grace_s} s, then "
-              "the acknowledgement of the router known by then)")
-        assert m2.model_status("u") == [{"version": 1, "state": "END", "error_code": "OK",
-                                         "error_message": "", "aspired": False}]
+        print(
+            f"\ndeleted u v1 {waited:.2f} s after the restore (grace {cluster.grace_s} s, then "
+            "the acknowledgement of the router known by then)"
+        )
+        assert m2.model_status("u") == [
+            {
+                "version": 1,
+                "state": "END",
+                "error_code": "OK",
+                "error_message": "",
+                "aspired": False,
+            }
+        ]
     finally:
         cluster.close()
 
@@ -284,11 +320,13 @@ def test_a_load_cut_short_by_every_restart_ends_aborted(cluster):
 
     def loads():
         return sum(1 for e in serve.events if e[0] == "load")
+
     m = cluster.start(restore=False)
     m.set_aspired_versions("x", {1: "/x/1"})
     m.reconcile()
     for restart in range(1, MAX_INTERRUPTED_LOADS + 1):
-        settle_until(m, lambda: loads() == restart)  # (again) LOADING, and stored so
+        # (again) LOADING, and stored so
+        settle_until(m, lambda restart=restart: loads() == restart)
         cluster.kill(m)
         m = cluster.start(restore=True)
     settle_until(m, lambda: m.model_status("x")[0]["state"] == "END")
@@ -309,15 +347,19 @@ def test_epoch_continues_above_every_epoch_published_before(cluster):
     m2 = cluster.start(restore=True)
     fresh = m2.wait_for_serving_map(last, "router", 0)  # no wait: the router's map is old
     assert fresh is not None and fresh["epoch"] > last
-    print(f"\nepoch {last} before the restart, {fresh['epoch']} after; "
-          f"{cluster.store.writes} keys written in all")
+    print(
+        f"\nepoch {last} before the restart, {fresh['epoch']} after; "
+        f"{cluster.store.writes} keys written in all"
+    )
 
 
 def test_state_writes_and_restore_cost_with_1000_models():
     """1,000 models x 3 versions with admission, as bench/reconcile.py runs them."""
     serve, store = Serve(), MemoryStore()
-    book = Reservations([Gpu(f"n{n}", i, 80 * GIB) for n in range(8) for i in range(8)],
-                        {f"n{n}": 2048 * GIB for n in range(8)})
+    book = Reservations(
+        [Gpu(f"n{n}", i, 80 * GIB) for n in range(8) for i in range(8)],
+        {f"n{n}": 2048 * GIB for n in range(8)},
+    )
     m1 = Manager(serve, num_load_threads=16, max_num_load_retries=0, book=book, store=store)
     names = [f"m{i:04d}" for i in range(1000)]
     for name in names:
@@ -344,17 +386,25 @@ def test_state_writes_and_restore_cost_with_1000_models():
     full_ms = (time.perf_counter() - started) * 1000
     m1.shutdown()
 
-    m2 = Manager(serve, book=Reservations([Gpu(f"n{n}", i, 80 * GIB) for n in range(8) for i in range(8)],
-                                          {f"n{n}": 2048 * GIB for n in range(8)}), store=store)
+    m2 = Manager(
+        serve,
+        book=Reservations(
+            [Gpu(f"n{n}", i, 80 * GIB) for n in range(8) for i in range(8)],
+            {f"n{n}": 2048 * GIB for n in range(8)},
+        ),
+        store=store,
+    )
     started = time.perf_counter()
     summary = m2.restore(lambda: set(serve.apps), app_prefix)
     restore_ms = (time.perf_counter() - started) * 1000
     m2.shutdown()
     per_key = sum(len(v) for v in keys.values()) / len(keys)
-    print(f"\n1,000 models x 3 versions: {writes} key writes while loading ({size / 1e6:.1f} MB), "
-          f"{per_key:.0f} B per model key; re-poll of every model: {steady} writes in "
-          f"{poll_ms:.0f} ms; one model changed: {one} write in {one_ms:.2f} ms; rewriting all "
-          f"1,000 keys: {full} writes in {full_ms:.0f} ms; restore: {restore_ms:.0f} ms {summary}")
+    print(
+        f"\n1,000 models x 3 versions: {writes} key writes while loading ({size / 1e6:.1f} MB), "
+        f"{per_key:.0f} B per model key; re-poll of every model: {steady} writes in "
+        f"{poll_ms:.0f} ms; one model changed: {one} write in {one_ms:.2f} ms; rewriting all "
+        f"1,000 keys: {full} writes in {full_ms:.0f} ms; restore: {restore_ms:.0f} ms {summary}"
+    )
     assert steady == 0 and one == 1 and full == 1000
     assert len(keys) == 1000
     assert summary == {"models": 1000, "adopted": 3000, "dropped": 0, "orphans": 0}
@@ -366,12 +416,22 @@ def test_config_values_round_trip_through_json():
     from config.model_config import ModelSource
     from policies.aspired import All, Latest, Specific
     from policies.traffic import TrafficSplit
-    value = {"models": [ModelSource("a", "/m/a", Latest(2)), ModelSource("b", "gs://b", All()),
-                        ModelSource("c", "/m/c", Specific((3, 1)))],
-             "settings": {"a": ModelSettings("resource_preserving",
-                                             TrafficSplit((("stable", 90.0), (2, 10.0))),
-                                             autoscaling=Autoscaling(1, 4, 2.5, None, 30.0))},
-             "labels": {"a": {"stable": 1}}}
+
+    value = {
+        "models": [
+            ModelSource("a", "/m/a", Latest(2)),
+            ModelSource("b", "gs://b", All()),
+            ModelSource("c", "/m/c", Specific((3, 1))),
+        ],
+        "settings": {
+            "a": ModelSettings(
+                "resource_preserving",
+                TrafficSplit((("stable", 90.0), (2, 10.0))),
+                autoscaling=Autoscaling(1, 4, 2.5, None, 30.0),
+            )
+        },
+        "labels": {"a": {"stable": 1}},
+    }
     assert decode_value(loads(dumps(encode_value(value)))) == value
     with pytest.raises(TypeError):
         encode_value(object())
@@ -383,6 +443,7 @@ def test_application_prefix_matches_servable_application_names():
     from cluster.manager_actor import _app_prefix
     from cluster.manager_state import _owner
     from core.names import app_name
+
     names = ["half_plus_two", "m1", "odd name/with:chars", "v12"]
     prefixes = {_app_prefix(n): n for n in names}
     for name in names:

@@ -1,4 +1,5 @@
 """config.monitoring_config: TF Serving's --monitoring_config_file."""
+
 import os
 
 import pytest
@@ -16,7 +17,8 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "..", "data", "monitoring_conf
 
 def test_tf_serving_fixture():
     assert load_monitoring_config(FIXTURE) == PrometheusSettings(
-        enabled=True, path="/monitoring/prometheus/metrics")
+        enabled=True, path="/monitoring/prometheus/metrics"
+    )
 
 
 def test_no_file_means_disabled():
@@ -24,14 +26,22 @@ def test_no_file_means_disabled():
     assert load_monitoring_config("") == PrometheusSettings(False, DEFAULT_PROMETHEUS_PATH)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("prometheus_config { enable: true }", PrometheusSettings(True, DEFAULT_PROMETHEUS_PATH)),
-    ('prometheus_config { path: "" enable: true }',
-     PrometheusSettings(True, "/monitoring/prometheus/metrics")),
-    ('prometheus_config: { enable: true, path: "/metrics" }', PrometheusSettings(True, "/metrics")),
-    ('prometheus_config { enable: false path: "/m" }', PrometheusSettings(False, "/m")),
-    ("", PrometheusSettings(False, DEFAULT_PROMETHEUS_PATH)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("prometheus_config { enable: true }", PrometheusSettings(True, DEFAULT_PROMETHEUS_PATH)),
+        (
+            'prometheus_config { path: "" enable: true }',
+            PrometheusSettings(True, "/monitoring/prometheus/metrics"),
+        ),
+        (
+            'prometheus_config: { enable: true, path: "/metrics" }',
+            PrometheusSettings(True, "/metrics"),
+        ),
+        ('prometheus_config { enable: false path: "/m" }', PrometheusSettings(False, "/m")),
+        ("", PrometheusSettings(False, DEFAULT_PROMETHEUS_PATH)),
+    ],
+)
 def test_good_configs(text, expected):
     assert parse_monitoring_config(text) == expected
 
@@ -41,11 +51,14 @@ def test_settings_are_frozen():
         PrometheusSettings(True, "/m").enabled = False
 
 
-@pytest.mark.parametrize("text, parser_says", [
-    ("prometheus_config { enable: maybe }", 'Expected "true" or "false"'),
-    ("prometheus_config { port: 8080 }", 'no field named "port"'),
-    ("prometheus_config { enable: true", "Expected"),
-])
+@pytest.mark.parametrize(
+    "text, parser_says",
+    [
+        ("prometheus_config { enable: maybe }", 'Expected "true" or "false"'),
+        ("prometheus_config { port: 8080 }", 'no field named "port"'),
+        ("prometheus_config { enable: true", "Expected"),
+    ],
+)
 def test_malformed_configs(tmp_path, text, parser_says):
     path = tmp_path / "monitoring.txt"
     path.write_text(text)

@@ -1,5 +1,6 @@
 """The model-name rule (core/names.py) through both edges' parsers: REST `parse_path`
 after percent-decoding, gRPC `spec_target` on the ModelSpec as sent."""
+
 import time
 from urllib.parse import quote
 
@@ -12,20 +13,43 @@ from deployments.grpc_api import spec_target
 from deployments.rest_api import parse_path
 
 # Triton's ModelNameValidationTest.INVALID_TRAVERSAL_NAMES (qa/L0_input_validation).
-TRITON_TRAVERSAL_NAMES = ["../etc", "a/../b", "../../etc/passwd", "../../../../etc", "model/..", "..",
-                          "/etc/passwd", "model/subdir", "model/", " ..", ".. "]
+TRITON_TRAVERSAL_NAMES = [
+    "../etc",
+    "a/../b",
+    "../../etc/passwd",
+    "../../../../etc",
+    "model/..",
+    "..",
+    "/etc/passwd",
+    "model/subdir",
+    "model/",
+    " ..",
+    ".. ",
+]
 # Triton's valid names (test_model_name_valid) and a few more: odd, but not paths.
-VALID_ODD_NAMES = ["model123", "model.version1", "...", "..my_model", "model..1", "model....1", "a.b",
-                   "model  OAI", "модель", "模型", "a~b", "x" * MAX_NAME_CHARS]
+VALID_ODD_NAMES = [
+    "model123",
+    "model.version1",
+    "...",
+    "..my_model",
+    "model..1",
+    "model....1",
+    "a.b",
+    "model  OAI",
+    "модель",
+    "模型",
+    "a~b",
+    "x" * MAX_NAME_CHARS,
+]
 UNICODE_TRAVERSAL = {
-    "\uff0e\uff0e": "is a relative path component",          # fullwidth full stops
-    "\u2025": "is a relative path component",                 # two dot leader
-    "\u2024": "is a relative path component",                 # one dot leader
-    "\ufe52\ufe52": "is a relative path component",           # small full stops
-    "..\uff0fetc": "contains a path separator",               # fullwidth solidus
-    "..\u2215etc": "contains a path separator",               # division slash (no NFKC form)
-    "..\u2044etc": "contains a path separator",               # fraction slash
-    "..\uff3cetc": "contains a path separator",               # fullwidth reverse solidus
+    "\uff0e\uff0e": "is a relative path component",  # fullwidth full stops
+    "\u2025": "is a relative path component",  # two dot leader
+    "\u2024": "is a relative path component",  # one dot leader
+    "\ufe52\ufe52": "is a relative path component",  # small full stops
+    "..\uff0fetc": "contains a path separator",  # fullwidth solidus
+    "..\u2215etc": "contains a path separator",  # division slash (no NFKC form)
+    "..\u2044etc": "contains a path separator",  # fraction slash
+    "..\uff3cetc": "contains a path separator",  # fullwidth reverse solidus
     "..\\etc": "contains a path separator",
 }
 
@@ -49,24 +73,27 @@ def test_odd_but_valid_names_reach_the_lookup(name):
     assert spec_target(model_pb2.ModelSpec(name=name)) == (name, None, None)
 
 
-@pytest.mark.parametrize("raw,reason", [
-    ("%2e%2e%2fetc", "contains a path separator"),
-    ("%2E%2E", "is a relative path component"),
-    ("..%2f..%2fetc", "contains a path separator"),
-    ("m%2Fx", "contains a path separator"),
-    ("m%5Cx", "contains a path separator"),
-    ("m%00", "contains a control or other non-printable character"),
-    ("m%0Ax", "contains a control or other non-printable character"),
-    ("m%7F", "contains a control or other non-printable character"),
-    ("m%C2%85", "contains a control or other non-printable character"),      # C1 NEL
-    ("m%E2%80%8B", "contains a control or other non-printable character"),   # zero-width space
-    ("%20m", "starts or ends with whitespace"),
-    ("m%09", "contains a control or other non-printable character"),
-    ("~root", "starts with '~'"),
-    ("%EF%BD%9Eroot", "starts with '~'"),                                     # fullwidth tilde
-    ("%EF%BC%8E%EF%BC%8E", "is a relative path component"),
-    ("x" * (MAX_NAME_CHARS + 1), f"longer than {MAX_NAME_CHARS} characters"),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        ("%2e%2e%2fetc", "contains a path separator"),
+        ("%2E%2E", "is a relative path component"),
+        ("..%2f..%2fetc", "contains a path separator"),
+        ("m%2Fx", "contains a path separator"),
+        ("m%5Cx", "contains a path separator"),
+        ("m%00", "contains a control or other non-printable character"),
+        ("m%0Ax", "contains a control or other non-printable character"),
+        ("m%7F", "contains a control or other non-printable character"),
+        ("m%C2%85", "contains a control or other non-printable character"),  # C1 NEL
+        ("m%E2%80%8B", "contains a control or other non-printable character"),  # zero-width space
+        ("%20m", "starts or ends with whitespace"),
+        ("m%09", "contains a control or other non-printable character"),
+        ("~root", "starts with '~'"),
+        ("%EF%BD%9Eroot", "starts with '~'"),  # fullwidth tilde
+        ("%EF%BC%8E%EF%BC%8E", "is a relative path component"),
+        ("x" * (MAX_NAME_CHARS + 1), f"longer than {MAX_NAME_CHARS} characters"),
+    ],
+)
 def test_url_encoded_forms_are_refused_after_decoding(raw, reason):
     for path in (f"/v1/models/{raw}", f"/v1/models/{raw}/metadata", f"/v1/models/{raw}/versions/1"):
         with pytest.raises(AspireError) as err:
@@ -95,7 +122,7 @@ def test_labels_follow_the_same_rule_on_both_edges():
 
 
 def test_the_message_echoes_at_most_64_escaped_characters():
-    name = "\x00\x1b[31m" + "é" + "\\" + "\U0001F600" + "y" * 300
+    name = "\x00\x1b[31m" + "é" + "\\" + "\U0001f600" + "y" * 300
     with pytest.raises(AspireError) as err:
         check_name(name)
     echoed = err.value.message.split("'")[1]
@@ -115,5 +142,8 @@ def test_the_check_is_cheap_even_for_a_megabyte_name():
     for _ in range(10_000):
         why_invalid("half_plus_two")
     per_name_us = (time.perf_counter() - started) / 10_000 * 1e6
-    print(f"1 MB name refused in {valid_s * 1e6:.1f} us; a normal name checked in {per_name_us:.2f} us")
+    print(
+        f"1 MB name refused in {valid_s * 1e6:.1f} us; "
+        f"a normal name checked in {per_name_us:.2f} us"
+    )
     assert per_name_us < 100

@@ -3,6 +3,7 @@
 Expected values are TF Serving's for its test models (y = 0.5x + 2, y2 = 0.5x + 3); expected
 messages are TF Serving's and TensorFlow's, character for character.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,14 +65,18 @@ def echo(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("echo") / "1")
     graph = tf.Graph()
     with graph.as_default(), v1.Session(graph=graph) as session:
-        inputs = {"s": v1.placeholder(tf.string, [None], name="s"),
-                  "i": v1.placeholder(tf.int64, [None], name="i"),
-                  "b": v1.placeholder(tf.bool, [None], name="b"),
-                  "h": v1.placeholder(tf.float16, [None], name="h")}
+        inputs = {
+            "s": v1.placeholder(tf.string, [None], name="s"),
+            "i": v1.placeholder(tf.int64, [None], name="i"),
+            "b": v1.placeholder(tf.bool, [None], name="b"),
+            "h": v1.placeholder(tf.float16, [None], name="h"),
+        }
         outputs = {f"{k}_out": tf.identity(t, name=f"{k}_out") for k, t in inputs.items()}
         signature = v1.saved_model.signature_def_utils.predict_signature_def(inputs, outputs)
         builder = v1.saved_model.Builder(path)
-        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={"echo": signature})
+        builder.add_meta_graph_and_variables(
+            session, ["serve"], signature_def_map={"echo": signature}
+        )
         builder.save()
     model = SavedModelLoader(path).load()
     yield model
@@ -143,9 +148,11 @@ def assert_spec(spec, name, version, signature_name):
     assert (spec.name, spec.version.value, spec.signature_name) == (name, version, signature_name)
 
 
-# ------------------------------------------------------------------------------------------- Predict
+# ------------------------------------------------------------------------------------------ Predict
 def test_predict_half_plus_two_returns_y_as_typed_float_val(half_plus_two):
-    response = proto_api.predict(half_plus_two, predict_request(x=floats([2.0], [1, 1])), "half", 123)
+    response = proto_api.predict(
+        half_plus_two, predict_request(x=floats([2.0], [1, 1])), "half", 123
+    )
     y = response.outputs["y"]
     assert list(response.outputs) == ["y"]
     assert y.dtype == types_pb2.DT_FLOAT and [d.size for d in y.tensor_shape.dim] == [1, 1]
@@ -153,7 +160,9 @@ def test_predict_half_plus_two_returns_y_as_typed_float_val(half_plus_two):
 
 
 def test_predict_response_model_spec_names_served_version_and_default_signature(half_plus_two):
-    response = proto_api.predict(half_plus_two, predict_request(x=floats([2.0], [1, 1])), "half", 123)
+    response = proto_api.predict(
+        half_plus_two, predict_request(x=floats([2.0], [1, 1])), "half", 123
+    )
     assert_spec(response.model_spec, "half", 123, "serving_default")
     assert response.model_spec.HasField("version")
 
@@ -185,15 +194,20 @@ def test_predict_omitted_input_with_signature_default_uses_the_default(tf2_half_
 
 
 def test_predict_sent_input_overrides_signature_default(tf2_half_plus_two):
-    response = proto_api.predict(tf2_half_plus_two, predict_request(x=floats([2.0], [1])), "tf2", 123)
+    response = proto_api.predict(
+        tf2_half_plus_two, predict_request(x=floats([2.0], [1])), "tf2", 123
+    )
     assert list(response.outputs["y"].float_val) == [3.0]
 
 
 def test_predict_counter_signatures_keep_state_and_return_float_not_float_ref(counter):
     def run(signature_name, **inputs):
-        out = proto_api.predict(counter, predict_request(signature_name, **inputs), "c", 123).outputs["output"]
+        out = proto_api.predict(
+            counter, predict_request(signature_name, **inputs), "c", 123
+        ).outputs["output"]
         assert out.dtype == types_pb2.DT_FLOAT and not out.tensor_shape.dim
         return out.float_val[0]
+
     start = run("get_counter")
     assert run("incr_counter") == start + 1
     assert run("get_counter") == start + 1
@@ -203,9 +217,12 @@ def test_predict_counter_signatures_keep_state_and_return_float_not_float_ref(co
 
 def test_predict_typed_outputs_use_tf_serving_value_fields(echo):
     request = predict_request(
-        "echo", s=tf.make_tensor_proto(np.array([b"ab", b"c"], object)),
-        i=tf.make_tensor_proto(np.array([1, -2], np.int64)), b=tf.make_tensor_proto(np.array([True, False])),
-        h=tf.make_tensor_proto(np.array([1.5, -2.0], np.float16)))
+        "echo",
+        s=tf.make_tensor_proto(np.array([b"ab", b"c"], object)),
+        i=tf.make_tensor_proto(np.array([1, -2], np.int64)),
+        b=tf.make_tensor_proto(np.array([True, False])),
+        h=tf.make_tensor_proto(np.array([1.5, -2.0], np.float16)),
+    )
     out = proto_api.predict(echo, request, "echo", 1).outputs
     assert list(out["s_out"].string_val) == [b"ab", b"c"]
     assert list(out["i_out"].int64_val) == [1, -2]
@@ -215,8 +232,12 @@ def test_predict_typed_outputs_use_tf_serving_value_fields(echo):
 
 
 def test_predict_tensor_content_covers_numbers_and_leaves_strings_in_string_val(echo):
-    values = {"s": np.array([b"ab", b"c"], object), "i": np.array([1, -2], np.int64),
-              "b": np.array([True, False]), "h": np.array([1.5, -2.0], np.float16)}
+    values = {
+        "s": np.array([b"ab", b"c"], object),
+        "i": np.array([1, -2], np.int64),
+        "b": np.array([True, False]),
+        "h": np.array([1.5, -2.0], np.float16),
+    }
     request = predict_request("echo", **{k: tf.make_tensor_proto(v) for k, v in values.items()})
     out = proto_api.predict(echo, request, "echo", 1, tensor_content=True).outputs
     assert list(out["s_out"].string_val) == [b"ab", b"c"] and not out["s_out"].tensor_content
@@ -226,67 +247,103 @@ def test_predict_tensor_content_covers_numbers_and_leaves_strings_in_string_val(
 
 
 def test_predict_reads_string_tensor_content_in_tf_length_prefixed_encoding(echo):
-    strings = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_content=bytes([2, 1]) + b"abc")
+    strings = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, tensor_content=bytes([2, 1]) + b"abc"
+    )
     strings.tensor_shape.dim.add(size=2)
-    request = predict_request("echo", output_filter=["s_out"], s=strings,
-                              i=tf.make_tensor_proto(np.array([0], np.int64)),
-                              b=tf.make_tensor_proto(np.array([True])),
-                              h=tf.make_tensor_proto(np.array([0], np.float16)))
+    request = predict_request(
+        "echo",
+        output_filter=["s_out"],
+        s=strings,
+        i=tf.make_tensor_proto(np.array([0], np.int64)),
+        b=tf.make_tensor_proto(np.array([True])),
+        h=tf.make_tensor_proto(np.array([0], np.float16)),
+    )
     out = proto_api.predict(echo, request, "echo", 1).outputs
     assert list(out) == ["s_out"] and list(out["s_out"].string_val) == [b"ab", b"c"]
 
 
 def test_predict_unknown_signature_is_failed_precondition(half_plus_two):
-    err = error_of(proto_api.predict, half_plus_two, predict_request("nope", x=floats([2.0], [1, 1])), "half", 123)
-    assert (err.code, err.message) == ("FAILED_PRECONDITION", 'Serving signature key "nope" not found.')
+    err = error_of(
+        proto_api.predict,
+        half_plus_two,
+        predict_request("nope", x=floats([2.0], [1, 1])),
+        "half",
+        123,
+    )
+    assert (err.code, err.message) == (
+        "FAILED_PRECONDITION",
+        'Serving signature key "nope" not found.',
+    )
 
 
 def test_predict_extra_input_is_an_input_size_mismatch(half_plus_two):
     request = predict_request(x=floats([2.0], [1, 1]), z=floats([2.0], [1, 1]))
     err = error_of(proto_api.predict, half_plus_two, request, "half", 123)
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", "input size does not match signature: 2!=1 len({x,z}) != len({x}). "
-        "Sent extra: {z}. Missing but required: {}.")
+        "INVALID_ARGUMENT",
+        "input size does not match signature: 2!=1 len({x,z}) != len({x}). "
+        "Sent extra: {z}. Missing but required: {}.",
+    )
 
 
 def test_predict_missing_input_without_defaults_is_an_input_size_mismatch(half_plus_two):
     err = error_of(proto_api.predict, half_plus_two, predict_request(), "half", 123)
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", "input size does not match signature: 0!=1 len({}) != len({x}). "
-        "Sent extra: {}. Missing but required: {x}.")
+        "INVALID_ARGUMENT",
+        "input size does not match signature: 0!=1 len({}) != len({x}). "
+        "Sent extra: {}. Missing but required: {x}.",
+    )
 
 
 def test_predict_input_size_mismatch_lists_keys_sorted(echo):
     request = predict_request("echo", s=floats([], [0]), i=floats([], [0]), b=floats([], [0]))
     err = error_of(proto_api.predict, echo, request, "echo", 1)
-    assert err.message == ("input size does not match signature: 3!=4 len({b,i,s}) != len({b,h,i,s}). "
-                           "Sent extra: {}. Missing but required: {h}.")
+    assert err.message == (
+        "input size does not match signature: 3!=4 len({b,i,s}) != len({b,h,i,s}). "
+        "Sent extra: {}. Missing but required: {h}."
+    )
 
 
 def test_predict_same_count_wrong_name_names_the_missing_alias_and_feed(half_plus_two):
-    err = error_of(proto_api.predict, half_plus_two, predict_request(z=floats([2.0], [1, 1])), "half", 123)
+    err = error_of(
+        proto_api.predict, half_plus_two, predict_request(z=floats([2.0], [1, 1])), "half", 123
+    )
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", "Signature input alias: x(feed name: x:0) not found in request and no "
-        "default value provided. Inputs expected to be in the request {z}, or default input alias set: ")
+        "INVALID_ARGUMENT",
+        "Signature input alias: x(feed name: x:0) not found in request and no "
+        "default value provided. Inputs expected to be in the request {z}, "
+        "or default input alias set: ",
+    )
 
 
 def test_predict_unknown_name_beside_defaults_is_an_invalid_name(tf2_half_plus_two):
-    err = error_of(proto_api.predict, tf2_half_plus_two, predict_request(z=floats([2.0], [1])), "tf2", 123)
+    err = error_of(
+        proto_api.predict, tf2_half_plus_two, predict_request(z=floats([2.0], [1])), "tf2", 123
+    )
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", "Inputs contains invalid name. Used request inputs: , request input: z")
+        "INVALID_ARGUMENT",
+        "Inputs contains invalid name. Used request inputs: , request input: z",
+    )
 
 
 def test_predict_wrong_dtype_is_tf_sessions_expects_arg_message(half_plus_two):
     request = predict_request(x=tf.make_tensor_proto(np.array([["a"]], object)))
     err = error_of(proto_api.predict, half_plus_two, request, "half", 123)
-    assert (err.code, err.message) == ("INVALID_ARGUMENT", "Expects arg[0] to be float but string is provided")
+    assert (err.code, err.message) == (
+        "INVALID_ARGUMENT",
+        "Expects arg[0] to be float but string is provided",
+    )
 
 
 def test_predict_wrong_dtype_counts_args_in_sorted_feed_name_order(echo):
-    request = predict_request("echo", s=tf.make_tensor_proto(np.array([b"a"], object)),
-                              i=tf.make_tensor_proto(np.array(["x"], object)),
-                              b=tf.make_tensor_proto(np.array([True])),
-                              h=tf.make_tensor_proto(np.array([0], np.float16)))
+    request = predict_request(
+        "echo",
+        s=tf.make_tensor_proto(np.array([b"a"], object)),
+        i=tf.make_tensor_proto(np.array(["x"], object)),
+        b=tf.make_tensor_proto(np.array([True])),
+        h=tf.make_tensor_proto(np.array([0], np.float16)),
+    )
     err = error_of(proto_api.predict, echo, request, "echo", 1)
     assert err.message == "Expects arg[2] to be int64 but string is provided"  # b:0, h:0, i:0, s:0
 
@@ -302,7 +359,9 @@ def test_predict_output_filter_unknown_alias_lists_signature_outputs(half_plus_t
     request = predict_request(output_filter=["z"], x=floats([2.0], [1, 1]))
     err = error_of(proto_api.predict, half_plus_two, request, "half", 123)
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", "output tensor alias not found in signature: z Outputs expected to be in the set {y}.")
+        "INVALID_ARGUMENT",
+        "output tensor alias not found in signature: z Outputs expected to be in the set {y}.",
+    )
 
 
 def test_predict_output_filter_duplicate_alias_is_rejected(half_plus_two):
@@ -318,26 +377,35 @@ def test_predict_output_filter_computes_only_requested_outputs(echo, monkeypatch
     def spy(signature_name, inputs, output_aliases=None):
         fetched.append(output_aliases)
         return run(signature_name, inputs, output_aliases)
+
     monkeypatch.setattr(echo, "run", spy)
-    request = predict_request("echo", output_filter=["i_out"], s=tf.make_tensor_proto(np.array([b"a"], object)),
-                              i=tf.make_tensor_proto(np.array([7], np.int64)),
-                              b=tf.make_tensor_proto(np.array([True])),
-                              h=tf.make_tensor_proto(np.array([0], np.float16)))
+    request = predict_request(
+        "echo",
+        output_filter=["i_out"],
+        s=tf.make_tensor_proto(np.array([b"a"], object)),
+        i=tf.make_tensor_proto(np.array([7], np.int64)),
+        b=tf.make_tensor_proto(np.array([True])),
+        h=tf.make_tensor_proto(np.array([0], np.float16)),
+    )
     response = proto_api.predict(echo, request, "echo", 1)
     assert fetched == [["i_out"]] and list(response.outputs) == ["i_out"]
 
 
-# --------------------------------------------------------------------------------- Classify, Regress
+# -------------------------------------------------------------------------------- Classify, Regress
 def test_classify_returns_scores_per_example_with_empty_labels(half_plus_two):
     request = classify_request("classify_x_to_y", example_input(example(x=[2.0]), example(x=[4.0])))
     response = proto_api.classify(half_plus_two, request, "half", 123)
     assert [[(c.label, c.score) for c in cl.classes] for cl in response.result.classifications] == [
-        [("", 3.0)], [("", 4.0)]]
+        [("", 3.0)],
+        [("", 4.0)],
+    ]
     assert_spec(response.model_spec, "half", 123, "classify_x_to_y")
 
 
 def test_classify_with_context_merges_context_into_each_example(half_plus_two):
-    request = classify_request("classify_x_to_y", example_input(example(), example(), context=example(x=[2.0])))
+    request = classify_request(
+        "classify_x_to_y", example_input(example(), example(), context=example(x=[2.0]))
+    )
     response = proto_api.classify(half_plus_two, request, "half", 123)
     assert [cl.classes[0].score for cl in response.result.classifications] == [3.0, 3.0]
 
@@ -355,45 +423,80 @@ def test_regress_with_context_merges_context_into_each_example(half_plus_two):
     assert [r.value for r in response.result.regressions] == [5.0]
 
 
-@pytest.mark.parametrize("inp", [input_pb2.Input(), example_input(), example_input(context=example(x=[1.0]))],
-                         ids=["no-kind", "empty-list", "empty-list-with-context"])
+@pytest.mark.parametrize(
+    "inp",
+    [input_pb2.Input(), example_input(), example_input(context=example(x=[1.0]))],
+    ids=["no-kind", "empty-list", "empty-list-with-context"],
+)
 def test_empty_classify_and_regress_input_is_input_is_empty(half_plus_two, inp):
-    for fn, request in ((proto_api.classify, classify_request("classify_x_to_y", inp)),
-                        (proto_api.regress, regress_request("regress_x_to_y", inp))):
+    for fn, request in (
+        (proto_api.classify, classify_request("classify_x_to_y", inp)),
+        (proto_api.regress, regress_request("regress_x_to_y", inp)),
+    ):
         err = error_of(fn, half_plus_two, request, "half", 123)
         assert (err.code, err.message) == ("INVALID_ARGUMENT", "Input is empty.")
 
 
 def test_classify_unknown_signature_is_no_signature_found(half_plus_two):
-    err = error_of(proto_api.classify, half_plus_two,
-                   classify_request("nope", example_input(example(x=[1.0]))), "half", 123)
-    assert (err.code, err.message) == ("INVALID_ARGUMENT", "No signature was found with the name: nope")
+    err = error_of(
+        proto_api.classify,
+        half_plus_two,
+        classify_request("nope", example_input(example(x=[1.0]))),
+        "half",
+        123,
+    )
+    assert (err.code, err.message) == (
+        "INVALID_ARGUMENT",
+        "No signature was found with the name: nope",
+    )
 
 
 def test_classify_on_a_regression_signature_reports_missing_classes_or_scores(half_plus_two):
-    err = error_of(proto_api.classify, half_plus_two,
-                   classify_request("regress_x_to_y", example_input(example(x=[1.0]))), "half", 123)
+    err = error_of(
+        proto_api.classify,
+        half_plus_two,
+        classify_request("regress_x_to_y", example_input(example(x=[1.0]))),
+        "half",
+        123,
+    )
     assert err.code == "INVALID_ARGUMENT"
-    assert err.message.startswith('Expected classification signature outputs to contain at least one of '
-                                  '"classes" or "scores". Signature was: ')
+    assert err.message.startswith(
+        "Expected classification signature outputs to contain at least one of "
+        '"classes" or "scores". Signature was: '
+    )
 
 
 def test_regress_on_a_classification_signature_reports_missing_outputs(half_plus_two):
-    err = error_of(proto_api.regress, half_plus_two,
-                   regress_request("classify_x_to_y", example_input(example(x=[1.0]))), "half", 123)
+    err = error_of(
+        proto_api.regress,
+        half_plus_two,
+        regress_request("classify_x_to_y", example_input(example(x=[1.0]))),
+        "half",
+        123,
+    )
     assert err.code == "INVALID_ARGUMENT"
     assert err.message.startswith("No regression outputs found in SignatureDef: ")
 
 
 def test_regress_examples_into_a_float_input_is_tf_sessions_expects_arg_message(half_plus_two):
-    err = error_of(proto_api.regress, half_plus_two,
-                   regress_request("regress_x2_to_y3", example_input(example(x=[1.0]))), "half", 123)
-    assert (err.code, err.message) == ("INVALID_ARGUMENT", "Expects arg[0] to be float but string is provided")
+    err = error_of(
+        proto_api.regress,
+        half_plus_two,
+        regress_request("regress_x2_to_y3", example_input(example(x=[1.0]))),
+        "half",
+        123,
+    )
+    assert (err.code, err.message) == (
+        "INVALID_ARGUMENT",
+        "Expects arg[0] to be float but string is provided",
+    )
 
 
-# ------------------------------------------------------------------------------------ MultiInference
+# ----------------------------------------------------------------------------------- MultiInference
 def test_multi_inference_returns_results_in_task_order_each_with_its_model_spec(half_plus_two):
-    request = multi_request(("half", "regress_x_to_y2", REGRESS), ("half", "classify_x_to_y", CLASSIFY))
+    request = multi_request(
+        ("half", "regress_x_to_y2", REGRESS), ("half", "classify_x_to_y", CLASSIFY)
+    )
     response = proto_api.multi_inference(half_plus_two, request, "half", 123)
     regression, classification = response.results
     assert [r.value for r in regression.regression_result.regressions] == [4.0]
@@ -409,17 +512,49 @@ def test_multi_inference_with_context_feeds_merged_examples(half_plus_two):
     assert [r.value for r in response.results[0].regression_result.regressions] == [5.0, 5.0]
 
 
-@pytest.mark.parametrize("tasks,code,message", [
-    ([("", "classify_x_to_y", CLASSIFY)], "INVALID_ARGUMENT", "Found ModelSpec with an empty model name."),
-    ([("half", "classify_x_to_y", CLASSIFY), ("other", "regress_x_to_y", REGRESS)], "INVALID_ARGUMENT",
-     "All ModelSpecs in a MultiInferenceRequest must access the same model name."),
-    ([("half", "regress_x_to_y", REGRESS), ("half", "regress_x_to_y", REGRESS)], "INVALID_ARGUMENT",
-     "Duplicate evaluation of signature: regress_x_to_y"),
-    ([("half", "nope", REGRESS)], "INVALID_ARGUMENT", "Requested signature not found in model graph: nope"),
-    ([("half", "", CLASSIFY)], "INVALID_ARGUMENT", "No classification inputs found in SignatureDef: "),
-    ([("half", "regress_x_to_y", "tensorflow/serving/predict")], "UNIMPLEMENTED",
-     "Unsupported signature method_name: tensorflow/serving/predict"),
-], ids=["empty-name", "mixed-names", "duplicate", "unknown-signature", "wrong-signature-kind", "predict-method"])
+@pytest.mark.parametrize(
+    "tasks,code,message",
+    [
+        (
+            [("", "classify_x_to_y", CLASSIFY)],
+            "INVALID_ARGUMENT",
+            "Found ModelSpec with an empty model name.",
+        ),
+        (
+            [("half", "classify_x_to_y", CLASSIFY), ("other", "regress_x_to_y", REGRESS)],
+            "INVALID_ARGUMENT",
+            "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
+        ),
+        (
+            [("half", "regress_x_to_y", REGRESS), ("half", "regress_x_to_y", REGRESS)],
+            "INVALID_ARGUMENT",
+            "Duplicate evaluation of signature: regress_x_to_y",
+        ),
+        (
+            [("half", "nope", REGRESS)],
+            "INVALID_ARGUMENT",
+            "Requested signature not found in model graph: nope",
+        ),
+        (
+            [("half", "", CLASSIFY)],
+            "INVALID_ARGUMENT",
+            "No classification inputs found in SignatureDef: ",
+        ),
+        (
+            [("half", "regress_x_to_y", "tensorflow/serving/predict")],
+            "UNIMPLEMENTED",
+            "Unsupported signature method_name: tensorflow/serving/predict",
+        ),
+    ],
+    ids=[
+        "empty-name",
+        "mixed-names",
+        "duplicate",
+        "unknown-signature",
+        "wrong-signature-kind",
+        "predict-method",
+    ],
+)
 def test_multi_inference_task_errors_match_tf_serving(half_plus_two, tasks, code, message):
     err = error_of(proto_api.multi_inference, half_plus_two, multi_request(*tasks), "half", 123)
     assert err.code == code and err.message.startswith(message)
@@ -431,7 +566,10 @@ class DefaultIsRegression:
 
     def __init__(self, model):
         self._model = model
-        self.signatures = {**model.signatures, "serving_default": model.signatures["regress_x_to_y"]}
+        self.signatures = {
+            **model.signatures,
+            "serving_default": model.signatures["regress_x_to_y"],
+        }
 
     def run(self, signature_name, inputs, output_aliases=None):
         name = "regress_x_to_y" if signature_name == "serving_default" else signature_name
@@ -445,7 +583,10 @@ def test_multi_inference_empty_signature_name_is_serving_default(half_plus_two):
     assert [r.value for r in response.results[0].regression_result.regressions] == [3.0]
     request = multi_request(("half", "", REGRESS), ("half", "serving_default", REGRESS))
     err = error_of(proto_api.multi_inference, model, request, "half", 123)
-    assert (err.code, err.message) == ("INVALID_ARGUMENT", "Duplicate evaluation of signature: serving_default")
+    assert (err.code, err.message) == (
+        "INVALID_ARGUMENT",
+        "Duplicate evaluation of signature: serving_default",
+    )
 
 
 def test_regress_empty_signature_name_is_reported_as_serving_default(half_plus_two):
@@ -455,8 +596,11 @@ def test_regress_empty_signature_name_is_reported_as_serving_default(half_plus_t
 
 
 def test_multi_inference_checks_every_task_before_the_input(half_plus_two):
-    request = multi_request(("half", "classify_x_to_y", CLASSIFY), ("half", "classify_x_to_y", REGRESS),
-                            inp=example_input())
+    request = multi_request(
+        ("half", "classify_x_to_y", CLASSIFY),
+        ("half", "classify_x_to_y", REGRESS),
+        inp=example_input(),
+    )
     err = error_of(proto_api.multi_inference, half_plus_two, request, "half", 123)
     assert err.message == "Duplicate evaluation of signature: classify_x_to_y"
     request = multi_request(("half", "classify_x_to_y", CLASSIFY), inp=example_input())
@@ -464,7 +608,7 @@ def test_multi_inference_checks_every_task_before_the_input(half_plus_two):
     assert (err.code, err.message) == ("INVALID_ARGUMENT", "Input is empty.")
 
 
-# ---------------------------------------------------------------------------------- GetModelMetadata
+# --------------------------------------------------------------------------------- GetModelMetadata
 def metadata_request(*fields) -> get_model_metadata_pb2.GetModelMetadataRequest:
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=list(fields))
     request.model_spec.name = "default"
@@ -472,7 +616,9 @@ def metadata_request(*fields) -> get_model_metadata_pb2.GetModelMetadataRequest:
 
 
 def test_get_model_metadata_packs_every_signature_def_as_tf_serving_reports_them(half_plus_two):
-    response = proto_api.get_model_metadata(half_plus_two, metadata_request("signature_def"), "default", 123)
+    response = proto_api.get_model_metadata(
+        half_plus_two, metadata_request("signature_def"), "default", 123
+    )
     assert_spec(response.model_spec, "default", 123, "")
     packed = response.metadata["signature_def"]
     assert packed.type_url == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
@@ -480,54 +626,95 @@ def test_get_model_metadata_packs_every_signature_def_as_tf_serving_reports_them
     assert packed.Unpack(signature_defs)
     with open(os.path.join(DATA, "half_plus_two_model_metadata.json")) as f:
         expected = json.load(f)["metadata"]["signature_def"]
-    assert json_format.MessageToDict(signature_defs, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True) == expected
+    assert (
+        json_format.MessageToDict(
+            signature_defs,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        == expected
+    )
 
 
 def test_get_model_metadata_without_fields_is_rejected(half_plus_two):
     err = error_of(proto_api.get_model_metadata, half_plus_two, metadata_request(), "default", 123)
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field")
+        "INVALID_ARGUMENT",
+        "GetModelMetadataRequest must specify at least one metadata_field",
+    )
 
 
 def test_get_model_metadata_unsupported_field_is_rejected(half_plus_two):
-    err = error_of(proto_api.get_model_metadata, half_plus_two,
-                   metadata_request("signature_def", "assets"), "default", 123)
+    err = error_of(
+        proto_api.get_model_metadata,
+        half_plus_two,
+        metadata_request("signature_def", "assets"),
+        "default",
+        123,
+    )
     assert (err.code, err.message) == ("INVALID_ARGUMENT", "Metadata field assets is not supported")
 
 
-# --------------------------------------------------------------------------------------------- handle
+# ------------------------------------------------------------------------------------------- handle
 def test_handle_returns_ok_and_the_serialized_response(half_plus_two):
     request = predict_request(x=floats([2.0], [1, 1]))
-    code, payload = proto_api.handle(half_plus_two, "Predict", request.SerializeToString(), "half", 123, False)
+    code, payload = proto_api.handle(
+        half_plus_two, "Predict", request.SerializeToString(), "half", 123, False
+    )
     assert code == "OK"
     assert list(predict_pb2.PredictResponse.FromString(payload).outputs["y"].float_val) == [3.0]
 
 
 def test_handle_passes_tensor_content_to_predict(half_plus_two):
     request = predict_request(x=floats([2.0], [1, 1]))
-    _, payload = proto_api.handle(half_plus_two, "Predict", request.SerializeToString(), "half", 123, True)
-    assert tf.make_ndarray(predict_pb2.PredictResponse.FromString(payload).outputs["y"]).tolist() == [[3.0]]
+    _, payload = proto_api.handle(
+        half_plus_two, "Predict", request.SerializeToString(), "half", 123, True
+    )
+    assert tf.make_ndarray(
+        predict_pb2.PredictResponse.FromString(payload).outputs["y"]
+    ).tolist() == [[3.0]]
 
 
-@pytest.mark.parametrize("method,request_proto,response_cls", [
-    ("Classify", classify_request("classify_x_to_y", example_input(example(x=[2.0]))),
-     classification_pb2.ClassificationResponse),
-    ("Regress", regress_request("regress_x_to_y", example_input(example(x=[2.0]))),
-     regression_pb2.RegressionResponse),
-    ("MultiInference", multi_request(("half", "regress_x_to_y", REGRESS)), inference_pb2.MultiInferenceResponse),
-    ("GetModelMetadata", metadata_request("signature_def"), get_model_metadata_pb2.GetModelMetadataResponse),
-])
-def test_handle_dispatches_every_prediction_service_method(half_plus_two, method, request_proto, response_cls):
-    code, payload = proto_api.handle(half_plus_two, method, request_proto.SerializeToString(), "half", 123, False)
+@pytest.mark.parametrize(
+    "method,request_proto,response_cls",
+    [
+        (
+            "Classify",
+            classify_request("classify_x_to_y", example_input(example(x=[2.0]))),
+            classification_pb2.ClassificationResponse,
+        ),
+        (
+            "Regress",
+            regress_request("regress_x_to_y", example_input(example(x=[2.0]))),
+            regression_pb2.RegressionResponse,
+        ),
+        (
+            "MultiInference",
+            multi_request(("half", "regress_x_to_y", REGRESS)),
+            inference_pb2.MultiInferenceResponse,
+        ),
+        (
+            "GetModelMetadata",
+            metadata_request("signature_def"),
+            get_model_metadata_pb2.GetModelMetadataResponse,
+        ),
+    ],
+)
+def test_handle_dispatches_every_prediction_service_method(
+    half_plus_two, method, request_proto, response_cls
+):
+    code, payload = proto_api.handle(
+        half_plus_two, method, request_proto.SerializeToString(), "half", 123, False
+    )
     assert code == "OK"
     assert response_cls.FromString(payload).ListFields()
 
 
 def test_handle_returns_errors_as_code_and_message(half_plus_two):
     request = predict_request("nope")
-    assert proto_api.handle(half_plus_two, "Predict", request.SerializeToString(), "half", 123, False) == (
-        "FAILED_PRECONDITION", 'Serving signature key "nope" not found.')
+    assert proto_api.handle(
+        half_plus_two, "Predict", request.SerializeToString(), "half", 123, False
+    ) == ("FAILED_PRECONDITION", 'Serving signature key "nope" not found.')
 
 
 def test_handle_unparsable_request_is_invalid_argument(half_plus_two):

@@ -1,5 +1,6 @@
 """deployments/protos.py and deployments/tf_runtime.py, each in a fresh interpreter (the test
 process has TensorFlow imported already)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,19 +8,27 @@ import sys
 import textwrap
 from pathlib import Path
 
-MODEL = str(Path(__file__).resolve().parents[1] / "data" / "saved_model_half_plus_two_cpu" / "00000123")
+MODEL = str(
+    Path(__file__).resolve().parents[1] / "data" / "saved_model_half_plus_two_cpu" / "00000123"
+)
 
 
 def _run(code: str) -> str:
     code = f"MODEL = {MODEL!r}\n" + textwrap.dedent(code)
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
 
 def test_protos_load_without_tensorflows_runtime_and_tensorflow_imports_after():
-    assert _run("""
+    assert (
+        _run("""
         import sys
         from deployments import protos
         assert protos.load() and not protos.tensorflow_loaded()
@@ -34,11 +43,14 @@ def test_protos_load_without_tensorflows_runtime_and_tensorflow_imports_after():
         assert type(proto) is tensor_pb2.TensorProto
         predict_pb2.PredictRequest().inputs["x"].CopyFrom(proto)
         print(protos.tensorflow_loaded(), float(tf.constant(2.0) * 3))
-    """) == "True 6.0"
+    """)
+        == "True 6.0"
+    )
 
 
 def test_a_replica_loads_warms_and_runs_without_tensorflows_init_and_tensorflow_imports_after():
-    assert _run("""
+    assert (
+        _run("""
         import sys
         import numpy as np
         from deployments import servable, tf_runtime
@@ -51,13 +63,16 @@ def test_a_replica_loads_warms_and_runs_without_tensorflows_init_and_tensorflow_
         layer = tf.keras.layers.Dense(2)
         print(light, y.tolist(), same, float(tf.constant(2.0) * 3), tf.executing_eagerly(),
               type(layer).__name__, tf_runtime.full_tensorflow())
-    """) == "True [2.5, 3.0] True 6.0 True Dense True"
+    """)  # noqa: E501
+        == "True [2.5, 3.0] True 6.0 True Dense True"
+    )
 
 
 def test_a_declared_plugin_library_or_a_url_path_gets_tensorflows_full_import():
     """TF's init loads plugin libraries and URL file systems; the light runtime would miss them.
     One interpreter for both checks (each costs a TF import)."""
-    assert _run("""
+    assert (
+        _run("""
         import os
         from deployments import tf_runtime
         before = "/opt/plugin.so" in tf_runtime._plugin_libraries()
@@ -66,4 +81,6 @@ def test_a_declared_plugin_library_or_a_url_path_gets_tensorflows_full_import():
         del os.environ["TF_PLUGGABLE_DEVICE_LIBRARY_PATH"]
         gfile = tf_runtime.runtime("gs://no-such-bucket/model").gfile
         print(before, declared, tf_runtime.full_tensorflow(), tf_runtime.light(), callable(gfile.exists))
-    """) == "False True True False True"
+    """)  # noqa: E501
+        == "False True True False True"
+    )

@@ -1,4 +1,5 @@
 """How many replicas a version reserves and how Serve scales each of its applications."""
+
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ def backend(**settings) -> ServeBackend:
 def test_fixed_replicas_come_from_the_side_file_else_the_flag():
     assert backend()._replicas("m") == 3
     assert backend(num_replicas=2)._replicas("m") == 2
-    assert backend(num_replicas=2)._scaling("m", [1, 1]) == [{"num_replicas": 1}, {"num_replicas": 1}]
+    assert backend(num_replicas=2)._scaling("m", [1, 1]) == [
+        {"num_replicas": 1},
+        {"num_replicas": 1},
+    ]
 
 
 def test_autoscaled_version_reserves_max_replicas_through_admission():
@@ -28,12 +32,15 @@ def test_autoscaled_version_reserves_max_replicas_through_admission():
     assert need.vram_bytes == 2**30
 
 
-@pytest.mark.parametrize("low,counts,floors", [
-    (1, [4], [1]),
-    (3, [2, 2], [2, 1]),
-    (1, [1, 1, 2], [1, 1, 1]),  # every reserved (node, GPU) keeps one warm replica
-    (4, [2, 2], [2, 2]),
-])
+@pytest.mark.parametrize(
+    "low,counts,floors",
+    [
+        (1, [4], [1]),
+        (3, [2, 2], [2, 1]),
+        (1, [1, 1, 2], [1, 1, 1]),  # every reserved (node, GPU) keeps one warm replica
+        (4, [2, 2], [2, 2]),
+    ],
+)
 def test_autoscaling_spreads_min_replicas_over_the_applications(low, counts, floors):
     got = backend(autoscaling=Autoscaling(low, sum(counts), 1.5))._scaling("m", counts)
     assert [g["autoscaling_config"]["min_replicas"] for g in got] == floors

@@ -1,4 +1,5 @@
 """File-system source polling rules on a real temporary directory tree."""
+
 import logging
 
 from cluster.source import FileSystemSource, poll_model
@@ -33,9 +34,11 @@ def test_no_versions_yields_empty_list_with_warning(tmp_path, caplog):
 
 def test_missing_base_path_emits_nothing_so_serving_versions_stay(tmp_path, caplog):
     calls = []
-    source = FileSystemSource([ModelSource("gone", str(tmp_path / "missing")),
-                               ModelSource("here", str(tmp_path))], 0,
-                              lambda name, versions: calls.append((name, versions)))
+    source = FileSystemSource(
+        [ModelSource("gone", str(tmp_path / "missing")), ModelSource("here", str(tmp_path))],
+        0,
+        lambda name, versions: calls.append((name, versions)),
+    )
     make_versions(tmp_path, "4")
     with caplog.at_level(logging.ERROR):
         source.poll_once()
@@ -45,8 +48,11 @@ def test_missing_base_path_emits_nothing_so_serving_versions_stay(tmp_path, capl
 
 def test_removed_version_directory_leaves_the_aspired_list(tmp_path):
     calls = []
-    source = FileSystemSource([ModelSource("m", str(tmp_path), All())], 0,
-                              lambda name, versions: calls.append(sorted(versions)))
+    source = FileSystemSource(
+        [ModelSource("m", str(tmp_path), All())],
+        0,
+        lambda name, versions: calls.append(sorted(versions)),
+    )
     make_versions(tmp_path, "1", "2")
     source.poll_once()
     (tmp_path / "2").rmdir()
@@ -56,8 +62,11 @@ def test_removed_version_directory_leaves_the_aspired_list(tmp_path):
 
 def test_model_removed_from_list_gets_empty_aspired_list(tmp_path):
     calls = []
-    source = FileSystemSource([ModelSource("a", str(tmp_path)), ModelSource("b", str(tmp_path))], 0,
-                              lambda name, versions: calls.append((name, versions)))
+    source = FileSystemSource(
+        [ModelSource("a", str(tmp_path)), ModelSource("b", str(tmp_path))],
+        0,
+        lambda name, versions: calls.append((name, versions)),
+    )
     source.set_models([ModelSource("a", str(tmp_path))])
     assert calls == [("b", {})]
 
@@ -65,8 +74,9 @@ def test_model_removed_from_list_gets_empty_aspired_list(tmp_path):
 def test_poll_once_mode_polls_exactly_once(tmp_path):
     calls = []
     make_versions(tmp_path, "1")
-    source = FileSystemSource([ModelSource("m", str(tmp_path))], 0,
-                              lambda name, versions: calls.append(name))
+    source = FileSystemSource(
+        [ModelSource("m", str(tmp_path))], 0, lambda name, versions: calls.append(name)
+    )
     source.start()
     source._thread.join(5)
     assert calls == ["m"] and not source._thread.is_alive()
@@ -74,6 +84,7 @@ def test_poll_once_mode_polls_exactly_once(tmp_path):
 
 def test_a_poll_in_progress_cannot_aspire_a_model_again_after_its_removal(tmp_path):
     import threading
+
     for name in ("a", "m"):
         (tmp_path / name / "1").mkdir(parents=True)
     calls, polling, release = [], threading.Event(), threading.Event()
@@ -84,11 +95,15 @@ def test_a_poll_in_progress_cannot_aspire_a_model_again_after_its_removal(tmp_pa
             polling.set()
             release.wait(5)
 
-    source = FileSystemSource([ModelSource(n, str(tmp_path / n)) for n in ("a", "m")], 1.0, callback)
+    source = FileSystemSource(
+        [ModelSource(n, str(tmp_path / n)) for n in ("a", "m")], 1.0, callback
+    )
     poller = threading.Thread(target=source.poll_once)
     poller.start()
     assert polling.wait(5)
-    remover = threading.Thread(target=source.set_models, args=([ModelSource("a", str(tmp_path / "a"))],))
+    remover = threading.Thread(
+        target=source.set_models, args=([ModelSource("a", str(tmp_path / "a"))],)
+    )
     remover.start()
     remover.join(0.2)
     release.set()

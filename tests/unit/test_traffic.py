@@ -1,4 +1,5 @@
 """Weighted canary traffic: split validation, resolution to version probabilities, and the draw."""
+
 import math
 import random
 
@@ -13,9 +14,13 @@ def split(obj):
 
 # --- parse ---------------------------------------------------------------------------------
 
+
 def test_parse_keeps_file_order_and_reads_digit_keys_as_versions():
     assert split({"stable": 90, "7": 5, "canary": 5.5}).weights == (
-        ("stable", 90.0), (7, 5.0), ("canary", 5.5))
+        ("stable", 90.0),
+        (7, 5.0),
+        ("canary", 5.5),
+    )
 
 
 def test_parse_reads_leading_zero_digit_keys_as_the_same_version_number():
@@ -34,22 +39,25 @@ def test_parse_treats_non_ascii_digits_and_signed_numbers_as_labels():
     assert split({"²": 1, "-1": 1, "v2": 1}).weights == (("²", 1.0), ("-1", 1.0), ("v2", 1.0))
 
 
-@pytest.mark.parametrize("obj, fragment", [
-    ({}, "at least one"),
-    ([("a", 1)], "must be an object"),
-    ({"a": -1}, "'a'"),
-    ({"a": True}, "'a'"),
-    ({"a": "10"}, "'a'"),
-    ({"a": None}, "'a'"),
-    ({"a": math.nan}, "'a'"),
-    ({"a": math.inf}, "'a'"),
-    ({"a": 0, "b": 0}, "all be 0"),
-    ({"": 1}, "non-empty"),
-    ({1.5: 1}, "1.5"),
-    ({True: 1}, "True"),
-    ({-1: 1}, "-1"),
-    ({str(2**63): 1}, str(2**63)),
-])
+@pytest.mark.parametrize(
+    "obj, fragment",
+    [
+        ({}, "at least one"),
+        ([("a", 1)], "must be an object"),
+        ({"a": -1}, "'a'"),
+        ({"a": True}, "'a'"),
+        ({"a": "10"}, "'a'"),
+        ({"a": None}, "'a'"),
+        ({"a": math.nan}, "'a'"),
+        ({"a": math.inf}, "'a'"),
+        ({"a": 0, "b": 0}, "all be 0"),
+        ({"": 1}, "non-empty"),
+        ({1.5: 1}, "1.5"),
+        ({True: 1}, "True"),
+        ({-1: 1}, "-1"),
+        ({str(2**63): 1}, str(2**63)),
+    ],
+)
 def test_parse_rejects_invalid_splits_naming_the_bad_key(obj, fragment):
     with pytest.raises(ValueError) as info:
         TrafficSplit.parse(obj)
@@ -58,13 +66,16 @@ def test_parse_rejects_invalid_splits_naming_the_bad_key(obj, fragment):
 
 # --- effective_weights ---------------------------------------------------------------------
 
+
 def test_labels_resolve_to_their_versions():
     got = effective_weights(split({"stable": 90, "canary": 10}), {"stable": 1, "canary": 2}, {1, 2})
     assert got == pytest.approx({1: 0.9, 2: 0.1})
 
 
 def test_version_number_keys_are_used_directly():
-    assert effective_weights(split({"3": 1, "4": 3}), {}, {3, 4}) == pytest.approx({3: .25, 4: .75})
+    assert effective_weights(split({"3": 1, "4": 3}), {}, {3, 4}) == pytest.approx(
+        {3: 0.25, 4: 0.75}
+    )
 
 
 def test_unavailable_versions_are_dropped_and_the_rest_renormalised():
@@ -83,8 +94,9 @@ def test_labels_pointing_at_unavailable_versions_are_dropped():
 
 
 def test_keys_resolving_to_the_same_version_add_up():
-    got = effective_weights(split({"stable": 50, "2": 25, "canary": 25}),
-                            {"stable": 2, "canary": 3}, {2, 3})
+    got = effective_weights(
+        split({"stable": 50, "2": 25, "canary": 25}), {"stable": 2, "canary": 3}, {2, 3}
+    )
     assert got == pytest.approx({2: 0.75, 3: 0.25})
 
 
@@ -163,8 +175,9 @@ def test_pick_rejects_weights_with_no_positive_entry():
 
 def test_pick_distributes_draws_by_weight_within_two_points():
     rng = random.Random(1234)
-    weights = effective_weights(split({"stable": 80, "canary": 20}), {"stable": 4, "canary": 5},
-                                {4, 5})
+    weights = effective_weights(
+        split({"stable": 80, "canary": 20}), {"stable": 4, "canary": 5}, {4, 5}
+    )
     n = 10_000
     hits = sum(pick(weights, rng.random()) == 4 for _ in range(n))
     assert abs(hits / n - 0.80) <= 0.02

@@ -1,6 +1,7 @@
 """What a version directory may hold before the loader reads it (deployments/loader.py): no link
 out of the model's base path, and a SavedModel rather than Keras files. Real directories, links
 and files; the atime of the files outside shows they are never read."""
+
 import os
 import shutil
 
@@ -32,8 +33,11 @@ def mark_unread(path) -> float:
 def refusal(path) -> AspireError:
     """The error from each entry point that runs before a load; all three must agree."""
     errors = []
-    for call in (lambda: SavedModelLoader(path).estimate_resources(),
-                 lambda: SavedModelLoader(path).validate(), lambda: check_contained(path)):
+    for call in (
+        lambda: SavedModelLoader(path).estimate_resources(),
+        lambda: SavedModelLoader(path).validate(),
+        lambda: check_contained(path),
+    ):
         with pytest.raises(AspireError) as err:
             call()
         errors.append((err.value.code, err.value.message))
@@ -62,11 +66,15 @@ def test_a_version_holding_a_link_outside_is_refused_and_named(repo):
     os.symlink(outside / "variables", base / "3" / "variables")
     err = refusal(str(base / "3"))
     assert (err.code, err.message) == (
-        "PERMISSION_DENIED", f"Version directory {base}/3 holds variables, which resolves outside "
-                             f"the model base path {base}")
+        "PERMISSION_DENIED",
+        f"Version directory {base}/3 holds variables, which resolves outside "
+        f"the model base path {base}",
+    )
     os.remove(base / "3" / "variables")
     os.makedirs(base / "3" / "variables")
-    os.symlink(outside / "variables" / "variables.index", base / "3" / "variables" / "variables.index")
+    os.symlink(
+        outside / "variables" / "variables.index", base / "3" / "variables" / "variables.index"
+    )
     assert "holds variables/variables.index, which" in refusal(str(base / "3")).message
 
 
@@ -115,7 +123,8 @@ def test_keras_files_without_a_saved_model_are_refused_with_the_reason(tmp_path,
     assert err.value.message == (
         f"Version directory {version} holds Keras file(s) {', '.join(sorted(files))} and no "
         "SavedModel (saved_model.pb): Aspire serves SavedModels only and never deserialises "
-        "Keras files. Export one with model.export(path).")
+        "Keras files. Export one with model.export(path)."
+    )
 
 
 def test_an_empty_version_keeps_tf_servings_message(tmp_path):
@@ -123,5 +132,6 @@ def test_an_empty_version_keeps_tf_servings_message(tmp_path):
     version.mkdir(parents=True)
     with pytest.raises(AspireError) as err:
         SavedModelLoader(str(version)).validate()
-    assert err.value.message.startswith("Could not find SavedModel .pb or .pbtxt at supplied "
-                                        f"export directory path: {version}.")
+    assert err.value.message.startswith(
+        f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {version}."
+    )

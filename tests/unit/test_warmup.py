@@ -3,6 +3,7 @@
 Each test copies a model version to tmp_path and writes its assets.extra/tf_serving_warmup_requests
 with tf.io.TFRecordWriter, as TF Serving users do. Expected messages are TF Serving's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,13 +83,17 @@ def examples(x: float) -> input_pb2.Input:
 def classify_log(signature_name: str) -> prediction_log_pb2.PredictionLog:
     request = classification_pb2.ClassificationRequest(input=examples(2.0))
     request.model_spec.signature_name = signature_name
-    return prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=request))
+    return prediction_log_pb2.PredictionLog(
+        classify_log=prediction_log_pb2.ClassifyLog(request=request)
+    )
 
 
 def regress_log(signature_name: str) -> prediction_log_pb2.PredictionLog:
     request = regression_pb2.RegressionRequest(input=examples(2.0))
     request.model_spec.signature_name = signature_name
-    return prediction_log_pb2.PredictionLog(regress_log=prediction_log_pb2.RegressLog(request=request))
+    return prediction_log_pb2.PredictionLog(
+        regress_log=prediction_log_pb2.RegressLog(request=request)
+    )
 
 
 def multi_inference_log(model_name: str, *tasks) -> prediction_log_pb2.PredictionLog:
@@ -118,25 +123,33 @@ def error_of(fn, *args, **kwargs) -> AspireError:
 def test_each_record_runs_iterations_times_and_count_is_returned(counter, records, iterations):
     model, version_dir = counter
     write_warmup(version_dir, [predict_log("incr_counter").SerializeToString()] * records)
-    assert run_warmup(model, version_dir, "counter", 123, num_request_iterations=iterations) == records
+    assert (
+        run_warmup(model, version_dir, "counter", 123, num_request_iterations=iterations) == records
+    )
     assert get_counter(model) == records * max(iterations, 1)  # <= 0 iterations mean 1
 
 
 def test_every_supported_log_type_replays(half_plus_two, caplog):
     model, version_dir = half_plus_two
-    path = write_warmup(version_dir, [
-        predict_log("serving_default", x=[1.0, 2.0]).SerializeToString(),
-        classify_log("classify_x_to_y").SerializeToString(),
-        regress_log("regress_x_to_y").SerializeToString(),
-        multi_inference_log("half", ("regress_x_to_y2", REGRESS),
-                            ("classify_x_to_y", CLASSIFY)).SerializeToString(),
-    ])
+    path = write_warmup(
+        version_dir,
+        [
+            predict_log("serving_default", x=[1.0, 2.0]).SerializeToString(),
+            classify_log("classify_x_to_y").SerializeToString(),
+            regress_log("regress_x_to_y").SerializeToString(),
+            multi_inference_log(
+                "half", ("regress_x_to_y2", REGRESS), ("classify_x_to_y", CLASSIFY)
+            ).SerializeToString(),
+        ],
+    )
     with caplog.at_level(logging.INFO, logger="aspire.warmup"):
         assert run_warmup(model, version_dir, "half", 123) == 4
     finished = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Finished")]
     assert len(finished) == 1
-    assert finished[0].startswith(f"Finished reading warmup data for model at {path}. "
-                                  "Number of warmup records read: 4. Elapsed time (microseconds): ")
+    assert finished[0].startswith(
+        f"Finished reading warmup data for model at {path}. "
+        "Number of warmup records read: 4. Elapsed time (microseconds): "
+    )
 
 
 def test_missing_warmup_file_reads_zero_records_and_is_logged(half_plus_two, caplog):
@@ -156,17 +169,22 @@ def test_empty_warmup_file_reads_zero_records(half_plus_two):
 # ------------------------------------------------------------------------------------------- errors
 def test_more_than_max_records_fails_after_running_the_extra_record(counter):
     model, version_dir = counter
-    path = write_warmup(version_dir,
-                        [predict_log("incr_counter").SerializeToString()] * (MAX_WARMUP_RECORDS + 1))
+    path = write_warmup(
+        version_dir, [predict_log("incr_counter").SerializeToString()] * (MAX_WARMUP_RECORDS + 1)
+    )
     err = error_of(run_warmup, model, version_dir, "counter", 123)
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", f"Number of warmup records exceeds the maximum (1000) at {path}")
+        "INVALID_ARGUMENT",
+        f"Number of warmup records exceeds the maximum (1000) at {path}",
+    )
     assert get_counter(model) == MAX_WARMUP_RECORDS + 1  # TF Serving checks after each record runs
 
 
 def test_exactly_max_records_is_accepted(counter):
     model, version_dir = counter
-    write_warmup(version_dir, [predict_log("incr_counter").SerializeToString()] * MAX_WARMUP_RECORDS)
+    write_warmup(
+        version_dir, [predict_log("incr_counter").SerializeToString()] * MAX_WARMUP_RECORDS
+    )
     assert run_warmup(model, version_dir, "counter", 123) == MAX_WARMUP_RECORDS
 
 
@@ -178,8 +196,10 @@ def test_file_that_is_not_tfrecord_fails_with_data_loss(half_plus_two):
         f.write(b"this is not a TFRecord file at all")
     err = error_of(run_warmup, model, version_dir, "half", 123)
     assert (err.code, err.message) == (
-        "DATA_LOSS", "corrupted record at 0 (Is this even a TFRecord file?). "
-                     "Please verify your warmup data is in TFRecord format.")
+        "DATA_LOSS",
+        "corrupted record at 0 (Is this even a TFRecord file?). "
+        "Please verify your warmup data is in TFRecord format.",
+    )
 
 
 def test_truncated_tfrecord_fails_with_data_loss_after_replaying_whole_records(counter):
@@ -200,7 +220,9 @@ def test_record_that_is_not_a_prediction_log_fails_to_parse(counter):
     path = write_warmup(version_dir, [b"malformed_record\x00\xff"])
     err = error_of(run_warmup, model, version_dir, "counter", 123)
     assert (err.code, err.message) == (
-        "INVALID_ARGUMENT", f"Failed to parse warmup record: malformed_record\\x00\\xff from {path}")
+        "INVALID_ARGUMENT",
+        f"Failed to parse warmup record: malformed_record\\x00\\xff from {path}",
+    )
     assert get_counter(model) == 0
 
 
@@ -218,27 +240,44 @@ def test_unsupported_log_type_is_unimplemented(counter, field, number):
     getattr(log, field).SetInParent()
     write_warmup(version_dir, [log.SerializeToString()])
     err = error_of(run_warmup, model, version_dir, "counter", 123)
-    assert (err.code, err.message) == ("UNIMPLEMENTED", f"Unsupported log_type for warmup: {number}")
+    assert (err.code, err.message) == (
+        "UNIMPLEMENTED",
+        f"Unsupported log_type for warmup: {number}",
+    )
 
 
 def test_predict_record_naming_unknown_signature_fails_with_failed_precondition(counter):
     model, version_dir = counter
-    write_warmup(version_dir, [predict_log("incr_counter").SerializeToString(),
-                               predict_log("no_such_signature").SerializeToString(),
-                               predict_log("incr_counter").SerializeToString()])
+    write_warmup(
+        version_dir,
+        [
+            predict_log("incr_counter").SerializeToString(),
+            predict_log("no_such_signature").SerializeToString(),
+            predict_log("incr_counter").SerializeToString(),
+        ],
+    )
     err = error_of(run_warmup, model, version_dir, "counter", 123)
     assert (err.code, err.message) == (
-        "FAILED_PRECONDITION", 'Serving signature key "no_such_signature" not found.')
+        "FAILED_PRECONDITION",
+        'Serving signature key "no_such_signature" not found.',
+    )
     assert get_counter(model) == 1  # warmup stops at the failing record
 
 
-@pytest.mark.parametrize("log, field, call", [
-    (classify_log("regress_x_to_y"), "classify_log", proto_api.classify),
-    (regress_log("classify_x_to_y"), "regress_log", proto_api.regress),
-    (multi_inference_log("", ("regress_x_to_y", REGRESS)), "multi_inference_log",
-     proto_api.multi_inference),
-    (predict_log("serving_default", x=[1.0], extra=[1.0]), "predict_log", proto_api.predict),
-], ids=["classify", "regress", "multi_inference", "predict"])
+@pytest.mark.parametrize(
+    "log, field, call",
+    [
+        (classify_log("regress_x_to_y"), "classify_log", proto_api.classify),
+        (regress_log("classify_x_to_y"), "regress_log", proto_api.regress),
+        (
+            multi_inference_log("", ("regress_x_to_y", REGRESS)),
+            "multi_inference_log",
+            proto_api.multi_inference,
+        ),
+        (predict_log("serving_default", x=[1.0], extra=[1.0]), "predict_log", proto_api.predict),
+    ],
+    ids=["classify", "regress", "multi_inference", "predict"],
+)
 def test_failing_request_fails_warmup_with_that_requests_error(half_plus_two, log, field, call):
     model, version_dir = half_plus_two
     expected = error_of(call, model, getattr(log, field).request, "half", 123)
