@@ -34,18 +34,23 @@ production), so this logic is unit-tested without Ray.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
-from cluster import manager_state
+from cluster import manager_state, recovery
+from cluster.journal import Journal
 from cluster.manager_state import (
-    Persistence,
     StateStore,
     Stream,
     VersionRecord,
+    dumps,
+    loads,
+    record_doc,
 )
 from cluster.publisher import ROUTER_POLL_S, Publisher
 from cluster.reservations import Reservations
@@ -80,7 +85,7 @@ class Backend(Protocol):
         """Delete the version's deployment."""
 
 
-class Manager(Persistence):
+class Manager:
     def __init__(
         self,
         backend: Backend,
@@ -113,10 +118,7 @@ class Manager(Persistence):
         self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
         self._in_flight = 0
         # persistence (None: nothing survives this object); lock order: _store_lock, then _lock
-        self._store = store
-        self._prefix = state_prefix
-        self._dirty: set[str] = set()  # streams changed since their key was last written
-        self._store_lock = threading.Lock()  # one writer at a time, so keys never go back in time
+        self._journal = None if store is None else Journal(store, state_prefix)
         self._publisher = Publisher(
             self._changed,
             store=store,
@@ -148,18 +150,18 @@ class Manager(Persistence):
                 if record.version not in versions and record.aspired:
                     record.aspired, changed = False, True
             for version, path in versions.items():
-                record = stream.versions.get(version)
+                known = stream.versions.get(version)
                 # A version unloaded (or failed, then unaspired) and aspired again starts over;
                 # one that failed and stayed aspired is not retried (TF Serving's rule).
                 if (
-                    record is None
-                    or record.state is HarnessState.DISABLED
-                    or (record.state is HarnessState.ERROR and not record.aspired)
+                    known is None
+                    or known.state is HarnessState.DISABLED
+                    or (known.state is HarnessState.ERROR and not known.aspired)
                 ):
                     stream.versions[version] = VersionRecord(version, path)
                     changed = True
-                elif not record.aspired or record.path != path:
-                    record.aspired, record.path, changed = True, path, True
+                elif not known.aspired or known.path != path:
+                    known.aspired, known.path, changed = True, path, True
             if changed:
                 self._touch(stream)
             self._changed.notify_all()
@@ -405,7 +407,7 @@ class Manager(Persistence):
                 "load_seconds": elapsed,
                 "ram_bytes": where.get("ram_bytes"),
             }
-            with self._store_lock:
+            with self._journal.lock if self._journal is not None else contextlib.nullcontext():
                 # Stored AVAILABLE before any router can see it: a restarted manager then never
                 # deletes a deployment that a router may still route to without the grace wait.
                 self._flush_locked(stream, ready=(record, ready))
@@ -624,7 +626,9 @@ class Manager(Persistence):
 
         held = self._book.held() if self._book is not None else {}
         with self._lock:
-            versions, vram, traffic = [], {}, []
+            versions: list[dict] = []
+            vram: dict[tuple, int] = {}
+            traffic: list[dict] = []
             for name in sorted(self._streams):
                 stream = self._streams[name]
                 available = set()
@@ -666,6 +670,122 @@ class Manager(Persistence):
                 for r in s.versions.values()
                 if r.where is not None
             ]
+
+    # ---- the journal (cluster/journal.py) and the restore ------------------------------------
+    def _touch(self, stream: Stream) -> None:
+        """`stream` changed: the next flush writes its key (callers hold the lock)."""
+        if self._journal is not None:
+            self._journal.touch(stream.name)
+
+    def flush_state(self, stream: Stream | None = None) -> int:
+        """Write the key of every stream changed since the last flush (of `stream` only, when
+        given); returns how many were written. Called every 100 ms by the manager actor, and by
+        the load threads before they create or delete a deployment. A failed write is logged
+        and tried again by the next flush."""
+        if self._journal is None:
+            return 0
+        with self._journal.lock:
+            return self._flush_locked(stream)
+
+    def _flush_locked(
+        self, stream: Stream | None = None, ready: tuple[VersionRecord, dict] | None = None
+    ) -> int:
+        """Callers hold the journal's lock. `ready`: (record of `stream`, fields) writes the
+        record with `fields` set, before they are set in memory."""
+        if self._journal is None:
+            return 0
+        with self._lock:
+            names = self._journal.take(None if stream is None else stream.name)
+            docs = {name: dumps(self._stream_doc(self._streams[name], ready)) for name in names}
+        return self._journal.write(docs)
+
+    def _stream_doc(self, stream: Stream, ready=None) -> dict:
+        records = []
+        for record in stream.versions.values():
+            if ready is not None and ready[0] is record:
+                record = dataclasses.replace(record, **ready[1])
+            records.append(record_doc(record))
+        measured = self._measured_vram.get(stream.name, {})
+        return {
+            "name": stream.name,
+            "policy": stream.policy,
+            "versions": records,
+            "measured_vram": {str(v): b for v, b in measured.items()},
+        }
+
+    def restore(self, list_apps: Callable[[], set[str]], app_prefix: Callable[[str], str]) -> dict:
+        """Carry on from a manager that died, from what it stored (cluster/recovery.py has the
+        rules). Call it once, on a new Manager, before anything else uses it.
+
+        `list_apps()`: the backend's applications that exist now (Serve applications named with
+        core.names.APP_PREFIX); `app_prefix(name)`: how every application name of model `name`
+        starts, before the version number (and "-p<i>" for a version's further placements).
+        The serving-map epoch continues above every epoch published before, so every router
+        fetches the restored map at its next poll. Returns {"models", "adopted", "dropped",
+        "orphans"} counts.
+        """
+        assert self._journal is not None, "restore() needs a store"
+        docs, ceiling = self._journal.read()
+        plan = recovery.plan_restore(docs, set(list_apps()), app_prefix)
+        with self._lock:
+            self._list_apps, self._app_prefix = list_apps, app_prefix
+            self._streams.update((s.name, s) for s in plan.streams)
+            self._measured_vram.update(plan.measured_vram)
+            for record in plan.adopted:
+                self._rebook(record)
+            for name in plan.changed:
+                self._journal.touch(name)
+            # above every epoch a router may hold; the router grace starts now
+            self._publisher.continue_from(loads(ceiling) if ceiling else 0)
+            if plan.dropped or plan.orphans:
+                for name in plan.recovering:
+                    self._streams[name].busy = True
+                self._in_flight += 1
+                self._pool.submit(self._recover, plan.recovering, plan.dropped)
+        summary = plan.summary()
+        log.info(
+            "Restored the manager's state: %s; serving map epoch %d", summary, self._publisher.epoch
+        )
+        return summary
+
+    def _rebook(self, record: VersionRecord) -> None:
+        """Hold an adopted version's reservations again, exactly where its replicas run."""
+        if self._book is None:
+            return
+        for key, placement in zip(record.reservations, record.placements, strict=True):
+            self._book.restore(key, placement)
+
+    def _recover(self, recovering: set[str], dropped: list) -> None:
+        """The recovery action of restore(): delete what a dead manager left, then let the
+        dropped versions start over."""
+        assert self._list_apps is not None and self._app_prefix is not None
+        try:
+            with self._lock:
+                epoch = self._publisher.epoch
+            self._publisher.wait_for_routers(epoch)
+            apps = set(self._list_apps())
+            with self._lock:
+                keep = recovery.ready_apps(self._streams.values())
+                prefixes = {self._app_prefix(name): name for name in self._streams}
+            for (name, version), names in recovery.doomed_apps(
+                apps, keep, prefixes, recovering
+            ).items():
+                log.info("Deleting %s, left by the manager that stopped", ", ".join(names))
+                try:
+                    self._backend.unload(name, version, {"apps": [[a, 0] for a in names]})
+                except Exception as exc:
+                    log.error("Deleting %s raised %s: %s", names, type(exc).__name__, exc)
+        except Exception:
+            log.exception("recovery after a restart failed")
+        finally:
+            with self._lock:
+                for stream, record, was in dropped:
+                    recovery.settle_dropped(stream, record, was)
+                for name in recovering:
+                    self._streams[name].busy = False
+                    self._touch(self._streams[name])
+                self._in_flight -= 1
+                self._changed.notify_all()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -16,7 +16,7 @@ Layout (namespace "aspire", keys under `state_prefix(manager name)`, values JSON
    version, and every version record (state, error, `where` with applications, placements and
    RAM, the admission reservations held, load attempts).
 
-Writes (`Persistence`, mixed into cluster/manager.py's Manager):
+Writes (cluster/journal.py `Journal`, composed into cluster/manager.py's Manager):
 1. A change marks its stream dirty; `flush_state()` writes the key of each dirty stream (the
    controller runs it every 100 ms). A stream that did not change is not written again (the
    source repeats the same aspired versions every poll), so a steady state writes nothing.
@@ -31,7 +31,7 @@ were), labels, traffic splits, settings, the model list, measured VRAM, and serv
 which Prometheus treats as a counter reset; deltas that routers and replicas failed to ship while
 the manager was down are shipped afterwards, each shipment applied once: core/metrics.py
 `Shipper`), which routers exist and what they acknowledged
-(hence the router grace), and loads or unloads in flight (redone, see `Persistence.restore`).
+(hence the router grace), and loads or unloads in flight (redone, see `Manager.restore`).
 
 A fresh start of the manager clears the prefix; only Ray's restart of the same actor reads it.
 """
@@ -44,7 +44,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from core.names import NAMESPACE
 from policies.admission import Placement
@@ -279,237 +279,17 @@ def decode_value(doc):
             return tuple(decode_value(v) for v in doc["@tuple"])
         if "@dict" in doc:
             return {decode_value(k): decode_value(v) for k, v in doc["@dict"]}
-        kind = CONFIG_TYPES.get(doc.get("@type"))
+        kind = CONFIG_TYPES.get(str(doc.get("@type")))
         if kind is None:
             raise ValueError(f"unknown stored type {doc.get('@type')!r}")
         return kind(**{k: decode_value(v) for k, v in doc["fields"].items()})
     return doc
 
 
-def _owner(app: str, prefixes: dict[str, str]) -> tuple[str, int] | None:
+def app_owner(app: str, prefixes: dict[str, str]) -> tuple[str, int] | None:
     """(model, version) of an application named `<prefix><version>[-p<i>]`, for the model
     whose prefix it is; None if no model's."""
     m = re.fullmatch(r"(.*?)(\d+)(-p\d+)?", app)
     if m is None or m.group(1) not in prefixes:
         return None
     return prefixes[m.group(1)], int(m.group(2))
-
-
-class Persistence:
-    """Writes and restores a Manager's state. A mixin of cluster.manager.Manager, which holds
-    the attributes used here (_store, _prefix, _dirty, _store_lock, _lock, _streams, _book,
-    _pool, _backend, ...) and calls `_touch(stream)` under its lock on every change."""
-
-    def _touch(self, stream: Stream) -> None:
-        """`stream` changed: the next flush writes its key (callers hold the lock)."""
-        if self._store is not None:
-            self._dirty.add(stream.name)
-
-    def flush_state(self, stream: Stream | None = None) -> int:
-        """Write the key of every stream changed since the last flush (of `stream` only, when
-        given); returns how many were written. Called every 100 ms by the controller, and by the
-        load threads before they create or delete a deployment. A failed write is logged and
-        tried again by the next flush."""
-        if self._store is None:
-            return 0
-        with self._store_lock:
-            return self._flush_locked(stream)
-
-    def _flush_locked(
-        self, stream: Stream | None = None, ready: tuple[VersionRecord, dict] | None = None
-    ) -> int:
-        """Callers hold _store_lock. `ready`: (record of `stream`, fields) writes the record
-        with `fields` set, before they are set in memory."""
-        if self._store is None:
-            return 0
-        with self._lock:
-            if stream is None:
-                names = set(self._dirty)
-                self._dirty.clear()
-            else:
-                names = {stream.name}
-                self._dirty.discard(stream.name)
-            docs = {name: dumps(self._stream_doc(self._streams[name], ready)) for name in names}
-        written = 0
-        for name, data in docs.items():
-            try:
-                self._store.put(f"{self._prefix}model/{name}", data)
-                written += 1
-            except Exception as exc:
-                log.warning("Writing the state of model %s failed: %s", name, exc)
-                with self._lock:
-                    self._dirty.add(name)
-        return written
-
-    def _stream_doc(self, stream: Stream, ready=None) -> dict:
-        records = []
-        for record in stream.versions.values():
-            if ready is not None and ready[0] is record:
-                record = dataclasses.replace(record, **ready[1])
-            records.append(record_doc(record))
-        measured = self._measured_vram.get(stream.name, {})
-        return {
-            "name": stream.name,
-            "policy": stream.policy,
-            "versions": records,
-            "measured_vram": {str(v): b for v, b in measured.items()},
-        }
-
-    def restore(self, list_apps: Callable[[], set[str]], app_prefix: Callable[[str], str]) -> dict:
-        """Carry on from a manager that died, from what it stored. Call it once, on a new
-        Manager, before anything else uses it.
-
-        `list_apps()`: the backend's applications that exist now (Serve applications named with
-        servable.APP_PREFIX); `app_prefix(name)`: how every application name of model `name`
-        starts, before the version number (and "-p<i>" for a version's further placements).
-
-        1. A version stored AVAILABLE whose applications all exist is adopted as it was: same
-           `where`, its reservations booked again exactly where they were; nothing is loaded.
-        2. START and END versions are kept as they were (an END version keeps its error).
-        3. Versions stored LOADING or UNLOADING, or AVAILABLE with an application missing, and
-           every application of a restored model that no adopted version owns (what a half-done
-           load leaves), are deleted by one recovery action once routers caught up (the router
-           grace, then acknowledgements); until then their streams start nothing. A version that
-           was loading (or lost an application) and is still aspired then starts over as START,
-           for its version policy to load again; one that was unloading ends as END.
-        4. The serving-map epoch continues above every epoch published before, so every router
-           fetches the restored map at its next poll.
-        Returns {"models", "adopted", "dropped", "orphans"} counts.
-        """
-        assert self._store is not None, "restore() needs a store"
-        docs = self._store.get_prefix(f"{self._prefix}model/")
-        ceiling = self._store.get(f"{self._prefix}epoch")
-        existing = set(list_apps())
-        adopted, dropped = 0, []
-        with self._lock:
-            self._list_apps, self._app_prefix = list_apps, app_prefix
-            for key, data in sorted(docs.items()):
-                try:
-                    doc = loads(data)
-                    stream = Stream(doc["name"], doc.get("policy", "availability_preserving"))
-                    for fields in doc["versions"]:
-                        record = VersionRecord(**record_fields(fields))
-                        stream.versions[record.version] = record
-                    measured = {int(v): b for v, b in doc.get("measured_vram", {}).items()}
-                except Exception as exc:  # that model is loaded afresh
-                    log.error(
-                        "Cannot read the stored state %s: %s: %s", key, type(exc).__name__, exc
-                    )
-                    continue
-                self._streams[stream.name] = stream
-                if measured:
-                    self._measured_vram[stream.name] = measured
-                for record in stream.versions.values():
-                    apps = [a for a, _ in (record.where or {}).get("apps") or []]
-                    if record.state is HarnessState.READY and apps and existing.issuperset(apps):
-                        self._rebook(record)
-                        adopted += 1
-                        continue
-                    if (
-                        record.state
-                        in (HarnessState.READY, HarnessState.LOADING, HarnessState.UNLOADING)
-                        or record.where is not None
-                    ):
-                        dropped.append((stream, record, record.state))
-                        if record.state is HarnessState.READY:  # out of the serving map
-                            record.state = (
-                                HarnessState.LOADING if record.aspired else HarnessState.UNLOADING
-                            )
-                        record.where = None
-                        self._touch(stream)
-                    record.reservations, record.placements = (), ()  # nothing of it runs
-            owned = {
-                a
-                for s in self._streams.values()
-                for r in s.versions.values()
-                if r.state is HarnessState.READY
-                for a, _ in r.where.get("apps") or []
-            }
-            prefixes = {app_prefix(name): name for name in self._streams}
-            orphans = sorted(a for a in existing - owned)
-            recovering = {s.name for s, _, _ in dropped}
-            recovering |= {o[0] for o in (_owner(a, prefixes) for a in orphans) if o is not None}
-            # above every epoch a router may hold; the router grace starts now
-            self._publisher.continue_from(loads(ceiling) if ceiling else 0)
-            if dropped or orphans:
-                for name in recovering:
-                    self._streams[name].busy = True
-                self._in_flight += 1
-                self._pool.submit(self._recover, recovering, dropped)
-            summary = {
-                "models": len(self._streams),
-                "adopted": adopted,
-                "dropped": len(dropped),
-                "orphans": len(orphans),
-            }
-        log.info(
-            "Restored the manager's state: %s; serving map epoch %d", summary, self._publisher.epoch
-        )
-        return summary
-
-    def _rebook(self, record: VersionRecord) -> None:
-        """Hold an adopted version's reservations again, exactly where its replicas run."""
-        if self._book is None:
-            return
-        for key, placement in zip(record.reservations, record.placements, strict=True):
-            self._book.restore(key, placement)
-
-    def _recover(self, recovering: set[str], dropped: list) -> None:
-        """The recovery action of restore(): delete what a dead manager left, then let the
-        dropped versions start over."""
-        try:
-            with self._lock:
-                epoch = self._publisher.epoch
-            self._publisher.wait_for_routers(epoch)
-            apps = set(self._list_apps())
-            with self._lock:
-                keep = {
-                    a
-                    for s in self._streams.values()
-                    for r in s.versions.values()
-                    if r.state is HarnessState.READY
-                    for a, _ in r.where.get("apps") or []
-                }
-                prefixes = {self._app_prefix(name): name for name in self._streams}
-            doomed: dict[tuple[str, int], list[str]] = {}
-            for app in sorted(apps - keep):
-                owner = _owner(app, prefixes)
-                # a model outside `recovering` may be loading this application right now
-                if owner is None or owner[0] in recovering:
-                    doomed.setdefault(owner or ("", 0), []).append(app)
-            for (name, version), names in doomed.items():
-                log.info("Deleting %s, left by the manager that stopped", ", ".join(names))
-                try:
-                    self._backend.unload(name, version, {"apps": [[a, 0] for a in names]})
-                except Exception as exc:
-                    log.error("Deleting %s raised %s: %s", names, type(exc).__name__, exc)
-        except Exception:
-            log.exception("recovery after a restart failed")
-        finally:
-            with self._lock:
-                for stream, record, was in dropped:
-                    self._settle_dropped(stream, record, was)
-                for name in recovering:
-                    self._streams[name].busy = False
-                    self._touch(self._streams[name])
-                self._in_flight -= 1
-                self._changed.notify_all()
-
-    def _settle_dropped(self, stream: Stream, record: VersionRecord, was: HarnessState) -> None:
-        if stream.versions.get(record.version) is not record:
-            return  # replaced meanwhile (unaspired, then aspired again)
-        if was is HarnessState.UNLOADING or not record.aspired:
-            if record.state is not HarnessState.ERROR:
-                record.state = HarnessState.DISABLED
-            return
-        interrupted = record.interrupted + (was is HarnessState.LOADING)
-        fresh = VersionRecord(record.version, record.path, interrupted=interrupted)
-        if interrupted >= MAX_INTERRUPTED_LOADS:
-            fresh.state, fresh.error_code = HarnessState.ERROR, "ABORTED"
-            fresh.error_message = (
-                f"Loading of servable {{name: {stream.name} version: "
-                f"{record.version}}} was interrupted by {interrupted} restarts "
-                "of the manager; it is not tried again while it stays aspired"
-            )
-            log.error("%s", fresh.error_message)
-        stream.versions[record.version] = fresh

@@ -97,7 +97,8 @@ class ServableDeployment:
         self._shutdown_grace_s = shutdown_grace_s
         self._service: ReplicaService | None = None
         self._metadata_body: bytes | None = None
-        self.model, self.load_error = None, None
+        self.model = None
+        self.load_error: AspireError | None = None  # crosses Ray in ping(): it pickles
         self.measured_vram_bytes = None
         self.session_threads = None
         self._ongoing = 0  # inference calls in this replica now (ping reports it)
@@ -135,9 +136,9 @@ class ServableDeployment:
 
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
         except AspireError as err:
-            self.load_error = (err.code, err.message)
+            self.load_error = err
         except Exception as exc:
-            self.load_error = ("UNKNOWN", f"{type(exc).__name__}: {exc}")
+            self.load_error = AspireError(f"{type(exc).__name__}: {exc}", "UNKNOWN")
         self._pool = ThreadPoolExecutor(
             inference_threads(max_concurrency, params is not None),
             thread_name_prefix="aspire-infer",
@@ -151,16 +152,15 @@ class ServableDeployment:
                 )
                 self._service.start()
             except Exception as exc:  # noqa: BLE001 - reported like a failed load
-                self.load_error = (
-                    "UNAVAILABLE",
-                    f"The replica's call service did not start: {exc}",
+                self.load_error = AspireError(
+                    f"The replica's call service did not start: {exc}", "UNAVAILABLE"
                 )
         log.info(
             "load of {name: %s version: %d} from %s: %s in %.2f s",
             name,
             version,
             path,
-            self.load_error or "OK",
+            "OK" if self.load_error is None else f"{self.load_error.code}: {self.load_error}",
             time.monotonic() - started,
         )
 
@@ -221,7 +221,7 @@ class ServableDeployment:
         """One call, direct or through Serve's handle: method and request bytes in, the answer
         encoded as replica_service.encode_answer out."""
         if self.load_error is not None:
-            return encode_answer(*self.load_error)
+            return encode_answer(self.load_error.code, self.load_error.message)
         self._ongoing += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
@@ -236,7 +236,7 @@ class ServableDeployment:
         loop = self._service.loop
         if self.load_error is not None:
             future = loop.create_future()
-            future.set_result(encode_answer(*self.load_error))
+            future.set_result(encode_answer(self.load_error.code, self.load_error.message))
             return future
         self._calls["direct"] += 1
         self._direct_ongoing += 1
@@ -547,9 +547,8 @@ class ServeBackend:
                 )
                 self._wait_running(app, f"{{name: {name} version: {version}}}")
                 answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
-                if answer["error"] is not None:
-                    code, message = answer["error"]
-                    raise AspireError(message, code)
+                if answer["error"] is not None:  # the replica's load failed: its AspireError
+                    raise answer["error"]
                 autoscaled = scaling[i].get("autoscaling_config")
                 replicas.append(
                     {

@@ -441,7 +441,7 @@ def test_config_values_round_trip_through_json():
 
 def test_application_prefix_matches_servable_application_names():
     from cluster.manager_actor import _app_prefix
-    from cluster.manager_state import _owner
+    from cluster.manager_state import app_owner
     from core.names import app_name
 
     names = ["half_plus_two", "m1", "odd name/with:chars", "v12"]
@@ -449,6 +449,6 @@ def test_application_prefix_matches_servable_application_names():
     for name in names:
         for version in (0, 7, 123):
             assert app_name(name, version) == _app_prefix(name) + str(version)
-            assert _owner(app_name(name, version), prefixes) == (name, version)
-            assert _owner(f"{app_name(name, version)}-p2", prefixes) == (name, version)
-    assert _owner("aspire-router", prefixes) is None
+            assert app_owner(app_name(name, version), prefixes) == (name, version)
+            assert app_owner(f"{app_name(name, version)}-p2", prefixes) == (name, version)
+    assert app_owner("aspire-router", prefixes) is None
