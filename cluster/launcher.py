@@ -19,7 +19,7 @@ from cluster.manager_actor import ControllerConfig, start_manager
 from core.errors import DEFAULT_MAX_BODY_BYTES
 from core.names import APP_PREFIX
 from deployments.router import Router
-from deployments.servable import delete_apps
+from deployments.serve_backend import delete_apps
 
 log = logging.getLogger("aspire")
 

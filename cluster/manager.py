@@ -28,7 +28,7 @@ Contract:
   live router has had the time to poll (publisher.router_grace_s) and has acknowledged the
   current map.
 
-The backend that creates and deletes deployments is injected (deployments/servable.py in
+The backend that creates and deletes deployments is injected (deployments/serve_backend.py in
 production), so this logic is unit-tested without Ray.
 """
 
@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
-from cluster import manager_state, recovery
+from cluster import manager_state, recovery, status
 from cluster.journal import Journal
 from cluster.manager_state import (
     StateStore,
@@ -59,7 +59,6 @@ from core.errors import AspireError
 from policies.admission import Need, Placement, Refusal
 from policies.lifecycle import (
     ASPIRED_VERSION_POLICIES,
-    PUBLIC_STATE,
     Action,
     HarnessState,
     VersionSnapshot,
@@ -567,17 +566,7 @@ class Manager:
     def model_status(self, name: str, version: int | None = None) -> list[dict]:
         """Every version seen, newest first; raises NOT_FOUND with TF Serving's messages."""
         with self._lock:
-            stream = self._streams.get(name)
-            if stream is None or not stream.versions:
-                raise AspireError(f"Could not find any versions of model {name}", "NOT_FOUND")
-            if version is not None:
-                record = stream.versions.get(version)
-                if record is None:
-                    raise AspireError(
-                        f"Could not find version {version} of model {name}", "NOT_FOUND"
-                    )
-                return [record.status()]
-            return [stream.versions[v].status() for v in sorted(stream.versions, reverse=True)]
+            return status.model_status(self._streams.get(name), name, version)
 
     def wait_for_models(self, names: list[str], timeout_s: float) -> dict:
         """Block until each named model has a version AVAILABLE or END (TF Serving's wait at
@@ -620,47 +609,10 @@ class Manager:
             return sorted(self._streams)
 
     def metrics_state(self) -> dict:
-        """The gauges of core/metrics.py `render_aspire`: every version's state, what
-        each version reserves where, and each model's share of unversioned traffic."""
-        from policies.traffic import TrafficSplit, effective_weights
-
+        """The gauges of core/metrics.py `render_aspire` (cluster/status.py `metrics_state`)."""
         held = self._book.held() if self._book is not None else {}
         with self._lock:
-            versions: list[dict] = []
-            vram: dict[tuple, int] = {}
-            traffic: list[dict] = []
-            for name in sorted(self._streams):
-                stream = self._streams[name]
-                available = set()
-                for version in sorted(stream.versions):
-                    record = stream.versions[version]
-                    versions.append(
-                        {"model": name, "version": version, "state": PUBLIC_STATE[record.state]}
-                    )
-                    if record.state is HarnessState.READY:
-                        available.add(version)
-                    for key in record.reservations:
-                        p = held.get(key)
-                        if p is not None and p.gpu_index is not None:
-                            slot = (name, version, p.node_id, p.gpu_index)
-                            vram[slot] = vram.get(slot, 0) + p.vram_bytes
-                split = self._traffic.get(name)
-                weights = effective_weights(
-                    TrafficSplit(tuple(split)) if split else None,
-                    self._labels.get(name, {}),
-                    available,
-                )
-                traffic += [
-                    {"model": name, "version": v, "weight": w} for v, w in sorted(weights.items())
-                ]
-        return {
-            "versions": versions,
-            "traffic": traffic,
-            "vram_by_version": [
-                {"model": m, "version": v, "node": n, "gpu": g, "bytes": b}
-                for (m, v, n, g), b in sorted(vram.items())
-            ],
-        }
+            return status.metrics_state(self._streams, self._labels, self._traffic, held)
 
     def versions_where(self) -> list[tuple[str, int, dict]]:
         with self._lock:

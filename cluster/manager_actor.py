@@ -53,7 +53,7 @@ from core import metrics
 from core.errors import AspireError
 from core.names import APP_PREFIX, MANAGER_NAME, NAMESPACE, app_name
 from deployments import protos
-from deployments.servable import ReplicaOptions, ServeBackend
+from deployments.serve_backend import ReplicaOptions, ServeBackend
 
 RECONCILE_INTERVAL_S = 0.1
 log = logging.getLogger("aspire.manager")

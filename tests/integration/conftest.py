@@ -209,7 +209,8 @@ def aspire():
     from cluster import launcher
     from config.model_config import ModelSource
     from core.names import NAMESPACE
-    from deployments.servable import BatchingOptions, ReplicaOptions
+    from deployments.servable import BatchingOptions
+    from deployments.serve_backend import ReplicaOptions
 
     port, grpc_port = free_port(), free_port()
     launcher.set_serve_env()

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from cluster.cli import FlagError, build_parser, token_digests, validate
+from cluster.flags import FlagError, build_parser, token_digests, validate
 from core.errors import AspireError
 from deployments import auth
 from deployments.auth import BearerAuth, GrpcAuthInterceptor, TokenFileError, digest, read_token

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cluster.cli import FlagError, build_parser, session_threads, validate
+from cluster.flags import FlagError, build_parser, session_threads, validate
 
 
 def parse(*flags):

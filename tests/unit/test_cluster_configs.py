@@ -4,10 +4,10 @@ docker/entrypoint.sh) and the KubeRay manifest (cluster/kuberay/).
 Ray's own cluster-config schema validates the `ray up` YAMLs after the same preparation `ray up`
 does (`prepare_config`: provider defaults, merged setup commands, per-type worker counts), and a
 deliberately broken copy must fail that same validation. Every `aspire serve`/`aspire status`
-command line in these files goes through Aspire's real argument parser (`cluster.cli.build_parser`),
-so a misspelt flag fails here. The entrypoint runs under bash with a fake `aspire` first on PATH
-that prints its argv. No cluster, cloud account or docker daemon is needed; hadolint and shellcheck
-run where they are installed.
+command line in these files goes through Aspire's real argument parser
+(`cluster.flags.build_parser`), so a misspelt flag fails here. The entrypoint runs under bash
+with a fake `aspire` first on PATH that prints its argv. No cluster, cloud account or docker
+daemon is needed; hadolint and shellcheck run where they are installed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster.cli import FlagError, build_parser, validate
+from cluster.flags import FlagError, build_parser, validate
 from config.aspire_config import load_aspire_config, parse_aspire_config
 from config.model_config import models_from_config, read_config_file
 from config.monitoring_config import load_monitoring_config, parse_monitoring_config

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from config.aspire_config import Autoscaling, ModelSettings
-from deployments.servable import ReplicaOptions, ServeBackend
+from deployments.serve_backend import ReplicaOptions, ServeBackend
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "saved_model_half_plus_two_cpu" / "00000123"
 

@@ -1,0 +1,399 @@
+"""`aspire serve`'s flags: TensorFlow Serving's, with the same names, defaults and meanings, and
+Aspire's own; parsed and validated once, before anything starts (docs/configuration.md has them
+as a table). A bad combination raises `FlagError` with the message the command prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from core.errors import DEFAULT_MAX_BODY_BYTES
+
+log = logging.getLogger("aspire")
+
+
+class FlagError(Exception):
+    pass
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aspire", description=("A TensorFlow-Serving-compatible model server on Ray Serve.")
+    )
+    parser.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    s = sub.add_parser(
+        "serve",
+        help="serve models (embedded Ray unless --address is given)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tf = s.add_argument_group("TensorFlow Serving flags (same names and meanings)")
+    tf.add_argument("--port", type=_port, default=8500, help="gRPC port; 0 disables gRPC")
+    tf.add_argument(
+        "--enable_serialization_as_tensor_content",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="gRPC Predict outputs as tensor_content bytes",
+    )
+    tf.add_argument(
+        "--enable_grpc_healthcheck_service",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="serve grpc.health.v1.Health on the gRPC port",
+    )
+    tf.add_argument("--rest_api_port", type=_port, default=8501, help="REST API port")
+    tf.add_argument(
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=30000,
+        help="timeout of one REST call; <= 0 means none",
+    )
+    tf.add_argument("--model_name", default="default", help="name of the model to serve")
+    tf.add_argument(
+        "--model_base_path",
+        default="",
+        help="directory holding the model's numeric version directories",
+    )
+    tf.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="seconds between polls of the base path; 0 polls once, < 0 never",
+    )
+    tf.add_argument(
+        "--monitoring_config_file",
+        default="",
+        help="TF Serving's MonitoringConfig text file: enables Prometheus metrics on "
+        "the REST port at its path (default /monitoring/prometheus/metrics)",
+    )
+    tf.add_argument(
+        "--model_config_file",
+        default="",
+        help="text-format ModelServerConfig; overrides --model_name/--model_base_path",
+    )
+    tf.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file every N seconds; 0 never",
+    )
+    tf.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="allow new labels to point at versions that are not yet AVAILABLE",
+    )
+    tf.add_argument(
+        "--max_num_load_retries",
+        type=int,
+        default=5,
+        help="retries after a failed load (0: try once)",
+    )
+    tf.add_argument(
+        "--load_retry_interval_micros",
+        type=int,
+        default=60_000_000,
+        help="wait between load retries, in microseconds",
+    )
+    tf.add_argument(
+        "--enable_batching",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="batch concurrent requests to a version (TF Serving's dynamic batching)",
+    )
+    tf.add_argument(
+        "--batching_parameters_file",
+        default="",
+        help="BatchingParameters text file; defaults are TF Serving's",
+    )
+    tf.add_argument(
+        "--enable_per_model_batching_parameters",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="read batching_params.pbtxt from each version's directory",
+    )
+    tf.add_argument(
+        "--enable_model_warmup",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE",
+    )
+    tf.add_argument(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=0,
+        help="replays per warmup record (used when > 0; else 1)",
+    )
+    tf.add_argument(
+        "--num_load_threads",
+        type=int,
+        default=4,
+        help="versions loaded concurrently (TF Serving's default 0 means one at a time)",
+    )
+    tf.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraph tags")
+    tf.add_argument(
+        "--tensorflow_session_parallelism",
+        type=int,
+        default=0,
+        help="threads for each TF session, intra- and inter-op alike (0: TF picks)",
+    )
+    tf.add_argument(
+        "--tensorflow_intra_op_parallelism",
+        type=int,
+        default=0,
+        help="threads that one TF op may use (0: TF picks)",
+    )
+    tf.add_argument(
+        "--tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        help="TF ops run at once in a session (0: TF picks)",
+    )
+    ray_group = s.add_argument_group("Ray flags")
+    ray_group.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster ('auto', 'ray://host:10001', 'host:6379') "
+        "instead of starting an embedded one",
+    )
+    ray_group.add_argument(
+        "--aspire_config_file",
+        default="",
+        help="Aspire's JSON side file: per-model version policy, traffic split, replicas",
+    )
+    ray_group.add_argument(
+        "--aspire_config_file_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="re-read --aspire_config_file every N seconds; 0 never",
+    )
+    ray_group.add_argument("--rest_api_host", default="0.0.0.0", help="interface of the REST API")
+    ray_group.add_argument(
+        "--rest_api_max_body_bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest REST request body, as sent and once gunzipped; larger "
+        "ones get 413 before the body is read (default 64 MiB)",
+    )
+    ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
+    ray_group.add_argument(
+        "--max_ongoing_requests",
+        type=int,
+        default=64,
+        help="requests one version replica runs at once (the side file may set it per model)",
+    )
+    ray_group.add_argument(
+        "--max_queued_requests",
+        type=int,
+        default=1000,
+        help="requests each router holds for a version while its replicas "
+        "are full; beyond it 429 at once. -1: no limit",
+    )
+    ray_group.add_argument(
+        "--replica_health_check_period_s",
+        type=float,
+        default=5.0,
+        help="Serve checks each version replica this often; 3 failed checks in a row replace it",
+    )
+    ray_group.add_argument(
+        "--replica_health_check_timeout_s",
+        type=float,
+        default=30.0,
+        help="a health check unanswered this long fails (a hung replica is "
+        "replaced within about 3 x (period + timeout))",
+    )
+    ray_group.add_argument(
+        "--num_cpus_per_replica",
+        type=float,
+        default=0.25,
+        help="Ray CPUs reserved by each version replica",
+    )
+    ray_group.add_argument(
+        "--gpus",
+        default=None,
+        help="declare each GPU node's GPUs where NVML cannot read them, as "
+        "COUNTxSIZE or a list of sizes (2x16GiB, 16GiB,24GiB); the "
+        "embedded Ray gets that many logical GPUs. Default: NVML",
+    )
+    ray_group.add_argument(
+        "--num_router_replicas",
+        type=int,
+        default=1,
+        help="router replicas per node (they share the ports)",
+    )
+    ray_group.add_argument(
+        "--proxy_location",
+        default="EveryNode",
+        choices=("EveryNode", "HeadOnly"),
+        help="where the routers that listen on the REST and gRPC ports run: "
+        "--num_router_replicas on every node alive at start-up (put a "
+        "load balancer in front), or all on the head node",
+    )
+    ray_group.add_argument(
+        "--initial_load_timeout_s",
+        type=float,
+        default=600.0,
+        help="how long to wait for the first versions before reporting ready",
+    )
+    ray_group.add_argument(
+        "--auth_token_file",
+        default="",
+        help="file holding one bearer token: every REST request and gRPC call "
+        "must then send 'Authorization: Bearer <token>' (except GET "
+        "/healthz and grpc.health.v1). Default: no authentication",
+    )
+    ray_group.add_argument(
+        "--admin_token_file",
+        default="",
+        help="file holding the admin token, the only one accepted by "
+        "HandleReloadConfigRequest; without it admin calls are refused "
+        "while --auth_token_file is set",
+    )
+
+    st = sub.add_parser("status", help="print models, versions and states")
+    st.add_argument("--address", default="auto", help="the Ray cluster Aspire runs on")
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Contradictions TF Serving rejects at start-up, with its wording where it has one."""
+    if not args.model_base_path and not args.model_config_file:
+        raise FlagError(
+            "Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
+    if args.max_num_load_retries < 0:
+        raise FlagError("--max_num_load_retries cannot be negative")
+    if args.rest_api_port == 0:
+        raise FlagError(
+            "--rest_api_port=0 is not supported: the routers always serve REST, on one port "
+            "shared by all"
+        )
+    if args.enable_grpc_healthcheck_service and args.port == 0:
+        raise FlagError("--enable_grpc_healthcheck_service needs the gRPC API (--port != 0)")
+    if args.port != 0 and args.port == args.rest_api_port:
+        raise FlagError(
+            "server_options.http_port cannot be same as grpc_port. Please use a "
+            "different port for HTTP/REST API."
+        )
+    if args.num_replicas < 1 or args.num_router_replicas < 1:
+        raise FlagError("--num_replicas and --num_router_replicas must be at least 1")
+    if args.rest_api_max_body_bytes < 1:
+        raise FlagError("--rest_api_max_body_bytes must be at least 1")
+    if args.num_cpus_per_replica < 0:
+        raise FlagError("--num_cpus_per_replica cannot be negative")
+    if not args.model_config_file:
+        from core.errors import AspireError
+        from core.names import check_name
+
+        try:
+            check_name(args.model_name, "--model_name")
+        except AspireError as err:
+            raise FlagError(err.message) from None
+    if args.max_ongoing_requests < 1:
+        raise FlagError("--max_ongoing_requests must be at least 1")
+    if args.replica_health_check_period_s <= 0 or args.replica_health_check_timeout_s <= 0:
+        raise FlagError(
+            "--replica_health_check_period_s and --replica_health_check_timeout_s "
+            "must be greater than 0"
+        )
+    if args.max_queued_requests < -1:
+        raise FlagError("--max_queued_requests must be at least 0, or -1 for no limit")
+    if args.gpus is not None:
+        from cluster.inventory import declared_inventory
+
+        try:
+            declared_inventory(args.gpus, "node")
+        except ValueError as err:
+            raise FlagError(f"--gpus: {err}") from None
+    if args.num_load_threads < 0:
+        raise FlagError("--num_load_threads cannot be negative")
+    if (
+        args.tensorflow_intra_op_parallelism > 0
+        and args.tensorflow_inter_op_parallelism > 0
+        and args.tensorflow_session_parallelism > 0
+    ):
+        raise FlagError(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. You cannot "
+            "configure all."
+        )
+    if (
+        args.model_base_path
+        and "://" not in args.model_base_path
+        and not os.path.isdir(args.model_base_path)
+    ):
+        log.warning(
+            "--model_base_path %s does not exist (yet); it will be polled", args.model_base_path
+        )
+    if not args.auth_token_file and args.rest_api_host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "serving on %s without --auth_token_file: whoever reaches the REST and gRPC "
+            "ports can call every model",
+            args.rest_api_host,
+        )
+
+
+def token_digests(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """SHA-256 digests of the --auth_token_file and --admin_token_file tokens (None where not
+    set); the tokens themselves go no further than this process (deployments/auth.py)."""
+    from deployments.auth import TokenFileError, digest, read_token
+
+    if args.admin_token_file and not args.auth_token_file:
+        raise FlagError(
+            "--admin_token_file needs --auth_token_file: without it nothing is authenticated"
+        )
+    tokens = {}
+    for flag in ("auth_token_file", "admin_token_file"):
+        path = getattr(args, flag)
+        if path:
+            try:
+                tokens[flag] = read_token(path)
+            except TokenFileError as err:
+                raise FlagError(f"--{flag}: {err}") from None
+    if (
+        tokens.get("admin_token_file") is not None
+        and tokens["admin_token_file"] == tokens["auth_token_file"]
+    ):
+        raise FlagError("--admin_token_file must hold a different token from --auth_token_file")
+    return tuple(
+        digest(tokens[f]) if f in tokens else None for f in ("auth_token_file", "admin_token_file")
+    )
+
+
+def session_threads(args: argparse.Namespace) -> tuple[int, int]:
+    """(intra-op, inter-op) threads of every TF session, resolved as TF Serving does: the two
+    specific flags if either is set, else --tensorflow_session_parallelism for both."""
+    if args.tensorflow_intra_op_parallelism > 0 or args.tensorflow_inter_op_parallelism > 0:
+        return args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism
+    return args.tensorflow_session_parallelism, args.tensorflow_session_parallelism

@@ -1,0 +1,331 @@
+"""What the manager calls to size, create and delete a version's Serve applications.
+
+One servable version is one Ray Serve application per placement of its replicas: replicas that
+share a (node, GPU) form one application, pinned to its node, running `ServableDeployment`
+(deployments/servable.py). `ServeBackend.load` reports a version loaded only once its
+applications are RUNNING and a replica of each has answered a call; a replica whose load failed
+answers with its AspireError, which `load` raises. `delete_apps` deletes applications and waits
+until they are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from ray import serve
+
+from core.errors import AspireError
+from core.names import app_name
+from deployments.loader import SavedModelLoader
+from deployments.servable import BatchingOptions, ServableDeployment
+from policies.admission import Need, Placement, replica_need, tf_memory_limit_bytes
+
+log = logging.getLogger("aspire.servable")
+
+
+@dataclass
+class ReplicaOptions:
+    """How each version's deployment runs: copied into every version's deployment options."""
+
+    num_replicas: int = 1
+    num_cpus: float = 0.25
+    max_ongoing_requests: int = 64  # per replica (the side file may set it per model)
+    # Requests each router holds for a version while all its replicas are full; beyond it the
+    # router answers 429 at once instead of letting latency grow without bound. -1: no limit.
+    max_queued_requests: int = 1000
+    graceful_shutdown_timeout_s: float = 20.0
+    # How often Serve looks whether an unloading replica still has requests through its handle.
+    # Serve first waits one such period unconditionally (2 s by default, for load balancers to
+    # deregister the replica); Aspire's routers have acknowledged the new serving map before a
+    # version is deleted, and direct calls drain in the replica itself (__del__), so a short
+    # period only ends unloads sooner.
+    graceful_shutdown_wait_loop_s: float = 0.25
+    # Serve's health check of each replica: a replica that fails (or does not answer in time)
+    # REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD = 3 checks in a row is replaced.
+    health_check_period_s: float = 5.0
+    health_check_timeout_s: float = 30.0
+    # Longest a TF session run may take (TF's RunOptions.timeout_in_ms); 0: no limit. The server
+    # sets it to --rest_api_timeout_in_ms, so a request the router gave up on (504) stops using
+    # a thread and CPU in the replica too.
+    run_timeout_ms: int = 0
+    tags: tuple[str, ...] = ("serve",)
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0  # TF Serving: used only when > 0, else 1
+    batching: BatchingOptions | None = None  # None: --enable_batching is off
+    # TF session threads (--tensorflow_intra_op_parallelism / _inter_op_; 0: TF picks)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    tensor_content: bool = False  # --enable_serialization_as_tensor_content
+    # Shared by routers and replicas: calls on a replica's own service must carry it
+    # (deployments/replica_service.py). Kept in Serve's arguments in the GCS, like the rest of
+    # the cluster's state; "" turns the direct path off (every call takes Serve's handle).
+    data_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    extra_actor_options: dict = field(default_factory=dict)
+
+
+def _deploy_failure_message(text: str) -> str:
+    """The useful line of a Serve DEPLOY_FAILED message (it embeds the replica's traceback)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(("core.errors.AspireError:", "AspireError:")):
+            return line.split(":", 1)[1].strip()
+    return text.strip().splitlines()[-1].strip() if text.strip() else "deployment failed"
+
+
+def _groups(placements: list[Placement]) -> list[tuple[Placement, int]]:
+    """Placements sharing a (node, GPU), in first-seen order, as (placement, replica count)."""
+    counts: dict[tuple, list] = {}
+    for p in placements:
+        counts.setdefault((p.node_id, p.gpu_index), [p, 0])[1] += 1
+    return [(p, n) for p, n in counts.values()]
+
+
+def _replica_env(app: str, placement: Placement | None) -> dict[str, str]:
+    env = {"ASPIRE_SERVABLE": app}  # lets the NVML inventory tell Aspire's processes apart
+    if placement is not None:
+        env.update(
+            {
+                "CUDA_VISIBLE_DEVICES": ""
+                if placement.gpu_index is None
+                else str(placement.gpu_index),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers GPUs as NVML does
+                "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+            }
+        )
+    return env
+
+
+class ServeBackend:
+    """Sizes, creates and deletes version deployments on Ray Serve (called from the manager)."""
+
+    def __init__(self, options: ReplicaOptions, load_timeout_s: float = 600.0):
+        self.options = options
+        self.load_timeout_s = load_timeout_s
+        self.settings: dict = {}  # model name -> config.aspire_config.ModelSettings
+
+    def need(
+        self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
+    ) -> tuple[Need, int]:
+        settings = self.settings.get(name)
+        resources = SavedModelLoader(path, self.options.tags).estimate_resources()
+        device = (settings and settings.device) or ("gpu" if has_gpus else "cpu")
+        need = replica_need(
+            device,
+            variable_bytes=resources.variable_bytes,
+            ram_estimate_bytes=resources.ram_bytes,
+            declared_vram_bytes=settings.vram_bytes if settings else None,
+            declared_ram_bytes=settings.ram_bytes if settings else None,
+            measured_vram_bytes=measured_vram_bytes,
+        )
+        return need, self._replicas(name)
+
+    def _replicas(self, name: str) -> int:
+        """Replicas to reserve: the fixed count, or an autoscaled version's max_replicas."""
+        settings = self.settings.get(name)
+        if settings and settings.autoscaling:
+            return settings.autoscaling.max_replicas
+        return (settings and settings.num_replicas) or self.options.num_replicas
+
+    def _scaling(self, name: str, counts: list[int]) -> list[dict]:
+        """Serve options for each application of a version, given its reserved replica counts.
+        Autoscaled: each application scales between its share of min_replicas (at least 1, so
+        every reserved (node, GPU) keeps a warm replica) and its reserved count."""
+        settings = self.settings.get(name)
+        autoscaling = settings.autoscaling if settings else None
+        if autoscaling is None:
+            return [{"num_replicas": n} for n in counts]
+        floors, left = [], autoscaling.min_replicas
+        for n in counts:  # the first min_replicas reserved replicas, in placement order
+            floors.append(max(1, min(n, left)))
+            left -= min(n, left)
+        return [
+            {"autoscaling_config": autoscaling.serve_config(low, n)}
+            for low, n in zip(floors, counts, strict=True)
+        ]
+
+    def _request_limits(self, name: str) -> tuple[int, int]:
+        """(max_ongoing_requests, max_queued_requests) of a model: the side file's, else the
+        server-wide options."""
+        settings = self.settings.get(name)
+        ongoing = settings and settings.max_ongoing_requests
+        queued = settings.max_queued_requests if settings else None
+        return (
+            ongoing or self.options.max_ongoing_requests,
+            self.options.max_queued_requests if queued is None else queued,
+        )
+
+    def _health_checks(self, name: str) -> tuple[float, float]:
+        """(period, timeout) of Serve's health checks for a model's replicas: the side file's,
+        else the server-wide options."""
+        settings = self.settings.get(name)
+        period = settings.health_check_period_s if settings else None
+        timeout = settings.health_check_timeout_s if settings else None
+        return (
+            period or self.options.health_check_period_s,
+            timeout or self.options.health_check_timeout_s,
+        )
+
+    def load(
+        self, name: str, version: int, path: str, placements: list[Placement] | None = None
+    ) -> dict:
+        loader = SavedModelLoader(path, self.options.tags)
+        ram_bytes = loader.estimate_resources().ram_bytes
+        loader.validate()  # cheap: refuses a version that cannot load before starting replicas
+        opts = self.options
+        warmup = (
+            max(1, opts.num_request_iterations_for_warmup) if opts.enable_model_warmup else None
+        )
+        groups = _groups(placements) if placements else [(None, self._replicas(name))]
+        base = app_name(name, version)
+        apps, replicas = [], []
+        scaling = self._scaling(name, [n for _, n in groups])
+        ongoing, queued = self._request_limits(name)
+        check_period_s, check_timeout_s = self._health_checks(name)
+        try:
+            for i, (placement, count) in enumerate(groups):
+                app = base if i == 0 else f"{base}-p{i}"
+                apps.append([app, count])
+                actor_options = {
+                    "num_cpus": opts.num_cpus,
+                    "num_gpus": 0,
+                    "runtime_env": {"env_vars": _replica_env(app, placement)},
+                    **opts.extra_actor_options,
+                }
+                if placement is not None:
+                    actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
+                limit = (
+                    tf_memory_limit_bytes(placement.vram_bytes)
+                    if placement is not None and placement.gpu_index is not None
+                    else None
+                )
+                deployment = ServableDeployment.options(
+                    name="servable",
+                    ray_actor_options=actor_options,
+                    **scaling[i],
+                    max_ongoing_requests=ongoing,
+                    max_queued_requests=queued,
+                    graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
+                    graceful_shutdown_wait_loop_s=opts.graceful_shutdown_wait_loop_s,
+                    health_check_period_s=check_period_s,
+                    health_check_timeout_s=check_timeout_s,
+                    # Aspire counts every request in its own metrics; Serve's per-call log line
+                    # cost about 2 % of a replica's CPU
+                    logging_config={"enable_access_log": False},
+                )
+                [handle] = serve.run_many(
+                    [
+                        serve.RunTarget(
+                            deployment.bind(
+                                name,
+                                version,
+                                path,
+                                tuple(opts.tags),
+                                warmup,
+                                limit,
+                                opts.batching,
+                                (opts.intra_op_threads, opts.inter_op_threads),
+                                ongoing,
+                                opts.run_timeout_ms,
+                                opts.data_key,
+                                opts.tensor_content,
+                                opts.graceful_shutdown_timeout_s,
+                            ),
+                            name=app,
+                            route_prefix=None,
+                        )
+                    ],
+                    wait_for_applications_running=False,
+                )
+                self._wait_running(app, f"{{name: {name} version: {version}}}")
+                answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
+                if answer["error"] is not None:  # the replica's load failed: its AspireError
+                    raise answer["error"]
+                autoscaled = scaling[i].get("autoscaling_config")
+                replicas.append(
+                    {
+                        "app": app,
+                        "replicas": count,
+                        "min_replicas": autoscaled["min_replicas"] if autoscaled else count,
+                        "node_id": answer["node_id"],
+                        "pid": answer["pid"],
+                        "gpu": None if placement is None else placement.gpu_index,
+                        "vram_bytes": 0 if placement is None else placement.vram_bytes,
+                        "cuda_visible_devices": answer["cuda_visible_devices"],
+                        "measured_vram_bytes": answer["measured_vram_bytes"],
+                        "session_threads": answer["session_threads"],
+                    }
+                )
+        except AspireError:
+            delete_apps([app for app, _ in apps])
+            raise
+        except Exception as exc:
+            delete_apps([app for app, _ in apps])
+            raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
+        measured = [r["measured_vram_bytes"] for r in replicas if r["measured_vram_bytes"]]
+        return {
+            "apps": apps,
+            "ram_bytes": ram_bytes,
+            "placements": replicas,
+            "measured_vram_bytes": max(measured) if measured else None,
+            # what routers need besides the apps (deployments/router_core.py VersionAddress)
+            "max_queued_requests": queued,
+        }
+
+    def _wait_running(self, app: str, servable: str) -> None:
+        """Wait for the application to run. A replica Ray cannot schedule (Serve reports it after
+        30 s) fails the load with RESOURCE_EXHAUSTED and Serve's numbers, instead of pending."""
+        deadline = time.monotonic() + self.load_timeout_s
+        while time.monotonic() < deadline:
+            status = serve.status().applications.get(app)
+            if status is not None:
+                if status.status == "RUNNING":
+                    return
+                if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                    detail = [d.message for d in status.deployments.values() if d.message]
+                    message = _deploy_failure_message("\n".join(detail) or status.message)
+                    raise AspireError(
+                        message, "RESOURCE_EXHAUSTED" if "Unschedulable" in message else "UNKNOWN"
+                    )
+                for deployment in status.deployments.values():
+                    text = deployment.message or ""
+                    if "to be scheduled" in text:
+                        detail = text[text.find("Resources required") :].split(" Use `ray status`")[
+                            0
+                        ]
+                        raise AspireError(
+                            f"Replicas of servable {servable} could not be scheduled "
+                            f"on the cluster: {detail}",
+                            "RESOURCE_EXHAUSTED",
+                        )
+            time.sleep(0.2)
+        raise AspireError(
+            f"Servable {servable} did not start in {self.load_timeout_s:.0f} s", "DEADLINE_EXCEEDED"
+        )
+
+    def unload(self, name: str, version: int, where: dict) -> None:
+        delete_apps([app for app, _ in where.get("apps") or [[app_name(name, version), 1]]])
+
+
+def delete_apps(apps: list[str], timeout_s: float = 120.0) -> None:
+    """Delete Serve applications and wait until they are gone (their replicas stopped).
+
+    All deletions are asked for at once, then Serve's status is polled every 0.1 s: Serve's own
+    blocking `serve.delete` deletes one application per call and polls once a second, which
+    added up to a second to every unload. Failures are logged, never raised (an unload must
+    go on)."""
+    if not apps:
+        return
+    try:
+        for app in apps:
+            serve.delete(app, _blocking=False)
+        deadline = time.monotonic() + timeout_s
+        while set(apps) & set(serve.status().applications):
+            if time.monotonic() > deadline:
+                log.warning("applications %s not deleted after %.0f s", apps, timeout_s)
+                return
+            time.sleep(0.1)
+    except Exception as exc:
+        log.warning("deleting %s failed: %s", apps, exc)
