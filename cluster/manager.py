@@ -55,6 +55,7 @@ from cluster.manager_state import (
 from cluster.publisher import ROUTER_POLL_S, Publisher
 from cluster.reservations import Reservations
 from core import metrics
+from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError
 from policies.admission import Need, Placement, Refusal
 from policies.lifecycle import (
@@ -477,31 +478,31 @@ class Manager:
     def _publish(self) -> None:
         self._publisher.publish()
 
-    def serving_map(self) -> dict:
-        """{"epoch": n, "models": {name: {version: where}}} of the READY versions."""
+    def serving_map(self) -> ServingMap:
+        """The READY versions and where they run, labels, traffic splits and every known
+        model name, at the current epoch (core/contracts.py)."""
         with self._lock:
             models = {}
             for stream in self._streams.values():
                 ready = {
-                    r.version: r.where
+                    r.version: VersionAddress.from_where(r.where)
                     for r in stream.versions.values()
-                    if r.state is HarnessState.READY
+                    if r.state is HarnessState.READY and r.where is not None
                 }
                 if ready:
                     models[stream.name] = ready
-            labels = {name: dict(m) for name, m in self._labels.items()}
-            return {
-                "epoch": self._publisher.epoch,
-                "models": models,
-                "labels": labels,
-                "traffic": dict(self._traffic),
-                "known": sorted(self._streams),
-                "poll_s": self._publisher.poll_s,
-            }
+            return ServingMap(
+                epoch=self._publisher.epoch,
+                models=models,
+                labels={name: dict(m) for name, m in self._labels.items()},
+                traffic={name: tuple(split) for name, split in self._traffic.items() if split},
+                known=frozenset(self._streams),
+                poll_s=self._publisher.poll_s,
+            )
 
     def wait_for_serving_map(
         self, known_epoch: int, router_id: str, timeout_s: float
-    ) -> dict | None:
+    ) -> ServingMap | None:
         """Long poll: acknowledges `known_epoch` for `router_id`; returns the map once it is
         newer, None after `timeout_s` without a newer one."""
         if not self._publisher.wait_for_newer(known_epoch, router_id, timeout_s):

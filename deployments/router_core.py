@@ -19,13 +19,14 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from core import metrics
+from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError, invalid_argument, not_found
 from deployments.replica_client import VersionApp
 from deployments.replica_service import decode_answer
@@ -37,53 +38,6 @@ log = logging.getLogger("aspire.router")
 # restarting (docs/reliability.md). Aspire's status and the metrics page gather more.
 MANAGER_CALL_S = 5.0
 SLOW_MANAGER_CALL_S = 15.0
-
-
-@dataclass(frozen=True)
-class VersionAddress:
-    """Where one servable version runs, as routers need it.
-
-    `apps`: its Serve applications (one per (node, GPU) that holds replicas) with their replica
-    counts; calls are spread over them in that proportion. `max_queued_requests`: calls a router
-    may hold for it while its replicas are full (-1: no limit)."""
-
-    apps: tuple[tuple[str, int], ...]
-    max_queued_requests: int = 1000
-
-    @classmethod
-    def from_where(cls, where: dict) -> "VersionAddress":
-        """From the manager's record of a loaded version (cluster/manager.py `where`)."""
-        return cls(
-            apps=tuple((str(a), int(n)) for a, n in where.get("apps") or ()),
-            max_queued_requests=int(where.get("max_queued_requests", 1000)),
-        )
-
-
-@dataclass(frozen=True)
-class ServingMap:
-    """The manager's serving map: AVAILABLE versions of each model and where they run, labels,
-    traffic splits, and every model name the server knows (for metric labels)."""
-
-    epoch: int = -1
-    models: dict[str, dict[int, VersionAddress]] = field(default_factory=dict)
-    labels: dict[str, dict[str, int]] = field(default_factory=dict)
-    traffic: dict[str, tuple] = field(default_factory=dict)
-    known: frozenset[str] = frozenset()
-    poll_s: float = 5.0  # how long a router's long poll waits (the manager's router_poll_s)
-
-    @classmethod
-    def from_manager(cls, raw: dict) -> "ServingMap":
-        return cls(
-            epoch=raw["epoch"],
-            models={
-                name: {int(v): VersionAddress.from_where(w) for v, w in versions.items()}
-                for name, versions in raw.get("models", {}).items()
-            },
-            labels={n: dict(m) for n, m in raw.get("labels", {}).items()},
-            traffic={n: tuple(s) for n, s in raw.get("traffic", {}).items() if s},
-            known=frozenset(raw.get("known", ())),
-            poll_s=float(raw.get("poll_s", 5.0)),
-        )
 
 
 def resolve(
@@ -132,7 +86,7 @@ class RouterCore:
             metrics.Recorder(),
             lambda deltas: ray.get(self._manager.apply_metrics.remote(deltas), timeout=10),
         )
-        self.map = ServingMap.from_manager(ray.get(self._manager.serving_map.remote()))
+        self.map: ServingMap = ray.get(self._manager.serving_map.remote())
         self._apps: dict[str, VersionApp] = {}
         self.loop: asyncio.AbstractEventLoop | None = None  # the ingress loop, once it runs
         self._stop = threading.Event()
@@ -148,9 +102,7 @@ class RouterCore:
                     )
                 )
                 if update is not None:
-                    self.map = ServingMap.from_manager(
-                        update
-                    )  # requests see old or new, never half
+                    self.map = update  # requests see old or new, never half
                     if self.loop is not None:
                         self.loop.call_soon_threadsafe(self.sync_apps)
             except Exception as exc:  # manager restarting: keep the last map and retry

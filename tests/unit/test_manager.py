@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from cluster.manager import Manager
+from core.contracts import VersionAddress
 from core.errors import AspireError
 
 
@@ -24,7 +25,7 @@ class RecordingBackend:
             self.events.append(("load", name, version))
         if path in self.fail:
             raise self.fail[path]
-        return {"app": f"{name}-{version}"}
+        return {"apps": [[f"{name}-{version}", 1]]}
 
     def unload(self, name, version, where):
         with self.lock:
@@ -51,7 +52,7 @@ def test_first_version_becomes_available_and_enters_serving_map(manager):
     manager.set_aspired_versions("m", {1: "/m/1"})
     assert manager.wait_idle(5)
     assert states(manager, "m") == [(1, "AVAILABLE", "OK")]
-    assert manager.serving_map()["models"] == {"m": {1: {"app": "m-1"}}}
+    assert manager.serving_map().models == {"m": {1: VersionAddress(apps=(("m-1", 1),))}}
 
 
 def test_rollout_loads_new_version_before_unloading_old(manager, backend):
@@ -61,7 +62,7 @@ def test_rollout_loads_new_version_before_unloading_old(manager, backend):
     assert manager.wait_idle(5)
     assert backend.events == [("load", "m", 1), ("load", "m", 2), ("unload", "m", 1)]
     assert states(manager, "m") == [(2, "AVAILABLE", "OK"), (1, "END", "OK")]
-    assert list(manager.serving_map()["models"]["m"]) == [2]
+    assert list(manager.serving_map().models["m"]) == [2]
 
 
 def test_new_version_failure_keeps_old_serving(manager, backend):
@@ -72,7 +73,7 @@ def test_new_version_failure_keeps_old_serving(manager, backend):
     assert manager.wait_idle(5)
     assert states(manager, "m") == [(2, "END", "NOT_FOUND"), (1, "AVAILABLE", "OK")]
     assert manager.model_status("m", 2)[0]["error_message"] == "Could not find SavedModel"
-    assert list(manager.serving_map()["models"]["m"]) == [1]
+    assert list(manager.serving_map().models["m"]) == [1]
 
 
 def test_failed_version_is_not_retried_while_it_stays_aspired(manager, backend):
@@ -98,7 +99,7 @@ def test_empty_aspired_list_unloads_all_versions(manager, backend):
     manager.set_aspired_versions("m", {})
     assert manager.wait_idle(5)
     assert states(manager, "m") == [(2, "END", "OK"), (1, "END", "OK")]
-    assert manager.serving_map()["models"] == {}
+    assert manager.serving_map().models == {}
 
 
 def test_unloaded_version_aspired_again_is_reloaded(manager, backend):
@@ -135,7 +136,7 @@ def test_version_in_loading_is_reported_loading(manager, backend):
 def test_unload_waits_for_live_routers_to_acknowledge_the_new_map(manager, backend):
     manager.set_aspired_versions("m", {1: "/m/1"})
     manager.wait_idle(5)
-    epoch = manager.serving_map()["epoch"]
+    epoch = manager.serving_map().epoch
     manager.wait_for_serving_map(epoch, "router-a", 0)  # router-a has applied `epoch`
     manager.set_aspired_versions("m", {})
     manager.reconcile()
@@ -143,9 +144,9 @@ def test_unload_waits_for_live_routers_to_acknowledge_the_new_map(manager, backe
     # router-a acknowledges the map without it.
     threading.Event().wait(0.3)
     assert ("unload", "m", 1) not in backend.events
-    assert manager.serving_map()["models"] == {}
+    assert manager.serving_map().models == {}
     new_map = manager.wait_for_serving_map(epoch, "router-a", 1)
-    manager.wait_for_serving_map(new_map["epoch"], "router-a", 0)
+    manager.wait_for_serving_map(new_map.epoch, "router-a", 0)
     assert manager.wait_idle(5)
     assert ("unload", "m", 1) in backend.events
 
@@ -250,16 +251,16 @@ def test_label_rules_follow_tf_serving(manager, current, requested, allow, fails
 def test_labels_are_published_in_the_serving_map(manager):
     manager.set_aspired_versions("m", {1: "/m/1"})
     manager.wait_idle(5)
-    epoch = manager.serving_map()["epoch"]
+    epoch = manager.serving_map().epoch
     manager.set_labels({"m": {"stable": 1}})
-    assert manager.serving_map()["labels"] == {"m": {"stable": 1}}
-    assert manager.serving_map()["epoch"] > epoch
+    assert manager.serving_map().labels == {"m": {"stable": 1}}
+    assert manager.serving_map().epoch > epoch
 
 
 def test_a_reload_returns_its_labels_once_live_routers_acknowledged_them(manager):
     manager.set_aspired_versions("m", {1: "/m/1"})
     manager.wait_idle(5)
-    epoch = manager.serving_map()["epoch"]
+    epoch = manager.serving_map().epoch
     manager.wait_for_serving_map(epoch, "router-a", 0)  # router-a is live and has applied `epoch`
     done = threading.Event()
     setter = threading.Thread(
@@ -267,21 +268,19 @@ def test_a_reload_returns_its_labels_once_live_routers_acknowledged_them(manager
     )
     setter.start()
     new_map = manager.wait_for_serving_map(epoch, "router-a", 5)  # router-a fetches the labels
-    assert new_map["labels"] == {"m": {"stable": 1}}
+    assert new_map.labels == {"m": {"stable": 1}}
     assert not done.is_set()  # fetched, not yet acknowledged
-    manager.wait_for_serving_map(new_map["epoch"], "router-a", 0)  # its next poll acknowledges
+    manager.wait_for_serving_map(new_map.epoch, "router-a", 0)  # its next poll acknowledges
     assert done.wait(5)
     setter.join(5)
 
 
 def test_routers_poll_for_the_configured_period_and_the_restart_grace_follows_it(backend):
-    from deployments.router_core import ServingMap
-
     default = Manager(backend)
     short = Manager(backend, router_poll_s=1.0)
     try:
-        assert ServingMap.from_manager(default.serving_map()).poll_s == 5.0
-        assert ServingMap.from_manager(short.serving_map()).poll_s == 1.0
+        assert default.serving_map().poll_s == 5.0
+        assert short.serving_map().poll_s == 1.0
         # every router has polled once a poll period and a retry (1 s) have passed
         assert default._publisher.grace_s == 7.0 and short._publisher.grace_s == 3.0
     finally:
@@ -293,12 +292,12 @@ def test_unchanged_labels_publish_no_new_serving_map(manager):
     manager.set_aspired_versions("m", {1: "/m/1"})
     manager.wait_idle(5)
     manager.set_labels({"m": {"stable": 1}})
-    epoch = manager.serving_map()["epoch"]
+    epoch = manager.serving_map().epoch
     manager.set_labels({"m": {"stable": 1}, "other": {}})  # a config file polled unchanged
-    assert manager.serving_map()["epoch"] == epoch
+    assert manager.serving_map().epoch == epoch
     manager.set_labels({"m": {"stable": 1, "canary": 1}})
-    assert manager.serving_map()["epoch"] == epoch + 1
-    assert manager.serving_map()["labels"] == {"m": {"stable": 1, "canary": 1}}
+    assert manager.serving_map().epoch == epoch + 1
+    assert manager.serving_map().labels == {"m": {"stable": 1, "canary": 1}}
 
 
 def test_wait_for_models_returns_once_each_model_is_available_or_ended(manager, backend):

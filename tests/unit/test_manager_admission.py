@@ -87,7 +87,7 @@ def test_two_big_models_land_on_different_gpus_and_a_third_is_refused(manager, b
     )
     assert ("c", 1) not in backend.loads  # refused before any deployment was created
     assert status(manager, "a") == [(1, "AVAILABLE", "OK")]
-    assert set(manager.serving_map()["models"]) == {"a", "b"}
+    assert set(manager.serving_map().models) == {"a", "b"}
     assert gpus_of(book) == held  # nothing that serves was moved or evicted
 
 
@@ -130,7 +130,7 @@ def test_new_version_without_room_is_refused_under_availability_preserving(manag
     manager.set_aspired_versions("a", {2: "/a/2"})
     assert manager.wait_idle(5)
     assert status(manager, "a") == [(2, "END", "RESOURCE_EXHAUSTED"), (1, "AVAILABLE", "OK")]
-    assert manager.serving_map()["models"]["a"].keys() == {1}
+    assert manager.serving_map().models["a"].keys() == {1}
 
 
 def test_resource_preserving_unloads_first_and_rolls_out(manager, backend, book):
@@ -247,7 +247,7 @@ def test_a_lost_node_takes_its_versions_out_and_re_places_them_where_they_fit(
         {n: 64 * GIB for n in ("n1", "n2") if n != lost},
     )
     assert manager.nodes_lost({lost}) == ["{name: a version: 1}"]
-    assert "a" not in manager.serving_map()["models"]
+    assert "a" not in manager.serving_map().models
     assert manager.wait_idle(5)
     # No room left on the other GPU (b holds 10 of 16 GiB): a is refused and reported.
     assert status(manager, "a") == [(1, "END", "RESOURCE_EXHAUSTED")]

@@ -195,8 +195,8 @@ def test_restore_adopts_available_keeps_end_and_redoes_a_load_cut_short(cluster)
     assert m2.list_models() == before  # c v2 still shows LOADING: it is loaded again
     assert m2.model_status("bad")[0]["error_message"] == "Could not find SavedModel"
     served = m2.serving_map()
-    assert served["models"] == map_before["models"]  # same versions, same applications
-    assert served["epoch"] > map_before["epoch"]
+    assert served.models == map_before.models  # same versions, same applications
+    assert served.epoch > map_before.epoch
     # adopted reservations are booked exactly where they were; c v2's was not (nothing of it runs)
     assert m2.book.held() == {k: p for k, p in held_before.items() if "name: c version: 2" not in k}
     assert totals(m2.book) == (totals_before[0], totals_before[1] - GIB)  # all but c v2's RAM
@@ -227,8 +227,8 @@ def test_a_version_is_stored_available_before_any_router_can_route_to_it(cluster
             update = m.wait_for_serving_map(applied[0], "router", 0.05)
             if update is None:
                 continue
-            applied[0] = update["epoch"]
-            for name, versions in update["models"].items():
+            applied[0] = update.epoch
+            for name, versions in update.models.items():
                 doc = loads(cluster.store.get(f"manager/default/model/{name}"))
                 stored = {r["version"]: r["state"] for r in doc["versions"]}
                 routed.extend((name, v) for v in versions)
@@ -244,7 +244,7 @@ def test_a_version_is_stored_available_before_any_router_can_route_to_it(cluster
         for i in range(20):
             m.set_aspired_versions(f"m{i}", {version: f"/m{i}/{version}"})
         assert m.wait_idle(20)
-        settle_until(m, lambda: applied[0] == m.serving_map()["epoch"])  # it saw this version
+        settle_until(m, lambda: applied[0] == m.serving_map().epoch)  # it saw this version
     stop.set()
     thread.join(5)
     print(
@@ -259,7 +259,7 @@ def test_no_deployment_is_deleted_before_the_router_grace_and_known_routers_caug
     try:
         m1 = cluster.start(restore=False)
         load(m1, "u", [1])
-        epoch = m1.serving_map()["epoch"]
+        epoch = m1.serving_map().epoch
         m1.wait_for_serving_map(epoch, "router-1", 0)  # a router that will not acknowledge again
         m1.set_aspired_versions("u", {})
         m1.reconcile()  # u v1 UNLOADING: out of the map, waiting for router-1
@@ -276,9 +276,9 @@ def test_no_deployment_is_deleted_before_the_router_grace_and_known_routers_caug
 
         kept_until(restored_at + 0.5)  # no router known yet: none is waited for but the grace
         fresh = m2.wait_for_serving_map(epoch, "router-2", 0)  # router-2 polls, old epoch
-        assert fresh is not None and fresh["models"] == {}
+        assert fresh is not None and fresh.models == {}
         kept_until(restored_at + cluster.grace_s + 0.5)  # past the grace: router-2 has not acked
-        m2.wait_for_serving_map(fresh["epoch"], "router-2", 0)
+        m2.wait_for_serving_map(fresh.epoch, "router-2", 0)
         settle_until(m2, lambda: "u-v1" not in serve.apps)
         waited = next(e[2] for e in serve.events if e[0] == "delete") - restored_at
         print(
@@ -342,13 +342,13 @@ def test_epoch_continues_above_every_epoch_published_before(cluster):
     load(m1, "a", [1])
     for i in range(EPOCH_BLOCK + 5):  # past one block: the ceiling was raised while serving
         m1.set_labels({"a": {"stable": 1}} if i % 2 else {})
-    last = m1.serving_map()["epoch"]
+    last = m1.serving_map().epoch
     cluster.kill(m1)
     m2 = cluster.start(restore=True)
     fresh = m2.wait_for_serving_map(last, "router", 0)  # no wait: the router's map is old
-    assert fresh is not None and fresh["epoch"] > last
+    assert fresh is not None and fresh.epoch > last
     print(
-        f"\nepoch {last} before the restart, {fresh['epoch']} after; "
+        f"\nepoch {last} before the restart, {fresh.epoch} after; "
         f"{cluster.store.writes} keys written in all"
     )
 

@@ -3,9 +3,10 @@
 
 import pytest
 
+from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError
 from deployments.rest_api import parse_path
-from deployments.router_core import ServingMap, VersionAddress, resolve
+from deployments.router_core import resolve
 
 
 @pytest.mark.parametrize(
@@ -94,12 +95,10 @@ def test_bad_urls_get_tf_serving_messages(method, path, message):
     assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
 
 
-SERVING = ServingMap.from_manager(
-    {
-        "epoch": 3,
-        "models": {"m": {1: {"apps": [["a1", 1]]}, 4: {"apps": [["a4", 1]]}}},
-        "labels": {"m": {"stable": 1}},
-    }
+SERVING = ServingMap(
+    epoch=3,
+    models={"m": {1: VersionAddress(apps=(("a1", 1),)), 4: VersionAddress(apps=(("a4", 1),))}},
+    labels={"m": {"stable": 1}},
 )
 
 
