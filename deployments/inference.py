@@ -9,7 +9,7 @@ import numpy as np
 from google.protobuf import json_format, text_format
 
 from core.errors import AspireError, invalid_argument
-from deployments import json_tensor
+from deployments import json_response, json_tensor
 from deployments.loader import LoadedSavedModel
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -57,7 +57,7 @@ def predict_json(model: LoadedSavedModel, doc: dict) -> str:
     inputs, fmt = json_tensor.decode_predict_request(doc, specs)
     outputs = model.run(key, inputs)
     dtypes = {alias: tensor_spec(info).dtype for alias, info in signature.outputs.items()}
-    return json_tensor.encode_predict_response(outputs, fmt, dtypes)
+    return json_response.encode_predict_response(outputs, fmt, dtypes)
 
 
 def _debug(signature) -> str:
@@ -151,12 +151,12 @@ def regress(model: LoadedSavedModel, signature_name: str, serialized: np.ndarray
 def classify_json(model: LoadedSavedModel, doc: dict) -> str:
     # As in TF Serving, the whole body becomes a request before the signature is looked up.
     name, serialized = json_tensor.signature_name_of(doc), _serialized_examples(doc)
-    return json_tensor.encode_classify_response(classify(model, name, serialized))
+    return json_response.encode_classify_response(classify(model, name, serialized))
 
 
 def regress_json(model: LoadedSavedModel, doc: dict) -> str:
     name, serialized = json_tensor.signature_name_of(doc), _serialized_examples(doc)
-    return json_tensor.encode_regress_response(regress(model, name, serialized))
+    return json_response.encode_regress_response(regress(model, name, serialized))
 
 
 REST_VERBS = {"predict": predict_json, "classify": classify_json, "regress": regress_json}

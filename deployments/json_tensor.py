@@ -13,9 +13,7 @@ Contract:
   loop leaves.
 * Every error is an AspireError carrying TF Serving's message and code; `<json>` in messages is TF's
   debug string (PrettyWriter, single-line arrays, cut once 256 bytes are written).
-* Predict responses format floats as WriteDecimal does; ints, bools and strings as RapidJSON writes
-  them. Output is compact JSON. A DT_STRING element that is not valid UTF-8 is written as
-  {"b64": ...} so the body stays valid JSON.
+* Answers are written by deployments/json_response.py.
 
 Known differences from TF Serving: decimal literals are rounded correctly (RapidJSON's default
 strtod can be one ulp off for 16+ significant digits, which float32 inputs never show); a key
@@ -28,10 +26,7 @@ than 256 bytes is cut to 256 bytes and "..." in error messages.
 from __future__ import annotations
 
 import binascii
-import json
-import math
 import re
-from fractions import Fraction
 from itertools import chain
 from typing import NamedTuple
 
@@ -49,7 +44,7 @@ _INT_RANGES = {
     "DT_UINT32": (0, 2**32),
     "DT_UINT64": (0, 2**64),
 }
-_NP = {
+NUMPY_TYPES = {
     "DT_FLOAT": np.float32,
     "DT_DOUBLE": np.float64,
     "DT_INT32": np.int32,
@@ -75,7 +70,7 @@ class TensorSpec(NamedTuple):
     shape: tuple | None  # dims with -1 for unknown, None for unknown rank
 
 
-def _tf_name(dtype: str) -> str:  # DataTypeString: DT_HALF -> half, DT_FLOAT_REF -> float_ref
+def tf_type_name(dtype: str) -> str:  # DataTypeString: DT_HALF -> half, DT_FLOAT_REF -> float_ref
     return dtype[3:].lower() if dtype.startswith("DT_") else dtype
 
 
@@ -168,7 +163,7 @@ def _b64_value(v) -> bytes:
 def _type_error(v, dtype: str) -> AspireError:
     return invalid_argument(
         f"JSON Value: {debug_string(v)} Type: {_jtype(v)} is not of expected type: "
-        f"{_tf_name(dtype)}"
+        f"{tf_type_name(dtype)}"
     )
 
 
@@ -190,7 +185,7 @@ def _leaf(v, dtype: str):  # AddValueToTensor (objects: only b64 strings)
         ok = type(v) is bool
     else:
         raise unimplemented(
-            f"Conversion of JSON Value: {debug_string(v)} to type: {_tf_name(dtype)}"
+            f"Conversion of JSON Value: {debug_string(v)} to type: {tf_type_name(dtype)}"
         )
     if not ok:
         raise _type_error(v, dtype)
@@ -237,7 +232,7 @@ def _to_array(flat: list, dims: list[int], dtype: str) -> np.ndarray:
     if dtype == "DT_STRING":
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
-    elif dtype not in _NP:  # only reachable without values
+    elif dtype not in NUMPY_TYPES:  # only reachable without values
         return np.empty(dims, dtype=_NP_OTHER.get(dtype, np.float32))
     elif dtype == "DT_FLOAT":
         with np.errstate(over="ignore"):  # static_cast<float>(double): overflow -> inf
@@ -248,9 +243,9 @@ def _to_array(flat: list, dims: list[int], dtype: str) -> np.ndarray:
         "DT_INT8",
         "DT_UINT8",
     ):  # int_val is int32, narrowed by a C cast
-        arr = np.array(flat, dtype=np.int64).astype(_NP[dtype])
+        arr = np.array(flat, dtype=np.int64).astype(NUMPY_TYPES[dtype])
     else:
-        arr = np.array(flat, dtype=_NP[dtype])
+        arr = np.array(flat, dtype=NUMPY_TYPES[dtype])
     if len(dims) > 64:  # numpy's limit; TF would fail later on such a tensor anyway
         raise invalid_argument(f"Tensor rank {len(dims)} exceeds the supported maximum of 64")
     return arr.reshape(dims)
@@ -289,7 +284,7 @@ def _fast_array(val, dims: list[int], dtype: str):
         if arr.min() < lo or arr.max() >= hi:
             return None
     with np.errstate(over="ignore"):
-        return arr.astype(_NP[dtype], copy=False)
+        return arr.astype(NUMPY_TYPES[dtype], copy=False)
 
 
 def _tensor(val, dtype: str) -> np.ndarray:
@@ -417,216 +412,6 @@ def decode_predict_request(
     if "inputs" in doc:
         return _decode_columns(doc["inputs"], inputs), "columnar"
     raise invalid_argument("Missing 'inputs' or 'instances' key")
-
-
-# ---------------------------------------------------------------- responses
-_POW10 = np.array([float(10**k) for k in range(23)])
-
-
-def _f32_from_decimal(s: str) -> float:
-    """Correctly rounded decimal -> float32 (absl::SimpleAtof); only an exact float32 midpoint needs
-    care."""
-    d = float(s)
-    f = float(np.float32(d))
-    if f == d or not math.isfinite(f):
-        return f
-    g = float(np.nextafter(np.float32(f), np.float32(math.copysign(math.inf, d - f))))
-    if d != (f + g) / 2 or Fraction(s) == Fraction(d):
-        return f
-    return max(f, g) if Fraction(s) > Fraction(d) else min(f, g)
-
-
-def _six_digits_round_trip(v: np.ndarray, f32: bool) -> np.ndarray:
-    """For finite v: does absl::StrCat's '%g' text parse back to the same float/double? Vectorised
-    with exact powers of ten; magnitudes beyond them and float32 double-rounding ties are settled
-    one by one."""
-    rt = np.ones(v.shape, dtype=bool)
-    nz = np.flatnonzero(v)
-    if not nz.size:
-        return rt
-    a = np.abs(v[nz])
-    with np.errstate(all="ignore"):
-        x = np.floor(np.log10(a)).astype(np.int64)
-        for _ in range(2):  # log10 can be one off next to a power of ten
-            k = 5 - x
-            exact = np.abs(k) <= 22
-            p = _POW10[np.where(exact, np.abs(k), 0)]
-            up = k >= 0
-            scaled = np.where(up, a * p, a / p)
-            x = x + (scaled >= 1e6) - (scaled < 1e5)
-        q = np.rint(scaled)
-        cand = np.where(up, q / p, q * p)  # one rounding: the double nearest the 6-digit decimal
-        if f32:
-            c32 = cand.astype(np.float32)
-            back = c32.astype(np.float64)
-            good = back == a
-            other = np.nextafter(
-                c32, np.where(cand > back, np.float32(np.inf), np.float32(-np.inf))
-            )
-            unsure = ~exact | ((cand != back) & ((back + other.astype(np.float64)) * 0.5 == cand))
-        else:
-            good, unsure = cand == a, ~exact
-    for j in np.flatnonzero(unsure).tolist():
-        s = "%g" % a[j]
-        good[j] = (_f32_from_decimal(s) if f32 else float(s)) == a[j]
-    rt[nz] = good
-    return rt
-
-
-_FORMATS = {
-    True: np.array(
-        ["%g", "%g.0", "%.9g", "%.9g.0", "NaN%.0s", "Infinity%.0s", "-Infinity%.0s"], object
-    ),
-    False: np.array(
-        ["%g", "%g.0", "%.17g", "%.17g.0", "NaN%.0s", "Infinity%.0s", "-Infinity%.0s"], object
-    ),
-}
-
-
-def _decimal_tokens(values: np.ndarray) -> list[str]:
-    """WriteDecimal for every element: '%g' if it round-trips, else '%.9g' / '%.17g'; '.0' appended
-    when the text has neither '.' nor 'e' (exactly the integral values below 10**precision);
-    NaN/Infinity/-Infinity bare."""
-    f32 = values.dtype == np.float32
-    with np.errstate(all="ignore"):
-        v = values.astype(np.float64).ravel()
-        finite = np.isfinite(v)
-        vf = np.where(finite, v, 0.0)
-        rt = _six_digits_round_trip(vf, f32)
-        integral = vf == np.floor(vf)
-        limit = np.where(rt, 1e6, 1e9 if f32 else 1e17)
-        codes = np.where(rt, 0, 2) + (integral & (np.abs(vf) < limit))
-        codes[np.isnan(v)] = 4
-        codes[v == np.inf] = 5
-        codes[v == -np.inf] = 6
-    return list(map(str.__mod__, _FORMATS[bool(f32)][codes].tolist(), v.tolist()))
-
-
-_encode_str = json.encoder.encode_basestring
-
-
-def _string_token(x, as_b64: bool) -> str:
-    raw = x if isinstance(x, bytes) else str(x).encode("utf-8", "surrogateescape")
-    if not as_b64:
-        try:
-            return _encode_str(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
-    return '{"b64":"' + binascii.b2a_base64(raw, newline=False).decode("ascii") + '"}'
-
-
-def _infer_dtype(arr: np.ndarray) -> str:
-    if arr.dtype.kind in "OSU":
-        return "DT_STRING"
-    if arr.dtype == np.float16:
-        return "DT_HALF"
-    for name, t in _NP.items():
-        if arr.dtype == t:
-            return name
-    return "DT_" + arr.dtype.name.upper()
-
-
-def _tokens(arr: np.ndarray, dtype: str, as_b64: bool) -> list[str]:
-    flat = arr.reshape(-1)
-    if dtype in ("DT_FLOAT", "DT_DOUBLE"):
-        return _decimal_tokens(flat.astype(_NP[dtype], copy=False))
-    if dtype == "DT_BOOL":
-        return np.where(flat.astype(bool), "true", "false").tolist()
-    if dtype == "DT_STRING":
-        return [_string_token(x, as_b64) for x in flat.tolist()]
-    return list(map(str, flat.astype(_NP[dtype], copy=False).tolist()))
-
-
-def _nest(tokens: list[str], dims: tuple, keep: int) -> list[str]:
-    """Folds dims[keep:] into JSON arrays, leaving prod(dims[:keep]) strings."""
-    for level in range(len(dims) - 1, keep - 1, -1):
-        size, groups = dims[level], math.prod(dims[:level])
-        if size == 0:
-            tokens = ["[]"] * groups
-        else:
-            tokens = [
-                "[" + ",".join(tokens[g * size : (g + 1) * size]) + "]" for g in range(groups)
-            ]
-    return tokens
-
-
-def encode_predict_response(
-    outputs: dict[str, np.ndarray], fmt: str, dtypes: dict[str, str] | None = None
-) -> str:
-    """MakeJsonFromTensors: 'row' -> {"predictions": ...}, 'columnar' -> {"outputs": ...}."""
-    if not outputs:
-        raise invalid_argument("Cannot convert empty tensor map to JSON")
-    if fmt not in ("row", "columnar"):
-        raise invalid_argument("Invalid request format")
-    items = []
-    for name, value in outputs.items():
-        arr = np.asarray(value)
-        items.append((name, arr, (dtypes or {}).get(name) or _infer_dtype(arr)))
-    if fmt == "row":
-        batch = -1
-        for name, arr, _ in items:
-            if arr.ndim == 0:
-                raise invalid_argument(f"Tensor name: {name} has no shape information ")
-            if batch >= 0 and arr.shape[0] != batch:
-                raise invalid_argument(
-                    f"Tensor name: {name} has inconsistent batch size: {arr.shape[0]} "
-                    f"expecting: {batch}"
-                )
-            batch = arr.shape[0]
-    # TF fails on the first value it cannot write; empty tensors write none
-    for _name, arr, dtype in items:
-        if dtype not in _NP and arr.size:
-            raise invalid_argument(f"Failed to write JSON value for tensor type: {_tf_name(dtype)}")
-    keep = 1 if fmt == "row" else 0
-    parts = {
-        name: _nest(
-            _tokens(arr, dtype, dtype == "DT_STRING" and name.endswith("_bytes"))
-            if arr.size
-            else [],
-            arr.shape,
-            keep,
-        )
-        for name, arr, dtype in items
-    }
-    keys = {name: _encode_str(name) for name in parts}
-    if fmt == "columnar":
-        if len(parts) == 1:
-            return '{"outputs":' + next(iter(parts.values()))[0] + "}"
-        return '{"outputs":{' + ",".join(f"{keys[k]}:{v[0]}" for k, v in parts.items()) + "}}"
-    if len(parts) == 1:
-        rows = next(iter(parts.values()))
-    else:
-        rows = [
-            "{" + ",".join(f"{keys[k]}:{v[r]}" for k, v in parts.items()) + "}"
-            for r in range(batch)
-        ]
-    return '{"predictions":[' + ",".join(rows) + "]}"
-
-
-def encode_classify_response(results: list[list[tuple[str, float]]]) -> str:
-    """MakeJsonFromClassificationResult: {"results": [[["label", score], ...], ...]}
-    (scores are float32)."""
-    if not results:
-        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-    rows = []
-    for classes in results:
-        scores = _decimal_tokens(np.array([s for _, s in classes], dtype=np.float32))
-        rows.append(
-            "["
-            + ",".join(
-                f"[{_string_token(label, False)},{score}]"
-                for (label, _), score in zip(classes, scores, strict=True)
-            )
-            + "]"
-        )
-    return '{"results":[' + ",".join(rows) + "]}"
-
-
-def encode_regress_response(values: list[float]) -> str:
-    """MakeJsonFromRegressionResult: {"results": [v, ...]} (values are float32)."""
-    if not len(values):
-        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-    return '{"results":[' + ",".join(_decimal_tokens(np.array(values, dtype=np.float32))) + "]}"
 
 
 # ---------------------------------------------------------------- classify / regress request

@@ -42,11 +42,11 @@ from hypothesis.extra import numpy as hnp
 
 from core.errors import AspireError
 from deployments import inference
+from deployments.json_response import encode_predict_response
 from deployments.json_tensor import (
     TensorSpec,
     debug_string,
     decode_predict_request,
-    encode_predict_response,
     parse_body,
     signature_name_of,
 )

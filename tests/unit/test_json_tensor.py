@@ -14,15 +14,18 @@ import numpy as np
 import pytest
 
 from core.errors import AspireError
+from deployments import json_response
 from deployments import json_tensor as jt
+from deployments.json_response import (
+    encode_classify_response,
+    encode_predict_response,
+    encode_regress_response,
+)
 from deployments.json_tensor import (
     TensorSpec,
     debug_string,
     decode_examples,
     decode_predict_request,
-    encode_classify_response,
-    encode_predict_response,
-    encode_regress_response,
     parse_body,
     signature_name_of,
 )
@@ -691,7 +694,7 @@ def test_vectorised_float_formatting_equals_the_one_value_reference(dtype):
     )
     expected = [reference_write_decimal(float(v), dtype == np.float32) for v in values]
     with np.errstate(invalid="ignore"):
-        assert jt._decimal_tokens(values) == expected
+        assert json_response._decimal_tokens(values) == expected
 
 
 def test_row_format_single_output_omits_alias_and_multi_output_gives_objects():
