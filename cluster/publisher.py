@@ -20,11 +20,12 @@ fake clock instead of waiting for them.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from typing import Callable, Protocol
+from typing import Callable
+
+from cluster.manager_state import StateStore, dumps
 
 log = logging.getLogger("aspire.manager")
 
@@ -41,10 +42,6 @@ def router_grace_s(poll_s: float) -> float:
     return poll_s + 1.0 + 1.0
 
 
-class EpochStore(Protocol):
-    def put(self, key: str, value: bytes) -> None: ...
-
-
 class Publisher:
     """Shares the manager's condition: `publish()` and the waits use its lock, and a
     publication or an acknowledgement wakes whoever waits on it."""
@@ -53,7 +50,7 @@ class Publisher:
         self,
         changed: threading.Condition,
         *,
-        store: EpochStore | None = None,
+        store: StateStore | None = None,
         ceiling_key: str = "epoch",
         poll_s: float = ROUTER_POLL_S,
         grace_s: float | None = None,
@@ -80,7 +77,7 @@ class Publisher:
             if self._store is not None and self.epoch > self._ceiling:
                 ceiling = self.epoch + EPOCH_BLOCK  # written before the epoch is visible
                 try:
-                    self._store.put(self._ceiling_key, json.dumps(ceiling).encode())
+                    self._store.put(self._ceiling_key, dumps(ceiling))
                     self._ceiling = ceiling
                 except Exception as exc:  # tried again at the next publication
                     log.error("Writing the serving map epoch failed: %s", exc)
