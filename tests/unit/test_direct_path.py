@@ -298,3 +298,45 @@ def test_model_spec_scan_tells_absent_from_malformed():
     assert model_spec_parts(b"\x0a\x05ab") is None  # a length past the end
     assert model_spec_parts(b"\x0f") is None  # wire type 7 does not exist
     assert model_spec_parts(b"\x08\x01") is None  # field 1 must be a message
+
+
+# ------------------------------------------------------------------ RouterCore: the REST timeout
+class TimedOutReplica(Replica):
+    """A replica whose TF session gave up first: every call answers TF's DEADLINE_EXCEEDED."""
+
+    def submit(self, method: str, payload: bytes) -> asyncio.Future:
+        future = self.service.loop.create_future()
+        future.set_result(encode_answer("DEADLINE_EXCEEDED", "Timed out waiting for notification"))
+        return future
+
+
+def router_core(timeout_s, port):
+    """A RouterCore without Ray: one version application whose only replica listens on `port`."""
+    from deployments.router_core import RouterCore
+
+    core = RouterCore.__new__(RouterCore)  # no manager, no serving-map thread
+    core._timeout_s = timeout_s
+    core._apps = {"app": VersionApp(fake_handle([port], max_ongoing=4)[0], KEY)}
+    return core
+
+
+@pytest.mark.parametrize(
+    "timeout_s, message",
+    [
+        (0.5, "Request timed out after 500 ms (--rest_api_timeout_in_ms)"),  # the router's words
+        (None, "Timed out waiting for notification"),  # no REST timeout: TF's own answer
+    ],
+)
+def test_a_session_timeout_under_the_rest_timeout_answers_with_the_routers_message(
+    timeout_s, message
+):
+    from core.contracts import VersionAddress
+
+    replica = TimedOutReplica()
+    try:
+        core = router_core(timeout_s, replica.port)
+        with pytest.raises(AspireError) as err:
+            run(core.call(VersionAddress(apps=(("app", 1),)), "predict", b"{}"))
+        assert (err.value.code, err.value.message) == ("DEADLINE_EXCEEDED", message)
+    finally:
+        replica.stop()
