@@ -35,14 +35,14 @@ production), so this logic is unit-tested without Ray.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Callable
 
-from cluster import manager_state, recovery, status
+from cluster import manager_state, plan, recovery, status
+from cluster.harness import Backend, LoaderHarness
 from cluster.journal import Journal
 from cluster.manager_state import (
     StateStore,
@@ -50,39 +50,15 @@ from cluster.manager_state import (
     VersionRecord,
     dumps,
     loads,
-    record_doc,
+    stream_doc,
 )
 from cluster.publisher import ROUTER_POLL_S, Publisher
 from cluster.reservations import Reservations
 from core import metrics
 from core.contracts import ServingMap, VersionAddress
-from core.errors import AspireError
-from policies.admission import Need, Placement, Refusal
-from policies.lifecycle import (
-    ASPIRED_VERSION_POLICIES,
-    Action,
-    HarnessState,
-    VersionSnapshot,
-)
+from policies.lifecycle import ASPIRED_VERSION_POLICIES, Action, HarnessState
 
 log = logging.getLogger("aspire.manager")
-# Load failures another attempt cannot fix: a version directory refused by the containment rule
-# (deployments/loader.py check_contained) stays refused however often it is retried.
-NON_RETRIABLE_LOAD_CODES = frozenset({"PERMISSION_DENIED"})
-
-
-class Backend(Protocol):
-    def need(
-        self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
-    ) -> tuple[Need, int]:
-        """(what one replica needs, how many replicas) for admission. Raises AspireError."""
-
-    def load(self, name: str, version: int, path: str, placements: list[Placement] | None) -> dict:
-        """Create the version's deployment, one replica per placement (None: no admission);
-        return where it runs once it answers. Raises AspireError."""
-
-    def unload(self, name: str, version: int, where: dict) -> None:
-        """Delete the version's deployment."""
 
 
 class Manager:
@@ -107,8 +83,6 @@ class Manager:
         self._metrics = recorder or metrics.Recorder()  # load and admission metrics
         self._book = book  # None: no admission (every version is loaded as asked)
         self._measured_vram: dict[str, dict[int, int]] = {}  # peak seen after a real GPU load
-        self._max_num_load_retries = max(0, max_num_load_retries)
-        self._load_retry_interval_s = max(0.0, load_retry_interval_s)
         self._streams: dict[str, Stream] = {}
         self._labels: dict[str, dict[str, int]] = {}  # model -> label -> version
         self._traffic: dict[str, tuple] = {}  # model -> ((label or version, weight), ...)
@@ -129,6 +103,18 @@ class Manager:
             lease_s=router_lease_s,
             clock=clock,
             sleep=sleep,
+        )
+        self._harness = LoaderHarness(
+            backend,
+            self,
+            self._lock,
+            book,
+            self._metrics,
+            self._measured_vram,
+            max_num_load_retries,
+            load_retry_interval_s,
+            clock,
+            sleep,
         )
         self._list_apps: Callable[[], set[str]] | None = None  # set by restore()
         self._app_prefix: Callable[[str], str] | None = None
@@ -163,7 +149,7 @@ class Manager:
                 elif not known.aspired or known.path != path:
                     known.aspired, known.path, changed = True, path, True
             if changed:
-                self._touch(stream)
+                self.touch(stream)
             self._changed.notify_all()
 
     def forget_stream(self, name: str) -> None:
@@ -175,15 +161,7 @@ class Manager:
         """Start the next action of every idle stream; returns how many were started."""
         started = 0
         with self._lock:
-            for stream in self._streams.values():
-                if stream.busy:
-                    continue
-                snapshots = [
-                    VersionSnapshot(r.version, r.state, r.aspired) for r in stream.versions.values()
-                ]
-                action = ASPIRED_VERSION_POLICIES[stream.policy](snapshots)
-                if action is None:
-                    continue
+            for stream, action in plan.next_actions(self._streams.values()):
                 stream.busy = True
                 self._in_flight += 1
                 record = stream.versions[action.version]
@@ -192,7 +170,7 @@ class Manager:
                 else:
                     record.state = HarnessState.UNLOADING
                     self._publish()  # out of the serving map before anything is deleted
-                self._touch(stream)
+                self.touch(stream)
                 self._changed.notify_all()
                 self._pool.submit(self._run_action, stream, action)
                 started += 1
@@ -201,9 +179,9 @@ class Manager:
     def _run_action(self, stream: Stream, action: Action) -> None:
         try:
             if action.kind == "load":
-                self._load(stream, stream.versions[action.version])
+                self._harness.load(stream, stream.versions[action.version])
             else:
-                self._unload(stream, stream.versions[action.version])
+                self._harness.unload(stream, stream.versions[action.version])
         except Exception:  # a bug here must not wedge the stream
             log.exception("action %s on %s failed unexpectedly", action, stream.name)
         finally:
@@ -212,76 +190,20 @@ class Manager:
                 self._in_flight -= 1
                 self._changed.notify_all()
 
-    def _admit(
-        self, stream: Stream, record: VersionRecord, servable: str
-    ) -> list[Placement] | Refusal | None:
-        """Reserve every replica's resources, all or none (None: no admission), or return the
-        refusal when they do not fit. The refusal is recorded under the same lock as the
-        reservation, so a release racing with it always sees the version as refused and
-        retries it."""
-        if self._book is None:
-            return None
-        need, replicas = self._backend.need(
-            stream.name,
-            record.version,
-            record.path,
-            self._book.has_gpus(),
-            self._measured_vram.get(stream.name, {}).get(record.version),
-        )
-        keys = (
-            [servable]
-            if replicas == 1
-            else [f"{servable} replica {i + 1} of {replicas}" for i in range(replicas)]
-        )
-        with self._lock:
-            placements: list[Placement] = []
-            for k in keys:
-                placed = self._book.reserve(k, need)
-                if isinstance(placed, Refusal):  # all or none: give back what was held
-                    for held in keys[: len(placements)]:
-                        self._book.release(held)
-                    record.refused = True
-                    self._metrics.inc(
-                        metrics.ASPIRE_ADMISSION_REFUSALS,
-                        metrics.labels_for(
-                            metrics.ASPIRE_ADMISSION_REFUSALS, stream.name, placed.reason
-                        ),
-                    )
-                    self._fail(stream, record, servable, placed.code, placed.message)
-                    return placed
-                placements.append(placed)
-            record.reservations, record.placements = tuple(keys), tuple(placements)
-            self._touch(stream)
-        return placements
-
-    def _release(self, stream: Stream, record: VersionRecord, servable: str, why: str) -> None:
-        if self._book is None or not record.reservations:
-            return
-        with self._lock:
-            for k in record.reservations:
-                self._book.release(k)
-            record.reservations, record.placements = (), ()
-            self._touch(stream)
-            self._capacity_changed(f"{servable} {why}")
-
     def capacity_changed(self, reason: str) -> None:
         """Capacity may have grown (inventory refreshed, node added): retry refused versions."""
         with self._lock:
             self._capacity_changed(reason)
 
     def _capacity_changed(self, reason: str) -> None:
-        for stream in self._streams.values():
-            for version, record in list(stream.versions.items()):
-                if record.state is HarnessState.ERROR and record.refused and record.aspired:
-                    log.info(
-                        "Retrying servable {name: %s version: %d}, refused for insufficient "
-                        "resources: %s",
-                        stream.name,
-                        version,
-                        reason,
-                    )
-                    stream.versions[version] = VersionRecord(version, record.path)
-                    self._touch(stream)
+        for stream, record in plan.refused_to_retry(self._streams.values()):
+            log.info(
+                "Retrying servable %s, refused for insufficient resources: %s",
+                plan.servable_id(stream.name, record.version),
+                reason,
+            )
+            stream.versions[record.version] = VersionRecord(record.version, record.path)
+            self.touch(stream)
         self._changed.notify_all()
 
     def nodes_lost(self, node_ids: set[str]) -> list[str]:
@@ -291,177 +213,35 @@ class Manager:
         re-placed where capacity allows, or refused and reported. Returns the servables hit."""
         hit = []
         with self._lock:
-            for stream in self._streams.values():
-                for record in stream.versions.values():
-                    placements = (record.where or {}).get("placements") or []
-                    gone = sorted({p.get("node_id") for p in placements} & set(node_ids))
-                    if record.state is not HarnessState.READY or not gone:
-                        continue
-                    servable = f"{{name: {stream.name} version: {record.version}}}"
-                    record.state = HarnessState.ERROR
-                    record.error_code = "UNAVAILABLE"
-                    record.error_message = (
-                        f"Servable {servable} lost its replicas: node "
-                        f"{', '.join(n[:12] for n in gone)} left the cluster"
-                    )
-                    log.error("%s", record.error_message)
-                    self._touch(stream)
-                    hit.append(servable)
-                    self._in_flight += 1  # wait_idle waits for the clean-up too
-                    self._pool.submit(self._replace, stream, record, servable)
+            for stream, record, gone in plan.lost_with_nodes(self._streams.values(), node_ids):
+                servable = plan.servable_id(stream.name, record.version)
+                record.state = HarnessState.ERROR
+                record.error_code = "UNAVAILABLE"
+                record.error_message = (
+                    f"Servable {servable} lost its replicas: node "
+                    f"{', '.join(n[:12] for n in gone)} left the cluster"
+                )
+                log.error("%s", record.error_message)
+                self.touch(stream)
+                hit.append(servable)
+                self._in_flight += 1  # wait_idle waits for the clean-up too
+                self._pool.submit(self._replace, stream, record)
             if hit:
                 self._publish()  # out of the serving map now
         return hit
 
-    def _replace(self, stream: Stream, record: VersionRecord, servable: str) -> None:
-        self.flush_state(stream)  # recorded out of service before its deployments go
+    def _replace(self, stream: Stream, record: VersionRecord) -> None:
         try:
-            self._backend.unload(stream.name, record.version, record.where or {})
-        except Exception as exc:
-            log.error(
-                "Deleting the deployments of %s raised %s: %s", servable, type(exc).__name__, exc
-            )
-        with self._lock:
-            record.where = None
-            if record.aspired and stream.versions.get(record.version) is record:
-                log.info("Re-placing servable %s", servable)
-                stream.versions[record.version] = VersionRecord(record.version, record.path)
-            self._touch(stream)
-            self._release(stream, record, servable, "lost a node")
-            self._in_flight -= 1
-            self._changed.notify_all()
-
-    def _load(self, stream: Stream, record: VersionRecord) -> None:
-        servable = f"{{name: {stream.name} version: {record.version}}}"
-        log.info("Loading servable: %s from %s", servable, record.path)
-        started = time.monotonic()
-        where, code, message = None, "UNKNOWN", ""
-        try:
-            placements = self._admit(stream, record, servable)
-            if isinstance(placements, Refusal):
-                return
-        except AspireError as err:
-            self._fail(stream, record, servable, err.code, err.message)
-            return
-        except Exception as exc:  # estimating the need failed (I/O, a bug): report it as state
-            self._fail(stream, record, servable, "UNKNOWN", f"{type(exc).__name__}: {exc}")
-            return
-        if placements:
-            log.info(
-                "Admitted servable: %s on %s",
-                servable,
-                ", ".join(
-                    f"node {p.node_id[:12]} "
-                    + (f"GPU {p.gpu_index}" if p.gpu_index is not None else "CPU")
-                    for p in placements
-                ),
-            )
-        for attempt in range(self._max_num_load_retries + 1):
-            if attempt:
-                # TF Serving's retrier: wait, and give up early once the version is unaspired.
-                self._sleep(self._load_retry_interval_s)
-                with self._lock:
-                    if not record.aspired:
-                        code, message = "CANCELLED", "Loading of servable cancelled"
-                        break
-                log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
+            self._harness.replace(stream, record)
+        except Exception:
+            log.exception("re-placing %s %d failed unexpectedly", stream.name, record.version)
+        finally:
             with self._lock:
-                record.attempts += 1
-                self._touch(stream)
-            # Recorded as LOADING before any deployment exists: a restarted manager knows which
-            # deployments may be half-created and deletes them (restore()).
-            self.flush_state(stream)
-            try:
-                where = self._backend.load(stream.name, record.version, record.path, placements)
-            except AspireError as err:
-                code, message = err.code, err.message
-            except Exception as exc:
-                code, message = "UNKNOWN", f"{type(exc).__name__}: {exc}"
-            else:
-                self._count_attempt(stream.name, record.path, "OK")
-                break
-            self._count_attempt(stream.name, record.path, code)
-            log.warning("Loading servable: %s failed: %s: %s", servable, code, message)
-            if code in NON_RETRIABLE_LOAD_CODES:
-                break
-        if where is not None:
-            elapsed = time.monotonic() - started
-            self._metrics.observe(
-                metrics.ASPIRE_LOAD_DURATION,
-                metrics.labels_for(metrics.ASPIRE_LOAD_DURATION, stream.name),
-                elapsed,
-            )
-            self._metrics.inc(
-                metrics.TF_LOAD_LATENCY,
-                metrics.labels_for(metrics.TF_LOAD_LATENCY, record.path),
-                elapsed * 1e6,
-            )
-            with self._lock:
-                measured = where.get("measured_vram_bytes")
-                if measured:
-                    seen = self._measured_vram.setdefault(stream.name, {})
-                    seen[record.version] = min(measured, seen.get(record.version, measured))
-            ready = {
-                "state": HarnessState.READY,
-                "where": where,
-                "load_seconds": elapsed,
-                "ram_bytes": where.get("ram_bytes"),
-            }
-            with self._journal.lock if self._journal is not None else contextlib.nullcontext():
-                # Stored AVAILABLE before any router can see it: a restarted manager then never
-                # deletes a deployment that a router may still route to without the grace wait.
-                self._flush_locked(stream, ready=(record, ready))
-                with self._lock:
-                    for attribute, value in ready.items():
-                        setattr(record, attribute, value)
-                    self._publish()
-            log.info("Successfully loaded servable version %s in %.2f s", servable, elapsed)
-            return
-        self._release(stream, record, servable, "released its reservation after a failed load")
-        self._fail(stream, record, servable, code, message)
-
-    def _count_attempt(self, name: str, path: str, code: str) -> None:
-        self._metrics.inc(
-            metrics.ASPIRE_LOAD_ATTEMPTS,
-            metrics.labels_for(metrics.ASPIRE_LOAD_ATTEMPTS, name, code),
-        )
-        self._metrics.inc(
-            metrics.TF_LOAD_ATTEMPT_COUNT,
-            metrics.labels_for(
-                metrics.TF_LOAD_ATTEMPT_COUNT, path, "success" if code == "OK" else "fail"
-            ),
-        )
+                self._in_flight -= 1
+                self._changed.notify_all()
 
     def drain_metrics(self) -> metrics.Deltas:
         return self._metrics.drain()
-
-    def _fail(
-        self, stream: Stream, record: VersionRecord, servable: str, code: str, message: str
-    ) -> None:
-        with self._lock:
-            record.state = HarnessState.ERROR
-            record.error_code, record.error_message = code, message
-            self._touch(stream)
-            self._changed.notify_all()
-        log.error("Loading servable: %s failed: %s: %s", servable, code, message)
-
-    def _unload(self, stream: Stream, record: VersionRecord) -> None:
-        servable = f"{{name: {stream.name} version: {record.version}}}"
-        log.info("Unloading servable version %s", servable)
-        with self._lock:
-            epoch = self._publisher.epoch
-        self._publisher.wait_for_routers(epoch)
-        self.flush_state(stream)  # UNLOADING is stored before the deployment goes
-        try:
-            self._backend.unload(stream.name, record.version, record.where or {})
-        except Exception as exc:  # the version is out of the map either way; report, don't wedge
-            log.error("Unloading servable %s raised %s: %s", servable, type(exc).__name__, exc)
-        with self._lock:
-            record.where = None
-            record.state = HarnessState.DISABLED
-            self._touch(stream)
-        self._release(stream, record, servable, "was unloaded")
-        log.info("Done unloading servable version %s", servable)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Block until no action is in flight and no stream has one to start."""
@@ -511,23 +291,11 @@ class Manager:
 
     # ---- labels -----------------------------------------------------------------------------
     def check_labels(self, labels: dict[str, dict[str, int]], allow_unavailable: bool) -> None:
-        """TF Serving's label rules: a label may point only at an AVAILABLE version; with
-        `allow_unavailable`, also a new label, or one that keeps its version."""
+        """Raises FAILED_PRECONDITION where `labels` break TF Serving's label rules."""
         with self._lock:
-            for name, mapping in labels.items():
-                stream = self._streams.get(name)
-                current = self._labels.get(name, {})
-                for label, version in mapping.items():
-                    record = stream.versions.get(version) if stream else None
-                    if record is not None and record.state is HarnessState.READY:
-                        continue
-                    if allow_unavailable and current.get(label, version) == version:
-                        continue
-                    raise AspireError(
-                        f"Request to assign label to version {version} of model {name}, which is "
-                        "not currently available for inference",
-                        "FAILED_PRECONDITION",
-                    )
+            refusal = plan.label_refusal(self._streams, self._labels, labels, allow_unavailable)
+        if refusal is not None:
+            raise refusal
 
     def set_traffic(self, traffic: dict[str, tuple]) -> None:
         """Replace the weighted traffic splits of unversioned requests (Aspire side file)."""
@@ -546,7 +314,7 @@ class Manager:
             stream = self._streams.get(name)
             if stream is not None and stream.policy != policy:
                 stream.policy = policy
-                self._touch(stream)
+                self.touch(stream)
 
     def set_labels(self, labels: dict[str, dict[str, int]], wait_for_routers: bool = False) -> None:
         """Replace every model's labels (already checked with `check_labels`). With
@@ -573,25 +341,14 @@ class Manager:
         """Block until each named model has a version AVAILABLE or END (TF Serving's wait at
         start-up and on reload). Returns {"pending": [names still without one],
         "failed": {name: status of its newest END version} for models with none AVAILABLE}."""
-        done = (HarnessState.READY, HarnessState.ERROR, HarnessState.DISABLED)  # AVAILABLE or END
-
-        def statuses(name: str) -> list[VersionRecord]:
-            stream = self._streams.get(name)
-            return sorted(stream.versions.values(), key=lambda r: -r.version) if stream else []
-
-        def pending() -> list[str]:
-            return [n for n in names if not any(r.state in done for r in statuses(n))]
-
         with self._lock:
-            self._changed.wait_for(lambda: not pending(), timeout=timeout_s)
-            failed = {}
-            for name in names:
-                records = statuses(name)
-                if records and not any(r.state is HarnessState.READY for r in records):
-                    ended = [r for r in records if r.state in done]
-                    if ended:
-                        failed[name] = ended[0].status()
-            return {"pending": pending(), "failed": failed}
+            self._changed.wait_for(
+                lambda: not status.models_pending(self._streams, names), timeout=timeout_s
+            )
+            return {
+                "pending": status.models_pending(self._streams, names),
+                "failed": status.models_failed(self._streams, names),
+            }
 
     def labels(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -625,7 +382,7 @@ class Manager:
             ]
 
     # ---- the journal (cluster/journal.py) and the restore ------------------------------------
-    def _touch(self, stream: Stream) -> None:
+    def touch(self, stream: Stream) -> None:
         """`stream` changed: the next flush writes its key (callers hold the lock)."""
         if self._journal is not None:
             self._journal.touch(stream.name)
@@ -640,6 +397,25 @@ class Manager:
         with self._journal.lock:
             return self._flush_locked(stream)
 
+    def commit_ready(self, stream: Stream, record: VersionRecord, fields: dict) -> None:
+        """A load succeeded: store `record` with `fields` (its READY state and where it runs),
+        then set them and publish the version to the routers. Stored AVAILABLE before any router
+        can see it: a restarted manager then never deletes a deployment that a router may still
+        route to without the grace wait."""
+        with self._journal.lock if self._journal is not None else contextlib.nullcontext():
+            self._flush_locked(stream, ready=(record, fields))
+            with self._lock:
+                for attribute, value in fields.items():
+                    setattr(record, attribute, value)
+                self._publish()
+
+    def wait_for_routers(self) -> None:
+        """Block until every live router has acknowledged the current serving map (or the
+        acknowledgement timeout passed)."""
+        with self._lock:
+            epoch = self._publisher.epoch
+        self._publisher.wait_for_routers(epoch)
+
     def _flush_locked(
         self, stream: Stream | None = None, ready: tuple[VersionRecord, dict] | None = None
     ) -> int:
@@ -649,22 +425,11 @@ class Manager:
             return 0
         with self._lock:
             names = self._journal.take(None if stream is None else stream.name)
-            docs = {name: dumps(self._stream_doc(self._streams[name], ready)) for name in names}
+            docs = {
+                name: dumps(stream_doc(self._streams[name], self._measured_vram, ready))
+                for name in names
+            }
         return self._journal.write(docs)
-
-    def _stream_doc(self, stream: Stream, ready=None) -> dict:
-        records = []
-        for record in stream.versions.values():
-            if ready is not None and ready[0] is record:
-                record = dataclasses.replace(record, **ready[1])
-            records.append(record_doc(record))
-        measured = self._measured_vram.get(stream.name, {})
-        return {
-            "name": stream.name,
-            "policy": stream.policy,
-            "versions": records,
-            "measured_vram": {str(v): b for v, b in measured.items()},
-        }
 
     def restore(self, list_apps: Callable[[], set[str]], app_prefix: Callable[[str], str]) -> dict:
         """Carry on from a manager that died, from what it stored (cluster/recovery.py has the
@@ -713,9 +478,7 @@ class Manager:
         dropped versions start over."""
         assert self._list_apps is not None and self._app_prefix is not None
         try:
-            with self._lock:
-                epoch = self._publisher.epoch
-            self._publisher.wait_for_routers(epoch)
+            self.wait_for_routers()
             apps = set(self._list_apps())
             with self._lock:
                 keep = recovery.ready_apps(self._streams.values())
@@ -736,7 +499,7 @@ class Manager:
                     recovery.settle_dropped(stream, record, was)
                 for name in recovering:
                     self._streams[name].busy = False
-                    self._touch(self._streams[name])
+                    self.touch(self._streams[name])
                 self._in_flight -= 1
                 self._changed.notify_all()
 

@@ -51,9 +51,16 @@ from config.model_config import (
 )
 from core import metrics
 from core.errors import AspireError
-from core.names import APP_PREFIX, MANAGER_NAME, NAMESPACE, app_name
+from core.names import MANAGER_NAME, NAMESPACE
 from deployments import protos
-from deployments.serve_backend import ReplicaOptions, ServeBackend
+from deployments.serve_backend import (
+    ReplicaOptions,
+    ServeBackend,
+    app_prefix,
+    live_replica_pids,
+    running_replicas,
+    servable_apps,
+)
 
 RECONCILE_INTERVAL_S = 0.1
 log = logging.getLogger("aspire.manager")
@@ -92,67 +99,11 @@ class ControllerConfig:
     router_poll_s: float = ROUTER_POLL_S
 
 
-def _running_replicas() -> dict[str, int]:
-    """Serve application -> replicas RUNNING now (an autoscaled version moves between its
-    min_replicas and the count admission reserved)."""
-    try:
-        from ray import serve
-
-        return {
-            app: sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
-            for app, status in serve.status().applications.items()
-        }
-    except Exception as exc:  # status must answer even when Serve does not
-        log.warning("serve.status() failed: %s", exc)
-        return {}
-
-
-def _live_replica_pids() -> dict[str, list[int]]:
-    """Serve application -> pids of its servable replicas alive now, from the GCS's actor table
-    (the state API needs the dashboard, which an embedded Ray runs without). A placement's `pid`
-    is the replica that answered at load; this follows Serve's replacements."""
-    try:
-        from ray._private import state
-
-        prefix, suffix = "ServeReplica:", ":servable"
-        pids: dict[str, list[int]] = {}
-        for actor in state.actors().values():
-            name = actor.get("ActorClassName", "")
-            if actor.get("State") == "ALIVE" and name.startswith(prefix) and name.endswith(suffix):
-                pids.setdefault(name[len(prefix) : -len(suffix)], []).append(actor["Pid"])
-        return {app: sorted(found) for app, found in pids.items()}
-    except Exception as exc:  # status must answer even when the GCS does not
-        log.warning("reading the actor table failed: %s", exc)
-        return {}
-
-
-def _servable_apps(timeout_s: float = 60.0) -> set[str]:
-    """The Serve applications of servable versions that exist now. Retried while Serve's
-    controller does not answer: a restarted manager must not take "unknown" for "none"."""
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return {app for app in serve.status().applications if app.startswith(APP_PREFIX)}
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("serve.status() failed: %s; trying again", exc)
-            time.sleep(1.0)
-
-
 def _restarted() -> bool:
     """Whether Ray restarted this actor (its process died), as opposed to a new actor."""
     with warnings.catch_warnings():  # Ray's property reads its own deprecated `actor_id`
         warnings.simplefilter("ignore", DeprecationWarning)
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
-
-
-def _app_prefix(name: str) -> str:
-    """How the Serve application names of model `name` start: app_name() ends with the
-    version number (and a version's further placements add "-p<i>")."""
-    return app_name(name, 0)[:-1]
 
 
 class ManagerActor:
@@ -192,7 +143,7 @@ class ManagerActor:
         self._restored = None
         if restarted:
             log.warning("The manager restarted: taking over the state it stored")
-            self._restored = self._manager.restore(_servable_apps, _app_prefix)
+            self._restored = self._manager.restore(servable_apps, app_prefix)
             # nodes that left while no manager watched: their versions are re-placed
             known = set(self._inventory[1]) | {g.node_id for g in self._inventory[0]}
             gone = (
@@ -376,7 +327,7 @@ class ManagerActor:
         the resource book (per GPU and per node: total, reserved by whom, free), for
         `aspire status` and `GET /v1/aspire/status`."""
         placements: dict[str, dict[str, list]] = {}
-        running, pids = _running_replicas(), _live_replica_pids()
+        running, pids = running_replicas(), live_replica_pids()
         for name, version, where in self._manager.versions_where():
             placements.setdefault(name, {})[str(version)] = [
                 {

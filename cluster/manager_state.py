@@ -223,6 +223,27 @@ def record_fields(doc: dict) -> dict:
     }
 
 
+def stream_doc(
+    stream: Stream,
+    measured_vram: dict[str, dict[int, int]],
+    ready: tuple[VersionRecord, dict] | None = None,
+) -> dict:
+    """The stored document of `stream`. `ready`: (one of its records, fields) writes that record
+    with `fields` set, before they are set in memory."""
+    records = []
+    for record in stream.versions.values():
+        if ready is not None and ready[0] is record:
+            record = dataclasses.replace(record, **ready[1])
+        records.append(record_doc(record))
+    measured = measured_vram.get(stream.name, {})
+    return {
+        "name": stream.name,
+        "policy": stream.policy,
+        "versions": records,
+        "measured_vram": {str(v): b for v, b in measured.items()},
+    }
+
+
 def dumps(doc) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 

@@ -27,7 +27,7 @@ class Reservations:
     """
 
     def __init__(self, gpus: list[Gpu], ram_bytes_by_node: dict[str, int]):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reserve_all holds it across reserve calls
         self._gpus: dict[tuple[str, int], Gpu] = {}
         self._ram: dict[str, int] = dict(ram_bytes_by_node)
         self._held: dict[str, Placement] = {}
@@ -111,6 +111,20 @@ class Reservations:
             if isinstance(placed, Placement):
                 self._hold(servable, placed)
             return placed
+
+    def reserve_all(self, keys: list[str], need: Need) -> list[Placement] | Refusal:
+        """Hold `need` once per key (a version's replicas), all or none: on the first refusal,
+        give back what the earlier keys took and return the refusal."""
+        with self._lock:
+            placements: list[Placement] = []
+            for key in keys:
+                placed = self.reserve(key, need)
+                if isinstance(placed, Refusal):
+                    for held in keys[: len(placements)]:
+                        self.release(held)
+                    return placed
+                placements.append(placed)
+            return placements
 
     def release(self, servable: str) -> None:
         """Free what `servable` holds; releasing twice, or what was never held, does nothing."""

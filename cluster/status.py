@@ -63,3 +63,29 @@ def metrics_state(
             for (m, v, n, g), b in sorted(vram.items())
         ],
     }
+
+
+# AVAILABLE or END: where TF Serving's start-up and reload waits end for a model
+SETTLED = (HarnessState.READY, HarnessState.ERROR, HarnessState.DISABLED)
+
+
+def newest_first(stream: Stream | None) -> list:
+    return sorted(stream.versions.values(), key=lambda r: -r.version) if stream else []
+
+
+def models_pending(streams: dict[str, Stream], names: list[str]) -> list[str]:
+    """The models among `names` with no version AVAILABLE or END yet."""
+    return [n for n in names if not any(r.state in SETTLED for r in newest_first(streams.get(n)))]
+
+
+def models_failed(streams: dict[str, Stream], names: list[str]) -> dict[str, dict]:
+    """{name: status of its newest END version} for the models among `names` that have versions
+    but none AVAILABLE."""
+    failed = {}
+    for name in names:
+        records = newest_first(streams.get(name))
+        if records and not any(r.state is HarnessState.READY for r in records):
+            ended = [r for r in records if r.state in SETTLED]
+            if ended:
+                failed[name] = ended[0].status()
+    return failed

@@ -5,7 +5,8 @@ Contract:
   kParseNanAndInfFlag | kParseStopWhenDoneFlag (NaN/Inf/Infinity tokens, trailing bytes ignored,
   UTF-8 not validated, NUL = end of input) and reports its errors as
   `JSON Parse error: <RapidJSON message> at offset: <byte offset>`. The RapidJSON emulation (parser,
-  number formatting, debug strings) lives in deployments.rapidjson_compat.
+  number formatting, debug strings) lives in deployments.rapidjson_compat (parser) and
+  deployments.rapidjson_writer.
 * JSON values are Python values: object -> dict, array -> list, string -> str (bytes that are not
   UTF-8 kept through 'surrogateescape'), integer literal -> int, decimal literal -> float,
   true/false -> bool, null -> None. An int outside [-2**63, 2**64) counts as a double, as RapidJSON
@@ -33,7 +34,8 @@ from typing import NamedTuple
 import numpy as np
 
 from core.errors import AspireError, invalid_argument, unimplemented
-from deployments.rapidjson_compat import _parse_value, _rj_parse, debug_string  # noqa: F401 (re-exported)
+from deployments.rapidjson_compat import _parse_value, _rj_parse  # noqa: F401 (re-exported)
+from deployments.rapidjson_writer import debug_string
 
 _INT_RANGES = {
     "DT_INT32": (-(2**31), 2**31),

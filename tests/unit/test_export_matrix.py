@@ -66,7 +66,7 @@ def test_after_an_object_graph_restore_only_the_variables_the_signatures_read_ho
     once, as admission booked them."""
     from tensorflow.python.ops import gen_resource_variable_ops as var_ops
 
-    from deployments.loader import _signature_variables
+    from deployments.variable_restore import _signature_variables
 
     case = cases[kind]
     loader = SavedModelLoader(str(case.version_dir))

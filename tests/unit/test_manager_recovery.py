@@ -380,7 +380,7 @@ def test_state_writes_and_restore_cost_with_1000_models():
     keys = store.get_prefix("manager/default/model/")
     with m1._lock:
         for stream in m1._streams.values():
-            m1._touch(stream)
+            m1.touch(stream)
     started = time.perf_counter()
     full = m1.flush_state()
     full_ms = (time.perf_counter() - started) * 1000
@@ -440,7 +440,7 @@ def test_config_values_round_trip_through_json():
 
 
 def test_application_prefix_matches_servable_application_names():
-    from cluster.manager_actor import _app_prefix
+    from deployments.serve_backend import app_prefix as _app_prefix
     from cluster.manager_state import app_owner
     from core.names import app_name
 

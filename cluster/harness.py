@@ -1,0 +1,280 @@
+"""Runs one version's load or unload: TF Serving's LoaderHarness, for the manager.
+
+Contract:
+- `load(stream, record)`: admission first (every replica reserves its RAM and VRAM, all or none,
+  cluster/reservations.py); a refusal ends the version at once (END, RESOURCE_EXHAUSTED, no
+  retries). Then the backend load, retried as TF Serving's retrier does (`max_num_load_retries`
+  more attempts, `load_retry_interval_s` apart, given up early once the version is unaspired,
+  never for a non-retriable code). Success stores AVAILABLE and publishes it (host.commit_ready);
+  failure releases the reservations and records END with the error. Nothing is raised.
+- `unload(stream, record)`: waits until every live router has dropped the version from its map,
+  stores UNLOADING, deletes the deployment, then releases the reservations.
+- `replace(stream, record)`: clean-up after the version's node left the cluster; a version still
+  aspired starts over as a new load.
+- Every state change is made under the manager's lock, marked for the journal (host.touch) and
+  flushed before the deployment it implies is created or deleted (host.flush_state).
+
+The clock and sleeper are injected, so the retry rules run in unit tests without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Protocol
+
+from cluster.manager_state import Stream, VersionRecord
+from cluster.plan import replica_keys, servable_id
+from cluster.reservations import Reservations
+from core import metrics
+from core.errors import AspireError
+from policies.admission import Need, Placement, Refusal
+from policies.lifecycle import HarnessState
+
+log = logging.getLogger("aspire.manager")
+# Load failures another attempt cannot fix: a version directory refused by the containment rule
+# (deployments/loader.py check_contained) stays refused however often it is retried.
+NON_RETRIABLE_LOAD_CODES = frozenset({"PERMISSION_DENIED"})
+
+
+class Backend(Protocol):
+    def need(
+        self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
+    ) -> tuple[Need, int]:
+        """(what one replica needs, how many replicas) for admission. Raises AspireError."""
+
+    def load(self, name: str, version: int, path: str, placements: list[Placement] | None) -> dict:
+        """Create the version's deployment, one replica per placement (None: no admission);
+        return where it runs once it answers. Raises AspireError."""
+
+    def unload(self, name: str, version: int, where: dict) -> None:
+        """Delete the version's deployment."""
+
+
+class Host(Protocol):
+    """What the harness asks of the manager that owns the streams (cluster/manager.py)."""
+
+    def touch(self, stream: Stream) -> None: ...
+
+    def flush_state(self, stream: Stream | None = None) -> int: ...
+
+    def commit_ready(self, stream: Stream, record: VersionRecord, fields: dict) -> None: ...
+
+    def capacity_changed(self, reason: str) -> None: ...
+
+    def wait_for_routers(self) -> None: ...
+
+
+class LoaderHarness:
+    def __init__(
+        self,
+        backend: Backend,
+        host: Host,
+        lock: threading.RLock,
+        book: Reservations | None,
+        recorder: metrics.Recorder,
+        measured_vram: dict[str, dict[int, int]],
+        max_num_load_retries: int,
+        load_retry_interval_s: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ):
+        self._backend, self._host, self._lock = backend, host, lock
+        self._book, self._metrics = book, recorder  # book None: no admission
+        self._measured_vram = measured_vram  # the manager's: peak seen after a real GPU load
+        self._max_num_load_retries = max(0, max_num_load_retries)
+        self._load_retry_interval_s = max(0.0, load_retry_interval_s)
+        self._clock, self._sleep = clock, sleep
+
+    # ---- load -------------------------------------------------------------------------------
+    def load(self, stream: Stream, record: VersionRecord) -> None:
+        servable = servable_id(stream.name, record.version)
+        log.info("Loading servable: %s from %s", servable, record.path)
+        started = self._clock()
+        try:
+            placements = self._admit(stream, record, servable)
+            if isinstance(placements, Refusal):
+                return
+        except AspireError as err:
+            self._fail(stream, record, servable, err.code, err.message)
+            return
+        except Exception as exc:  # estimating the need failed (I/O, a bug): report it as state
+            self._fail(stream, record, servable, "UNKNOWN", f"{type(exc).__name__}: {exc}")
+            return
+        if placements:
+            log.info(
+                "Admitted servable: %s on %s",
+                servable,
+                ", ".join(
+                    f"node {p.node_id[:12]} "
+                    + (f"GPU {p.gpu_index}" if p.gpu_index is not None else "CPU")
+                    for p in placements
+                ),
+            )
+        where, code, message = self._load_with_retries(stream, record, servable, placements)
+        if where is None:
+            self._release(stream, record, servable, "released its reservation after a failed load")
+            self._fail(stream, record, servable, code, message)
+            return
+        elapsed = self._clock() - started
+        self._metrics.observe(
+            metrics.ASPIRE_LOAD_DURATION,
+            metrics.labels_for(metrics.ASPIRE_LOAD_DURATION, stream.name),
+            elapsed,
+        )
+        self._metrics.inc(
+            metrics.TF_LOAD_LATENCY,
+            metrics.labels_for(metrics.TF_LOAD_LATENCY, record.path),
+            elapsed * 1e6,
+        )
+        with self._lock:
+            measured = where.get("measured_vram_bytes")
+            if measured:
+                seen = self._measured_vram.setdefault(stream.name, {})
+                seen[record.version] = min(measured, seen.get(record.version, measured))
+        ready = {
+            "state": HarnessState.READY,
+            "where": where,
+            "load_seconds": elapsed,
+            "ram_bytes": where.get("ram_bytes"),
+        }
+        self._host.commit_ready(stream, record, ready)
+        log.info("Successfully loaded servable version %s in %.2f s", servable, elapsed)
+
+    def _load_with_retries(
+        self,
+        stream: Stream,
+        record: VersionRecord,
+        servable: str,
+        placements: list[Placement] | None,
+    ) -> tuple[dict | None, str, str]:
+        """(where, "OK", "") once a load succeeds, else (None, code, message) of the last try."""
+        code, message = "UNKNOWN", ""
+        for attempt in range(self._max_num_load_retries + 1):
+            if attempt:
+                # TF Serving's retrier: wait, and give up early once the version is unaspired.
+                self._sleep(self._load_retry_interval_s)
+                with self._lock:
+                    if not record.aspired:
+                        return None, "CANCELLED", "Loading of servable cancelled"
+                log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
+            with self._lock:
+                record.attempts += 1
+                self._host.touch(stream)
+            # Recorded as LOADING before any deployment exists: a restarted manager knows which
+            # deployments may be half-created and deletes them (Manager.restore()).
+            self._host.flush_state(stream)
+            try:
+                where = self._backend.load(stream.name, record.version, record.path, placements)
+            except AspireError as err:
+                code, message = err.code, err.message
+            except Exception as exc:
+                code, message = "UNKNOWN", f"{type(exc).__name__}: {exc}"
+            else:
+                self._count_attempt(stream.name, record.path, "OK")
+                return where, "OK", ""
+            self._count_attempt(stream.name, record.path, code)
+            log.warning("Loading servable: %s failed: %s: %s", servable, code, message)
+            if code in NON_RETRIABLE_LOAD_CODES:
+                break
+        return None, code, message
+
+    def _admit(
+        self, stream: Stream, record: VersionRecord, servable: str
+    ) -> list[Placement] | Refusal | None:
+        """Reserve every replica's resources, all or none (None: no admission), or return the
+        refusal when they do not fit. The refusal is recorded under the same lock as the
+        reservation, so a release racing with it always sees the version as refused and
+        retries it."""
+        if self._book is None:
+            return None
+        need, replicas = self._backend.need(
+            stream.name,
+            record.version,
+            record.path,
+            self._book.has_gpus(),
+            self._measured_vram.get(stream.name, {}).get(record.version),
+        )
+        keys = replica_keys(servable, replicas)
+        with self._lock:
+            placed = self._book.reserve_all(keys, need)
+            if isinstance(placed, Refusal):
+                record.refused = True
+                self._metrics.inc(
+                    metrics.ASPIRE_ADMISSION_REFUSALS,
+                    metrics.labels_for(
+                        metrics.ASPIRE_ADMISSION_REFUSALS, stream.name, placed.reason
+                    ),
+                )
+                self._fail(stream, record, servable, placed.code, placed.message)
+                return placed
+            record.reservations, record.placements = tuple(keys), tuple(placed)
+            self._host.touch(stream)
+        return placed
+
+    def _release(self, stream: Stream, record: VersionRecord, servable: str, why: str) -> None:
+        if self._book is None or not record.reservations:
+            return
+        with self._lock:
+            for k in record.reservations:
+                self._book.release(k)
+            record.reservations, record.placements = (), ()
+            self._host.touch(stream)
+            self._host.capacity_changed(f"{servable} {why}")
+
+    def _count_attempt(self, name: str, path: str, code: str) -> None:
+        self._metrics.inc(
+            metrics.ASPIRE_LOAD_ATTEMPTS,
+            metrics.labels_for(metrics.ASPIRE_LOAD_ATTEMPTS, name, code),
+        )
+        self._metrics.inc(
+            metrics.TF_LOAD_ATTEMPT_COUNT,
+            metrics.labels_for(
+                metrics.TF_LOAD_ATTEMPT_COUNT, path, "success" if code == "OK" else "fail"
+            ),
+        )
+
+    def _fail(
+        self, stream: Stream, record: VersionRecord, servable: str, code: str, message: str
+    ) -> None:
+        with self._lock:
+            record.state = HarnessState.ERROR
+            record.error_code, record.error_message = code, message
+            self._host.touch(stream)
+        log.error("Loading servable: %s failed: %s: %s", servable, code, message)
+
+    # ---- unload -----------------------------------------------------------------------------
+    def unload(self, stream: Stream, record: VersionRecord) -> None:
+        servable = servable_id(stream.name, record.version)
+        log.info("Unloading servable version %s", servable)
+        self._host.wait_for_routers()
+        self._host.flush_state(stream)  # UNLOADING is stored before the deployment goes
+        try:
+            self._backend.unload(stream.name, record.version, record.where or {})
+        except Exception as exc:  # the version is out of the map either way; report, don't wedge
+            log.error("Unloading servable %s raised %s: %s", servable, type(exc).__name__, exc)
+        with self._lock:
+            record.where = None
+            record.state = HarnessState.DISABLED
+            self._host.touch(stream)
+        self._release(stream, record, servable, "was unloaded")
+        log.info("Done unloading servable version %s", servable)
+
+    def replace(self, stream: Stream, record: VersionRecord) -> None:
+        """After a node loss: delete what is left of the version's deployments, release its
+        reservations and, while it is aspired, start it over as a new load."""
+        servable = servable_id(stream.name, record.version)
+        self._host.flush_state(stream)  # recorded out of service before its deployments go
+        try:
+            self._backend.unload(stream.name, record.version, record.where or {})
+        except Exception as exc:
+            log.error(
+                "Deleting the deployments of %s raised %s: %s", servable, type(exc).__name__, exc
+            )
+        with self._lock:
+            record.where = None
+            if record.aspired and stream.versions.get(record.version) is record:
+                log.info("Re-placing servable %s", servable)
+                stream.versions[record.version] = VersionRecord(record.version, record.path)
+            self._host.touch(stream)
+            self._release(stream, record, servable, "lost a node")
