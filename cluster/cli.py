@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -86,6 +87,7 @@ def serve_main(args: argparse.Namespace) -> int:
     from config.monitoring_config import load_monitoring_config
     from core.errors import AspireError
     from core.names import NAMESPACE
+    from deployments.ingress import HttpLimits
     from deployments.serve_backend import ReplicaOptions
 
     try:
@@ -149,6 +151,11 @@ def serve_main(args: argparse.Namespace) -> int:
         enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         rest_api_max_body_bytes=args.rest_api_max_body_bytes,
+        http_limits=HttpLimits(
+            header_timeout_s=args.rest_api_header_timeout_s,
+            idle_timeout_s=args.rest_api_idle_timeout_s,
+            max_connections=args.rest_api_max_connections,
+        ),
         num_router_replicas=args.num_router_replicas,
         metrics_path=monitoring.path if monitoring.enabled else None,
         proxy_location=args.proxy_location,
@@ -187,28 +194,32 @@ def serve_main(args: argparse.Namespace) -> int:
     try:
         manager = launcher.start(config, options)
         pending = launcher.wait_initial_load(
-            manager, [m.name for m in models], args.initial_load_timeout_s
+            manager, [m.name for m in models], args.initial_load_timeout_s, stop
         )
-        for name in pending:
+        for name in [] if stop.is_set() else pending:
             log.warning(
                 "model %s has no version loaded after %.0f s; still polling",
                 name,
                 args.initial_load_timeout_s,
             )
-        if args.port:
-            log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", args.port)
-        log.info(
-            "Exporting HTTP/REST API at:%s:%d ... (ready %.1f s after start)",
-            args.rest_api_host,
-            args.rest_api_port,
-            time.monotonic() - started,
-        )
+        if not stop.is_set():
+            if args.port:
+                log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", args.port)
+            if args.rest_api_port:
+                log.info(
+                    "Exporting HTTP/REST API at:%s:%d ...",
+                    args.rest_api_host,
+                    args.rest_api_port,
+                )
+            log.info("Ready %.1f s after start", time.monotonic() - started)
         while not stop.wait(1.0):
             pass
     finally:
         log.info("shutting down")
+        stopping = time.monotonic()
         launcher.stop(manager)
         ray.shutdown()
+        log.info("stopped in %.1f s", time.monotonic() - stopping)
     return 0
 
 
@@ -226,8 +237,12 @@ def status_table(described: dict) -> str:
         weights = effective_weights(
             TrafficSplit(tuple(map(tuple, split))) if split else None, labels, available
         )
+        retries = described.get("retries", {}).get(name, {})
         for s in statuses:
             error = "" if s["error_code"] == "OK" else f"{s['error_code']}: {s['error_message']}"
+            retry = retries.get(str(s["version"]))
+            if retry is not None and s["state"] == "LOADING":
+                error = _retry_cell(retry)
             names = ",".join(sorted(label for label, v in labels.items() if v == s["version"]))
             share = f"{weights[s['version']]:.0%}" if s["version"] in weights else ""
             rows.append(
@@ -276,6 +291,15 @@ def status_table(described: dict) -> str:
     return "\n".join(lines)
 
 
+def _retry_cell(retry: dict) -> str:
+    """A load being retried: `try 2/6 at 12:01:02 after UNAVAILABLE: message`."""
+    due = time.strftime("%H:%M:%S", time.localtime(retry["next_try_at"]))
+    return (
+        f"try {retry['attempt']}/{retry['of']} at {due} after "
+        f"{retry['error_code']}: {retry['error_message']}"
+    )
+
+
 def _replicas_cell(placements: list[dict] | None) -> str:
     """RUNNING/RESERVED replicas of a version, with the autoscaling floor where there is one."""
     if not placements:
@@ -297,6 +321,31 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return lines
 
 
+# How long `aspire status` waits for a Ray that listens at the address to let it in.
+STATUS_CONNECT_TIMEOUT_S = 15.0
+
+
+def find_server(address: str) -> tuple[str | None, str]:
+    """(the GCS address `address` names, "") when something listens there, else (None, why).
+    Ray's own connect retries an unreachable address for a minute and more, printing warnings,
+    and "auto" finds the file of a cluster that stopped long ago; one TCP connect answers
+    at once."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        gcs = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as exc:
+        return None, f"no Aspire server found at --address={address}: {exc}"
+    if gcs is None:
+        return None, f"no Aspire server found at --address={address}: no Ray cluster is named"
+    host, _, port = gcs.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+    except OSError as exc:
+        return None, f"no Aspire server found at {gcs}: {exc.strerror or exc}"
+    return gcs, ""
+
+
 def status_main(args: argparse.Namespace) -> int:
     if args.address != "auto":
         _use_ray_token_if_present()  # before Ray is imported: it reads the mode once
@@ -305,20 +354,40 @@ def status_main(args: argparse.Namespace) -> int:
     from cluster.manager_actor import get_manager
     from core.names import NAMESPACE
 
-    try:
-        ray.init(
-            address=args.address,
-            namespace=NAMESPACE,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    except ConnectionError as exc:
-        print(f"aspire status: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
+    gcs, why = find_server(args.address)
+    if gcs is None:
+        print(f"aspire status: {why}", file=sys.stderr)
         return 1
+    failed: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            ray.init(
+                address=gcs,
+                namespace=NAMESPACE,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    # Something listens there; if it is not a Ray that lets us in (another service, another
+    # cluster's token), Ray's connect would retry for minutes: give up after a bound instead.
+    joining = threading.Thread(target=connect, daemon=True)
+    joining.start()
+    joining.join(STATUS_CONNECT_TIMEOUT_S)
+    if joining.is_alive() or failed:
+        why = f"{failed[0]}" if failed else f"no answer in {STATUS_CONNECT_TIMEOUT_S:.0f} s"
+        print(f"aspire status: no Aspire server found at {gcs}: {why}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)  # Ray's connect may still be retrying in its thread
     try:
         manager = get_manager()
     except ValueError:
-        print("aspire status: Aspire is not running on this Ray cluster", file=sys.stderr)
+        print(
+            f"aspire status: no Aspire server found at {gcs}: Ray runs there, Aspire does not",
+            file=sys.stderr,
+        )
         return 1
     described = ray.get(manager.describe.remote())
     print(status_table(described) if described["models"] else "no models")

@@ -205,6 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest REST request body, as sent and once gunzipped; larger "
         "ones get 413 before the body is read (default 64 MiB)",
     )
+    ray_group.add_argument(
+        "--rest_api_header_timeout_s",
+        type=float,
+        default=30.0,
+        help="close a REST connection (408) whose request headers are not complete this many "
+        "seconds after it opened or its request began",
+    )
+    ray_group.add_argument(
+        "--rest_api_idle_timeout_s",
+        type=float,
+        default=75.0,
+        help="close a keep-alive REST connection idle this long",
+    )
+    ray_group.add_argument(
+        "--rest_api_max_connections",
+        type=int,
+        default=10000,
+        help="REST connections one router replica holds open; beyond, 503 and closed",
+    )
     ray_group.add_argument("--num_replicas", type=int, default=1, help="replicas per version")
     ray_group.add_argument(
         "--max_ongoing_requests",
@@ -293,11 +312,12 @@ def validate(args: argparse.Namespace) -> None:
         )
     if args.max_num_load_retries < 0:
         raise FlagError("--max_num_load_retries cannot be negative")
-    if args.rest_api_port == 0:
-        raise FlagError(
-            "--rest_api_port=0 is not supported: the routers always serve REST, on one port "
-            "shared by all"
-        )
+    if args.rest_api_port == 0 and args.port == 0:
+        raise FlagError("--rest_api_port=0 and --port=0 leave no API to serve")
+    if args.rest_api_header_timeout_s <= 0 or args.rest_api_idle_timeout_s <= 0:
+        raise FlagError("--rest_api_header_timeout_s and --rest_api_idle_timeout_s must be > 0")
+    if args.rest_api_max_connections < 1:
+        raise FlagError("--rest_api_max_connections must be at least 1")
     if args.enable_grpc_healthcheck_service and args.port == 0:
         raise FlagError("--enable_grpc_healthcheck_service needs the gRPC API (--port != 0)")
     if args.port != 0 and args.port == args.rest_api_port:

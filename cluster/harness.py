@@ -14,13 +14,16 @@ Contract:
 - Every state change is made under the manager's lock, marked for the journal (host.touch) and
   flushed before the deployment it implies is created or deleted (host.flush_state).
 
-The clock and sleeper are injected, so the retry rules run in unit tests without sleeping.
+The clock and sleeper are injected, so the retry rules run in unit tests without sleeping. Without
+an injected sleeper, a retry wait ends early once its version is unaspired, as TF Serving cancels
+retries on unload.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Protocol
 
 from cluster.manager_state import Stream, VersionRecord
@@ -70,16 +73,17 @@ class LoaderHarness:
         self,
         backend: Backend,
         host: Host,
-        lock: threading.RLock,
+        changed: threading.Condition,
         book: Reservations | None,
         recorder: metrics.Recorder,
         measured_vram: dict[str, dict[int, int]],
         max_num_load_retries: int,
         load_retry_interval_s: float,
         clock: Callable[[], float],
-        sleep: Callable[[float], None],
+        sleep: Callable[[float], None] | None,
     ):
-        self._backend, self._host, self._lock = backend, host, lock
+        # `changed`: the manager's condition (on its lock), notified whenever a stream changes
+        self._backend, self._host, self._lock = backend, host, changed
         self._book, self._metrics = book, recorder  # book None: no admission
         self._measured_vram = measured_vram  # the manager's: peak seen after a real GPU load
         self._max_num_load_retries = max(0, max_num_load_retries)
@@ -152,14 +156,16 @@ class LoaderHarness:
         code, message = "UNKNOWN", ""
         for attempt in range(self._max_num_load_retries + 1):
             if attempt:
-                # TF Serving's retrier: wait, and give up early once the version is unaspired.
-                self._sleep(self._load_retry_interval_s)
+                # TF Serving's retrier: wait, and give up once the version is unaspired.
+                self._wait_to_retry(record)
                 with self._lock:
                     if not record.aspired:
+                        record.retry = None
                         return None, "CANCELLED", "Loading of servable cancelled"
                 log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
             with self._lock:
                 record.attempts += 1
+                record.retry = None
                 self._host.touch(stream)
             # Recorded as LOADING before any deployment exists: a restarted manager knows which
             # deployments may be half-created and deletes them (Manager.restore()).
@@ -175,9 +181,27 @@ class LoaderHarness:
                 return where, "OK", ""
             self._count_attempt(stream.name, record.path, code)
             log.warning("Loading servable: %s failed: %s: %s", servable, code, message)
-            if code in NON_RETRIABLE_LOAD_CODES:
+            if code in NON_RETRIABLE_LOAD_CODES or attempt == self._max_num_load_retries:
                 break
+            with self._lock:  # shown by `aspire status` until the next try starts
+                record.retry = {
+                    "attempt": attempt + 2,
+                    "of": self._max_num_load_retries + 1,
+                    "error_code": code,
+                    "error_message": message,
+                    "next_try_at": time.time() + self._load_retry_interval_s,
+                }
         return None, code, message
+
+    def _wait_to_retry(self, record: VersionRecord) -> None:
+        """Wait the retry interval, or less: the wait ends as soon as the version is unaspired
+        (an unload, a new version under resource preservation, the server stopping), so a
+        pending retry never holds up a stop. An injected sleeper (tests) waits as it likes."""
+        if self._sleep is not None:
+            self._sleep(self._load_retry_interval_s)
+            return
+        with self._lock:
+            self._lock.wait_for(lambda: not record.aspired, timeout=self._load_retry_interval_s)
 
     def _admit(
         self, stream: Stream, record: VersionRecord, servable: str

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import ray
 from ray import serve
@@ -18,6 +19,7 @@ from cluster.inventory import head_node_id
 from cluster.manager_actor import ControllerConfig, start_manager
 from core.errors import DEFAULT_MAX_BODY_BYTES
 from core.names import APP_PREFIX
+from deployments.ingress import HttpLimits
 from deployments.router import Router
 from deployments.serve_backend import delete_apps
 
@@ -51,6 +53,7 @@ class ServerOptions:
     enable_grpc_healthcheck_service: bool = False
     rest_api_timeout_in_ms: int = 30000
     rest_api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # slow and idle REST clients
     num_router_replicas: int = 1
     metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
     # Where the routers (and so the REST/gRPC ports) run: EveryNode puts num_router_replicas on
@@ -91,6 +94,7 @@ def start(config: ControllerConfig, options: ServerOptions):
             grpc_port=options.grpc_port,
             grpc_health=options.enable_grpc_healthcheck_service,
             max_body_bytes=options.rest_api_max_body_bytes,
+            http_limits=options.http_limits,
             auth_token_sha256=options.auth_token_sha256,
             admin_token_sha256=options.admin_token_sha256,
         ),
@@ -100,10 +104,15 @@ def start(config: ControllerConfig, options: ServerOptions):
     return manager
 
 
-def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:
-    """Block until each model has a version AVAILABLE or END (TF Serving's start-up wait).
-    Returns the names still without one when `timeout_s` ran out."""
-    result = ray.get(manager.wait_for_models.remote(names, timeout_s))
+def wait_initial_load(manager, names: list[str], timeout_s: float, stop=None) -> list[str]:
+    """Block until each model has a version AVAILABLE or END (TF Serving's start-up wait), or
+    until `stop` (a threading.Event) is set. Returns the names still without one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        step = max(0.0, min(0.5, deadline - time.monotonic()))
+        result = ray.get(manager.wait_for_models.remote(names, step))
+        if not result["pending"] or step == 0 or (stop is not None and stop.is_set()):
+            break
     for name, s in result["failed"].items():
         log.error(
             "model %s version %s failed to load: %s: %s",
@@ -115,15 +124,31 @@ def wait_initial_load(manager, names: list[str], timeout_s: float) -> list[str]:
     return result["pending"]
 
 
-def stop(manager) -> None:
+# How long `stop` may take in all before it leaves what is left to Serve: under Kubernetes'
+# default 30 s between SIGTERM and SIGKILL, with room for an embedded Ray to shut down.
+STOP_TIMEOUT_S = 8.0
+
+
+def stop(manager, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Unload every version, then remove the router, then the manager (the router follows the
-    manager until it goes). Serve and Ray stay up: on a shared cluster they are not Aspire's to
-    stop, and an embedded Ray ends with `ray.shutdown()`."""
+    manager until it goes), within about `timeout_s`: loads in flight are cancelled and retry
+    waits end. Whatever is not deleted by then is left to Serve, which goes on deleting it
+    (an embedded Ray is shut down right after anyway). Serve and Ray stay up: on a shared
+    cluster they are not Aspire's to stop, and an embedded Ray ends with `ray.shutdown()`."""
+    deadline = time.monotonic() + timeout_s
     if manager is not None:
         try:
-            ray.get(manager.shutdown.remote(), timeout=120)
+            budget = max(1.0, timeout_s - 3.0)  # leave time for the router
+            done = ray.get(manager.shutdown.remote(budget), timeout=budget + 1.0)
+            if not done:
+                log.warning("unloading on shutdown did not finish in %.0f s", budget)
         except Exception as exc:
             log.warning("unloading on shutdown: %s", exc)
-    delete_apps([ROUTER_APP])
+    # versions still being deleted (a replica busy loading stops only once Serve's graceful
+    # timeout runs out): asked for, not waited on; the router is waited on, so requests in
+    # flight end first
+    leftovers = [app for app in serve.status().applications if app.startswith(APP_PREFIX)]
+    delete_apps(leftovers, timeout_s=0)
+    delete_apps([ROUTER_APP], timeout_s=max(0.5, deadline - time.monotonic()))
     if manager is not None:
         ray.kill(manager, no_restart=True)

@@ -71,7 +71,7 @@ class Manager:
         router_ack_timeout_s: float = 10.0,
         router_lease_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         book: Reservations | None = None,
         recorder: metrics.Recorder | None = None,
         store: StateStore | None = None,
@@ -88,7 +88,8 @@ class Manager:
         self._traffic: dict[str, tuple] = {}  # model -> ((label or version, weight), ...)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # serving map or status changed
-        self._clock, self._sleep = clock, sleep  # waits for retries and the router grace
+        # the clock times loads and the router grace; the sleeper waits for the grace, and for load
+        # retries when given (None: a retry wait ends early once its version is unaspired)
         self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
         self._in_flight = 0
         # persistence (None: nothing survives this object); lock order: _store_lock, then _lock
@@ -102,12 +103,12 @@ class Manager:
             ack_timeout_s=router_ack_timeout_s,
             lease_s=router_lease_s,
             clock=clock,
-            sleep=sleep,
+            sleep=sleep or time.sleep,
         )
         self._harness = LoaderHarness(
             backend,
             self,
-            self._lock,
+            self._changed,
             book,
             self._metrics,
             self._measured_vram,
@@ -349,6 +350,12 @@ class Manager:
                 "pending": status.models_pending(self._streams, names),
                 "failed": status.models_failed(self._streams, names),
             }
+
+    def retries(self) -> dict[str, dict[str, dict]]:
+        """{model: {version: retry}} of the versions whose load failed and waits for its next
+        try (VersionRecord.retry); TF Serving's status shows them as LOADING, error OK."""
+        with self._lock:
+            return status.retries(self._streams)
 
     def labels(self) -> dict[str, dict[str, int]]:
         with self._lock:

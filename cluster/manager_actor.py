@@ -323,8 +323,9 @@ class ManagerActor:
         return self._manager.list_models()
 
     def describe(self) -> dict:
-        """Models with statuses, labels, traffic weights, where each version's replicas run, and
-        the resource book (per GPU and per node: total, reserved by whom, free), for
+        """Models with statuses, load retries pending, labels, traffic weights, where each
+        version's replicas run, and the resource book (per GPU and per node: total, reserved by
+        whom, free), for
         `aspire status` and `GET /v1/aspire/status`."""
         placements: dict[str, dict[str, list]] = {}
         running, pids = running_replicas(), live_replica_pids()
@@ -339,6 +340,7 @@ class ManagerActor:
             ]
         return {
             "models": self._manager.list_models(),
+            "retries": self._manager.retries(),
             "labels": self._manager.labels(),
             "manager": {"restored": self._restored},
             "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},
@@ -417,8 +419,12 @@ class ManagerActor:
         self._source.poll_once()
 
     def shutdown(self, timeout_s: float = 120.0) -> bool:
-        """Unload every version (deleting its deployment) and stop the loops."""
+        """Unload every version (deleting its deployment) and stop the loops. Loads in flight
+        are cancelled and retry waits end at once (every version is unaspired), so this takes
+        about as long as deleting the deployments. Returns whether all of it ended within
+        `timeout_s`."""
         self._source.stop()
+        self._backend.cancel_loads()
         for name in self._manager.stream_names():
             self._manager.forget_stream(name)
         done = self._manager.wait_idle(timeout_s)

@@ -77,6 +77,10 @@ class VersionRecord:
     placements: tuple[Placement, ...] = ()  # what each of those keys holds, in the same order
     attempts: int = 0  # backend loads started for this record
     interrupted: int = 0  # loads of this version cut short by a restart of the manager
+    # while a failed load waits for its next try (not stored: a restarted manager starts over):
+    # {"attempt": the next try's number, "of": tries in all, "error_code", "error_message" of
+    # the last try, "next_try_at": when it is due, Unix time}
+    retry: dict | None = None
 
     def status(self) -> dict:
         return {

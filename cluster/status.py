@@ -89,3 +89,13 @@ def models_failed(streams: dict[str, Stream], names: list[str]) -> dict[str, dic
             if ended:
                 failed[name] = ended[0].status()
     return failed
+
+
+def retries(streams: dict[str, Stream]) -> dict[str, dict[str, dict]]:
+    """{model: {version: its retry}} of the versions loading with a failed try behind them."""
+    found: dict[str, dict[str, dict]] = {}
+    for name, stream in streams.items():
+        for version, record in stream.versions.items():
+            if record.retry is not None and record.state is HarnessState.LOADING:
+                found.setdefault(name, {})[str(version)] = dict(record.retry)
+    return found

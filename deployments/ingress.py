@@ -14,15 +14,95 @@ their own thread and event loop, so a slow request handler never blocks Serve's 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 log = logging.getLogger("aspire.ingress")
 
 # TF Serving accepts gRPC messages up to INT32_MAX bytes (SetMaxMessageSize(kint32max)).
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one router replica's REST server grants a client connection."""
+
+    header_timeout_s: float = 30.0  # to send a request's headers, from connect or request start
+    idle_timeout_s: float = 75.0  # a keep-alive connection with no request in flight
+    max_connections: int = 10000  # open at once; beyond, 503 and closed
+
+
+def _refusal(status: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def guarded_http_protocol(limits: HttpLimits) -> type:
+    """uvicorn's httptools protocol, with the limits uvicorn lacks: it arms no timer before a
+    connection's first response, so a client that never finishes its headers holds the
+    connection (and a file descriptor) forever; and its concurrency limit counts connections
+    only once their headers are in. Here a connection past `max_connections` is answered 503
+    at once, and one whose headers are not complete `header_timeout_s` after it opened (or
+    after its request began) is answered 408 and closed, both with TF Serving's error body."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    too_many = _refusal(
+        "503 Service Unavailable",
+        f"Too many connections: this router holds {limits.max_connections} "
+        "(--rest_api_max_connections)",
+    )
+    too_slow = _refusal(
+        "408 Request Timeout",
+        f"Request headers not received within {limits.header_timeout_s:g} s "
+        "(--rest_api_header_timeout_s)",
+    )
+
+    class GuardedHttpProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                transport.write(too_many)
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(limits.header_timeout_s, self._late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _late(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.write(too_slow)
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedHttpProtocol
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -65,6 +145,7 @@ class Ingress:
         self._http = None
         self._grpc = None
         self._grpc_interceptors: tuple = ()
+        self._http_limits = HttpLimits()
 
     def start(
         self,
@@ -75,11 +156,13 @@ class Ingress:
         add_servicers: Callable[[object], None] | None = None,
         timeout_s: float = 30.0,
         grpc_interceptors: Sequence[object] = (),
+        http_limits: HttpLimits = HttpLimits(),
     ) -> None:
-        """`grpc_interceptors`: grpc.aio server interceptors, run before every gRPC handler
-        (deployments/auth.py's token check)."""
+        """`rest_port` 0: no REST server. `grpc_interceptors`: grpc.aio server interceptors, run
+        before every gRPC handler (deployments/auth.py's token check)."""
         self._grpc_interceptors = tuple(grpc_interceptors)
-        rest_sock = listening_socket(host, rest_port)
+        self._http_limits = http_limits
+        rest_sock = listening_socket(host, rest_port) if rest_port else None
         self._thread = threading.Thread(
             target=self._run,
             name="aspire-ingress",
@@ -100,6 +183,11 @@ class Ingress:
             self._error = self._error or exc
             self._ready.set()
         finally:
+            # finish what is still running (stop()'s own coroutine, whose caller waits for
+            # it) before the loop closes
+            pending = asyncio.all_tasks(self.loop)
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
 
     async def _serve(self, asgi_app, rest_sock, host: str, grpc_port: int, add_servicers) -> None:
@@ -127,6 +215,10 @@ class Ingress:
                 self._ready.set()
                 return
             await self._grpc.start()
+        if rest_sock is None:  # gRPC only (--rest_api_port=0)
+            self._ready.set()
+            await self._grpc.wait_for_termination()
+            return
         config = uvicorn.Config(
             asgi_app,
             interface="asgi3",
@@ -134,8 +226,8 @@ class Ingress:
             access_log=False,
             log_level="warning",
             proxy_headers=False,
-            http="httptools",
-            timeout_keep_alive=75,
+            http=guarded_http_protocol(self._http_limits),
+            timeout_keep_alive=self._http_limits.idle_timeout_s,
             server_header=False,
         )
         self._http = uvicorn.Server(config)

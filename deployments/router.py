@@ -18,7 +18,7 @@ from core.names import MANAGER_NAME, NAMESPACE
 from deployments import protos
 from deployments.auth import BearerAuth, GrpcAuthInterceptor
 from deployments.grpc_api import GrpcApi, add_servicers
-from deployments.ingress import Ingress
+from deployments.ingress import HttpLimits, Ingress
 from deployments.rest_api import RestApi
 from deployments.router_core import RouterCore
 
@@ -42,6 +42,7 @@ class Router:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         auth_token_sha256: str | None = None,
         admin_token_sha256: str | None = None,
+        http_limits: HttpLimits | None = None,
     ):
         protos.load()  # TF Serving's protos without TensorFlow's runtime: a router runs no model
         # Digests, never tokens: Serve keeps these arguments in the GCS (deployments/auth.py).
@@ -62,6 +63,7 @@ class Router:
             grpc_port,
             lambda server: add_servicers(grpc_api, server, grpc_health),
             grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else (),
+            http_limits=http_limits or HttpLimits(),
         )
         self.core.loop = self._ingress.loop
         self._ingress.loop.call_soon_threadsafe(self.core.sync_apps)  # the versions served now

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -105,6 +106,16 @@ class ServeBackend:
         self.options = options
         self.load_timeout_s = load_timeout_s
         self.settings: dict = {}  # model name -> config.aspire_config.ModelSettings
+        self._cancelled = threading.Event()  # the server is stopping: loads in flight give up
+
+    def cancel_loads(self) -> None:
+        """Make every load in flight, and every later one, fail at once with CANCELLED (its
+        applications deleted): the server is stopping and must not wait for a replica to load."""
+        self._cancelled.set()
+
+    def _check_cancelled(self, servable: str) -> None:
+        if self._cancelled.is_set():
+            raise AspireError(f"Loading of servable {servable} cancelled", "CANCELLED")
 
     def need(
         self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
@@ -171,6 +182,7 @@ class ServeBackend:
     def load(
         self, name: str, version: int, path: str, placements: list[Placement] | None = None
     ) -> dict:
+        self._check_cancelled(f"{{name: {name} version: {version}}}")
         loader = SavedModelLoader(path, self.options.tags)
         ram_bytes = loader.estimate_resources().ram_bytes
         loader.validate()  # cheap: refuses a version that cannot load before starting replicas
@@ -239,8 +251,9 @@ class ServeBackend:
                     ],
                     wait_for_applications_running=False,
                 )
-                self._wait_running(app, f"{{name: {name} version: {version}}}")
-                answer = handle.ping.remote().result(timeout_s=self.load_timeout_s)
+                servable = f"{{name: {name} version: {version}}}"
+                self._wait_running(app, servable)
+                answer = self._ping(handle, servable)
                 if answer["error"] is not None:  # the replica's load failed: its AspireError
                     raise answer["error"]
                 autoscaled = scaling[i].get("autoscaling_config")
@@ -258,8 +271,10 @@ class ServeBackend:
                         "session_threads": answer["session_threads"],
                     }
                 )
-        except AspireError:
-            delete_apps([app for app, _ in apps])
+        except AspireError as err:
+            # a cancelled load (the server stopping) does not wait for a replica that is busy
+            # loading to stop: Serve goes on deleting it
+            delete_apps([app for app, _ in apps], timeout_s=0 if err.code == "CANCELLED" else 120)
             raise
         except Exception as exc:
             delete_apps([app for app, _ in apps])
@@ -274,11 +289,27 @@ class ServeBackend:
             "max_queued_requests": queued,
         }
 
+    def _ping(self, handle, servable: str) -> dict:
+        """The replica's answer once its load is done, polled so a stop cancels the wait."""
+        response = handle.ping.remote()
+        deadline = time.monotonic() + self.load_timeout_s
+        while True:
+            self._check_cancelled(servable)
+            try:
+                return response.result(timeout_s=0.5)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise AspireError(
+                        f"Servable {servable} did not answer in {self.load_timeout_s:.0f} s",
+                        "DEADLINE_EXCEEDED",
+                    ) from None
+
     def _wait_running(self, app: str, servable: str) -> None:
         """Wait for the application to run. A replica Ray cannot schedule (Serve reports it after
         30 s) fails the load with RESOURCE_EXHAUSTED and Serve's numbers, instead of pending."""
         deadline = time.monotonic() + self.load_timeout_s
         while time.monotonic() < deadline:
+            self._check_cancelled(servable)
             status = serve.status().applications.get(app)
             if status is not None:
                 if status.status == "RUNNING":
@@ -310,7 +341,8 @@ class ServeBackend:
 
 
 def delete_apps(apps: list[str], timeout_s: float = 120.0) -> None:
-    """Delete Serve applications and wait until they are gone (their replicas stopped).
+    """Delete Serve applications and wait until they are gone (their replicas stopped), for at
+    most `timeout_s` (0: ask, and do not wait).
 
     All deletions are asked for at once, then Serve's status is polled every 0.1 s: Serve's own
     blocking `serve.delete` deletes one application per call and polls once a second, which
@@ -322,7 +354,7 @@ def delete_apps(apps: list[str], timeout_s: float = 120.0) -> None:
         for app in apps:
             serve.delete(app, _blocking=False)
         deadline = time.monotonic() + timeout_s
-        while set(apps) & set(serve.status().applications):
+        while timeout_s > 0 and set(apps) & set(serve.status().applications):
             if time.monotonic() > deadline:
                 log.warning("applications %s not deleted after %.0f s", apps, timeout_s)
                 return

@@ -21,6 +21,11 @@ pytestmark = pytest.mark.ray
             "http_port cannot be same as grpc_port",
         ),
         ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
+        (
+            ["--model_base_path=/m", "--port=0", "--rest_api_port=0"],
+            "--rest_api_port=0 and --port=0 leave no API to serve",
+        ),
+        (["--model_base_path=/m", "--rest_api_max_connections=0"], "must be at least 1"),
         (["--model_base_path=/m", "--num_replicas=0"], "must be at least 1"),
         (
             [

@@ -2,6 +2,9 @@
 reservations, and the load harness's retry rules as a scenario table on an injected clock: no
 test here waits for a real retry interval."""
 
+import re
+import time
+
 import pytest
 
 from cluster import plan
@@ -129,23 +132,93 @@ RETRY_SCENARIOS = [
 
 @pytest.mark.parametrize("script, retries, loads, slept, state, code", RETRY_SCENARIOS)
 def test_load_retries_follow_tf_servings_retrier(script, retries, loads, slept, state, code):
-    time = FakeTime()
-    backend = ScriptedBackend(time, script)
+    fake = FakeTime()
+    backend = ScriptedBackend(fake, script)
     manager = Manager(
         backend,
         max_num_load_retries=retries,
         load_retry_interval_s=60,
-        clock=time.clock,
-        sleep=time.sleep,
+        clock=fake.clock,
+        sleep=fake.sleep,
     )
     try:
         manager.set_aspired_versions("m", {1: "/m/1"})
         assert manager.wait_idle(10)
-        assert backend.loads == loads and time.slept == slept
+        assert backend.loads == loads and fake.slept == slept
         status = manager.model_status("m")[0]
         assert (status["state"], status["error_code"]) == (state, code)
         if state == "AVAILABLE":  # the load time is read on the injected clock
             load_seconds = manager._streams["m"].versions[1].load_seconds
             assert load_seconds == loads * backend.load_s + sum(slept)
+    finally:
+        manager.shutdown()
+
+
+def test_a_load_waiting_for_its_retry_shows_the_try_the_last_error_and_when_it_is_due():
+    seen = []
+
+    def look_while_waiting(seconds):  # the harness's retry wait, injected
+        seen.append(manager.retries())
+
+    backend = ScriptedBackend(FakeTime(), ["UNAVAILABLE", "INTERNAL", "OK"])
+    manager = Manager(
+        backend, max_num_load_retries=5, load_retry_interval_s=60, sleep=look_while_waiting
+    )
+    try:
+        before = time.time()
+        manager.set_aspired_versions("m", {1: "/m/1"})
+        assert manager.wait_idle(10)
+        first, second = (s["m"]["1"] for s in seen)
+        assert (first["attempt"], first["of"], first["error_code"]) == (2, 6, "UNAVAILABLE")
+        assert first["error_message"] == "UNAVAILABLE on try 1"
+        assert (second["attempt"], second["error_code"]) == (3, "INTERNAL")
+        assert before + 60 <= first["next_try_at"] <= time.time() + 60
+        assert manager.retries() == {}  # loaded: nothing pending
+        assert manager.model_status("m")[0]["error_code"] == "OK"  # TF Serving's view unchanged
+    finally:
+        manager.shutdown()
+
+
+def test_the_status_table_shows_a_pending_retry_in_the_error_column():
+    from cluster.cli import status_table
+
+    described = {
+        "models": {
+            "m": [{"version": 1, "state": "LOADING", "error_code": "OK", "error_message": ""}]
+        },
+        "retries": {
+            "m": {
+                "1": {
+                    "attempt": 2,
+                    "of": 6,
+                    "error_code": "UNAVAILABLE",
+                    "error_message": "no replica",
+                    "next_try_at": 0.0,
+                }
+            }
+        },
+    }
+    table = status_table(described)
+    assert re.search(
+        r"m\s+1\s+LOADING\s+try 2/6 at \d\d:\d\d:\d\d after UNAVAILABLE: no replica", table
+    ), table
+
+
+def test_unaspiring_a_version_ends_its_retry_wait_at_once():
+    """Without an injected sleeper the wait is on the manager's condition: a stop (every version
+    unaspired) does not wait out TF Serving's one-minute retry interval."""
+    backend = ScriptedBackend(FakeTime(), ["UNAVAILABLE"] * 6)
+    manager = Manager(backend, max_num_load_retries=5, load_retry_interval_s=600)
+    try:
+        manager.set_aspired_versions("m", {1: "/m/1"})
+        deadline = time.monotonic() + 60
+        while not manager.retries() and time.monotonic() < deadline:
+            manager.reconcile()  # the manager actor's loop does this every 100 ms
+            time.sleep(0.01)
+        assert manager.retries()["m"]["1"]["attempt"] == 2
+        manager.set_aspired_versions("m", {})
+        assert manager.wait_idle(60)  # far under the 600 s interval it would otherwise wait
+        assert backend.loads == 1
+        assert manager.model_status("m")[0]["error_code"] == "CANCELLED"
     finally:
         manager.shutdown()
