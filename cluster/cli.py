@@ -19,6 +19,7 @@ import threading
 import time
 
 from cluster.flags import FlagError, build_parser, session_threads, token_digests, validate
+from cluster.logs import CliLogging, EventFollower
 from deployments import protos
 
 log = logging.getLogger("aspire")
@@ -68,12 +69,26 @@ def _models_and_labels(args, read_config_file, models_from_config, labels_from_c
     return models, labels
 
 
-def serve_main(args: argparse.Namespace) -> int:
+def _ray_log_dir() -> str:
+    """Ray's session log directory on this machine (where its processes write their logs)."""
+    try:
+        from ray._private import worker
+
+        return worker._global_node.get_logs_dir_path()
+    except Exception:  # a Ray Client connection has no local session
+        import tempfile
+
+        return tempfile.gettempdir()
+
+
+def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
     validate(args)
     auth_digest, admin_digest = token_digests(args)  # FlagError (exit 2) for an unusable file
     if args.address not in (None, "auto"):
         _use_ray_token_if_present()  # before Ray is imported: it reads the mode once
     import ray
+
+    logs.quiet_libraries()  # Ray brings its own stream handler on import
 
     from cluster import launcher
     from cluster.manager_actor import ControllerConfig
@@ -164,6 +179,9 @@ def serve_main(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     embedded = args.address is None
+    # Workers' output (Ray's, TF's) stays in their files; the manager's lines come through its
+    # EventLog, and Ray's driver lines go to aspire-cli.log (cluster/logs.py)
+    quiet = {"log_to_driver": False, "configure_logging": False}
     if embedded:  # "local": always a new Ray instance, never one found on the machine
         num_gpus = None  # Ray detects real GPUs itself
         if args.gpus is not None:
@@ -171,14 +189,20 @@ def serve_main(args: argparse.Namespace) -> int:
 
             num_gpus = len(declared_inventory(args.gpus, "node"))
         launcher.set_serve_env()
-        ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_gpus=num_gpus)
+        ray.init(
+            address="local",
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            num_gpus=num_gpus,
+            **quiet,
+        )
     else:
-        ray.init(address=args.address, namespace=NAMESPACE)
-    log.info(
-        "Ray cluster address: %s (aspire status --address=%s)",
-        ray.get_runtime_context().gcs_address,
-        ray.get_runtime_context().gcs_address,
-    )
+        ray.init(address=args.address, namespace=NAMESPACE, **quiet)
+    gcs = ray.get_runtime_context().gcs_address
+    log.info("Ray cluster address: %s (aspire status --address=%s)", gcs, gcs)
+    log_dir = _ray_log_dir()
+    logs.session_started(log_dir)
+    log.info("Ray's, Serve's and TensorFlow's logs: %s (this terminal: aspire-cli.log)", log_dir)
     stop = threading.Event()
     interrupted = []
 
@@ -190,9 +214,14 @@ def serve_main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    manager = None
+    manager = follower = None
     try:
         manager = launcher.start(config, options)
+        logs.quiet_libraries()  # Serve's driver logger, configured when Serve was imported
+        follower = EventFollower(
+            lambda seq, timeout_s: ray.get(manager.events.remote(seq, timeout_s)), logs.show
+        )
+        follower.start()
         pending = launcher.wait_initial_load(
             manager, [m.name for m in models], args.initial_load_timeout_s, stop
         )
@@ -217,7 +246,7 @@ def serve_main(args: argparse.Namespace) -> int:
     finally:
         log.info("shutting down")
         stopping = time.monotonic()
-        launcher.stop(manager)
+        launcher.stop(manager, before_kill=follower.drain if follower else None)
         ray.shutdown()
         log.info("stopped in %.1f s", time.monotonic() - stopping)
     return 0
@@ -412,9 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     protos.load()  # config files and API protos without TensorFlow's runtime
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs = CliLogging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
+    logs.setup()
     if args.version:
         print(version_text())
         return 0
@@ -423,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "serve":
-            return serve_main(args)
+            return serve_main(args, logs)
         return status_main(args)
     except FlagError as err:
         print(f"aspire serve: error: {err}", file=sys.stderr)

@@ -299,6 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
         "while --auth_token_file is set",
     )
 
+    logs = s.add_argument_group("Logs")
+    logs.add_argument(
+        "--log_level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="the least severe of Aspire's lines the terminal shows (errors from Ray and TF "
+        "always show; the rest of their output goes to files in Ray's session log directory)",
+    )
+    logs.add_argument(
+        "--log_format",
+        default="text",
+        choices=("text", "json"),
+        help="json: one JSON object a line (time, level, logger, message, and model, version, "
+        "event, duration_s where the line is about one version)",
+    )
+
     st = sub.add_parser("status", help="print models, versions and states")
     st.add_argument("--address", default="auto", help="the Ray cluster Aspire runs on")
     return parser

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
+from cluster.logs import servable_fields
 from cluster.manager_state import Stream, VersionRecord
 from cluster.plan import replica_keys, servable_id
 from cluster.reservations import Reservations
@@ -93,7 +94,12 @@ class LoaderHarness:
     # ---- load -------------------------------------------------------------------------------
     def load(self, stream: Stream, record: VersionRecord) -> None:
         servable = servable_id(stream.name, record.version)
-        log.info("Loading servable: %s from %s", servable, record.path)
+        log.info(
+            "Loading servable: %s from %s",
+            servable,
+            record.path,
+            extra=servable_fields(stream.name, record.version, "loading"),
+        )
         started = self._clock()
         try:
             placements = self._admit(stream, record, servable)
@@ -143,7 +149,12 @@ class LoaderHarness:
             "ram_bytes": where.get("ram_bytes"),
         }
         self._host.commit_ready(stream, record, ready)
-        log.info("Successfully loaded servable version %s in %.2f s", servable, elapsed)
+        log.info(
+            "Successfully loaded servable version %s in %.2f s",
+            servable,
+            elapsed,
+            extra=servable_fields(stream.name, record.version, "loaded", elapsed),
+        )
 
     def _load_with_retries(
         self,
@@ -162,7 +173,12 @@ class LoaderHarness:
                     if not record.aspired:
                         record.retry = None
                         return None, "CANCELLED", "Loading of servable cancelled"
-                log.info("Retrying of Loading servable: %s retry: %d", servable, attempt)
+                log.info(
+                    "Retrying of Loading servable: %s retry: %d",
+                    servable,
+                    attempt,
+                    extra=servable_fields(stream.name, record.version, "retrying"),
+                )
             with self._lock:
                 record.attempts += 1
                 record.retry = None
@@ -180,7 +196,13 @@ class LoaderHarness:
                 self._count_attempt(stream.name, record.path, "OK")
                 return where, "OK", ""
             self._count_attempt(stream.name, record.path, code)
-            log.warning("Loading servable: %s failed: %s: %s", servable, code, message)
+            log.warning(
+                "Loading servable: %s failed: %s: %s",
+                servable,
+                code,
+                message,
+                extra=servable_fields(stream.name, record.version, "load_attempt_failed"),
+            )
             if code in NON_RETRIABLE_LOAD_CODES or attempt == self._max_num_load_retries:
                 break
             with self._lock:  # shown by `aspire status` until the next try starts
@@ -265,12 +287,22 @@ class LoaderHarness:
             record.state = HarnessState.ERROR
             record.error_code, record.error_message = code, message
             self._host.touch(stream)
-        log.error("Loading servable: %s failed: %s: %s", servable, code, message)
+        log.error(
+            "Loading servable: %s failed: %s: %s",
+            servable,
+            code,
+            message,
+            extra=servable_fields(stream.name, record.version, "load_failed"),
+        )
 
     # ---- unload -----------------------------------------------------------------------------
     def unload(self, stream: Stream, record: VersionRecord) -> None:
         servable = servable_id(stream.name, record.version)
-        log.info("Unloading servable version %s", servable)
+        log.info(
+            "Unloading servable version %s",
+            servable,
+            extra=servable_fields(stream.name, record.version, "unloading"),
+        )
         self._host.wait_for_routers()
         self._host.flush_state(stream)  # UNLOADING is stored before the deployment goes
         try:
@@ -282,7 +314,11 @@ class LoaderHarness:
             record.state = HarnessState.DISABLED
             self._host.touch(stream)
         self._release(stream, record, servable, "was unloaded")
-        log.info("Done unloading servable version %s", servable)
+        log.info(
+            "Done unloading servable version %s",
+            servable,
+            extra=servable_fields(stream.name, record.version, "unloaded"),
+        )
 
     def replace(self, stream: Stream, record: VersionRecord) -> None:
         """After a node loss: delete what is left of the version's deployments, release its

@@ -129,12 +129,13 @@ def wait_initial_load(manager, names: list[str], timeout_s: float, stop=None) ->
 STOP_TIMEOUT_S = 8.0
 
 
-def stop(manager, timeout_s: float = STOP_TIMEOUT_S) -> None:
+def stop(manager, timeout_s: float = STOP_TIMEOUT_S, before_kill=None) -> None:
     """Unload every version, then remove the router, then the manager (the router follows the
     manager until it goes), within about `timeout_s`: loads in flight are cancelled and retry
     waits end. Whatever is not deleted by then is left to Serve, which goes on deleting it
     (an embedded Ray is shut down right after anyway). Serve and Ray stay up: on a shared
-    cluster they are not Aspire's to stop, and an embedded Ray ends with `ray.shutdown()`."""
+    cluster they are not Aspire's to stop, and an embedded Ray ends with `ray.shutdown()`.
+    `before_kill()` runs just before the manager actor is killed (the CLI reads its last lines)."""
     deadline = time.monotonic() + timeout_s
     if manager is not None:
         try:
@@ -151,4 +152,6 @@ def stop(manager, timeout_s: float = STOP_TIMEOUT_S) -> None:
     delete_apps(leftovers, timeout_s=0)
     delete_apps([ROUTER_APP], timeout_s=max(0.5, deadline - time.monotonic()))
     if manager is not None:
+        if before_kill is not None:
+            before_kill()
         ray.kill(manager, no_restart=True)

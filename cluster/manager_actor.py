@@ -30,6 +30,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.inventory import capacity_grew, cluster_inventory, head_node_id
+from cluster.logs import EventLog, TextFormatter
 from cluster.manager import Manager
 from cluster.manager_state import (
     GcsStore,
@@ -66,15 +67,20 @@ RECONCILE_INTERVAL_S = 0.1
 log = logging.getLogger("aspire.manager")
 
 
-def configure_logging() -> None:
-    """INFO logs of the `aspire.*` loggers to stderr, whatever Ray did to the root logger."""
+def configure_logging() -> EventLog:
+    """INFO logs of the `aspire.*` loggers to stderr (the actor's log file), whatever Ray did to
+    the root logger, and to an EventLog that `aspire serve` follows (cluster/logs.py)."""
     logger = logging.getLogger("aspire")
     logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler.setFormatter(TextFormatter())
+    logger.addHandler(handler)
+    events = EventLog()
+    logger.addHandler(events)
+    logger.propagate = False
+    return events
 
 
 @dataclass
@@ -108,7 +114,7 @@ def _restarted() -> bool:
 
 class ManagerActor:
     def __init__(self, config: ControllerConfig):
-        configure_logging()
+        self._events = configure_logging()
         protos.load()  # SavedModel metadata is read without TensorFlow's runtime
         self._config = config
         self._store = GcsStore()
@@ -318,6 +324,10 @@ class ManagerActor:
             return "OK", self._manager.model_status(name, version)
         except AspireError as err:
             return err.code, err.message
+
+    def events(self, since: int, timeout_s: float) -> tuple[int, list[dict]]:
+        """The manager's log records numbered above `since` (cluster/logs.py EventLog)."""
+        return self._events.since(since, timeout_s)
 
     def list_models(self) -> dict:
         return self._manager.list_models()
