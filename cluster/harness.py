@@ -21,6 +21,7 @@ retries on unload.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -39,6 +40,20 @@ log = logging.getLogger("aspire.manager")
 # Load failures another attempt cannot fix: a version directory refused by the containment rule
 # (deployments/loader.py check_contained) stays refused however often it is retried.
 NON_RETRIABLE_LOAD_CODES = frozenset({"PERMISSION_DENIED"})
+# A load that runs longer says so this often, with what it waits for.
+PROGRESS_PERIOD_S = 10.0
+
+
+def _where(placements: list[Placement] | None) -> str:
+    return ", ".join(
+        f"node {p.node_id[:12]} " + (f"GPU {p.gpu_index}" if p.gpu_index is not None else "CPU")
+        for p in placements or []
+    )
+
+
+def _phase(placements: list[Placement] | None) -> str:
+    where = _where(placements)
+    return f"replica starting{' on ' + where if where else ''} (process start, TF load, warmup)"
 
 
 class Backend(Protocol):
@@ -82,6 +97,7 @@ class LoaderHarness:
         load_retry_interval_s: float,
         clock: Callable[[], float],
         sleep: Callable[[float], None] | None,
+        progress_period_s: float = PROGRESS_PERIOD_S,
     ):
         # `changed`: the manager's condition (on its lock), notified whenever a stream changes
         self._backend, self._host, self._lock = backend, host, changed
@@ -90,6 +106,7 @@ class LoaderHarness:
         self._max_num_load_retries = max(0, max_num_load_retries)
         self._load_retry_interval_s = max(0.0, load_retry_interval_s)
         self._clock, self._sleep = clock, sleep
+        self._progress_period_s = progress_period_s
 
     # ---- load -------------------------------------------------------------------------------
     def load(self, stream: Stream, record: VersionRecord) -> None:
@@ -115,11 +132,8 @@ class LoaderHarness:
             log.info(
                 "Admitted servable: %s on %s",
                 servable,
-                ", ".join(
-                    f"node {p.node_id[:12]} "
-                    + (f"GPU {p.gpu_index}" if p.gpu_index is not None else "CPU")
-                    for p in placements
-                ),
+                _where(placements),
+                extra=servable_fields(stream.name, record.version, "admitted"),
             )
         where, code, message = self._load_with_retries(stream, record, servable, placements)
         if where is None:
@@ -187,7 +201,8 @@ class LoaderHarness:
             # deployments may be half-created and deletes them (Manager.restore()).
             self._host.flush_state(stream)
             try:
-                where = self._backend.load(stream.name, record.version, record.path, placements)
+                with self._progress(stream, record, servable, _phase(placements)):
+                    where = self._backend.load(stream.name, record.version, record.path, placements)
             except AspireError as err:
                 code, message = err.code, err.message
             except Exception as exc:
@@ -214,6 +229,31 @@ class LoaderHarness:
                     "next_try_at": time.time() + self._load_retry_interval_s,
                 }
         return None, code, message
+
+    @contextlib.contextmanager
+    def _progress(self, stream: Stream, record: VersionRecord, servable: str, phase: str):
+        """While the body runs: a line every `progress_period_s` saying the load goes on."""
+        if self._progress_period_s <= 0:
+            yield
+            return
+        done, started = threading.Event(), time.monotonic()
+
+        def tick() -> None:
+            while not done.wait(self._progress_period_s):
+                elapsed = time.monotonic() - started
+                log.info(
+                    "Still loading servable %s after %.0f s: %s",
+                    servable,
+                    elapsed,
+                    phase,
+                    extra=servable_fields(stream.name, record.version, "load_progress", elapsed),
+                )
+
+        threading.Thread(target=tick, name="aspire-progress", daemon=True).start()
+        try:
+            yield
+        finally:
+            done.set()
 
     def _wait_to_retry(self, record: VersionRecord) -> None:
         """Wait the retry interval, or less: the wait ends as soon as the version is unaspired

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from cluster import manager_state, plan, recovery, status
-from cluster.harness import Backend, LoaderHarness
+from cluster.harness import PROGRESS_PERIOD_S, Backend, LoaderHarness
 from cluster.journal import Journal
 from cluster.manager_state import (
     StateStore,
@@ -78,6 +78,7 @@ class Manager:
         state_prefix: str = manager_state.state_prefix("default"),
         router_poll_s: float = ROUTER_POLL_S,
         router_grace_s: float | None = None,
+        progress_period_s: float = PROGRESS_PERIOD_S,
     ):
         self._backend = backend
         self._metrics = recorder or metrics.Recorder()  # load and admission metrics
@@ -116,6 +117,7 @@ class Manager:
             load_retry_interval_s,
             clock,
             sleep,
+            progress_period_s,
         )
         self._list_apps: Callable[[], set[str]] | None = None  # set by restore()
         self._app_prefix: Callable[[str], str] | None = None

@@ -222,3 +222,43 @@ def test_unaspiring_a_version_ends_its_retry_wait_at_once():
         assert manager.model_status("m")[0]["error_code"] == "CANCELLED"
     finally:
         manager.shutdown()
+
+
+def test_a_long_load_says_every_period_that_it_goes_on_and_what_it_waits_for(caplog):
+    import threading
+
+    release = threading.Event()
+
+    class SlowBackend(ScriptedBackend):
+        def load(self, name, version, path, placements=None):
+            release.wait(60)
+            return super().load(name, version, path, placements)
+
+    period = 0.05
+    backend = SlowBackend(FakeTime(), ["OK"])
+    manager = Manager(backend, progress_period_s=period)
+    caplog.set_level("INFO", logger="aspire.manager")
+    try:
+        manager.set_aspired_versions("m", {1: "/m/1"})
+        manager.reconcile()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(progress(caplog)) < 2:
+            time.sleep(period)
+        release.set()
+        assert manager.wait_idle(60)
+        lines = progress(caplog)
+        assert len(lines) >= 2
+        first = lines[0]
+        assert first.getMessage().startswith("Still loading servable {name: m version: 1} after ")
+        assert first.getMessage().endswith(": replica starting (process start, TF load, warmup)")
+        assert (first.model, first.version, first.event) == ("m", 1, "load_progress")
+        count = len(progress(caplog))
+        time.sleep(4 * period)  # the load ended: no more lines (a test of absence)
+        assert len(progress(caplog)) == count
+    finally:
+        release.set()
+        manager.shutdown()
+
+
+def progress(caplog):
+    return [r for r in caplog.records if getattr(r, "event", None) == "load_progress"]
