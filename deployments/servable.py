@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from ray import serve
 
-from core import metrics
+from core import memory, metrics
 from core.errors import AspireError
 from deployments import inference, json_tensor, proto_api
 from deployments.autoscaling import DIRECT_ONGOING
@@ -155,6 +155,9 @@ class ServableDeployment:
             self.load_error = err
         except Exception as exc:
             self.load_error = AspireError(f"{type(exc).__name__}: {exc}", "UNKNOWN")
+        # TF's library code touched by its import and the load, most of which serving never runs
+        # again, out of this process's resident set (core/memory.py); it faults back on use
+        memory.drop_clean_code_pages()
         self._pool = ThreadPoolExecutor(
             inference_threads(max_concurrency, params is not None),
             thread_name_prefix="aspire-infer",
