@@ -302,6 +302,21 @@ def rss_bytes(pid: int) -> int:
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
+def pids_titled(prefix: str) -> list[int]:
+    """Processes whose title (Ray sets `ray::ActorClass...`) starts with `prefix`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    title = f.read().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith(prefix):
+                found.append(int(entry))
+    return sorted(found)
+
+
 def machine() -> str:
     import ray
     import tensorflow as tf
@@ -494,6 +509,12 @@ class Suite:
                                 ),
                             ),
                         )
+            for what, title in (
+                ("Aspire manager actor", "ray::ManagerActor"),
+                ("Aspire router replica", "ray::ServeReplica:aspire-router:"),
+            ):
+                for pid in pids_titled(title):
+                    self.memory.append({"what": what, "rss": rss_bytes(pid), "model_bytes": 0})
             described = requests.get(f"http://127.0.0.1:{port}/v1/aspire/status", timeout=30).json()
             for name, m in self.models.items():
                 for version, placements in described["placements"].get(name, {}).items():
@@ -524,7 +545,9 @@ def ratio(x: float | None, y: float | None) -> str:
     return f"{x / y:.2f}x" if x and y else "n/a"
 
 
-def targets(rows: list[dict], reconcile: dict | None, concurrency: list[int]) -> list[str]:
+def targets(
+    rows: list[dict], reconcile: dict | None, concurrency: list[int], memory: list[dict] = ()
+) -> list[str]:
     """The issue's targets, each computed from this run, met or not."""
     k = by_key(rows)
     get = lambda m, s, c, f: k.get((m, s, c), {}).get(f)  # noqa: E731
@@ -590,6 +613,14 @@ def targets(rows: list[dict], reconcile: dict | None, concurrency: list[int]) ->
                 x,
                 ">=",
             )
+    mib = lambda v: f"{v:.0f} MiB"  # noqa: E731
+    for what, bound in (("Aspire manager actor", 250), ("Aspire router replica", 250)):
+        sizes = [m["rss"] / 2**20 for m in memory if m["what"] == what]
+        check(f"RSS of the {what[7:]}", max(sizes) if sizes else None, bound, mib)
+    beyond = [
+        (m["rss"] - m["model_bytes"]) / 2**20 for m in memory if m["what"].startswith("Aspire rep")
+    ]
+    check("a version replica's RSS beyond its model", max(beyond) if beyond else None, 450, mib)
     if reconcile:
         check(
             f"reconcile pass, {reconcile['models']} models x {reconcile['versions']} versions "
@@ -649,7 +680,7 @@ def markdown(rows, memory, reconcile, args, started: str, host: str, rev: str) -
             f"steady state {reconcile['idle_pass_ms']:.2f} ms.",
             "",
         ]
-    lines += ["**Targets**", "", *targets(rows, reconcile, args.concurrency), ""]
+    lines += ["**Targets**", "", *targets(rows, reconcile, args.concurrency, memory), ""]
     return "\n".join(lines)
 
 

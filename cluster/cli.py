@@ -202,7 +202,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
     log.info("Ray cluster address: %s (aspire status --address=%s)", gcs, gcs)
     log_dir = _ray_log_dir()
     logs.session_started(log_dir)
-    log.info("Ray's, Serve's and TensorFlow's logs: %s (this terminal: aspire-cli.log)", log_dir)
+    log.info("Ray's, Serve's and TensorFlow's own logs are in %s", log_dir)
     stop = threading.Event()
     interrupted = []
 
@@ -232,6 +232,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
                 args.initial_load_timeout_s,
             )
         if not stop.is_set():
+            follower.catch_up()  # the loads' lines first
             if args.port:
                 log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", args.port)
             if args.rest_api_port:

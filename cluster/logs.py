@@ -220,6 +220,13 @@ class EventFollower:
                 if self._stop.wait(0.5):
                     return
 
+    def catch_up(self) -> None:
+        """Show what the manager logged so far, now (before a line that must come after it)."""
+        try:
+            self._poll(0.0)
+        except Exception:
+            pass
+
     def drain(self) -> None:
         self._stop.set()
         try:
