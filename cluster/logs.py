@@ -215,7 +215,7 @@ class EventFollower:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._poll(1.0)
+                self._poll(0.2)  # short: catch_up() waits for the lock
             except Exception:  # the manager restarting or gone: try again, or stop
                 if self._stop.wait(0.5):
                     return
