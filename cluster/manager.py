@@ -4,18 +4,16 @@ Contract:
 - `set_aspired_versions(name, {version: path})` is the source's callback. Each call supersedes the
   previous one for that name: a version left out is unaspired (and will be unloaded), an empty
   dict unaspires every version.
-- A reconcile pass asks the stream's version policy (policies/lifecycle.py) for one action and
-  runs it on a load thread; a stream never has two actions in flight.
+- A reconcile pass takes each idle stream's next action from the plan step (cluster/plan.py)
+  and runs it on a load thread (cluster/harness.py: admission, TF Serving's retries, unload);
+  a stream never has two actions in flight.
 - Every version ever seen stays in the status (START, LOADING, AVAILABLE, UNLOADING, END with
   error code and message), newest first, as TF Serving's ServableStateMonitor reports it.
 - A load failure is recorded as state (END + error), never raised into the loops; versions that
   serve keep serving.
-- Resource-aware admission (when a reservation book is given): before a version's deployment is
-  created, each replica reserves its host RAM and, for GPU versions, its VRAM on one specific
-  (node, GPU) (policies/admission.py). A version that does not fit is refused at once, with no
-  load retries: END, RESOURCE_EXHAUSTED, and nothing that serves is touched. Reservations are
-  released when the version is unloaded or its load fails. A refused version that is still
-  aspired is tried again whenever capacity changes (a release, a new inventory).
+- Resource-aware admission (with a reservation book; cluster/harness.py has the rules): a
+  version refused for lack of resources that is still aspired is tried again whenever capacity
+  changes (a release, a new inventory).
 - The serving map (READY versions and where they run) has an epoch. Routers long-poll it and
   acknowledge the epoch they apply. A version is taken out of the map first and its deployment
   deleted only once every live router has acknowledged, so no request is routed to a deployment
@@ -55,7 +53,7 @@ from cluster.manager_state import (
 from cluster.publisher import ROUTER_POLL_S, Publisher
 from cluster.reservations import Reservations
 from core import metrics
-from core.contracts import ServingMap, VersionAddress
+from core.contracts import ServingMap
 from policies.lifecycle import ASPIRED_VERSION_POLICIES, Action, HarnessState
 
 log = logging.getLogger("aspire.manager")
@@ -265,22 +263,12 @@ class Manager:
         """The READY versions and where they run, labels, traffic splits and every known
         model name, at the current epoch (core/contracts.py)."""
         with self._lock:
-            models = {}
-            for stream in self._streams.values():
-                ready = {
-                    r.version: VersionAddress.from_where(r.where)
-                    for r in stream.versions.values()
-                    if r.state is HarnessState.READY and r.where is not None
-                }
-                if ready:
-                    models[stream.name] = ready
-            return ServingMap(
-                epoch=self._publisher.epoch,
-                models=models,
-                labels={name: dict(m) for name, m in self._labels.items()},
-                traffic={name: tuple(split) for name, split in self._traffic.items() if split},
-                known=frozenset(self._streams),
-                poll_s=self._publisher.poll_s,
+            return status.serving_map(
+                self._streams,
+                self._labels,
+                self._traffic,
+                self._publisher.epoch,
+                self._publisher.poll_s,
             )
 
     def wait_for_serving_map(

@@ -4,6 +4,7 @@ model status and the state gauges of the metrics page. Callers hold the manager'
 from __future__ import annotations
 
 from cluster.manager_state import Stream
+from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError
 from policies.admission import Placement
 from policies.lifecycle import PUBLIC_STATE, HarnessState
@@ -99,3 +100,31 @@ def retries(streams: dict[str, Stream]) -> dict[str, dict[str, dict]]:
             if record.retry is not None and record.state is HarnessState.LOADING:
                 found.setdefault(name, {})[str(version)] = dict(record.retry)
     return found
+
+
+def serving_map(
+    streams: dict[str, Stream],
+    labels: dict[str, dict[str, int]],
+    traffic: dict[str, tuple],
+    epoch: int,
+    poll_s: float,
+) -> ServingMap:
+    """The READY versions and where they run, labels, traffic splits and every known model name,
+    at `epoch` (core/contracts.py)."""
+    models = {}
+    for stream in streams.values():
+        ready = {
+            r.version: VersionAddress.from_where(r.where)
+            for r in stream.versions.values()
+            if r.state is HarnessState.READY and r.where is not None
+        }
+        if ready:
+            models[stream.name] = ready
+    return ServingMap(
+        epoch=epoch,
+        models=models,
+        labels={name: dict(m) for name, m in labels.items()},
+        traffic={name: tuple(split) for name, split in traffic.items() if split},
+        known=frozenset(streams),
+        poll_s=poll_s,
+    )
