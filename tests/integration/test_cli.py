@@ -310,3 +310,45 @@ def test_config_file_side_file_canary_split_and_polling(tmp_path):
             lambda: states("half_plus_two") == {"123": "END"}, 120, what="half_plus_two unloaded"
         )
         assert states("canary") == {"2": "AVAILABLE", "1": "AVAILABLE"}
+
+
+def test_status_against_a_ray_without_aspire_says_so_and_exits_1(tmp_path):
+    """A Ray cluster runs, Aspire does not: `aspire status` connects, finds no manager, says so."""
+    import signal
+    import sys
+
+    ready = tmp_path / "address"
+    host = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, sys, time, ray\n"
+            "ray.init(address='local', include_dashboard=False, num_cpus=1)\n"
+            "pathlib.Path(sys.argv[1]).write_text(ray.get_runtime_context().gcs_address)\n"
+            "time.sleep(600)\n",
+            str(ready),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: ready.exists() and ready.read_text(), 120, what="a bare Ray to start")
+        address = ready.read_text()
+        started = time.monotonic()
+        r = subprocess.run(
+            [ASPIRE, "status", f"--address={address}"], capture_output=True, text=True, timeout=120
+        )
+        took = time.monotonic() - started
+    finally:
+        host.send_signal(signal.SIGINT)
+        try:
+            host.wait(60)
+        except subprocess.TimeoutExpired:
+            host.kill()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert (
+        f"aspire status: no Aspire server found at {address}: Ray runs there, Aspire does not"
+        in r.stderr
+    )
+    assert r.stdout == ""
+    print(f"\naspire status against a Ray without Aspire: exit 1 in {took:.1f} s")
