@@ -377,8 +377,9 @@ def find_server(address: str) -> tuple[str | None, str]:
 
 
 def status_main(args: argparse.Namespace) -> int:
-    if args.address != "auto":
-        _use_ray_token_if_present()  # before Ray is imported: it reads the mode once
+    # Before Ray is imported (it reads the mode once), for "auto" too: the address is resolved
+    # here (find_server), and Ray sends its token on its own only when it resolves "auto" itself
+    _use_ray_token_if_present()
     import ray
 
     from cluster.manager_actor import get_manager
@@ -388,29 +389,33 @@ def status_main(args: argparse.Namespace) -> int:
     if gcs is None:
         print(f"aspire status: {why}", file=sys.stderr)
         return 1
-    failed: list[BaseException] = []
-
-    def connect() -> None:
-        try:
-            ray.init(
-                address=gcs,
-                namespace=NAMESPACE,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            failed.append(exc)
-
     # Something listens there; if it is not a Ray that lets us in (another service, another
     # cluster's token), Ray's connect would retry for minutes: give up after a bound instead.
-    joining = threading.Thread(target=connect, daemon=True)
-    joining.start()
-    joining.join(STATUS_CONNECT_TIMEOUT_S)
-    if joining.is_alive() or failed:
-        why = f"{failed[0]}" if failed else f"no answer in {STATUS_CONNECT_TIMEOUT_S:.0f} s"
-        print(f"aspire status: no Aspire server found at {gcs}: {why}", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(1)  # Ray's connect may still be retrying in its thread
+    connected = threading.Event()
+
+    def give_up() -> None:
+        if not connected.wait(STATUS_CONNECT_TIMEOUT_S):
+            print(
+                f"aspire status: no Aspire server found at {gcs}: no answer in "
+                f"{STATUS_CONNECT_TIMEOUT_S:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(1)  # Ray's connect is still retrying
+
+    threading.Thread(target=give_up, daemon=True).start()
+    try:
+        # "auto" as such: Ray sends this machine's cluster token only for "auto"
+        ray.init(
+            address="auto" if args.address == "auto" else gcs,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except ConnectionError as exc:
+        print(f"aspire status: no Aspire server found at {gcs}: {exc}", file=sys.stderr)
+        return 1
+    connected.set()
     try:
         manager = get_manager()
     except ValueError:

@@ -115,6 +115,15 @@ def test_serve_cli_honours_timeout_thread_and_tensor_content_flags_then_exits_0_
         )
         assert table.returncode == 0, table.stderr
         assert re.search(r"slow\s+1\s+AVAILABLE", table.stdout), table.stdout
+        # `--address=auto` (README's command): Ray finds the cluster and sends its token itself
+        auto = subprocess.run(
+            [ASPIRE, "status", "--address=auto"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "RAY_ADDRESS": address},
+        )
+        assert auto.returncode == 0 and auto.stdout == table.stdout, auto.stderr
         print(f"aspire serve to first AVAILABLE version and REST ready: {ready_s:.1f} s")
         status = requests.get(f"http://127.0.0.1:{port}/v1/aspire/status", timeout=30).json()
         [replica] = status["placements"]["slow"]["1"]
