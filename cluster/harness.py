@@ -249,11 +249,13 @@ class LoaderHarness:
                     extra=servable_fields(stream.name, record.version, "load_progress", elapsed),
                 )
 
-        threading.Thread(target=tick, name="aspire-progress", daemon=True).start()
+        ticker = threading.Thread(target=tick, name="aspire-progress", daemon=True)
+        ticker.start()
         try:
             yield
         finally:
             done.set()
+            ticker.join()  # no progress line once the load has ended
 
     def _wait_to_retry(self, record: VersionRecord) -> None:
         """Wait the retry interval, or less: the wait ends as soon as the version is unaspired

@@ -72,6 +72,10 @@ def formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
+def _is_aspire(record: logging.LogRecord) -> bool:
+    return record.name == "aspire" or record.name.startswith("aspire.")
+
+
 class _Terminal(logging.Filter):
     """Aspire's lines at the chosen level, and errors from anyone."""
 
@@ -80,7 +84,7 @@ class _Terminal(logging.Filter):
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "aspire" or record.name.startswith("aspire."):
+        if _is_aspire(record):
             return record.levelno >= self.level
         return record.levelno >= logging.ERROR
 
@@ -92,7 +96,7 @@ class _Elsewhere(logging.Handler):
         super().__init__(logging.DEBUG)
         self._held: list[logging.LogRecord] = []
         self._file: logging.Handler | None = None
-        self.addFilter(lambda r: not (r.name == "aspire" or r.name.startswith("aspire.")))
+        self.addFilter(lambda r: not _is_aspire(r))
 
     def to_file(self, path: str) -> None:
         handler = logging.FileHandler(path)

@@ -35,6 +35,11 @@ def serve(*flags, grpc_port=None):
     return proc, Output(proc)
 
 
+def wait_for_line(proc, out, pattern):
+    """Until the server prints a line matching `pattern`, or exits."""
+    wait_for(lambda: out.find(pattern) or proc.poll() is not None, 240, 0.2, what=pattern)
+
+
 def grpc_status(port, name):
     import grpc
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
@@ -81,15 +86,7 @@ def test_sigterm_between_load_retries_exits_0_without_waiting_for_the_retry(tmp_
         grpc_port=grpc_port,
     )
     try:
-        wait_for(
-            lambda: (
-                out.find(r"Loading servable: \{name: broken version: 1\} failed")
-                or proc.poll() is not None
-            ),
-            240,
-            0.2,
-            what="the first load attempt to fail",
-        )
+        wait_for_line(proc, out, r"Loading servable: \{name: broken version: 1\} failed")
         address = wait_for(lambda: out.find(r"Ray cluster address: (\S+)"), 60).group(1)
         # the retry is visible while it waits: TF Serving's status says LOADING, error OK
         table = subprocess.run(
@@ -126,15 +123,7 @@ def test_sigterm_in_the_middle_of_a_long_load_exits_0_without_waiting_for_it(tmp
         f"--model_base_path={version.parent}",
     )
     try:
-        wait_for(
-            lambda: (
-                out.find(r"Admitted servable: \{name: sleepy version: 1\}")
-                or proc.poll() is not None
-            ),
-            240,
-            0.2,
-            what="the load to start",
-        )
+        wait_for_line(proc, out, r"Admitted servable: \{name: sleepy version: 1\}")
         assert proc.poll() is None, "".join(out.lines[-40:])
     except BaseException:
         proc.kill()

@@ -5,20 +5,7 @@ import json
 import threading
 
 from cluster.publisher import EPOCH_BLOCK, Publisher, router_grace_s
-
-
-class FakeTime:
-    """A clock that only moves when someone sleeps on it."""
-
-    def __init__(self):
-        self.now, self.slept = 1000.0, []
-
-    def clock(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.support.fake_time import FakeTime
 
 
 class Store:
@@ -43,7 +30,7 @@ def test_the_grace_follows_the_poll_period():
 
 
 def test_a_restarted_publisher_waits_out_the_grace_once_on_the_injected_sleeper():
-    time, store = FakeTime(), Store()
+    time, store = FakeTime(1000.0), Store()
     p = publisher(time, store=store, ceiling_key="k", poll_s=5.0)
     p.wait_for_routers(p.epoch)  # a fresh start knows every router: no grace
     assert time.slept == []
@@ -56,7 +43,7 @@ def test_a_restarted_publisher_waits_out_the_grace_once_on_the_injected_sleeper(
 
 
 def test_only_routers_seen_within_the_lease_are_waited_for():
-    time = FakeTime()
+    time = FakeTime(1000.0)
     p = publisher(time, lease_s=30.0)
     p.publish()
     assert p.wait_for_newer(0, "router-a", timeout_s=0)  # acknowledges epoch 0, sees epoch 1
@@ -67,7 +54,7 @@ def test_only_routers_seen_within_the_lease_are_waited_for():
 
 
 def test_a_live_router_behind_is_waited_for_until_it_acknowledges():
-    time = FakeTime()
+    time = FakeTime(1000.0)
     p = publisher(time, ack_timeout_s=30.0)
     p.wait_for_newer(0, "router-a", timeout_s=0)  # router-a holds epoch 0
     p.publish()
@@ -81,7 +68,7 @@ def test_a_live_router_behind_is_waited_for_until_it_acknowledges():
 
 
 def test_a_long_poll_returns_false_without_a_newer_epoch_and_true_with_one():
-    p = publisher(FakeTime())
+    p = publisher(FakeTime(1000.0))
     assert not p.wait_for_newer(0, "r", timeout_s=0.01)
     threading.Timer(0.05, p.publish).start()
     assert p.wait_for_newer(0, "r", timeout_s=5)
@@ -98,7 +85,7 @@ def test_the_ceiling_is_written_once_per_block_and_retried_after_a_failed_write(
             super().put(key, value)
 
     store = Flaky()
-    p = publisher(FakeTime(), store=store)
+    p = publisher(FakeTime(1000.0), store=store)
     p.publish()  # the write fails: epoch 1 is still published, the ceiling retried next time
     assert p.epoch == 1 and store.writes == []
     for _ in range(EPOCH_BLOCK):
