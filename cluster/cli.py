@@ -20,6 +20,7 @@ import time
 
 from cluster.flags import FlagError, build_parser, session_threads, token_digests, validate
 from cluster.logs import CliLogging, EventFollower
+from core.units import parse_bytes
 from deployments import protos
 
 log = logging.getLogger("aspire")
@@ -157,6 +158,8 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
             health_check_timeout_s=args.replica_health_check_timeout_s,
             run_timeout_ms=max(0, args.rest_api_timeout_in_ms),
             tensor_content=args.enable_serialization_as_tensor_content,
+            shared_host_ram_bytes=parse_bytes(args.shared_host_ram),
+            shared_host_vram_bytes=parse_bytes(args.shared_host_vram),
         ),
     )
     options = launcher.ServerOptions(
@@ -318,6 +321,21 @@ def status_table(described: dict) -> str:
             for h in resources["hosts"]
         ]
         lines += [""] + _table(rows)
+    if described.get("shared_hosts"):
+        rows = [("SHARED HOST", "NODE", "DEVICE", "BLOCK", "RESERVED", "VERSIONS")]
+        for h in described["shared_hosts"]:
+            gpu = h["device"] == "gpu"
+            rows.append(
+                (
+                    _host_name(h["app"]),
+                    (h["node"] or "")[:12],
+                    f"GPU {h['gpu']}" if gpu and h["gpu"] is not None else h["device"].upper(),
+                    format_bytes(h["block_vram_bytes"] if gpu else h["block_ram_bytes"]),
+                    format_bytes(h["used_vram_bytes"] if gpu else h["used_ram_bytes"]),
+                    str(len(h["versions"])),
+                )
+            )
+        lines += [""] + _table(rows)
     return "\n".join(lines)
 
 
@@ -337,7 +355,16 @@ def _replicas_cell(placements: list[dict] | None) -> str:
     running = sum(p.get("running_replicas") or 0 for p in placements)
     reserved = sum(p.get("replicas", 0) for p in placements)
     floor = sum(p.get("min_replicas", p.get("replicas", 0)) for p in placements)
+    host = placements[0].get("host")
+    if host:  # a shared version: its host's replicas
+        return f"{running}/{reserved} in {_host_name(host)}"
     return f"{running}/{reserved}" + (f" (min {floor})" if floor != reserved else "")
+
+
+def _host_name(app: str) -> str:
+    from core.names import APP_PREFIX
+
+    return app[len(APP_PREFIX) :] if app.startswith(APP_PREFIX) else app
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

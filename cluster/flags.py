@@ -239,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
         "are full; beyond it 429 at once. -1: no limit",
     )
     ray_group.add_argument(
+        "--shared_host_ram",
+        default="4GiB",
+        help='host RAM one shared host books for the versions of "placement": "shared" models '
+        "(a size: 4GiB, 512MiB)",
+    )
+    ray_group.add_argument(
+        "--shared_host_vram",
+        default="8GiB",
+        help="GPU memory one shared GPU host books on its GPU (with the CUDA context, held once)",
+    )
+    ray_group.add_argument(
         "--replica_health_check_period_s",
         type=float,
         default=5.0,
@@ -364,6 +375,14 @@ def validate(args: argparse.Namespace) -> None:
         )
     if args.max_queued_requests < -1:
         raise FlagError("--max_queued_requests must be at least 0, or -1 for no limit")
+    from core.units import parse_bytes
+
+    for flag in ("shared_host_ram", "shared_host_vram"):
+        try:
+            if parse_bytes(getattr(args, flag)) <= 0:
+                raise ValueError("must be more than 0")
+        except ValueError as err:
+            raise FlagError(f"--{flag}: {err}") from None
     if args.gpus is not None:
         from cluster.inventory import declared_inventory
 

@@ -27,13 +27,14 @@ import threading
 import time
 from typing import Callable, Protocol
 
+from cluster.hosts import HostBook
 from cluster.logs import servable_fields
 from cluster.manager_state import Stream, VersionRecord
 from cluster.plan import replica_keys, servable_id
 from cluster.reservations import Reservations
 from core import metrics
 from core.errors import AspireError
-from policies.admission import Need, Placement, Refusal
+from policies.admission import HostSlot, Need, Placement, Refusal
 from policies.lifecycle import HarnessState
 
 log = logging.getLogger("aspire.manager")
@@ -67,7 +68,14 @@ class Backend(Protocol):
         return where it runs once it answers. Raises AspireError."""
 
     def unload(self, name: str, version: int, where: dict) -> None:
-        """Delete the version's deployment."""
+        """Delete the version's deployment (a shared version: take it out of its host)."""
+
+    # Shared placement (cluster/hosts.py); a backend without these methods places every
+    # version in its own replicas.
+    #   shared(name) -> bool: the model's versions go into shared hosts
+    #   host_block(device) -> Need: what one host books ("cpu" or "gpu")
+    #   load_shared(name, version, path, slot: HostSlot) -> dict: load into the host
+    #   close_host(app) -> None: delete a host that holds no version any more
 
 
 class Host(Protocol):
@@ -107,6 +115,28 @@ class LoaderHarness:
         self._load_retry_interval_s = max(0.0, load_retry_interval_s)
         self._clock, self._sleep = clock, sleep
         self._progress_period_s = progress_period_s
+        block = getattr(backend, "host_block", None)
+        self._hosts = HostBook(book, block) if block is not None else None
+
+    def _shared(self, name: str) -> bool:
+        shared = getattr(self._backend, "shared", None)
+        return self._hosts is not None and shared is not None and shared(name)
+
+    def hosts(self) -> list[dict]:
+        """The open shared hosts (status)."""
+        with self._lock:
+            return self._hosts.snapshot() if self._hosts is not None else []
+
+    def restore_shared(self, stream: Stream, record: VersionRecord) -> None:
+        """A restarted manager adopts a shared version (call under the manager's lock)."""
+        where = record.where or {}
+        if self._hosts is None or not where.get("host"):
+            return
+        vram, ram = where.get("host_need") or (0, 0)
+        device = "gpu" if (where.get("placements") or [{}])[0].get("gpu") is not None else "cpu"
+        self._hosts.restore(
+            servable_id(stream.name, record.version), where, Need(int(vram), int(ram)), device
+        )
 
     # ---- load -------------------------------------------------------------------------------
     def load(self, stream: Stream, record: VersionRecord) -> None:
@@ -128,7 +158,15 @@ class LoaderHarness:
         except Exception as exc:  # estimating the need failed (I/O, a bug): report it as state
             self._fail(stream, record, servable, "UNKNOWN", f"{type(exc).__name__}: {exc}")
             return
-        if placements:
+        if isinstance(placements, tuple):  # shared: (host, the version's need inside it)
+            slot, need = placements
+            log.info(
+                "Admitted servable: %s into shared host %s",
+                servable,
+                slot.app,
+                extra=servable_fields(stream.name, record.version, "admitted"),
+            )
+        elif placements:
             log.info(
                 "Admitted servable: %s on %s",
                 servable,
@@ -136,6 +174,8 @@ class LoaderHarness:
                 extra=servable_fields(stream.name, record.version, "admitted"),
             )
         where, code, message = self._load_with_retries(stream, record, servable, placements)
+        if where is not None and isinstance(placements, tuple):
+            where = {**where, "host_need": [need.vram_bytes, need.ram_bytes]}
         if where is None:
             self._release(stream, record, servable, "released its reservation after a failed load")
             self._fail(stream, record, servable, code, message)
@@ -175,7 +215,7 @@ class LoaderHarness:
         stream: Stream,
         record: VersionRecord,
         servable: str,
-        placements: list[Placement] | None,
+        placements: list[Placement] | tuple[HostSlot, Need] | None,
     ) -> tuple[dict | None, str, str]:
         """(where, "OK", "") once a load succeeds, else (None, code, message) of the last try."""
         code, message = "UNKNOWN", ""
@@ -201,8 +241,18 @@ class LoaderHarness:
             # deployments may be half-created and deletes them (Manager.restore()).
             self._host.flush_state(stream)
             try:
-                with self._progress(stream, record, servable, _phase(placements)):
-                    where = self._backend.load(stream.name, record.version, record.path, placements)
+                if isinstance(placements, tuple):
+                    with self._progress(
+                        stream, record, servable, f"loading into shared host {placements[0].app}"
+                    ):
+                        where = self._backend.load_shared(  # type: ignore[attr-defined]
+                            stream.name, record.version, record.path, placements[0]
+                        )
+                else:
+                    with self._progress(stream, record, servable, _phase(placements)):
+                        where = self._backend.load(
+                            stream.name, record.version, record.path, placements
+                        )
             except AspireError as err:
                 code, message = err.code, err.message
             except Exception as exc:
@@ -269,23 +319,32 @@ class LoaderHarness:
 
     def _admit(
         self, stream: Stream, record: VersionRecord, servable: str
-    ) -> list[Placement] | Refusal | None:
-        """Reserve every replica's resources, all or none (None: no admission), or return the
-        refusal when they do not fit. The refusal is recorded under the same lock as the
-        reservation, so a release racing with it always sees the version as refused and
-        retries it."""
-        if self._book is None:
+    ) -> list[Placement] | tuple[HostSlot, Need] | Refusal | None:
+        """Reserve every replica's resources, all or none (None: no admission), or room in a
+        shared host (the host and the version's need), or return the refusal when they do not
+        fit. The refusal is recorded under the same lock as the reservation, so a release
+        racing with it always sees the version as refused and retries it."""
+        shared = self._shared(stream.name)
+        if self._book is None and not shared:
             return None
         need, replicas = self._backend.need(
             stream.name,
             record.version,
             record.path,
-            self._book.has_gpus(),
+            self._book.has_gpus() if self._book is not None else False,
             self._measured_vram.get(stream.name, {}).get(record.version),
         )
         keys = replica_keys(servable, replicas)
         with self._lock:
-            placed = self._book.reserve_all(keys, need)
+            if shared:
+                assert self._hosts is not None
+                device = "gpu" if need.vram_bytes else "cpu"
+                placed: list[Placement] | HostSlot | Refusal = self._hosts.admit(
+                    servable, need, device
+                )
+            else:
+                assert self._book is not None
+                placed = self._book.reserve_all(keys, need)
             if isinstance(placed, Refusal):
                 record.refused = True
                 self._metrics.inc(
@@ -296,19 +355,30 @@ class LoaderHarness:
                 )
                 self._fail(stream, record, servable, placed.code, placed.message)
                 return placed
+            if isinstance(placed, HostSlot):
+                return placed, need
             record.reservations, record.placements = tuple(keys), tuple(placed)
             self._host.touch(stream)
         return placed
 
     def _release(self, stream: Stream, record: VersionRecord, servable: str, why: str) -> None:
-        if self._book is None or not record.reservations:
-            return
+        closed = None
         with self._lock:
-            for k in record.reservations:
-                self._book.release(k)
-            record.reservations, record.placements = (), ()
-            self._host.touch(stream)
-            self._host.capacity_changed(f"{servable} {why}")
+            if self._hosts is not None and self._hosts.host_of(servable) is not None:
+                closed = self._hosts.release(servable)
+                self._host.capacity_changed(f"{servable} {why}")
+            if self._book is not None and record.reservations:
+                for k in record.reservations:
+                    self._book.release(k)
+                record.reservations, record.placements = (), ()
+                self._host.touch(stream)
+                self._host.capacity_changed(f"{servable} {why}")
+        if closed is not None:  # its last version left: the host goes, its block is free
+            log.info("Closing shared host %s: it holds no version", closed)
+            try:
+                self._backend.close_host(closed)  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.error("Closing shared host %s raised %s: %s", closed, type(exc).__name__, exc)
 
     def _count_attempt(self, name: str, path: str, code: str) -> None:
         self._metrics.inc(

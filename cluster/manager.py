@@ -369,6 +369,10 @@ class Manager:
         with self._lock:
             return status.metrics_state(self._streams, self._labels, self._traffic, held)
 
+    def shared_hosts(self) -> list[dict]:
+        """The open shared hosts: block, use and versions (cluster/hosts.py)."""
+        return self._harness.hosts()
+
     def versions_where(self) -> list[tuple[str, int, dict]]:
         with self._lock:
             return [
@@ -448,6 +452,14 @@ class Manager:
             self._measured_vram.update(plan.measured_vram)
             for record in plan.adopted:
                 self._rebook(record)
+            adopted = {id(r) for r in plan.adopted}
+            for stream in plan.streams:  # shared versions go back into their hosts' books
+                for record in stream.versions.values():
+                    if id(record) in adopted and (record.where or {}).get("host"):
+                        self._harness.restore_shared(stream, record)
+                        adopt = getattr(self._backend, "adopt", None)
+                        if adopt is not None:
+                            adopt(stream.name, record.version, record.path, record.where)
             for name in plan.changed:
                 self._journal.touch(name)
             # above every epoch a router may hold; the router grace starts now

@@ -167,6 +167,7 @@ class ManagerActor:
                     ", ".join(n[:12] for n in sorted(gone)),
                 )
                 self._manager.nodes_lost(gone)
+        self._backend.hosts.open()  # shared hosts may follow their manifests now
         self._metrics = metrics.MetricsStore()  # every process's counts, added up
         self._settings: dict[str, ModelSettings] = {}
         self._apply_settings(settings)
@@ -355,6 +356,7 @@ class ManagerActor:
             "manager": {"restored": self._restored},
             "traffic": {n: [list(kv) for kv in w] for n, w in self._manager.traffic().items()},
             "placements": placements,
+            "shared_hosts": self._manager.shared_hosts(),
             "resources": {
                 "gpus": self._book.snapshot(),
                 "hosts": self._book.ram_snapshot(),
@@ -386,6 +388,14 @@ class ManagerActor:
         tfserving = self._metrics.render_tfserving()
         aspire = self._metrics.render_aspire(state)
         return (tfserving if tfserving.strip() else "") + aspire
+
+    def host_manifest(self, app: str, replica_id: str, known_epoch: int, timeout_s: float):
+        """A shared host replica's long poll of what it holds (deployments/host_registry.py)."""
+        return self._backend.hosts.manifest(app, replica_id, known_epoch, timeout_s)
+
+    def host_report(self, app: str, replica_id: str, key: str, error, gone: bool) -> None:
+        """A shared host replica loaded (error None), failed (error) or dropped (gone) a key."""
+        self._backend.hosts.report(app, replica_id, key, error, gone)
 
     def wait_for_serving_map(self, known_epoch: int, router_id: str, timeout_s: float):
         return self._manager.wait_for_serving_map(known_epoch, router_id, timeout_s)

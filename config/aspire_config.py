@@ -34,6 +34,11 @@ Contract:
   - "device": "gpu" or "cpu"; null (default) means GPU when the cluster has GPUs, else CPU.
   - "vram", "ram": what one replica needs, as a size string ("10GiB", "512MiB"); null means
     estimated from the SavedModel (policies/admission.py `replica_need`).
+  - "placement": "dedicated" (default: each version runs in replicas of its own) or "shared"
+    (each version loads into a shared host that holds many; cluster/hosts.py). A shared model
+    takes its replicas, request limits and health checks from its host, so "num_replicas",
+    "autoscaling", "max_ongoing_requests", "max_queued_requests" and the health-check keys
+    are refused beside it.
 - Unknown keys anywhere, and a key repeated in one object, are errors: a typo must never be
   silently ignored. Every error is `AspireError(..., "INVALID_ARGUMENT")` whose message names the
   file, and the model and field where there is one.
@@ -64,6 +69,16 @@ _MODEL_KEYS = (
     "device",
     "vram",
     "ram",
+    "placement",
+)
+PLACEMENTS = ("dedicated", "shared")
+_HOST_WIDE_KEYS = (
+    "num_replicas",
+    "autoscaling",
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "health_check_period_s",
+    "health_check_timeout_s",
 )
 _AUTOSCALING_KEYS = (
     "min_replicas",
@@ -120,6 +135,7 @@ class ModelSettings:
     max_queued_requests: int | None = None  # None: the server-wide default; -1: no limit
     health_check_period_s: float | None = None  # None: the server-wide default
     health_check_timeout_s: float | None = None
+    placement: str = "dedicated"  # or "shared": loaded into a shared host (cluster/hosts.py)
 
 
 class _DuplicateKey(Exception):
@@ -196,6 +212,13 @@ def _model_settings(body: object, fail) -> ModelSettings:
             sizes[key] = parse_bytes(value)
         except ValueError as e:
             raise fail(f"invalid {key}: {e}") from None
+    placement = body.get("placement", "dedicated")
+    if placement not in PLACEMENTS:
+        raise fail(f"placement must be 'dedicated' or 'shared', got {placement!r}")
+    if placement == "shared":
+        for key in _HOST_WIDE_KEYS:
+            if body.get(key) is not None:
+                raise fail(f'{key} does not apply to "placement": "shared" (the host sets it)')
     if device == "cpu" and sizes["vram"]:
         raise fail("vram is declared but device is 'cpu'")
     return ModelSettings(
@@ -209,6 +232,7 @@ def _model_settings(body: object, fail) -> ModelSettings:
         ongoing,
         queued,
         **checks,
+        placement=placement,
     )
 
 

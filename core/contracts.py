@@ -18,10 +18,13 @@ class VersionAddress:
 
     `apps`: its Serve applications (one per (node, GPU) that holds replicas) with their replica
     counts; calls are spread over them in that proportion. `max_queued_requests`: calls a router
-    may hold for it while its replicas are full (-1: no limit)."""
+    may hold for it while its replicas are full (-1: no limit). `key`: the version's servable
+    key in a shared host, sent with every call (deployments/host.py); "" for a version that has
+    its own replicas."""
 
     apps: tuple[tuple[str, int], ...]
     max_queued_requests: int = 1000
+    key: str = ""
 
     @classmethod
     def from_where(cls, where: dict) -> "VersionAddress":
@@ -29,6 +32,7 @@ class VersionAddress:
         return cls(
             apps=tuple((str(a), int(n)) for a, n in where.get("apps") or ()),
             max_queued_requests=int(where.get("max_queued_requests", 1000)),
+            key=str(where.get("key") or ""),
         )
 
 

@@ -35,6 +35,8 @@ from deployments.replica_service import (
     CALL,
     CALL_HEADER,
     CANCEL,
+    KEY_LENGTH,
+    KEYED_CALL,
     METADATA_KEY,
     METHOD_NUMBERS,
     hello,
@@ -152,10 +154,13 @@ class ReplicaLink:
         self._conn = conn
         return conn
 
-    async def call(self, method: str, payload: bytes, timeout_s: float | None) -> bytes:
-        """The replica's encoded answer. Raises ConnectionError when the call failed in transport
-        (safe to send again) and asyncio.TimeoutError past `timeout_s`; either way, and when
-        the caller is cancelled, the replica is told to drop the call."""
+    async def call(
+        self, method: str, payload: bytes, timeout_s: float | None, key: bytes = b""
+    ) -> bytes:
+        """The replica's encoded answer; `key` (UTF-8) names the version in a shared host.
+        Raises ConnectionError when the call failed in transport (safe to send again) and
+        asyncio.TimeoutError past `timeout_s`; either way, and when the caller is cancelled,
+        the replica is told to drop the call."""
         conn = await self._connection()
         if conn.closed:  # lost while this call waited for it to open
             raise ConnectionError(f"connection to the replica at {self.host}:{self.port} closed")
@@ -163,7 +168,16 @@ class ReplicaLink:
         self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
         future = loop.create_future()
         conn.pending[call_id] = future
-        conn.transport.write(CALL_HEADER.pack(CALL, call_id, METHOD_NUMBERS[method], len(payload)))
+        if key:
+            size = KEY_LENGTH.size + len(key) + len(payload)
+            conn.transport.write(
+                CALL_HEADER.pack(KEYED_CALL, call_id, METHOD_NUMBERS[method], size)
+            )
+            conn.transport.write(KEY_LENGTH.pack(len(key)) + key)
+        else:
+            conn.transport.write(
+                CALL_HEADER.pack(CALL, call_id, METHOD_NUMBERS[method], len(payload))
+            )
         conn.transport.write(payload)
         timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
         try:

@@ -15,7 +15,10 @@ Wire contract, shared by `ReplicaService` (replica side) and `deployments/replic
 2. Then frames, in both directions, many calls in flight on one connection. A call is
    `CALL_HEADER` (frame type 1, call id, method number, payload length) and the payload; a
    cancel is `CALL_HEADER` with frame type 2 and no payload; an answer is `ANSWER_HEADER`
-   (call id, length) and the answer. Integers are big-endian.
+   (call id, length) and the answer. A keyed call (frame type 3, for a shared host that holds
+   many versions, deployments/host.py) is a call whose payload starts with a 2-byte length and
+   the servable key (`servable_key(name, version)`), then the request bytes. Integers are
+   big-endian.
 3. Methods (`METHODS`, numbered by position): the REST verbs (`predict`, `classify`,
    `regress`) take the REST body as the client sent it (JSON) and answer the JSON body;
    `metadata` takes nothing and answers GET /metadata's JSON body; the gRPC methods (`Predict`,
@@ -64,7 +67,8 @@ REST_METHODS = METHODS[:4]
 HELLO_MAGIC = b"ASPIRE-CALLS/1\n"
 CALL_HEADER = struct.Struct("!BIBQ")  # frame type, call id, method number, payload length
 ANSWER_HEADER = struct.Struct("!IQ")  # call id, answer length
-CALL, CANCEL = 1, 2
+CALL, CANCEL, KEYED_CALL = 1, 2, 3
+KEY_LENGTH = struct.Struct("!H")
 MAX_PAYLOAD_BYTES = 2**31 - 1
 METADATA_KEY = (
     "aspire_port"  # the replica metadata entry routers read (Serve's record_replica_metadata)
@@ -98,6 +102,11 @@ def decode_answer(answer: bytes) -> bytes:
     raise AspireError(answer[1:].decode("utf-8", "replace"), code)
 
 
+def servable_key(name: str, version: int) -> str:
+    """How a keyed call names a version in a shared host."""
+    return f"{version}:{name}"
+
+
 def set_nodelay(transport) -> None:
     """Small frames go out at once (no Nagle delay waiting for the peer's ACK)."""
     import socket
@@ -114,8 +123,9 @@ def hello(key: str) -> bytes:
     return HELLO_MAGIC + struct.pack("!H", len(raw)) + raw
 
 
-# A submitted call: `submit(method, payload)` returns an asyncio future of the encoded answer.
-Submit = Callable[[str, bytes], "asyncio.Future[bytes]"]
+# A submitted call: `submit(method, payload, key)` returns an asyncio future of the encoded
+# answer; `key` is "" for a plain call, the servable key for a keyed one.
+Submit = Callable[[str, bytes, str], "asyncio.Future[bytes]"]
 
 
 class _Connection(asyncio.Protocol):
@@ -154,14 +164,29 @@ class _Connection(asyncio.Protocol):
                 if future is not None:
                     future.cancel()
                 continue
-            if kind != CALL or length > MAX_PAYLOAD_BYTES or method >= len(METHODS):
+            if kind not in (CALL, KEYED_CALL) or length > MAX_PAYLOAD_BYTES:
+                self._transport.close()
+                return
+            if method >= len(METHODS):
                 self._transport.close()
                 return
             if len(buf) < header + length:
                 return
-            payload = bytes(buf[header : header + length])
+            key = ""
+            start = header
+            if kind == KEYED_CALL:
+                if length < KEY_LENGTH.size:
+                    self._transport.close()
+                    return
+                (size,) = KEY_LENGTH.unpack_from(buf, header)
+                start = header + KEY_LENGTH.size + size
+                if start > header + length:
+                    self._transport.close()
+                    return
+                key = bytes(buf[header + KEY_LENGTH.size : start]).decode("utf-8", "replace")
+            payload = bytes(buf[start : header + length])
             del buf[: header + length]
-            self._start(call_id, METHODS[method], payload)
+            self._start(call_id, METHODS[method], payload, key)
 
     def _read_hello(self) -> bool:
         buf, size = self._buf, len(HELLO_MAGIC) + 2
@@ -181,11 +206,11 @@ class _Connection(asyncio.Protocol):
         self._greeted = True
         return True
 
-    def _start(self, call_id: int, method: str, payload: bytes) -> None:
+    def _start(self, call_id: int, method: str, payload: bytes, key: str) -> None:
         if self._service.stopping:  # the router sends it to another replica
             self._write(call_id, _REFUSED_ANSWER)
             return
-        future = self._service.submit(method, payload)
+        future = self._service.submit(method, payload, key)
         self._calls[call_id] = future
         future.add_done_callback(lambda f: self._finish(call_id, f))
 
@@ -209,8 +234,8 @@ class _Connection(asyncio.Protocol):
 
 
 class ReplicaService:
-    """The call service on its own thread: `submit(method, payload)` (called on the service's
-    loop) answers each call."""
+    """The call service on its own thread: `submit(method, payload, key)` (called on the
+    service's loop) answers each call."""
 
     def __init__(self, submit: Submit, key: str, host: str = "0.0.0.0") -> None:
         self.submit = submit

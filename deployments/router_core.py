@@ -179,8 +179,10 @@ class RouterCore:
                 raise self._timed_out() from None
             try:
                 if link is None:
-                    return decode_answer(await self._handle_call(app, method, payload, deadline))
-                return await self._direct_call(app, link, method, payload, deadline)
+                    return decode_answer(
+                        await self._handle_call(app, method, payload, deadline, address.key)
+                    )
+                return await self._direct_call(app, link, method, payload, deadline, address.key)
             except AspireError as err:
                 if err.code == "DEADLINE_EXCEEDED" and deadline is not None:
                     raise self._timed_out() from None
@@ -203,11 +205,17 @@ class RouterCore:
         )
 
     async def _direct_call(
-        self, app: VersionApp, link, method: str, payload: bytes, deadline: float | None
+        self,
+        app: VersionApp,
+        link,
+        method: str,
+        payload: bytes,
+        deadline: float | None,
+        key: str = "",
     ) -> bytes:
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
         try:
-            return decode_answer(await link.call(method, payload, left))
+            return decode_answer(await link.call(method, payload, left, key.encode("utf-8")))
         except asyncio.TimeoutError:
             raise self._timed_out() from None
         except ConnectionError as err:  # the replica died, stopped or refused: not an answer
@@ -217,9 +225,9 @@ class RouterCore:
             app.release(link)
 
     async def _handle_call(
-        self, app: VersionApp, method: str, payload: bytes, deadline: float | None
+        self, app: VersionApp, method: str, payload: bytes, deadline: float | None, key: str = ""
     ) -> bytes:
-        response = app.handle.call.remote(method, payload)
+        response = app.handle.call.remote(method, payload, key)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return await asyncio.wait_for(response, left)

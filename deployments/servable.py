@@ -90,102 +90,69 @@ def inference_threads(max_concurrency: int, batched: bool) -> int:
     return max(1, min(max_concurrency, max(2, len(os.sched_getaffinity(0)))))
 
 
-@serve.deployment
-class ServableDeployment:
-    def __init__(
-        self,
-        name: str,
-        version: int,
-        path: str,
-        tags: tuple[str, ...],
-        warmup_iterations: int | None = 1,
-        gpu_memory_limit_bytes: int | None = None,
-        batching: BatchingOptions | None = None,
-        threads: tuple[int, int] = (0, 0),
-        max_concurrency: int = 64,
-        run_timeout_ms: int = 0,
-        data_key: str = "",
-        tensor_content: bool = False,
-        shutdown_grace_s: float = 20.0,
-    ):
-        self.name, self.version = name, version
-        self._tensor_content = tensor_content  # --enable_serialization_as_tensor_content
-        self._shutdown_grace_s = shutdown_grace_s
-        self._service: ReplicaService | None = None
+@dataclass(frozen=True)
+class VersionSpec:
+    """What loads one version, wherever it runs: its own replica (ServableDeployment) or a shared
+    host (deployments/host.py). Server-wide options come from ReplicaOptions."""
+
+    name: str
+    version: int
+    path: str
+    tags: tuple[str, ...] = ("serve",)
+    warmup_iterations: int | None = 1  # None: --enable_model_warmup=false
+    gpu_memory_limit_bytes: int | None = None
+    batching: BatchingOptions | None = None
+    threads: tuple[int, int] = (0, 0)
+    run_timeout_ms: int = 0
+    tensor_content: bool = False  # --enable_serialization_as_tensor_content
+
+
+class LoadedVersion:
+    """One loaded version: its TF session (batched or not), warmup, metadata and the calls it
+    answers (`work`), recording into the process's metrics recorder. Loading raises AspireError;
+    the deployments keep that as state."""
+
+    def __init__(self, spec: VersionSpec, recorder: metrics.Recorder):
+        self.spec, self.name, self.version = spec, spec.name, spec.version
+        self._recorder = recorder
         self._metadata_body: bytes | None = None
-        self.model = None
-        self.load_error: AspireError | None = None  # crosses Ray in ping(): it pickles
-        self.measured_vram_bytes = None
-        self.session_threads = None
-        self._ongoing = 0  # inference calls in this replica now (ping reports it)
-        self._calls = {"direct": 0, "handle": 0}  # calls answered, by path (ping reports them)
-        self._direct_ongoing = 0  # direct calls in flight: Serve's autoscaler cannot see them
-        self._shipper = _metrics_shipper()
-        started = time.monotonic()
-        params = None
-        # A failed load (warmup included) is kept as state and reported by ping(), not raised:
-        # raising would make Serve retry the constructor and bury TF's message in a traceback.
+        self.measured_vram_bytes: int | None = None
+        self.ongoing = 0  # calls running on it now (a shared host waits for them to unload it)
+        self.model = SavedModelLoader(spec.path, spec.tags).load(
+            intra_op_threads=spec.threads[0],
+            inter_op_threads=spec.threads[1],
+            gpu_memory_limit_bytes=spec.gpu_memory_limit_bytes,
+            run_timeout_ms=spec.run_timeout_ms,
+        )
         try:
-            self.model = SavedModelLoader(path, tags).load(
-                intra_op_threads=threads[0],
-                inter_op_threads=threads[1],
-                gpu_memory_limit_bytes=gpu_memory_limit_bytes,
-                run_timeout_ms=run_timeout_ms,
-            )
             self.session_threads = list(self.model.session_threads)
-            params = batching.parameters_for(path) if batching is not None else None
+            params = spec.batching.parameters_for(spec.path) if spec.batching is not None else None
+            self.batched = params is not None
             if params is not None:
                 from deployments.batching import BatchedModel
 
-                labels = metrics.labels_for(metrics.ASPIRE_BATCH_TASKS, name, version)
+                labels = metrics.labels_for(metrics.ASPIRE_BATCH_TASKS, spec.name, spec.version)
                 self.model = BatchedModel(
                     self.model,
                     params,
-                    lambda tasks, _padding: self._shipper.recorder.observe(
+                    lambda tasks, _padding: recorder.observe(
                         metrics.ASPIRE_BATCH_TASKS, labels, tasks
                     ),
                 )
-            if warmup_iterations is not None:  # None: --enable_model_warmup=false
-                self._warmup(path, warmup_iterations)
-            if gpu_memory_limit_bytes:
+            if spec.warmup_iterations is not None:
+                self._warmup(spec.warmup_iterations)
+            if spec.gpu_memory_limit_bytes:
                 from core.nvml import process_vram_bytes
 
                 self.measured_vram_bytes = process_vram_bytes(os.getpid())  # None without NVML
-        except AspireError as err:
-            self.load_error = err
-        except Exception as exc:
-            self.load_error = AspireError(f"{type(exc).__name__}: {exc}", "UNKNOWN")
-        # TF's library code touched by its import and the load, most of which serving never runs
-        # again, out of this process's resident set (core/memory.py); it faults back on use
-        memory.drop_clean_code_pages()
-        self._pool = ThreadPoolExecutor(
-            inference_threads(max_concurrency, params is not None),
-            thread_name_prefix="aspire-infer",
-        )
-        if data_key and self.load_error is None:  # the direct data path (replica_service.py)
-            import ray
+        except BaseException:
+            self.unload()
+            raise
 
-            try:
-                self._service = ReplicaService(
-                    self._submit, data_key, ray.util.get_node_ip_address()
-                )
-                self._service.start()
-            except Exception as exc:  # noqa: BLE001 - reported like a failed load
-                self.load_error = AspireError(
-                    f"The replica's call service did not start: {exc}", "UNAVAILABLE"
-                )
-        log.info(
-            "load of {name: %s version: %d} from %s: %s in %.2f s",
-            name,
-            version,
-            path,
-            "OK" if self.load_error is None else f"{self.load_error.code}: {self.load_error}",
-            time.monotonic() - started,
-        )
-
-    def _warmup(self, path: str, iterations: int) -> None:
+    def _warmup(self, iterations: int) -> None:
         """run_warmup, recorded as TF Serving records it (latency and records read, by status)."""
-        recorder, started, status, records = self._shipper.recorder, time.perf_counter(), "OK", 0
+        path = self.spec.path
+        recorder, started, status, records = self._recorder, time.perf_counter(), "OK", 0
         try:
             records = run_warmup(self.model, path, self.name, self.version, iterations)
         except AspireError as err:
@@ -206,80 +173,16 @@ class ServableDeployment:
 
     def _runtime(self, api: str, started: float) -> None:
         if api in ("Predict", "Classify", "Regress"):
-            self._shipper.recorder.observe(
+            self._recorder.observe(
                 metrics.TFS_RUNTIME_LATENCY,
                 metrics.labels_for(metrics.TFS_RUNTIME_LATENCY, self.name, api, "TF1"),
                 (time.perf_counter() - started) * 1e6,
             )
 
-    def ping(self) -> dict:
-        import ray
-
-        return {
-            "version": self.version,
-            "error": self.load_error,
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "measured_vram_bytes": self.measured_vram_bytes,
-            "session_threads": self.session_threads,
-            "ongoing_requests": self._ongoing,
-            "service_port": self._service.port if self._service is not None else None,
-            "calls": dict(self._calls),
-        }
-
-    def record_replica_metadata(self) -> dict:
-        """Published by Serve to every router with this replica's place in the running list:
-        the port of the replica's own service (deployments/replica_service.py)."""
-        return {METADATA_KEY: self._service.port} if self._service is not None else {}
-
-    # Inference runs on the replica's own pool of long-lived threads (inference_threads: one per
-    # core, or one per request it may hold when batched, so requests waiting for a batch never
-    # starve the batch), not on Serve's default path for sync methods, which measured slower.
-    async def _answer(self, method: str, payload: bytes) -> bytes:
-        """One call, direct or through Serve's handle: method and request bytes in, the answer
-        encoded as replica_service.encode_answer out."""
-        if self.load_error is not None:
-            return encode_answer(self.load_error.code, self.load_error.message)
-        self._ongoing += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._work, method, payload
-            )
-        finally:
-            self._ongoing -= 1
-
-    def _submit(self, method: str, payload: bytes) -> asyncio.Future:
-        """A direct call (deployments/replica_service.py), on the service's loop: the future of
-        its encoded answer. Cancelling it before the pool starts the work skips the work."""
-        loop = self._service.loop
-        if self.load_error is not None:
-            future = loop.create_future()
-            future.set_result(encode_answer(self.load_error.code, self.load_error.message))
-            return future
-        self._calls["direct"] += 1
-        self._direct_ongoing += 1
-        self._ongoing += 1
-        future = loop.run_in_executor(self._pool, self._work, method, payload)
-        future.add_done_callback(self._direct_done)
-        return future
-
-    def _direct_done(self, _future) -> None:
-        self._direct_ongoing -= 1
-        self._ongoing -= 1
-
-    def record_autoscaling_stats(self) -> dict:
-        """Serve's hook, read periodically: direct calls in flight, which Serve's own request
-        counts miss; deployments/autoscaling.py adds them to what handles report."""
-        return {DIRECT_ONGOING: self._direct_ongoing}
-
-    async def call(self, method: str, payload: bytes) -> bytes:
-        """Serve's handle path (the routers' fallback): the same calls as the direct path."""
-        self._calls["handle"] += 1
-        return await self._answer(method, payload)
-
-    def _work(self, method: str, payload: bytes) -> bytes:
+    def work(self, method: str, payload: bytes) -> bytes:
+        """One call: method and request bytes in, the answer as replica_service.encode_answer."""
         started = time.perf_counter()
+        self.ongoing += 1
         try:
             if method == "metadata":
                 return encode_answer("OK", self._metadata())
@@ -290,7 +193,7 @@ class ServableDeployment:
                 api = method.capitalize()
             else:
                 code, text = proto_api.handle(
-                    self.model, method, payload, self.name, self.version, self._tensor_content
+                    self.model, method, payload, self.name, self.version, self.spec.tensor_content
                 )
                 api = method
             self._runtime(api, started)
@@ -300,6 +203,8 @@ class ServableDeployment:
         except Exception as exc:  # never a trace to the client; the log has it
             log.exception("%s on {name: %s version: %d} failed", method, self.name, self.version)
             return encode_answer("INTERNAL", f"Internal error: {type(exc).__name__}")
+        finally:
+            self.ongoing -= 1
 
     def _metadata(self) -> bytes:
         """GET /metadata's body, as TF Serving prints it (computed once)."""
@@ -317,6 +222,145 @@ class ServableDeployment:
             ).encode("utf-8")
         return self._metadata_body
 
+    def unload(self) -> None:
+        model, self.model = self.model, None
+        if model is not None:
+            model.unload()
+
+
+def load_failure(exc: BaseException) -> AspireError:
+    """A failed load as the error kept for status: TF's own AspireError, or the exception."""
+    if isinstance(exc, AspireError):
+        return exc
+    return AspireError(f"{type(exc).__name__}: {exc}", "UNKNOWN")
+
+
+@serve.deployment
+class ServableDeployment:
+    def __init__(
+        self,
+        spec: VersionSpec,
+        max_concurrency: int = 64,
+        data_key: str = "",
+        shutdown_grace_s: float = 20.0,
+    ):
+        self.name, self.version = spec.name, spec.version
+        self._shutdown_grace_s = shutdown_grace_s
+        self._service: ReplicaService | None = None
+        self.loaded: LoadedVersion | None = None
+        self.load_error: AspireError | None = None  # crosses Ray in ping(): it pickles
+        self._ongoing = 0  # inference calls in this replica now (ping reports it)
+        self._calls = {"direct": 0, "handle": 0}  # calls answered, by path (ping reports them)
+        self._direct_ongoing = 0  # direct calls in flight: Serve's autoscaler cannot see them
+        self._shipper = _metrics_shipper()
+        started = time.monotonic()
+        # A failed load (warmup included) is kept as state and reported by ping(), not raised:
+        # raising would make Serve retry the constructor and bury TF's message in a traceback.
+        try:
+            self.loaded = LoadedVersion(spec, self._shipper.recorder)
+        except Exception as exc:
+            self.load_error = load_failure(exc)
+        # TF's library code touched by its import and the load, most of which serving never runs
+        # again, out of this process's resident set (core/memory.py); it faults back on use
+        memory.drop_clean_code_pages()
+        batched = self.loaded is not None and self.loaded.batched
+        self._pool = ThreadPoolExecutor(
+            inference_threads(max_concurrency, batched), thread_name_prefix="aspire-infer"
+        )
+        if data_key and self.load_error is None:  # the direct data path (replica_service.py)
+            import ray
+
+            try:
+                self._service = ReplicaService(
+                    self._submit, data_key, ray.util.get_node_ip_address()
+                )
+                self._service.start()
+            except Exception as exc:  # noqa: BLE001 - reported like a failed load
+                self.load_error = AspireError(
+                    f"The replica's call service did not start: {exc}", "UNAVAILABLE"
+                )
+        log.info(
+            "load of {name: %s version: %d} from %s: %s in %.2f s",
+            spec.name,
+            spec.version,
+            spec.path,
+            "OK" if self.load_error is None else f"{self.load_error.code}: {self.load_error}",
+            time.monotonic() - started,
+        )
+
+    @property
+    def model(self):
+        """The loaded model (tests reach it), or None when the load failed."""
+        return self.loaded.model if self.loaded is not None else None
+
+    def ping(self) -> dict:
+        import ray
+
+        loaded = self.loaded
+        return {
+            "version": self.version,
+            "error": self.load_error,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "measured_vram_bytes": loaded.measured_vram_bytes if loaded else None,
+            "session_threads": loaded.session_threads if loaded else None,
+            "ongoing_requests": self._ongoing,
+            "service_port": self._service.port if self._service is not None else None,
+            "calls": dict(self._calls),
+        }
+
+    def record_replica_metadata(self) -> dict:
+        """Published by Serve to every router with this replica's place in the running list:
+        the port of the replica's own service (deployments/replica_service.py)."""
+        return {METADATA_KEY: self._service.port} if self._service is not None else {}
+
+    # Inference runs on the replica's own pool of long-lived threads (inference_threads: one per
+    # core, or one per request it may hold when batched, so requests waiting for a batch never
+    # starve the batch), not on Serve's default path for sync methods, which measured slower.
+    async def _answer(self, method: str, payload: bytes) -> bytes:
+        """One call through Serve's handle: method and request bytes in, the answer encoded as
+        replica_service.encode_answer out."""
+        if self.load_error is not None:
+            return encode_answer(self.load_error.code, self.load_error.message)
+        self._ongoing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.loaded.work, method, payload
+            )
+        finally:
+            self._ongoing -= 1
+
+    def _submit(self, method: str, payload: bytes, key: str = "") -> asyncio.Future:
+        """A direct call (deployments/replica_service.py), on the service's loop: the future of
+        its encoded answer. Cancelling it before the pool starts the work skips the work."""
+        loop = self._service.loop
+        if self.load_error is not None:
+            future = loop.create_future()
+            future.set_result(encode_answer(self.load_error.code, self.load_error.message))
+            return future
+        self._calls["direct"] += 1
+        self._direct_ongoing += 1
+        self._ongoing += 1
+        future = loop.run_in_executor(self._pool, self.loaded.work, method, payload)
+        future.add_done_callback(self._direct_done)
+        return future
+
+    def _direct_done(self, _future) -> None:
+        self._direct_ongoing -= 1
+        self._ongoing -= 1
+
+    def record_autoscaling_stats(self) -> dict:
+        """Serve's hook, read periodically: direct calls in flight, which Serve's own request
+        counts miss; deployments/autoscaling.py adds them to what handles report."""
+        return {DIRECT_ONGOING: self._direct_ongoing}
+
+    async def call(self, method: str, payload: bytes, key: str = "") -> bytes:
+        """Serve's handle path (the routers' fallback): the same calls as the direct path.
+        `key` names the version in a shared host; a dedicated replica holds one."""
+        self._calls["handle"] += 1
+        return await self._answer(method, payload)
+
     def __del__(self):
         service = getattr(self, "_service", None)
         if service is not None:  # routers stopped picking this replica; let its calls finish
@@ -328,6 +372,6 @@ class ServableDeployment:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False)
-        model = getattr(self, "model", None)
-        if model is not None:
-            model.unload()
+        loaded = getattr(self, "loaded", None)
+        if loaded is not None:
+            loaded.unload()

@@ -20,9 +20,12 @@ from ray import serve
 
 from core.errors import AspireError
 from core.names import APP_PREFIX, app_name
+from deployments.host import HostDeployment
+from deployments.host_registry import HostRegistry
 from deployments.loader import SavedModelLoader
-from deployments.servable import BatchingOptions, ServableDeployment
-from policies.admission import Need, Placement, replica_need, tf_memory_limit_bytes
+from deployments.replica_service import servable_key
+from deployments.servable import BatchingOptions, ServableDeployment, VersionSpec
+from policies.admission import HostSlot, Need, Placement, replica_need, tf_memory_limit_bytes
 
 log = logging.getLogger("aspire.servable")
 
@@ -64,6 +67,10 @@ class ReplicaOptions:
     # (deployments/replica_service.py). Kept in Serve's arguments in the GCS, like the rest of
     # the cluster's state; "" turns the direct path off (every call takes Serve's handle).
     data_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # The block one shared host books ("placement": "shared", cluster/hosts.py): host RAM, and
+    # VRAM on one GPU for a GPU host; the versions in the host share it.
+    shared_host_ram_bytes: int = 4 * 1024**3
+    shared_host_vram_bytes: int = 8 * 1024**3
     extra_actor_options: dict = field(default_factory=dict)
 
 
@@ -107,6 +114,9 @@ class ServeBackend:
         self.load_timeout_s = load_timeout_s
         self.settings: dict = {}  # model name -> config.aspire_config.ModelSettings
         self._cancelled = threading.Event()  # the server is stopping: loads in flight give up
+        self.hosts = HostRegistry()  # shared hosts' manifests (deployments/host_registry.py)
+        self._host_locks: dict[str, threading.Lock] = {}
+        self._host_locks_guard = threading.Lock()
 
     def cancel_loads(self) -> None:
         """Make every load in flight, and every later one, fail at once with CANCELLED (its
@@ -187,9 +197,6 @@ class ServeBackend:
         ram_bytes = loader.estimate_resources().ram_bytes
         loader.validate()  # cheap: refuses a version that cannot load before starting replicas
         opts = self.options
-        warmup = (
-            max(1, opts.num_request_iterations_for_warmup) if opts.enable_model_warmup else None
-        )
         groups = _groups(placements) if placements else [(None, self._replicas(name))]
         base = app_name(name, version)
         apps, replicas = [], []
@@ -231,18 +238,9 @@ class ServeBackend:
                     [
                         serve.RunTarget(
                             deployment.bind(
-                                name,
-                                version,
-                                path,
-                                tuple(opts.tags),
-                                warmup,
-                                limit,
-                                opts.batching,
-                                (opts.intra_op_threads, opts.inter_op_threads),
+                                self._spec(name, version, path, limit),
                                 ongoing,
-                                opts.run_timeout_ms,
                                 opts.data_key,
-                                opts.tensor_content,
                                 opts.graceful_shutdown_timeout_s,
                             ),
                             name=app,
@@ -288,6 +286,156 @@ class ServeBackend:
             # what routers need besides the apps (deployments/router_core.py VersionAddress)
             "max_queued_requests": queued,
         }
+
+    def _spec(self, name: str, version: int, path: str, gpu_limit: int | None) -> VersionSpec:
+        opts = self.options
+        return VersionSpec(
+            name,
+            version,
+            path,
+            tuple(opts.tags),
+            max(1, opts.num_request_iterations_for_warmup) if opts.enable_model_warmup else None,
+            gpu_limit,
+            opts.batching,
+            (opts.intra_op_threads, opts.inter_op_threads),
+            opts.run_timeout_ms,
+            opts.tensor_content,
+        )
+
+    # ---- shared hosts ("placement": "shared", deployments/host.py) ---------------------------
+    def shared(self, name: str) -> bool:
+        settings = self.settings.get(name)
+        return bool(settings and settings.placement == "shared")
+
+    def host_block(self, device: str) -> Need:
+        opts = self.options
+        vram = opts.shared_host_vram_bytes if device == "gpu" else 0
+        return Need(vram, opts.shared_host_ram_bytes)
+
+    def load_shared(self, name: str, version: int, path: str, slot: HostSlot) -> dict:
+        """Load a version into the host `slot` names (opened first if it does not run): put it
+        in the host's manifest, then wait until the host's replicas hold it."""
+        servable = f"{{name: {name} version: {version}}}"
+        self._check_cancelled(servable)
+        loader = SavedModelLoader(path, self.options.tags)
+        ram_bytes = loader.estimate_resources().ram_bytes
+        loader.validate()
+        key = servable_key(name, version)
+        placement = slot.placement
+        limit = (
+            tf_memory_limit_bytes(placement.vram_bytes)
+            if placement is not None and placement.gpu_index is not None
+            else None
+        )
+        self.hosts.put(slot.app, key, self._spec(name, version, path, limit))
+        try:
+            handle = self._open_host(slot, servable)
+            self.hosts.wait_loaded(
+                slot.app,
+                key,
+                time.monotonic() + self.load_timeout_s,
+                lambda: self._check_cancelled(servable),
+            )
+        except AspireError:
+            self.hosts.remove(slot.app, key)
+            raise
+        except Exception as exc:
+            self.hosts.remove(slot.app, key)
+            raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
+        answer = self._ping(handle, servable)
+        return {
+            "apps": [[slot.app, slot.replicas]],
+            "key": key,
+            "host": slot.app,
+            "host_vram_bytes": 0 if placement is None else placement.vram_bytes,
+            "ram_bytes": ram_bytes,
+            "placements": [
+                {
+                    "app": slot.app,
+                    "host": slot.app,
+                    "replicas": slot.replicas,
+                    "min_replicas": slot.replicas,
+                    "node_id": answer["node_id"],
+                    "pid": answer["pid"],
+                    "gpu": None if placement is None else placement.gpu_index,
+                    "vram_bytes": 0,
+                    "cuda_visible_devices": answer["cuda_visible_devices"],
+                    "measured_vram_bytes": None,
+                    "session_threads": None,
+                }
+            ],
+            "measured_vram_bytes": None,
+            "max_queued_requests": self.options.max_queued_requests,
+        }
+
+    def _open_host(self, slot: HostSlot, servable: str):
+        """The host's Serve handle, once its application runs (created here the first time)."""
+        with self._host_locks_guard:
+            lock = self._host_locks.setdefault(slot.app, threading.Lock())
+        with lock:
+            status = serve.status().applications.get(slot.app)
+            if status is None or status.status != "RUNNING":
+                opts = self.options
+                placement = slot.placement
+                actor_options = {
+                    "num_cpus": opts.num_cpus,
+                    "num_gpus": 0,
+                    "runtime_env": {"env_vars": _replica_env(slot.app, placement)},
+                    **opts.extra_actor_options,
+                }
+                if placement is not None:
+                    actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
+                deployment = HostDeployment.options(
+                    name="servable",
+                    ray_actor_options=actor_options,
+                    num_replicas=slot.replicas,
+                    max_ongoing_requests=opts.max_ongoing_requests,
+                    max_queued_requests=opts.max_queued_requests,
+                    graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
+                    graceful_shutdown_wait_loop_s=opts.graceful_shutdown_wait_loop_s,
+                    health_check_period_s=opts.health_check_period_s,
+                    health_check_timeout_s=opts.health_check_timeout_s,
+                    logging_config={"enable_access_log": False},
+                )
+                serve.run_many(
+                    [
+                        serve.RunTarget(
+                            deployment.bind(
+                                slot.app,
+                                opts.max_ongoing_requests,
+                                opts.batching is not None,
+                                opts.data_key,
+                                opts.graceful_shutdown_timeout_s,
+                            ),
+                            name=slot.app,
+                            route_prefix=None,
+                        )
+                    ],
+                    wait_for_applications_running=False,
+                )
+                self._wait_running(slot.app, servable)
+            return serve.get_app_handle(slot.app)
+
+    def close_host(self, app: str) -> None:
+        """The host holds no version any more: delete its application."""
+        delete_apps([app])
+        self.hosts.forget(app)
+
+    def adopt(self, name: str, version: int, path: str, where: dict) -> None:
+        """A restarted manager adopts a shared version: it goes back into its host's manifest
+        (the host still holds it, so nothing loads)."""
+        host = where.get("host")
+        if host:
+            placement = where.get("placements") or [{}]
+            gpu = placement[0].get("gpu")
+            limit = (
+                tf_memory_limit_bytes(int(where.get("host_vram_bytes") or 0))
+                if gpu is not None
+                else None
+            )
+            self.hosts.put(
+                host, servable_key(name, version), self._spec(name, version, path, limit)
+            )
 
     def _ping(self, handle, servable: str) -> dict:
         """The replica's answer once its load is done, polled so a stop cancels the wait."""
@@ -337,6 +485,11 @@ class ServeBackend:
         )
 
     def unload(self, name: str, version: int, where: dict) -> None:
+        if where.get("key"):  # shared: out of its host's manifest, the host goes on
+            self.hosts.remove(where["host"], where["key"])
+            if not self.hosts.wait_gone(where["host"], where["key"], 60.0):
+                log.warning("host %s did not drop %s within 60 s", where["host"], where["key"])
+            return
         delete_apps([app for app, _ in where.get("apps") or [[app_name(name, version), 1]]])
 
 

@@ -187,3 +187,35 @@ def place(
         f"{format_bytes(need.ram_bytes)} of host RAM on the same node, largest free host RAM "
         f"next to a fitting GPU is {format_bytes(max(free_ram(node), 0))} (node {node[:12]})",
     )
+
+
+# ---- admission inside shared hosts ("placement": "shared") ----------------------------------
+@dataclass(frozen=True)
+class HostSlot:
+    """A shared host (deployments/host.py) as admission sees it: its Serve application, where
+    its block is booked (`placement`: the block's node, GPU and sizes; None without admission)
+    and its replica count. Each replica of the host holds every version in it."""
+
+    app: str
+    placement: Placement | None
+    replicas: int = 1
+
+
+def fits_in_host(need: Need, block: Need, used: Need) -> bool:
+    return (
+        used.vram_bytes + need.vram_bytes <= block.vram_bytes
+        and used.ram_bytes + need.ram_bytes <= block.ram_bytes
+    )
+
+
+def best_host(need: Need, hosts: list[tuple[str, Need, Need]]) -> str | None:
+    """Best fit among open hosts, given as (app, block, used): the host with the least room
+    left that still fits `need` (room: VRAM first for GPU hosts, then RAM; ties: the lowest
+    app name), or None when none fits."""
+    fitting = [(app, block, used) for app, block, used in hosts if fits_in_host(need, block, used)]
+    if not fitting:
+        return None
+    return min(
+        fitting,
+        key=lambda h: (h[1].vram_bytes - h[2].vram_bytes, h[1].ram_bytes - h[2].ram_bytes, h[0]),
+    )[0]

@@ -93,7 +93,7 @@ def test_unknown_model_key_is_rejected():
         "Invalid Aspire config cfg.json: model 'm': unknown key 'num_replica' "
         "(expected one of version_policy, traffic, num_replicas, autoscaling, "
         "max_ongoing_requests, max_queued_requests, health_check_period_s, "
-        "health_check_timeout_s, device, vram, ram)"
+        "health_check_timeout_s, device, vram, ram, placement)"
     )
 
 
@@ -124,6 +124,36 @@ def test_device_and_declared_sizes_are_parsed():
     ],
 )
 def test_bad_device_or_sizes_are_rejected(body, message):
+    assert message in error({"models": {"m": body}}).message
+
+
+def test_placement_is_dedicated_by_default_and_shared_when_asked():
+    settings = parse_aspire_config(
+        json.dumps({"models": {"small": {"placement": "shared", "device": "cpu"}, "big": {}}})
+    )
+    assert settings["small"] == ModelSettings(device="cpu", placement="shared")
+    assert settings["big"].placement == "dedicated"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"placement": "packed"}, "placement must be 'dedicated' or 'shared', got 'packed'"),
+        (
+            {"placement": "shared", "num_replicas": 2},
+            'num_replicas does not apply to "placement": "shared" (the host sets it)',
+        ),
+        (
+            {"placement": "shared", "autoscaling": {"min_replicas": 1, "max_replicas": 2}},
+            'autoscaling does not apply to "placement": "shared"',
+        ),
+        (
+            {"placement": "shared", "max_queued_requests": 5},
+            'max_queued_requests does not apply to "placement": "shared"',
+        ),
+    ],
+)
+def test_a_bad_placement_or_a_replica_setting_beside_shared_is_rejected(body, message):
     assert message in error({"models": {"m": body}}).message
 
 

@@ -14,7 +14,13 @@ import pytest
 from core.errors import AspireError
 from deployments.grpc_api import model_spec_parts
 from deployments.replica_client import ReplicaLink, VersionApp
-from deployments.replica_service import CallRefused, ReplicaService, decode_answer, encode_answer
+from deployments.replica_service import (
+    CallRefused,
+    ReplicaService,
+    decode_answer,
+    encode_answer,
+    servable_key,
+)
 
 KEY = "k" * 32
 
@@ -29,11 +35,12 @@ class Replica:
         self.service = ReplicaService(self.submit, KEY, "127.0.0.1")
         self.port = self.service.start()
 
-    def submit(self, method: str, payload: bytes) -> asyncio.Future:
+    def submit(self, method: str, payload: bytes, key: str = "") -> asyncio.Future:
         loop = self.service.loop
         if not self.hold:
             future = loop.create_future()
-            future.set_result(encode_answer("OK", method.encode() + b":" + payload))
+            echo = (key.encode() + b"|" if key else b"") + method.encode() + b":" + payload
+            future.set_result(encode_answer("OK", echo))
             return future
         future = loop.run_in_executor(None, self._wait, method, payload)
         self.started.append(future)
@@ -60,6 +67,28 @@ def test_calls_round_trip_and_share_one_connection():
         answers = await asyncio.gather(*(link.call("predict", b"%d" % i, 10) for i in range(200)))
         assert [decode_answer(a) for a in answers] == [b"predict:%d" % i for i in range(200)]
         assert len(replica.service._connections) == 1
+        link.close()
+
+    try:
+        run(main())
+    finally:
+        replica.stop()
+
+
+def test_keyed_calls_carry_the_servable_key_beside_plain_calls_on_one_connection():
+    replica = Replica()
+
+    async def main():
+        link = ReplicaLink("r1", "127.0.0.1", replica.port, 64, KEY)
+        keys = [servable_key(f"model-é{i}", i).encode() for i in range(50)]
+        answers = await asyncio.gather(
+            *(link.call("predict", b"%d" % i, 10, key) for i, key in enumerate(keys)),
+            link.call("metadata", b"", 10),
+        )
+        assert [decode_answer(a) for a in answers[:-1]] == [
+            key + b"|predict:%d" % i for i, key in enumerate(keys)
+        ]
+        assert decode_answer(answers[-1]) == b"metadata:"
         link.close()
 
     try:
@@ -304,7 +333,7 @@ def test_model_spec_scan_tells_absent_from_malformed():
 class TimedOutReplica(Replica):
     """A replica whose TF session gave up first: every call answers TF's DEADLINE_EXCEEDED."""
 
-    def submit(self, method: str, payload: bytes) -> asyncio.Future:
+    def submit(self, method: str, payload: bytes, key: str = "") -> asyncio.Future:
         future = self.service.loop.create_future()
         future.set_result(encode_answer("DEADLINE_EXCEEDED", "Timed out waiting for notification"))
         return future

@@ -54,7 +54,7 @@ def test_a_replica_loads_warms_and_runs_without_tensorflows_init_and_tensorflow_
         import sys
         import numpy as np
         from deployments import servable, tf_runtime
-        replica = servable.ServableDeployment.func_or_class("m", 1, MODEL, ("serve",))
+        replica = servable.ServableDeployment.func_or_class(servable.VersionSpec("m", 1, MODEL))
         assert replica.load_error is None, replica.load_error
         y = replica.model.run("serving_default", {"x": np.array([1.0, 2.0], np.float32)})["y"]
         light = tf_runtime.light() and "keras" not in sys.modules and not tf_runtime.full_tensorflow()

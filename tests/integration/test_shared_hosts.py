@@ -1,0 +1,180 @@
+"""Many models per node ("placement": "shared"), on the session's real Ray cluster: 50 versions
+in one shared host process, each answering as its own model; a failed load in the host; an
+availability-preserving rollout inside the host under load; the host SIGKILLed under load; and
+the host closed once its last version is unloaded. Each test prints its figures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from tests.integration.conftest import DATA, ClosedLoop, wait_for
+from tests.integration.test_faults import alive_replica_pids, running_replicas
+
+pytestmark = pytest.mark.ray
+HALF_PLUS_TWO = DATA / "saved_model_half_plus_two_cpu" / "00000123"
+HALF_PLUS_THREE = DATA / "saved_model_half_plus_three" / "00000123"
+BAD = DATA / "bad_half_plus_two" / "00000123"
+N = 50
+
+
+def describe(aspire) -> dict:
+    return aspire.get("/v1/aspire/status").json()
+
+
+def host_apps() -> set[str]:
+    from ray import serve
+
+    from cluster.hosts import HOST_PREFIX
+
+    return {app for app in serve.status().applications if app.startswith(HOST_PREFIX)}
+
+
+@pytest.fixture(scope="module")
+def fleet(aspire, tmp_path_factory):
+    """N copies of half_plus_two, each a model of its own with "placement": "shared"."""
+    import ray
+
+    from config.aspire_config import ModelSettings
+    from config.model_config import ModelSource
+    from policies.aspired import Latest
+
+    root = tmp_path_factory.mktemp("fleet")
+    names = [f"fleet{i:02d}" for i in range(N)]
+    for name in names:
+        shutil.copytree(HALF_PLUS_TWO, root / name / "1")
+    shutil.copytree(BAD, root / "fleetbad" / "1")
+    settings = {n: ModelSettings(placement="shared") for n in [*names, "fleetbad"]}
+    ray.get(aspire.manager.set_settings.remote(settings))
+    started = time.monotonic()
+    aspire.models = aspire.models + [ModelSource(n, str(root / n), Latest(1)) for n in names]
+    ray.get(aspire.manager.set_models.remote(aspire.models))
+    wait_for(
+        lambda: all(aspire.states(n).get(1, ("",))[0] == "AVAILABLE" for n in names),
+        600,
+        0.5,
+        what=f"{N} shared versions AVAILABLE",
+    )
+    print(
+        f"\n{N} shared versions AVAILABLE {time.monotonic() - started:.1f} s after they were added"
+    )
+    yield names, root
+    aspire.remove_added_models()
+    ray.get(aspire.manager.set_settings.remote({}))
+
+
+def test_fifty_shared_versions_run_in_one_host_process_and_each_answers_as_its_own_model(
+    aspire, fleet
+):
+    names, _ = fleet
+    described = describe(aspire)
+    [host] = described["shared_hosts"]
+    assert len(host["versions"]) == N
+    apps = {described["placements"][n]["1"][0]["host"] for n in names}
+    assert apps == {host["app"]}
+    assert len(alive_replica_pids(host["app"])) == 1
+    for name in names:
+        r = aspire.post(f"/v1/models/{name}:predict", {"instances": [1.0, 2.0, 5.0]})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
+    meta = aspire.get(f"/v1/models/{names[7]}/metadata").json()
+    assert meta["model_spec"] == {"name": names[7], "signature_name": "", "version": "1"}
+    r = aspire.post(f"/v1/models/{names[3]}/versions/2:predict", {"instances": [1.0]})
+    assert r.status_code == 404
+    assert r.json() == {"error": f"Servable not found for request: Specific({names[3]}, 2)"}
+
+
+def test_a_version_that_fails_to_load_in_a_host_ends_alone_and_the_host_keeps_serving(
+    aspire, fleet
+):
+    names, root = fleet
+    [host] = describe(aspire)["shared_hosts"]
+    pids = alive_replica_pids(host["app"])
+    aspire.add_model("fleetbad", root / "fleetbad")
+    aspire.wait_state("fleetbad", 1, "END")
+    status = aspire.get("/v1/models/fleetbad").json()["model_version_status"][0]["status"]
+    assert status["error_code"] != "OK" and status["error_message"]
+    assert alive_replica_pids(host["app"]) == pids  # the host was not restarted
+    r = aspire.post(f"/v1/models/{names[0]}:predict", {"instances": [1.0]})
+    assert r.json() == {"predictions": [2.5]}
+    assert [h["versions"] for h in describe(aspire)["shared_hosts"]] == [host["versions"]]
+
+
+def test_a_rollout_inside_the_host_under_load_fails_no_request(aspire, fleet):
+    names, root = fleet
+    name = names[0]
+    [host] = describe(aspire)["shared_hosts"]
+    pids = alive_replica_pids(host["app"])
+    with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
+        load.wait_more(100)
+        shutil.copytree(HALF_PLUS_THREE, root / name / "2")  # x/2 + 3
+        started = time.monotonic()
+        wait_for(
+            lambda: (
+                aspire.states(name).get(1, ("",))[0] == "END"
+                and aspire.states(name).get(2, ("",))[0] == "AVAILABLE"
+            ),
+            300,
+            0.2,
+            what="v2 AVAILABLE and v1 unloaded",
+        )
+        rolled_s = time.monotonic() - started
+        load.wait_more(100)
+    print(
+        f"\nrollout inside a shared host under 8 clients: {len(load.answers)} answers, "
+        f"{len(load.failures)} failed; v2 served and v1 unloaded {rolled_s:.1f} s after v2 appeared"
+    )
+    assert load.failures == []
+    assert {p for _, p in load.answers} == {2.5, 3.5}
+    assert load.answers[-1][1] == 3.5
+    assert alive_replica_pids(host["app"]) == pids  # loaded and unloaded without a restart
+
+
+def test_a_host_killed_under_load_comes_back_with_every_version_and_fails_no_request(aspire, fleet):
+    names, _ = fleet
+    name = names[1]
+    [host] = describe(aspire)["shared_hosts"]
+    app = host["app"]
+    [victim] = alive_replica_pids(app)
+    with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
+        load.wait_more(100)
+        before = len(load.answers)
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(
+            lambda: (
+                (pids := alive_replica_pids(app))
+                and victim not in pids
+                and running_replicas(app) == 1
+            ),
+            300,
+            0.2,
+            what="a replacement host replica",
+        )
+        back_s = time.monotonic() - killed
+        load.wait_more(100)
+    print(
+        f"\nshared host (with {len(host['versions'])} versions) SIGKILL under 8 clients: "
+        f"{len(load.answers) - before} answers after the kill, {len(load.failures)} failed; "
+        f"replacement RUNNING {back_s:.1f} s after the kill"
+    )
+    assert load.failures == []
+    for other in names[1:]:  # every version came back in the new process
+        r = aspire.post(f"/v1/models/{other}:predict", {"instances": [1.0]})
+        assert r.status_code == 200 and r.json() == {"predictions": [2.5]}, (other, r.text)
+    assert all(aspire.states(n).get(1, ("",))[0] == "AVAILABLE" for n in names[1:])
+
+
+def test_unloading_every_shared_version_closes_the_host_and_frees_its_block(aspire, fleet):
+    names, _ = fleet
+    assert host_apps()
+    aspire.remove_added_models()
+    wait_for(lambda: not host_apps(), 300, 0.2, what="the shared host deleted")
+    described = describe(aspire)
+    assert described["shared_hosts"] == []
+    held = [h for n in described["resources"]["hosts"] for h in n["holders"]]
+    assert not [h for h in held if "host-" in h]
