@@ -175,7 +175,26 @@ class Manager:
                 self._changed.notify_all()
                 self._pool.submit(self._run_action, stream, action)
                 started += 1
+            moves = self._harness.moves_refused
+            for stream, record in plan.misplaced(
+                self._streams.values(), self._harness.shared, moves
+            ):
+                stream.busy = True
+                self._in_flight += 1
+                self._pool.submit(self._move, stream, record)
+                started += 1
         return started
+
+    def _move(self, stream: Stream, record: VersionRecord) -> None:
+        try:
+            self._harness.move(stream, record)
+        except Exception:  # a bug here must not wedge the stream
+            log.exception("moving %s %d failed unexpectedly", stream.name, record.version)
+        finally:
+            with self._lock:
+                stream.busy = False
+                self._in_flight -= 1
+                self._changed.notify_all()
 
     def _run_action(self, stream: Stream, action: Action) -> None:
         try:
@@ -197,6 +216,7 @@ class Manager:
             self._capacity_changed(reason)
 
     def _capacity_changed(self, reason: str) -> None:
+        self._harness.moves_refused.clear()  # a refused move may fit now
         for stream, record in plan.refused_to_retry(self._streams.values()):
             log.info(
                 "Retrying servable %s, refused for insufficient resources: %s",

@@ -8,7 +8,7 @@ reservation book places replicas best fit (policies/admission.py, cluster/reserv
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cluster.manager_state import Stream, VersionRecord
 from core.errors import AspireError
@@ -33,6 +33,29 @@ def next_actions(streams: Iterable[Stream]) -> list[tuple[Stream, Action]]:
         if action is not None:
             actions.append((stream, action))
     return actions
+
+
+def misplaced(
+    streams: Iterable[Stream], shared: Callable[[str], bool], refused: set[tuple[str, int]]
+) -> list[tuple[Stream, VersionRecord]]:
+    """AVAILABLE versions of idle streams whose placement is not their model's now (the side
+    file moved the model between "dedicated" and "shared"), except moves already refused."""
+    found = []
+    for stream in streams:
+        if stream.busy:
+            continue
+        want = shared(stream.name)
+        for record in stream.versions.values():
+            if (
+                record.state is HarnessState.READY
+                and record.aspired
+                and record.where is not None
+                and bool(record.where.get("host")) != want
+                and (stream.name, record.version) not in refused
+            ):
+                found.append((stream, record))
+                break  # one move per stream at a time
+    return found
 
 
 def replica_keys(servable: str, replicas: int) -> list[str]:

@@ -134,6 +134,38 @@ def test_a_rollout_inside_the_host_under_load_fails_no_request(aspire, fleet):
     assert alive_replica_pids(host["app"]) == pids  # loaded and unloaded without a restart
 
 
+def test_a_shared_version_moved_to_dedicated_under_load_fails_no_request(aspire, fleet):
+    import ray
+
+    from config.aspire_config import ModelSettings
+    from core.names import app_name
+
+    names, _ = fleet
+    name = names[2]
+    settings = {n: ModelSettings(placement="shared") for n in names if n != name}
+    with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
+        load.wait_more(100)
+        ray.get(aspire.manager.set_settings.remote(settings))  # the side file: name is dedicated
+        started = time.monotonic()
+        wait_for(
+            lambda: "host" not in describe(aspire)["placements"][name]["1"][0],
+            300,
+            0.2,
+            what=f"{name} in replicas of its own",
+        )
+        moved_s = time.monotonic() - started
+        load.wait_more(100)
+    print(
+        f"\nshared -> dedicated under 8 clients: {len(load.answers)} answers, "
+        f"{len(load.failures)} failed; moved {moved_s:.1f} s after the side file changed"
+    )
+    assert load.failures == []
+    assert len(alive_replica_pids(app_name(name, 1))) == 1
+    [host] = describe(aspire)["shared_hosts"]
+    assert f"{{name: {name} version: 1}}" not in host["versions"]
+    assert aspire.states(name) == {1: ("AVAILABLE", "OK")}
+
+
 def test_a_host_killed_under_load_comes_back_with_every_version_and_fails_no_request(aspire, fleet):
     names, _ = fleet
     name = names[1]

@@ -250,3 +250,39 @@ def test_an_availability_preserving_rollout_of_a_shared_model_keeps_its_host(hos
     assert [load[2] for load in backend.loads] == [f"{HOST_PREFIX}1"] * 2
     assert states(manager, "a")[0] == (2, "AVAILABLE", "OK")
     assert backend.closed == []
+
+
+def test_a_model_moved_between_placements_loads_in_the_new_one_before_leaving_the_old(hosted):
+    manager, backend, book = hosted
+    backend.shared_models = {"a"}
+    manager.set_aspired_versions("a", {1: "/a/1"})
+    assert manager.wait_idle(10)
+    backend.shared_models = set()  # the side file: "a" is dedicated now
+    manager.reconcile()
+    assert manager.wait_idle(10)
+    assert backend.loads == [("a", 1, f"{HOST_PREFIX}1"), ("a", 1, "dedicated")]
+    assert backend.closed == [f"{HOST_PREFIX}1"]  # its only version left the host
+    assert list(book.held()) == ["{name: a version: 1}"]
+    assert states(manager, "a") == [(1, "AVAILABLE", "OK")]
+    assert manager.serving_map().models["a"][1].key == ""
+    backend.shared_models = {"a"}  # and back
+    manager.reconcile()
+    assert manager.wait_idle(10)
+    assert backend.loads[-1] == ("a", 1, f"{HOST_PREFIX}2")
+    assert list(book.held()) == [f"{HOST_PREFIX}2#0"]
+    assert manager.serving_map().models["a"][1].key == "1:a"
+
+
+def test_a_move_that_fails_leaves_the_version_serving_where_it_was(hosted):
+    manager, backend, book = hosted
+    manager.set_aspired_versions("a", {1: "/a/1"})
+    assert manager.wait_idle(10)
+    backend.shared_models, backend.fail = {"a"}, {("a", 1)}
+    manager.reconcile()
+    assert manager.wait_idle(10)
+    assert states(manager, "a") == [(1, "AVAILABLE", "OK")]
+    assert list(book.held()) == ["{name: a version: 1}"]  # the host's block was given back
+    assert backend.closed == [f"{HOST_PREFIX}1"]
+    manager.reconcile()  # not tried again until capacity changes
+    assert manager.wait_idle(10)
+    assert len(backend.loads) == 2
