@@ -122,7 +122,8 @@ def _answers(url: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", type=int, default=200)
-    parser.add_argument("--cycle", type=int, default=50)
+    parser.add_argument("--cycle", type=int, default=50, help="versions unloaded per cycle")
+    parser.add_argument("--cycles", type=int, default=5, help="unload/reload cycles")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved p50 rounds")
     parser.add_argument("--no-readme", action="store_true")
@@ -159,7 +160,7 @@ def main() -> None:
         "aspire serve",
         timeout_s=300,
     )
-    result: dict = {"versions": args.versions, "cycle": args.cycle}
+    result: dict = {"versions": args.versions, "cycle": args.cycle, "cycles": args.cycles}
     try:
         wait_states(url, {"solo": "AVAILABLE", names[0]: "AVAILABLE"})
         [solo_pid] = pids_titled("ray::ServeReplica:aspire-servable-solo-")
@@ -193,12 +194,19 @@ def main() -> None:
         }
         result["errors"] = sum(p["errors"] for pts in points.values() for p in pts)
         keep = names[: args.versions - args.cycle]
-        write_config(config, work / "models", ["solo", *keep])
-        wait_states(url, {n: None for n in names[len(keep) :]})
-        result["host_rss_unloaded"] = host_rss()
-        write_config(config, work / "models", ["solo", *names])
-        wait_states(url, {n: "AVAILABLE" for n in names})
-        result["host_rss_reloaded"] = host_rss()
+        result["cycles_rss"] = []
+        for _ in range(args.cycles):
+            write_config(config, work / "models", ["solo", *keep])
+            wait_states(url, {n: None for n in names[len(keep) :]})
+            unloaded = host_rss()
+            write_config(config, work / "models", ["solo", *names])
+            wait_states(url, {n: "AVAILABLE" for n in names})
+            result["cycles_rss"].append((unloaded, host_rss()))
+            print(
+                f"cycle: host RSS {unloaded / MIB:.0f} MiB unloaded, "
+                f"{result['cycles_rss'][-1][1] / MIB:.0f} MiB reloaded",
+                flush=True,
+            )
     finally:
         server.stop()
     paths = {n: str(work / "models" / n / "1") for n in names}
@@ -229,7 +237,7 @@ def markdown(r: dict, started: str, host: str, rev: str) -> str:
     p50 = r["p50"]
     lines = [
         f"Run {started} UTC on {host}, commit {rev}; `python bench/many_models.py` "
-        f"(--versions {n} --cycle {cycle}).",
+        f"(--versions {n} --cycle {cycle} --cycles {r['cycles']}).",
         "",
         "| | figure |",
         "|---|---|",
@@ -243,8 +251,12 @@ def markdown(r: dict, started: str, host: str, rev: str) -> str:
         f"| FastAPI baseline RSS with 1 model / with {n}; per extra model | "
         f"{r['baseline_rss_1'] / MIB:.0f} MiB / {r['baseline_rss_n'] / MIB:.0f} MiB; "
         f"{base_per / MIB:.2f} MiB |",
-        f"| host RSS after unloading {cycle} versions / after loading them again | "
-        f"{r['host_rss_unloaded'] / MIB:.0f} MiB / {r['host_rss_reloaded'] / MIB:.0f} MiB |",
+        f"| host RSS after each of {r['cycles']} cycles of unloading {cycle} versions / "
+        f"loading them again | "
+        + ", ".join(f"{u / MIB:.0f} / {v / MIB:.0f}" for u, v in r["cycles_rss"])
+        + " MiB |",
+        f"| host RSS growth per version loaded and unloaded, over the cycles | "
+        f"{(r['cycles_rss'][-1][1] - r['host_rss_n']) / (r['cycles'] * cycle) / MIB:.2f} MiB |",
         f"| predict p50, shared / dedicated, concurrency 1 (target <= 1.2x) | "
         f"{p50['shared c=1']:.2f} / {p50['dedicated c=1']:.2f} ms = "
         f"**{p50['shared c=1'] / p50['dedicated c=1']:.2f}x** |",

@@ -37,6 +37,8 @@ class Serve:
         self.gate: dict[tuple[str, int], threading.Event] = {}
         self.fail: dict[tuple[str, int], AspireError] = {}
         self.lock = threading.Lock()
+        self.hosts: dict[str, set[str]] = {}  # shared host application -> servable keys
+        self.adopted: list[tuple] = []
 
     def need(self, name, version, path, has_gpus, measured_vram_bytes):
         if name.startswith("gpu"):  # two replicas that cannot share a 16 GiB GPU
@@ -63,9 +65,41 @@ class Serve:
 
     def unload(self, name, version, where):
         with self.lock:
+            if where.get("key"):  # shared: out of its host, which goes on
+                self.hosts[where["host"]].discard(where["key"])
+                return
             for app, _ in where.get("apps") or []:
                 self.events.append(("delete", app, time.monotonic()))
                 self.apps.discard(app)
+
+    # shared placement: models named "shared*" load into hosts
+    hosts: dict
+
+    def shared(self, name):
+        return name.startswith("shared")
+
+    def host_block(self, device):
+        return Need(0, 4 * GIB)
+
+    def load_shared(self, name, version, path, slot):
+        key = f"{version}:{name}"
+        with self.lock:
+            self.apps.add(slot.app)
+            self.hosts.setdefault(slot.app, set()).add(key)
+        return {
+            "apps": [[slot.app, 1]],
+            "key": key,
+            "host": slot.app,
+            "placements": [{"app": slot.app, "host": slot.app, "node_id": "n1", "gpu": None}],
+        }
+
+    def close_host(self, app):
+        with self.lock:
+            self.apps.discard(app)
+            self.hosts.pop(app, None)
+
+    def adopt(self, name, version, path, where):
+        self.adopted.append((name, version, where["host"]))
 
 
 class Process:
@@ -95,6 +129,24 @@ class Process:
         if self.dead:
             raise RuntimeError("this manager is dead")
         return self.serve.load(*args)
+
+    def shared(self, name):
+        return self.serve.shared(name)
+
+    def host_block(self, device):
+        return self.serve.host_block(device)
+
+    def load_shared(self, *args):
+        if self.dead:
+            raise RuntimeError("this manager is dead")
+        return self.serve.load_shared(*args)
+
+    def close_host(self, app):
+        if not self.dead:
+            self.serve.close_host(app)
+
+    def adopt(self, *args):
+        self.serve.adopt(*args)
 
     def unload(self, *args):
         if not self.dead:
@@ -452,3 +504,32 @@ def test_application_prefix_matches_servable_application_names():
             assert app_owner(app_name(name, version), prefixes) == (name, version)
             assert app_owner(f"{app_name(name, version)}-p2", prefixes) == (name, version)
     assert app_owner("aspire-router", prefixes) is None
+
+
+def test_a_restarted_manager_adopts_shared_versions_into_the_same_host_and_books_its_block(
+    cluster,
+):
+    serve = cluster.serve
+    m1 = cluster.start(restore=False)
+    for name in ("shared_a", "shared_b", "dedicated"):
+        load(m1, name, [1])
+    [host] = m1.shared_hosts()
+    map_before = m1.serving_map()
+    cluster.kill(m1)
+
+    m2 = cluster.start(restore=True)
+    assert m2.summary == {"models": 3, "adopted": 3, "dropped": 0, "orphans": 0}
+    assert m2.shared_hosts() == [host]  # same host, same versions, same use of its block
+    assert sorted(serve.adopted) == [
+        ("shared_a", 1, host["app"]),
+        ("shared_b", 1, host["app"]),
+    ]
+    assert m2.serving_map().models == map_before.models
+    assert m2.book.held()[f"{host['app']}#0"].ram_bytes == 4 * GIB
+    load(m2, "shared_c", [1])  # joins the adopted host; no second host opens
+    assert [h["app"] for h in m2.shared_hosts()] == [host["app"]]
+    assert serve.hosts[host["app"]] == {"1:shared_a", "1:shared_b", "1:shared_c"}
+    for name in ("shared_a", "shared_b", "shared_c"):
+        load(m2, name, [])
+    assert m2.shared_hosts() == [] and host["app"] not in serve.apps
+    assert f"{host['app']}#0" not in m2.book.held()
