@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=200)
     parser.add_argument("--cycle", type=int, default=50, help="versions unloaded per cycle")
     parser.add_argument("--cycles", type=int, default=5, help="unload/reload cycles")
+    parser.add_argument("--big", type=int, default=4, help="mlp_wide copies loaded and unloaded")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved p50 rounds")
     parser.add_argument("--no-readme", action="store_true")
@@ -141,8 +142,17 @@ def main() -> None:
     names = [f"m{i:03d}" for i in range(args.versions)]
     for n in ["solo", *names]:
         shutil.copytree(version_dir, work / "models" / n / "1")
+    bigs = [f"big{i}" for i in range(args.big)]
+    if bigs:
+        from bench.models import MLP_SIZES, export_mlp
+
+        export_mlp(work / "models" / bigs[0] / "1", MLP_SIZES["mlp_wide"])
+        for n in bigs[1:]:
+            shutil.copytree(work / "models" / bigs[0], work / "models" / n)
     config, side = work / "models.config", work / "aspire.json"
-    side.write_text(json.dumps({"models": {n: {"placement": "shared"} for n in names}}, indent=1))
+    side.write_text(
+        json.dumps({"models": {n: {"placement": "shared"} for n in [*names, *bigs]}}, indent=1)
+    )
     write_config(config, work / "models", ["solo", names[0]])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -160,7 +170,12 @@ def main() -> None:
         "aspire serve",
         timeout_s=300,
     )
-    result: dict = {"versions": args.versions, "cycle": args.cycle, "cycles": args.cycles}
+    result: dict = {
+        "versions": args.versions,
+        "cycle": args.cycle,
+        "cycles": args.cycles,
+        "bigs": args.big,
+    }
     try:
         wait_states(url, {"solo": "AVAILABLE", names[0]: "AVAILABLE"})
         [solo_pid] = pids_titled("ray::ServeReplica:aspire-servable-solo-")
@@ -263,6 +278,16 @@ def markdown(r: dict, started: str, host: str, rev: str) -> str:
         f"| predict p50, shared / dedicated, concurrency 8 (target <= 1.2x) | "
         f"{p50['shared c=8']:.2f} / {p50['dedicated c=8']:.2f} ms = "
         f"**{p50['shared c=8'] / p50['dedicated c=8']:.2f}x** |",
+        *(
+            [
+                f"| {len(r['big'])} rounds of loading {r['bigs']} mlp_wide copies (77 MiB of "
+                "weights each) into the host, then unloading them: host RSS loaded / unloaded | "
+                + ", ".join(f"{a / MIB:.0f} / {b / MIB:.0f}" for a, b in r["big"])
+                + f" MiB (before them: {r['cycles_rss'][-1][1] / MIB:.0f} MiB) |"
+            ]
+            if r.get("big")
+            else []
+        ),
         f"| wrk errors | {r['errors']} |",
         "",
         f"RSS against versions: dedicated placement costs about one replica per version "
