@@ -222,6 +222,20 @@ def main() -> None:
                 f"{result['cycles_rss'][-1][1] / MIB:.0f} MiB reloaded",
                 flush=True,
             )
+        if bigs:  # larger models: what a host keeps of them once they are unloaded
+            result["big"] = []
+            for _ in range(2):
+                write_config(config, work / "models", ["solo", *names, *bigs])
+                wait_states(url, {n: "AVAILABLE" for n in bigs})
+                loaded = host_rss()
+                write_config(config, work / "models", ["solo", *names])
+                wait_states(url, {n: None for n in bigs})
+                result["big"].append((loaded, host_rss()))
+                print(
+                    f"{len(bigs)} mlp_wide: host RSS {loaded / MIB:.0f} MiB loaded, "
+                    f"{result['big'][-1][1] / MIB:.0f} MiB unloaded",
+                    flush=True,
+                )
     finally:
         server.stop()
     paths = {n: str(work / "models" / n / "1") for n in names}

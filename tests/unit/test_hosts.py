@@ -286,3 +286,37 @@ def test_a_move_that_fails_leaves_the_version_serving_where_it_was(hosted):
     manager.reconcile()  # not tried again until capacity changes
     assert manager.wait_idle(10)
     assert len(backend.loads) == 2
+
+
+def test_the_status_table_shows_each_shared_versions_host_and_the_hosts():
+    from cluster.cli import status_table
+
+    host = f"{HOST_PREFIX}1"
+    described = {
+        "models": {
+            name: [{"version": 1, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}]
+            for name in ("a", "b")
+        },
+        "placements": {
+            "a": {"1": [{"app": host, "host": host, "replicas": 1, "running_replicas": 1}]},
+            "b": {"1": [{"app": "aspire-servable-b", "replicas": 2, "running_replicas": 2}]},
+        },
+        "shared_hosts": [
+            {
+                "app": host,
+                "device": "cpu",
+                "node": "0123456789abcdef",
+                "gpu": None,
+                "block_ram_bytes": 4 * GIB,
+                "block_vram_bytes": 0,
+                "used_ram_bytes": 12 * MIB,
+                "used_vram_bytes": 0,
+                "versions": ["{name: a version: 1}"],
+            }
+        ],
+    }
+    lines = status_table(described).splitlines()
+    assert lines[1].split() == ["a", "1", "AVAILABLE", "1/1", "in", "host-1", "100%"]
+    assert lines[2].split() == ["b", "1", "AVAILABLE", "2/2", "100%"]
+    assert lines[4].split() == ["SHARED", "HOST", "NODE", "DEVICE", "BLOCK", "RESERVED", "VERSIONS"]
+    assert lines[5].split() == ["host-1", "0123456789ab", "CPU", "4.0", "GiB", "12.0", "MiB", "1"]
