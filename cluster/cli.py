@@ -160,6 +160,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
             tensor_content=args.enable_serialization_as_tensor_content,
             shared_host_ram_bytes=parse_bytes(args.shared_host_ram),
             shared_host_vram_bytes=parse_bytes(args.shared_host_vram),
+            shared_host_replicas=args.shared_host_replicas,
         ),
     )
     options = launcher.ServerOptions(

@@ -245,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(a size: 4GiB, 512MiB)",
     )
     ray_group.add_argument(
+        "--shared_host_replicas",
+        type=int,
+        default=1,
+        help="replicas of each shared host, on the same node; each holds every version in it",
+    )
+    ray_group.add_argument(
         "--shared_host_vram",
         default="8GiB",
         help="GPU memory one shared GPU host books on its GPU (with the CUDA context, held once)",
@@ -377,6 +383,8 @@ def validate(args: argparse.Namespace) -> None:
         raise FlagError("--max_queued_requests must be at least 0, or -1 for no limit")
     from core.units import parse_bytes
 
+    if args.shared_host_replicas < 1:
+        raise FlagError("--shared_host_replicas must be at least 1")
     for flag in ("shared_host_ram", "shared_host_vram"):
         try:
             if parse_bytes(getattr(args, flag)) <= 0:

@@ -116,7 +116,8 @@ class LoaderHarness:
         self._clock, self._sleep = clock, sleep
         self._progress_period_s = progress_period_s
         block = getattr(backend, "host_block", None)
-        self._hosts = HostBook(book, block) if block is not None else None
+        replicas = getattr(backend, "host_replicas", 1)
+        self._hosts = HostBook(book, block, replicas) if block is not None else None
         # (model, version) whose move to its model's new placement was refused for lack of
         # room: not tried again until capacity changes (the manager clears it)
         self.moves_refused: set[tuple[str, int]] = set()

@@ -99,7 +99,7 @@ class HostBook:
         keys = [f"{app}#{i}" for i in range(self._replicas)]
         placement: Placement | None = None
         if self._book is not None:
-            placed = self._book.reserve_all(keys, block)
+            placed = self._book.reserve_all(keys, block, together=True)
             if isinstance(placed, Refusal):  # named after the version that asked for the host
                 message = placed.message.replace(
                     f"servable {keys[0]}", f"servable {servable} (a new shared host's block)"

@@ -94,9 +94,11 @@ class Reservations:
 
     # -- reserve / release -----------------------------------------------------------------
 
-    def reserve(self, servable: str, need: Need) -> Placement | Refusal:
-        """Hold room for `need` where `policies.admission.place` puts it, or hold nothing and
-        return its refusal."""
+    def reserve(
+        self, servable: str, need: Need, on: tuple[str, int | None] | None = None
+    ) -> Placement | Refusal:
+        """Hold room for `need` where `policies.admission.place` puts it (only at `on`, a
+        (node, GPU index or None), when given), or hold nothing and return its refusal."""
         with self._lock:
             if servable in self._held:
                 raise ValueError(f"{servable} already holds a reservation")
@@ -107,18 +109,25 @@ class Reservations:
                 self._nodes(),
                 self._free_vram,
                 self._free_ram,
+                on,
             )
             if isinstance(placed, Placement):
                 self._hold(servable, placed)
             return placed
 
-    def reserve_all(self, keys: list[str], need: Need) -> list[Placement] | Refusal:
+    def reserve_all(
+        self, keys: list[str], need: Need, together: bool = False
+    ) -> list[Placement] | Refusal:
         """Hold `need` once per key (a version's replicas), all or none: on the first refusal,
-        give back what the earlier keys took and return the refusal."""
+        give back what the earlier keys took and return the refusal. `together`: every key on
+        the (node, GPU) the first one got (a shared host's replicas)."""
         with self._lock:
             placements: list[Placement] = []
             for key in keys:
-                placed = self.reserve(key, need)
+                first = placements[0] if together and placements else None
+                placed = self.reserve(
+                    key, need, (first.node_id, first.gpu_index) if first is not None else None
+                )
                 if isinstance(placed, Refusal):
                     for held in keys[: len(placements)]:
                         self.release(held)

@@ -241,6 +241,7 @@ class HostDeployment:
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()
+            self._report("", None, gone=True)  # this replica leaves: loads stop waiting for it
         service = getattr(self, "_service", None)
         if service is not None:
             service.stop(self._shutdown_grace_s)

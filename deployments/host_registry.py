@@ -6,7 +6,8 @@ it (`wait_loaded`), or removes it and waits until they dropped it (`wait_gone`).
 (deployments/host.py) long-poll `manifest` and call `report` after each load and unload; the
 manager actor forwards both calls (cluster/manager_actor.py `host_manifest`, `host_report`).
 
-A replica counts as live while it polled or reported within `STALE_S`. A version is loaded in a
+A replica counts as live while it polled or reported within `STALE_S`, until it says it leaves
+(a report with an empty key). A version is loaded in a
 host once at least one live replica reported it loaded and no live replica still lacks it; any
 live replica's failure fails the load with that replica's AspireError.
 
@@ -151,6 +152,11 @@ class HostRegistry:
         with self._changed:
             host = self._hosts.get(app)
             if host is None:
+                return
+            if not key and gone:  # the replica is stopping (scaled down, replaced, deleted)
+                host.seen.pop(replica_id, None)
+                host.loaded.pop(replica_id, None)
+                self._changed.notify_all()
                 return
             host.seen[replica_id] = self._clock()
             loaded = host.loaded.setdefault(replica_id, {})

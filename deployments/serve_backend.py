@@ -71,6 +71,8 @@ class ReplicaOptions:
     # VRAM on one GPU for a GPU host; the versions in the host share it.
     shared_host_ram_bytes: int = 4 * 1024**3
     shared_host_vram_bytes: int = 8 * 1024**3
+    # Replicas of each shared host, all on its node (and GPU); each holds every version in it
+    shared_host_replicas: int = 1
     extra_actor_options: dict = field(default_factory=dict)
 
 
@@ -306,6 +308,10 @@ class ServeBackend:
     def shared(self, name: str) -> bool:
         settings = self.settings.get(name)
         return bool(settings and settings.placement == "shared")
+
+    @property
+    def host_replicas(self) -> int:
+        return max(1, self.options.shared_host_replicas)
 
     def host_block(self, device: str) -> Need:
         opts = self.options

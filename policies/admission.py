@@ -139,11 +139,16 @@ def place(
     nodes: list[str],
     free_vram: Callable[[Gpu], int],
     free_ram: Callable[[str], int],
+    on: tuple[str, int | None] | None = None,
 ) -> Placement | Refusal:
     """Where one replica's `need` goes (the rules above), or why it fits nowhere.
 
     `gpus` and `nodes` are the inventory; `free_vram(gpu)` and `free_ram(node)` what is left
-    there after the reservations held now."""
+    there after the reservations held now. `on` = (node, GPU index or None) allows that place
+    only (a shared host's further replicas go where its first one went)."""
+    if on is not None:
+        nodes = [n for n in nodes if n == on[0]]
+        gpus = [g for g in gpus if (g.node_id, g.index) == on]
     prefix = f"Insufficient resources to load servable {servable}"
     if need.vram_bytes == 0:
         if not nodes:

@@ -248,7 +248,11 @@ def aspire():
         # --enable_batching --enable_per_model_batching_parameters: a
         # version with a batching_params.pbtxt is batched (no base model
         # has one; test_export_matrix.py adds batched copies)
-        replica=ReplicaOptions(num_cpus=0.25, batching=BatchingOptions(per_model=True)),
+        # shared hosts (test_shared_hosts.py) run two replicas each, so a killed one fails
+        # over to the other
+        replica=ReplicaOptions(
+            num_cpus=0.25, batching=BatchingOptions(per_model=True), shared_host_replicas=2
+        ),
         # routers poll the map every second, so a restarted manager's
         # grace before deleting anything is 3 s (7 s at the default 5 s)
         router_poll_s=1.0,

@@ -320,3 +320,34 @@ def test_the_status_table_shows_each_shared_versions_host_and_the_hosts():
     assert lines[2].split() == ["b", "1", "AVAILABLE", "2/2", "100%"]
     assert lines[4].split() == ["SHARED", "HOST", "NODE", "DEVICE", "BLOCK", "RESERVED", "VERSIONS"]
     assert lines[5].split() == ["host-1", "0123456789ab", "CPU", "4.0", "GiB", "12.0", "MiB", "1"]
+
+
+def test_a_host_with_two_replicas_books_both_blocks_on_the_node_its_first_one_got():
+    book = Reservations([], {"n1": 8 * GIB, "n2": 7 * GIB + 512 * MIB})
+    hosts = HostBook(book, BLOCK.__getitem__, replicas=2)
+    slot = hosts.admit("c", Need(0, 10 * MIB), "cpu")
+    # the first block goes to n1 (most free RAM); alone, the second would go to n2, which then
+    # has more free RAM (7.5 GiB against 7); together, it goes to n1 too
+    held = book.held()
+    assert sorted(held) == [f"{HOST_PREFIX}1#0", f"{HOST_PREFIX}1#1"]
+    assert {p.node_id for p in held.values()} == {"n1"} == {slot.placement.node_id}
+    assert slot.replicas == 2
+
+
+def test_a_host_whose_replicas_do_not_fit_together_is_refused_whole():
+    book = Reservations([], {"n1": 1 * GIB, "n2": 1 * GIB})  # one block per node only
+    hosts = HostBook(book, BLOCK.__getitem__, replicas=2)
+    refused = hosts.admit("c", Need(0, 10 * MIB), "cpu")
+    assert isinstance(refused, Refusal) and refused.reason == "host_ram"
+    assert book.held() == {}
+
+
+def test_a_replica_that_leaves_no_longer_holds_a_load_back():
+    registry = HostRegistry()
+    registry.open()
+    registry.put("h", "1:m", "spec")
+    registry.manifest("h", "r1", -1, 0)
+    registry.manifest("h", "r2", -1, 0)
+    registry.report("h", "r1", "1:m", None, False)
+    registry.report("h", "r2", "", None, True)  # r2 is stopping (scaled down, deleted)
+    registry.wait_loaded("h", "1:m", 0, lambda: None)
