@@ -21,7 +21,7 @@ from core.errors import DEFAULT_MAX_BODY_BYTES
 from core.names import APP_PREFIX
 from deployments.ingress import HttpLimits
 from deployments.router import Router
-from deployments.serve_backend import delete_apps
+from deployments.serve_state import delete_apps
 
 log = logging.getLogger("aspire")
 

@@ -175,7 +175,7 @@ class Manager:
                 self._changed.notify_all()
                 self._pool.submit(self._run_action, stream, action)
                 started += 1
-            moves = self._harness.moves_refused
+            moves = self._harness.mover.refused
             for stream, record in plan.misplaced(
                 self._streams.values(), self._harness.shared, moves
             ):
@@ -187,7 +187,7 @@ class Manager:
 
     def _move(self, stream: Stream, record: VersionRecord) -> None:
         try:
-            self._harness.move(stream, record)
+            self._harness.mover.move(stream, record)
         except Exception:  # a bug here must not wedge the stream
             log.exception("moving %s %d failed unexpectedly", stream.name, record.version)
         finally:
@@ -216,7 +216,7 @@ class Manager:
             self._capacity_changed(reason)
 
     def _capacity_changed(self, reason: str) -> None:
-        self._harness.moves_refused.clear()  # a refused move may fit now
+        self._harness.mover.refused.clear()  # a refused move may fit now
         for stream, record in plan.refused_to_retry(self._streams.values()):
             log.info(
                 "Retrying servable %s, refused for insufficient resources: %s",

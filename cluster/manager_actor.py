@@ -54,9 +54,8 @@ from core import metrics
 from core.errors import AspireError
 from core.names import MANAGER_NAME, NAMESPACE
 from deployments import protos
-from deployments.serve_backend import (
-    ReplicaOptions,
-    ServeBackend,
+from deployments.serve_backend import ReplicaOptions, ServeBackend
+from deployments.serve_state import (
     app_prefix,
     live_replica_pids,
     running_replicas,

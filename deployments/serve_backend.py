@@ -4,8 +4,9 @@ One servable version is one Ray Serve application per placement of its replicas:
 share a (node, GPU) form one application, pinned to its node, running `ServableDeployment`
 (deployments/servable.py). `ServeBackend.load` reports a version loaded only once its
 applications are RUNNING and a replica of each has answered a call; a replica whose load failed
-answers with its AspireError, which `load` raises. `delete_apps` deletes applications and waits
-until they are gone.
+answers with its AspireError, which `load` raises. A shared version (`load_shared`) goes into
+a shared host's manifest (deployments/host_registry.py), the host's application created here
+the first time (deployments/host.py). Deleting applications: deployments/serve_state.py.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from dataclasses import dataclass, field
 from ray import serve
 
 from core.errors import AspireError
-from core.names import APP_PREFIX, app_name
+from core.names import app_name
 from deployments.host import HostDeployment
 from deployments.host_registry import HostRegistry
 from deployments.loader import SavedModelLoader
 from deployments.replica_service import servable_key
 from deployments.servable import BatchingOptions, ServableDeployment, VersionSpec
+from deployments.serve_state import delete_apps
 from policies.admission import HostSlot, Need, Placement, replica_need, tf_memory_limit_bytes
 
 log = logging.getLogger("aspire.servable")
@@ -497,83 +499,3 @@ class ServeBackend:
                 log.warning("host %s did not drop %s within 60 s", where["host"], where["key"])
             return
         delete_apps([app for app, _ in where.get("apps") or [[app_name(name, version), 1]]])
-
-
-def delete_apps(apps: list[str], timeout_s: float = 120.0) -> None:
-    """Delete Serve applications and wait until they are gone (their replicas stopped), for at
-    most `timeout_s` (0: ask, and do not wait).
-
-    All deletions are asked for at once, then Serve's status is polled every 0.1 s: Serve's own
-    blocking `serve.delete` deletes one application per call and polls once a second, which
-    added up to a second to every unload. Failures are logged, never raised (an unload must
-    go on)."""
-    if not apps:
-        return
-    try:
-        for app in apps:
-            serve.delete(app, _blocking=False)
-        deadline = time.monotonic() + timeout_s
-        while timeout_s > 0 and set(apps) & set(serve.status().applications):
-            if time.monotonic() > deadline:
-                log.warning("applications %s not deleted after %.0f s", apps, timeout_s)
-                return
-            time.sleep(0.1)
-    except Exception as exc:
-        log.warning("deleting %s failed: %s", apps, exc)
-
-
-# ---- what Serve runs now (the manager actor's status and restore read these) ----
-def running_replicas() -> dict[str, int]:
-    """Serve application -> replicas RUNNING now (an autoscaled version moves between its
-    min_replicas and the count admission reserved)."""
-    try:
-        from ray import serve
-
-        return {
-            app: sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
-            for app, status in serve.status().applications.items()
-        }
-    except Exception as exc:  # status must answer even when Serve does not
-        log.warning("serve.status() failed: %s", exc)
-        return {}
-
-
-def live_replica_pids() -> dict[str, list[int]]:
-    """Serve application -> pids of its servable replicas alive now, from the GCS's actor table
-    (the state API needs the dashboard, which an embedded Ray runs without). A placement's `pid`
-    is the replica that answered at load; this follows Serve's replacements."""
-    try:
-        from ray._private import state
-
-        prefix, suffix = "ServeReplica:", ":servable"
-        pids: dict[str, list[int]] = {}
-        for actor in state.actors().values():
-            name = actor.get("ActorClassName", "")
-            if actor.get("State") == "ALIVE" and name.startswith(prefix) and name.endswith(suffix):
-                pids.setdefault(name[len(prefix) : -len(suffix)], []).append(actor["Pid"])
-        return {app: sorted(found) for app, found in pids.items()}
-    except Exception as exc:  # status must answer even when the GCS does not
-        log.warning("reading the actor table failed: %s", exc)
-        return {}
-
-
-def servable_apps(timeout_s: float = 60.0) -> set[str]:
-    """The Serve applications of servable versions that exist now. Retried while Serve's
-    controller does not answer: a restarted manager must not take "unknown" for "none"."""
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return {app for app in serve.status().applications if app.startswith(APP_PREFIX)}
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("serve.status() failed: %s; trying again", exc)
-            time.sleep(1.0)
-
-
-def app_prefix(name: str) -> str:
-    """How the Serve application names of model `name` start: app_name() ends with the
-    version number (and a version's further placements add "-p<i>")."""
-    return app_name(name, 0)[:-1]
