@@ -23,7 +23,9 @@ Wire contract, shared by `ReplicaService` (replica side) and `deployments/replic
    `regress`) take the REST body as the client sent it (JSON) and answer the JSON body;
    `metadata` takes nothing and answers GET /metadata's JSON body; the gRPC methods (`Predict`,
    `Classify`, `Regress`, `MultiInference`, `GetModelMetadata`) take TF Serving's serialized
-   request and answer its serialized response. The router parses neither on the success path.
+   request and answer its serialized response; `v2_infer` and `v2_metadata` are the Open
+   Inference Protocol's (deployments/v2_infer.py frames them). The router parses none of them
+   on the success path.
 4. An answer is one status byte (the TF status code's number, 0 = OK) and then the payload on OK
    or the UTF-8 error message otherwise (`encode_answer`/`decode_answer`). Status `REFUSED`
    means the replica did not take the call (it is stopping). Neither a refusal nor a connection
@@ -61,6 +63,8 @@ METHODS = (
     "Regress",
     "MultiInference",
     "GetModelMetadata",
+    "v2_infer",
+    "v2_metadata",
 )
 METHOD_NUMBERS = {m: i for i, m in enumerate(METHODS)}
 REST_METHODS = METHODS[:4]

@@ -28,6 +28,7 @@ from core.names import check_name, escape
 from deployments import json_tensor
 from deployments.auth import CHALLENGE, BearerAuth
 from deployments.router_core import SLOW_MANAGER_CALL_S, RouterCore, Seen
+from deployments.v2_rest import V2_PATH, V2Rest
 
 log = logging.getLogger("aspire.rest")
 
@@ -199,6 +200,14 @@ class RestApi:
         self._auth = auth
         self._max_body_bytes = max_body_bytes
         self._metrics_path = metrics_path  # None: --monitoring_config_file did not enable it
+        self._v2 = V2Rest(core, self._body, max_body_bytes)  # the Open Inference Protocol
+
+    async def _body(self, scope, receive) -> bytes:
+        """A request body under --rest_api_max_body_bytes, inflated when gzip-encoded."""
+        body = await read_body(scope, receive, self._max_body_bytes)
+        if "gzip" in header(scope, b"content-encoding"):
+            body = gunzip_limited(body, self._max_body_bytes)
+        return body
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -232,6 +241,8 @@ class RestApi:
             except AspireError as err:
                 return err.http, JSON, error_body(err), []
             return 200, TEXT, page.encode("utf-8"), []
+        if V2_PATH.fullmatch(raw_path) and method != "OPTIONS":
+            return await self._v2.dispatch(scope, receive, method, raw_path)
         if not V1_PATH.fullmatch(raw_path):
             return 404, HTML, NOT_FOUND_PAGE, []
         if method == "OPTIONS":  # CORS preflight, answered with or without CORS enabled
@@ -278,9 +289,7 @@ class RestApi:
             version, address = core.resolve(route["name"], route["version"], route["label"])
             seen.version = str(version)
             return await core.call(address, "metadata", b"")
-        body = await read_body(scope, receive, self._max_body_bytes)
-        if "gzip" in header(scope, b"content-encoding"):
-            body = gunzip_limited(body, self._max_body_bytes)
+        body = await self._body(scope, receive)
         try:
             version, address = core.resolve(route["name"], route["version"], route["label"])
         except AspireError:

@@ -31,7 +31,7 @@ from ray import serve
 
 from core import memory, metrics
 from core.errors import AspireError
-from deployments import inference, json_tensor, proto_api
+from deployments import inference, json_tensor, proto_api, v2_infer
 from deployments.autoscaling import DIRECT_ONGOING
 from deployments.loader import SavedModelLoader
 from deployments.replica_service import METADATA_KEY, REST_METHODS, ReplicaService, encode_answer
@@ -186,6 +186,12 @@ class LoadedVersion:
         try:
             if method == "metadata":
                 return encode_answer("OK", self._metadata())
+            if method == "v2_infer":
+                answer = v2_infer.infer(self.model, payload, self.name, self.version)
+                self._runtime("Predict", started)
+                return encode_answer("OK", answer)
+            if method == "v2_metadata":
+                return encode_answer("OK", v2_infer.metadata(self.model, self.name, self.version))
             if method in REST_METHODS:
                 code, text = inference.handle_rest(
                     self.model, method, json_tensor.parse_body(payload)

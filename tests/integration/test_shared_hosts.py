@@ -82,6 +82,17 @@ def test_fifty_shared_versions_run_in_one_host_process_and_each_answers_as_its_o
         r = aspire.post(f"/v1/models/{name}:predict", {"instances": [1.0, 2.0, 5.0]})
         assert r.status_code == 200, r.text
         assert r.json() == {"predictions": [2.5, 3.0, 4.5]}
+    import ray
+
+    def runtime_counted(name: str) -> bool:  # recorded inside the host, by version
+        page = ray.get(aspire.manager.metrics_page.remote())
+        return any(
+            line.startswith(":tensorflow:serving:runtime_latency_count{")
+            and f'model_name="{name}"' in line
+            for line in page.splitlines()
+        )
+
+    wait_for(lambda: runtime_counted(names[7]), 30, 0.5, what="the host's metrics shipped")
     meta = aspire.get(f"/v1/models/{names[7]}/metadata").json()
     assert meta["model_spec"] == {"name": names[7], "signature_name": "", "version": "1"}
     r = aspire.post(f"/v1/models/{names[3]}/versions/2:predict", {"instances": [1.0]})
