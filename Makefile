@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup serve-example test lint unit bench bench-smoke clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/support/clients.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps -r tests/support/clients.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -29,6 +29,7 @@ class BenchModel:
     base_path: Path  # MODEL_BASE_PATH/NAME
     version_dir: str
     body_path: Path  # REST request body
+    v2_body_path: Path  # the same inputs as an Open Inference Protocol (v2) JSON request
     grpc_path: Path  # serialized PredictRequest
     inputs: dict  # for the in-process run
     size_bytes: int  # files of the version on disk
@@ -99,5 +100,21 @@ def prepare(work: Path, names: list[str]) -> dict[str, BenchModel]:
                 f"unknown benchmark model {name!r} (half_plus_two, {', '.join(MLP_SIZES)})"
             )
         body, grpc = _write_requests(work, name, array, instances)
-        models[name] = BenchModel(base, str(version), body, grpc, {"x": array}, _size(version))
+        v2 = work / f"{name}.v2.json"
+        shaped = array.reshape(-1, 1) if array.ndim == 1 else array  # half_plus_two's x: [-1, 1]
+        v2.write_text(
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "shape": list(shaped.shape),
+                            "datatype": "FP32",
+                            "data": shaped.ravel().tolist(),
+                        }
+                    ]
+                }
+            )
+        )
+        models[name] = BenchModel(base, str(version), body, v2, grpc, {"x": array}, _size(version))
     return models

@@ -7,6 +7,8 @@ Systems, each started alone (nothing else serving while it is measured):
   d  aspire-rest  `aspire serve`, REST
   e  aspire-grpc  `aspire serve`, gRPC PredictionService/Predict (same server as d)
   f  aspire-batch `aspire serve --enable_batching`, REST
+  g  aspire-v2    `aspire serve`, the Open Inference Protocol's REST infer, JSON tensors (same
+                  server as d)
 Models: half_plus_two (TF Serving's test model: per-request overhead), and two MLPs exported by
 bench/models.py, one 784-float row per request: 784-1024-1024-10 (light compute) and
 784-4096-4096-10 (milliseconds per row, little more per batch: where batching should pay).
@@ -57,6 +59,7 @@ SYSTEMS = {
     "d": "aspire-rest",
     "e": "aspire-grpc",
     "f": "aspire-batch",
+    "g": "aspire-v2",
 }
 README_BEGIN, README_END = "<!-- suite:begin -->", "<!-- suite:end -->"
 BATCHING = """max_batch_size { value: 32 }
@@ -391,9 +394,12 @@ class Suite:
             flush=True,
         )
 
-    def sweep_rest(self, system: str, url_of, server_pid: int | None = None) -> None:
+    def sweep_rest(
+        self, system: str, url_of, server_pid: int | None = None, v2: bool = False
+    ) -> None:
         for name, m in self.models.items():
-            if not answers(url_of(name), m.body_path.read_bytes()):
+            body_path = m.v2_body_path if v2 else m.body_path
+            if not answers(url_of(name), body_path.read_bytes()):
                 raise RuntimeError(f"{SYSTEMS[system]} does not answer {name}")
             for c in self.args.concurrency:
                 self.record(
@@ -402,8 +408,8 @@ class Suite:
                     c,
                     self.measure(
                         server_pid,
-                        lambda name=name, m=m, c=c: wrk_point(
-                            self.wrk, self.script, url_of(name), m.body_path, c, self.args.duration
+                        lambda name=name, body=body_path, c=c: wrk_point(
+                            self.wrk, self.script, url_of(name), body, c, self.args.duration
                         ),
                     ),
                 )
@@ -419,7 +425,7 @@ class Suite:
             self.baseline()
         if "c" in sel:
             self.serve_app()
-        if "d" in sel or "e" in sel:
+        if "d" in sel or "e" in sel or "g" in sel:
             self.aspire(batching=False)
         if "f" in sel:
             self.aspire(batching=True)
@@ -495,6 +501,9 @@ class Suite:
                 return
             if "d" in self.args.systems:
                 self.sweep_rest("d", url_of, server.proc.pid)
+            if "g" in self.args.systems:
+                v2_url = lambda n: f"http://127.0.0.1:{port}/v2/models/{n}/infer"  # noqa: E731
+                self.sweep_rest("g", v2_url, server.proc.pid, v2=True)
             if "e" in self.args.systems:
                 for name, m in self.models.items():
                     for c in self.args.concurrency:
@@ -578,6 +587,12 @@ def targets(
     check(
         "gRPC p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
         over_b(hpt, "e", 1, "p50"),
+        3.0,
+        x,
+    )
+    check(
+        "v2 (Open Inference Protocol) p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
+        over_b(hpt, "g", 1, "p50"),
         3.0,
         x,
     )
@@ -699,7 +714,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated")
     parser.add_argument("--models", default="half_plus_two,mlp,mlp_wide", help="comma-separated")
-    parser.add_argument("--systems", default="abcdef", help="letters a-f")
+    parser.add_argument("--systems", default="abcdefg", help="letters a-g")
     parser.add_argument("--reconcile-models", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")

@@ -17,8 +17,9 @@ Contract:
 - Calls name their version by the servable key (replica_service.servable_key, a keyed call on the
   direct path, the `key` argument on Serve's handle path). A key the replica does not hold is
   answered NOT_FOUND with TF Serving's words.
-- Unloading a version waits (up to the shutdown grace) for the calls running on it, then closes
-  its session and gives freed heap back to the system (core/memory.py `trim_heap`).
+- Unloading a version waits (up to the shutdown grace) for every call taken for it, queued in
+  the pool or running, then closes its session and gives freed heap back to the system
+  (core/memory.py `trim_heap`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class HostDeployment:
         self._direct_ongoing = 0
         self._calls = {"direct": 0, "handle": 0}
         self._stop = threading.Event()
+        # guards taking a version for a call against unloading it: a call counts on its version
+        # from the moment it is taken, queued in the pool or running, so an unload waits for it
+        self._guard = threading.Lock()
         self._shipper = _metrics_shipper()
         self._manager = _manager()
         self._epoch = -1
@@ -166,8 +170,20 @@ class HostDeployment:
         if loaded:  # TF's code pages touched by the load (core/memory.py)
             memory.drop_clean_code_pages()
 
+    def _take(self, key: str) -> LoadedVersion | None:
+        with self._guard:
+            version = self._versions.get(key)
+            if version is not None:
+                version.ongoing += 1
+            return version
+
+    def _give_back(self, version: LoadedVersion) -> None:
+        with self._guard:
+            version.ongoing -= 1
+
     def _unload(self, key: str) -> None:
-        version = self._versions.pop(key)  # new calls for it answer NOT_FOUND from now on
+        with self._guard:  # new calls for it answer NOT_FOUND from now on
+            version = self._versions.pop(key)
         deadline = time.monotonic() + self._shutdown_grace_s
         while version.ongoing and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -185,7 +201,7 @@ class HostDeployment:
     def _submit(self, method: str, payload: bytes, key: str = "") -> asyncio.Future:
         """A direct call (deployments/replica_service.py), on the service's loop."""
         loop = self._service.loop
-        version = self._versions.get(key)
+        version = self._take(key)
         if version is None:
             future = loop.create_future()
             future.set_result(_not_held(key))
@@ -194,17 +210,18 @@ class HostDeployment:
         self._direct_ongoing += 1
         self._ongoing += 1
         future = loop.run_in_executor(self._pool, version.work, method, payload)
-        future.add_done_callback(self._direct_done)
+        future.add_done_callback(lambda _f: self._direct_done(version))
         return future
 
-    def _direct_done(self, _future) -> None:
+    def _direct_done(self, version: LoadedVersion) -> None:
+        self._give_back(version)
         self._direct_ongoing -= 1
         self._ongoing -= 1
 
     async def call(self, method: str, payload: bytes, key: str = "") -> bytes:
         """Serve's handle path (the routers' fallback): the same calls as the direct path."""
         self._calls["handle"] += 1
-        version = self._versions.get(key)
+        version = self._take(key)
         if version is None:
             return _not_held(key)
         self._ongoing += 1
@@ -213,6 +230,7 @@ class HostDeployment:
                 self._pool, version.work, method, payload
             )
         finally:
+            self._give_back(version)
             self._ongoing -= 1
 
     def ping(self) -> dict:

@@ -117,7 +117,7 @@ class LoadedVersion:
         self._recorder = recorder
         self._metadata_body: bytes | None = None
         self.measured_vram_bytes: int | None = None
-        self.ongoing = 0  # calls running on it now (a shared host waits for them to unload it)
+        self.ongoing = 0  # calls taken for it, queued or running (a shared host counts them)
         self.model = SavedModelLoader(spec.path, spec.tags).load(
             intra_op_threads=spec.threads[0],
             inter_op_threads=spec.threads[1],
@@ -182,7 +182,6 @@ class LoadedVersion:
     def work(self, method: str, payload: bytes) -> bytes:
         """One call: method and request bytes in, the answer as replica_service.encode_answer."""
         started = time.perf_counter()
-        self.ongoing += 1
         try:
             if method == "metadata":
                 return encode_answer("OK", self._metadata())
@@ -209,8 +208,6 @@ class LoadedVersion:
         except Exception as exc:  # never a trace to the client; the log has it
             log.exception("%s on {name: %s version: %d} failed", method, self.name, self.version)
             return encode_answer("INTERNAL", f"Internal error: {type(exc).__name__}")
-        finally:
-            self.ongoing -= 1
 
     def _metadata(self) -> bytes:
         """GET /metadata's body, as TF Serving prints it (computed once)."""

@@ -88,8 +88,17 @@ def _v2_type(info) -> str:
     return V2_TYPES.get(tensor_spec(info).dtype, tensor_spec(info).dtype)
 
 
+def _declared_shape(info) -> tuple | None:
+    """The signature's shape, or None when it declares none (no shape at all, as TF1 exports
+    of an unshaped placeholder leave it, or an unknown rank): any shape is then let through to
+    TensorFlow, which checks it as it runs."""
+    if not info.HasField("tensor_shape"):
+        return None
+    return tensor_spec(info).shape
+
+
 def _v2_shape(info) -> list[int]:
-    shape = tensor_spec(info).shape
+    shape = _declared_shape(info)
     return [-1] if shape is None else [int(d) for d in shape]
 
 
@@ -123,7 +132,7 @@ def _shape_of(item: dict, what: str) -> list[int]:
 
 
 def _check_shape(name: str, model_name: str, shape: list[int], info) -> None:
-    want = tensor_spec(info).shape
+    want = _declared_shape(info)
     if want is None:
         return
     if len(want) != len(shape) or any(w >= 0 and w != d for w, d in zip(want, shape, strict=True)):

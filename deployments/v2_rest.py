@@ -53,9 +53,12 @@ def error_body(err: AspireError) -> bytes:
 
 
 def parse_model_path(raw_path: str) -> tuple[str, int | None, str]:
-    """(model name, version or None, "metadata" | "ready" | "infer"); NOT_FOUND for a path the
-    protocol does not have, INVALID_ARGUMENT for a name that could be a path."""
+    """(model name, version or None, "metadata" | "ready" | "infer"); INVALID_ARGUMENT for a
+    malformed /v2/models/ path or a name that could be a path, NOT_FOUND for another path the
+    protocol does not have."""
     m = MODEL_PATH.fullmatch(raw_path)
+    if m is None and raw_path.startswith("/v2/models/"):  # as /v1 answers a malformed path
+        raise invalid_argument(f"Malformed request: {escape(raw_path, 256)}")
     if m is None:
         raise not_found(f"Not found: {escape(raw_path, 256)}")
     raw_name, version, verb = m.groups()

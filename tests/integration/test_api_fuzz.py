@@ -10,7 +10,7 @@ Contract checked, for every response:
 2. the status is one the operation documents, with the documented content type, and a 2xx body
    matches the documented schema (the document is user documentation: it must be right);
 3. a non-2xx is application/json with exactly {"error": <str>} (but for TF Serving's HTML 404
-   page of a path outside /v1/), holds no traceback, no absolute file path and no more than 256
+   page of a path outside /v1/ and the Open Inference Protocol's /v2), holds no traceback, no absolute file path and no more than 256
    bytes of any one request input, and is at most 4 KiB.
 And for the run: at least 1,000 requests, generated deterministically (the same requests on
 every run), after which the server answers and no servable replica restarted (same PIDs).
@@ -109,7 +109,7 @@ def error_body_hygiene(ctx, response, case):
     content_type = (response.headers.get("content-type") or [""])[0]
     text = response.content.decode("utf-8", "replace")
     assert len(response.content) <= MAX_ERROR_BYTES, f"error body of {len(response.content)} bytes"
-    if response.status_code == 404 and not path.lower().startswith("/v1/"):
+    if response.status_code == 404 and not path.lower().startswith(("/v1/", "/v2")):
         # TF Serving's page for a path outside /v1/: HTML by design, and always the same page
         assert content_type.startswith("text/html") and _leak(text, case) is None, text[:300]
         return None

@@ -250,3 +250,13 @@ def test_malformed_json_and_a_header_length_past_the_body_are_refused(half_plus_
         v2_infer.infer(half_plus_two, struct.pack("!q", -1) + b"{nope", "h", 1)
     with pytest.raises(AspireError, match="is not within the body"):
         v2_infer.infer(half_plus_two, struct.pack("!q", 99) + b"{}", "h", 1)
+
+
+def test_a_signature_without_shapes_takes_any_shape_as_tensorflow_does():
+    model = SavedModelLoader(os.path.join(DATA, "saved_model_half_plus_three", "00000123")).load()
+    assert json.loads(v2_infer.metadata(model, "h3", 1))["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [-1]}
+    ]
+    doc = {"inputs": [{"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [1, 3]}]}
+    got, _ = answer(v2_infer.infer(model, frame(doc), "h3", 1))
+    assert got["outputs"][0]["data"] == [3.5, 4.5] and got["outputs"][0]["shape"] == [2, 1]
