@@ -10,8 +10,9 @@ Contract checked, for every response:
 2. the status is one the operation documents, with the documented content type, and a 2xx body
    matches the documented schema (the document is user documentation: it must be right);
 3. a non-2xx is application/json with exactly {"error": <str>} (but for TF Serving's HTML 404
-   page of a path outside /v1/ and the Open Inference Protocol's /v2), holds no traceback, no absolute file path and no more than 256
-   bytes of any one request input, and is at most 4 KiB.
+   page of a path outside /v1/ and the Open Inference Protocol's /v2), holds no traceback, no
+   absolute file path and no more than 256 bytes of any one request input, and is at most
+   4 KiB.
 And for the run: at least 1,000 requests, generated deterministically (the same requests on
 every run), after which the server answers and no servable replica restarted (same PIDs).
 
