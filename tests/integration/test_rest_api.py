@@ -313,8 +313,8 @@ def test_percent_encoded_model_name_is_decoded(aspire):
     assert r.json() == {"predictions": [2.5]}
 
 
-def test_path_outside_v1_is_a_plain_404(aspire):
-    r = aspire.get("/v2/models/half_plus_two")
+def test_path_outside_v1_and_v2_is_a_plain_404(aspire):
+    r = aspire.get("/v3/models/half_plus_two")
     assert r.status_code == 404
     assert "json" not in r.headers["content-type"]
 
