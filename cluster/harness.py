@@ -31,7 +31,7 @@ from cluster.hosts import HostBook
 from cluster.logs import servable_fields
 from cluster.manager_state import Stream, VersionRecord
 from cluster.moves import PlacementMover
-from cluster.plan import replica_keys, servable_id
+from cluster.plan import replica_keys, servable_id, version_need
 from cluster.reservations import Reservations
 from core import metrics
 from core.errors import AspireError
@@ -331,13 +331,8 @@ class LoaderHarness:
         shared = self.shared(stream.name)
         if self._book is None and not shared:
             return None
-        need, replicas = self._backend.need(
-            stream.name,
-            record.version,
-            record.path,
-            self._book.has_gpus() if self._book is not None else False,
-            self._measured_vram.get(stream.name, {}).get(record.version),
-        )
+        book, measured = self._book, self._measured_vram
+        need, replicas = version_need(self._backend, book, measured, stream, record)
         keys = replica_keys(servable, replicas)
         with self._lock:
             if shared:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from cluster.hosts import HostBook
 from cluster.logs import servable_fields
 from cluster.manager_state import Stream, VersionRecord
-from cluster.plan import replica_keys, servable_id
+from cluster.plan import replica_keys, servable_id, version_need
 from cluster.reservations import Reservations
 from core.errors import AspireError
 from policies.admission import HostSlot, Placement, Refusal
@@ -52,13 +52,8 @@ class PlacementMover:
         old_keys, to_shared = record.reservations, not old.get("host")
         target = "a shared host" if to_shared else "dedicated replicas"
         started = self._clock()
-        need, replicas = self._backend.need(
-            stream.name,
-            record.version,
-            record.path,
-            self._book.has_gpus() if self._book is not None else False,
-            self._measured_vram.get(stream.name, {}).get(record.version),
-        )
+        book, measured = self._book, self._measured_vram
+        need, replicas = version_need(self._backend, book, measured, stream, record)
         keys = replica_keys(servable, replicas)
         with self._lock:
             placed: list[Placement] | HostSlot | Refusal | None = None

@@ -58,6 +58,19 @@ def misplaced(
     return found
 
 
+def version_need(backend, book, measured_vram: dict, stream: Stream, record) -> tuple:
+    """(what one replica of the version needs, how many replicas) from the backend, given
+    whether the reservation book knows GPUs and the peak VRAM measured after an earlier load of
+    the version on a real GPU, if any."""
+    return backend.need(
+        stream.name,
+        record.version,
+        record.path,
+        book.has_gpus() if book is not None else False,
+        measured_vram.get(stream.name, {}).get(record.version),
+    )
+
+
 def replica_keys(servable: str, replicas: int) -> list[str]:
     """The reservation-book keys of a version's replicas, one per replica."""
     if replicas == 1:

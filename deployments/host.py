@@ -42,6 +42,7 @@ from deployments.servable import (
     LoadedVersion,
     VersionSpec,
     _metrics_shipper,
+    close_replica,
     inference_threads,
     load_failure,
 )
@@ -260,15 +261,6 @@ class HostDeployment:
         if stop is not None:
             stop.set()
             self._report("", None, gone=True)  # this replica leaves: loads stop waiting for it
-        service = getattr(self, "_service", None)
-        if service is not None:
-            service.stop(self._shutdown_grace_s)
-        shipper = getattr(self, "_shipper", None)
-        if shipper is not None:
-            shipper.flush()
-            shipper.stop()
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
+        close_replica(self)
         for version in list(getattr(self, "_versions", {}).values()):
             version.unload()

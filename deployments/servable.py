@@ -238,6 +238,23 @@ def load_failure(exc: BaseException) -> AspireError:
     return AspireError(f"{type(exc).__name__}: {exc}", "UNKNOWN")
 
 
+def close_replica(replica) -> None:
+    """A replica going away (ServableDeployment, deployments/host.py HostDeployment): its call
+    service lets the calls in flight finish (routers stopped picking it), its metrics are shipped
+    a last time, its inference pool stops. Attributes a failed constructor never set are
+    skipped."""
+    service = getattr(replica, "_service", None)
+    if service is not None:
+        service.stop(replica._shutdown_grace_s)
+    shipper = getattr(replica, "_shipper", None)
+    if shipper is not None:
+        shipper.flush()
+        shipper.stop()
+    pool = getattr(replica, "_pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False)
+
+
 @serve.deployment
 class ServableDeployment:
     def __init__(
@@ -365,16 +382,7 @@ class ServableDeployment:
         return await self._answer(method, payload)
 
     def __del__(self):
-        service = getattr(self, "_service", None)
-        if service is not None:  # routers stopped picking this replica; let its calls finish
-            service.stop(self._shutdown_grace_s)
-        shipper = getattr(self, "_shipper", None)
-        if shipper is not None:
-            shipper.flush()
-            shipper.stop()
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
+        close_replica(self)
         loaded = getattr(self, "loaded", None)
         if loaded is not None:
             loaded.unload()
