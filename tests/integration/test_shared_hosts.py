@@ -49,7 +49,8 @@ def fleet(aspire, tmp_path_factory):
     for name in names:
         shutil.copytree(HALF_PLUS_TWO, root / name / "1")
     shutil.copytree(BAD, root / "fleetbad" / "1")
-    settings = {n: ModelSettings(placement="shared") for n in [*names, "fleetbad"]}
+    # device "cpu": the same hosts on a GPU machine (the inventory is NVML's there)
+    settings = {n: ModelSettings(placement="shared", device="cpu") for n in [*names, "fleetbad"]}
     ray.get(aspire.manager.set_settings.remote(settings))
     started = time.monotonic()
     aspire.models = aspire.models + [ModelSource(n, str(root / n), Latest(1)) for n in names]
@@ -154,7 +155,8 @@ def test_a_shared_version_moved_to_dedicated_under_load_fails_no_request(aspire,
 
     names, _ = fleet
     name = names[2]
-    settings = {n: ModelSettings(placement="shared") for n in names if n != name}
+    settings = {n: ModelSettings(placement="shared", device="cpu") for n in names if n != name}
+    settings[name] = ModelSettings(device="cpu")
     with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
         load.wait_more(100)
         ray.get(aspire.manager.set_settings.remote(settings))  # the side file: name is dedicated
