@@ -49,6 +49,18 @@ class _Host:
     used: Need = Need()
     members: dict[str, Need] = field(default_factory=dict)
 
+    def add(self, servable: str, need: Need) -> None:
+        self.members[servable] = need
+        self.used = Need(
+            self.used.vram_bytes + need.vram_bytes, self.used.ram_bytes + need.ram_bytes
+        )
+
+    def remove(self, servable: str) -> None:
+        need = self.members.pop(servable)
+        self.used = Need(
+            self.used.vram_bytes - need.vram_bytes, self.used.ram_bytes - need.ram_bytes
+        )
+
 
 class HostBook:
     def __init__(self, book: Reservations | None, block: Callable[[str], Need], replicas: int = 1):
@@ -86,13 +98,9 @@ class HostBook:
             if isinstance(opened, Refusal):
                 return opened
             app = opened
-        host = self._hosts[app]
-        host.members[servable] = need
-        host.used = Need(
-            host.used.vram_bytes + need.vram_bytes, host.used.ram_bytes + need.ram_bytes
-        )
+        self._hosts[app].add(servable, need)
         self._member_of[servable] = app
-        return host.slot
+        return self._hosts[app].slot
 
     def _open(self, servable: str, device: str, block: Need) -> str | Refusal:
         app = f"{HOST_PREFIX}{self._next}"
@@ -117,10 +125,7 @@ class HostBook:
         if app is None:
             return None
         host = self._hosts[app]
-        need = host.members.pop(servable)
-        host.used = Need(
-            host.used.vram_bytes - need.vram_bytes, host.used.ram_bytes - need.ram_bytes
-        )
+        host.remove(servable)
         if host.members:
             return None
         del self._hosts[app]
@@ -151,11 +156,7 @@ class HostBook:
             number = app[len(HOST_PREFIX) :]
             if number.isdigit():
                 self._next = max(self._next, int(number) + 1)
-        need = host_need(need)
-        host.members[servable] = need
-        host.used = Need(
-            host.used.vram_bytes + need.vram_bytes, host.used.ram_bytes + need.ram_bytes
-        )
+        host.add(servable, host_need(need))
         self._member_of[servable] = app
 
     def host_of(self, servable: str) -> str | None:

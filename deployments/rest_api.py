@@ -200,7 +200,7 @@ class RestApi:
         self._auth = auth
         self._max_body_bytes = max_body_bytes
         self._metrics_path = metrics_path  # None: --monitoring_config_file did not enable it
-        self._v2 = V2Rest(core, self._body, max_body_bytes)  # the Open Inference Protocol
+        self._v2 = V2Rest(core, self._body, header)  # the Open Inference Protocol
 
     async def _body(self, scope, receive) -> bytes:
         """A request body under --rest_api_max_body_bytes, inflated when gzip-encoded."""
@@ -241,7 +241,7 @@ class RestApi:
             except AspireError as err:
                 return err.http, JSON, error_body(err), []
             return 200, TEXT, page.encode("utf-8"), []
-        if V2_PATH.fullmatch(raw_path) and method != "OPTIONS":
+        if raw_path.startswith("/v2") and V2_PATH.fullmatch(raw_path) and method != "OPTIONS":
             return await self._v2.dispatch(scope, receive, method, raw_path)
         if not V1_PATH.fullmatch(raw_path):
             return 404, HTML, NOT_FOUND_PAGE, []

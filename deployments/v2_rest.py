@@ -76,10 +76,10 @@ def parse_model_path(raw_path: str) -> tuple[str, int | None, str]:
 
 
 class V2Rest:
-    def __init__(self, core: RouterCore, read_body, max_body_bytes: int) -> None:
+    def __init__(self, core: RouterCore, read_body, header) -> None:
         self.core = core
-        self._read_body = read_body  # rest_api.read_body (with gzip), shared with /v1
-        self._max_body_bytes = max_body_bytes
+        self._read_body = read_body  # the body under the REST limits, inflated (rest_api.py)
+        self._header = header  # rest_api.header: a request header's value, "" when absent
 
     async def dispatch(self, scope, receive, method: str, raw_path: str):
         """(status, content type, body, extra headers) of one /v2 request."""
@@ -118,7 +118,7 @@ class V2Rest:
             resolved, address = core.resolve(name, version, None)
             seen.version = str(resolved)
             body = await self._read_body(scope, receive)
-            declared = _header(scope, b"inference-header-content-length")
+            declared = self._header(scope, b"inference-header-content-length").strip()
             if declared and not declared.isdigit():
                 raise invalid_argument(f"Inference-Header-Content-Length: {escape(declared, 64)}")
             length = int(declared) if declared else NO_BINARY
@@ -155,10 +155,3 @@ class V2Rest:
                 f"{method} is not allowed on {escape(raw_path, 256)} (only {allowed})",
                 "UNIMPLEMENTED",
             )
-
-
-def _header(scope: dict, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1").strip()
-    return ""
