@@ -102,12 +102,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def model_spec_parts(request: bytes) -> list[bytes] | None:
-    """Every occurrence of field 1 (`model_spec`) of a serialized Predict, Classify or Regress
-    request, found by walking the top-level fields without decoding them; their concatenation
-    parses as the merged ModelSpec, as protobuf merges repeated occurrences. [] when there is
-    none; None when the bytes are not a well-formed message."""
-    parts, pos, end = [], 0, len(request)
+def string_fields(request: bytes, numbers: tuple[int, ...]) -> dict[int, list[bytes]] | None:
+    """Every occurrence of the length-delimited top-level fields `numbers` of a serialized
+    message, found by walking its top-level fields without decoding them. None when the bytes
+    are not a well-formed message or one of `numbers` comes with another wire type."""
+    found: dict[int, list[bytes]] = {n: [] for n in numbers}
+    pos, end = 0, len(request)
     try:
         while pos < end:
             key, pos = _varint(request, pos)
@@ -120,18 +120,26 @@ def model_spec_parts(request: bytes) -> list[bytes] | None:
                 pos += 8
             elif wire == 2:
                 length, pos = _varint(request, pos)
-                if number == 1:
-                    parts.append(request[pos : pos + length])
+                if number in found:
+                    found[number].append(request[pos : pos + length])
                 pos += length
             elif wire == 5:
                 pos += 4
             else:
                 return None
-            if number == 1 and wire != 2:
+            if number in found and wire != 2:
                 return None
     except (IndexError, ValueError):
         return None
-    return parts if pos == end else None
+    return found if pos == end else None
+
+
+def model_spec_parts(request: bytes) -> list[bytes] | None:
+    """Every occurrence of field 1 (`model_spec`) of a serialized Predict, Classify or Regress
+    request; their concatenation parses as the merged ModelSpec, as protobuf merges repeated
+    occurrences. [] when there is none; None when the bytes are not a well-formed message."""
+    found = string_fields(request, (1,))
+    return None if found is None else found[1]
 
 
 def _decode(request_cls, request: bytes):

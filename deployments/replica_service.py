@@ -24,8 +24,9 @@ Wire contract, shared by `ReplicaService` (replica side) and `deployments/replic
    `metadata` takes nothing and answers GET /metadata's JSON body; the gRPC methods (`Predict`,
    `Classify`, `Regress`, `MultiInference`, `GetModelMetadata`) take TF Serving's serialized
    request and answer its serialized response; `v2_infer` and `v2_metadata` are the Open
-   Inference Protocol's (deployments/v2_infer.py frames them). The router parses none of them
-   on the success path.
+   Inference Protocol's REST calls (deployments/v2_infer.py frames them), `v2_grpc_infer` its
+   gRPC ModelInfer (a serialized ModelInferRequest in, ModelInferResponse out). The router
+   parses none of them on the success path.
 4. An answer is one status byte (the TF status code's number, 0 = OK) and then the payload on OK
    or the UTF-8 error message otherwise (`encode_answer`/`decode_answer`). Status `REFUSED`
    means the replica did not take the call (it is stopping). Neither a refusal nor a connection
@@ -65,6 +66,7 @@ METHODS = (
     "GetModelMetadata",
     "v2_infer",
     "v2_metadata",
+    "v2_grpc_infer",
 )
 METHOD_NUMBERS = {m: i for i, m in enumerate(METHODS)}
 REST_METHODS = METHODS[:4]

@@ -21,6 +21,7 @@ from deployments.grpc_api import GrpcApi, add_servicers
 from deployments.ingress import HttpLimits, Ingress
 from deployments.rest_api import RestApi
 from deployments.router_core import RouterCore
+from deployments.v2_grpc import V2Grpc
 
 
 # Serve waits one graceful_shutdown_wait_loop_s (2 s by default) before it stops a replica, for
@@ -54,14 +55,19 @@ class Router:
             data_key,
             f"router-{uuid.uuid4().hex[:12]}",
         )
-        grpc_api = GrpcApi(self.core)
+        grpc_api, v2_grpc = GrpcApi(self.core), V2Grpc(self.core)
+
+        def add_services(server) -> None:  # TF Serving's services and the v2 protocol's
+            add_servicers(grpc_api, server, grpc_health)
+            v2_grpc.add_to(server)
+
         self._ingress = Ingress()
         self._ingress.start(
             RestApi(self.core, auth, max_body_bytes, metrics_path),
             host,
             rest_port,
             grpc_port,
-            lambda server: add_servicers(grpc_api, server, grpc_health),
+            add_services,
             grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else (),
             http_limits=http_limits or HttpLimits(),
         )

@@ -37,6 +37,8 @@ from deployments.loader import SavedModelLoader
 from deployments.replica_service import METADATA_KEY, REST_METHODS, ReplicaService, encode_answer
 from deployments.warmup import run_warmup
 
+V2_INFER = {"v2_infer": v2_infer.infer, "v2_grpc_infer": v2_infer.grpc_infer}
+
 log = logging.getLogger("aspire.servable")
 
 
@@ -185,8 +187,8 @@ class LoadedVersion:
         try:
             if method == "metadata":
                 return encode_answer("OK", self._metadata())
-            if method == "v2_infer":
-                answer = v2_infer.infer(self.model, payload, self.name, self.version)
+            if method in V2_INFER:
+                answer = V2_INFER[method](self.model, payload, self.name, self.version)
                 self._runtime("Predict", started)
                 return encode_answer("OK", answer)
             if method == "v2_metadata":

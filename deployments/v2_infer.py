@@ -1,5 +1,7 @@
-"""The Open Inference Protocol (KServe "v2", Triton's HTTP/REST protocol) inside a replica: a
-version's model metadata and its infer call, on the version's serving signature.
+"""The Open Inference Protocol (KServe "v2", Triton's REST and gRPC protocols) inside a replica:
+a version's model metadata and its infer call, on the version's serving signature. REST's infer
+is `infer`; gRPC's ModelInfer is `grpc_infer` (method `v2_grpc_infer`: a serialized
+ModelInferRequest in, ModelInferResponse out), with the same checks.
 
 Wire between router and replica (the `v2_infer` method of deployments/replica_service.py):
 - request payload: 8 bytes (big-endian signed) with the request's Inference-Header-Content-Length
@@ -27,7 +29,7 @@ import struct
 
 import numpy as np
 
-from core.errors import AspireError, invalid_argument
+from core.errors import invalid_argument
 from deployments.inference import DEFAULT_SIGNATURE, tensor_spec
 
 # TF dtype -> v2 datatype
@@ -251,6 +253,38 @@ def _split(payload: bytes) -> tuple[dict, bytes]:
     return doc, binary
 
 
+def _input(signature, feeds: dict, name: str, alias: str, datatype: str, shape) -> list[int]:
+    """The shape of input `alias` once its name, datatype and shape pass the signature's checks."""
+    info = signature.inputs.get(alias)
+    if info is None:
+        raise invalid_argument(f"unexpected inference input '{alias}' for model '{name}'")
+    if alias in feeds:
+        raise invalid_argument(f"input '{alias}' is given twice")
+    want = _v2_type(info)
+    if datatype != want:
+        raise invalid_argument(
+            f"inference input '{alias}' data-type is '{datatype}', but model '{name}' "
+            f"expects '{want}'"
+        )
+    checked = _shape_of({"shape": shape}, f"input '{alias}'")
+    _check_shape(alias, name, checked, info)
+    return checked
+
+
+def _check_complete(signature, feeds: dict, name: str) -> None:
+    missing = sorted(set(signature.inputs) - set(feeds) - set(signature.defaults))
+    if missing:
+        raise invalid_argument(
+            f"expected {len(signature.inputs)} inputs but got {len(feeds)} inputs for model "
+            f"'{name}': missing {', '.join(missing)}"
+        )
+
+
+def _check_output(signature, alias: str, name: str) -> None:
+    if alias not in signature.outputs:
+        raise invalid_argument(f"unexpected inference output '{alias}' for model '{name}'")
+
+
 def infer(model, payload: bytes, name: str, version: int) -> bytes:
     """POST /v2/models/NAME[/versions/V]/infer, as the wire above frames it."""
     doc, binary = _split(payload)
@@ -262,20 +296,8 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
     for item in inputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid_argument("every input needs a 'name'")
-        alias = item["name"]
-        info = signature.inputs.get(alias)
-        if info is None:
-            raise invalid_argument(f"unexpected inference input '{alias}' for model '{name}'")
-        if alias in feeds:
-            raise invalid_argument(f"input '{alias}' is given twice")
-        datatype, want = item.get("datatype"), _v2_type(info)
-        if datatype != want:
-            raise invalid_argument(
-                f"inference input '{alias}' data-type is '{datatype}', but model '{name}' "
-                f"expects '{want}'"
-            )
-        shape = _shape_of(item, f"input '{alias}'")
-        _check_shape(alias, name, shape, info)
+        alias, datatype = item["name"], item.get("datatype")
+        shape = _input(signature, feeds, name, alias, datatype, item.get("shape"))
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -290,12 +312,7 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
             raise invalid_argument(f"input '{alias}' has neither 'data' nor binary data")
     if offset != len(binary):
         raise invalid_argument(f"{len(binary) - offset} bytes of binary data belong to no input")
-    missing = sorted(set(signature.inputs) - set(feeds) - set(signature.defaults))
-    if missing:
-        raise invalid_argument(
-            f"expected {len(signature.inputs)} inputs but got {len(feeds)} inputs for model "
-            f"'{name}': missing {', '.join(missing)}"
-        )
+    _check_complete(signature, feeds, name)
     binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
     requested = doc.get("outputs")
     if requested is None:
@@ -305,19 +322,13 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
     ):
         wanted = []
         for o in requested:
-            if o["name"] not in signature.outputs:
-                raise invalid_argument(
-                    f"unexpected inference output '{o['name']}' for model '{name}'"
-                )
+            _check_output(signature, o["name"], name)
             wanted.append(
                 (o["name"], bool((o.get("parameters") or {}).get("binary_data", binary_default)))
             )
     else:
         raise invalid_argument("'outputs' must be a list of objects with a 'name'")
-    try:
-        values = model.run(key, feeds, [alias for alias, _ in wanted])
-    except AspireError:
-        raise
+    values = model.run(key, feeds, [alias for alias, _ in wanted])
     outputs, parts = [], []
     for alias, as_binary in wanted:
         value = np.asarray(values[alias])
@@ -335,3 +346,95 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
         answer["id"] = doc["id"]
     head = json.dumps(answer).encode("utf-8")
     return LENGTH.pack(len(head) if parts else NO_BINARY) + head + b"".join(parts)
+
+
+# gRPC: the typed field of InferTensorContents that carries each datatype, and its numpy type
+# (FP16 and BF16 have none: they travel in raw_input_contents only).
+CONTENTS = {
+    "BOOL": ("bool_contents", np.bool_),
+    "INT8": ("int_contents", np.int32),
+    "INT16": ("int_contents", np.int32),
+    "INT32": ("int_contents", np.int32),
+    "INT64": ("int64_contents", np.int64),
+    "UINT8": ("uint_contents", np.uint32),
+    "UINT16": ("uint_contents", np.uint32),
+    "UINT32": ("uint_contents", np.uint32),
+    "UINT64": ("uint64_contents", np.uint64),
+    "FP32": ("fp32_contents", np.float32),
+    "FP64": ("fp64_contents", np.float64),
+    "BYTES": ("bytes_contents", object),
+}
+
+
+def _from_contents(contents, datatype: str, shape: list[int], alias: str) -> np.ndarray:
+    if datatype not in CONTENTS:
+        if math.prod(shape) == 0 and not contents.ListFields():  # no elements: nothing to send
+            return np.zeros(shape, dtype=_numpy_type(datatype))
+        raise invalid_argument(
+            f"input '{alias}': {datatype} data can only be sent in raw_input_contents"
+        )
+    field, wide = CONTENTS[datatype]
+    stray = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if stray:
+        raise invalid_argument(
+            f"input '{alias}': {datatype} data belongs in '{field}', not in {', '.join(stray)}"
+        )
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise invalid_argument(
+            f"input '{alias}': {len(values)} elements in '{field}' for shape {shape} ({count})"
+        )
+    array = np.array(values, dtype=wide)
+    if datatype in ("INT8", "INT16", "UINT8", "UINT16"):
+        narrow = array.astype(_numpy_type(datatype))
+        if not np.array_equal(narrow, array):
+            raise invalid_argument(f"input '{alias}': a value is out of {datatype}'s range")
+        array = narrow
+    return array.reshape(shape)
+
+
+def grpc_infer(model, payload: bytes, name: str, version: int) -> bytes:
+    """GRPCInferenceService/ModelInfer: a serialized ModelInferRequest in, a serialized
+    ModelInferResponse out, every output in raw_output_contents (as Triton answers)."""
+    from google.protobuf.message import DecodeError
+
+    from deployments.v2_protos import ModelInferRequest, ModelInferResponse
+
+    try:
+        request = ModelInferRequest.FromString(payload)
+    except DecodeError as exc:
+        raise invalid_argument(f"Could not parse inference.ModelInferRequest: {exc}") from None
+    key, signature = _signature(model)
+    if not request.inputs:
+        raise invalid_argument("the infer request needs at least one input")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise invalid_argument(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs"
+        )
+    feeds: dict = {}
+    for index, tensor in enumerate(request.inputs):
+        alias, datatype = tensor.name, tensor.datatype
+        shape = _input(signature, feeds, name, alias, datatype, list(tensor.shape))
+        if raw:
+            if tensor.HasField("contents"):
+                raise invalid_argument(
+                    f"input '{alias}' has typed contents in a request that sends "
+                    "raw_input_contents: use one or the other for every input"
+                )
+            feeds[alias] = _from_binary(raw[index], datatype, shape, alias)
+        else:
+            feeds[alias] = _from_contents(tensor.contents, datatype, shape, alias)
+    _check_complete(signature, feeds, name)
+    wanted = [o.name for o in request.outputs] or sorted(signature.outputs)
+    for alias in wanted:
+        _check_output(signature, alias, name)
+    values = model.run(key, feeds, wanted)
+    response = ModelInferResponse(model_name=name, model_version=str(version), id=request.id)
+    for alias in wanted:
+        value = np.asarray(values[alias])
+        datatype = _v2_type(signature.outputs[alias])
+        response.outputs.add(name=alias, datatype=datatype, shape=value.shape)
+        response.raw_output_contents.append(_to_binary(value, datatype))
+    return response.SerializeToString()

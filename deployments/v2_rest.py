@@ -35,7 +35,7 @@ OCTETS = b"application/octet-stream"
 EXTENSIONS = ["binary_tensor_data"]
 
 
-def _version() -> str:
+def server_version() -> str:
     try:
         from importlib.metadata import version
 
@@ -67,12 +67,20 @@ def parse_model_path(raw_path: str) -> tuple[str, int | None, str]:
     except UnicodeDecodeError:
         raise invalid_argument(f"Failed to decode model name:{escape(raw_name, 256)}") from None
     check_name(name)
-    number = None
-    if version is not None:
-        if len(version.lstrip("0")) > 19 or int(version) > 2**63 - 1:
-            raise invalid_argument(f"Failed to convert version: {escape(version, 256)} to numeric.")
-        number = int(version)
-    return name, number, verb or "metadata"
+    return name, parse_version(version or ""), verb or "metadata"
+
+
+def parse_version(text: str) -> int | None:
+    """A version as the protocol sends it (decimal digits; "" for none), as TF Serving's int64."""
+    if not text:
+        return None
+    if (
+        not (text.isascii() and text.isdigit())
+        or len(text.lstrip("0")) > 19
+        or int(text) > 2**63 - 1
+    ):
+        raise invalid_argument(f"Failed to convert version: {escape(text, 256)} to numeric.")
+    return int(text)
 
 
 class V2Rest:
@@ -99,7 +107,7 @@ class V2Rest:
         if raw_path in ("/v2", "/v2/"):
             seen.api = "server_metadata"
             self._only(method, "GET", raw_path)
-            doc = {"name": "aspire", "version": _version(), "extensions": EXTENSIONS}
+            doc = {"name": "aspire", "version": server_version(), "extensions": EXTENSIONS}
             return body_of(doc), [], JSON
         if raw_path == "/v2/health/live":
             seen.api = "live"

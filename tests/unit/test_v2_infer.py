@@ -8,31 +8,15 @@ import json
 import os
 import struct
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 from core.errors import AspireError
 from deployments import v2_infer
 from deployments.loader import SavedModelLoader
+from tests.support.v2_models import TYPES, export_every_type
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
-TYPES = {  # v2 datatype -> (TF dtype, numpy dtype, sample values)
-    "BOOL": ("bool", np.bool_, [True, False, True]),
-    "INT8": ("int8", np.int8, [-128, 0, 127]),
-    "INT16": ("int16", np.int16, [-3, 0, 30000]),
-    "INT32": ("int32", np.int32, [-7, 0, 2**31 - 1]),
-    "INT64": ("int64", np.int64, [-(2**62), 0, 2**62]),
-    "UINT8": ("uint8", np.uint8, [0, 1, 255]),
-    "UINT16": ("uint16", np.uint16, [0, 1, 65535]),
-    "UINT32": ("uint32", np.uint32, [0, 1, 2**32 - 1]),
-    "UINT64": ("uint64", np.uint64, [0, 1, 2**63]),
-    "FP16": ("float16", np.float16, [0.5, -2.0, 1024.0]),
-    "FP32": ("float32", np.float32, [0.25, -1.5, 3.0e8]),
-    "FP64": ("float64", np.float64, [1e-300, -2.5, 1e300]),
-    "BF16": ("bfloat16", ml_dtypes.bfloat16, [0.5, -2.0, 256.0]),
-    "BYTES": ("string", object, [b"a", b"\xff\x00binary", b""]),
-}
 
 
 def frame(doc: dict, binary: bytes = b"", header: bool = False) -> bytes:
@@ -55,24 +39,7 @@ def half_plus_two():
 
 @pytest.fixture(scope="module")
 def every_type(tmp_path_factory):
-    """A TF2 SavedModel whose serving signature takes one [None] input per datatype and returns
-    each as `out_<name>`."""
-    import tensorflow as tf
-
-    path = str(tmp_path_factory.mktemp("v2types") / "1")
-    specs = {
-        name.lower(): tf.TensorSpec([None], getattr(tf, tf_type), name=name.lower())
-        for name, (tf_type, _, _) in TYPES.items()
-    }
-
-    class Echo(tf.Module):
-        @tf.function(input_signature=[specs])
-        def serve(self, inputs):
-            return {f"out_{k}": tf.identity(v) for k, v in inputs.items()}
-
-    module = Echo()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    return SavedModelLoader(path).load()
+    return SavedModelLoader(export_every_type(str(tmp_path_factory.mktemp("v2types") / "1"))).load()
 
 
 def test_metadata_lists_the_serving_signature_with_v2_datatypes_and_shapes(half_plus_two):
