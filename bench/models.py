@@ -31,6 +31,7 @@ class BenchModel:
     body_path: Path  # REST request body
     v2_body_path: Path  # the same inputs as an Open Inference Protocol (v2) JSON request
     grpc_path: Path  # serialized PredictRequest
+    v2_grpc_path: Path  # serialized ModelInferRequest (raw_input_contents, as tritonclient sends)
     inputs: dict  # for the in-process run
     size_bytes: int  # files of the version on disk
 
@@ -81,6 +82,15 @@ def _write_requests(work: Path, name: str, array: np.ndarray, instances) -> tupl
     return body, grpc
 
 
+def _model_infer_request(name: str, array: np.ndarray) -> bytes:
+    from deployments.v2_protos import ModelInferRequest
+
+    request = ModelInferRequest(model_name=name)
+    request.inputs.add(name="x", datatype="FP32", shape=array.shape)
+    request.raw_input_contents.append(array.astype("<f4").tobytes())
+    return request.SerializeToString()
+
+
 def prepare(work: Path, names: list[str]) -> dict[str, BenchModel]:
     models = {}
     for name in names:
@@ -116,5 +126,9 @@ def prepare(work: Path, names: list[str]) -> dict[str, BenchModel]:
                 }
             )
         )
-        models[name] = BenchModel(base, str(version), body, v2, grpc, {"x": array}, _size(version))
+        v2_grpc = work / f"{name}.v2.pb"
+        v2_grpc.write_bytes(_model_infer_request(name, shaped))
+        models[name] = BenchModel(
+            base, str(version), body, v2, grpc, v2_grpc, {"x": array}, _size(version)
+        )
     return models

@@ -9,6 +9,8 @@ Systems, each started alone (nothing else serving while it is measured):
   f  aspire-batch `aspire serve --enable_batching`, REST
   g  aspire-v2    `aspire serve`, the Open Inference Protocol's REST infer, JSON tensors (same
                   server as d)
+  h  aspire-v2g   `aspire serve`, the Open Inference Protocol's gRPC ModelInfer, raw contents
+                  (same server as d)
 Models: half_plus_two (TF Serving's test model: per-request overhead), and two MLPs exported by
 bench/models.py, one 784-float row per request: 784-1024-1024-10 (light compute) and
 784-4096-4096-10 (milliseconds per row, little more per batch: where batching should pay).
@@ -60,6 +62,7 @@ SYSTEMS = {
     "e": "aspire-grpc",
     "f": "aspire-batch",
     "g": "aspire-v2",
+    "h": "aspire-v2g",
 }
 README_BEGIN, README_END = "<!-- suite:begin -->", "<!-- suite:end -->"
 BATCHING = """max_batch_size { value: 32 }
@@ -142,13 +145,19 @@ def wrk_point(
     }
 
 
-def grpc_point(target: str, request: Path, concurrency: int, duration_s: float) -> dict:
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_point(
+    target: str, request: Path, concurrency: int, duration_s: float, method: str = PREDICT
+) -> dict:
     out, cpu = run_measured(
         [
             PY,
             str(ROOT / "bench" / "grpc_load.py"),
             target,
-            "/tensorflow.serving.PredictionService/Predict",
+            method,
             str(request),
             str(concurrency),
             str(duration_s),
@@ -425,7 +434,7 @@ class Suite:
             self.baseline()
         if "c" in sel:
             self.serve_app()
-        if "d" in sel or "e" in sel or "g" in sel:
+        if any(system in sel for system in "degh"):
             self.aspire(batching=False)
         if "f" in sel:
             self.aspire(batching=True)
@@ -504,17 +513,24 @@ class Suite:
             if "g" in self.args.systems:
                 v2_url = lambda n: f"http://127.0.0.1:{port}/v2/models/{n}/infer"  # noqa: E731
                 self.sweep_rest("g", v2_url, server.proc.pid, v2=True)
-            if "e" in self.args.systems:
+            for system, method in (("e", PREDICT), ("h", MODEL_INFER)):
+                if system not in self.args.systems:
+                    continue
                 for name, m in self.models.items():
+                    request = m.grpc_path if system == "e" else m.v2_grpc_path
                     for c in self.args.concurrency:
                         self.record(
                             name,
-                            "e",
+                            system,
                             c,
                             self.measure(
                                 server.proc.pid,
-                                lambda m=m, c=c: grpc_point(
-                                    f"127.0.0.1:{grpc_port}", m.grpc_path, c, self.args.duration
+                                lambda request=request, c=c, method=method: grpc_point(
+                                    f"127.0.0.1:{grpc_port}",
+                                    request,
+                                    c,
+                                    self.args.duration,
+                                    method,
                                 ),
                             ),
                         )
@@ -593,6 +609,12 @@ def targets(
     check(
         "v2 (Open Inference Protocol) p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
         over_b(hpt, "g", 1, "p50"),
+        3.0,
+        x,
+    )
+    check(
+        "v2 gRPC p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
+        over_b(hpt, "h", 1, "p50"),
         3.0,
         x,
     )
@@ -714,7 +736,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated")
     parser.add_argument("--models", default="half_plus_two,mlp,mlp_wide", help="comma-separated")
-    parser.add_argument("--systems", default="abcdefg", help="letters a-g")
+    parser.add_argument("--systems", default="abcdefgh", help="letters a-h")
     parser.add_argument("--reconcile-models", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")
