@@ -2,8 +2,10 @@
 
 Each replica holds one `RouterCore` (deployments/router_core.py: serving map, resolve, calls to
 versions, manager calls, metrics) and serves TF Serving's REST API (deployments/rest_api.py) and
-gRPC API (deployments/grpc_api.py) around it, on its own HTTP and gRPC servers
-(deployments/ingress.py). Serve places, health-checks and restarts the routers; its proxy is off.
+gRPC API (deployments/grpc_api.py) around it, with the Open Inference Protocol's REST routes
+(deployments/v2_rest.py) and gRPC service (deployments/v2_grpc.py) beside them, on its own HTTP
+and gRPC servers (deployments/ingress.py). Serve places, health-checks and restarts the routers;
+its proxy is off.
 """
 
 from __future__ import annotations

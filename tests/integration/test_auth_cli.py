@@ -48,6 +48,7 @@ def server(tmp_path_factory):
     ) as served:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             served.url, served.channel = f"http://127.0.0.1:{port}", channel
+            served.grpc_target = f"127.0.0.1:{grpc_port}"
             yield served
     assert served.exit_code == 0
     output = "".join(served.out.lines)
@@ -185,6 +186,35 @@ def test_grpc_needs_the_token_and_health_is_open(server):
     )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
     print(f"gRPC Predict without a token: UNAUTHENTICATED in {refused_ms:.1f} ms")
+
+
+def test_the_open_inference_protocol_needs_the_token_on_both_transports(server):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    url = f"{server.url}/v2/models/half_plus_two/infer"
+    for path in ("/v2", "/v2/health/ready", "/v2/models/half_plus_two"):
+        assert requests.get(server.url + path, timeout=30).status_code == 401
+    assert requests.post(url, json=body, timeout=30).status_code == 401
+    answer = requests.post(url, json=body, headers=bearer(TOKEN), timeout=30).json()
+    assert answer["outputs"][0]["data"] == [2.5]
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    assert http.is_server_live(headers=bearer(TOKEN))
+
+    triton = grpcclient.InferenceServerClient(server.grpc_target)
+    x = grpcclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.array([[1.0]], np.float32))
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        with pytest.raises(InferenceServerException) as caught:
+            triton.infer("half_plus_two", [x], headers=headers)
+        assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException):
+            triton.is_server_live(headers=headers)
+    result = triton.infer("half_plus_two", [x], headers={"authorization": f"Bearer {TOKEN}"})
+    assert result.as_numpy("y").tolist() == [[2.5]]
 
 
 def test_reload_config_needs_the_admin_token(server):

@@ -96,6 +96,16 @@ def test_fifty_shared_versions_run_in_one_host_process_and_each_answers_as_its_o
     wait_for(lambda: runtime_counted(names[7]), 30, 0.5, what="the host's metrics shipped")
     meta = aspire.get(f"/v1/models/{names[7]}/metadata").json()
     assert meta["model_spec"] == {"name": names[7], "signature_name": "", "version": "1"}
+    # the Open Inference Protocol reaches versions in a host too, on both transports
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    x = grpcclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.array([[4.0]], np.float32))
+    triton = grpcclient.InferenceServerClient(aspire.grpc_target)
+    assert triton.infer(names[5], [x]).as_numpy("y").tolist() == [[4.0]]
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [4.0]}]}
+    assert aspire.post(f"/v2/models/{names[5]}/infer", body).json()["outputs"][0]["data"] == [4.0]
     r = aspire.post(f"/v1/models/{names[3]}/versions/2:predict", {"instances": [1.0]})
     assert r.status_code == 404
     assert r.json() == {"error": f"Servable not found for request: Specific({names[3]}, 2)"}
