@@ -438,3 +438,28 @@ def test_a_grpc_request_missing_an_input_is_refused_with_its_name(aspire, every_
         grpc_client(aspire).infer(every_type, inputs)
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "missing bool" in caught.value.message()
+
+
+def test_malformed_model_infer_bytes_get_invalid_argument_and_the_server_keeps_serving(aspire):
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    good = service_pb2.ModelInferRequest(model_name="half_plus_two")
+    good.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    good.raw_input_contents.append(np.float32(1.0).tobytes())
+    whole = good.SerializeToString()
+    cases = [
+        b"\xff\xff\xff",  # not a message
+        whole[:-2],  # cut short inside the raw contents
+        b"\x0a\x0dhalf_plus_two\x12\x02x7",  # a version that is not a number
+        b"\x0a\x0dhalf_plus_two" + b"\x2a\x03\xff\xff\xff",  # an input that is not a message
+        b"",  # no model named
+    ]
+    with grpc.insecure_channel(aspire.grpc_target) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for raw in cases:
+            with pytest.raises(grpc.RpcError) as caught:
+                call(raw, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raw
+        answer = service_pb2.ModelInferResponse.FromString(call(whole, timeout=60))
+    assert np.frombuffer(answer.raw_output_contents[0], "<f4").tolist() == [2.5]
