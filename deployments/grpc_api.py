@@ -77,6 +77,16 @@ def set_error(grpc_context, err: AspireError) -> None:
     grpc_context.set_details(truncate(err.message))
 
 
+def fail(grpc_context, exc: Exception, method: str) -> str:
+    """End the call with `exc`: an AspireError's code and message, anything else INTERNAL with
+    only its type (the log has the trace). Call it in the `except` block; returns the code."""
+    if not isinstance(exc, AspireError):
+        log.exception("gRPC %s failed", method)
+        exc = AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL")
+    set_error(grpc_context, exc)
+    return exc.code
+
+
 def spec_target(spec) -> tuple[str, int | None, str | None]:
     """(name, version, label) a ModelSpec asks for; TF Serving's ModelSpec errors."""
     if not spec.name:
@@ -211,15 +221,8 @@ class GrpcApi:
             version, address = self.core.resolve(name, version, label)
             seen.version = str(version)
             return await self.core.call(address, method, request)
-        except AspireError as err:
-            code = err.code
-            set_error(grpc_context, err)
         except Exception as exc:
-            log.exception("gRPC %s failed", method)
-            code = "INTERNAL"
-            set_error(
-                grpc_context, AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL")
-            )
+            code = fail(grpc_context, exc, method)
         finally:
             self.core.record(seen, "grpc", code, time.perf_counter() - started)
         return b""

@@ -22,19 +22,17 @@ words as gRPC's) and message.
 from __future__ import annotations
 
 import json
-import logging
 import time
 
 import grpc
 
 from core.errors import AspireError, invalid_argument
 from core.names import check_name, escape
-from deployments.grpc_api import set_error, string_fields
+from deployments.grpc_api import fail, string_fields
 from deployments.router_core import RouterCore, Seen
 from deployments.v2_protos import METHODS, SERVICE, message_class
 from deployments.v2_rest import EXTENSIONS, parse_version, server_version
 
-log = logging.getLogger("aspire.v2_grpc")
 PROTOCOL = "v2_grpc"
 NOT_SERVING = ("NOT_FOUND", "FAILED_PRECONDITION", "UNAVAILABLE")
 
@@ -84,15 +82,8 @@ class V2Grpc:
             started, seen, code = time.perf_counter(), Seen(api=api), "OK"
             try:
                 return await handler(request, seen)
-            except AspireError as err:
-                code = err.code
-                set_error(grpc_context, err)
             except Exception as exc:
-                log.exception("gRPC %s failed", method)
-                code = "INTERNAL"
-                set_error(
-                    grpc_context, AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL")
-                )
+                code = fail(grpc_context, exc, method)
             finally:
                 self.core.record(seen, PROTOCOL, code, time.perf_counter() - started)
             return empty()

@@ -406,8 +406,10 @@ def _content_length(data: bytes) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_oversized_body_is_413_before_it_is_read(aspire):
-    path = "/v1/models/half_plus_two:predict"
+@pytest.mark.parametrize(
+    "path", ["/v1/models/half_plus_two:predict", "/v2/models/half_plus_two/infer"]
+)
+def test_oversized_body_is_413_before_it_is_read(aspire, path):
     claimed = 1024**3  # 1 GiB announced, 10 bytes sent
     status, body, seconds = _raw_post(
         aspire.url + path,
@@ -422,7 +424,8 @@ def test_oversized_body_is_413_before_it_is_read(aspire):
     }
     print(f"413 for a 1 GiB Content-Length in {seconds * 1000:.1f} ms, body unread")
     # the server is unharmed
-    assert aspire.post(path, {"instances": [1.0]}).json() == {"predictions": [2.5]}
+    predict = "/v1/models/half_plus_two:predict"
+    assert aspire.post(predict, {"instances": [1.0]}).json() == {"predictions": [2.5]}
 
 
 def test_chunked_body_over_the_limit_is_413(aspire):

@@ -5,8 +5,6 @@ by tritonclient's own gRPC helpers."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
@@ -15,10 +13,7 @@ from tritonclient.grpc import service_pb2 as published
 from core.errors import AspireError
 from deployments import v2_infer, v2_protos
 from deployments.grpc_api import string_fields
-from deployments.loader import SavedModelLoader
-from tests.support.v2_models import TYPES, export_every_type, sample
-
-DATA = os.path.join(os.path.dirname(__file__), "..", "data")
+from tests.support.v2_models import TYPES, sample
 
 
 def fields(descriptor) -> dict:
@@ -81,16 +76,6 @@ def test_the_router_reads_model_name_and_version_without_decoding_the_tensors():
     assert string_fields(raw, (1, 2)) == {1: [b"first", b"second"], 2: [b"3"]}
     assert string_fields(b"\x0a\x05ab", (1, 2)) is None  # cut short
     assert string_fields(b"\x08\x01", (1,)) is None  # field 1 as a varint
-
-
-@pytest.fixture(scope="module")
-def half_plus_two():
-    return SavedModelLoader(os.path.join(DATA, "saved_model_half_plus_two_cpu", "00000123")).load()
-
-
-@pytest.fixture(scope="module")
-def every_type(tmp_path_factory):
-    return SavedModelLoader(export_every_type(str(tmp_path_factory.mktemp("v2types") / "1"))).load()
 
 
 def request_of(inputs, outputs=(), model="m", version="", request_id=""):

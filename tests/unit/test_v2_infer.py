@@ -14,7 +14,7 @@ import pytest
 from core.errors import AspireError
 from deployments import v2_infer
 from deployments.loader import SavedModelLoader
-from tests.support.v2_models import TYPES, export_every_type
+from tests.support.v2_models import TYPES
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 
@@ -30,16 +30,6 @@ def answer(raw: bytes) -> tuple[dict, bytes]:
     if length == -1:
         return json.loads(body), b""
     return json.loads(body[:length]), body[length:]
-
-
-@pytest.fixture(scope="module")
-def half_plus_two():
-    return SavedModelLoader(os.path.join(DATA, "saved_model_half_plus_two_cpu", "00000123")).load()
-
-
-@pytest.fixture(scope="module")
-def every_type(tmp_path_factory):
-    return SavedModelLoader(export_every_type(str(tmp_path_factory.mktemp("v2types") / "1"))).load()
 
 
 def test_metadata_lists_the_serving_signature_with_v2_datatypes_and_shapes(half_plus_two):
