@@ -594,30 +594,18 @@ def targets(
         return pair[0] / pair[1] if all(pair) else None
 
     x = lambda v: f"{v:.2f}x"  # noqa: E731
-    check(
-        "REST p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
-        over_b(hpt, "d", 1, "p50"),
-        3.0,
-        x,
-    )
-    check(
-        "gRPC p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
-        over_b(hpt, "e", 1, "p50"),
-        3.0,
-        x,
-    )
-    check(
-        "v2 (Open Inference Protocol) p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
-        over_b(hpt, "g", 1, "p50"),
-        3.0,
-        x,
-    )
-    check(
-        "v2 gRPC p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
-        over_b(hpt, "h", 1, "p50"),
-        3.0,
-        x,
-    )
+    for api, system in (
+        ("REST", "d"),
+        ("gRPC", "e"),
+        ("v2 (Open Inference Protocol)", "g"),
+        ("v2 gRPC", "h"),
+    ):
+        check(
+            f"{api} p50 at concurrency 1, half_plus_two, Aspire / FastAPI",
+            over_b(hpt, system, 1, "p50"),
+            3.0,
+            x,
+        )
     check(
         f"throughput at concurrency {top}, half_plus_two, Aspire REST / FastAPI",
         over_b(hpt, "d", top, "rps"),

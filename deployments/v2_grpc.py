@@ -30,7 +30,7 @@ from core.errors import AspireError, invalid_argument
 from core.names import check_name, escape
 from deployments.grpc_api import fail, string_fields
 from deployments.router_core import RouterCore, Seen
-from deployments.v2_protos import METHODS, SERVICE, message_class
+from deployments.v2_protos import CLASSES, METHODS, SERVICE
 from deployments.v2_rest import EXTENSIONS, parse_version, server_version
 
 PROTOCOL = "v2_grpc"
@@ -63,9 +63,9 @@ class V2Grpc:
         }
         methods = {
             method: grpc.unary_unary_rpc_method_handler(
-                self._handler(method, handler, message_class(METHODS[method][1])),
-                request_deserializer=message_class(METHODS[method][0]).FromString,
-                response_serializer=message_class(METHODS[method][1]).SerializeToString,
+                self._handler(method, handler, CLASSES[METHODS[method][1]]),
+                request_deserializer=CLASSES[METHODS[method][0]].FromString,
+                response_serializer=CLASSES[METHODS[method][1]].SerializeToString,
             )
             for method, handler in handlers.items()
         }
@@ -91,15 +91,13 @@ class V2Grpc:
         return handle
 
     async def _server_live(self, request, seen: Seen):
-        return message_class("ServerLiveResponse")(live=True)
+        return CLASSES["ServerLiveResponse"](live=True)
 
     async def _server_ready(self, request, seen: Seen):
-        return message_class("ServerReadyResponse")(
-            ready=bool(await self.core.ask_manager("ready"))
-        )
+        return CLASSES["ServerReadyResponse"](ready=bool(await self.core.ask_manager("ready")))
 
     async def _server_metadata(self, request, seen: Seen):
-        return message_class("ServerMetadataResponse")(
+        return CLASSES["ServerMetadataResponse"](
             name="aspire", version=server_version(), extensions=EXTENSIONS
         )
 
@@ -110,10 +108,10 @@ class V2Grpc:
             resolved, _ = self.core.resolve(name, version, None)
         except AspireError as err:
             if err.code in NOT_SERVING:
-                return message_class("ModelReadyResponse")(ready=False)
+                return CLASSES["ModelReadyResponse"](ready=False)
             raise
         seen.version = str(resolved)
-        return message_class("ModelReadyResponse")(ready=True)
+        return CLASSES["ModelReadyResponse"](ready=True)
 
     async def _model_metadata(self, request, seen: Seen):
         seen.name = name = _name(request.name)
@@ -123,7 +121,7 @@ class V2Grpc:
         doc = json.loads(await self.core.call(address, "v2_metadata", b""))
         if version is None:  # every AVAILABLE version of the model
             doc["versions"] = [str(v) for v in sorted(self.core.map.models.get(name, {}))]
-        return message_class("ModelMetadataResponse")(**doc)
+        return CLASSES["ModelMetadataResponse"](**doc)
 
     async def _model_infer(self, request: bytes, seen: Seen) -> bytes:
         fields = string_fields(request, (1, 2))

@@ -28,9 +28,11 @@ import math
 import struct
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from core.errors import invalid_argument
 from deployments.inference import DEFAULT_SIGNATURE, tensor_spec
+from deployments.v2_protos import ModelInferRequest, ModelInferResponse
 
 # TF dtype -> v2 datatype
 V2_TYPES = {
@@ -397,10 +399,6 @@ def _from_contents(contents, datatype: str, shape: list[int], alias: str) -> np.
 def grpc_infer(model, payload: bytes, name: str, version: int) -> bytes:
     """GRPCInferenceService/ModelInfer: a serialized ModelInferRequest in, a serialized
     ModelInferResponse out, every output in raw_output_contents (as Triton answers)."""
-    from google.protobuf.message import DecodeError
-
-    from deployments.v2_protos import ModelInferRequest, ModelInferResponse
-
     try:
         request = ModelInferRequest.FromString(payload)
     except DecodeError as exc:

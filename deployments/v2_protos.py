@@ -184,5 +184,6 @@ def message_class(full: str):
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{full}"))
 
 
-ModelInferRequest = message_class("ModelInferRequest")
-ModelInferResponse = message_class("ModelInferResponse")
+CLASSES = {name: message_class(name) for name in MESSAGES}  # built once, at import
+ModelInferRequest = CLASSES["ModelInferRequest"]
+ModelInferResponse = CLASSES["ModelInferResponse"]
