@@ -83,7 +83,7 @@ def _write_requests(work: Path, name: str, array: np.ndarray, instances) -> tupl
 
 
 def _model_infer_request(name: str, array: np.ndarray) -> bytes:
-    from deployments.v2_protos import ModelInferRequest
+    from deployments.wire.v2_protos import ModelInferRequest
 
     request = ModelInferRequest(model_name=name)
     request.inputs.add(name="x", datatype="FP32", shape=array.shape)

@@ -27,14 +27,15 @@ app = FastAPI()
 @serve.ingress(app)
 class Models:
     def __init__(self, paths: dict):
-        from deployments.loader import SavedModelLoader
+        from deployments.replica.loader import SavedModelLoader
 
         self.models = {name: SavedModelLoader(path).load() for name, path in paths.items()}
 
     @app.post("/v1/models/{model}:predict")
     async def predict(self, model: str, request: Request):
         from core.errors import AspireError, http_status
-        from deployments import inference, json_tensor
+        from deployments.replica import inference
+        from deployments.wire import tfs_json
 
         if model not in self.models:
             return Response(
@@ -44,7 +45,7 @@ class Models:
             )
         try:  # the same steps as the baseline (b)
             code, text = inference.handle_rest(
-                self.models[model], "predict", json_tensor.parse_body(await request.body())
+                self.models[model], "predict", tfs_json.parse_body(await request.body())
             )
         except AspireError as err:
             code, text = err.code, err.message

@@ -179,7 +179,7 @@ def grpc_point(
 
 def in_process_point(path: str, inputs: dict, duration_s: float) -> dict:
     """The floor: the session run of one request's tensors, in a loop, in this process."""
-    from deployments.loader import SavedModelLoader
+    from deployments.replica.loader import SavedModelLoader
 
     model = SavedModelLoader(path).load()
     for _ in range(20):

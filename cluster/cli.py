@@ -20,8 +20,8 @@ import time
 
 from cluster.flags import FlagError, build_parser, session_threads, token_digests, validate
 from cluster.logs import CliLogging, EventFollower
+from core import protos
 from core.units import parse_bytes
-from deployments import protos
 
 log = logging.getLogger("aspire")
 
@@ -72,14 +72,11 @@ def _models_and_labels(args, read_config_file, models_from_config, labels_from_c
 
 def _ray_log_dir() -> str:
     """Ray's session log directory on this machine (where its processes write their logs)."""
-    try:
-        from ray._private import worker
+    import tempfile
 
-        return worker._global_node.get_logs_dir_path()
-    except Exception:  # a Ray Client connection has no local session
-        import tempfile
+    from core.ray_internals import session_log_dir
 
-        return tempfile.gettempdir()
+    return session_log_dir() or tempfile.gettempdir()  # a Ray Client connection: no session
 
 
 def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
@@ -92,7 +89,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
     logs.quiet_libraries()  # Ray brings its own stream handler on import
 
     from cluster import launcher
-    from cluster.manager_actor import ControllerConfig
+    from cluster.manager_actor import ManagerConfig
     from config.aspire_config import load_aspire_config
     from config.model_config import (
         ModelSource,
@@ -101,10 +98,9 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
         read_config_file,
     )
     from config.monitoring_config import load_monitoring_config
+    from config.options import HttpLimits, ReplicaOptions, ServerOptions
     from core.errors import AspireError
     from core.names import NAMESPACE
-    from deployments.ingress import HttpLimits
-    from deployments.serve_backend import ReplicaOptions
 
     try:
         models, labels = _models_and_labels(
@@ -115,7 +111,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
         batching = None
         if args.enable_batching:
             from config.batching_config import load_batching_parameters
-            from deployments.servable import BatchingOptions
+            from config.options import BatchingOptions
 
             batching = BatchingOptions(
                 load_batching_parameters(args.batching_parameters_file or None),
@@ -125,7 +121,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
         print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
         return 255
     intra_op_threads, inter_op_threads = session_threads(args)
-    config = ControllerConfig(
+    config = ManagerConfig(
         models=models,
         labels=labels,
         poll_wait_s=args.file_system_poll_wait_seconds,
@@ -163,7 +159,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
             shared_host_replicas=args.shared_host_replicas,
         ),
     )
-    options = launcher.ServerOptions(
+    options = ServerOptions(
         rest_api_host=args.rest_api_host,
         rest_api_port=args.rest_api_port,
         grpc_port=args.port,
@@ -388,10 +384,10 @@ def find_server(address: str) -> tuple[str | None, str]:
     Ray's own connect retries an unreachable address for a minute and more, printing warnings,
     and "auto" finds the file of a cluster that stopped long ago; one TCP connect answers
     at once."""
-    from ray._private.services import canonicalize_bootstrap_address
+    from core.ray_internals import gcs_address
 
     try:
-        gcs = canonicalize_bootstrap_address(address)
+        gcs = gcs_address(address)
     except (ConnectionError, ValueError) as exc:
         return None, f"no Aspire server found at --address={address}: {exc}"
     if gcs is None:

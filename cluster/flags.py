@@ -429,8 +429,8 @@ def validate(args: argparse.Namespace) -> None:
 
 def token_digests(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """SHA-256 digests of the --auth_token_file and --admin_token_file tokens (None where not
-    set); the tokens themselves go no further than this process (deployments/auth.py)."""
-    from deployments.auth import TokenFileError, digest, read_token
+    set); the tokens themselves go no further than this process (deployments/router/auth.py)."""
+    from config.tokens import TokenFileError, digest, read_token
 
     if args.admin_token_file and not args.auth_token_file:
         raise FlagError(

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
-from cluster.hosts import HostBook
+from cluster.host_admission import HostBook
 from cluster.logs import servable_fields
 from cluster.manager_state import Stream, VersionRecord
 from cluster.moves import PlacementMover
@@ -40,7 +40,7 @@ from policies.lifecycle import HarnessState
 
 log = logging.getLogger("aspire.manager")
 # Load failures another attempt cannot fix: a version directory refused by the containment rule
-# (deployments/loader.py check_contained) stays refused however often it is retried.
+# (deployments/replica/loader.py check_contained) stays refused however often it is retried.
 NON_RETRIABLE_LOAD_CODES = frozenset({"PERMISSION_DENIED"})
 # A load that runs longer says so this often, with what it waits for.
 PROGRESS_PERIOD_S = 10.0
@@ -71,7 +71,7 @@ class Backend(Protocol):
     def unload(self, name: str, version: int, where: dict) -> None:
         """Delete the version's deployment (a shared version: take it out of its host)."""
 
-    # Shared placement (cluster/hosts.py); a backend without these methods places every
+    # Shared placement (cluster/host_admission.py); a backend without these methods places every
     # version in its own replicas.
     #   shared(name) -> bool: the model's versions go into shared hosts
     #   host_block(device) -> Need: what one host books ("cpu" or "gpu")

@@ -1,8 +1,9 @@
 """Start and stop one Aspire deployment on a Ray cluster that is already initialised.
 
 Shared by `aspire serve` and the integration tests, so both run exactly the same parts: the
-manager actor with its source, and the router deployment, whose replicas serve the REST and gRPC
-ports themselves (deployments/ingress.py; Serve's own proxy is disabled).
+manager actor with its source, and the router deployment (cluster/backend/routers.py), whose
+replicas serve the REST and gRPC ports themselves (deployments/router/servers.py; Serve's own
+proxy is disabled).
 """
 
 from __future__ import annotations
@@ -10,27 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 
 import ray
 from ray import serve
 
+from cluster.backend.routers import ROUTER_APP, deploy_routers
+from cluster.backend.serve_state import delete_apps
 from cluster.inventory import head_node_id
-from cluster.manager_actor import ControllerConfig, start_manager
-from core.errors import DEFAULT_MAX_BODY_BYTES
+from cluster.manager_actor import ManagerConfig, start_manager
+from config.options import ServerOptions
 from core.names import APP_PREFIX
-from deployments.ingress import HttpLimits
-from deployments.router import Router
-from deployments.serve_state import delete_apps
 
 log = logging.getLogger("aspire")
 
-ROUTER_APP = "aspire-router"
 # Environment Serve's controller must start with, on every Ray cluster Aspire runs on (the ray-up
 # and KubeRay configs set it too). A replica that fails its health checks is usually hung: Serve's
 # default is to ask it to shut down gracefully and wait graceful_shutdown_timeout_s for an answer
 # it will never give, while requests on it wait; Aspire has it killed at once, and the routers
-# send those requests again (deployments/router_core.py `RouterCore.call`).
+# send those requests again (deployments/router/core.py `RouterCore.call`).
 SERVE_ENV = {"RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS": "1"}
 
 
@@ -40,67 +38,14 @@ def set_serve_env() -> None:
         os.environ.setdefault(key, value)
 
 
-# Ray CPUs booked by each router replica. Routers mostly wait on I/O; Serve's default of 1 CPU
-# would let two routers fill a 2-core machine and leave no room for the models.
-ROUTER_NUM_CPUS = 0.25
-
-
-@dataclass
-class ServerOptions:
-    rest_api_host: str = "0.0.0.0"
-    rest_api_port: int = 8501
-    grpc_port: int = 8500  # 0: no gRPC API
-    enable_grpc_healthcheck_service: bool = False
-    rest_api_timeout_in_ms: int = 30000
-    rest_api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    http_limits: HttpLimits = field(default_factory=HttpLimits)  # slow and idle REST clients
-    num_router_replicas: int = 1
-    metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
-    # Where the routers (and so the REST/gRPC ports) run: EveryNode puts num_router_replicas on
-    # each node alive at start-up; HeadOnly puts them all on the head node.
-    proxy_location: str = "EveryNode"
-    # SHA-256 hex digests of --auth_token_file's and --admin_token_file's tokens (None: off);
-    # never the tokens, which would be checkpointed with the router's arguments in the GCS.
-    auth_token_sha256: str | None = None
-    admin_token_sha256: str | None = None
-
-
-def start(config: ControllerConfig, options: ServerOptions):
+def start(config: ManagerConfig, options: ServerOptions):
     """Bring Aspire up; returns the manager actor handle. Raises AspireError (e.g. a label that
     points at a version that is not available) before anything is left running."""
     serve.start(proxy_location="Disabled")
     # applications left by an Aspire that did not shut down
     delete_apps([app for app in serve.status().applications if app.startswith(APP_PREFIX)])
     manager = start_manager(config)
-    router_options = {"num_cpus": ROUTER_NUM_CPUS}
-    per_node = options.num_router_replicas
-    if options.proxy_location == "HeadOnly":  # all traffic enters on the head
-        router_options["label_selector"] = {"ray.io/node-id": head_node_id()}
-        router = Router.options(num_replicas=per_node, ray_actor_options=router_options)
-    else:  # the same number on every node, so each node answers on the ports
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        router = Router.options(
-            num_replicas=per_node * nodes,
-            max_replicas_per_node=per_node,
-            ray_actor_options=router_options,
-        )
-    serve.run(
-        router.bind(
-            options.rest_api_timeout_in_ms,
-            config.replica.data_key,
-            metrics_path=options.metrics_path,
-            host=options.rest_api_host,
-            rest_port=options.rest_api_port,
-            grpc_port=options.grpc_port,
-            grpc_health=options.enable_grpc_healthcheck_service,
-            max_body_bytes=options.rest_api_max_body_bytes,
-            http_limits=options.http_limits,
-            auth_token_sha256=options.auth_token_sha256,
-            admin_token_sha256=options.admin_token_sha256,
-        ),
-        name=ROUTER_APP,
-        route_prefix=None,
-    )
+    deploy_routers(options, config.replica.data_key, head_node_id())
     return manager
 
 

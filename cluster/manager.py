@@ -26,7 +26,7 @@ Contract:
   live router has had the time to poll (publisher.router_grace_s) and has acknowledged the
   current map.
 
-The backend that creates and deletes deployments is injected (deployments/serve_backend.py in
+The backend that creates and deletes deployments is injected (cluster/backend/serve_backend.py in
 production), so this logic is unit-tested without Ray.
 """
 
@@ -390,7 +390,7 @@ class Manager:
             return status.metrics_state(self._streams, self._labels, self._traffic, held)
 
     def shared_hosts(self) -> list[dict]:
-        """The open shared hosts: block, use and versions (cluster/hosts.py)."""
+        """The open shared hosts: block, use and versions (cluster/host_admission.py)."""
         return self._harness.hosts()
 
     def versions_where(self) -> list[tuple[str, int, dict]]:

@@ -8,14 +8,14 @@ concurrently. Every change of the served model list, from the config file, its p
 HandleReloadConfigRequest, goes through `reload_config`.
 
 Restarts: the actor is detached with `max_restarts=-1`. When its process dies (killed, crashed,
-SIGKILL), Ray runs `__init__` again with the same ControllerConfig, and the new incarnation
+SIGKILL), Ray runs `__init__` again with the same ManagerConfig, and the new incarnation
 carries on from the state its predecessor kept in Ray's GCS key-value store
 (cluster/manager_state.py): the model list, labels and settings in force (not the start-up ones
 from the config), every version record and reservation. Serving versions are adopted as they
 run, nothing is reloaded, and routers keep routing from their last serving map meanwhile, so
 predict traffic does not notice; status and admin calls wait for the new incarnation. A fresh
 start (`start_manager`, e.g. a new `aspire serve`) clears that state first and starts from its
-ControllerConfig; `launcher.stop` kills the actor with `no_restart=True`, for good.
+ManagerConfig; `launcher.stop` kills the actor with `no_restart=True`, for good.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from cluster.backend.remote_files import list_remote_children
+from cluster.backend.serve_backend import ServeBackend
+from cluster.backend.serve_state import (
+    app_prefix,
+    live_replica_pids,
+    running_replicas,
+    servable_apps,
+)
 from cluster.inventory import capacity_grew, cluster_inventory, head_node_id
 from cluster.logs import EventLog, TextFormatter
 from cluster.manager import Manager
@@ -50,17 +58,10 @@ from config.model_config import (
     models_from_config,
     read_config_file,
 )
-from core import metrics
+from config.options import ReplicaOptions
+from core import metrics, protos
 from core.errors import AspireError
 from core.names import MANAGER_NAME, NAMESPACE
-from deployments import protos
-from deployments.serve_backend import ReplicaOptions, ServeBackend
-from deployments.serve_state import (
-    app_prefix,
-    live_replica_pids,
-    running_replicas,
-    servable_apps,
-)
 
 RECONCILE_INTERVAL_S = 0.1
 log = logging.getLogger("aspire.manager")
@@ -83,7 +84,7 @@ def configure_logging() -> EventLog:
 
 
 @dataclass
-class ControllerConfig:
+class ManagerConfig:
     models: list[ModelSource]
     labels: dict[str, dict[str, int]] = field(default_factory=dict)
     poll_wait_s: float = 1.0
@@ -112,7 +113,7 @@ def _restarted() -> bool:
 
 
 class ManagerActor:
-    def __init__(self, config: ControllerConfig):
+    def __init__(self, config: ManagerConfig):
         self._events = configure_logging()
         protos.load()  # SavedModel metadata is read without TensorFlow's runtime
         self._config = config
@@ -171,7 +172,9 @@ class ManagerActor:
         self._settings: dict[str, ModelSettings] = {}
         self._apply_settings(settings)
         self._models = {m.name: m for m in models}
-        self._source = FileSystemSource(models, config.poll_wait_s, self._on_aspired_versions)
+        self._source = FileSystemSource(
+            models, config.poll_wait_s, self._on_aspired_versions, list_remote_children
+        )
         self._manager.set_labels(labels)  # checked at start-up by the CLI, or before the restart
         self._save_config()
         self._stop = threading.Event()
@@ -240,7 +243,7 @@ class ManagerActor:
                 "labels": decode_value(doc["labels"]),
                 "settings": decode_value(doc["settings"]),
             }
-        except Exception as exc:  # the ControllerConfig is the next best thing
+        except Exception as exc:  # the ManagerConfig is the next best thing
             log.error("Cannot read the stored configuration: %s: %s", type(exc).__name__, exc)
             return None
 
@@ -389,7 +392,7 @@ class ManagerActor:
         return (tfserving if tfserving.strip() else "") + aspire
 
     def host_manifest(self, app: str, replica_id: str, known_epoch: int, timeout_s: float):
-        """A shared host replica's long poll of what it holds (deployments/host_registry.py)."""
+        """A shared host replica's long poll of what it holds (cluster/backend/host_registry.py)."""
         return self._backend.hosts.manifest(app, replica_id, known_epoch, timeout_s)
 
     def host_report(self, app: str, replica_id: str, key: str, error, gone: bool) -> None:
@@ -451,7 +454,7 @@ class ManagerActor:
         return done
 
 
-def start_manager(config: ControllerConfig):
+def start_manager(config: ManagerConfig):
     """Create the detached, restartable manager actor (replacing a stale one, whose stored
     state is cleared) and wait until it answers."""
     try:

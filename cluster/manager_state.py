@@ -2,7 +2,7 @@
 manager takes over from what its predecessor stored.
 
 The manager actor (cluster/manager_actor.py) is detached with `max_restarts=-1`: when its process
-dies, Ray starts it again with the same ControllerConfig. What it learnt since start-up is kept in
+dies, Ray starts it again with the same ManagerConfig. What it learnt since start-up is kept in
 a `StateStore`, in production Ray's GCS key-value store (`GcsStore`), which outlives the process.
 
 Layout (namespace "aspire", keys under `state_prefix(manager name)`, values JSON in UTF-8):

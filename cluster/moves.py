@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any, Callable
 
-from cluster.hosts import HostBook
+from cluster.host_admission import HostBook
 from cluster.logs import servable_fields
 from cluster.manager_state import Stream, VersionRecord
 from cluster.plan import replica_keys, servable_id, version_need

@@ -31,7 +31,7 @@ log = logging.getLogger("aspire.manager")
 
 EPOCH_BLOCK = 1000  # serving-map epochs covered by one write of the ceiling
 # A router long-polls for `poll_s` (the serving map carries it; ROUTER_POLL_S by default) and
-# polls again at most 1 s after a failed poll (deployments/router_core.py), so
+# polls again at most 1 s after a failed poll (deployments/router/core.py), so
 # `router_grace_s(poll_s)` after a restarted manager answers again, every live router has polled
 # and is known. (Counted from the restore, moments before the new incarnation answers; the last
 # second is margin.)

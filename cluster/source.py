@@ -23,21 +23,25 @@ from policies.aspired import versions_in
 log = logging.getLogger("aspire.source")
 
 
-def _list_children(base_path: str) -> list[str]:
-    if "://" in base_path:  # gs://, s3://, hdfs://: through TensorFlow's file systems
-        from deployments.tf_runtime import runtime
+# Lists a remote base path (gs://, s3://, hdfs://): the names of its children. Remote file
+# systems are TensorFlow's, and TensorFlow never enters the manager, so the manager is given one
+# that lists in another process (cluster/backend/remote_files.py).
+RemoteLister = Callable[[str], list[str]]
 
-        gfile = runtime(base_path).gfile
-        if not gfile.exists(base_path):
-            raise FileNotFoundError(base_path)
-        return [c.rstrip("/") for c in gfile.listdir(base_path)]
+
+def _list_children(base_path: str, remote: RemoteLister | None) -> list[str]:
+    if "://" in base_path:
+        if remote is None:
+            raise OSError("no file system for URL base paths in this process")
+        return remote(base_path)
     return [entry.name for entry in os.scandir(base_path) if entry.is_dir()]
 
 
-def poll_model(model: ModelSource) -> dict[int, str] | None:
-    """{version: path} aspired for `model` now, or None when its base path cannot be read."""
+def poll_model(model: ModelSource, remote: RemoteLister | None = None) -> dict[int, str] | None:
+    """{version: path} aspired for `model` now, or None when its base path cannot be read
+    (`remote` lists URL base paths)."""
     try:
-        children = _list_children(model.base_path)
+        children = _list_children(model.base_path, remote)
     except OSError as exc:
         log.error(
             "Could not find base path %s for servable %s with error %s",
@@ -75,8 +79,10 @@ class FileSystemSource:
         models: list[ModelSource],
         poll_wait_s: float,
         callback: Callable[[str, dict[int, str]], None],
+        remote: RemoteLister | None = None,
     ):
         self._models = list(models)
+        self._remote = remote
         self._poll_wait_s = poll_wait_s
         self._callback = callback
         self._stop = threading.Event()
@@ -101,7 +107,7 @@ class FileSystemSource:
             with self._lock:
                 models = list(self._models)
             for model in models:
-                aspired = poll_model(model)
+                aspired = poll_model(model, self._remote)
                 if aspired is not None:
                     self._callback(model.name, aspired)
 

@@ -35,7 +35,8 @@ Contract:
   - "vram", "ram": what one replica needs, as a size string ("10GiB", "512MiB"); null means
     estimated from the SavedModel (policies/admission.py `replica_need`).
   - "placement": "dedicated" (default: each version runs in replicas of its own) or "shared"
-    (each version loads into a shared host that holds many; cluster/hosts.py). A shared model
+    (each version loads into a shared host that holds many; cluster/host_admission.py). A shared
+    model
     takes its replicas, request limits and health checks from its host, so "num_replicas",
     "autoscaling", "max_ongoing_requests", "max_queued_requests" and the health-check keys
     are refused beside it.
@@ -108,7 +109,7 @@ class Autoscaling:
             "max_replicas": max_replicas,
             "initial_replicas": min_replicas,
             "target_ongoing_requests": self.target_ongoing_requests,
-            # counts the calls on the direct data path too (deployments/autoscaling.py)
+            # counts the calls on the direct data path too (deployments/replica/autoscaling.py)
             "policy": {"policy_function": AUTOSCALING_POLICY},
         }
         for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
@@ -117,7 +118,7 @@ class Autoscaling:
         return config
 
 
-AUTOSCALING_POLICY = "deployments.autoscaling:direct_path_policy"
+AUTOSCALING_POLICY = "deployments.replica.autoscaling:direct_path_policy"
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ class ModelSettings:
     max_queued_requests: int | None = None  # None: the server-wide default; -1: no limit
     health_check_period_s: float | None = None  # None: the server-wide default
     health_check_timeout_s: float | None = None
-    placement: str = "dedicated"  # or "shared": loaded into a shared host (cluster/hosts.py)
+    placement: str = (
+        "dedicated"  # or "shared": loaded into a shared host (cluster/host_admission.py)
+    )
 
 
 class _DuplicateKey(Exception):

@@ -3,7 +3,7 @@
 The manager publishes a `ServingMap`; routers long-poll for it and resolve every request
 against it. It crosses Ray pickled, as these frozen dataclasses, so both sides read the same
 fields: nothing in it is a dict whose shape is written elsewhere, except `VersionAddress`'s
-source, the manager's record of a loaded version (`where`, from deployments/serve_backend.py
+source, the manager's record of a loaded version (`where`, from cluster/backend/serve_backend.py
 `ServeBackend.load`), which `VersionAddress.from_where` reads in one place.
 """
 
@@ -19,7 +19,8 @@ class VersionAddress:
     `apps`: its Serve applications (one per (node, GPU) that holds replicas) with their replica
     counts; calls are spread over them in that proportion. `max_queued_requests`: calls a router
     may hold for it while its replicas are full (-1: no limit). `key`: the version's servable
-    key in a shared host, sent with every call (deployments/host.py); "" for a version that has
+    key in a shared host, sent with every call (deployments/replica/shared_host.py); "" for a
+    version that has
     its own replicas."""
 
     apps: tuple[tuple[str, int], ...]

@@ -1,7 +1,7 @@
 """NVML reads that both planes make: what a process holds on the GPUs.
 
 The cluster's GPU inventory (cluster/inventory.py) reads devices through NVML too; a replica
-measures its own peak after loading (deployments/servable.py) with `process_vram_bytes`.
+measures its own peak after loading (deployments/replica/servable.py) with `process_vram_bytes`.
 """
 
 from __future__ import annotations

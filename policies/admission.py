@@ -197,7 +197,8 @@ def place(
 # ---- admission inside shared hosts ("placement": "shared") ----------------------------------
 @dataclass(frozen=True)
 class HostSlot:
-    """A shared host (deployments/host.py) as admission sees it: its Serve application, where
+    """A shared host (deployments/replica/shared_host.py) as admission sees it: its Serve
+    application, where
     its block is booked (`placement`: the block's node, GPU and sizes; None without admission)
     and its replica count. Each replica of the host holds every version in it."""
 

@@ -14,7 +14,7 @@ import pytest
 
 from cluster.inventory import nvml_inventory
 from core.units import format_bytes
-from deployments.loader import SavedModelLoader
+from deployments.replica.loader import SavedModelLoader
 from policies.admission import replica_need, tf_memory_limit_bytes
 
 GPUS = nvml_inventory("local")
@@ -29,7 +29,7 @@ CHILD = r"""
 import json, os, sys
 import numpy as np
 import tensorflow as tf
-from deployments.loader import SavedModelLoader
+from deployments.replica.loader import SavedModelLoader
 from core.nvml import process_vram_bytes
 limit = int(sys.argv[2])
 model = SavedModelLoader(sys.argv[1]).load(gpu_memory_limit_bytes=limit)

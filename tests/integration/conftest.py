@@ -208,9 +208,8 @@ def aspire():
 
     from cluster import launcher
     from config.model_config import ModelSource
+    from config.options import BatchingOptions, ReplicaOptions, ServerOptions
     from core.names import NAMESPACE
-    from deployments.servable import BatchingOptions
-    from deployments.serve_backend import ReplicaOptions
 
     port, grpc_port = free_port(), free_port()
     launcher.set_serve_env()
@@ -234,9 +233,9 @@ def aspire():
         )
         for name, d in BASE_MODELS.items()
     ]
-    from cluster.manager_actor import ControllerConfig
+    from cluster.manager_actor import ManagerConfig
 
-    config = ControllerConfig(
+    config = ManagerConfig(
         models=models,
         poll_wait_s=0.5,
         num_load_threads=4,
@@ -257,7 +256,7 @@ def aspire():
         # grace before deleting anything is 3 s (7 s at the default 5 s)
         router_poll_s=1.0,
     )
-    options = launcher.ServerOptions(
+    options = ServerOptions(
         rest_api_host="127.0.0.1",
         rest_api_port=port,
         rest_api_timeout_in_ms=30000,

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from deployments.loader import SavedModelLoader
+from deployments.replica.loader import SavedModelLoader
 
 pytestmark = pytest.mark.ray
 MAX_BATCH = 8

@@ -267,7 +267,7 @@ def test_hung_manager_costs_no_prediction_and_status_answers_503(aspire):
     serving map; status calls get 503 after the router's 5 s wait instead of hanging."""
     from ray._private import state
 
-    from deployments.router_core import MANAGER_CALL_S
+    from deployments.router.core import MANAGER_CALL_S
 
     [manager] = [
         a["Pid"]

@@ -1,5 +1,5 @@
 """TensorFlow's runtime only where a model runs: the manager and the routers read SavedModel
-metadata and TF Serving's protos without it (deployments/protos.py), across loads, REST and gRPC
+metadata and TF Serving's protos without it (core/protos.py), across loads, REST and gRPC
 predictions, metadata, status and classify calls; the version replicas import it."""
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
     )
     assert len(results) == 50
     # 1 running + 4 queued = 5 by the limits, which the router counts exactly
-    # (deployments/replica_client.py VersionApp)
+    # (deployments/router/replica_client.py VersionApp)
     assert len(accepted) == 5
     assert len(refused) == 45
     assert {r[0] for r in refused} == {429}

@@ -1,4 +1,5 @@
-"""The direct data path (deployments/replica_service.py, replica_client.py): predictions go from
+"""The direct data path (deployments/replica/call_service.py, replica_client.py): predictions go
+from
 the router to the version replica's own call service, not through a Serve handle; the replica's
 port answers nothing without the cluster's data-plane key; bodies near the REST limit and gRPC
 messages far past the 4 MB cap of Serve's own replica transport cross it whole."""
@@ -84,7 +85,7 @@ def test_replica_service_answers_nothing_without_the_data_plane_key(aspire):
 
     import ray
 
-    from deployments.replica_service import CALL, CALL_HEADER, HELLO_MAGIC, METHOD_NUMBERS
+    from deployments.wire.direct import CALL, CALL_HEADER, HELLO_MAGIC, METHOD_NUMBERS
 
     port = replica_handle().ping.remote().result(timeout_s=30)["service_port"]
     assert port

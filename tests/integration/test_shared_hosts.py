@@ -30,7 +30,7 @@ def describe(aspire) -> dict:
 def host_apps() -> set[str]:
     from ray import serve
 
-    from cluster.hosts import HOST_PREFIX
+    from cluster.host_admission import HOST_PREFIX
 
     return {app for app in serve.status().applications if app.startswith(HOST_PREFIX)}
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from deployments.loader import SavedModelLoader
+from deployments.replica.loader import SavedModelLoader
 from tests.support.v2_models import export_every_type
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")

@@ -215,7 +215,7 @@ def test_autoscaling_serve_config_carries_only_the_fields_set_and_the_direct_pat
         "max_replicas": 3,
         "initial_replicas": 1,
         "target_ongoing_requests": 3.0,
-        "policy": {"policy_function": "deployments.autoscaling:direct_path_policy"},
+        "policy": {"policy_function": "deployments.replica.autoscaling:direct_path_policy"},
     }
     assert Autoscaling(1, 4, 3.0, 0.0, 2.0).serve_config(2, 2)["downscale_delay_s"] == 2.0
 

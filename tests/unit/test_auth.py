@@ -1,4 +1,5 @@
-"""Bearer-token authentication (deployments/auth.py): token files, digests, the header check, the
+"""Bearer-token authentication (deployments/router/auth.py): token files, digests, the header
+check, the
 admin rule, the CLI flags, and the gRPC interceptor on a real in-process grpc.aio server."""
 
 import asyncio
@@ -14,9 +15,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from cluster.flags import FlagError, build_parser, token_digests, validate
+from config.tokens import TokenFileError, digest, read_token
 from core.errors import AspireError
-from deployments import auth
-from deployments.auth import BearerAuth, GrpcAuthInterceptor, TokenFileError, digest, read_token
+from deployments.router import auth
+from deployments.router.auth import BearerAuth, GrpcAuthInterceptor
 
 TOKEN, ADMIN = "a" * 40, "b" * 40
 

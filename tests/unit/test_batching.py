@@ -1,4 +1,4 @@
-"""deployments.batching: TF Serving's BatchingSession semantics on request threads."""
+"""deployments.replica.batching: TF Serving's BatchingSession semantics on request threads."""
 
 import os
 import threading
@@ -11,7 +11,7 @@ import pytest
 
 from config.batching_config import BatchingParameters
 from core.errors import AspireError
-from deployments.batching import CLOSED_MESSAGE, Batcher
+from deployments.replica.batching import CLOSED_MESSAGE, Batcher
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 HALF_PLUS_TWO = os.path.join(DATA, "saved_model_half_plus_two_cpu", "00000123")
@@ -116,7 +116,7 @@ def test_concurrent_submitters_get_their_own_rows_in_shared_batches(make_batcher
 
 
 def test_real_saved_model_batches_and_answers_each_submitter(make_batcher):
-    from deployments.loader import SavedModelLoader
+    from deployments.replica.loader import SavedModelLoader
 
     model = SavedModelLoader(HALF_PLUS_TWO).load()
     seen, gate = [], threading.Event()

@@ -6,7 +6,7 @@ import zlib
 import pytest
 
 from core.errors import AspireError, BodyTooLarge
-from deployments.rest_api import gunzip_limited
+from deployments.router.tfs_rest import gunzip_limited
 
 
 def test_gzip_within_the_limit_round_trips_including_several_members():

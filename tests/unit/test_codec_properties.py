@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) of the REST JSON <-> tensor codec: deployments.json_tensor and its
+"""Property tests (hypothesis) of the REST JSON <-> tensor codec: deployments.wire.tfs_json and its
 RapidJSON port.
 
 Contract under test:
@@ -41,17 +41,17 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from core.errors import AspireError
-from deployments import inference
-from deployments.json_response import encode_predict_response
-from deployments.json_tensor import (
+from deployments.replica import inference
+from deployments.replica.loader import LoadedSavedModel
+from deployments.wire.json_parser import MAX_JSON_DEPTH
+from deployments.wire.tfs_json import (
     TensorSpec,
     debug_string,
     decode_predict_request,
     parse_body,
     signature_name_of,
 )
-from deployments.loader import LoadedSavedModel
-from deployments.rapidjson_compat import MAX_JSON_DEPTH
+from deployments.wire.tfs_json_response import encode_predict_response
 
 RUNS: dict[str, int] = {}
 _CURRENT: list[str] = [""]

@@ -1,5 +1,6 @@
 """The direct data path without Ray: the replica's call service and the router's links over real
-loopback TCP (deployments/replica_service.py, replica_client.py), the router's per-replica limits
+loopback TCP (deployments/replica/call_service.py, replica_client.py), the router's per-replica
+limits
 and queue (VersionApp, with a stand-in for Serve's replica list), and the gRPC ModelSpec scan."""
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 from core.errors import AspireError
-from deployments.grpc_api import model_spec_parts
-from deployments.replica_client import ReplicaLink, VersionApp
-from deployments.replica_service import (
-    CallRefused,
-    ReplicaService,
-    decode_answer,
-    encode_answer,
-    servable_key,
-)
+from deployments.replica.call_service import ReplicaService
+from deployments.router.replica_client import ReplicaLink, VersionApp
+from deployments.router.tfs_grpc import model_spec_parts
+from deployments.wire.direct import CallRefused, decode_answer, encode_answer, servable_key
 
 KEY = "k" * 32
 
@@ -341,7 +337,7 @@ class TimedOutReplica(Replica):
 
 def router_core(timeout_s, port):
     """A RouterCore without Ray: one version application whose only replica listens on `port`."""
-    from deployments.router_core import RouterCore
+    from deployments.router.core import RouterCore
 
     core = RouterCore.__new__(RouterCore)  # no manager, no serving-map thread
     core._timeout_s = timeout_s

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import AspireError
-from deployments.loader import SavedModelLoader
+from deployments.replica.loader import SavedModelLoader
 from tests.support.export_matrix import KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -66,7 +66,7 @@ def test_after_an_object_graph_restore_only_the_variables_the_signatures_read_ho
     once, as admission booked them."""
     from tensorflow.python.ops import gen_resource_variable_ops as var_ops
 
-    from deployments.variable_restore import _signature_variables
+    from deployments.replica.variable_restore import _signature_variables
 
     case = cases[kind]
     loader = SavedModelLoader(str(case.version_dir))

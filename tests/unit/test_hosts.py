@@ -1,5 +1,6 @@
-"""Shared hosts without Ray: admission inside hosts (cluster/hosts.py), the manifest registry the
-host replicas follow (deployments/host_registry.py), and the manager driving both through a
+"""Shared hosts without Ray: admission inside hosts (cluster/host_admission.py), the manifest
+registry the
+host replicas follow (cluster/backend/host_registry.py), and the manager driving both through a
 recording backend."""
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ import threading
 
 import pytest
 
-from cluster.hosts import HOST_PREFIX, HostBook
+from cluster.backend.host_registry import STALE_S, HostRegistry
+from cluster.host_admission import HOST_PREFIX, HostBook
 from cluster.manager import Manager
 from cluster.reservations import Reservations
 from core.errors import AspireError
 from core.units import GIB, MIB
-from deployments.host_registry import STALE_S, HostRegistry
 from policies.admission import CUDA_CONTEXT_BYTES, Gpu, HostSlot, Need, Refusal
 from tests.support.fake_time import FakeTime
 

@@ -1,4 +1,4 @@
-"""The routers' REST server with slow and idle clients (deployments/ingress.py): a connection
+"""The routers' REST server with slow and idle clients (deployments/router/servers.py): a connection
 that never finishes its headers is answered 408 and closed, an idle keep-alive connection is
 closed, a connection past the per-router limit gets 503 at once, all with TF Serving's error
 body; a few hundred slow connections held open do not slow down normal requests. Real sockets
@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from deployments.ingress import HttpLimits, Ingress
+from config.options import HttpLimits
+from deployments.router.servers import Ingress
 
 LIMITS = HttpLimits(header_timeout_s=1.0, idle_timeout_s=1.0, max_connections=400)
 # generous: a loaded 2-core machine may be slow to run the timers, never this slow

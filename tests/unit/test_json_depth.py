@@ -6,8 +6,8 @@ import time
 import pytest
 
 from core.errors import AspireError
-from deployments.json_tensor import parse_body
-from deployments.rapidjson_compat import MAX_JSON_DEPTH
+from deployments.wire.json_parser import MAX_JSON_DEPTH
+from deployments.wire.tfs_json import parse_body
 
 
 def nested(depth: int, key: str = "instances") -> bytes:

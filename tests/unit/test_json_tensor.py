@@ -1,4 +1,4 @@
-"""Unit tests for deployments.json_tensor: TF Serving's REST JSON <-> tensor codec.
+"""Unit tests for deployments.wire.tfs_json: TF Serving's REST JSON <-> tensor codec.
 
 Expected parse-error offsets and debug strings were produced by RapidJSON 1.1.0 (the version TF
 Serving pins) with TF Serving's parse flags and its JsonValueToDebugString writer.
@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 
 from core.errors import AspireError
-from deployments import json_response
-from deployments import json_tensor as jt
-from deployments.json_response import (
-    encode_classify_response,
-    encode_predict_response,
-    encode_regress_response,
-)
-from deployments.json_tensor import (
+from deployments.wire import tfs_json as jt
+from deployments.wire import tfs_json_response
+from deployments.wire.tfs_json import (
     TensorSpec,
     debug_string,
     decode_examples,
     decode_predict_request,
     parse_body,
     signature_name_of,
+)
+from deployments.wire.tfs_json_response import (
+    encode_classify_response,
+    encode_predict_response,
+    encode_regress_response,
 )
 
 
@@ -694,7 +694,7 @@ def test_vectorised_float_formatting_equals_the_one_value_reference(dtype):
     )
     expected = [reference_write_decimal(float(v), dtype == np.float32) for v in values]
     with np.errstate(invalid="ignore"):
-        assert json_response._decimal_tokens(values) == expected
+        assert tfs_json_response._decimal_tokens(values) == expected
 
 
 def test_row_format_single_output_omits_alias_and_multi_output_gives_objects():
@@ -919,7 +919,7 @@ def test_classify_regress_request_errors(doc, message):
 
 
 def test_names_echoed_in_errors_are_cut_without_splitting_a_character():
-    from deployments.json_tensor import _text
+    from deployments.wire.tfs_json import _text
 
     assert _text("x" * 256) == "x" * 256
     cut = _text("é" * 200)  # 400 bytes: cut at 256 bytes, on a character boundary

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import AspireError
-from deployments.loader import SavedModelLoader, session_config
+from deployments.replica.loader import SavedModelLoader, session_config
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 

@@ -492,9 +492,9 @@ def test_config_values_round_trip_through_json():
 
 
 def test_application_prefix_matches_servable_application_names():
+    from cluster.backend.serve_state import app_prefix as _app_prefix
     from cluster.manager_state import app_owner
     from core.names import app_name
-    from deployments.serve_state import app_prefix as _app_prefix
 
     names = ["half_plus_two", "m1", "odd name/with:chars", "v12"]
     prefixes = {_app_prefix(n): n for n in names}

@@ -1,4 +1,5 @@
-"""Dropping clean library code pages (core/memory.py): only read-only, executable, unmodified
+"""Dropping clean library code pages (deployments/replica/code_pages.py): only read-only,
+executable, unmodified
 file mappings are chosen; a process that drops them after loading a SavedModel answers exactly
 as before, with a smaller resident set."""
 
@@ -7,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.memory import clean_code_mappings
+from deployments.replica.code_pages import clean_code_mappings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +40,8 @@ def test_only_unmodified_read_only_code_of_files_is_chosen():
 PROBE = """
 import json, re, sys
 import numpy as np
-from core.memory import drop_clean_code_pages
-from deployments.loader import SavedModelLoader
+from deployments.replica.code_pages import drop_clean_code_pages
+from deployments.replica.loader import SavedModelLoader
 
 def rss():
     return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024

@@ -6,7 +6,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from config.model_config import models_from_config
 from core.errors import AspireError
-from deployments.grpc_api import spec_target, truncate
+from deployments.router.tfs_grpc import spec_target, truncate
 from policies.aspired import All, Latest, Specific
 
 

@@ -9,8 +9,8 @@ from tensorflow_serving.apis import model_pb2
 
 from core.errors import AspireError
 from core.names import MAX_NAME_CHARS, check_name, escape, why_invalid
-from deployments.grpc_api import spec_target
-from deployments.rest_api import parse_path
+from deployments.router.tfs_grpc import spec_target
+from deployments.router.tfs_rest import parse_path
 
 # Triton's ModelNameValidationTest.INVALID_TRAVERSAL_NAMES (qa/L0_input_validation).
 TRITON_TRAVERSAL_NAMES = [

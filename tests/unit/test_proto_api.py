@@ -1,4 +1,5 @@
-"""deployments.proto_api on real SavedModels, without Ray: TF Serving's gRPC answers and errors.
+"""deployments.replica.tfs_grpc_calls on real SavedModels, without Ray: TF Serving's gRPC answers
+and errors.
 
 Expected values are TF Serving's for its test models (y = 0.5x + 2, y2 = 0.5x + 3); expected
 messages are TF Serving's and TensorFlow's, character for character.
@@ -25,8 +26,8 @@ from tensorflow_serving.apis import (
 )
 
 from core.errors import AspireError
-from deployments import proto_api
-from deployments.loader import SavedModelLoader
+from deployments.replica import tfs_grpc_calls
+from deployments.replica.loader import SavedModelLoader
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 CLASSIFY = "tensorflow/serving/classify"
@@ -150,7 +151,7 @@ def assert_spec(spec, name, version, signature_name):
 
 # ------------------------------------------------------------------------------------------ Predict
 def test_predict_half_plus_two_returns_y_as_typed_float_val(half_plus_two):
-    response = proto_api.predict(
+    response = tfs_grpc_calls.predict(
         half_plus_two, predict_request(x=floats([2.0], [1, 1])), "half", 123
     )
     y = response.outputs["y"]
@@ -160,7 +161,7 @@ def test_predict_half_plus_two_returns_y_as_typed_float_val(half_plus_two):
 
 
 def test_predict_response_model_spec_names_served_version_and_default_signature(half_plus_two):
-    response = proto_api.predict(
+    response = tfs_grpc_calls.predict(
         half_plus_two, predict_request(x=floats([2.0], [1, 1])), "half", 123
     )
     assert_spec(response.model_spec, "half", 123, "serving_default")
@@ -169,13 +170,13 @@ def test_predict_response_model_spec_names_served_version_and_default_signature(
 
 def test_predict_with_output_filter_returns_the_filtered_output(half_plus_two):
     request = predict_request(output_filter=["y"], x=floats([2.0], [1, 1]))
-    response = proto_api.predict(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.predict(half_plus_two, request, "half", 123)
     assert list(response.outputs) == ["y"] and list(response.outputs["y"].float_val) == [3.0]
 
 
 def test_predict_tensor_content_output_decodes_to_the_same_values(half_plus_two):
     request = predict_request(x=tf.make_tensor_proto(np.array([[1.0], [2.0], [5.0]], np.float32)))
-    response = proto_api.predict(half_plus_two, request, "half", 123, tensor_content=True)
+    response = tfs_grpc_calls.predict(half_plus_two, request, "half", 123, tensor_content=True)
     y = response.outputs["y"]
     assert y.tensor_content and not y.float_val
     np.testing.assert_array_equal(tf.make_ndarray(y), [[2.5], [3.0], [4.5]])
@@ -183,18 +184,18 @@ def test_predict_tensor_content_output_decodes_to_the_same_values(half_plus_two)
 
 def test_predict_named_signature_is_echoed_in_model_spec(half_plus_two):
     request = predict_request("regress_x2_to_y3", inputs=floats([4.0], [1, 1]))
-    response = proto_api.predict(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.predict(half_plus_two, request, "half", 123)
     assert_spec(response.model_spec, "half", 123, "regress_x2_to_y3")
     assert list(response.outputs["outputs"].float_val) == [5.0]
 
 
 def test_predict_omitted_input_with_signature_default_uses_the_default(tf2_half_plus_two):
-    response = proto_api.predict(tf2_half_plus_two, predict_request(), "tf2", 123)
+    response = tfs_grpc_calls.predict(tf2_half_plus_two, predict_request(), "tf2", 123)
     assert list(response.outputs["y"].float_val) == [2.0]
 
 
 def test_predict_sent_input_overrides_signature_default(tf2_half_plus_two):
-    response = proto_api.predict(
+    response = tfs_grpc_calls.predict(
         tf2_half_plus_two, predict_request(x=floats([2.0], [1])), "tf2", 123
     )
     assert list(response.outputs["y"].float_val) == [3.0]
@@ -202,7 +203,7 @@ def test_predict_sent_input_overrides_signature_default(tf2_half_plus_two):
 
 def test_predict_counter_signatures_keep_state_and_return_float_not_float_ref(counter):
     def run(signature_name, **inputs):
-        out = proto_api.predict(
+        out = tfs_grpc_calls.predict(
             counter, predict_request(signature_name, **inputs), "c", 123
         ).outputs["output"]
         assert out.dtype == types_pb2.DT_FLOAT and not out.tensor_shape.dim
@@ -223,7 +224,7 @@ def test_predict_typed_outputs_use_tf_serving_value_fields(echo):
         b=tf.make_tensor_proto(np.array([True, False])),
         h=tf.make_tensor_proto(np.array([1.5, -2.0], np.float16)),
     )
-    out = proto_api.predict(echo, request, "echo", 1).outputs
+    out = tfs_grpc_calls.predict(echo, request, "echo", 1).outputs
     assert list(out["s_out"].string_val) == [b"ab", b"c"]
     assert list(out["i_out"].int64_val) == [1, -2]
     assert list(out["b_out"].bool_val) == [True, False]
@@ -239,7 +240,7 @@ def test_predict_tensor_content_covers_numbers_and_leaves_strings_in_string_val(
         "h": np.array([1.5, -2.0], np.float16),
     }
     request = predict_request("echo", **{k: tf.make_tensor_proto(v) for k, v in values.items()})
-    out = proto_api.predict(echo, request, "echo", 1, tensor_content=True).outputs
+    out = tfs_grpc_calls.predict(echo, request, "echo", 1, tensor_content=True).outputs
     assert list(out["s_out"].string_val) == [b"ab", b"c"] and not out["s_out"].tensor_content
     for alias in ("i", "b", "h"):
         assert out[f"{alias}_out"].tensor_content == values[alias].tobytes()
@@ -259,13 +260,13 @@ def test_predict_reads_string_tensor_content_in_tf_length_prefixed_encoding(echo
         b=tf.make_tensor_proto(np.array([True])),
         h=tf.make_tensor_proto(np.array([0], np.float16)),
     )
-    out = proto_api.predict(echo, request, "echo", 1).outputs
+    out = tfs_grpc_calls.predict(echo, request, "echo", 1).outputs
     assert list(out) == ["s_out"] and list(out["s_out"].string_val) == [b"ab", b"c"]
 
 
 def test_predict_unknown_signature_is_failed_precondition(half_plus_two):
     err = error_of(
-        proto_api.predict,
+        tfs_grpc_calls.predict,
         half_plus_two,
         predict_request("nope", x=floats([2.0], [1, 1])),
         "half",
@@ -279,7 +280,7 @@ def test_predict_unknown_signature_is_failed_precondition(half_plus_two):
 
 def test_predict_extra_input_is_an_input_size_mismatch(half_plus_two):
     request = predict_request(x=floats([2.0], [1, 1]), z=floats([2.0], [1, 1]))
-    err = error_of(proto_api.predict, half_plus_two, request, "half", 123)
+    err = error_of(tfs_grpc_calls.predict, half_plus_two, request, "half", 123)
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
         "input size does not match signature: 2!=1 len({x,z}) != len({x}). "
@@ -288,7 +289,7 @@ def test_predict_extra_input_is_an_input_size_mismatch(half_plus_two):
 
 
 def test_predict_missing_input_without_defaults_is_an_input_size_mismatch(half_plus_two):
-    err = error_of(proto_api.predict, half_plus_two, predict_request(), "half", 123)
+    err = error_of(tfs_grpc_calls.predict, half_plus_two, predict_request(), "half", 123)
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
         "input size does not match signature: 0!=1 len({}) != len({x}). "
@@ -298,7 +299,7 @@ def test_predict_missing_input_without_defaults_is_an_input_size_mismatch(half_p
 
 def test_predict_input_size_mismatch_lists_keys_sorted(echo):
     request = predict_request("echo", s=floats([], [0]), i=floats([], [0]), b=floats([], [0]))
-    err = error_of(proto_api.predict, echo, request, "echo", 1)
+    err = error_of(tfs_grpc_calls.predict, echo, request, "echo", 1)
     assert err.message == (
         "input size does not match signature: 3!=4 len({b,i,s}) != len({b,h,i,s}). "
         "Sent extra: {}. Missing but required: {h}."
@@ -307,7 +308,7 @@ def test_predict_input_size_mismatch_lists_keys_sorted(echo):
 
 def test_predict_same_count_wrong_name_names_the_missing_alias_and_feed(half_plus_two):
     err = error_of(
-        proto_api.predict, half_plus_two, predict_request(z=floats([2.0], [1, 1])), "half", 123
+        tfs_grpc_calls.predict, half_plus_two, predict_request(z=floats([2.0], [1, 1])), "half", 123
     )
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
@@ -319,7 +320,7 @@ def test_predict_same_count_wrong_name_names_the_missing_alias_and_feed(half_plu
 
 def test_predict_unknown_name_beside_defaults_is_an_invalid_name(tf2_half_plus_two):
     err = error_of(
-        proto_api.predict, tf2_half_plus_two, predict_request(z=floats([2.0], [1])), "tf2", 123
+        tfs_grpc_calls.predict, tf2_half_plus_two, predict_request(z=floats([2.0], [1])), "tf2", 123
     )
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
@@ -329,7 +330,7 @@ def test_predict_unknown_name_beside_defaults_is_an_invalid_name(tf2_half_plus_t
 
 def test_predict_wrong_dtype_is_tf_sessions_expects_arg_message(half_plus_two):
     request = predict_request(x=tf.make_tensor_proto(np.array([["a"]], object)))
-    err = error_of(proto_api.predict, half_plus_two, request, "half", 123)
+    err = error_of(tfs_grpc_calls.predict, half_plus_two, request, "half", 123)
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
         "Expects arg[0] to be float but string is provided",
@@ -344,20 +345,20 @@ def test_predict_wrong_dtype_counts_args_in_sorted_feed_name_order(echo):
         b=tf.make_tensor_proto(np.array([True])),
         h=tf.make_tensor_proto(np.array([0], np.float16)),
     )
-    err = error_of(proto_api.predict, echo, request, "echo", 1)
+    err = error_of(tfs_grpc_calls.predict, echo, request, "echo", 1)
     assert err.message == "Expects arg[2] to be int64 but string is provided"  # b:0, h:0, i:0, s:0
 
 
 def test_predict_unparsable_tensor_is_a_tensor_parsing_error(half_plus_two):
     bad = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\x00\x00\x80")
     bad.tensor_shape.dim.add(size=1)
-    err = error_of(proto_api.predict, half_plus_two, predict_request(x=bad), "half", 123)
+    err = error_of(tfs_grpc_calls.predict, half_plus_two, predict_request(x=bad), "half", 123)
     assert (err.code, err.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
 
 
 def test_predict_output_filter_unknown_alias_lists_signature_outputs(half_plus_two):
     request = predict_request(output_filter=["z"], x=floats([2.0], [1, 1]))
-    err = error_of(proto_api.predict, half_plus_two, request, "half", 123)
+    err = error_of(tfs_grpc_calls.predict, half_plus_two, request, "half", 123)
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
         "output tensor alias not found in signature: z Outputs expected to be in the set {y}.",
@@ -366,7 +367,7 @@ def test_predict_output_filter_unknown_alias_lists_signature_outputs(half_plus_t
 
 def test_predict_output_filter_duplicate_alias_is_rejected(half_plus_two):
     request = predict_request(output_filter=["y", "y"], x=floats([2.0], [1, 1]))
-    err = error_of(proto_api.predict, half_plus_two, request, "half", 123)
+    err = error_of(tfs_grpc_calls.predict, half_plus_two, request, "half", 123)
     assert (err.code, err.message) == ("INVALID_ARGUMENT", "duplicate output tensor alias: y")
 
 
@@ -387,14 +388,14 @@ def test_predict_output_filter_computes_only_requested_outputs(echo, monkeypatch
         b=tf.make_tensor_proto(np.array([True])),
         h=tf.make_tensor_proto(np.array([0], np.float16)),
     )
-    response = proto_api.predict(echo, request, "echo", 1)
+    response = tfs_grpc_calls.predict(echo, request, "echo", 1)
     assert fetched == [["i_out"]] and list(response.outputs) == ["i_out"]
 
 
 # -------------------------------------------------------------------------------- Classify, Regress
 def test_classify_returns_scores_per_example_with_empty_labels(half_plus_two):
     request = classify_request("classify_x_to_y", example_input(example(x=[2.0]), example(x=[4.0])))
-    response = proto_api.classify(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.classify(half_plus_two, request, "half", 123)
     assert [[(c.label, c.score) for c in cl.classes] for cl in response.result.classifications] == [
         [("", 3.0)],
         [("", 4.0)],
@@ -406,20 +407,20 @@ def test_classify_with_context_merges_context_into_each_example(half_plus_two):
     request = classify_request(
         "classify_x_to_y", example_input(example(), example(), context=example(x=[2.0]))
     )
-    response = proto_api.classify(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.classify(half_plus_two, request, "half", 123)
     assert [cl.classes[0].score for cl in response.result.classifications] == [3.0, 3.0]
 
 
 def test_regress_returns_one_value_per_example(half_plus_two):
     request = regress_request("regress_x_to_y", example_input(example(x=[1.0]), example(x=[2.0])))
-    response = proto_api.regress(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.regress(half_plus_two, request, "half", 123)
     assert [r.value for r in response.result.regressions] == [2.5, 3.0]
     assert_spec(response.model_spec, "half", 123, "regress_x_to_y")
 
 
 def test_regress_with_context_merges_context_into_each_example(half_plus_two):
     request = regress_request("regress_x_to_y2", example_input(example(), context=example(x=[4.0])))
-    response = proto_api.regress(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.regress(half_plus_two, request, "half", 123)
     assert [r.value for r in response.result.regressions] == [5.0]
 
 
@@ -430,8 +431,8 @@ def test_regress_with_context_merges_context_into_each_example(half_plus_two):
 )
 def test_empty_classify_and_regress_input_is_input_is_empty(half_plus_two, inp):
     for fn, request in (
-        (proto_api.classify, classify_request("classify_x_to_y", inp)),
-        (proto_api.regress, regress_request("regress_x_to_y", inp)),
+        (tfs_grpc_calls.classify, classify_request("classify_x_to_y", inp)),
+        (tfs_grpc_calls.regress, regress_request("regress_x_to_y", inp)),
     ):
         err = error_of(fn, half_plus_two, request, "half", 123)
         assert (err.code, err.message) == ("INVALID_ARGUMENT", "Input is empty.")
@@ -439,7 +440,7 @@ def test_empty_classify_and_regress_input_is_input_is_empty(half_plus_two, inp):
 
 def test_classify_unknown_signature_is_no_signature_found(half_plus_two):
     err = error_of(
-        proto_api.classify,
+        tfs_grpc_calls.classify,
         half_plus_two,
         classify_request("nope", example_input(example(x=[1.0]))),
         "half",
@@ -453,7 +454,7 @@ def test_classify_unknown_signature_is_no_signature_found(half_plus_two):
 
 def test_classify_on_a_regression_signature_reports_missing_classes_or_scores(half_plus_two):
     err = error_of(
-        proto_api.classify,
+        tfs_grpc_calls.classify,
         half_plus_two,
         classify_request("regress_x_to_y", example_input(example(x=[1.0]))),
         "half",
@@ -468,7 +469,7 @@ def test_classify_on_a_regression_signature_reports_missing_classes_or_scores(ha
 
 def test_regress_on_a_classification_signature_reports_missing_outputs(half_plus_two):
     err = error_of(
-        proto_api.regress,
+        tfs_grpc_calls.regress,
         half_plus_two,
         regress_request("classify_x_to_y", example_input(example(x=[1.0]))),
         "half",
@@ -480,7 +481,7 @@ def test_regress_on_a_classification_signature_reports_missing_outputs(half_plus
 
 def test_regress_examples_into_a_float_input_is_tf_sessions_expects_arg_message(half_plus_two):
     err = error_of(
-        proto_api.regress,
+        tfs_grpc_calls.regress,
         half_plus_two,
         regress_request("regress_x2_to_y3", example_input(example(x=[1.0]))),
         "half",
@@ -497,7 +498,7 @@ def test_multi_inference_returns_results_in_task_order_each_with_its_model_spec(
     request = multi_request(
         ("half", "regress_x_to_y2", REGRESS), ("half", "classify_x_to_y", CLASSIFY)
     )
-    response = proto_api.multi_inference(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.multi_inference(half_plus_two, request, "half", 123)
     regression, classification = response.results
     assert [r.value for r in regression.regression_result.regressions] == [4.0]
     assert classification.classification_result.classifications[0].classes[0].score == 3.0
@@ -508,7 +509,7 @@ def test_multi_inference_returns_results_in_task_order_each_with_its_model_spec(
 def test_multi_inference_with_context_feeds_merged_examples(half_plus_two):
     inp = example_input(example(), example(), context=example(x=[6.0]))
     request = multi_request(("half", "regress_x_to_y", REGRESS), inp=inp)
-    response = proto_api.multi_inference(half_plus_two, request, "half", 123)
+    response = tfs_grpc_calls.multi_inference(half_plus_two, request, "half", 123)
     assert [r.value for r in response.results[0].regression_result.regressions] == [5.0, 5.0]
 
 
@@ -556,7 +557,9 @@ def test_multi_inference_with_context_feeds_merged_examples(half_plus_two):
     ],
 )
 def test_multi_inference_task_errors_match_tf_serving(half_plus_two, tasks, code, message):
-    err = error_of(proto_api.multi_inference, half_plus_two, multi_request(*tasks), "half", 123)
+    err = error_of(
+        tfs_grpc_calls.multi_inference, half_plus_two, multi_request(*tasks), "half", 123
+    )
     assert err.code == code and err.message.startswith(message)
 
 
@@ -578,11 +581,13 @@ class DefaultIsRegression:
 
 def test_multi_inference_empty_signature_name_is_serving_default(half_plus_two):
     model = DefaultIsRegression(half_plus_two)
-    response = proto_api.multi_inference(model, multi_request(("half", "", REGRESS)), "half", 123)
+    response = tfs_grpc_calls.multi_inference(
+        model, multi_request(("half", "", REGRESS)), "half", 123
+    )
     assert_spec(response.results[0].model_spec, "half", 123, "serving_default")
     assert [r.value for r in response.results[0].regression_result.regressions] == [3.0]
     request = multi_request(("half", "", REGRESS), ("half", "serving_default", REGRESS))
-    err = error_of(proto_api.multi_inference, model, request, "half", 123)
+    err = error_of(tfs_grpc_calls.multi_inference, model, request, "half", 123)
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
         "Duplicate evaluation of signature: serving_default",
@@ -591,7 +596,7 @@ def test_multi_inference_empty_signature_name_is_serving_default(half_plus_two):
 
 def test_regress_empty_signature_name_is_reported_as_serving_default(half_plus_two):
     request = regress_request("", example_input(example(x=[2.0])))
-    response = proto_api.regress(DefaultIsRegression(half_plus_two), request, "half", 123)
+    response = tfs_grpc_calls.regress(DefaultIsRegression(half_plus_two), request, "half", 123)
     assert_spec(response.model_spec, "half", 123, "serving_default")
 
 
@@ -601,10 +606,10 @@ def test_multi_inference_checks_every_task_before_the_input(half_plus_two):
         ("half", "classify_x_to_y", REGRESS),
         inp=example_input(),
     )
-    err = error_of(proto_api.multi_inference, half_plus_two, request, "half", 123)
+    err = error_of(tfs_grpc_calls.multi_inference, half_plus_two, request, "half", 123)
     assert err.message == "Duplicate evaluation of signature: classify_x_to_y"
     request = multi_request(("half", "classify_x_to_y", CLASSIFY), inp=example_input())
-    err = error_of(proto_api.multi_inference, half_plus_two, request, "half", 123)
+    err = error_of(tfs_grpc_calls.multi_inference, half_plus_two, request, "half", 123)
     assert (err.code, err.message) == ("INVALID_ARGUMENT", "Input is empty.")
 
 
@@ -616,7 +621,7 @@ def metadata_request(*fields) -> get_model_metadata_pb2.GetModelMetadataRequest:
 
 
 def test_get_model_metadata_packs_every_signature_def_as_tf_serving_reports_them(half_plus_two):
-    response = proto_api.get_model_metadata(
+    response = tfs_grpc_calls.get_model_metadata(
         half_plus_two, metadata_request("signature_def"), "default", 123
     )
     assert_spec(response.model_spec, "default", 123, "")
@@ -637,7 +642,9 @@ def test_get_model_metadata_packs_every_signature_def_as_tf_serving_reports_them
 
 
 def test_get_model_metadata_without_fields_is_rejected(half_plus_two):
-    err = error_of(proto_api.get_model_metadata, half_plus_two, metadata_request(), "default", 123)
+    err = error_of(
+        tfs_grpc_calls.get_model_metadata, half_plus_two, metadata_request(), "default", 123
+    )
     assert (err.code, err.message) == (
         "INVALID_ARGUMENT",
         "GetModelMetadataRequest must specify at least one metadata_field",
@@ -646,7 +653,7 @@ def test_get_model_metadata_without_fields_is_rejected(half_plus_two):
 
 def test_get_model_metadata_unsupported_field_is_rejected(half_plus_two):
     err = error_of(
-        proto_api.get_model_metadata,
+        tfs_grpc_calls.get_model_metadata,
         half_plus_two,
         metadata_request("signature_def", "assets"),
         "default",
@@ -658,7 +665,7 @@ def test_get_model_metadata_unsupported_field_is_rejected(half_plus_two):
 # ------------------------------------------------------------------------------------------- handle
 def test_handle_returns_ok_and_the_serialized_response(half_plus_two):
     request = predict_request(x=floats([2.0], [1, 1]))
-    code, payload = proto_api.handle(
+    code, payload = tfs_grpc_calls.handle(
         half_plus_two, "Predict", request.SerializeToString(), "half", 123, False
     )
     assert code == "OK"
@@ -667,7 +674,7 @@ def test_handle_returns_ok_and_the_serialized_response(half_plus_two):
 
 def test_handle_passes_tensor_content_to_predict(half_plus_two):
     request = predict_request(x=floats([2.0], [1, 1]))
-    _, payload = proto_api.handle(
+    _, payload = tfs_grpc_calls.handle(
         half_plus_two, "Predict", request.SerializeToString(), "half", 123, True
     )
     assert tf.make_ndarray(
@@ -703,7 +710,7 @@ def test_handle_passes_tensor_content_to_predict(half_plus_two):
 def test_handle_dispatches_every_prediction_service_method(
     half_plus_two, method, request_proto, response_cls
 ):
-    code, payload = proto_api.handle(
+    code, payload = tfs_grpc_calls.handle(
         half_plus_two, method, request_proto.SerializeToString(), "half", 123, False
     )
     assert code == "OK"
@@ -712,16 +719,18 @@ def test_handle_dispatches_every_prediction_service_method(
 
 def test_handle_returns_errors_as_code_and_message(half_plus_two):
     request = predict_request("nope")
-    assert proto_api.handle(
+    assert tfs_grpc_calls.handle(
         half_plus_two, "Predict", request.SerializeToString(), "half", 123, False
     ) == ("FAILED_PRECONDITION", 'Serving signature key "nope" not found.')
 
 
 def test_handle_unparsable_request_is_invalid_argument(half_plus_two):
-    code, message = proto_api.handle(half_plus_two, "Predict", b"\x0a\xff", "half", 123, False)
+    code, message = tfs_grpc_calls.handle(half_plus_two, "Predict", b"\x0a\xff", "half", 123, False)
     assert code == "INVALID_ARGUMENT"
     assert message.startswith("Could not parse tensorflow.serving.PredictRequest")
 
 
 def test_handle_unknown_method_is_unimplemented(half_plus_two):
-    assert proto_api.handle(half_plus_two, "Nope", b"", "half", 123, False)[0] == "UNIMPLEMENTED"
+    assert (
+        tfs_grpc_calls.handle(half_plus_two, "Nope", b"", "half", 123, False)[0] == "UNIMPLEMENTED"
+    )

@@ -1,4 +1,4 @@
-"""deployments/protos.py and deployments/tf_runtime.py, each in a fresh interpreter (the test
+"""core/protos.py and deployments/replica/tf_runtime.py, each in a fresh interpreter (the test
 process has TensorFlow imported already)."""
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ def test_protos_load_without_tensorflows_runtime_and_tensorflow_imports_after():
     assert (
         _run("""
         import sys
-        from deployments import protos
+        from core import protos
         assert protos.load() and not protos.tensorflow_loaded()
         assert "tensorflow" not in sys.modules  # the stand-in is gone
         from tensorflow_serving.apis import predict_pb2
         from tensorflow.core.framework import tensor_pb2
-        from deployments.loader import SavedModelLoader
+        from deployments.replica.loader import SavedModelLoader
         signatures = SavedModelLoader(MODEL).validate()
         assert "serving_default" in signatures and not protos.tensorflow_loaded()
         import tensorflow as tf  # the real one, reusing the cached proto modules
@@ -53,7 +53,8 @@ def test_a_replica_loads_warms_and_runs_without_tensorflows_init_and_tensorflow_
         _run("""
         import sys
         import numpy as np
-        from deployments import servable, tf_runtime
+        from deployments.replica import servable
+        from deployments.replica import tf_runtime
         replica = servable.ServableDeployment.func_or_class(servable.VersionSpec("m", 1, MODEL))
         assert replica.load_error is None, replica.load_error
         y = replica.model.run("serving_default", {"x": np.array([1.0, 2.0], np.float32)})["y"]
@@ -74,7 +75,7 @@ def test_a_declared_plugin_library_or_a_url_path_gets_tensorflows_full_import():
     assert (
         _run("""
         import os
-        from deployments import tf_runtime
+        from deployments.replica import tf_runtime
         before = "/opt/plugin.so" in tf_runtime._plugin_libraries()
         os.environ["TF_PLUGGABLE_DEVICE_LIBRARY_PATH"] = "/opt/plugin.so"
         declared = "/opt/plugin.so" in tf_runtime._plugin_libraries()

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster.backend.serve_backend import ServeBackend
 from config.aspire_config import Autoscaling, ModelSettings
-from deployments.serve_backend import ReplicaOptions, ServeBackend
+from config.options import ReplicaOptions
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "saved_model_half_plus_two_cpu" / "00000123"
 

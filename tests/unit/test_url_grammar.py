@@ -5,8 +5,8 @@ import pytest
 
 from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError
-from deployments.rest_api import parse_path
-from deployments.router_core import resolve
+from deployments.router.core import resolve
+from deployments.router.tfs_rest import parse_path
 
 
 @pytest.mark.parametrize(

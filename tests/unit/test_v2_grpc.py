@@ -1,6 +1,7 @@
-"""The Open Inference Protocol's gRPC messages (deployments/v2_protos.py) against the protocol's
+"""The Open Inference Protocol's gRPC messages (deployments/wire/v2_protos.py) against the
+protocol's
 published ones (tritonclient's `service_pb2`), and ModelInfer inside a replica
-(`v2_infer.grpc_infer`) on real SavedModels without Ray, with requests built and answers read
+(`v2_calls.grpc_infer`) on real SavedModels without Ray, with requests built and answers read
 by tritonclient's own gRPC helpers."""
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.grpc import service_pb2 as published
 
 from core.errors import AspireError
-from deployments import v2_infer, v2_protos
-from deployments.grpc_api import string_fields
+from deployments.replica import v2_calls
+from deployments.router.tfs_grpc import string_fields
+from deployments.wire import v2_protos
 from tests.support.v2_models import TYPES, sample
 
 
@@ -91,7 +93,7 @@ def request_of(inputs, outputs=(), model="m", version="", request_id=""):
 
 
 def run(model, request, name="m", version=1) -> InferResult:
-    raw = v2_infer.grpc_infer(model, request.SerializeToString(), name, version)
+    raw = v2_calls.grpc_infer(model, request.SerializeToString(), name, version)
     return InferResult(published.ModelInferResponse.FromString(raw))
 
 
@@ -177,7 +179,7 @@ def test_every_typed_datatype_round_trips(every_type):
 
 def refusal(model, request) -> str:
     with pytest.raises(AspireError) as caught:
-        v2_infer.grpc_infer(model, request.SerializeToString(), "m", 1)
+        v2_calls.grpc_infer(model, request.SerializeToString(), "m", 1)
     assert caught.value.code == "INVALID_ARGUMENT"
     return caught.value.message
 
@@ -237,4 +239,4 @@ def test_out_of_range_narrow_integers_and_a_missing_input_are_refused(every_type
 
 def test_bytes_that_are_not_a_message_are_refused(half_plus_two):
     with pytest.raises(AspireError, match="Could not parse inference.ModelInferRequest"):
-        v2_infer.grpc_infer(half_plus_two, b"\xff\xff\xff", "m", 1)
+        v2_calls.grpc_infer(half_plus_two, b"\xff\xff\xff", "m", 1)

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol inside a replica (deployments/v2_infer.py), on real SavedModels
+"""The Open Inference Protocol inside a replica (deployments/v2_calls.py), on real SavedModels
 without Ray: model metadata from the signature, infer with JSON and binary tensors for every
 datatype a TF signature can carry, and each refusal's message."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from core.errors import AspireError
-from deployments import v2_infer
-from deployments.loader import SavedModelLoader
+from deployments.replica import v2_calls
+from deployments.replica.loader import SavedModelLoader
 from tests.support.v2_models import TYPES
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
@@ -33,7 +33,7 @@ def answer(raw: bytes) -> tuple[dict, bytes]:
 
 
 def test_metadata_lists_the_serving_signature_with_v2_datatypes_and_shapes(half_plus_two):
-    assert json.loads(v2_infer.metadata(half_plus_two, "h", 123)) == {
+    assert json.loads(v2_calls.metadata(half_plus_two, "h", 123)) == {
         "name": "h",
         "versions": ["123"],
         "platform": "tensorflow_savedmodel",
@@ -47,7 +47,7 @@ def test_infer_with_json_tensors_answers_tf_servings_values_and_echoes_the_id(ha
         "id": "req-7",
         "inputs": [{"name": "x", "shape": [3, 1], "datatype": "FP32", "data": [1, 2, 5]}],
     }
-    got, binary = answer(v2_infer.infer(half_plus_two, frame(doc), "h", 123))
+    got, binary = answer(v2_calls.infer(half_plus_two, frame(doc), "h", 123))
     assert binary == b""
     assert got == {
         "model_name": "h",
@@ -70,7 +70,7 @@ def test_infer_with_binary_tensors_both_ways(half_plus_two):
         ],
         "parameters": {"binary_data_output": True},
     }
-    got, binary = answer(v2_infer.infer(half_plus_two, frame(doc, x, header=True), "h", 1))
+    got, binary = answer(v2_calls.infer(half_plus_two, frame(doc, x, header=True), "h", 1))
     [out] = got["outputs"]
     assert out["parameters"] == {"binary_data_size": 12}
     assert np.frombuffer(binary, "<f4").tolist() == [2.5, 3.0, 4.5]
@@ -86,7 +86,7 @@ def test_every_datatype_round_trips(every_type, datatype, as_binary):
     array = np.array(values, dtype=np_type)
     item: dict = {"name": name, "shape": [3], "datatype": datatype}
     if as_binary:
-        raw = v2_infer._to_binary(array, datatype)
+        raw = v2_calls._to_binary(array, datatype)
         item["parameters"] = {"binary_data_size": len(raw)}
     else:
         raw = b""
@@ -103,7 +103,7 @@ def test_every_datatype_round_trips(every_type, datatype, as_binary):
         "inputs": [item, *others],
         "outputs": [{"name": f"out_{name}", "parameters": {"binary_data": as_binary}}],
     }
-    got, binary = answer(v2_infer.infer(every_type, frame(doc, raw, header=as_binary), "t", 1))
+    got, binary = answer(v2_calls.infer(every_type, frame(doc, raw, header=as_binary), "t", 1))
     [out] = got["outputs"]
     assert (out["name"], out["datatype"], out["shape"]) == (f"out_{name}", datatype, [3])
     if as_binary:
@@ -182,38 +182,38 @@ def every_input() -> list[dict]:
 )
 def test_bad_requests_are_refused_with_the_reason(half_plus_two, doc, binary, message):
     with pytest.raises(AspireError) as err:
-        v2_infer.infer(half_plus_two, frame(doc, binary, header=bool(binary)), "h", 1)
+        v2_calls.infer(half_plus_two, frame(doc, binary, header=bool(binary)), "h", 1)
     assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
 
 
 def test_a_missing_input_and_non_utf8_bytes_as_json_are_refused(every_type):
     doc = {"inputs": every_input()[1:]}
     with pytest.raises(AspireError) as err:
-        v2_infer.infer(every_type, frame(doc), "t", 1)
+        v2_calls.infer(every_type, frame(doc), "t", 1)
     assert err.value.message == ("expected 14 inputs but got 13 inputs for model 't': missing bool")
-    raw = v2_infer._to_binary(np.array([b"\xff"], dtype=object), "BYTES")
+    raw = v2_calls._to_binary(np.array([b"\xff"], dtype=object), "BYTES")
     inputs = [i for i in every_input() if i["name"] != "bytes"]
     inputs.append(
         {"name": "bytes", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 5}}
     )
     doc = {"inputs": inputs, "outputs": [{"name": "out_bytes"}]}
     with pytest.raises(AspireError) as err:
-        v2_infer.infer(every_type, frame(doc, raw, header=True), "t", 1)
+        v2_calls.infer(every_type, frame(doc, raw, header=True), "t", 1)
     assert err.value.message.startswith("output 'out_bytes' holds bytes that are not UTF-8")
 
 
 def test_malformed_json_and_a_header_length_past_the_body_are_refused(half_plus_two):
     with pytest.raises(AspireError, match="failed to parse the request JSON"):
-        v2_infer.infer(half_plus_two, struct.pack("!q", -1) + b"{nope", "h", 1)
+        v2_calls.infer(half_plus_two, struct.pack("!q", -1) + b"{nope", "h", 1)
     with pytest.raises(AspireError, match="is not within the body"):
-        v2_infer.infer(half_plus_two, struct.pack("!q", 99) + b"{}", "h", 1)
+        v2_calls.infer(half_plus_two, struct.pack("!q", 99) + b"{}", "h", 1)
 
 
 def test_a_signature_without_shapes_takes_any_shape_as_tensorflow_does():
     model = SavedModelLoader(os.path.join(DATA, "saved_model_half_plus_three", "00000123")).load()
-    assert json.loads(v2_infer.metadata(model, "h3", 1))["inputs"] == [
+    assert json.loads(v2_calls.metadata(model, "h3", 1))["inputs"] == [
         {"name": "x", "datatype": "FP32", "shape": [-1]}
     ]
     doc = {"inputs": [{"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [1, 3]}]}
-    got, _ = answer(v2_infer.infer(model, frame(doc), "h3", 1))
+    got, _ = answer(v2_calls.infer(model, frame(doc), "h3", 1))
     assert got["outputs"][0]["data"] == [3.5, 4.5] and got["outputs"][0]["shape"] == [2, 1]

@@ -1,4 +1,5 @@
-"""What a version directory may hold before the loader reads it (deployments/loader.py): no link
+"""What a version directory may hold before the loader reads it (deployments/replica/loader.py): no
+link
 out of the model's base path, and a SavedModel rather than Keras files. Real directories, links
 and files; the atime of the files outside shows they are never read."""
 
@@ -8,7 +9,7 @@ import shutil
 import pytest
 
 from core.errors import AspireError
-from deployments.loader import SavedModelLoader, check_contained
+from deployments.replica.loader import SavedModelLoader, check_contained
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 HALF_PLUS_TWO = os.path.join(DATA, "saved_model_half_plus_two_cpu", "00000123")

@@ -1,4 +1,5 @@
-"""deployments.warmup on real SavedModels, without Ray: TF Serving's warmup replay and its errors.
+"""deployments.replica.warmup on real SavedModels, without Ray: TF Serving's warmup replay and its
+errors.
 
 Each test copies a model version to tmp_path and writes its assets.extra/tf_serving_warmup_requests
 with tf.io.TFRecordWriter, as TF Serving users do. Expected messages are TF Serving's.
@@ -24,9 +25,9 @@ from tensorflow_serving.apis import (
 )
 
 from core.errors import AspireError
-from deployments import proto_api
-from deployments.loader import SavedModelLoader
-from deployments.warmup import MAX_WARMUP_RECORDS, WARMUP_FILE, run_warmup
+from deployments.replica import tfs_grpc_calls
+from deployments.replica.loader import SavedModelLoader
+from deployments.replica.warmup import MAX_WARMUP_RECORDS, WARMUP_FILE, run_warmup
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 CLASSIFY = "tensorflow/serving/classify"
@@ -109,7 +110,7 @@ def multi_inference_log(model_name: str, *tasks) -> prediction_log_pb2.Predictio
 def get_counter(model) -> float:
     request = predict_pb2.PredictRequest()
     request.model_spec.signature_name = "get_counter"
-    return proto_api.predict(model, request, "counter", 123).outputs["output"].float_val[0]
+    return tfs_grpc_calls.predict(model, request, "counter", 123).outputs["output"].float_val[0]
 
 
 def error_of(fn, *args, **kwargs) -> AspireError:
@@ -267,14 +268,18 @@ def test_predict_record_naming_unknown_signature_fails_with_failed_precondition(
 @pytest.mark.parametrize(
     "log, field, call",
     [
-        (classify_log("regress_x_to_y"), "classify_log", proto_api.classify),
-        (regress_log("classify_x_to_y"), "regress_log", proto_api.regress),
+        (classify_log("regress_x_to_y"), "classify_log", tfs_grpc_calls.classify),
+        (regress_log("classify_x_to_y"), "regress_log", tfs_grpc_calls.regress),
         (
             multi_inference_log("", ("regress_x_to_y", REGRESS)),
             "multi_inference_log",
-            proto_api.multi_inference,
+            tfs_grpc_calls.multi_inference,
         ),
-        (predict_log("serving_default", x=[1.0], extra=[1.0]), "predict_log", proto_api.predict),
+        (
+            predict_log("serving_default", x=[1.0], extra=[1.0]),
+            "predict_log",
+            tfs_grpc_calls.predict,
+        ),
     ],
     ids=["classify", "regress", "multi_inference", "predict"],
 )

@@ -1,0 +1,111 @@
+"""The options each part of a server runs with, as the command line (cluster/flags.py) builds them:
+plain dataclasses with units in their names and defaults in place, imported by the CLI, the
+manager and the deployments alike, so that no plane imports another to learn an option.
+
+- `ServerOptions`: the routers' ports and limits (cluster/launcher.py starts them).
+- `HttpLimits`: what one router replica's REST server grants a client connection.
+- `ReplicaOptions`: how each version's deployment runs (the manager's backend copies them into
+  every version's deployment).
+- `BatchingOptions`: TF Serving's batching flags, as a replica applies them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from core.errors import DEFAULT_MAX_BODY_BYTES
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one router replica's REST server grants a client connection."""
+
+    header_timeout_s: float = 30.0  # to send a request's headers, from connect or request start
+    idle_timeout_s: float = 75.0  # a keep-alive connection with no request in flight
+    max_connections: int = 10000  # open at once; beyond, 503 and closed
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """TF Serving's batching flags: --enable_batching with --batching_parameters_file (already
+    parsed into `parameters`), and --enable_per_model_batching_parameters, which reads
+    batching_params.pbtxt in each version's directory instead (no file: that version is not
+    batched)."""
+
+    parameters: object | None = None  # config.batching_config.BatchingParameters
+    per_model: bool = False
+
+    def parameters_for(self, version_dir: str):
+        if self.per_model:
+            from config.batching_config import load_per_model_batching_parameters
+
+            return load_per_model_batching_parameters(version_dir)
+        return self.parameters
+
+
+@dataclass
+class ReplicaOptions:
+    """How each version's deployment runs: copied into every version's deployment options."""
+
+    num_replicas: int = 1
+    num_cpus: float = 0.25
+    max_ongoing_requests: int = 64  # per replica (the side file may set it per model)
+    # Requests each router holds for a version while all its replicas are full; beyond it the
+    # router answers 429 at once instead of letting latency grow without bound. -1: no limit.
+    max_queued_requests: int = 1000
+    graceful_shutdown_timeout_s: float = 20.0
+    # How often Serve looks whether an unloading replica still has requests through its handle.
+    # Serve first waits one such period unconditionally (2 s by default, for load balancers to
+    # deregister the replica); Aspire's routers have acknowledged the new serving map before a
+    # version is deleted, and direct calls drain in the replica itself (__del__), so a short
+    # period only ends unloads sooner.
+    graceful_shutdown_wait_loop_s: float = 0.25
+    # Serve's health check of each replica: a replica that fails (or does not answer in time)
+    # REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD = 3 checks in a row is replaced.
+    health_check_period_s: float = 5.0
+    health_check_timeout_s: float = 30.0
+    # Longest a TF session run may take (TF's RunOptions.timeout_in_ms); 0: no limit. The server
+    # sets it to --rest_api_timeout_in_ms, so a request the router gave up on (504) stops using
+    # a thread and CPU in the replica too.
+    run_timeout_ms: int = 0
+    tags: tuple[str, ...] = ("serve",)
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0  # TF Serving: used only when > 0, else 1
+    batching: BatchingOptions | None = None  # None: --enable_batching is off
+    # TF session threads (--tensorflow_intra_op_parallelism / _inter_op_; 0: TF picks)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    tensor_content: bool = False  # --enable_serialization_as_tensor_content
+    # Shared by routers and replicas: calls on a replica's own service must carry it
+    # (deployments/replica/call_service.py). Kept in Serve's arguments in the GCS, like the rest of
+    # the cluster's state; "" turns the direct path off (every call takes Serve's handle).
+    data_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # The block one shared host books ("placement": "shared", cluster/host_admission.py): host RAM,
+    # and
+    # VRAM on one GPU for a GPU host; the versions in the host share it.
+    shared_host_ram_bytes: int = 4 * 1024**3
+    shared_host_vram_bytes: int = 8 * 1024**3
+    # Replicas of each shared host, all on its node (and GPU); each holds every version in it
+    shared_host_replicas: int = 1
+    extra_actor_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ServerOptions:
+    rest_api_host: str = "0.0.0.0"
+    rest_api_port: int = 8501
+    grpc_port: int = 8500  # 0: no gRPC API
+    enable_grpc_healthcheck_service: bool = False
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # slow and idle REST clients
+    num_router_replicas: int = 1
+    metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
+    # Where the routers (and so the REST/gRPC ports) run: EveryNode puts num_router_replicas on
+    # each node alive at start-up; HeadOnly puts them all on the head node.
+    proxy_location: str = "EveryNode"
+    # SHA-256 hex digests of --auth_token_file's and --admin_token_file's tokens (None: off);
+    # never the tokens, which would be checkpointed with the router's arguments in the GCS.
+    auth_token_sha256: str | None = None
+    admin_token_sha256: str | None = None
