@@ -181,7 +181,6 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
     embedded = args.address is None
     # Workers' output (Ray's, TF's) stays in their files; the manager's lines come through its
     # EventLog, and Ray's driver lines go to aspire-cli.log (cluster/logs.py)
-    quiet = {"log_to_driver": False, "configure_logging": False}
     if embedded:  # "local": always a new Ray instance, never one found on the machine
         num_gpus = None  # Ray detects real GPUs itself
         if args.gpus is not None:
@@ -194,17 +193,23 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
             namespace=NAMESPACE,
             include_dashboard=False,
             num_gpus=num_gpus,
-            **quiet,
+            log_to_driver=False,
+            configure_logging=False,
         )
     else:
-        ray.init(address=args.address, namespace=NAMESPACE, **quiet)
+        ray.init(
+            address=args.address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     gcs = ray.get_runtime_context().gcs_address
     log.info("Ray cluster address: %s (aspire status --address=%s)", gcs, gcs)
     log_dir = _ray_log_dir()
     logs.session_started(log_dir)
     log.info("Ray's, Serve's and TensorFlow's own logs are in %s", log_dir)
     stop = threading.Event()
-    interrupted = []
+    interrupted: list[int] = []
 
     def on_signal(signum, _frame):
         if interrupted:  # a second Ctrl-C: leave now
@@ -259,7 +264,8 @@ def status_table(described: dict) -> str:
     from core.units import format_bytes
     from policies.traffic import TrafficSplit, effective_weights
 
-    rows = [("MODEL", "VERSION", "STATE", "REPLICAS", "LABELS", "TRAFFIC", "ERROR")]
+    header = ("MODEL", "VERSION", "STATE", "REPLICAS", "LABELS", "TRAFFIC", "ERROR")
+    rows: list[tuple[str, ...]] = [header]
     for name, statuses in described["models"].items():
         labels = described.get("labels", {}).get(name, {})
         split = described.get("traffic", {}).get(name)

@@ -449,9 +449,10 @@ def token_digests(args: argparse.Namespace) -> tuple[str | None, str | None]:
         and tokens["admin_token_file"] == tokens["auth_token_file"]
     ):
         raise FlagError("--admin_token_file must hold a different token from --auth_token_file")
-    return tuple(
+    auth, admin = (
         digest(tokens[f]) if f in tokens else None for f in ("auth_token_file", "admin_token_file")
     )
+    return auth, admin
 
 
 def session_threads(args: argparse.Namespace) -> tuple[int, int]:

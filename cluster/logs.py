@@ -101,10 +101,13 @@ class _Elsewhere(logging.Handler):
     def to_file(self, path: str) -> None:
         handler = logging.FileHandler(path)
         handler.setFormatter(TextFormatter())
-        with self.lock:
+        self.acquire()  # the handler's own lock (Handler.lock, created in __init__)
+        try:
             for record in self._held:
                 handler.handle(record)
             self._held, self._file = [], handler
+        finally:
+            self.release()
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._file is not None:

@@ -48,6 +48,7 @@ Contract:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from core.errors import AspireError
@@ -155,14 +156,14 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return seen
 
 
-def _unknown(keys, allowed) -> str | None:
+def _unknown(keys: Iterable[object], allowed: Collection[str]) -> str | None:
     extra = [k for k in keys if k not in allowed]
     if not extra:
         return None
     return f"unknown key {extra[0]!r} (expected one of {', '.join(allowed)})"
 
 
-def _model_settings(body: object, fail) -> ModelSettings:
+def _model_settings(body: object, fail: Callable[[str], AspireError]) -> ModelSettings:
     if not isinstance(body, dict):
         raise fail(f"settings must be an object, got {type(body).__name__}")
     if problem := _unknown(body, _MODEL_KEYS):
@@ -239,15 +240,15 @@ def _model_settings(body: object, fail) -> ModelSettings:
     )
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _autoscaling(body: object, fail) -> Autoscaling:
+def _autoscaling(body: object, fail: Callable[[str], AspireError]) -> Autoscaling:
     if not isinstance(body, dict):
         raise fail(f"autoscaling must be an object, got {type(body).__name__}")
     if problem := _unknown(body, _AUTOSCALING_KEYS):
@@ -301,9 +302,11 @@ def parse_aspire_config(text: str, source: str = "<aspire config>") -> dict[str,
     for name, body in models.items():
         if not name:
             raise fail("model name must not be empty")
-        settings[name] = _model_settings(
-            body, lambda message, name=name: fail(f"model {name!r}: {message}")
-        )
+
+        def fail_model(message: str, name: str = name) -> AspireError:
+            return fail(f"model {name!r}: {message}")
+
+        settings[name] = _model_settings(body, fail_model)
     return settings
 
 

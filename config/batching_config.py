@@ -39,6 +39,7 @@ from google.protobuf import (
     text_format,
     wrappers_pb2,
 )
+from google.protobuf.message import Message
 
 from config.model_config import read_proto_text
 from core.errors import AspireError
@@ -91,7 +92,7 @@ class BatchingParameters:
             return os.cpu_count() or 1
 
 
-def _batching_parameters_class():
+def _batching_parameters_class() -> type[Message]:
     try:
         from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
 

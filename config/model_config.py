@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.errors import AspireError, invalid_argument
 from core.names import check_name
 from policies.aspired import All, Latest, ServableVersionPolicy, Specific
+
+if TYPE_CHECKING:  # read_config_file imports it where it runs
+    from tensorflow_serving.config import model_server_config_pb2
 
 SUPPORTED_PLATFORMS = ("tensorflow",)
 
@@ -28,7 +32,7 @@ class ModelSource:
     version_policy: ServableVersionPolicy = Latest(1)
 
 
-def version_policy(config) -> Latest | All | Specific:
+def version_policy(config: model_server_config_pb2.ModelConfig) -> Latest | All | Specific:
     policy = config.model_version_policy
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":
@@ -40,7 +44,9 @@ def version_policy(config) -> Latest | All | Specific:
     return Latest(1)
 
 
-def models_from_config(server_config) -> list[ModelSource]:
+def models_from_config(
+    server_config: model_server_config_pb2.ModelServerConfig,
+) -> list[ModelSource]:
     """The model list of a ModelServerConfig; AspireError with TF Serving's message if invalid."""
     kind = server_config.WhichOneof("config")
     if kind is None:
@@ -81,7 +87,9 @@ def models_from_config(server_config) -> list[ModelSource]:
     return models
 
 
-def labels_from_config(server_config) -> dict[str, dict[str, int]]:
+def labels_from_config(
+    server_config: model_server_config_pb2.ModelServerConfig,
+) -> dict[str, dict[str, int]]:
     """{model: {label: version}} from each ModelConfig's version_labels."""
     if server_config.WhichOneof("config") != "model_config_list":
         return {}
@@ -92,7 +100,7 @@ def labels_from_config(server_config) -> dict[str, dict[str, int]]:
     }
 
 
-def read_config_file(path: str):
+def read_config_file(path: str) -> model_server_config_pb2.ModelServerConfig:
     """Parse a text-format ModelServerConfig; INVALID_ARGUMENT naming the file and the line."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf.message import Message
 
 from config.model_config import read_proto_text
 from core.errors import AspireError
@@ -33,7 +34,7 @@ class PrometheusSettings:
     path: str = DEFAULT_PROMETHEUS_PATH
 
 
-def _monitoring_config_class():
+def _monitoring_config_class() -> type[Message]:
     try:
         from tensorflow_serving.config import monitoring_config_pb2
 

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core.errors import DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:  # imported where it runs, in parameters_for
+    from config.batching_config import BatchingParameters
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,10 @@ class BatchingOptions:
     batching_params.pbtxt in each version's directory instead (no file: that version is not
     batched)."""
 
-    parameters: object | None = None  # config.batching_config.BatchingParameters
+    parameters: BatchingParameters | None = None
     per_model: bool = False
 
-    def parameters_for(self, version_dir: str):
+    def parameters_for(self, version_dir: str) -> BatchingParameters | None:
         if self.per_model:
             from config.batching_config import load_per_model_batching_parameters
 

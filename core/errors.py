@@ -77,7 +77,7 @@ class AspireError(Exception):
         """The HTTP status REST answers with: TF Serving's mapping of the code."""
         return http_status(self.code)
 
-    def __reduce__(self):  # keep the code when pickled across Ray processes
+    def __reduce__(self) -> tuple[type[AspireError], tuple[str, str]]:  # keep the code, pickled
         return (AspireError, (self.message, self.code))
 
 

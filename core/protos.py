@@ -24,6 +24,7 @@ import importlib.util
 import sys
 import threading
 import types
+from collections.abc import Iterator
 
 # Every proto module Aspire imports (keep in step with the `*_pb2` imports in the tree: a module
 # missing here is still correct, but its first import then pulls in TensorFlow).
@@ -80,7 +81,7 @@ def bare_package(module_type: type = types.ModuleType) -> types.ModuleType:
 
 
 @contextlib.contextmanager
-def stand_in():
+def stand_in() -> Iterator[None]:
     """A bare `tensorflow` package in `sys.modules` for the duration, so `tensorflow.*` modules
     import without `tensorflow/__init__.py`; taken away after."""
     module = bare_package()

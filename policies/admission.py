@@ -55,7 +55,7 @@ class Need:
     vram_bytes: int = 0
     ram_bytes: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.vram_bytes < 0 or self.ram_bytes < 0:
             raise ValueError(f"resource needs cannot be negative: {self}")
 

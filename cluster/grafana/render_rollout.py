@@ -180,12 +180,13 @@ def _segments(
             i = _index(float(t), start, step)
             if 0 <= i < len(times):
                 # Two states at once can only be a scrape caught mid-transition: keep the later one.
-                if lane[i] is None or _state_rank(state) > _state_rank(lane[i]):
+                current = lane[i]
+                if current is None or _state_rank(state) > _state_rank(current):
                     lane[i] = state
     segments: dict[str, list[tuple[float, float, str]]] = {}
     for version, lane in lanes.items():
         runs: list[tuple[float, float, str]] = []
-        run_start, run_state = None, None
+        run_start, run_state = 0, None  # run_start is read once a run (a state) has begun
         for i, state in enumerate(lane + [None]):
             if state != run_state:
                 if run_state is not None:

@@ -124,13 +124,13 @@ def _fail(message: str, code: str) -> AspireError:
 def _task_size(inputs: dict) -> int:
     if not inputs:
         raise _fail("Batching Run() must have at least one input tensor", "INVALID_ARGUMENT")
-    size = None
+    size = -1  # the first input's 0th-dimension size, once seen
     for value in inputs.values():
         if value.ndim == 0:
             raise _fail(
                 "Batching Run() input tensors must have at least one dimension", "INVALID_ARGUMENT"
             )
-        if size is None:
+        if size < 0:
             size = value.shape[0]
         elif value.shape[0] != size:
             raise _fail(
@@ -236,11 +236,15 @@ class Batcher:
         result.done.wait()
         if result.error is not None:
             raise result.error
-        if len(result.outputs) == 1:
-            return result.outputs[0]
+        # Without an error every piece finished with its outputs
+        answers = [answer for answer in result.outputs if answer is not None]
+        if len(answers) != len(result.outputs):
+            raise _fail("A batched task finished without outputs", "INTERNAL")
+        if len(answers) == 1:
+            return answers[0]
         return {
-            alias: np.concatenate([piece[alias] for piece in result.outputs], axis=0)
-            for alias in result.outputs[0]
+            alias: np.concatenate([answer[alias] for answer in answers], axis=0)
+            for alias in answers[0]
         }
 
     def _admit(self, queue: _Queue, size: int) -> list[int]:

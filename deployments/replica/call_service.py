@@ -55,7 +55,7 @@ class _Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._greeted = False
         self._calls: dict[int, asyncio.Future] = {}
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.Transport  # set by connection_made, asyncio's first call
 
     def connection_made(self, transport) -> None:
         self._transport = transport
@@ -179,6 +179,7 @@ class ReplicaService:
             raise RuntimeError(f"replica service did not start in {timeout_s:.0f} s")
         if self._error is not None:
             raise self._error
+        assert self.port is not None  # _run sets it before _ready
         return self.port
 
     def _run(self) -> None:
@@ -205,21 +206,22 @@ class ReplicaService:
 
     def stop(self, grace_s: float) -> None:
         """Refuse new connections and calls; calls in flight get up to `grace_s` to finish."""
-        if self.loop is None or not self.alive():
-            return
+        loop, server, thread = self.loop, self._server, self._thread
+        if loop is None or server is None or thread is None or not self.alive():
+            return  # not started, or still starting (no server yet), or gone
 
-        async def drain():
+        async def drain() -> None:
             self.stopping = True
-            self._server.close()
+            server.close()
             deadline = time.monotonic() + grace_s
             while any(c.in_flight() for c in self._connections) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             for connection in list(self._connections):
                 connection._transport.close()
-            self.loop.call_soon(self.loop.stop)
+            loop.call_soon(loop.stop)
 
         try:
-            asyncio.run_coroutine_threadsafe(drain(), self.loop).result(grace_s + 5)
+            asyncio.run_coroutine_threadsafe(drain(), loop).result(grace_s + 5)
         except Exception as exc:  # noqa: BLE001 - best effort on the way out
             log.warning("replica service shutdown: %s", exc)
-        self._thread.join(5)
+        thread.join(5)

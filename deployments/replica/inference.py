@@ -9,7 +9,7 @@ import numpy as np
 from google.protobuf import json_format, text_format
 
 from core.errors import AspireError, invalid_argument
-from deployments.replica.loader import LoadedSavedModel
+from deployments.replica.loader import ServedModel
 from deployments.wire import tfs_json, tfs_json_response
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -27,7 +27,7 @@ def tensor_spec(info) -> tfs_json.TensorSpec:
     return tfs_json.TensorSpec(dtype, shape)
 
 
-def signature_metadata(model: LoadedSavedModel) -> dict:
+def signature_metadata(model: ServedModel) -> dict:
     """`metadata.signature_def` of GET /metadata: the SignatureDefMap as protobuf JSON."""
     return {
         "signature_def": {
@@ -39,7 +39,7 @@ def signature_metadata(model: LoadedSavedModel) -> dict:
     }
 
 
-def _predict_signature(model: LoadedSavedModel, name: str):
+def _predict_signature(model: ServedModel, name: str):
     key = name or DEFAULT_SIGNATURE
     signature = model.signatures.get(key)
     if signature is None:
@@ -51,7 +51,7 @@ def _predict_signature(model: LoadedSavedModel, name: str):
     return key, signature
 
 
-def predict_json(model: LoadedSavedModel, doc: dict) -> str:
+def predict_json(model: ServedModel, doc: dict) -> str:
     key, signature = _predict_signature(model, tfs_json.signature_name_of(doc))
     specs = {alias: tensor_spec(info) for alias, info in signature.inputs.items()}
     inputs, fmt = tfs_json.decode_predict_request(doc, specs)
@@ -64,7 +64,7 @@ def _debug(signature) -> str:
     return text_format.MessageToString(signature, as_one_line=True)
 
 
-def _example_signature(model: LoadedSavedModel, name: str):
+def _example_signature(model: ServedModel, name: str):
     key = name or DEFAULT_SIGNATURE
     signature = model.signatures.get(key)
     if signature is None:
@@ -81,7 +81,7 @@ def _serialized_examples(doc: dict) -> np.ndarray:
 
 
 def classify(
-    model: LoadedSavedModel, signature_name: str, serialized: np.ndarray
+    model: ServedModel, signature_name: str, serialized: np.ndarray
 ) -> list[list[tuple[str, float]]]:
     key, signature = _example_signature(model, signature_name)
     # TF Serving's order of checks (classifier.cc): counts first, then names.
@@ -113,7 +113,9 @@ def classify(
                 if tensor.ndim == 2
                 else f"Expected {alias} Tensor of rank 2, got {tensor.ndim}"
             )
-    width = (classes if classes is not None else scores).shape[1]
+    shaped = classes if classes is not None else scores
+    assert shaped is not None  # run() answers every alias in `wanted`: one of the two at least
+    width = shaped.shape[1]
     results = []
     for i in range(n):
         row = []
@@ -125,7 +127,7 @@ def classify(
     return results
 
 
-def regress(model: LoadedSavedModel, signature_name: str, serialized: np.ndarray) -> list[float]:
+def regress(model: ServedModel, signature_name: str, serialized: np.ndarray) -> list[float]:
     key, signature = _example_signature(model, signature_name)
     # TF Serving's order of checks (regressor.cc): counts first, then names.
     if len(signature.inputs) != 1:
@@ -148,13 +150,13 @@ def regress(model: LoadedSavedModel, signature_name: str, serialized: np.ndarray
     return [float(v) for v in values.reshape(n)]
 
 
-def classify_json(model: LoadedSavedModel, doc: dict) -> str:
+def classify_json(model: ServedModel, doc: dict) -> str:
     # As in TF Serving, the whole body becomes a request before the signature is looked up.
     name, serialized = tfs_json.signature_name_of(doc), _serialized_examples(doc)
     return tfs_json_response.encode_classify_response(classify(model, name, serialized))
 
 
-def regress_json(model: LoadedSavedModel, doc: dict) -> str:
+def regress_json(model: ServedModel, doc: dict) -> str:
     name, serialized = tfs_json.signature_name_of(doc), _serialized_examples(doc)
     return tfs_json_response.encode_regress_response(regress(model, name, serialized))
 
@@ -162,7 +164,7 @@ def regress_json(model: LoadedSavedModel, doc: dict) -> str:
 REST_VERBS = {"predict": predict_json, "classify": classify_json, "regress": regress_json}
 
 
-def handle_rest(model: LoadedSavedModel, verb: str, doc: dict) -> tuple[str, str]:
+def handle_rest(model: ServedModel, verb: str, doc: dict) -> tuple[str, str]:
     """(status code name, JSON body or error message) for one REST inference call."""
     try:
         return "OK", REST_VERBS[verb](model, doc)

@@ -27,6 +27,7 @@ import os
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Protocol
 
 from core.errors import CODES, AspireError
 from deployments.replica.tf_runtime import runtime
@@ -91,7 +92,8 @@ def check_contained(path: str) -> None:
             f"Version directory {path} resolves outside the model base path {base}",
             "PERMISSION_DENIED",
         )
-    pending = [(path, (real_version,))]  # (directory, real paths of it and its ancestors)
+    # (directory, real paths of it and its ancestors)
+    pending: list[tuple[str, tuple[str, ...]]] = [(path, (real_version,))]
     while pending:
         root, chain = pending.pop()
         try:
@@ -356,3 +358,16 @@ class LoadedSavedModel:
     def unload(self) -> None:
         self._callables.clear()
         self._session.close()
+
+
+class ServedModel(Protocol):
+    """What the calls run on: a LoadedSavedModel, or batching's BatchedModel around one
+    (deployments/replica/batching.py), which batches its `run`."""
+
+    signatures: dict  # name -> tensorflow SignatureDef proto
+
+    def run(
+        self, signature_name: str, inputs: dict, output_aliases: list[str] | None = None
+    ) -> dict: ...
+
+    def unload(self) -> None: ...

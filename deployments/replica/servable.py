@@ -32,10 +32,11 @@ from ray import serve
 from config.options import BatchingOptions
 from core import metrics
 from core.errors import AspireError
+from core.metrics_shipper import Shipper
 from deployments.replica import code_pages, inference, tfs_grpc_calls, v2_calls
 from deployments.replica.autoscaling import DIRECT_ONGOING
 from deployments.replica.call_service import ReplicaService
-from deployments.replica.loader import SavedModelLoader
+from deployments.replica.loader import SavedModelLoader, ServedModel
 from deployments.replica.warmup import run_warmup
 from deployments.wire import tfs_json
 from deployments.wire.direct import METADATA_KEY, REST_METHODS, encode_answer
@@ -45,14 +46,14 @@ V2_INFER = {"v2_infer": v2_calls.infer, "v2_grpc_infer": v2_calls.grpc_infer}
 log = logging.getLogger("aspire.servable")
 
 
-def _metrics_shipper() -> metrics.Shipper:
+def _metrics_shipper() -> Shipper:
     """This replica's recorder, shipped to the manager's store every second. Runtime latency
     is the time inside the replica: tensor conversion and the session run."""
     import ray
 
     from core.names import MANAGER_NAME, NAMESPACE
 
-    manager = []
+    manager: list[ray.actor.ActorHandle] = []
 
     def send(deltas):
         if not manager:
@@ -63,7 +64,7 @@ def _metrics_shipper() -> metrics.Shipper:
             manager.clear()  # looked up again next time: the manager may have been restarted
             raise
 
-    return metrics.Shipper(metrics.Recorder(), send)
+    return Shipper(metrics.Recorder(), send)
 
 
 def inference_threads(max_concurrency: int, batched: bool) -> int:
@@ -105,14 +106,15 @@ class LoadedVersion:
         self._metadata_body: bytes | None = None
         self.measured_vram_bytes: int | None = None
         self.ongoing = 0  # calls taken for it, queued or running (a shared host counts them)
-        self.model = SavedModelLoader(spec.path, spec.tags).load(
+        loaded = SavedModelLoader(spec.path, spec.tags).load(
             intra_op_threads=spec.threads[0],
             inter_op_threads=spec.threads[1],
             gpu_memory_limit_bytes=spec.gpu_memory_limit_bytes,
             run_timeout_ms=spec.run_timeout_ms,
         )
+        self.model: ServedModel | None = loaded  # None once unloaded
         try:
-            self.session_threads = list(self.model.session_threads)
+            self.session_threads = list(loaded.session_threads)
             params = spec.batching.parameters_for(spec.path) if spec.batching is not None else None
             self.batched = params is not None
             if params is not None:
@@ -120,7 +122,7 @@ class LoadedVersion:
 
                 labels = metrics.labels_for(metrics.ASPIRE_BATCH_TASKS, spec.name, spec.version)
                 self.model = BatchedModel(
-                    self.model,
+                    loaded,
                     params,
                     lambda tasks, _padding: recorder.observe(
                         metrics.ASPIRE_BATCH_TASKS, labels, tasks
@@ -167,23 +169,25 @@ class LoadedVersion:
             )
 
     def work(self, method: str, payload: bytes) -> bytes:
-        """One call: method and request bytes in, the answer as replica_service.encode_answer."""
+        """One call: method and request bytes in, the answer as wire/direct.py encode_answer."""
         started = time.perf_counter()
         try:
             if method == "metadata":
                 return encode_answer("OK", self._metadata())
+            model = self._loaded()
             if method in V2_INFER:
-                answer = V2_INFER[method](self.model, payload, self.name, self.version)
+                answer = V2_INFER[method](model, payload, self.name, self.version)
                 self._runtime("Predict", started)
                 return encode_answer("OK", answer)
             if method == "v2_metadata":
-                return encode_answer("OK", v2_calls.metadata(self.model, self.name, self.version))
+                return encode_answer("OK", v2_calls.metadata(model, self.name, self.version))
+            text: str | bytes
             if method in REST_METHODS:
-                code, text = inference.handle_rest(self.model, method, tfs_json.parse_body(payload))
+                code, text = inference.handle_rest(model, method, tfs_json.parse_body(payload))
                 api = method.capitalize()
             else:
                 code, text = tfs_grpc_calls.handle(
-                    self.model, method, payload, self.name, self.version, self.spec.tensor_content
+                    model, method, payload, self.name, self.version, self.spec.tensor_content
                 )
                 api = method
             self._runtime(api, started)
@@ -204,11 +208,18 @@ class LoadedVersion:
                         "signature_name": "",
                         "version": str(self.version),
                     },
-                    "metadata": {"signature_def": inference.signature_metadata(self.model)},
+                    "metadata": {"signature_def": inference.signature_metadata(self._loaded())},
                 },
                 indent=1,
             ).encode("utf-8")
         return self._metadata_body
+
+    def _loaded(self) -> ServedModel:
+        """The model, which a call needs; gone once unloaded."""
+        model = self.model
+        if model is None:  # unloaded while the call waited (a shared host's grace ran out)
+            raise RuntimeError(f"{{name: {self.name} version: {self.version}}} is unloaded")
+        return model
 
     def unload(self) -> None:
         model, self.model = self.model, None
@@ -273,7 +284,7 @@ class ServableDeployment:
         self._pool = ThreadPoolExecutor(
             inference_threads(max_concurrency, batched), thread_name_prefix="aspire-infer"
         )
-        if data_key and self.load_error is None:  # the direct data path (replica_service.py)
+        if data_key and self.load_error is None:  # the direct data path (call_service.py)
             import ray
 
             try:
@@ -326,13 +337,15 @@ class ServableDeployment:
     # starve the batch), not on Serve's default path for sync methods, which measured slower.
     async def _answer(self, method: str, payload: bytes) -> bytes:
         """One call through Serve's handle: method and request bytes in, the answer encoded as
-        replica_service.encode_answer out."""
+        wire/direct.py encode_answer out."""
         if self.load_error is not None:
             return encode_answer(self.load_error.code, self.load_error.message)
+        loaded = self.loaded
+        assert loaded is not None  # a replica without a load error has its version
         self._ongoing += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.loaded.work, method, payload
+                self._pool, loaded.work, method, payload
             )
         finally:
             self._ongoing -= 1
@@ -340,15 +353,17 @@ class ServableDeployment:
     def _submit(self, method: str, payload: bytes, key: str = "") -> asyncio.Future:
         """A direct call (deployments/replica/call_service.py), on the service's loop: the future of
         its encoded answer. Cancelling it before the pool starts the work skips the work."""
-        loop = self._service.loop
+        loop = asyncio.get_running_loop()  # the service's
         if self.load_error is not None:
             future = loop.create_future()
             future.set_result(encode_answer(self.load_error.code, self.load_error.message))
             return future
+        loaded = self.loaded
+        assert loaded is not None  # a replica without a load error has its version
         self._calls["direct"] += 1
         self._direct_ongoing += 1
         self._ongoing += 1
-        future = loop.run_in_executor(self._pool, self.loaded.work, method, payload)
+        future = loop.run_in_executor(self._pool, loaded.work, method, payload)
         future.add_done_callback(self._direct_done)
         return future
 

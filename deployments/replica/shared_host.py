@@ -204,7 +204,7 @@ class HostDeployment:
     # ---- calls ------------------------------------------------------------------------------
     def _submit(self, method: str, payload: bytes, key: str = "") -> asyncio.Future:
         """A direct call (deployments/replica/call_service.py), on the service's loop."""
-        loop = self._service.loop
+        loop = asyncio.get_running_loop()  # the service's
         version = self._take(key)
         if version is None:
             future = loop.create_future()

@@ -44,7 +44,9 @@ def _keras_deferred():
     full, because the block is lifted as soon as TensorFlow is in."""
     blocked = "keras.src.optimizers" not in sys.modules
     if blocked:
-        sys.modules["keras.src.optimizers"] = None  # TF's try/except ImportError skips it
+        # TF's try/except ImportError skips it. None in sys.modules is the import system's
+        # documented "not importable" mark, which typeshed's dict[str, ModuleType] leaves out
+        sys.modules["keras.src.optimizers"] = None  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -129,8 +131,11 @@ class _Package(types.ModuleType):
                 state["_aspire_initialised"] = (
                     True  # a lookup from the init itself must not recurse
                 )
+                spec = self.__spec__  # TensorFlow's, from protos.bare_package
+                if spec is None or spec.loader is None:
+                    raise ImportError("tensorflow: the package has no loader")
                 with _keras_deferred():
-                    self.__spec__.loader.exec_module(self)
+                    spec.loader.exec_module(self)
         try:
             return state[name]
         except KeyError:

@@ -27,7 +27,7 @@ import numpy as np
 from core.errors import AspireError, failed_precondition, invalid_argument, unimplemented
 from deployments.replica import inference
 from deployments.replica.inference import DEFAULT_SIGNATURE
-from deployments.replica.loader import LoadedSavedModel
+from deployments.replica.loader import ServedModel
 from deployments.replica.tf_runtime import runtime
 from deployments.wire.tfs_requests import (
     SIGNATURE_DEF_FIELD,
@@ -228,7 +228,7 @@ def _output_aliases(signature, output_filter) -> list[str] | None:
 
 
 def predict(
-    model: LoadedSavedModel,
+    model: ServedModel,
     request: predict_pb2.PredictRequest,
     name: str,
     version: int,
@@ -291,7 +291,7 @@ def _fill_regressions(result, values) -> None:
 
 
 def classify(
-    model: LoadedSavedModel,
+    model: ServedModel,
     request: classification_pb2.ClassificationRequest,
     name: str,
     version: int,
@@ -309,7 +309,7 @@ def classify(
 
 
 def regress(
-    model: LoadedSavedModel, request: regression_pb2.RegressionRequest, name: str, version: int
+    model: ServedModel, request: regression_pb2.RegressionRequest, name: str, version: int
 ) -> regression_pb2.RegressionResponse:
     from tensorflow_serving.apis import regression_pb2
 
@@ -341,7 +341,7 @@ def _check_task_signature(fn, model, signature_name: str) -> None:
 
 
 def multi_inference(
-    model: LoadedSavedModel, request: inference_pb2.MultiInferenceRequest, name: str, version: int
+    model: ServedModel, request: inference_pb2.MultiInferenceRequest, name: str, version: int
 ) -> inference_pb2.MultiInferenceResponse:
     from tensorflow_serving.apis import inference_pb2
 
@@ -384,7 +384,7 @@ def multi_inference(
 
 # --------------------------------------------------------------------------------- GetModelMetadata
 def get_model_metadata(
-    model: LoadedSavedModel,
+    model: ServedModel,
     request: get_model_metadata_pb2.GetModelMetadataRequest,
     name: str,
     version: int,
@@ -416,7 +416,7 @@ def _methods() -> dict:
 
 
 def handle(
-    model: LoadedSavedModel,
+    model: ServedModel,
     method: str,
     request_bytes: bytes,
     name: str,

@@ -254,8 +254,9 @@ def _split(payload: bytes) -> tuple[dict, bytes]:
     return doc, binary
 
 
-def _input(signature, feeds: dict, name: str, alias: str, datatype: str, shape) -> list[int]:
-    """The shape of input `alias` once its name, datatype and shape pass the signature's checks."""
+def _input(signature, feeds: dict, name: str, alias: str, datatype: str | None, shape) -> list[int]:
+    """The shape of input `alias` once its name, datatype and shape pass the signature's checks
+    (a datatype that passes is the signature's, a str; None, missing, never passes)."""
     info = signature.inputs.get(alias)
     if info is None:
         raise invalid_argument(f"unexpected inference input '{alias}' for model '{name}'")
@@ -293,12 +294,14 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise invalid_argument("the infer request needs a non-empty 'inputs' list")
-    feeds, offset = {}, 0
+    feeds: dict = {}
+    offset = 0
     for item in inputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid_argument("every input needs a 'name'")
         alias, datatype = item["name"], item.get("datatype")
         shape = _input(signature, feeds, name, alias, datatype, item.get("shape"))
+        assert isinstance(datatype, str)  # _input refused any other
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -386,7 +389,7 @@ def _from_contents(contents, datatype: str, shape: list[int], alias: str) -> np.
         raise invalid_argument(
             f"input '{alias}': {len(values)} elements in '{field}' for shape {shape} ({count})"
         )
-    array = np.array(values, dtype=wide)
+    array: np.ndarray = np.array(values, dtype=wide)
     if datatype in ("INT8", "INT16", "UINT8", "UINT16"):
         narrow = array.astype(_numpy_type(datatype))
         if not np.array_equal(narrow, array):

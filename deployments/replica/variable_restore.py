@@ -45,7 +45,7 @@ def _captured_objects(meta_graph) -> dict[str, int]:
     call of a saved concrete function takes its captures as its last inputs, in the order of the
     function's `bound_inputs` (the object-graph nodes TF2's loader binds them to)."""
     functions = meta_graph.object_graph_def.concrete_functions
-    found = {}
+    found: dict[str, int] = {}
     for node in meta_graph.graph_def.node:
         if node.op not in ("StatefulPartitionedCall", "PartitionedCall"):
             continue

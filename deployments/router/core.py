@@ -29,6 +29,7 @@ from ray.serve.exceptions import BackPressureError
 from core import metrics
 from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError, invalid_argument, not_found
+from core.metrics_shipper import Shipper
 from deployments.router.replica_client import VersionApp
 from deployments.wire.direct import decode_answer
 from policies.traffic import TrafficSplit, effective_weights, pick
@@ -83,7 +84,7 @@ class RouterCore:
         self._timeout_s = timeout_s  # --rest_api_timeout_in_ms; None: no limit
         self._data_key = data_key
         self._id = router_id
-        self._shipper = metrics.Shipper(
+        self._shipper = Shipper(
             metrics.Recorder(),
             lambda deltas: ray.get(self._manager.apply_metrics.remote(deltas), timeout=10),
         )
@@ -154,7 +155,7 @@ class RouterCore:
 
     # ------------------------------------------------------------------------------ version calls
     async def call(self, address: VersionAddress, method: str, payload: bytes) -> bytes:
-        """Run `method` (replica_service.REST_METHODS / GRPC_METHODS) on one of the version's
+        """Run `method` (wire/direct.py REST_METHODS / GRPC_METHODS) on one of the version's
         replicas with the request's bytes; returns the answer's bytes or raises its AspireError.
 
         1. A replica that dies with the request (killed, crashed, stopping, or replaced after
@@ -200,9 +201,10 @@ class RouterCore:
         raise AssertionError("unreachable")
 
     def _timed_out(self) -> AspireError:
+        # Only a router with a timeout times calls out (a deadline exists only then)
+        after = "" if self._timeout_s is None else f" after {self._timeout_s * 1000:.0f} ms"
         return AspireError(
-            f"Request timed out after {self._timeout_s * 1000:.0f} ms (--rest_api_timeout_in_ms)",
-            "DEADLINE_EXCEEDED",
+            f"Request timed out{after} (--rest_api_timeout_in_ms)", "DEADLINE_EXCEEDED"
         )
 
     async def _direct_call(

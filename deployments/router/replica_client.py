@@ -16,7 +16,7 @@
    max_ongoing_requests) calls; its inference pool queues the excess.
 4. A replica that fails a call at the transport level (killed, stopping, unreachable) is
    skipped for `FAILED_SKIP_S` or until Serve's list changes; the router sends the call once
-   more (router_core.RouterCore.call).
+   more (deployments/router/core.py RouterCore.call).
 5. A replica that leaves Serve's list (drained, replaced, scaled down) keeps its connection
    until its last call from this router ends, then the connection is closed.
 
@@ -149,7 +149,8 @@ class ReplicaLink:
         asyncio.TimeoutError past `timeout_s`; either way, and when the caller is cancelled,
         the replica is told to drop the call."""
         conn = await self._connection()
-        if conn.closed:  # lost while this call waited for it to open
+        transport = conn.transport  # set once the connection is made, before _connection returns
+        if conn.closed or transport is None:  # lost while this call waited for it to open
             raise ConnectionError(f"connection to the replica at {self.host}:{self.port} closed")
         loop = asyncio.get_running_loop()
         self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
@@ -157,21 +158,17 @@ class ReplicaLink:
         conn.pending[call_id] = future
         if key:
             size = KEY_LENGTH.size + len(key) + len(payload)
-            conn.transport.write(
-                CALL_HEADER.pack(KEYED_CALL, call_id, METHOD_NUMBERS[method], size)
-            )
-            conn.transport.write(KEY_LENGTH.pack(len(key)) + key)
+            transport.write(CALL_HEADER.pack(KEYED_CALL, call_id, METHOD_NUMBERS[method], size))
+            transport.write(KEY_LENGTH.pack(len(key)) + key)
         else:
-            conn.transport.write(
-                CALL_HEADER.pack(CALL, call_id, METHOD_NUMBERS[method], len(payload))
-            )
-        conn.transport.write(payload)
+            transport.write(CALL_HEADER.pack(CALL, call_id, METHOD_NUMBERS[method], len(payload)))
+        transport.write(payload)
         timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
         try:
             return await future
         except BaseException:
             if conn.pending.pop(call_id, None) is not None and not conn.closed:
-                conn.transport.write(CALL_HEADER.pack(CANCEL, call_id, 0, 0))
+                transport.write(CALL_HEADER.pack(CANCEL, call_id, 0, 0))
             raise
         finally:
             if timer is not None:

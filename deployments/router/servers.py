@@ -18,10 +18,14 @@ import json
 import logging
 import socket
 import threading
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from config.options import HttpLimits
 from deployments.wire.direct import new_event_loop
+
+if TYPE_CHECKING:  # imported where they run, in _serve
+    import grpc.aio
+    import uvicorn
 
 log = logging.getLogger("aspire.ingress")
 
@@ -60,7 +64,7 @@ def guarded_http_protocol(limits: HttpLimits) -> type:
     class GuardedHttpProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
                 transport.write(too_many)
@@ -126,8 +130,8 @@ class Ingress:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._http = None
-        self._grpc = None
+        self._http: uvicorn.Server | None = None
+        self._grpc: grpc.aio.Server | None = None
         self._grpc_interceptors: tuple = ()
         self._http_limits = HttpLimits()
 
@@ -180,7 +184,7 @@ class Ingress:
         if grpc_port:
             import grpc
 
-            self._grpc = grpc.aio.server(
+            self._grpc = grpc_server = grpc.aio.server(
                 interceptors=self._grpc_interceptors,
                 options=[
                     ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
@@ -188,20 +192,21 @@ class Ingress:
                     ("grpc.so_reuseport", 1),
                 ],
             )
-            add_servicers(self._grpc)
+            add_servicers(grpc_server)
             address = f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
             try:
-                bound = self._grpc.add_insecure_port(address)
+                bound = grpc_server.add_insecure_port(address)
             except RuntimeError as exc:
                 bound, self._error = 0, OSError(f"cannot listen for gRPC on {address}: {exc}")
             if not bound:
                 self._error = self._error or OSError(f"cannot listen for gRPC on {address}")
                 self._ready.set()
                 return
-            await self._grpc.start()
+            await grpc_server.start()
         if rest_sock is None:  # gRPC only (--rest_api_port=0)
             self._ready.set()
-            await self._grpc.wait_for_termination()
+            if self._grpc is not None:
+                await self._grpc.wait_for_termination()
             return
         config = uvicorn.Config(
             asgi_app,
@@ -211,13 +216,16 @@ class Ingress:
             log_level="warning",
             proxy_headers=False,
             http=guarded_http_protocol(self._http_limits),
-            timeout_keep_alive=self._http_limits.idle_timeout_s,
+            # uvicorn annotates it int, but only hands it to loop.call_later (float seconds)
+            timeout_keep_alive=self._http_limits.idle_timeout_s,  # type: ignore[arg-type]
             server_header=False,
         )
-        self._http = uvicorn.Server(config)
-        self._http.install_signal_handlers = lambda: None  # not the main thread
-        serving = asyncio.ensure_future(self._http.serve(sockets=[rest_sock]))
-        while not self._http.started and not serving.done():
+        self._http = http_server = uvicorn.Server(config)
+        # Not the main thread: no signal handlers. uvicorn < 0.29 installs them unless this hook
+        # is replaced; later ones (which lack it) skip them off the main thread by themselves
+        http_server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+        serving = asyncio.ensure_future(http_server.serve(sockets=[rest_sock]))
+        while not http_server.started and not serving.done():
             await asyncio.sleep(0.01)
         self._ready.set()
         await serving

@@ -266,8 +266,8 @@ class RestApi:
             raise
         except Exception as exc:  # never a stack trace to the client
             log.exception("request %s %s failed", method, raw_path)
-            err = AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL")
-            code, status, body = err.code, err.http, error_body(err)
+            internal = AspireError(f"Internal error: {type(exc).__name__}", "INTERNAL")
+            code, status, body = internal.code, internal.http, error_body(internal)
         self.core.record(seen, "rest", code, time.perf_counter() - started)
         return status, JSON, body, []
 

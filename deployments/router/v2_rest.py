@@ -86,8 +86,8 @@ def parse_version(text: str) -> int | None:
 class V2Rest:
     def __init__(self, core: RouterCore, read_body, header) -> None:
         self.core = core
-        self._read_body = read_body  # the body under the REST limits, inflated (rest_api.py)
-        self._header = header  # rest_api.header: a request header's value, "" when absent
+        self._read_body = read_body  # the body under the REST limits, inflated (tfs_rest.py)
+        self._header = header  # tfs_rest.header: a request header's value, "" when absent
 
     async def dispatch(self, scope, receive, method: str, raw_path: str):
         """(status, content type, body, extra headers) of one /v2 request."""

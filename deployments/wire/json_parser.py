@@ -5,7 +5,7 @@ TF Serving parses request bodies with RapidJSON 1.1.0 (kParseIterativeFlag | kPa
 kParseStopWhenDoneFlag) and echoes values back through JsonValueToDebugString (PrettyWriter,
 single-line arrays, cut once 256 bytes are written). Clients see both in error messages, so this
 module reproduces them byte for byte:
-* `_parse_value(body)` returns the document as Python values (see json_tensor's contract) or raises
+* `_parse_value(body)` returns the document as Python values (see tfs_json's contract) or raises
   an AspireError `JSON Parse error: <RapidJSON message> at offset: <byte offset>` with RapidJSON's
   exact message and offset. Bodies that json.loads reads the same way take the C-speed path; the
   rest go through `_rj_parse`, a port of RapidJSON's iterative parser and number parsing.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import Any
 
 from core.errors import AspireError, invalid_argument
 from deployments.wire.json_writer import DBL_MAX
@@ -87,7 +88,7 @@ _SURROGATE = re.compile(
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 # Aspire's limit on how deeply arrays and objects nest (RapidJSON's iterative parser has none).
-# A tensor has at most 64 dimensions (json_tensor), plus the object and "instances"/"inputs"
+# A tensor has at most 64 dimensions (tfs_json), plus the object and "instances"/"inputs"
 # levels around it, so no valid request comes near; a 500,000-deep body (CVE-2025-0649's shape)
 # is refused after reading 256 brackets instead of being built.
 MAX_JSON_DEPTH = 256
@@ -145,6 +146,7 @@ def _rj_number(b: bytes, i: int):
 
     def digits_at(j):
         m = _DIGIT.match(b, j)
+        assert m is not None  # [0-9]* matches anywhere
         return m.group(), m.end()
 
     minus = pk(i) == 0x2D
@@ -227,7 +229,7 @@ def _rj_number(b: bytes, i: int):
         return (-mag if minus else mag), i
     if nan_inf:
         return d, i
-    value = int(int_digits)
+    value: float = int(int_digits)
     if (
         value > DBL_MAX
     ):  # no Python float holds it (float() raises); RapidJSON keeps the finite d accumulated above
@@ -251,7 +253,8 @@ def _rj_value(b: bytes, i: int):
 def _rj_parse(b: bytes, i: int):
     """GenericReader::IterativeParse with kParseStopWhenDoneFlag; returns the root value or
     raises."""
-    n, stack, state, root = len(b), [], _START, None
+    n, state, root = len(b), _START, None
+    stack: list[list[Any]] = []  # [container, state after it, pending object key] per level
 
     def ws(j):
         while j < n and b[j] in b" \t\n\r":
@@ -377,7 +380,9 @@ def _parse_value(body: bytes):
     if not _python_disagrees(body) and not _may_nest_too_deep(body):
         text = body[start:].decode("utf-8", "surrogateescape")
         try:
-            doc, _ = _DECODER.raw_decode(text, _WS.match(text).end())
+            blank = _WS.match(text)
+            assert blank is not None  # [ \t\n\r]* matches anywhere
+            doc, _ = _DECODER.raw_decode(text, blank.end())
             if type(doc) not in (
                 int,
                 float,

@@ -69,7 +69,8 @@ def _grisu2(value: float) -> tuple[str, int]:
     one_e = -(pe + ce + 64)
     delta, wp_w = wp - wm, wp - w
     p1, p2 = wp >> one_e, wp & ((1 << one_e) - 1)
-    kappa, digits = len(str(p1)), []
+    kappa = len(str(p1))
+    digits: list[int] = []
 
     def grisu_round(rest, ten_kappa, wp_w):
         while (

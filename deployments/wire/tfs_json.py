@@ -98,10 +98,11 @@ def _jtype(v) -> str:  # JsonTypeString
         return "Null"
     if v is True or v is False:
         return str(v)
-    return {dict: "Object", list: "Array", str: "String"}.get(type(v), "Number")
+    names: dict[type, str] = {dict: "Object", list: "Array", str: "String"}
+    return names.get(type(v), "Number")
 
 
-# -------------------------------------------------- parsing (RapidJSON emulation: rapidjson_compat)
+# -------------------------------------------------- parsing (RapidJSON emulation: json_parser)
 def parse_body(body: bytes) -> dict:
     """Parse a REST body as TF Serving does (see module docstring); the top level must be an
     object."""
@@ -253,7 +254,7 @@ def _to_array(flat: list, dims: list[int], dtype: str) -> np.ndarray:
     return arr.reshape(dims)
 
 
-_FAST = {
+_FAST: dict[str, tuple[type, set[type]]] = {
     "DT_FLOAT": (np.float64, {int, float}),
     "DT_DOUBLE": (np.float64, {int, float}),
     "DT_INT64": (np.int64, {int}),
@@ -271,7 +272,7 @@ def _fast_array(val, dims: list[int], dtype: str):
         return None
     np_type, allowed = _FAST[dtype]
     try:
-        arr = np.array(val, dtype=np_type)
+        arr: np.ndarray = np.array(val, dtype=np_type)
     except (ValueError, TypeError, OverflowError):
         return None
     if arr.shape != tuple(dims):
@@ -336,7 +337,9 @@ def _decode_rows(instances: list, inputs: dict) -> dict:
         arr = _fast_array(instances, [n] + _shape_of(instances[0]), inputs[names[0]].dtype)
         if arr is not None:
             return {names[0]: arr}
-    sizes, shapes, values = {}, {}, {}
+    sizes: dict[str, int] = {}
+    shapes: dict[str, list[int]] = {}
+    values: dict[str, list] = {}
     for i, elem in enumerate(instances):
         if objects:
             if not _is_element_object(elem):
@@ -417,10 +420,10 @@ def decode_predict_request(
 
 
 # ---------------------------------------------------------------- classify / regress request
-def _feature_values(
-    name: str, content
-) -> tuple[str | None, list]:  # AddValueToFeature over a scalar or list
-    kind, out = None, []
+def _feature_values(name: str, content) -> tuple[str | None, list[bytes | float | int]]:
+    """AddValueToFeature over a scalar or list."""
+    kind: str | None = None
+    out: list[bytes | float | int] = []
     for v in content if isinstance(content, list) else [content]:
         if v is None or isinstance(v, list) or (isinstance(v, dict) and not _is_b64(v)):
             raise invalid_argument(
