@@ -53,6 +53,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def prometheus_binary():
+    """Debian's prometheus (promtool beside it), installed on first use by
+    tests/support/prometheus.py. A fixture, so that the install (apt-get, up to 900 s on a slow
+    mirror) runs in setup: pytest-timeout times test functions only (pyproject.toml), and its
+    limit never stops apt-get half way through a package."""
+    from tests.support.prometheus import ensure_prometheus
+
+    return ensure_prometheus()
+
+
+@pytest.fixture(scope="session")
 def export_matrix(tmp_path_factory):
     """Every kind of tests/support/export_matrix.py, exported once per run (Keras and TF trace
     each model: seconds of CPU), for the loader's unit tests and the served matrix."""

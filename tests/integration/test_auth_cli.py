@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
 )
 
 from tests.integration.conftest import DATA, Served, free_port, wait_for
-from tests.integration.test_grpc_api import predict_request
+from tests.support.grpc_requests import predict_request
 
 pytestmark = pytest.mark.ray
 
@@ -117,7 +117,7 @@ def test_the_metrics_page_needs_the_token(server):
     assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, CHALLENGE)
     r = requests.get(server.url + METRICS, headers=bearer(TOKEN), timeout=30)
     assert r.status_code == 200 and "aspire_servable_state{" in r.text
-    # Routers ship their counts every SHIP_PERIOD_S (core/metrics.py): a count unchanged
+    # Routers ship their counts every SHIP_PERIOD_S (core/metrics_shipper.py): a count unchanged
     # over 3 periods has every earlier refusal in it.
     before = settled_refusals(server)
     requests.get(server.url + "/v1/models", timeout=30)  # one more refusal
@@ -139,7 +139,7 @@ def refusals(server) -> int:
 
 def settled_refusals(server, periods: int = 3) -> int:
     """The refusal count once it has stayed the same for `periods` shipping periods."""
-    from core.metrics import SHIP_PERIOD_S as period_s
+    from core.metrics_shipper import SHIP_PERIOD_S as period_s
 
     last, since = refusals(server), time.monotonic()
     deadline = since + 60

@@ -13,10 +13,12 @@ import time
 
 import pytest
 
+from tests.support.dashboards import dashboard_expressions
 from tests.support.exporter import TextExporter
 from tests.support.prometheus import PrometheusError, PrometheusServer
-from tests.unit.test_dashboards import dashboard_expressions
 
+# Prometheus is installed (on first use) in setup, outside the time limit (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("prometheus_binary")
 BUCKETS_S = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]
 BUCKETS_US = [1000, 5000, 10000, 50000, 100000]
 

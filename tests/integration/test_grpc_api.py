@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests.integration.conftest import wait_for
+from tests.support.grpc_requests import predict_request
 
 pytestmark = pytest.mark.ray
 
@@ -43,18 +44,6 @@ def predict_stub(channel):
 @pytest.fixture(scope="module")
 def model_stub(channel):
     return model_service_pb2_grpc.ModelServiceStub(channel)
-
-
-def predict_request(name="half_plus_two", x=(2.0,), **spec):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    for key, value in spec.items():
-        if key == "version":
-            request.model_spec.version.value = value
-        else:
-            setattr(request.model_spec, key, value)
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array(x, np.float32)))
-    return request
 
 
 def rpc_error(call, request) -> grpc.RpcError:

@@ -50,7 +50,7 @@ def test_labels_route_rest_and_grpc_and_follow_tf_serving_rules(aspire, model_di
         assert r.json()["model_spec"]["version"] == str(version)
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    from tests.integration.test_grpc_api import predict_request
+    from tests.support.grpc_requests import predict_request
 
     with grpc.insecure_channel(aspire.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

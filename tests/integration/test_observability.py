@@ -14,10 +14,11 @@ import pytest
 import requests
 
 from tests.integration.conftest import DATA, ClosedLoop, Served, free_port, wait_for
+from tests.support.dashboards import dashboard_expressions
 from tests.support.prometheus import PrometheusServer
-from tests.unit.test_dashboards import dashboard_expressions
 
-pytestmark = pytest.mark.ray
+# Prometheus is installed (on first use) in setup, outside the time limit (tests/conftest.py)
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("prometheus_binary")]
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_PATH = "/monitoring/prometheus/metrics"
 

@@ -49,13 +49,18 @@ def busy(aspire, tmp_path_factory):
     ray.get(aspire.manager.set_settings.remote({}))
 
 
-def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
+@pytest.fixture(scope="module")
+def burst(aspire, busy):
+    """50 requests at once at the busy version, then one client alone while it is still full.
+    Every test that needs the burst asks for this fixture, so each runs after one, alone too.
+    Returns (results, alone): results are (status, content type, body, seconds, i, ended) per
+    request; alone are (status, seconds, sent) per lone request."""
     url = f"{aspire.url}/v1/models/{busy}:predict"
     results, start = [], threading.Barrier(50)
 
     def one(i):
         session = requests.Session()
-        start.wait()
+        start.wait(60)
         sent = time.monotonic()
         r = session.post(
             url, json={"inputs": {"x": [float(i)], "sleep_ms": [SLEEP_MS]}}, timeout=120
@@ -65,7 +70,7 @@ def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
             (r.status_code, r.headers.get("content-type"), r.json(), ended - sent, i, ended)
         )
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(50)]
     for t in threads:
         t.start()
     # While the version is still full, one client alone: what a refusal costs without 49 other
@@ -83,6 +88,12 @@ def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
         alone.append((r.status_code, time.monotonic() - sent, sent))
     for t in threads:
         t.join(180)
+    assert not any(t.is_alive() for t in threads), "burst requests still unanswered after 180 s"
+    return results, alone
+
+
+def test_burst_past_the_queue_is_refused_at_once_with_429(burst):
+    results, alone = burst
     accepted = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] != 200]
     latencies = sorted(r[3] for r in refused)
@@ -127,7 +138,9 @@ def test_burst_past_the_queue_is_refused_at_once_with_429(aspire, busy):
     assert {code for code, _ in while_full} <= {429}
 
 
-def test_version_serves_normally_after_the_burst(aspire, busy):
+def test_version_serves_normally_after_the_burst(aspire, busy, burst):
+    results, _ = burst
+    assert sum(r[0] == 429 for r in results) > 0  # the burst did fill the version
     wait_for(
         lambda: (
             aspire.post(

@@ -23,6 +23,9 @@ from tests.support.prometheus import (
     prometheus_version,
 )
 
+# Prometheus is installed (on first use) in setup, outside the time limit (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("prometheus_binary")
+
 
 class Exporter(TextExporter):
     """Serves `harness_test_requests_total{code="200"} <value>` on /metrics, counting scrapes."""

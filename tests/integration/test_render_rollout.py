@@ -20,6 +20,8 @@ from tests.support.exporter import TextExporter
 from tests.support.prometheus import PrometheusServer
 
 pytest.importorskip("matplotlib")
+# Prometheus is installed (on first use) in setup, outside the time limit (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("prometheus_binary")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "cluster" / "grafana" / "render_rollout.py"
 RATE = 40.0  # requests/s, all versions together
@@ -115,7 +117,20 @@ def test_render_rollout_png(exporter, tmp_path):
         prom.wait_for_scrapes(n=9, timeout_s=30)  # 4 s of samples: full rate windows at `start`
         start = time.time() - 1.0
         exporter.start()
-        time.sleep(DURATION_S + 1.0)
+        # the whole rollout in Prometheus: a scrape taken at scenario time DURATION_S or later
+        # (v1 END since 9 s, v1's counter flat for a full rate window since 7 s)
+        rollout_over = exporter.t0 + DURATION_S
+        try:
+            prom.wait_for(
+                'max(timestamp(aspire_servable_state{model="m"}))',
+                lambda r: bool(r) and float(r[0]["value"][1]) >= rollout_over,
+                timeout_s=DURATION_S + 30.0,
+            )
+        except TimeoutError as exc:
+            pytest.fail(
+                f"Prometheus had no scrape of the exporter from after the {DURATION_S:g} s "
+                f"rollout ended, {DURATION_S + 30.0:g} s after it started: {exc}"
+            )
         end = time.time()
         rollout = render_rollout.render(
             prom.url, "m", start, end, str(out), step=0.25, rate_window="2s"

@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
 )
 
 from tests.integration.conftest import DATA, ClosedLoop, wait_for
-from tests.integration.test_grpc_api import predict_request
+from tests.support.grpc_requests import predict_request
 
 pytestmark = pytest.mark.ray
 

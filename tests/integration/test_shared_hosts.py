@@ -2,7 +2,8 @@
 hosts have two replicas (conftest.py): 50 versions in one shared host, each answering as its
 own model; a failed load in the host; an availability-preserving rollout inside the host under
 load; a version moved to dedicated placement under load; a host replica SIGKILLed under load;
-and the host closed once its last version is unloaded. Each test prints its figures."""
+and the host closed once its last version is unloaded (the fleet is then put back, for the tests
+that run after it). Each test prints its figures."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import DATA, ClosedLoop, wait_for
-from tests.integration.test_faults import alive_replica_pids, running_replicas
+from tests.integration.conftest import BASE_MODELS, DATA, ClosedLoop, wait_for
+from tests.support.replicas import alive_replica_pids, running_replicas
 
 pytestmark = pytest.mark.ray
 HALF_PLUS_TWO = DATA / "saved_model_half_plus_two_cpu" / "00000123"
@@ -229,12 +230,52 @@ def test_a_host_replica_killed_under_load_comes_back_with_every_version_and_fail
     assert all(aspire.states(n).get(1, ("",))[0] == "AVAILABLE" for n in names[1:])
 
 
+def settled_versions(aspire, name: str) -> dict[int, str]:
+    """`name`'s versions in a lasting state: AVAILABLE, or END after a failed load."""
+    return {
+        version: state
+        for version, (state, code) in aspire.states(name).items()
+        if state == "AVAILABLE" or (state == "END" and code != "OK")
+    }
+
+
 def test_unloading_every_shared_version_closes_the_host_and_frees_its_block(aspire, fleet):
+    # This test unloads the whole fleet the other tests share: whatever ran before it, it puts
+    # back every model it removed and waits until they are served as before (the same settled
+    # versions, in hosts with the same versions and replicas), so the tests after it, in any
+    # order, find the fleet as it was.
     names, _ = fleet
-    assert host_apps()
-    aspire.remove_added_models()
-    wait_for(lambda: not host_apps(), 300, 0.2, what="the shared host deleted")
-    described = describe(aspire)
-    assert described["shared_hosts"] == []
-    held = [h for n in described["resources"]["hosts"] for h in n["holders"]]
-    assert not [h for h in held if "host-" in h]
+    models = list(aspire.models)
+    added = [m.name for m in models if m.name not in BASE_MODELS]
+
+    def fleet_state():
+        return (
+            {n: settled_versions(aspire, n) for n in added},
+            sorted(
+                (h["versions"], running_replicas(h["app"]), len(alive_replica_pids(h["app"])))
+                for h in describe(aspire)["shared_hosts"]
+            ),
+        )
+
+    before = fleet_state()
+    try:
+        assert host_apps()
+        aspire.remove_added_models()
+        wait_for(lambda: not host_apps(), 300, 0.2, what="the shared host deleted")
+        described = describe(aspire)
+        assert described["shared_hosts"] == []
+        held = [h for n in described["resources"]["hosts"] for h in n["holders"]]
+        assert not [h for h in held if "host-" in h]
+    finally:
+        import ray
+
+        aspire.models = models
+        ray.get(aspire.manager.set_models.remote(models))
+        wait_for(
+            lambda: fleet_state() == before,
+            600,
+            0.5,
+            what=f"the {len(added)} removed models ({len(names)} fleet versions) served again "
+            "as before the test: the same AVAILABLE and failed versions, shared hosts with the "
+            "same versions and RUNNING/ALIVE replicas",
+        )

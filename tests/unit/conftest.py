@@ -10,6 +10,21 @@ from deployments.replica.loader import SavedModelLoader
 from tests.support.v2_models import export_every_type
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
+# pytest-timeout's limit for a unit test's function (pyproject.toml sets 600 s for the rest, and
+# times test functions only): nothing here starts Ray or a server process, so a unit test that
+# runs past 120 s on a loaded 2-core machine hangs. A test that runs a fresh interpreter (TF's
+# import: test_protos.py, test_memory.py) carries its own `timeout` marker, which wins; so does a
+# limit given for the run (`pytest --timeout=N`, or PYTEST_TIMEOUT).
+UNIT_TIMEOUT_S = 120
+
+
+def pytest_itemcollected(item):
+    """Called for the items under tests/unit only (a conftest's hook for its own directory)."""
+    for_the_run = item.config.getoption("timeout", None)
+    if for_the_run is None:
+        for_the_run = os.environ.get("PYTEST_TIMEOUT")
+    if item.get_closest_marker("timeout") is None and for_the_run is None:
+        item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")

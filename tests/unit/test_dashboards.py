@@ -1,13 +1,12 @@
 """The Grafana dashboard, Grafana provisioning and Prometheus configs under cluster/.
 
 Static checks only; tests/integration/test_dashboard_promql.py runs every dashboard expression
-(`dashboard_expressions()`) through a real Prometheus. `promtool check config` runs on the
-Prometheus configs where Debian's promtool is installed.
+(`dashboard_expressions()`, from tests/support/dashboards.py) through a real Prometheus.
+`promtool check config` runs on the Prometheus configs where Debian's promtool is installed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -17,56 +16,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-GRAFANA = ROOT / "cluster" / "grafana"
+from tests.support.dashboards import (
+    GRAFANA,
+    ROOT,
+    all_panels,
+    dashboard_expressions,
+    load_dashboard,
+    raw_expressions,
+    substitute,
+)
+
 PROMETHEUS = ROOT / "cluster" / "prometheus"
-DASHBOARD = GRAFANA / "aspire-version-rollout.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 METRICS_PATH = "/monitoring/prometheus/metrics"
-
-# Grafana variables -> values that make plain PromQL of the expressions, for a short test run.
-SUBSTITUTIONS = {
-    "__rate_interval": "30s",
-    "__interval": "15s",
-    "__range": "5m",
-    "model": ".*",  # every use is a regex match: model=~"$model"
-}
-_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
-
-
-def load_dashboard() -> dict:
-    with open(DASHBOARD) as f:
-        return json.load(f)
-
-
-def all_panels(dashboard: dict) -> list[dict]:
-    """Every panel, rows included, with the panels of collapsed rows."""
-    panels = []
-    for panel in dashboard.get("panels", []):
-        panels.append(panel)
-        panels.extend(panel.get("panels", []))
-    return panels
-
-
-def raw_expressions(dashboard: dict | None = None) -> list[str]:
-    dashboard = dashboard or load_dashboard()
-    return [t["expr"] for p in all_panels(dashboard) for t in p.get("targets", [])]
-
-
-def substitute(expr: str) -> str:
-    def value(m: re.Match) -> str:
-        name = m.group(1) or m.group(2) or m.group(3)
-        if name not in SUBSTITUTIONS:
-            raise KeyError(f"no substitution for Grafana variable ${name} in {expr!r}")
-        return SUBSTITUTIONS[name]
-
-    return _VARIABLE.sub(value, expr)
-
-
-def dashboard_expressions() -> list[str]:
-    """Every PromQL `expr` of the dashboard, Grafana variables replaced by plain values
-    ($__rate_interval -> 30s, $model -> .*), ready for Prometheus's /api/v1/query."""
-    return [substitute(e) for e in raw_expressions()]
 
 
 def yaml_files() -> list[Path]:
@@ -247,9 +209,9 @@ def test_ray_cluster_prometheus_config():
 
 
 @pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-ray-cluster.yml"])
+@pytest.mark.usefixtures("prometheus_binary")  # installed in setup, outside the time limit
 def test_promtool_check_config(name):
-    # promtool ships in Debian's `prometheus` package, installed here if missing
-    # (whatever ran first)
+    # promtool ships in Debian's `prometheus` package, installed if missing (whatever ran first)
     from tests.support.prometheus import ensure_prometheus
 
     binary = ensure_prometheus()

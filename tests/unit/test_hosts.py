@@ -5,6 +5,7 @@ recording backend."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -106,6 +107,20 @@ def test_a_restarted_manager_books_an_adopted_host_again_and_numbers_new_hosts_a
 
 
 # ------------------------------------------------------------------ the manifest registry
+def loaded_now(registry: HostRegistry, app: str, key: str) -> bool:
+    """Whether the host's live replicas hold `key` now. `wait_loaded` with a deadline already
+    past (whatever the registry's clock, a FakeTime one included, which moves only when a test
+    moves it) returns, raises the failure a replica reported, or raises DEADLINE_EXCEEDED on its
+    first check: it never waits."""
+    try:
+        registry.wait_loaded(app, key, -math.inf, lambda: None)
+    except AspireError as err:
+        if err.code != "DEADLINE_EXCEEDED":
+            raise
+        return False
+    return True
+
+
 def test_a_version_is_loaded_once_every_live_replica_reports_it():
     clock = FakeTime()
     registry = HostRegistry(clock=clock.clock)
@@ -118,7 +133,7 @@ def test_a_version_is_loaded_once_every_live_replica_reports_it():
         registry.wait_loaded("h", "1:m", clock.now - 1, lambda: None)
     assert err.value.code == "DEADLINE_EXCEEDED"
     registry.report("h", "r2", "1:m", None, False)
-    registry.wait_loaded("h", "1:m", clock.now + 10, lambda: None)
+    assert loaded_now(registry, "h", "1:m")
 
 
 def test_a_replica_that_stopped_calling_no_longer_holds_a_load_back():
@@ -126,11 +141,13 @@ def test_a_replica_that_stopped_calling_no_longer_holds_a_load_back():
     registry = HostRegistry(clock=clock.clock)
     registry.open()
     registry.put("h", "1:m", "spec")
-    registry.manifest("h", "dead", -1, 0)
-    clock.now += STALE_S + 1
+    epoch, _ = registry.manifest("h", "dead", -1, 0)
     registry.manifest("h", "r1", -1, 0)
     registry.report("h", "r1", "1:m", None, False)
-    registry.wait_loaded("h", "1:m", clock.now + 10, lambda: None)
+    assert not loaded_now(registry, "h", "1:m")  # "dead" is live still and lacks it
+    clock.now += STALE_S + 1  # "dead" never calls again; r1 goes on polling
+    assert registry.manifest("h", "r1", epoch, 0) is None
+    assert loaded_now(registry, "h", "1:m")
 
 
 def test_a_failed_load_in_the_host_raises_its_error_and_a_new_put_forgets_it():
@@ -139,8 +156,8 @@ def test_a_failed_load_in_the_host_raises_its_error_and_a_new_put_forgets_it():
     registry.put("h", "1:m", "spec")
     registry.manifest("h", "r1", -1, 0)
     registry.report("h", "r1", "1:m", AspireError("bad graph", "INVALID_ARGUMENT"), False)
-    with pytest.raises(AspireError, match="bad graph"):
-        registry.wait_loaded("h", "1:m", 1e18, lambda: None)
+    with pytest.raises(AspireError, match="bad graph"):  # the failure, before any deadline
+        registry.wait_loaded("h", "1:m", -math.inf, lambda: None)
     registry.put("h", "1:m", "spec")  # tried again: the old failure does not count
     with pytest.raises(AspireError) as err:
         registry.wait_loaded("h", "1:m", 0, lambda: None)
@@ -154,7 +171,9 @@ def test_the_manifest_long_poll_answers_a_change_at_once_and_nothing_until_open(
     registry.open()
     epoch, _ = registry.manifest("h", "r1", -1, 0)
     answers = []
-    poll = threading.Thread(target=lambda: answers.append(registry.manifest("h", "r1", epoch, 30)))
+    poll = threading.Thread(
+        target=lambda: answers.append(registry.manifest("h", "r1", epoch, 30)), daemon=True
+    )
     poll.start()
     registry.remove("h", "1:m")
     poll.join(10)
@@ -350,5 +369,6 @@ def test_a_replica_that_leaves_no_longer_holds_a_load_back():
     registry.manifest("h", "r1", -1, 0)
     registry.manifest("h", "r2", -1, 0)
     registry.report("h", "r1", "1:m", None, False)
+    assert not loaded_now(registry, "h", "1:m")  # r2 is live and lacks it
     registry.report("h", "r2", "", None, True)  # r2 is stopping (scaled down, deleted)
-    registry.wait_loaded("h", "1:m", 0, lambda: None)
+    assert loaded_now(registry, "h", "1:m")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deployments.replica.code_pages import clean_code_mappings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,8 @@ print(json.dumps({"before": before, "after": after, "dropped": dropped, "answer"
 """
 
 
+# a fresh interpreter, bounded at 300 s by subprocess.run: pytest-timeout's limit above it
+@pytest.mark.timeout(360)
 def test_a_process_that_dropped_its_code_pages_answers_the_same_with_less_resident():
     model = ROOT / "tests/data/saved_model_half_plus_two_cpu/00000123"
     run = subprocess.run(

@@ -529,7 +529,7 @@ def test_overflow_backstop_default_limit():
 
 
 def test_shipper_ships_periodically_and_keeps_deltas_when_sending_fails():
-    from core.metrics import Shipper
+    from core.metrics_shipper import Shipper
 
     store, recorder = MetricsStore(), Recorder()
     broken = threading.Event()
@@ -560,7 +560,7 @@ def test_shipper_ships_periodically_and_keeps_deltas_when_sending_fails():
 
 
 def test_a_shipment_whose_send_timed_out_after_arriving_counts_once():
-    from core.metrics import Shipper
+    from core.metrics_shipper import Shipper
 
     store, recorder = MetricsStore(), Recorder()
     sent = []

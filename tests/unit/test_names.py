@@ -133,17 +133,26 @@ def test_the_message_echoes_at_most_64_escaped_characters():
     print(f"message for a 309-character name: {len(err.value.message)} characters")
 
 
+def best_seconds(call, runs: int = 5) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def test_the_check_is_cheap_even_for_a_megabyte_name():
+    """The length is checked before any character is read: refusing a 1 MB name costs less
+    than one pass over it (`str.isprintable`, the check's first read of a name), measured in the
+    same run, best of 5 each, so a loaded machine slows both sides alike."""
     name = "a" * 1_000_000
-    started = time.perf_counter()
     assert why_invalid(name) == f"longer than {MAX_NAME_CHARS} characters"
-    valid_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(10_000):
-        why_invalid("half_plus_two")
-    per_name_us = (time.perf_counter() - started) / 10_000 * 1e6
+    refused_s = best_seconds(lambda: why_invalid(name))
+    one_read_s = best_seconds(name.isprintable)
+    per_name_s = best_seconds(lambda: why_invalid("half_plus_two"))
     print(
-        f"1 MB name refused in {valid_s * 1e6:.1f} us; "
-        f"a normal name checked in {per_name_us:.2f} us"
+        f"1 MB name refused in {refused_s * 1e6:.2f} us, one read of it {one_read_s * 1e6:.0f} us; "
+        f"a normal name checked in {per_name_s * 1e6:.2f} us"
     )
-    assert per_name_us < 100
+    assert refused_s < one_read_s

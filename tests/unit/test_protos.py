@@ -8,6 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+# a fresh interpreter each, bounded at 300 s by subprocess.run: pytest-timeout's limit above it
+pytestmark = pytest.mark.timeout(360)
 MODEL = str(
     Path(__file__).resolve().parents[1] / "data" / "saved_model_half_plus_two_cpu" / "00000123"
 )

@@ -168,9 +168,21 @@ def test_pick_rejects_draws_outside_unit_interval(u):
         pick(W, u)
 
 
-def test_pick_rejects_weights_with_no_positive_entry():
-    with pytest.raises(ValueError):
-        pick({}, 0.5)
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {},
+        {1: 0.0},  # one version, weight 0
+        {1: 0.0, 2: 0.0, 3: 0.0},  # all zero
+        {1: -0.5},  # negative: not a positive weight, skipped as 0 is
+        {1: -1.0, 2: 0.0},
+        {1: math.nan},  # NaN is not > 0 either
+    ],
+)
+@pytest.mark.parametrize("u", [0.0, 0.5, math.nextafter(1.0, 0.0)])
+def test_pick_rejects_weights_with_no_positive_entry(weights, u):
+    with pytest.raises(ValueError, match="^no version has a positive weight$"):
+        pick(weights, u)
 
 
 def test_pick_distributes_draws_by_weight_within_two_points():

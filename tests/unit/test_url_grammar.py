@@ -1,5 +1,5 @@
 """TF Serving's REST URL grammar and servable resolution
-(rest_api.parse_path / router_core.resolve)."""
+(tfs_rest.parse_path / RouterCore.resolve)."""
 
 import pytest
 

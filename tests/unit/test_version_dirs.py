@@ -6,6 +6,7 @@ and files; the atime of the files outside shows they are never read."""
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from core.errors import AspireError
@@ -91,12 +92,17 @@ def test_links_that_stay_inside_the_base_path_load(repo, tmp_path):
     os.symlink(base / ".staging-2", base / "2")  # publishing by link inside the repository
     shutil.copytree(HALF_PLUS_TWO, base / "3", ignore=shutil.ignore_patterns("variables"))
     os.symlink("../1/variables", base / "3" / "variables")  # sharing another version's weights
-    for version in ("1", "2", "3"):
-        loader = SavedModelLoader(str(base / version))
+    os.symlink(base, tmp_path / "linked")  # the base path itself reached through a link
+    x = {"x": np.array([[1.0], [5.0]], np.float32)}
+    for path in (base / "1", base / "2", base / "3", tmp_path / "linked" / "1"):
+        loader = SavedModelLoader(str(path))
         assert loader.estimate_resources().ram_bytes > 0
         assert "serving_default" in loader.validate()
-    os.symlink(base, tmp_path / "linked")  # the base path itself reached through a link
-    assert "serving_default" in SavedModelLoader(str(tmp_path / "linked" / "1")).validate()
+        loaded = loader.load()  # the weights read through the links: half_plus_two answers
+        try:
+            assert loaded.run("serving_default", x)["y"].tolist() == [[2.5], [4.5]], path
+        finally:
+            loaded.unload()
 
 
 @pytest.mark.parametrize("target", [".", "..", "../../1", "../.."])
