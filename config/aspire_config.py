@@ -36,8 +36,7 @@ Contract:
     estimated from the SavedModel (policies/admission.py `replica_need`).
   - "placement": "dedicated" (default: each version runs in replicas of its own) or "shared"
     (each version loads into a shared host that holds many; cluster/host_admission.py). A shared
-    model
-    takes its replicas, request limits and health checks from its host, so "num_replicas",
+    model takes its replicas, request limits and health checks from its host, so "num_replicas",
     "autoscaling", "max_ongoing_requests", "max_queued_requests" and the health-check keys
     are refused beside it.
 - Unknown keys anywhere, and a key repeated in one object, are errors: a typo must never be

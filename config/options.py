@@ -86,8 +86,7 @@ class ReplicaOptions:
     # the cluster's state; "" turns the direct path off (every call takes Serve's handle).
     data_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     # The block one shared host books ("placement": "shared", cluster/host_admission.py): host RAM,
-    # and
-    # VRAM on one GPU for a GPU host; the versions in the host share it.
+    # and VRAM on one GPU for a GPU host; the versions in the host share it.
     shared_host_ram_bytes: int = 4 * 1024**3
     shared_host_vram_bytes: int = 8 * 1024**3
     # Replicas of each shared host, all on its node (and GPU); each holds every version in it

@@ -20,8 +20,7 @@ class VersionAddress:
     counts; calls are spread over them in that proportion. `max_queued_requests`: calls a router
     may hold for it while its replicas are full (-1: no limit). `key`: the version's servable
     key in a shared host, sent with every call (deployments/replica/shared_host.py); "" for a
-    version that has
-    its own replicas."""
+    version that has its own replicas."""
 
     apps: tuple[tuple[str, int], ...]
     max_queued_requests: int = 1000

@@ -198,9 +198,8 @@ def place(
 @dataclass(frozen=True)
 class HostSlot:
     """A shared host (deployments/replica/shared_host.py) as admission sees it: its Serve
-    application, where
-    its block is booked (`placement`: the block's node, GPU and sizes; None without admission)
-    and its replica count. Each replica of the host holds every version in it."""
+    application, where its block is booked (`placement`: the block's node, GPU and sizes; None
+    without admission) and its replica count. Each replica of the host holds every version in it."""
 
     app: str
     placement: Placement | None

@@ -4,8 +4,8 @@ Lives in the manager actor's process, beside ServeBackend (cluster/backend/serve
 puts a version in a host's manifest and then waits here until the host's replicas have loaded
 it (`wait_loaded`), or removes it and waits until they dropped it (`wait_gone`). Host replicas
 (deployments/replica/shared_host.py) long-poll `manifest` and call `report` after each load and
-unload; the
-manager actor forwards both calls (cluster/manager_actor.py `host_manifest`, `host_report`).
+unload; the manager actor forwards both calls (cluster/manager_actor.py `host_manifest`,
+`host_report`).
 
 A replica counts as live while it polled or reported within `STALE_S`, until it says it leaves
 (a report with an empty key). A version is loaded in a

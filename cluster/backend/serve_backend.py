@@ -6,8 +6,8 @@ share a (node, GPU) form one application, pinned to its node, running `ServableD
 applications are RUNNING and a replica of each has answered a call; a replica whose load failed
 answers with its AspireError, which `load` raises. A shared version (`load_shared`) goes into
 a shared host's manifest (cluster/backend/host_registry.py), the host's application created here
-the first time (deployments/replica/shared_host.py). Deleting applications:
-cluster/backend/serve_state.py.
+the first time (deployments/replica/shared_host.py). Deleting
+applications: cluster/backend/serve_state.py.
 """
 
 from __future__ import annotations

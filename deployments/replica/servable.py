@@ -235,11 +235,10 @@ def load_failure(exc: BaseException) -> AspireError:
 
 
 def close_replica(replica) -> None:
-    """A replica going away (ServableDeployment, deployments/replica/shared_host.py
-    HostDeployment): its call
-    service lets the calls in flight finish (routers stopped picking it), its metrics are shipped
-    a last time, its inference pool stops. Attributes a failed constructor never set are
-    skipped."""
+    """A replica going away (ServableDeployment, or deployments/replica/shared_host.py
+    HostDeployment): its call service lets the calls in flight finish (routers stopped picking
+    it), its metrics are shipped a last time, its inference pool stops. Attributes a failed
+    constructor never set are skipped."""
     service = getattr(replica, "_service", None)
     if service is not None:
         service.stop(replica._shutdown_grace_s)

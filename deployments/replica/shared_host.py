@@ -1,18 +1,16 @@
 """A shared host: one Ray Serve replica that holds many loaded versions ("placement": "shared").
 
 Each version in a host is a `LoadedVersion` (deployments/replica/servable.py) with its own TF
-session,
-batching, warmup, metadata and metric labels, exactly as in a dedicated replica; the host adds
-one process, one inference pool, one call service and one metrics shipper for all of them.
+session, batching, warmup, metadata and metric labels, exactly as in a dedicated replica; the host
+adds one process, one inference pool, one call service and one metrics shipper for all of them.
 
 Contract:
 - What a host holds is its *manifest*, kept by the manager (cluster/backend/host_registry.py):
-servable
-  key -> VersionSpec. A host replica reads it in its constructor and loads every version in it
-  before it returns, so Serve routes nothing to a replica that is still loading (a restart, a
-  scale-up, a replacement after a SIGKILL all start this way). Then a thread long-polls the
-  manifest and follows it: new keys are loaded, removed keys unloaded, one at a time, while the
-  other versions keep answering.
+  servable key -> VersionSpec. A host replica reads it in its constructor and loads every
+  version in it before it returns, so Serve routes nothing to a replica that is still loading
+  (a restart, a scale-up, a replacement after a SIGKILL all start this way). Then a thread
+  long-polls the manifest and follows it: new keys are loaded, removed keys unloaded, one at a
+  time, while the other versions keep answering.
 - After each load or unload the replica reports it (`host_report`): the manager calls a version
   AVAILABLE only once every live replica of the host has loaded it, and a failed load ends that
   version only (END with TF's error); the host and its other versions are untouched.

@@ -4,9 +4,8 @@ TF Serving loads a SavedModel's MetaGraph into a session and restores its variab
 checkpoint by name. Keras 3 models saved with `tf.saved_model.save` read resource variables that
 this restore does not fill; TF Serving then fails every predict with "Could not find variable".
 `restore_signature_variables` (called by deployments/replica/loader.py after TF's restore) finds
-each
-variable the signatures read, fills the empty ones from the checkpoint through its object graph,
-and fails the load if any would still be read without a value.
+each variable the signatures read, fills the empty ones from the checkpoint through its object
+graph, and fails the load if any would still be read without a value.
 """
 
 from __future__ import annotations

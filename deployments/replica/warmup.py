@@ -7,8 +7,7 @@ Contract (TF Serving's saved_model_warmup{,_util}.cc, session path):
 2. Records are read and replayed one at a time, in file order. Each record's `predict_log`,
    `classify_log`, `regress_log` or `multi_inference_log` request (only `.request` is used) runs
    `num_request_iterations` times (values <= 0 mean 1) through deployments.replica.tfs_grpc_calls,
-   so it takes
-   exactly the path a client request takes. A record with no log type is skipped.
+   so it takes exactly the path a client request takes. A record with no log type is skipped.
 3. `session_run_log` and `predict_streamed_log` fail with UNIMPLEMENTED
    `Unsupported log_type for warmup: <n>`, n being the oneof case number TF Serving prints
    (the field number: 5 and 7).

@@ -1,8 +1,7 @@
 """The router's protocol-neutral core: what every request needs, whichever API it came in on.
 
 REST (deployments/router/tfs_rest.py) and gRPC (deployments/router/tfs_grpc.py) are thin adapters
-around one
-`RouterCore`, which
+around one `RouterCore`, which
 1. follows the manager's serving map (a long poll on its own thread; each poll acknowledges the
    epoch applied, which lets the manager delete an unloaded version's deployment only after no
    router can still pick it), held as a typed `ServingMap` swapped by one reference assignment;

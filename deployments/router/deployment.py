@@ -2,13 +2,10 @@
 
 Each replica holds one `RouterCore` (deployments/router/core.py: serving map, resolve, calls to
 versions, manager calls, metrics) and serves TF Serving's REST API (deployments/router/tfs_rest.py)
-and
-gRPC API (deployments/router/tfs_grpc.py) around it, with the Open Inference Protocol's REST routes
-(deployments/router/v2_rest.py) and gRPC service (deployments/router/v2_grpc.py) beside them, on
-its own HTTP
-and gRPC servers (deployments/router/servers.py). Serve places, health-checks and restarts the
-routers;
-its proxy is off.
+and gRPC API (deployments/router/tfs_grpc.py) around it, with the Open Inference Protocol's REST
+routes (deployments/router/v2_rest.py) and gRPC service (deployments/router/v2_grpc.py) beside them,
+on its own HTTP and gRPC servers (deployments/router/servers.py). Serve places, health-checks and
+restarts the routers; its proxy is off.
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ Wire contract, shared by both sides (this module holds its constants and codecs)
    cancel is `CALL_HEADER` with frame type 2 and no payload; an answer is `ANSWER_HEADER`
    (call id, length) and the answer. A keyed call (frame type 3, for a shared host that holds
    many versions, deployments/replica/shared_host.py) is a call whose payload starts with a 2-byte
-   length and
-   the servable key (`servable_key(name, version)`), then the request bytes. Integers are
+   length and the servable key (`servable_key(name, version)`), then the request bytes. Integers are
    big-endian.
 3. Methods (`METHODS`, numbered by position): the REST verbs (`predict`, `classify`,
    `regress`) take the REST body as the client sent it (JSON) and answer the JSON body;

@@ -1,6 +1,5 @@
 """The direct data path (deployments/replica/call_service.py, replica_client.py): predictions go
-from
-the router to the version replica's own call service, not through a Serve handle; the replica's
+from the router to the version replica's own call service, not through a Serve handle; the replica's
 port answers nothing without the cluster's data-plane key; bodies near the REST limit and gRPC
 messages far past the 4 MB cap of Serve's own replica transport cross it whole."""
 

@@ -13,8 +13,8 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 # pytest-timeout's limit for a unit test's function (pyproject.toml sets 600 s for the rest, and
 # times test functions only): nothing here starts Ray or a server process, so a unit test that
 # runs past 120 s on a loaded 2-core machine hangs. A test that runs a fresh interpreter (TF's
-# import: test_protos.py, test_memory.py) carries its own `timeout` marker, which wins; so does a
-# limit given for the run (`pytest --timeout=N`, or PYTEST_TIMEOUT).
+# import: test_protos.py, test_code_pages.py) carries its own `timeout` marker, which wins; so
+# does a limit given for the run (`pytest --timeout=N`, or PYTEST_TIMEOUT).
 UNIT_TIMEOUT_S = 120
 
 

@@ -1,6 +1,6 @@
 """Bearer-token authentication (deployments/router/auth.py): token files, digests, the header
-check, the
-admin rule, the CLI flags, and the gRPC interceptor on a real in-process grpc.aio server."""
+check, the admin rule, the CLI flags, and the gRPC interceptor on a real in-process grpc.aio
+server."""
 
 import asyncio
 import hashlib

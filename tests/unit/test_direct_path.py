@@ -1,7 +1,7 @@
 """The direct data path without Ray: the replica's call service and the router's links over real
 loopback TCP (deployments/replica/call_service.py, replica_client.py), the router's per-replica
-limits
-and queue (VersionApp, with a stand-in for Serve's replica list), and the gRPC ModelSpec scan."""
+limits and queue (VersionApp, with a stand-in for Serve's replica list), and the gRPC ModelSpec
+scan."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Shared hosts without Ray: admission inside hosts (cluster/host_admission.py), the manifest
-registry the
-host replicas follow (cluster/backend/host_registry.py), and the manager driving both through a
-recording backend."""
+registry the host replicas follow (cluster/backend/host_registry.py), and the manager driving both
+through a recording backend."""
 
 from __future__ import annotations
 

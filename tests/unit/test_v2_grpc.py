@@ -1,6 +1,5 @@
 """The Open Inference Protocol's gRPC messages (deployments/wire/v2_protos.py) against the
-protocol's
-published ones (tritonclient's `service_pb2`), and ModelInfer inside a replica
+protocol's published ones (tritonclient's `service_pb2`), and ModelInfer inside a replica
 (`v2_calls.grpc_infer`) on real SavedModels without Ray, with requests built and answers read
 by tritonclient's own gRPC helpers."""
 

@@ -1,6 +1,5 @@
 """What a version directory may hold before the loader reads it (deployments/replica/loader.py): no
-link
-out of the model's base path, and a SavedModel rather than Keras files. Real directories, links
+link out of the model's base path, and a SavedModel rather than Keras files. Real directories, links
 and files; the atime of the files outside shows they are never read."""
 
 import os

@@ -1,7 +1,6 @@
 """Dropping clean library code pages (deployments/replica/code_pages.py): only read-only,
-executable, unmodified
-file mappings are chosen; a process that drops them after loading a SavedModel answers exactly
-as before, with a smaller resident set."""
+executable, unmodified file mappings are chosen; a process that drops them after loading a
+SavedModel answers exactly as before, with a smaller resident set."""
 
 import json
 import subprocess
