@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cluster.manager import Manager  # noqa: E402
 from cluster.reservations import Reservations  # noqa: E402
+from core.deployed import Deployed  # noqa: E402
 from policies.admission import Gpu, Need  # noqa: E402
 
 GIB = 1024**3
@@ -37,9 +38,9 @@ class FakeBackend:
         return Need(vram_bytes=100 * 2**20, ram_bytes=200 * 2**20), 1
 
     def load(self, name, version, path, placements=None):
-        return {"apps": [[f"{name}-{version}", 1]], "placements": []}
+        return Deployed(apps=((f"{name}-{version}", 1),))
 
-    def unload(self, name, version, where):
+    def unload(self, deployed):
         pass
 
 

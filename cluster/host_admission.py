@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cluster.reservations import Reservations
+from core.deployed import Deployed
 from core.names import APP_PREFIX
 from core.units import format_bytes
 from policies.admission import (
@@ -134,18 +135,18 @@ class HostBook:
                 self._book.release(f"{app}#{i}")
         return app
 
-    def restore(self, servable: str, where: dict, need: Need, device: str) -> None:
+    def restore(self, servable: str, deployed: Deployed, need: Need, device: str) -> None:
         """A restarted manager adopts a shared version: its host is booked again as it was."""
-        app = where["host"]
+        app = deployed.host
         host = self._hosts.get(app)
         if host is None:
-            first = (where.get("placements") or [{}])[0]
+            first = deployed.placements[0] if deployed.placements else None
             block = self._block(device)
             placement = None
-            if self._book is not None and first.get("node_id"):
-                gpu = first.get("gpu")
+            if self._book is not None and first is not None and first.node_id:
+                gpu = first.gpu
                 placement = Placement(
-                    first["node_id"],
+                    first.node_id,
                     gpu,
                     block.vram_bytes if gpu is not None else 0,
                     block.ram_bytes,

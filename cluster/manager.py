@@ -26,13 +26,15 @@ Contract:
   live router has had the time to poll (publisher.router_grace_s) and has acknowledged the
   current map.
 
-The backend that creates and deletes deployments is injected (cluster/backend/serve_backend.py in
+Parts, each its own object: the loader harness (cluster/harness.py: admission, loads, unloads,
+moves), the stream events it reports through (cluster/manager_events.py, which also writes the
+journal), the publisher of the serving map (cluster/publisher.py). The backend that creates and
+deletes deployments is injected (cluster/backend/interface.py; cluster/backend/serve_backend.py in
 production), so this logic is unit-tested without Ray.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -40,20 +42,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from cluster import manager_state, plan, recovery, status
-from cluster.harness import PROGRESS_PERIOD_S, Backend, LoaderHarness
+from cluster.backend.interface import Backend
+from cluster.harness import PROGRESS_PERIOD_S, LoaderHarness
 from cluster.journal import Journal
-from cluster.manager_state import (
-    StateStore,
-    Stream,
-    VersionRecord,
-    dumps,
-    loads,
-    stream_doc,
-)
+from cluster.manager_events import StreamEvents
+from cluster.manager_state import StateStore, Stream, VersionRecord, loads
 from cluster.publisher import ROUTER_POLL_S, Publisher
 from cluster.reservations import Reservations
 from core import metrics
 from core.contracts import ServingMap
+from core.deployed import Deployed
 from policies.lifecycle import ASPIRED_VERSION_POLICIES, Action, HarnessState
 
 log = logging.getLogger("aspire.manager")
@@ -81,7 +79,6 @@ class Manager:
         self._backend = backend
         self._metrics = recorder or metrics.Recorder()  # load and admission metrics
         self._book = book  # None: no admission (every version is loaded as asked)
-        self._measured_vram: dict[str, dict[int, int]] = {}  # peak seen after a real GPU load
         self._streams: dict[str, Stream] = {}
         self._labels: dict[str, dict[str, int]] = {}  # model -> label -> version
         self._traffic: dict[str, tuple] = {}  # model -> ((label or version, weight), ...)
@@ -91,9 +88,10 @@ class Manager:
         # retries when given (None: a retry wait ends early once its version is unaspired)
         self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
         self._in_flight = 0
-        # persistence (None: nothing survives this object); lock order: _store_lock, then _lock
-        self._journal = None if store is None else Journal(store, state_prefix)
-        self._publisher = Publisher(
+        # persistence (None: nothing survives this object). Lock order: the journal's lock, or
+        # the admission lock (cluster/admission.py), before _lock, never after it.
+        self.journal = None if store is None else Journal(store, state_prefix)
+        self.publisher = Publisher(
             self._changed,
             store=store,
             ceiling_key=f"{state_prefix}epoch",
@@ -104,13 +102,15 @@ class Manager:
             clock=clock,
             sleep=sleep or time.sleep,
         )
-        self._harness = LoaderHarness(
+        # what the load threads change in the streams goes through here, and into the journal
+        self.events = StreamEvents(
+            self._streams, self._changed, self.journal, self.publisher, self._measured
+        )
+        self.harness = LoaderHarness(
             backend,
-            self,
-            self._changed,
+            self.events,
             book,
             self._metrics,
-            self._measured_vram,
             max_num_load_retries,
             load_retry_interval_s,
             clock,
@@ -175,9 +175,9 @@ class Manager:
                 self._changed.notify_all()
                 self._pool.submit(self._run_action, stream, action)
                 started += 1
-            moves = self._harness.mover.refused
+            moves = self.harness.admission.refused_moves
             for stream, record in plan.misplaced(
-                self._streams.values(), self._harness.shared, moves
+                self._streams.values(), self.harness.shared, moves
             ):
                 stream.busy = True
                 self._in_flight += 1
@@ -187,7 +187,7 @@ class Manager:
 
     def _move(self, stream: Stream, record: VersionRecord) -> None:
         try:
-            self._harness.mover.move(stream, record)
+            self.harness.mover.move(stream, record)
         except Exception:  # a bug here must not wedge the stream
             log.exception("moving %s %d failed unexpectedly", stream.name, record.version)
         finally:
@@ -199,9 +199,9 @@ class Manager:
     def _run_action(self, stream: Stream, action: Action) -> None:
         try:
             if action.kind == "load":
-                self._harness.load(stream, stream.versions[action.version])
+                self.harness.load(stream, stream.versions[action.version])
             else:
-                self._harness.unload(stream, stream.versions[action.version])
+                self.harness.unload(stream, stream.versions[action.version])
         except Exception:  # a bug here must not wedge the stream
             log.exception("action %s on %s failed unexpectedly", action, stream.name)
         finally:
@@ -211,21 +211,9 @@ class Manager:
                 self._changed.notify_all()
 
     def capacity_changed(self, reason: str) -> None:
-        """Capacity may have grown (inventory refreshed, node added): retry refused versions."""
-        with self._lock:
-            self._capacity_changed(reason)
-
-    def _capacity_changed(self, reason: str) -> None:
-        self._harness.mover.refused.clear()  # a refused move may fit now
-        for stream, record in plan.refused_to_retry(self._streams.values()):
-            log.info(
-                "Retrying servable %s, refused for insufficient resources: %s",
-                plan.servable_id(stream.name, record.version),
-                reason,
-            )
-            stream.versions[record.version] = VersionRecord(record.version, record.path)
-            self.touch(stream)
-        self._changed.notify_all()
+        """Capacity may have grown (inventory refreshed, node added): retry refused versions
+        and refused moves."""
+        self.harness.capacity_changed(reason)
 
     def nodes_lost(self, node_ids: set[str]) -> list[str]:
         """Ray nodes left the cluster. Each AVAILABLE version with a replica on one of them is
@@ -253,7 +241,7 @@ class Manager:
 
     def _replace(self, stream: Stream, record: VersionRecord) -> None:
         try:
-            self._harness.replace(stream, record)
+            self.harness.replace(stream, record)
         except Exception:
             log.exception("re-placing %s %d failed unexpectedly", stream.name, record.version)
         finally:
@@ -277,7 +265,7 @@ class Manager:
 
     # ---- serving map and routers ------------------------------------------------------------
     def _publish(self) -> None:
-        self._publisher.publish()
+        self.publisher.publish()
 
     def serving_map(self) -> ServingMap:
         """The READY versions and where they run, labels, traffic splits and every known
@@ -287,8 +275,8 @@ class Manager:
                 self._streams,
                 self._labels,
                 self._traffic,
-                self._publisher.epoch,
-                self._publisher.poll_s,
+                self.publisher.epoch,
+                self.publisher.poll_s,
             )
 
     def wait_for_serving_map(
@@ -296,7 +284,7 @@ class Manager:
     ) -> ServingMap | None:
         """Long poll: acknowledges `known_epoch` for `router_id`; returns the map once it is
         newer, None after `timeout_s` without a newer one."""
-        if not self._publisher.wait_for_newer(known_epoch, router_id, timeout_s):
+        if not self.publisher.wait_for_newer(known_epoch, router_id, timeout_s):
             return None
         return self.serving_map()
 
@@ -338,9 +326,9 @@ class Manager:
             if new != self._labels:
                 self._labels = new
                 self._publish()
-            epoch = self._publisher.epoch
+            epoch = self.publisher.epoch
         if wait_for_routers:
-            self._publisher.wait_for_routers(epoch)
+            self.publisher.wait_for_routers(epoch)
 
     # ---- status -----------------------------------------------------------------------------
     def model_status(self, name: str, version: int | None = None) -> list[dict]:
@@ -391,66 +379,37 @@ class Manager:
 
     def shared_hosts(self) -> list[dict]:
         """The open shared hosts: block, use and versions (cluster/host_admission.py)."""
-        return self._harness.hosts()
+        return self.harness.hosts()
 
-    def versions_where(self) -> list[tuple[str, int, dict]]:
+    def deployed(self) -> list[tuple[str, int, Deployed]]:
+        """(model, version, where it runs) of every version whose deployment exists."""
         with self._lock:
             return [
-                (s.name, r.version, r.where)
+                (s.name, r.version, r.deployed)
                 for s in self._streams.values()
                 for r in s.versions.values()
-                if r.where is not None
+                if r.deployed is not None
             ]
 
-    # ---- the journal (cluster/journal.py) and the restore ------------------------------------
+    # ---- the journal (cluster/journal.py, written by cluster/manager_events.py) and restore --
+    def _measured(self, name: str) -> dict[int, int]:
+        return self.harness.admission.measured(name)
+
     def touch(self, stream: Stream) -> None:
         """`stream` changed: the next flush writes its key (callers hold the lock)."""
-        if self._journal is not None:
-            self._journal.touch(stream.name)
+        self.events.touch(stream)
 
     def flush_state(self, stream: Stream | None = None) -> int:
         """Write the key of every stream changed since the last flush (of `stream` only, when
         given); returns how many were written. Called every 100 ms by the manager actor, and by
         the load threads before they create or delete a deployment. A failed write is logged
         and tried again by the next flush."""
-        if self._journal is None:
-            return 0
-        with self._journal.lock:
-            return self._flush_locked(stream)
-
-    def commit_ready(self, stream: Stream, record: VersionRecord, fields: dict) -> None:
-        """A load succeeded: store `record` with `fields` (its READY state and where it runs),
-        then set them and publish the version to the routers. Stored AVAILABLE before any router
-        can see it: a restarted manager then never deletes a deployment that a router may still
-        route to without the grace wait."""
-        with self._journal.lock if self._journal is not None else contextlib.nullcontext():
-            self._flush_locked(stream, ready=(record, fields))
-            with self._lock:
-                for attribute, value in fields.items():
-                    setattr(record, attribute, value)
-                self._publish()
+        return self.events.flush_state(stream)
 
     def wait_for_routers(self) -> None:
         """Block until every live router has acknowledged the current serving map (or the
         acknowledgement timeout passed)."""
-        with self._lock:
-            epoch = self._publisher.epoch
-        self._publisher.wait_for_routers(epoch)
-
-    def _flush_locked(
-        self, stream: Stream | None = None, ready: tuple[VersionRecord, dict] | None = None
-    ) -> int:
-        """Callers hold the journal's lock. `ready`: (record of `stream`, fields) writes the
-        record with `fields` set, before they are set in memory."""
-        if self._journal is None:
-            return 0
-        with self._lock:
-            names = self._journal.take(None if stream is None else stream.name)
-            docs = {
-                name: dumps(stream_doc(self._streams[name], self._measured_vram, ready))
-                for name in names
-            }
-        return self._journal.write(docs)
+        self.events.wait_for_routers()
 
     def restore(self, list_apps: Callable[[], set[str]], app_prefix: Callable[[str], str]) -> dict:
         """Carry on from a manager that died, from what it stored (cluster/recovery.py has the
@@ -463,27 +422,22 @@ class Manager:
         fetches the restored map at its next poll. Returns {"models", "adopted", "dropped",
         "orphans"} counts.
         """
-        assert self._journal is not None, "restore() needs a store"
-        docs, ceiling = self._journal.read()
+        assert self.journal is not None, "restore() needs a store"
+        docs, ceiling = self.journal.read()
         plan = recovery.plan_restore(docs, set(list_apps()), app_prefix)
+        self.harness.admission.restore_measured(plan.measured_vram)
+        adopted = {id(r) for r in plan.adopted}
+        for stream in plan.streams:  # booked again exactly where they run, hosts included
+            for record in stream.versions.values():
+                if id(record) in adopted:
+                    self.harness.adopt(stream, record)
         with self._lock:
             self._list_apps, self._app_prefix = list_apps, app_prefix
             self._streams.update((s.name, s) for s in plan.streams)
-            self._measured_vram.update(plan.measured_vram)
-            for record in plan.adopted:
-                self._rebook(record)
-            adopted = {id(r) for r in plan.adopted}
-            for stream in plan.streams:  # shared versions go back into their hosts' books
-                for record in stream.versions.values():
-                    if id(record) in adopted and (record.where or {}).get("host"):
-                        self._harness.restore_shared(stream, record)
-                        adopt = getattr(self._backend, "adopt", None)
-                        if adopt is not None:
-                            adopt(stream.name, record.version, record.path, record.where)
             for name in plan.changed:
-                self._journal.touch(name)
+                self.journal.touch(name)
             # above every epoch a router may hold; the router grace starts now
-            self._publisher.continue_from(loads(ceiling) if ceiling else 0)
+            self.publisher.continue_from(loads(ceiling) if ceiling else 0)
             if plan.dropped or plan.orphans:
                 for name in plan.recovering:
                     self._streams[name].busy = True
@@ -491,16 +445,9 @@ class Manager:
                 self._pool.submit(self._recover, plan.recovering, plan.dropped)
         summary = plan.summary()
         log.info(
-            "Restored the manager's state: %s; serving map epoch %d", summary, self._publisher.epoch
+            "Restored the manager's state: %s; serving map epoch %d", summary, self.publisher.epoch
         )
         return summary
-
-    def _rebook(self, record: VersionRecord) -> None:
-        """Hold an adopted version's reservations again, exactly where its replicas run."""
-        if self._book is None:
-            return
-        for key, placement in zip(record.reservations, record.placements, strict=True):
-            self._book.restore(key, placement)
 
     def _recover(self, recovering: set[str], dropped: list) -> None:
         """The recovery action of restore(): delete what a dead manager left, then let the
@@ -512,12 +459,10 @@ class Manager:
             with self._lock:
                 keep = recovery.ready_apps(self._streams.values())
                 prefixes = {self._app_prefix(name): name for name in self._streams}
-            for (name, version), names in recovery.doomed_apps(
-                apps, keep, prefixes, recovering
-            ).items():
+            for names in recovery.doomed_apps(apps, keep, prefixes, recovering).values():
                 log.info("Deleting %s, left by the manager that stopped", ", ".join(names))
                 try:
-                    self._backend.unload(name, version, {"apps": [[a, 0] for a in names]})
+                    self._backend.unload(Deployed.of_apps(names))
                 except Exception as exc:
                     log.error("Deleting %s raised %s: %s", names, type(exc).__name__, exc)
         except Exception:

@@ -13,8 +13,9 @@ Layout (namespace "aspire", keys under `state_prefix(manager name)`, values JSON
    publications; a restarted manager starts above it, so every router holding an older map
    fetches the new one.
 3. `model/<name>`: one key per servable stream: its version policy, the peak VRAM measured per
-   version, and every version record (state, error, `where` with applications, placements and
-   RAM, the admission reservations held, load attempts).
+   version, and every version record (state, error, where it runs under "where": the
+   `Deployed` record's document, core/deployed.py, with applications, placements and RAM; the
+   admission reservations held, load attempts).
 
 Writes (cluster/journal.py `Journal`, composed into cluster/manager.py's Manager):
 1. A change marks its stream dirty; `flush_state()` writes the key of each dirty stream (the
@@ -46,6 +47,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.deployed import Deployed
 from core.names import NAMESPACE
 from policies.admission import Placement
 from policies.lifecycle import PUBLIC_STATE, HarnessState
@@ -69,7 +71,7 @@ class VersionRecord:
     aspired: bool = True
     error_code: str = "OK"
     error_message: str = ""
-    where: dict | None = None  # set while the deployment exists
+    deployed: Deployed | None = None  # where it runs, set while its deployment exists
     ram_bytes: int | None = None
     load_seconds: float | None = None
     refused: bool = False  # END for lack of resources: tried again when capacity changes
@@ -184,8 +186,8 @@ class GcsStore:
 
 
 # ---- version records ------------------------------------------------------------------------
-def record_doc(record) -> dict:
-    """A cluster.manager.VersionRecord as JSON-able data."""
+def record_doc(record: VersionRecord) -> dict:
+    """A VersionRecord as JSON-able data."""
     return {
         "version": record.version,
         "path": record.path,
@@ -193,7 +195,7 @@ def record_doc(record) -> dict:
         "aspired": record.aspired,
         "error_code": record.error_code,
         "error_message": record.error_message,
-        "where": record.where,
+        "where": None if record.deployed is None else record.deployed.to_doc(),
         "ram_bytes": record.ram_bytes,
         "load_seconds": record.load_seconds,
         "refused": record.refused,
@@ -216,7 +218,7 @@ def record_fields(doc: dict) -> dict:
         "aspired": bool(doc["aspired"]),
         "error_code": doc["error_code"],
         "error_message": doc["error_message"],
-        "where": doc.get("where"),
+        "deployed": None if doc.get("where") is None else Deployed.from_doc(doc["where"]),
         "ram_bytes": doc.get("ram_bytes"),
         "load_seconds": doc.get("load_seconds"),
         "refused": bool(doc.get("refused")),
@@ -229,17 +231,17 @@ def record_fields(doc: dict) -> dict:
 
 def stream_doc(
     stream: Stream,
-    measured_vram: dict[str, dict[int, int]],
-    ready: tuple[VersionRecord, dict] | None = None,
+    measured: dict[int, int],
+    ready: tuple[VersionRecord, dict[str, object]] | None = None,
 ) -> dict:
-    """The stored document of `stream`. `ready`: (one of its records, fields) writes that record
-    with `fields` set, before they are set in memory."""
+    """The stored document of `stream`, with the peak VRAM measured per version. `ready`: (one
+    of its records, fields) writes that record with `fields` set, before they are set in
+    memory."""
     records = []
     for record in stream.versions.values():
         if ready is not None and ready[0] is record:
-            record = dataclasses.replace(record, **ready[1])
+            record = dataclasses.replace(record, **ready[1])  # type: ignore[arg-type]
         records.append(record_doc(record))
-    measured = measured_vram.get(stream.name, {})
     return {
         "name": stream.name,
         "policy": stream.policy,

@@ -49,26 +49,13 @@ def misplaced(
             if (
                 record.state is HarnessState.READY
                 and record.aspired
-                and record.where is not None
-                and bool(record.where.get("host")) != want
+                and record.deployed is not None
+                and record.deployed.shared != want
                 and (stream.name, record.version) not in refused
             ):
                 found.append((stream, record))
                 break  # one move per stream at a time
     return found
-
-
-def version_need(backend, book, measured_vram: dict, stream: Stream, record) -> tuple:
-    """(what one replica of the version needs, how many replicas) from the backend, given
-    whether the reservation book knows GPUs and the peak VRAM measured after an earlier load of
-    the version on a real GPU, if any."""
-    return backend.need(
-        stream.name,
-        record.version,
-        record.path,
-        book.has_gpus() if book is not None else False,
-        measured_vram.get(stream.name, {}).get(record.version),
-    )
 
 
 def replica_keys(servable: str, replicas: int) -> list[str]:
@@ -96,8 +83,8 @@ def lost_with_nodes(
     hit = []
     for stream in streams:
         for record in stream.versions.values():
-            placements = (record.where or {}).get("placements") or []
-            gone = sorted({p.get("node_id") for p in placements} & set(node_ids))
+            nodes = record.deployed.node_ids() if record.deployed is not None else set()
+            gone = sorted(nodes & set(node_ids))
             if record.state is HarnessState.READY and gone:
                 hit.append((stream, record, gone))
     return hit

@@ -4,7 +4,8 @@
 to adopt, what to drop and which applications nobody owns; the manager applies the plan
 (cluster/manager.py `Manager.restore`) and runs the one recovery action it implies. The rules:
 
-1. A version stored AVAILABLE whose applications all exist is adopted as it was: same `where`,
+1. A version stored AVAILABLE whose applications all exist is adopted as it was: same record
+   of where it runs (core/deployed.py `Deployed`),
    its reservations booked again exactly where they were; nothing is loaded.
 2. START and END versions are kept as they were (an END version keeps its error).
 3. Versions stored LOADING or UNLOADING, or AVAILABLE with an application missing, and every
@@ -60,8 +61,8 @@ def ready_apps(streams: Iterable[Stream]) -> set[str]:
         app
         for s in streams
         for r in s.versions.values()
-        if r.state is HarnessState.READY and r.where is not None
-        for app, _ in r.where.get("apps") or []
+        if r.state is HarnessState.READY and r.deployed is not None
+        for app in r.deployed.app_names()
     }
 
 
@@ -87,17 +88,17 @@ def plan_restore(
         if measured:
             plan.measured_vram[stream.name] = measured
         for record in stream.versions.values():
-            apps = [a for a, _ in (record.where or {}).get("apps") or []]
+            apps = record.deployed.app_names() if record.deployed is not None else []
             if record.state is HarnessState.READY and apps and existing.issuperset(apps):
                 plan.adopted.append(record)
                 continue
-            if record.state in _IN_FLIGHT or record.where is not None:
+            if record.state in _IN_FLIGHT or record.deployed is not None:
                 plan.dropped.append((stream, record, record.state))
                 if record.state is HarnessState.READY:  # out of the serving map
                     record.state = (
                         HarnessState.LOADING if record.aspired else HarnessState.UNLOADING
                     )
-                record.where = None
+                record.deployed = None
                 plan.changed.add(stream.name)
             record.reservations, record.placements = (), ()  # nothing of it runs
     prefixes = {app_prefix(s.name): s.name for s in plan.streams}

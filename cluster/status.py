@@ -114,9 +114,9 @@ def serving_map(
     models = {}
     for stream in streams.values():
         ready = {
-            r.version: VersionAddress.from_where(r.where)
+            r.version: VersionAddress.from_deployed(r.deployed)
             for r in stream.versions.values()
-            if r.state is HarnessState.READY and r.where is not None
+            if r.state is HarnessState.READY and r.deployed is not None
         }
         if ready:
             models[stream.name] = ready

@@ -1,15 +1,23 @@
 """The contract between the control plane and the data plane, as types.
 
-The manager publishes a `ServingMap`; routers long-poll for it and resolve every request
-against it. It crosses Ray pickled, as these frozen dataclasses, so both sides read the same
-fields: nothing in it is a dict whose shape is written elsewhere, except `VersionAddress`'s
-source, the manager's record of a loaded version (`where`, from cluster/backend/serve_backend.py
-`ServeBackend.load`), which `VersionAddress.from_where` reads in one place.
+1. The manager publishes a `ServingMap`; routers long-poll for it and resolve every request
+   against it. Each version's `VersionAddress` is read from the manager's record of the loaded
+   version (core/deployed.py `Deployed`) in one place, `VersionAddress.from_deployed`.
+2. A version replica and a shared host replica answer `ping()` with a `ReplicaPing`; the
+   manager's backend reads it to learn that a load ended, and where the replica runs.
+
+Both cross Ray pickled, as these frozen dataclasses, so both sides read the same fields:
+nothing here is a dict whose shape is written elsewhere.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
+
+from core.deployed import Deployed
+from core.errors import AspireError
 
 
 @dataclass(frozen=True)
@@ -27,12 +35,12 @@ class VersionAddress:
     key: str = ""
 
     @classmethod
-    def from_where(cls, where: dict) -> "VersionAddress":
-        """From the manager's record of a loaded version (cluster/manager.py `where`)."""
+    def from_deployed(cls, deployed: Deployed) -> VersionAddress:
+        """From the manager's record of a loaded version (core/deployed.py)."""
         return cls(
-            apps=tuple((str(a), int(n)) for a, n in where.get("apps") or ()),
-            max_queued_requests=int(where.get("max_queued_requests", 1000)),
-            key=str(where.get("key") or ""),
+            apps=deployed.apps,
+            max_queued_requests=deployed.max_queued_requests,
+            key=deployed.key,
         )
 
 
@@ -49,3 +57,53 @@ class ServingMap:
     traffic: dict[str, tuple] = field(default_factory=dict)
     known: frozenset[str] = frozenset()
     poll_s: float = 5.0  # how long a router's long poll waits (the manager's router_poll_s)
+
+
+@dataclass(frozen=True)
+class ReplicaPing:
+    """A replica's answer to `ping()`: who it is, and how its load went.
+
+    Written by the replicas (deployments/replica/servable.py `ServableDeployment.ping`,
+    deployments/replica/shared_host.py `HostDeployment.ping`), always through `here`, which
+    fills in what this process knows of itself. Read by the manager's backend
+    (cluster/backend/serve_backend.py: a version's load ended once a replica answers; `error`,
+    its load's failure, fails the load) and by tests that follow a replica's calls.
+
+    Every replica: `pid`, `node_id` (the Ray node), `cuda_visible_devices` (as the replica
+    process sees it; None: unset), `ongoing_requests`, `service_port` (its direct-call
+    service, deployments/replica/call_service.py; None: not started), `calls` (calls answered,
+    by path: "direct", "handle").
+    A version replica: `version`; `error`, its load's failure (None: loaded);
+    `measured_vram_bytes`, its peak GPU memory after the load (None without NVML);
+    `session_threads`, its TensorFlow session's (intra-op, inter-op) threads.
+    A shared host replica: `host` (the host's application), `replica_id`, `loaded` (servable
+    keys it holds) and `errors` (servable key -> "CODE: message" of a failed load).
+    """
+
+    pid: int
+    node_id: str
+    cuda_visible_devices: str | None
+    ongoing_requests: int = 0
+    service_port: int | None = None
+    calls: dict[str, int] = field(default_factory=dict)
+    version: int | None = None
+    error: AspireError | None = None
+    measured_vram_bytes: int | None = None
+    session_threads: tuple[int, int] | None = None
+    host: str = ""
+    replica_id: str = ""
+    loaded: tuple[str, ...] = ()
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def here(cls, **fields: Any) -> ReplicaPing:
+        """The answer of the replica running in this process: its pid, Ray node and CUDA
+        devices, with `fields` (the others above)."""
+        import ray  # only a replica process builds one, and it runs in Ray
+
+        return cls(
+            pid=os.getpid(),
+            node_id=ray.get_runtime_context().get_node_id(),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            **fields,
+        )

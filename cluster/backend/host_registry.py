@@ -1,11 +1,11 @@
 """The manager's side of shared hosts: each host's manifest and what its replicas report.
 
-Lives in the manager actor's process, beside ServeBackend (cluster/backend/serve_backend.py), which
-puts a version in a host's manifest and then waits here until the host's replicas have loaded
-it (`wait_loaded`), or removes it and waits until they dropped it (`wait_gone`). Host replicas
-(deployments/replica/shared_host.py) long-poll `manifest` and call `report` after each load and
-unload; the manager actor forwards both calls (cluster/manager_actor.py `host_manifest`,
-`host_report`).
+Lives in the manager actor's process, beside ServeBackend, whose shared-host loader
+(cluster/backend/shared_hosts.py) puts a version in a host's manifest and then waits here until
+the host's replicas have loaded it (`wait_loaded`), or removes it and waits until they dropped
+it (`wait_gone`). Host replicas (deployments/replica/shared_host.py) long-poll `manifest` and
+call `report` after each load and unload; the manager actor forwards both calls
+(cluster/manager_actor.py `host_manifest`, `host_report`).
 
 A replica counts as live while it polled or reported within `STALE_S`, until it says it leaves
 (a report with an empty key). A version is loaded in a
@@ -22,9 +22,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from core.errors import AspireError
+
+if TYPE_CHECKING:  # what a host loads; its module imports Ray Serve
+    from deployments.replica.servable import VersionSpec
 
 STALE_S = 30.0
 
@@ -50,7 +53,7 @@ class HostRegistry:
             self._changed.notify_all()
 
     # ---- the manager's side -----------------------------------------------------------------
-    def put(self, app: str, key: str, spec) -> None:
+    def put(self, app: str, key: str, spec: VersionSpec) -> None:
         with self._changed:
             host = self._hosts.setdefault(app, _Host())
             host.manifest = {**host.manifest, key: spec}

@@ -6,6 +6,7 @@ as a Ray task in a worker process, where TensorFlow's file systems may be import
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import ray
 
@@ -15,7 +16,7 @@ LIST_TIMEOUT_S = 120.0  # a fresh worker imports TensorFlow first (seconds)
 
 
 @functools.cache
-def _task():
+def _task() -> Any:  # a Ray remote function
     return ray.remote(num_cpus=0, max_retries=0)(remote_files.list_children)
 
 

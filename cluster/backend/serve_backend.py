@@ -1,93 +1,69 @@
-"""What the manager calls to size, create and delete a version's Serve applications.
+"""What the manager calls to size, create and delete a version's Serve applications: the
+production `Backend` and `SharedHosts` (cluster/backend/interface.py).
 
 One servable version is one Ray Serve application per placement of its replicas: replicas that
 share a (node, GPU) form one application, pinned to its node, running `ServableDeployment`
 (deployments/replica/servable.py). `ServeBackend.load` reports a version loaded only once its
 applications are RUNNING and a replica of each has answered a call; a replica whose load failed
 answers with its AspireError, which `load` raises. A shared version (`load_shared`) goes into
-a shared host's manifest (cluster/backend/host_registry.py), the host's application created here
-the first time (deployments/replica/shared_host.py). Deleting
-applications: cluster/backend/serve_state.py.
+a shared host (cluster/backend/shared_hosts.py). Running an application and waiting for it:
+cluster/backend/serve_apps.py; deleting applications: cluster/backend/serve_state.py.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
+from typing import Any
 
 from ray import serve
 
 from cluster.backend.host_registry import HostRegistry
+from cluster.backend.serve_apps import Launcher, deploy_failure_message, deployment, servable_id
 from cluster.backend.serve_state import delete_apps
+from cluster.backend.shared_hosts import SharedHostLoader
+from config.aspire_config import ModelSettings
 from config.options import ReplicaOptions
+from core.deployed import AppPlacement, Deployed
 from core.errors import AspireError
 from core.names import app_name
 from deployments.replica.loader import SavedModelLoader
-from deployments.replica.servable import ServableDeployment, VersionSpec
-from deployments.replica.shared_host import HostDeployment
-from deployments.wire.direct import servable_key
+from deployments.replica.servable import ServableDeployment
 from policies.admission import HostSlot, Need, Placement, replica_need, tf_memory_limit_bytes
 
 log = logging.getLogger("aspire.servable")
 
 
-def _deploy_failure_message(text: str) -> str:
-    """The useful line of a Serve DEPLOY_FAILED message (it embeds the replica's traceback)."""
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith(("core.errors.AspireError:", "AspireError:")):
-            return line.split(":", 1)[1].strip()
-    return text.strip().splitlines()[-1].strip() if text.strip() else "deployment failed"
-
-
 def _groups(placements: list[Placement]) -> list[tuple[Placement, int]]:
     """Placements sharing a (node, GPU), in first-seen order, as (placement, replica count)."""
-    counts: dict[tuple, list] = {}
+    counts: dict[tuple[str, int | None], tuple[Placement, int]] = {}
     for p in placements:
-        counts.setdefault((p.node_id, p.gpu_index), [p, 0])[1] += 1
-    return [(p, n) for p, n in counts.values()]
-
-
-def _replica_env(app: str, placement: Placement | None) -> dict[str, str]:
-    env = {"ASPIRE_SERVABLE": app}  # lets the NVML inventory tell Aspire's processes apart
-    if placement is not None:
-        env.update(
-            {
-                "CUDA_VISIBLE_DEVICES": ""
-                if placement.gpu_index is None
-                else str(placement.gpu_index),
-                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers GPUs as NVML does
-                "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
-            }
-        )
-    return env
+        first, n = counts.get((p.node_id, p.gpu_index), (p, 0))
+        counts[(p.node_id, p.gpu_index)] = (first, n + 1)
+    return list(counts.values())
 
 
 class ServeBackend:
-    """Sizes, creates and deletes version deployments on Ray Serve (called from the manager)."""
+    """Sizes, creates and deletes version deployments on Ray Serve (called from the manager).
+
+    `settings` (model name -> config.aspire_config.ModelSettings) is replaced whole by the
+    manager when the side file changes; each load reads it once it starts."""
 
     def __init__(self, options: ReplicaOptions, load_timeout_s: float = 600.0):
         self.options = options
-        self.load_timeout_s = load_timeout_s
-        self.settings: dict = {}  # model name -> config.aspire_config.ModelSettings
-        self._cancelled = threading.Event()  # the server is stopping: loads in flight give up
+        self.settings: dict[str, ModelSettings] = {}
+        self._launcher = Launcher(options, load_timeout_s)
         self.hosts = HostRegistry()  # shared hosts' manifests (cluster/backend/host_registry.py)
-        self._host_locks: dict[str, threading.Lock] = {}
-        self._host_locks_guard = threading.Lock()
+        self._shared = SharedHostLoader(self._launcher, self.hosts)
 
     def cancel_loads(self) -> None:
         """Make every load in flight, and every later one, fail at once with CANCELLED (its
         applications deleted): the server is stopping and must not wait for a replica to load."""
-        self._cancelled.set()
-
-    def _check_cancelled(self, servable: str) -> None:
-        if self._cancelled.is_set():
-            raise AspireError(f"Loading of servable {servable} cancelled", "CANCELLED")
+        self._launcher.cancel()
 
     def need(
         self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
     ) -> tuple[Need, int]:
+        """(what one replica needs, how many replicas): see interface.py `Backend.need`."""
         settings = self.settings.get(name)
         resources = SavedModelLoader(path, self.options.tags).estimate_resources()
         device = (settings and settings.device) or ("gpu" if has_gpus else "cpu")
@@ -108,7 +84,7 @@ class ServeBackend:
             return settings.autoscaling.max_replicas
         return (settings and settings.num_replicas) or self.options.num_replicas
 
-    def _scaling(self, name: str, counts: list[int]) -> list[dict]:
+    def _scaling(self, name: str, counts: list[int]) -> list[dict[str, Any]]:
         """Serve options for each application of a version, given its reserved replica counts.
         Autoscaled: each application scales between its share of min_replicas (at least 1, so
         every reserved (node, GPU) keeps a warm replica) and its reserved count."""
@@ -149,38 +125,36 @@ class ServeBackend:
 
     def load(
         self, name: str, version: int, path: str, placements: list[Placement] | None = None
-    ) -> dict:
-        self._check_cancelled(f"{{name: {name} version: {version}}}")
+    ) -> Deployed:
+        """Create the version's applications, one per (node, GPU) of `placements`, and return
+        where it runs once a replica of each answered (interface.py `Backend.load`)."""
+        servable = servable_id(name, version)
+        self._launcher.check_cancelled(servable)
         loader = SavedModelLoader(path, self.options.tags)
         ram_bytes = loader.estimate_resources().ram_bytes
         loader.validate()  # cheap: refuses a version that cannot load before starting replicas
         opts = self.options
-        groups = _groups(placements) if placements else [(None, self._replicas(name))]
+        groups: list[tuple[Placement | None, int]] = (
+            list(_groups(placements)) if placements else [(None, self._replicas(name))]
+        )
         base = app_name(name, version)
-        apps, replicas = [], []
+        apps: list[tuple[str, int]] = []
+        replicas: list[AppPlacement] = []
         scaling = self._scaling(name, [n for _, n in groups])
         ongoing, queued = self._request_limits(name)
         check_period_s, check_timeout_s = self._health_checks(name)
         try:
             for i, (placement, count) in enumerate(groups):
                 app = base if i == 0 else f"{base}-p{i}"
-                apps.append([app, count])
-                actor_options = {
-                    "num_cpus": opts.num_cpus,
-                    "num_gpus": 0,
-                    "runtime_env": {"env_vars": _replica_env(app, placement)},
-                    **opts.extra_actor_options,
-                }
-                if placement is not None:
-                    actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
+                apps.append((app, count))
                 limit = (
                     tf_memory_limit_bytes(placement.vram_bytes)
                     if placement is not None and placement.gpu_index is not None
                     else None
                 )
-                deployment = ServableDeployment.options(
+                app_deployment = deployment(ServableDeployment).options(
                     name="servable",
-                    ray_actor_options=actor_options,
+                    ray_actor_options=self._launcher.actor_options(app, placement),
                     **scaling[i],
                     max_ongoing_requests=ongoing,
                     max_queued_requests=queued,
@@ -195,8 +169,8 @@ class ServeBackend:
                 [handle] = serve.run_many(
                     [
                         serve.RunTarget(
-                            deployment.bind(
-                                self._spec(name, version, path, limit),
+                            app_deployment.bind(
+                                self._launcher.spec(name, version, path, limit),
                                 ongoing,
                                 opts.data_key,
                                 opts.graceful_shutdown_timeout_s,
@@ -207,25 +181,24 @@ class ServeBackend:
                     ],
                     wait_for_applications_running=False,
                 )
-                servable = f"{{name: {name} version: {version}}}"
-                self._wait_running(app, servable)
-                answer = self._ping(handle, servable)
-                if answer["error"] is not None:  # the replica's load failed: its AspireError
-                    raise answer["error"]
+                self._launcher.wait_running(app, servable)
+                answer = self._launcher.ping(handle, servable)
+                if answer.error is not None:  # the replica's load failed: its AspireError
+                    raise answer.error
                 autoscaled = scaling[i].get("autoscaling_config")
                 replicas.append(
-                    {
-                        "app": app,
-                        "replicas": count,
-                        "min_replicas": autoscaled["min_replicas"] if autoscaled else count,
-                        "node_id": answer["node_id"],
-                        "pid": answer["pid"],
-                        "gpu": None if placement is None else placement.gpu_index,
-                        "vram_bytes": 0 if placement is None else placement.vram_bytes,
-                        "cuda_visible_devices": answer["cuda_visible_devices"],
-                        "measured_vram_bytes": answer["measured_vram_bytes"],
-                        "session_threads": answer["session_threads"],
-                    }
+                    AppPlacement(
+                        app=app,
+                        replicas=count,
+                        min_replicas=autoscaled["min_replicas"] if autoscaled else count,
+                        node_id=answer.node_id,
+                        pid=answer.pid,
+                        gpu=None if placement is None else placement.gpu_index,
+                        vram_bytes=0 if placement is None else placement.vram_bytes,
+                        cuda_visible_devices=answer.cuda_visible_devices,
+                        measured_vram_bytes=answer.measured_vram_bytes,
+                        session_threads=answer.session_threads,
+                    )
                 )
         except AspireError as err:
             # a cancelled load (the server stopping) does not wait for a replica that is busy
@@ -234,34 +207,27 @@ class ServeBackend:
             raise
         except Exception as exc:
             delete_apps([app for app, _ in apps])
-            raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
-        measured = [r["measured_vram_bytes"] for r in replicas if r["measured_vram_bytes"]]
-        return {
-            "apps": apps,
-            "ram_bytes": ram_bytes,
-            "placements": replicas,
-            "measured_vram_bytes": max(measured) if measured else None,
-            # what routers need besides the apps (deployments/router/core.py VersionAddress)
-            "max_queued_requests": queued,
-        }
-
-    def _spec(self, name: str, version: int, path: str, gpu_limit: int | None) -> VersionSpec:
-        opts = self.options
-        return VersionSpec(
-            name,
-            version,
-            path,
-            tuple(opts.tags),
-            max(1, opts.num_request_iterations_for_warmup) if opts.enable_model_warmup else None,
-            gpu_limit,
-            opts.batching,
-            (opts.intra_op_threads, opts.inter_op_threads),
-            opts.run_timeout_ms,
-            opts.tensor_content,
+            raise AspireError(deploy_failure_message(str(exc)), "UNKNOWN") from None
+        measured = [r.measured_vram_bytes for r in replicas if r.measured_vram_bytes]
+        return Deployed(
+            apps=tuple(apps),
+            ram_bytes=ram_bytes,
+            placements=tuple(replicas),
+            measured_vram_bytes=max(measured) if measured else None,
+            # what routers need besides the apps (core/contracts.py VersionAddress)
+            max_queued_requests=queued,
         )
 
-    # ---- shared hosts ("placement": "shared", deployments/replica/shared_host.py) ---------
+    def unload(self, deployed: Deployed) -> None:
+        """Delete the version's applications; a shared version leaves its host instead."""
+        if deployed.shared:
+            self._shared.unload_shared(deployed)
+            return
+        delete_apps(deployed.app_names())
+
+    # ---- shared hosts (cluster/backend/shared_hosts.py) ----------------------------------------
     def shared(self, name: str) -> bool:
+        """Whether the side file places the model's versions in shared hosts."""
         settings = self.settings.get(name)
         return bool(settings and settings.placement == "shared")
 
@@ -270,186 +236,16 @@ class ServeBackend:
         return max(1, self.options.shared_host_replicas)
 
     def host_block(self, device: str) -> Need:
+        """What one host books: the --shared_host_ram (and, on a GPU, --shared_host_vram)."""
         opts = self.options
         vram = opts.shared_host_vram_bytes if device == "gpu" else 0
         return Need(vram, opts.shared_host_ram_bytes)
 
-    def load_shared(self, name: str, version: int, path: str, slot: HostSlot) -> dict:
-        """Load a version into the host `slot` names (opened first if it does not run): put it
-        in the host's manifest, then wait until the host's replicas hold it."""
-        servable = f"{{name: {name} version: {version}}}"
-        self._check_cancelled(servable)
-        loader = SavedModelLoader(path, self.options.tags)
-        ram_bytes = loader.estimate_resources().ram_bytes
-        loader.validate()
-        key = servable_key(name, version)
-        placement = slot.placement
-        limit = (
-            tf_memory_limit_bytes(placement.vram_bytes)
-            if placement is not None and placement.gpu_index is not None
-            else None
-        )
-        self.hosts.put(slot.app, key, self._spec(name, version, path, limit))
-        try:
-            handle = self._open_host(slot, servable)
-            self.hosts.wait_loaded(
-                slot.app,
-                key,
-                time.monotonic() + self.load_timeout_s,
-                lambda: self._check_cancelled(servable),
-            )
-        except AspireError:
-            self.hosts.remove(slot.app, key)
-            raise
-        except Exception as exc:
-            self.hosts.remove(slot.app, key)
-            raise AspireError(_deploy_failure_message(str(exc)), "UNKNOWN") from None
-        answer = self._ping(handle, servable)
-        return {
-            "apps": [[slot.app, slot.replicas]],
-            "key": key,
-            "host": slot.app,
-            "host_vram_bytes": 0 if placement is None else placement.vram_bytes,
-            "ram_bytes": ram_bytes,
-            "placements": [
-                {
-                    "app": slot.app,
-                    "host": slot.app,
-                    "replicas": slot.replicas,
-                    "min_replicas": slot.replicas,
-                    "node_id": answer["node_id"],
-                    "pid": answer["pid"],
-                    "gpu": None if placement is None else placement.gpu_index,
-                    "vram_bytes": 0,
-                    "cuda_visible_devices": answer["cuda_visible_devices"],
-                    "measured_vram_bytes": None,
-                    "session_threads": None,
-                }
-            ],
-            "measured_vram_bytes": None,
-            "max_queued_requests": self.options.max_queued_requests,
-        }
+    def load_shared(self, name: str, version: int, path: str, slot: HostSlot) -> Deployed:
+        return self._shared.load_shared(name, version, path, slot)
 
-    def _open_host(self, slot: HostSlot, servable: str):
-        """The host's Serve handle, once its application runs (created here the first time)."""
-        with self._host_locks_guard:
-            lock = self._host_locks.setdefault(slot.app, threading.Lock())
-        with lock:
-            status = serve.status().applications.get(slot.app)
-            if status is None or status.status != "RUNNING":
-                opts = self.options
-                placement = slot.placement
-                actor_options = {
-                    "num_cpus": opts.num_cpus,
-                    "num_gpus": 0,
-                    "runtime_env": {"env_vars": _replica_env(slot.app, placement)},
-                    **opts.extra_actor_options,
-                }
-                if placement is not None:
-                    actor_options["label_selector"] = {"ray.io/node-id": placement.node_id}
-                deployment = HostDeployment.options(
-                    name="servable",
-                    ray_actor_options=actor_options,
-                    num_replicas=slot.replicas,
-                    max_ongoing_requests=opts.max_ongoing_requests,
-                    max_queued_requests=opts.max_queued_requests,
-                    graceful_shutdown_timeout_s=opts.graceful_shutdown_timeout_s,
-                    graceful_shutdown_wait_loop_s=opts.graceful_shutdown_wait_loop_s,
-                    health_check_period_s=opts.health_check_period_s,
-                    health_check_timeout_s=opts.health_check_timeout_s,
-                    logging_config={"enable_access_log": False},
-                )
-                serve.run_many(
-                    [
-                        serve.RunTarget(
-                            deployment.bind(
-                                slot.app,
-                                opts.max_ongoing_requests,
-                                opts.batching is not None,
-                                opts.data_key,
-                                opts.graceful_shutdown_timeout_s,
-                            ),
-                            name=slot.app,
-                            route_prefix=None,
-                        )
-                    ],
-                    wait_for_applications_running=False,
-                )
-                self._wait_running(slot.app, servable)
-            return serve.get_app_handle(slot.app)
+    def adopt(self, name: str, version: int, path: str, deployed: Deployed) -> None:
+        self._shared.adopt(name, version, path, deployed)
 
     def close_host(self, app: str) -> None:
-        """The host holds no version any more: delete its application."""
-        delete_apps([app])
-        self.hosts.forget(app)
-
-    def adopt(self, name: str, version: int, path: str, where: dict) -> None:
-        """A restarted manager adopts a shared version: it goes back into its host's manifest
-        (the host still holds it, so nothing loads)."""
-        host = where.get("host")
-        if host:
-            placement = where.get("placements") or [{}]
-            gpu = placement[0].get("gpu")
-            limit = (
-                tf_memory_limit_bytes(int(where.get("host_vram_bytes") or 0))
-                if gpu is not None
-                else None
-            )
-            self.hosts.put(
-                host, servable_key(name, version), self._spec(name, version, path, limit)
-            )
-
-    def _ping(self, handle, servable: str) -> dict:
-        """The replica's answer once its load is done, polled so a stop cancels the wait."""
-        response = handle.ping.remote()
-        deadline = time.monotonic() + self.load_timeout_s
-        while True:
-            self._check_cancelled(servable)
-            try:
-                return response.result(timeout_s=0.5)
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise AspireError(
-                        f"Servable {servable} did not answer in {self.load_timeout_s:.0f} s",
-                        "DEADLINE_EXCEEDED",
-                    ) from None
-
-    def _wait_running(self, app: str, servable: str) -> None:
-        """Wait for the application to run. A replica Ray cannot schedule (Serve reports it after
-        30 s) fails the load with RESOURCE_EXHAUSTED and Serve's numbers, instead of pending."""
-        deadline = time.monotonic() + self.load_timeout_s
-        while time.monotonic() < deadline:
-            self._check_cancelled(servable)
-            status = serve.status().applications.get(app)
-            if status is not None:
-                if status.status == "RUNNING":
-                    return
-                if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                    detail = [d.message for d in status.deployments.values() if d.message]
-                    message = _deploy_failure_message("\n".join(detail) or status.message)
-                    raise AspireError(
-                        message, "RESOURCE_EXHAUSTED" if "Unschedulable" in message else "UNKNOWN"
-                    )
-                for deployment in status.deployments.values():
-                    text = deployment.message or ""
-                    if "to be scheduled" in text:
-                        detail = text[text.find("Resources required") :].split(" Use `ray status`")[
-                            0
-                        ]
-                        raise AspireError(
-                            f"Replicas of servable {servable} could not be scheduled "
-                            f"on the cluster: {detail}",
-                            "RESOURCE_EXHAUSTED",
-                        )
-            time.sleep(0.2)
-        raise AspireError(
-            f"Servable {servable} did not start in {self.load_timeout_s:.0f} s", "DEADLINE_EXCEEDED"
-        )
-
-    def unload(self, name: str, version: int, where: dict) -> None:
-        if where.get("key"):  # shared: out of its host's manifest, the host goes on
-            self.hosts.remove(where["host"], where["key"])
-            if not self.hosts.wait_gone(where["host"], where["key"], 60.0):
-                log.warning("host %s did not drop %s within 60 s", where["host"], where["key"])
-            return
-        delete_apps([app for app, _ in where.get("apps") or [[app_name(name, version), 1]]])
+        self._shared.close_host(app)

@@ -51,7 +51,12 @@ def running_replicas() -> dict[str, int]:
         from ray import serve
 
         return {
-            app: sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+            app: sum(
+                count
+                for d in status.deployments.values()
+                for state, count in d.replica_states.items()
+                if state == "RUNNING"  # ReplicaState is a str enum
+            )
             for app, status in serve.status().applications.items()
         }
     except Exception as exc:  # status must answer even when Serve does not

@@ -31,6 +31,7 @@ from ray import serve
 
 from config.options import BatchingOptions
 from core import metrics
+from core.contracts import ReplicaPing
 from core.errors import AspireError
 from core.metrics_shipper import Shipper
 from deployments.replica import code_pages, inference, tfs_grpc_calls, v2_calls
@@ -309,22 +310,17 @@ class ServableDeployment:
         """The loaded model (tests reach it), or None when the load failed."""
         return self.loaded.model if self.loaded is not None else None
 
-    def ping(self) -> dict:
-        import ray
-
+    def ping(self) -> ReplicaPing:
         loaded = self.loaded
-        return {
-            "version": self.version,
-            "error": self.load_error,
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "measured_vram_bytes": loaded.measured_vram_bytes if loaded else None,
-            "session_threads": loaded.session_threads if loaded else None,
-            "ongoing_requests": self._ongoing,
-            "service_port": self._service.port if self._service is not None else None,
-            "calls": dict(self._calls),
-        }
+        return ReplicaPing.here(
+            version=self.version,
+            error=self.load_error,
+            measured_vram_bytes=loaded.measured_vram_bytes if loaded else None,
+            session_threads=tuple(loaded.session_threads) if loaded else None,
+            ongoing_requests=self._ongoing,
+            service_port=self._service.port if self._service is not None else None,
+            calls=dict(self._calls),
+        )
 
     def record_replica_metadata(self) -> dict:
         """Published by Serve to every router with this replica's place in the running list:

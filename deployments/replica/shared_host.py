@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
+from core.contracts import ReplicaPing
 from core.errors import AspireError
 from deployments.replica import code_pages
 from deployments.replica.autoscaling import DIRECT_ONGOING
@@ -235,21 +236,16 @@ class HostDeployment:
             self._give_back(version)
             self._ongoing -= 1
 
-    def ping(self) -> dict:
-        import ray
-
-        return {
-            "host": self.app,
-            "replica_id": self.replica_id,
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "loaded": sorted(self._versions),
-            "errors": {k: f"{e.code}: {e.message}" for k, e in self._errors.items()},
-            "ongoing_requests": self._ongoing,
-            "service_port": self._service.port if self._service is not None else None,
-            "calls": dict(self._calls),
-        }
+    def ping(self) -> ReplicaPing:
+        return ReplicaPing.here(
+            host=self.app,
+            replica_id=self.replica_id,
+            loaded=tuple(sorted(self._versions)),
+            errors={k: f"{e.code}: {e.message}" for k, e in self._errors.items()},
+            ongoing_requests=self._ongoing,
+            service_port=self._service.port if self._service is not None else None,
+            calls=dict(self._calls),
+        )
 
     def record_replica_metadata(self) -> dict:
         return {METADATA_KEY: self._service.port} if self._service is not None else {}

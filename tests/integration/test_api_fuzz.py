@@ -365,7 +365,7 @@ def _replica_pids(base_url: str) -> dict[str, tuple[int, int]]:
         for placements in versions.values():
             for p in placements:
                 handle = serve.get_deployment_handle("servable", p["app"])
-                pids[p["app"]] = (p["pid"], handle.ping.remote().result(timeout_s=30)["pid"])
+                pids[p["app"]] = (p["pid"], handle.ping.remote().result(timeout_s=30).pid)
     return pids
 
 

@@ -208,7 +208,7 @@ def test_unloaded_version_finishes_its_slow_requests(aspire, tmp_path):
         results.append((r.status_code, r.json(), i, time.monotonic() - started, time.monotonic()))
 
     def received() -> int:
-        return sum(handle.ping.remote().result(timeout_s=30)["calls"].values())
+        return sum(handle.ping.remote().result(timeout_s=30).calls.values())
 
     before = received()
     threads = [threading.Thread(target=slow_request, args=(i,)) for i in range(8)]

@@ -41,7 +41,7 @@ def recorded_pids(aspire) -> dict[str, int]:
 def replica_pids(apps) -> dict[str, int]:
     """The PID each application's replica answers from now."""
     return {
-        app: serve.get_deployment_handle("servable", app).ping.remote().result(timeout_s=30)["pid"]
+        app: serve.get_deployment_handle("servable", app).ping.remote().result(timeout_s=30).pid
         for app in sorted(apps)
     }
 

@@ -25,7 +25,7 @@ def replica_handle():
 
 
 def calls() -> dict:
-    return replica_handle().ping.remote().result(timeout_s=30)["calls"]
+    return replica_handle().ping.remote().result(timeout_s=30).calls
 
 
 def router_direct_replicas() -> int:
@@ -94,7 +94,7 @@ def test_replica_service_answers_nothing_without_the_data_plane_key(aspire):
 
     from deployments.wire.direct import CALL, CALL_HEADER, HELLO_MAGIC, METHOD_NUMBERS
 
-    port = replica_handle().ping.remote().result(timeout_s=30)["service_port"]
+    port = replica_handle().ping.remote().result(timeout_s=30).service_port
     assert port
     body = b'{"instances": [1.0]}'
     call = CALL_HEADER.pack(CALL, 1, METHOD_NUMBERS["predict"], len(body)) + body

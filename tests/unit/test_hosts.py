@@ -13,6 +13,7 @@ from cluster.backend.host_registry import STALE_S, HostRegistry
 from cluster.host_admission import HOST_PREFIX, HostBook
 from cluster.manager import Manager
 from cluster.reservations import Reservations
+from core.deployed import AppPlacement, Deployed
 from core.errors import AspireError
 from core.units import GIB, MIB
 from policies.admission import CUDA_CONTEXT_BYTES, Gpu, HostSlot, Need, Refusal
@@ -98,8 +99,10 @@ def test_a_gpu_host_books_its_block_on_one_gpu_and_holds_the_cuda_context_once()
 def test_a_restarted_manager_books_an_adopted_host_again_and_numbers_new_hosts_above_it():
     book = book_of()
     hosts = HostBook(book, BLOCK.__getitem__)
-    where = {"host": f"{HOST_PREFIX}7", "placements": [{"node_id": "n1", "gpu": None}]}
-    hosts.restore("a", where, Need(0, 600 * MIB), "cpu")
+    deployed = Deployed(
+        apps=(), host=f"{HOST_PREFIX}7", placements=(AppPlacement("h", node_id="n1"),)
+    )
+    hosts.restore("a", deployed, Need(0, 600 * MIB), "cpu")
     assert book.held()[f"{HOST_PREFIX}7#0"].ram_bytes == GIB
     assert hosts.admit("b", Need(0, 300 * MIB), "cpu").app == f"{HOST_PREFIX}7"
     assert hosts.admit("c", Need(0, 300 * MIB), "cpu").app == f"{HOST_PREFIX}8"
@@ -211,15 +214,20 @@ class HostBackend:
 
     def load(self, name, version, path, placements):
         self.loads.append((name, version, "dedicated"))
-        return {"apps": [[f"{name}-{version}", 1]]}
+        return Deployed(apps=((f"{name}-{version}", 1),))
 
     def load_shared(self, name, version, path, slot):
         self.loads.append((name, version, slot.app))
         if (name, version) in self.fail:
             raise AspireError("bad graph", "INVALID_ARGUMENT")
-        return {"apps": [[slot.app, 1]], "key": f"{version}:{name}", "host": slot.app}
+        return Deployed(apps=((slot.app, 1),), key=f"{version}:{name}", host=slot.app)
 
-    def unload(self, name, version, where):
+    def unload(self, deployed):
+        pass
+
+    host_replicas = 1
+
+    def adopt(self, name, version, path, deployed):
         pass
 
     def close_host(self, app):

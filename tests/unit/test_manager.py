@@ -6,6 +6,7 @@ import pytest
 
 from cluster.manager import Manager
 from core.contracts import VersionAddress
+from core.deployed import Deployed
 from core.errors import AspireError
 
 
@@ -25,11 +26,12 @@ class RecordingBackend:
             self.events.append(("load", name, version))
         if path in self.fail:
             raise self.fail[path]
-        return {"apps": [[f"{name}-{version}", 1]]}
+        return Deployed(apps=((f"{name}-{version}", 1),))
 
-    def unload(self, name, version, where):
+    def unload(self, deployed):
+        name, _, version = deployed.apps[0][0].rpartition("-")
         with self.lock:
-            self.events.append(("unload", name, version))
+            self.events.append(("unload", name, int(version)))
 
 
 @pytest.fixture
@@ -282,7 +284,7 @@ def test_routers_poll_for_the_configured_period_and_the_restart_grace_follows_it
         assert default.serving_map().poll_s == 5.0
         assert short.serving_map().poll_s == 1.0
         # every router has polled once a poll period and a retry (1 s) have passed
-        assert default._publisher.grace_s == 7.0 and short._publisher.grace_s == 3.0
+        assert default.publisher.grace_s == 7.0 and short.publisher.grace_s == 3.0
     finally:
         default.shutdown()
         short.shutdown()

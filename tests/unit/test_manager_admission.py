@@ -1,11 +1,13 @@
 """Resource-aware admission in the Manager, without Ray: a recording backend and a real book."""
 
+import dataclasses
 import threading
 
 import pytest
 
 from cluster.manager import Manager
 from cluster.reservations import Reservations
+from core.deployed import AppPlacement, Deployed
 from core.errors import AspireError
 from core.units import GIB
 from policies.admission import Gpu, Need
@@ -31,12 +33,11 @@ class SizedBackend:
         if (name, version) in self.fail:
             raise AspireError("boom", "INTERNAL")
         self.placements[(name, version)] = placements
-        where = {"app": f"{name}-{version}"}
-        if (name, version) in self.measured:
-            where["measured_vram_bytes"] = self.measured[(name, version)]
-        return where
+        return Deployed(
+            apps=((f"{name}-{version}", 1),), measured_vram_bytes=self.measured.get((name, version))
+        )
 
-    def unload(self, name, version, where):
+    def unload(self, deployed):
         pass
 
 
@@ -240,7 +241,10 @@ def test_a_lost_node_takes_its_versions_out_and_re_places_them_where_they_fit(
     placed = {name: backend.placements[(name, 1)][0].node_id for name in ("a", "b")}
     for name in ("a", "b"):  # the backend reports where replicas run, as ServeBackend does
         with manager._lock:
-            manager._streams[name].versions[1].where["placements"] = [{"node_id": placed[name]}]
+            record = manager._streams[name].versions[1]
+            record.deployed = dataclasses.replace(
+                record.deployed, placements=(AppPlacement(f"{name}-1", node_id=placed[name]),)
+            )
     lost = placed["a"]
     book.update_inventory(
         [g for g in (Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 16 * GIB)) if g.node_id != lost],

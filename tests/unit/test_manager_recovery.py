@@ -22,6 +22,7 @@ from cluster.manager_state import (
 )
 from cluster.publisher import EPOCH_BLOCK
 from cluster.reservations import Reservations
+from core.deployed import AppPlacement, Deployed
 from core.errors import AspireError
 from core.units import GIB
 from policies.admission import Gpu, Need
@@ -55,25 +56,26 @@ class Serve:
         if gate is not None:
             gate.wait(30)
         if (name, version) in self.fail:
-            self.unload(name, version, {"apps": [[a, 1] for a in apps]})
+            self.unload(Deployed.of_apps(apps))
             raise self.fail[(name, version)]
-        return {
-            "apps": [[a, 1] for a in apps],
-            "ram_bytes": GIB,
-            "placements": [{"app": a, "pid": 1000 + version} for a in apps],
-        }
+        return Deployed(
+            apps=tuple((a, 1) for a in apps),
+            ram_bytes=GIB,
+            placements=tuple(AppPlacement(a, pid=1000 + version) for a in apps),
+        )
 
-    def unload(self, name, version, where):
+    def unload(self, deployed):
         with self.lock:
-            if where.get("key"):  # shared: out of its host, which goes on
-                self.hosts[where["host"]].discard(where["key"])
+            if deployed.shared:  # out of its host, which goes on
+                self.hosts[deployed.host].discard(deployed.key)
                 return
-            for app, _ in where.get("apps") or []:
+            for app in deployed.app_names():
                 self.events.append(("delete", app, time.monotonic()))
                 self.apps.discard(app)
 
     # shared placement: models named "shared*" load into hosts
     hosts: dict
+    host_replicas = 1
 
     def shared(self, name):
         return name.startswith("shared")
@@ -86,20 +88,20 @@ class Serve:
         with self.lock:
             self.apps.add(slot.app)
             self.hosts.setdefault(slot.app, set()).add(key)
-        return {
-            "apps": [[slot.app, 1]],
-            "key": key,
-            "host": slot.app,
-            "placements": [{"app": slot.app, "host": slot.app, "node_id": "n1", "gpu": None}],
-        }
+        return Deployed(
+            apps=((slot.app, 1),),
+            key=key,
+            host=slot.app,
+            placements=(AppPlacement(slot.app, host=slot.app, node_id="n1"),),
+        )
 
     def close_host(self, app):
         with self.lock:
             self.apps.discard(app)
             self.hosts.pop(app, None)
 
-    def adopt(self, name, version, path, where):
-        self.adopted.append((name, version, where["host"]))
+    def adopt(self, name, version, path, deployed):
+        self.adopted.append((name, version, deployed.host))
 
 
 class Process:
@@ -140,6 +142,8 @@ class Process:
         if self.dead:
             raise RuntimeError("this manager is dead")
         return self.serve.load_shared(*args)
+
+    host_replicas = 1
 
     def close_host(self, app):
         if not self.dead:

@@ -11,6 +11,7 @@ from cluster import plan
 from cluster.manager import Manager
 from cluster.manager_state import Stream, VersionRecord
 from cluster.reservations import Reservations
+from core.deployed import AppPlacement, Deployed
 from core.errors import AspireError
 from core.units import GIB
 from policies.admission import Gpu, Need, Placement, Refusal
@@ -49,9 +50,13 @@ def test_only_refused_versions_that_stay_aspired_are_retried():
 
 def test_lost_with_nodes_finds_available_versions_with_a_replica_on_a_lost_node():
     s = stream("m", (1, READY, True), (2, READY, True), (3, HarnessState.LOADING, True))
-    s.versions[1].where = {"placements": [{"node_id": "n1"}, {"node_id": "n2"}]}
-    s.versions[2].where = {"placements": [{"node_id": "n3"}]}
-    s.versions[3].where = {"placements": [{"node_id": "n1"}]}  # not serving: not hit here
+
+    def on(*nodes):
+        return Deployed(apps=(), placements=tuple(AppPlacement("a", node_id=n) for n in nodes))
+
+    s.versions[1].deployed = on("n1", "n2")
+    s.versions[2].deployed = on("n3")
+    s.versions[3].deployed = on("n1")  # not serving: not hit here
     hit = plan.lost_with_nodes([s], {"n2", "n1"})
     assert [(r.version, gone) for _, r, gone in hit] == [(1, ["n1", "n2"])]
 
@@ -100,9 +105,9 @@ class ScriptedBackend:
         outcome = self.script.pop(0)
         if outcome != "OK":
             raise AspireError(f"{outcome} on try {self.loads}", outcome)
-        return {"apps": [[f"{name}-{version}", 1]]}
+        return Deployed(apps=((f"{name}-{version}", 1),))
 
-    def unload(self, name, version, where):
+    def unload(self, deployed):
         pass
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from cluster.manager_state import MAX_INTERRUPTED_LOADS, Stream, VersionRecord, dumps, record_doc
 from cluster.recovery import doomed_apps, plan_restore, settle_dropped
+from core.deployed import Deployed
 from policies.lifecycle import HarnessState as H
 
 
@@ -23,14 +24,14 @@ def stored(name, *records):
     return {f"model/{name}": dumps(doc)}
 
 
-def where(*apps):
-    return {"apps": [[a, 1] for a in apps]}
+def running(*apps):
+    return Deployed(apps=tuple((a, 1) for a in apps))
 
 
 def test_available_with_its_apps_is_adopted_and_nothing_else_moves():
     docs = stored(
         "m",
-        VersionRecord(1, "/m/1", H.READY, where=where("m-v1")),
+        VersionRecord(1, "/m/1", H.READY, deployed=running("m-v1")),
         VersionRecord(2, "/m/2", H.ERROR, error_code="DATA_LOSS"),
     )
     plan = plan_restore(docs, {"m-v1"}, prefix)
@@ -52,15 +53,15 @@ def test_available_with_its_apps_is_adopted_and_nothing_else_moves():
     ],
 )
 def test_versions_in_flight_or_missing_an_app_are_dropped_for_the_recovery(state, aspired, becomes):
-    docs = stored("m", VersionRecord(1, "/m/1", state, aspired=aspired, where=where("m-v1")))
+    docs = stored("m", VersionRecord(1, "/m/1", state, aspired=aspired, deployed=running("m-v1")))
     plan = plan_restore(docs, set(), prefix)  # m-v1 does not exist any more
     [(stream, record, was)] = plan.dropped
-    assert (was, record.state, record.where) == (state, becomes, None)
+    assert (was, record.state, record.deployed) == (state, becomes, None)
     assert plan.recovering == plan.changed == {"m"} and plan.adopted == []
 
 
 def test_applications_nobody_owns_are_orphans_of_their_model_or_of_none():
-    docs = stored("m", VersionRecord(1, "/m/1", H.READY, where=where("m-v1")))
+    docs = stored("m", VersionRecord(1, "/m/1", H.READY, deployed=running("m-v1")))
     plan = plan_restore(docs, {"m-v1", "m-v2", "stray"}, prefix)
     assert plan.orphans == ["m-v2", "stray"]
     assert plan.recovering == {"m"}  # m-v2 is m's, half-loaded; "stray" is no model's
