@@ -16,7 +16,7 @@ Contract:
 - The harness changes no version record itself: every change is an event its owner makes
   (cluster/harness_events.py), stored before the deployment it implies is created or deleted.
   What admission holds, and the peak VRAM measured after each load, are the harness's own
-  (`admission`, cluster/admission.py).
+  (`admission`, cluster/admission_state.py).
 
 The clock and sleeper are injected, so the retry rules run in unit tests without sleeping. Without
 an injected sleeper, a retry wait ends early once its version is unaspired, as TF Serving cancels
@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from cluster.admission import Admission
+from cluster.admission_state import Admission
 from cluster.backend.interface import Backend
 from cluster.harness_events import HarnessEvents
 from cluster.logs import servable_fields

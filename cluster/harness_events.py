@@ -9,7 +9,7 @@ together. The calls that must reach the store before the step they announce (LOA
 deployment exists, AVAILABLE before a router can see it, UNLOADING before a deployment goes)
 return once it is stored.
 
-Lock order: a call may be made while holding the admission lock (cluster/admission.py), never
+Lock order: a call may be made while holding the admission lock (cluster/admission_state.py), never
 the other way round; none is made while holding the manager's lock.
 """
 

@@ -89,7 +89,7 @@ class Manager:
         self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
         self._in_flight = 0
         # persistence (None: nothing survives this object). Lock order: the journal's lock, or
-        # the admission lock (cluster/admission.py), before _lock, never after it.
+        # the admission lock (cluster/admission_state.py), before _lock, never after it.
         self.journal = None if store is None else Journal(store, state_prefix)
         self.publisher = Publisher(
             self._changed,

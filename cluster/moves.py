@@ -5,7 +5,7 @@
 Availability-preserving: admit and load the version in the new placement, switch the serving
 map to it (stored first, as every READY change), wait until every router acknowledged it, then
 unload the old placement and release what it held. A refusal or a failed load leaves the version
-serving where it is; it is not tried again until capacity changes (cluster/admission.py
+serving where it is; it is not tried again until capacity changes (cluster/admission_state.py
 `refused_moves`, cleared then). Every change of the version record is an event of its owner's
 (cluster/harness_events.py).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from cluster.admission import Admission
+from cluster.admission_state import Admission
 from cluster.backend.interface import Backend
 from cluster.harness_events import HarnessEvents
 from cluster.logs import servable_fields

@@ -2,12 +2,7 @@
 (deployments/replica/call_service.py), and routers call it over connections they keep per replica
 (deployments/router/replica_client.py), with no Ray actor call per request.
 
-Why: a Serve handle call costs more CPU than the model on small models (bench/README.md): the
-router runs Serve's routing loop and the replica receives a Ray actor call. A gRPC service in
-the replica cost about 0.7 ms of CPU per call on 2 cores (half of the replica's own time on
-half_plus_two), so the hop is a framed protocol on plain TCP, run by the event loop's C code.
-Serve still places, health-checks, restarts and drains the replicas, and tells every router
-which replicas run (its long poll); only the request bytes take this path.
+Why a framed protocol on plain TCP rather than a Serve handle or gRPC: call_service.py.
 
 Wire contract, shared by both sides (this module holds its constants and codecs):
 1. A connection starts with the hello: `HELLO_MAGIC`, a 2-byte length, and the cluster's
