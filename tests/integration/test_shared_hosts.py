@@ -2,8 +2,9 @@
 hosts have two replicas (conftest.py): 50 versions in one shared host, each answering as its
 own model; a failed load in the host; an availability-preserving rollout inside the host under
 load; a version moved to dedicated placement under load; a host replica SIGKILLed under load;
-and the host closed once its last version is unloaded (the fleet is then put back, for the tests
-that run after it). Each test prints its figures."""
+and the host closed once its last version is unloaded. A test that changes the fleet (the
+rollout, the move, the unloading) puts it back before it ends, so each holds in any order. Each
+test prints its figures."""
 
 from __future__ import annotations
 
@@ -131,31 +132,44 @@ def test_a_version_that_fails_to_load_in_a_host_ends_alone_and_the_host_keeps_se
 def test_a_rollout_inside_the_host_under_load_fails_no_request(aspire, fleet):
     names, root = fleet
     name = names[0]
-    [host] = describe(aspire)["shared_hosts"]
-    pids = alive_replica_pids(host["app"])
-    with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
-        load.wait_more(100)
-        shutil.copytree(HALF_PLUS_THREE, root / name / "2")  # x/2 + 3
-        started = time.monotonic()
+    try:
+        [host] = describe(aspire)["shared_hosts"]
+        pids = alive_replica_pids(host["app"])
+        with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
+            load.wait_more(100)
+            shutil.copytree(HALF_PLUS_THREE, root / name / "2")  # x/2 + 3
+            started = time.monotonic()
+            wait_for(
+                lambda: (
+                    aspire.states(name).get(1, ("",))[0] == "END"
+                    and aspire.states(name).get(2, ("",))[0] == "AVAILABLE"
+                ),
+                300,
+                0.2,
+                what="v2 AVAILABLE and v1 unloaded",
+            )
+            rolled_s = time.monotonic() - started
+            load.wait_more(100)
+        print(
+            f"\nrollout inside a shared host under 8 clients: {len(load.answers)} answers, "
+            f"{len(load.failures)} failed; v2 served and v1 unloaded {rolled_s:.1f} s after v2 "
+            "appeared"
+        )
+        assert load.failures == []
+        assert {p for _, p in load.answers} == {2.5, 3.5}
+        assert load.answers[-1][1] == 3.5
+        assert alive_replica_pids(host["app"]) == pids  # loaded and unloaded without a restart
+    finally:  # back to v1 alone in the host, as the module's other tests expect it
+        shutil.rmtree(root / name / "2", ignore_errors=True)
         wait_for(
             lambda: (
-                aspire.states(name).get(1, ("",))[0] == "END"
-                and aspire.states(name).get(2, ("",))[0] == "AVAILABLE"
+                aspire.states(name).get(1, ("",))[0] == "AVAILABLE"
+                and aspire.states(name).get(2, ("END",))[0] == "END"
             ),
             300,
-            0.2,
-            what="v2 AVAILABLE and v1 unloaded",
+            0.5,
+            what=f"{name} back to version 1 alone",
         )
-        rolled_s = time.monotonic() - started
-        load.wait_more(100)
-    print(
-        f"\nrollout inside a shared host under 8 clients: {len(load.answers)} answers, "
-        f"{len(load.failures)} failed; v2 served and v1 unloaded {rolled_s:.1f} s after v2 appeared"
-    )
-    assert load.failures == []
-    assert {p for _, p in load.answers} == {2.5, 3.5}
-    assert load.answers[-1][1] == 3.5
-    assert alive_replica_pids(host["app"]) == pids  # loaded and unloaded without a restart
 
 
 def test_a_shared_version_moved_to_dedicated_under_load_fails_no_request(aspire, fleet):
@@ -168,27 +182,46 @@ def test_a_shared_version_moved_to_dedicated_under_load_fails_no_request(aspire,
     name = names[2]
     settings = {n: ModelSettings(placement="shared", device="cpu") for n in names if n != name}
     settings[name] = ModelSettings(device="cpu")
-    with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
-        load.wait_more(100)
-        ray.get(aspire.manager.set_settings.remote(settings))  # the side file: name is dedicated
-        started = time.monotonic()
-        wait_for(
-            lambda: "host" not in describe(aspire)["placements"][name]["1"][0],
-            300,
-            0.2,
-            what=f"{name} in replicas of its own",
+    try:
+        with ClosedLoop(f"{aspire.url}/v1/models/{name}:predict", clients=8) as load:
+            load.wait_more(100)
+            # the side file: name is dedicated
+            ray.get(aspire.manager.set_settings.remote(settings))
+            started = time.monotonic()
+            wait_for(
+                lambda: "host" not in describe(aspire)["placements"][name]["1"][0],
+                300,
+                0.2,
+                what=f"{name} in replicas of its own",
+            )
+            moved_s = time.monotonic() - started
+            load.wait_more(100)
+        print(
+            f"\nshared -> dedicated under 8 clients: {len(load.answers)} answers, "
+            f"{len(load.failures)} failed; moved {moved_s:.1f} s after the side file changed"
         )
-        moved_s = time.monotonic() - started
-        load.wait_more(100)
-    print(
-        f"\nshared -> dedicated under 8 clients: {len(load.answers)} answers, "
-        f"{len(load.failures)} failed; moved {moved_s:.1f} s after the side file changed"
-    )
-    assert load.failures == []
-    assert len(alive_replica_pids(app_name(name, 1))) == 1
-    [host] = describe(aspire)["shared_hosts"]
-    assert f"{{name: {name} version: 1}}" not in host["versions"]
-    assert aspire.states(name) == {1: ("AVAILABLE", "OK")}
+        assert load.failures == []
+        assert len(alive_replica_pids(app_name(name, 1))) == 1
+        # the old copy leaves the host after the serving map switched and the routers caught up
+        wait_for(
+            lambda: all(
+                f"{{name: {name} version: 1}}" not in host["versions"]
+                for host in describe(aspire)["shared_hosts"]
+            ),
+            60,
+            0.2,
+            what=f"{name}'s old copy unloaded from the host",
+        )
+        assert aspire.states(name) == {1: ("AVAILABLE", "OK")}
+    finally:  # back into the host, as the module's other tests expect it
+        shared = {n: ModelSettings(placement="shared", device="cpu") for n in [*names, "fleetbad"]}
+        ray.get(aspire.manager.set_settings.remote(shared))
+        wait_for(
+            lambda: "host" in describe(aspire)["placements"][name]["1"][0],
+            300,
+            0.5,
+            what=f"{name} back in the shared host",
+        )
 
 
 def test_a_host_replica_killed_under_load_comes_back_with_every_version_and_fails_no_request(
