@@ -89,7 +89,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
     logs.quiet_libraries()  # Ray brings its own stream handler on import
 
     from cluster import launcher
-    from cluster.manager_actor import ManagerConfig
+    from cluster.control_plane import ManagerConfig
     from config.aspire_config import load_aspire_config
     from config.model_config import (
         ModelSource,

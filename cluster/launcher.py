@@ -17,8 +17,9 @@ from ray import serve
 
 from cluster.backend.routers import ROUTER_APP, deploy_routers
 from cluster.backend.serve_state import delete_apps
+from cluster.control_plane import ManagerConfig
 from cluster.inventory import head_node_id
-from cluster.manager_actor import ManagerConfig, start_manager
+from cluster.manager_actor import start_manager
 from config.options import ServerOptions
 from core.names import APP_PREFIX
 

@@ -233,7 +233,7 @@ def aspire():
         )
         for name, d in BASE_MODELS.items()
     ]
-    from cluster.manager_actor import ManagerConfig
+    from cluster.control_plane import ManagerConfig
 
     config = ManagerConfig(
         models=models,

@@ -110,3 +110,35 @@ def test_a_poll_in_progress_cannot_aspire_a_model_again_after_its_removal(tmp_pa
     poller.join(5)
     remover.join(5)
     assert [c for c in calls if c[0] == "m"][-1] == ("m", {})  # the removal is the last word
+
+
+def test_a_url_base_path_is_listed_by_the_injected_remote_lister():
+    asked = []
+
+    def remote(path: str) -> list[str]:
+        asked.append(path)
+        return ["1", "2", "not-a-version"]
+
+    model = ModelSource("m", "gs://bucket/m")
+    assert poll_model(model, remote) == {2: "gs://bucket/m/2"}
+    assert asked == ["gs://bucket/m"]
+
+
+def test_a_url_base_path_that_cannot_be_listed_is_skipped_and_logged(caplog):
+    def failing(path: str) -> list[str]:
+        raise OSError(f"listing {path} failed: no credentials")
+
+    with caplog.at_level(logging.ERROR):
+        assert poll_model(ModelSource("m", "s3://bucket/m"), failing) is None
+        assert poll_model(ModelSource("n", "s3://bucket/n")) is None  # no lister at all
+    assert "no credentials" in caplog.text
+    assert "no file system for URL base paths" in caplog.text
+
+
+def test_the_replica_side_lister_lists_with_tensorflows_file_systems(tmp_path):
+    from deployments.replica.remote_files import list_children
+
+    make_versions(tmp_path, "1", "2")
+    children, why = list_children(str(tmp_path))
+    assert (sorted(children or []), why) == (["1", "2"], "")
+    assert list_children(str(tmp_path / "missing")) == (None, f"{tmp_path / 'missing'} not found")
