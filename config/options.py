@@ -81,6 +81,14 @@ class ReplicaOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     tensor_content: bool = False  # --enable_serialization_as_tensor_content
+    # --per_process_gpu_memory_fraction: each GPU replica's TensorFlow takes at most this share
+    # of its GPU's memory, and admission books that share (0: TF's default, the estimate booked)
+    gpu_memory_fraction: float = 0.0
+    # A serialized tensorflow.ConfigProto from --tensorflow_session_config_file or
+    # --platform_config_file, merged under the replica's own session settings (b"": none)
+    session_config: bytes = b""
+    # --enable_signature_method_name_check: a call must use its signature's method as TF Serving
+    enable_signature_method_name_check: bool = False
     # Shared by routers and replicas: calls on a replica's own service must carry it
     # (deployments/replica/call_service.py). Kept in Serve's arguments in the GCS, like the rest of
     # the cluster's state; "" turns the direct path off (every call takes Serve's handle).
@@ -112,3 +120,13 @@ class ServerOptions:
     # never the tokens, which would be checkpointed with the router's arguments in the GCS.
     auth_token_sha256: str | None = None
     admin_token_sha256: str | None = None
+    # --ssl_config_file (absolute; the same path on every node): TF Serving's SSLConfig text
+    # file. The routers read it themselves, serve TLS on both ports from it, and re-read it when
+    # it (or a file it names) changes; the key never travels in Ray's arguments. "": plain.
+    ssl_config_file: str = ""
+    grpc_socket_path: str = ""  # --grpc_socket_path: gRPC on this UNIX socket too ("": none)
+    # --grpc_channel_arguments, parsed: (name, int or str) pairs given to the gRPC server
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
+    grpc_max_threads: int = 0  # --grpc_max_threads (0: the default, 4 x CPUs)
+    rest_api_num_threads: int = 0  # --rest_api_num_threads (0: the default, 4 x CPUs)
+    enable_cors: bool = False  # --rest_api_enable_cors_support: TF Serving's CORS headers

@@ -39,19 +39,7 @@ def deploy_routers(options: ServerOptions, data_key: str, head_node: str) -> Non
             ray_actor_options=router_options,
         )
     serve.run(
-        router.bind(
-            options.rest_api_timeout_in_ms,
-            data_key,
-            metrics_path=options.metrics_path,
-            host=options.rest_api_host,
-            rest_port=options.rest_api_port,
-            grpc_port=options.grpc_port,
-            grpc_health=options.enable_grpc_healthcheck_service,
-            max_body_bytes=options.rest_api_max_body_bytes,
-            http_limits=options.http_limits,
-            auth_token_sha256=options.auth_token_sha256,
-            admin_token_sha256=options.admin_token_sha256,
-        ),
+        router.bind(options, data_key),
         name=ROUTER_APP,
         route_prefix=None,
     )

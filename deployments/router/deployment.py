@@ -15,9 +15,8 @@ import uuid
 import ray
 from ray import serve
 
-from config.options import HttpLimits
+from config.options import ServerOptions
 from core import protos
-from core.errors import DEFAULT_MAX_BODY_BYTES
 from core.names import MANAGER_NAME, NAMESPACE
 from deployments.router.auth import BearerAuth, GrpcAuthInterceptor
 from deployments.router.core import RouterCore
@@ -34,46 +33,37 @@ from deployments.router.v2_grpc import V2Grpc
 class Router:
     def __init__(
         self,
-        rest_api_timeout_ms: int = 30000,
+        options: ServerOptions,
         data_key: str = "",
         manager_name: str = MANAGER_NAME,
         namespace: str = NAMESPACE,
-        metrics_path: str | None = None,
-        host: str = "0.0.0.0",
-        rest_port: int = 8501,
-        grpc_port: int = 8500,
-        grpc_health: bool = False,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        auth_token_sha256: str | None = None,
-        admin_token_sha256: str | None = None,
-        http_limits: HttpLimits | None = None,
     ):
+        """`options`: the server's flags as config/options.py holds them (ports, limits, token
+        digests, TLS and gRPC settings); `data_key`: the direct path's key."""
         protos.load()  # TF Serving's protos without TensorFlow's runtime: a router runs no model
         # Digests, never tokens: Serve keeps these arguments in the GCS
         # (deployments/router/auth.py).
-        auth = BearerAuth(auth_token_sha256, admin_token_sha256)
+        auth = BearerAuth(options.auth_token_sha256, options.admin_token_sha256)
         manager = ray.get_actor(manager_name, namespace=namespace)
+        timeout_ms = options.rest_api_timeout_in_ms
         self.core = RouterCore(
             manager,
-            rest_api_timeout_ms / 1000 if rest_api_timeout_ms > 0 else None,
+            timeout_ms / 1000 if timeout_ms > 0 else None,
             data_key,
             f"router-{uuid.uuid4().hex[:12]}",
         )
         grpc_api, v2_grpc = GrpcApi(self.core), V2Grpc(self.core)
 
         def add_services(server) -> None:  # TF Serving's services and the v2 protocol's
-            add_servicers(grpc_api, server, grpc_health)
+            add_servicers(grpc_api, server, options.enable_grpc_healthcheck_service)
             v2_grpc.add_to(server)
 
         self._ingress = Ingress()
         self._ingress.start(
-            RestApi(self.core, auth, max_body_bytes, metrics_path),
-            host,
-            rest_port,
-            grpc_port,
+            RestApi(self.core, auth, options.rest_api_max_body_bytes, options.metrics_path),
+            options,
             add_services,
             grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else (),
-            http_limits=http_limits or HttpLimits(),
         )
         self.core.loop = self._ingress.loop
         self._ingress.loop.call_soon_threadsafe(self.core.sync_apps)  # the versions served now

@@ -20,7 +20,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from config.options import HttpLimits
+from config.options import HttpLimits, ServerOptions
 from deployments.wire.direct import new_event_loop
 
 if TYPE_CHECKING:  # imported where they run, in _serve
@@ -134,22 +134,24 @@ class Ingress:
         self._grpc: grpc.aio.Server | None = None
         self._grpc_interceptors: tuple = ()
         self._http_limits = HttpLimits()
+        self.options = ServerOptions()
 
     def start(
         self,
         asgi_app,
-        host: str,
-        rest_port: int,
-        grpc_port: int = 0,
+        options: ServerOptions,
         add_servicers: Callable[[object], None] | None = None,
         timeout_s: float = 30.0,
         grpc_interceptors: Sequence[object] = (),
-        http_limits: HttpLimits | None = None,
     ) -> None:
-        """`rest_port` 0: no REST server. `grpc_interceptors`: grpc.aio server interceptors, run
-        before every gRPC handler (deployments/router/auth.py's token check)."""
+        """Serve `asgi_app` on `options.rest_api_port` (0: no REST server) and the gRPC services
+        `add_servicers` adds on `options.grpc_port` (0: none), with the options' limits.
+        `grpc_interceptors`: grpc.aio server interceptors, run before every gRPC handler
+        (deployments/router/auth.py's token check)."""
         self._grpc_interceptors = tuple(grpc_interceptors)
-        self._http_limits = http_limits or HttpLimits()
+        self._http_limits = options.http_limits
+        self.options = options
+        host, rest_port, grpc_port = options.rest_api_host, options.rest_api_port, options.grpc_port
         rest_sock = listening_socket(host, rest_port) if rest_port else None
         self._thread = threading.Thread(
             target=self._run,

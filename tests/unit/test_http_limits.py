@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from config.options import HttpLimits
+from config.options import HttpLimits, ServerOptions
 from deployments.router.servers import Ingress
 
 LIMITS = HttpLimits(header_timeout_s=1.0, idle_timeout_s=1.0, max_connections=400)
@@ -33,7 +33,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     ingress, port = Ingress(), free_port()
-    ingress.start(app, "127.0.0.1", port, http_limits=LIMITS)
+    ingress.start(
+        app,
+        ServerOptions(
+            rest_api_host="127.0.0.1", rest_api_port=port, grpc_port=0, http_limits=LIMITS
+        ),
+    )
     yield port
     ingress.stop()
 
@@ -124,7 +129,15 @@ def test_hundreds_of_slow_connections_are_closed_and_normal_requests_keep_their_
 
 def test_a_connection_past_the_limit_is_answered_503_at_once():
     ingress, port = Ingress(), free_port()
-    ingress.start(app, "127.0.0.1", port, http_limits=HttpLimits(max_connections=3))
+    ingress.start(
+        app,
+        ServerOptions(
+            rest_api_host="127.0.0.1",
+            rest_api_port=port,
+            grpc_port=0,
+            http_limits=HttpLimits(max_connections=3),
+        ),
+    )
     held = [connect(port) for _ in range(3)]
     try:
         for sock in held:  # each is in: a request on it is answered
