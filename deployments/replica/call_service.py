@@ -8,8 +8,12 @@ half_plus_two), so the hop is a framed protocol on plain TCP, run by the event l
 Serve still places, health-checks, restarts and drains the replicas, and tells every router
 which replicas run (its long poll); only the request bytes take this path.
 
-The wire contract (hello, frames, methods, answers) is deployments/wire/direct.py. This side:
-1. The service runs on its own thread and event loop; the work runs on the replica's inference
+The wire contract (handshake, frames, methods, answers) is deployments/wire/direct.py. This side:
+1. On accept it sends its challenge (a fresh nonce), checks the router's proof of the data-plane
+   key before it reads any call, and proves the key back; a wrong proof closes the connection
+   with one warning. With Ray's TLS on (`RAY_USE_TLS`), the port speaks only mutual TLS with a
+   client certificate signed by Ray's CA (deployments/wire/internal_tls.py).
+2. The service runs on its own thread and event loop; the work runs on the replica's inference
    pool. `stop(grace_s)` refuses new connections and calls (routers send those elsewhere), lets
    the calls in flight finish for up to `grace_s`, then closes every connection.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import struct
+import ssl
 import threading
 import time
 from typing import Callable
@@ -29,16 +33,24 @@ from deployments.wire.direct import (
     CALL,
     CALL_HEADER,
     CANCEL,
+    HANDSHAKE_TIMEOUT_S,
     HELLO_MAGIC,
     KEY_LENGTH,
     KEYED_CALL,
     MAX_PAYLOAD_BYTES,
     METHODS,
+    NONCE_BYTES,
     REFUSED_ANSWER,
+    RESPONSE_BYTES,
+    challenge,
     encode_answer,
     new_event_loop,
+    new_nonce,
+    replica_proof,
+    router_proof,
     set_nodelay,
 )
+from deployments.wire.internal_tls import server_context
 
 log = logging.getLogger("aspire.replica_service")
 
@@ -48,22 +60,33 @@ Submit = Callable[[str, bytes, str], "asyncio.Future[bytes]"]
 
 
 class _Connection(asyncio.Protocol):
-    """One router's connection: reads the hello, then call and cancel frames."""
+    """One router's connection: the handshake (direct.py), then call and cancel frames."""
 
     def __init__(self, service: "ReplicaService") -> None:
         self._service = service
         self._buf = bytearray()
         self._greeted = False
+        self._nonce = new_nonce()
         self._calls: dict[int, asyncio.Future] = {}
         self._transport: asyncio.Transport  # set by connection_made, asyncio's first call
+        self._expiry: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self._transport = transport
         set_nodelay(transport)
         self._service._connections.add(self)
+        transport.write(challenge(self._nonce))
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        if not self._greeted:
+            self._transport.close()
 
     def connection_lost(self, exc) -> None:
         self._service._connections.discard(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
         for future in self._calls.values():
             future.cancel()
         self._calls.clear()
@@ -108,21 +131,26 @@ class _Connection(asyncio.Protocol):
             self._start(call_id, METHODS[method], payload, key)
 
     def _read_hello(self) -> bool:
-        buf, size = self._buf, len(HELLO_MAGIC) + 2
-        if len(buf) < size:
+        """The router's answer to the challenge: magic, its nonce, its proof of the key."""
+        buf = self._buf
+        if bytes(buf[: len(HELLO_MAGIC)]) != HELLO_MAGIC[: len(buf)]:
+            self._transport.close()  # not a router of this protocol version
             return False
-        if bytes(buf[: len(HELLO_MAGIC)]) != HELLO_MAGIC:
-            self._transport.close()
+        if len(buf) < RESPONSE_BYTES:
             return False
-        (length,) = struct.unpack_from("!H", buf, len(HELLO_MAGIC))
-        if len(buf) < size + length:
-            return False
-        if not hmac.compare_digest(bytes(buf[size : size + length]), self._service.key):
+        start = len(HELLO_MAGIC)
+        router_nonce = bytes(buf[start : start + NONCE_BYTES])
+        proof = bytes(buf[start + NONCE_BYTES : RESPONSE_BYTES])
+        key = self._service.key
+        if not hmac.compare_digest(proof, router_proof(key, self._nonce, router_nonce)):
             log.warning("closed a connection with a wrong data-plane key")
             self._transport.close()
             return False
-        del buf[: size + length]
+        del buf[:RESPONSE_BYTES]
         self._greeted = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._transport.write(replica_proof(key, self._nonce, router_nonce))
         return True
 
     def _start(self, call_id: int, method: str, payload: bytes, key: str) -> None:
@@ -160,6 +188,9 @@ class ReplicaService:
         self.submit = submit
         self.key = key.encode("utf-8")
         self._host = host
+        # Ray's TLS settings (deployments/wire/internal_tls.py): read here, so a bad setting
+        # fails the start, not each connection
+        self._tls: ssl.SSLContext | None = server_context()
         self.port: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -187,7 +218,14 @@ class ReplicaService:
         asyncio.set_event_loop(self.loop)
         try:
             self._server = self.loop.run_until_complete(
-                self.loop.create_server(lambda: _Connection(self), self._host, 0, backlog=1024)
+                self.loop.create_server(
+                    lambda: _Connection(self),
+                    self._host,
+                    0,
+                    backlog=1024,
+                    ssl=self._tls,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self._tls else None,
+                )
             )
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:  # noqa: BLE001 - reported by start()

@@ -5,7 +5,9 @@
    handle's long poll); each replica publishes its service port in its replica metadata.
    `VersionApp` (opened by the router when the serving map names the application) keeps one
    connection per replica whose port it knows, opened on its first call;
-   calls share it, many in flight at once.
+   calls share it, many in flight at once. A connection is ready, and takes its first call, once
+   both sides proved the data-plane key (the handshake of deployments/wire/direct.py, once per
+   connection); with Ray's TLS on it speaks mutual TLS (deployments/wire/internal_tls.py).
 2. A call goes to the replica with the fewest calls in flight from this router. While a
    replica's port is unknown, or Serve's list is not there yet, or every replica failed, the
    call takes Serve's handle instead (`acquire` returns None): Serve's own queueing and retries.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import time
 
 from core.errors import AspireError
@@ -36,22 +39,35 @@ from deployments.wire.direct import (
     CALL,
     CALL_HEADER,
     CANCEL,
+    CHALLENGE_BYTES,
+    HANDSHAKE_TIMEOUT_S,
+    HELLO_MAGIC,
     KEY_LENGTH,
     KEYED_CALL,
     METADATA_KEY,
     METHOD_NUMBERS,
-    hello,
+    PROOF_BYTES,
+    new_nonce,
+    replica_proof,
+    response,
     set_nodelay,
 )
+from deployments.wire.internal_tls import InternalTLSError, client_context
 
 FAILED_SKIP_S = 5.0
 
 
 class _Answers(asyncio.Protocol):
-    """The router's end of one connection to a replica: sends the hello, reads answer frames."""
+    """The router's end of one connection to a replica: the handshake (`ready` is done once the
+    replica proved the key), then answer frames."""
 
-    def __init__(self, key_hello: bytes) -> None:
-        self._hello = key_hello
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._nonce = new_nonce()
+        self._replica_nonce = b""
+        self._proved = False  # the replica proved the key: its frames are read from now on
+        self._refused = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future] = {}
         self._buf = bytearray()
@@ -60,11 +76,43 @@ class _Answers(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         set_nodelay(transport)
-        transport.write(self._hello)
+
+    def _handshake(self) -> bool:
+        """Answers the replica's challenge, then checks its proof; True once it is proved."""
+        buf = self._buf
+        if not self._replica_nonce:
+            if bytes(buf[: len(HELLO_MAGIC)]) != HELLO_MAGIC[: len(buf)]:
+                return self._refuse("it does not speak this protocol version")
+            if len(buf) < CHALLENGE_BYTES:
+                return False
+            self._replica_nonce = bytes(buf[len(HELLO_MAGIC) : CHALLENGE_BYTES])
+            del buf[:CHALLENGE_BYTES]
+            assert self.transport is not None  # connection_made came first
+            self.transport.write(response(self._key, self._replica_nonce, self._nonce))
+        if len(buf) < PROOF_BYTES:
+            return False
+        expected = replica_proof(self._key, self._replica_nonce, self._nonce)
+        if not hmac.compare_digest(bytes(buf[:PROOF_BYTES]), expected):
+            return self._refuse("it did not prove the data-plane key")
+        del buf[:PROOF_BYTES]
+        self._proved = True
+        if not self.ready.done():
+            self.ready.set_result(None)
+        return True
+
+    def _refuse(self, why: str) -> bool:
+        self._refused = True  # nothing more is read from this peer
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"not the replica: {why}"))
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
         buf += data
+        if not self._proved and (self._refused or not self._handshake()):
+            return
         header = ANSWER_HEADER.size
         while len(buf) >= header:
             call_id, length = ANSWER_HEADER.unpack_from(buf)
@@ -78,6 +126,10 @@ class _Answers(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if not self.ready.done():  # a replica that refused this router's proof closes here
+            self.ready.set_exception(
+                ConnectionError(f"closed during the handshake: {exc or 'closed by the replica'}")
+            )
         lost = ConnectionError(f"connection to the replica lost: {exc or 'closed by the replica'}")
         for future in self.pending.values():
             if not future.done():
@@ -97,7 +149,7 @@ class ReplicaLink:
         "ongoing",
         "failed_at",
         "retired",
-        "_hello",
+        "_key",
         "_conn",
         "_connecting",
         "_next_id",
@@ -113,31 +165,55 @@ class ReplicaLink:
         self.ongoing = 0
         self.failed_at: float | None = None
         self.retired = False
-        self._hello = hello(key)
+        self._key = key.encode("utf-8")
         self._conn: _Answers | None = None
-        self._connecting: asyncio.Future | None = None
+        self._connecting: asyncio.Future[_Answers] | None = None
         self._next_id = 0
 
     async def _connection(self) -> _Answers:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
-        if self._connecting is None:  # one attempt, shared by the calls that wait for it
-            self._connecting = asyncio.ensure_future(
-                asyncio.get_running_loop().create_connection(
-                    lambda: _Answers(self._hello), self.host, self.port
-                )
-            )
-        connecting = self._connecting
+        if self._connecting is None or self._connecting.done():
+            # one attempt, shared by the calls that wait for it
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(_retrieve)
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Answers:
+        """A new connection whose handshake completed (deployments/wire/direct.py), kept as the
+        link's connection; ConnectionError when it cannot be opened or the peer is not the
+        replica."""
+        where = f"the replica at {self.host}:{self.port}"
         try:
-            _, conn = await asyncio.shield(connecting)
-        except OSError as exc:
-            raise ConnectionError(
-                f"cannot connect to the replica at {self.host}:{self.port}: {exc}"
-            ) from None
-        finally:
-            if self._connecting is connecting and connecting.done():
-                self._connecting = None
+            tls = client_context()
+        except InternalTLSError as exc:
+            raise ConnectionError(f"cannot connect to {where}: {exc}") from None
+        loop = asyncio.get_running_loop()
+        conn: _Answers | None = None
+
+        def made() -> _Answers:
+            nonlocal conn
+            conn = _Answers(self._key)
+            return conn
+
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                await loop.create_connection(made, self.host, self.port, ssl=tls)
+                assert conn is not None  # made by the factory
+                await conn.ready
+        except OSError as exc:  # ConnectionError, ssl.SSLError, TimeoutError
+            if conn is not None:
+                if not conn.ready.done():
+                    conn.ready.cancel()  # nothing waits for it any more
+                if conn.transport is not None:
+                    conn.transport.close()
+            why = (
+                f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s"
+                if isinstance(exc, TimeoutError)
+                else str(exc)
+            )
+            raise ConnectionError(f"cannot connect to {where}: {why}") from None
         self._conn = conn
         return conn
 
@@ -178,6 +254,12 @@ class ReplicaLink:
         conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None:
             conn.transport.close()
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """A connection attempt's failure is read even when every call that waited for it left."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _expire(future: asyncio.Future) -> None:

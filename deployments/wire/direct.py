@@ -5,9 +5,28 @@
 Why a framed protocol on plain TCP rather than a Serve handle or gRPC: call_service.py.
 
 Wire contract, shared by both sides (this module holds its constants and codecs):
-1. A connection starts with the hello: `HELLO_MAGIC`, a 2-byte length, and the cluster's
-   data-plane key. A replica closes a connection whose hello is wrong before it reads a call,
-   so the port opens no way around the routers' bearer tokens.
+1. A connection opens with a handshake in which each side proves it holds the cluster's
+   data-plane key (config/options.py ReplicaOptions.data_key) without sending it, so a reader of
+   the traffic between nodes learns nothing that lets it call a replica or pose as one:
+   a. on accept, the replica sends `HELLO_MAGIC` and its nonce, `NONCE_BYTES` (32) fresh random
+      bytes (`secrets`), new for every connection;
+   b. the router answers `HELLO_MAGIC`, a nonce of its own (32 fresh random bytes) and its proof,
+      HMAC-SHA256(key, `ROUTER_LABEL` + replica nonce + router nonce) (`router_proof`, 32 bytes),
+      the key being the data-plane key's UTF-8 bytes;
+   c. the replica checks the magic and the proof (`hmac.compare_digest`). A wrong proof gets the
+      connection closed before any call is read (and one warning logged), so the port opens no
+      way around the routers' bearer tokens; a replayed handshake fails, the replica's nonce
+      being new. Otherwise the replica sends its own proof, HMAC-SHA256(key, `REPLICA_LABEL` +
+      replica nonce + router nonce) (`replica_proof`, 32 bytes);
+   d. the router checks that proof before it writes its first call: a listener without the key
+      (not the replica Serve named) cannot answer calls as the model. A wrong proof or magic
+      closes the connection, and its calls fail in transport.
+   The two labels differ, so neither side's proof can be reflected as the other's. Either side
+   closes a connection whose handshake has not completed within `HANDSHAKE_TIMEOUT_S`. The
+   handshake is paid once per connection; calls carry nothing of it. It authenticates the
+   connection's start only: against a man in the middle who alters traffic, and to keep the
+   payloads private, turn on Ray's TLS (`RAY_USE_TLS`), which also wraps this connection in
+   mutual TLS (deployments/wire/internal_tls.py); the handshake then runs inside TLS.
 2. Then frames, in both directions, many calls in flight on one connection. A call is
    `CALL_HEADER` (frame type 1, call id, method number, payload length) and the payload; a
    cancel is `CALL_HEADER` with frame type 2 and no payload; an answer is `ANSWER_HEADER`
@@ -40,6 +59,9 @@ Wire contract, shared by both sides (this module holds its constants and codecs)
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
 import struct
 
 from core.errors import CODES, AspireError
@@ -60,7 +82,14 @@ METHODS = (
 )
 METHOD_NUMBERS = {m: i for i, m in enumerate(METHODS)}
 REST_METHODS = METHODS[:4]
-HELLO_MAGIC = b"ASPIRE-CALLS/1\n"
+HELLO_MAGIC = b"ASPIRE-CALLS/2\n"
+NONCE_BYTES = 32
+PROOF_BYTES = 32  # HMAC-SHA256
+ROUTER_LABEL = b"aspire-calls/2 router proof\x00"
+REPLICA_LABEL = b"aspire-calls/2 replica proof\x00"
+CHALLENGE_BYTES = len(HELLO_MAGIC) + NONCE_BYTES  # what the replica sends first
+RESPONSE_BYTES = len(HELLO_MAGIC) + NONCE_BYTES + PROOF_BYTES  # the router's answer
+HANDSHAKE_TIMEOUT_S = 10.0
 CALL_HEADER = struct.Struct("!BIBQ")  # frame type, call id, method number, payload length
 ANSWER_HEADER = struct.Struct("!IQ")  # call id, answer length
 CALL, CANCEL, KEYED_CALL = 1, 2, 3
@@ -114,9 +143,26 @@ def set_nodelay(transport) -> None:
         pass
 
 
-def hello(key: str) -> bytes:
-    raw = key.encode("utf-8")
-    return HELLO_MAGIC + struct.pack("!H", len(raw)) + raw
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def challenge(replica_nonce: bytes) -> bytes:
+    """What the replica sends on accept."""
+    return HELLO_MAGIC + replica_nonce
+
+
+def router_proof(key: bytes, replica_nonce: bytes, router_nonce: bytes) -> bytes:
+    return hmac.new(key, ROUTER_LABEL + replica_nonce + router_nonce, hashlib.sha256).digest()
+
+
+def replica_proof(key: bytes, replica_nonce: bytes, router_nonce: bytes) -> bytes:
+    return hmac.new(key, REPLICA_LABEL + replica_nonce + router_nonce, hashlib.sha256).digest()
+
+
+def response(key: bytes, replica_nonce: bytes, router_nonce: bytes) -> bytes:
+    """The router's answer to the replica's challenge: magic, its nonce, its proof."""
+    return HELLO_MAGIC + router_nonce + router_proof(key, replica_nonce, router_nonce)
 
 
 # A v2 REST call's payload: the length of its JSON header (V2_NO_BINARY: the whole body is JSON,

@@ -87,21 +87,36 @@ def test_grpc_predictions_take_the_direct_path(aspire):
 
 
 def test_replica_service_answers_nothing_without_the_data_plane_key(aspire):
+    import os
     import socket
-    import struct
 
     import ray
 
-    from deployments.wire.direct import CALL, CALL_HEADER, HELLO_MAGIC, METHOD_NUMBERS
+    from deployments.wire.direct import (
+        CALL,
+        CALL_HEADER,
+        CHALLENGE_BYTES,
+        HELLO_MAGIC,
+        METHOD_NUMBERS,
+        NONCE_BYTES,
+        PROOF_BYTES,
+    )
 
     port = replica_handle().ping.remote().result(timeout_s=30).service_port
     assert port
     body = b'{"instances": [1.0]}'
     call = CALL_HEADER.pack(CALL, 1, METHOD_NUMBERS["predict"], len(body)) + body
-    wrong = HELLO_MAGIC + struct.pack("!H", 5) + b"wrong"
+    # a proof made without the key (the replica's challenge is answered with random bytes)
+    wrong = HELLO_MAGIC + os.urandom(NONCE_BYTES) + os.urandom(PROOF_BYTES)
     before = calls()
-    for opening in (b"", wrong):  # no hello, then a hello with a wrong key
+    for opening in (b"", wrong):  # no answer to the challenge, then a wrong proof
         with socket.create_connection((ray.util.get_node_ip_address(), port), timeout=30) as sock:
+            first = b""
+            while len(first) < CHALLENGE_BYTES:  # the replica speaks first: its challenge
+                chunk = sock.recv(CHALLENGE_BYTES - len(first))
+                assert chunk, "the replica closed before sending its challenge"
+                first += chunk
+            assert first.startswith(HELLO_MAGIC)
             sock.sendall(opening + call)
             assert sock.recv(65536) == b""  # closed by the replica, nothing answered
     assert calls() == before
