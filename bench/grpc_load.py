@@ -3,11 +3,13 @@ next request when its answer arrives, for DURATION seconds. The request is seria
 sent as raw bytes, so the client spends its CPU on gRPC, not on protobuf.
 
 Usage: python bench/grpc_load.py TARGET METHOD REQUEST_FILE CONCURRENCY DURATION_S
+With BENCH_GRPC_CA set (a CA certificate file), the channel is TLS, verified against it.
 Prints one JSON line: requests, errors, duration_s, latencies_ms (sorted sample of all).
 """
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -18,7 +20,14 @@ async def main(
     target: str, method: str, request: bytes, concurrency: int, duration_s: float
 ) -> dict:
     latencies, errors = [], []
-    async with grpc.aio.insecure_channel(target) as channel:
+    ca = os.environ.get("BENCH_GRPC_CA")
+    if ca:
+        with open(ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.aio.secure_channel(target, credentials)
+    else:
+        channel = grpc.aio.insecure_channel(target)
+    async with channel:
         call = channel.unary_unary(method)  # bytes in, bytes out
         await call(request, timeout=60)  # connect before the clock starts
         deadline = time.perf_counter() + duration_s

@@ -11,6 +11,9 @@ Systems, each started alone (nothing else serving while it is measured):
                   server as d)
   h  aspire-v2g   `aspire serve`, the Open Inference Protocol's gRPC ModelInfer, raw contents
                   (same server as d)
+  i  aspire-https `aspire serve --ssl_config_file`, REST over TLS (at the lowest and highest
+                  concurrency only: the cost of TLS is read against d)
+  j  aspire-grpcs the same TLS server, gRPC Predict over TLS (read against e)
 Models: half_plus_two (TF Serving's test model: per-request overhead), and two MLPs exported by
 bench/models.py, one 784-float row per request: 784-1024-1024-10 (light compute) and
 784-4096-4096-10 (milliseconds per row, little more per batch: where batching should pay).
@@ -63,7 +66,10 @@ SYSTEMS = {
     "f": "aspire-batch",
     "g": "aspire-v2",
     "h": "aspire-v2g",
+    "i": "aspire-https",
+    "j": "aspire-grpcs",
 }
+TLS_PAIRS = (("i", "d"), ("j", "e"))  # (over TLS, the same API in plain) in the same run
 README_BEGIN, README_END = "<!-- suite:begin -->", "<!-- suite:end -->"
 BATCHING = """max_batch_size { value: 32 }
 batch_timeout_micros { value: 1000 }
@@ -150,7 +156,12 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def grpc_point(
-    target: str, request: Path, concurrency: int, duration_s: float, method: str = PREDICT
+    target: str,
+    request: Path,
+    concurrency: int,
+    duration_s: float,
+    method: str = PREDICT,
+    ca: Path | None = None,
 ) -> dict:
     out, cpu = run_measured(
         [
@@ -161,7 +172,8 @@ def grpc_point(
             str(request),
             str(concurrency),
             str(duration_s),
-        ]
+        ],
+        env={**os.environ, "BENCH_GRPC_CA": str(ca)} if ca else None,
     )
     r = json.loads(out.strip().splitlines()[-1])
     ms = r["latencies_ms"] or [float("nan")]
@@ -297,11 +309,15 @@ class ServerCpu:
         return sum(t - self.before.get(pid, 0) for pid, t in after.items()) * self.TICK_S
 
 
-def answers(url: str, body: bytes) -> bool:
+def answers(url: str, body: bytes, verify: bool | str = True) -> bool:
     try:
         return (
             requests.post(
-                url, data=body, headers={"Content-Type": "application/json"}, timeout=5
+                url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=5,
+                verify=verify,
             ).status_code
             == 200
         )
@@ -403,14 +419,24 @@ class Suite:
             flush=True,
         )
 
+    def concurrency_of(self, system: str) -> list[int]:
+        """TLS systems run at the lowest and highest concurrency only (their cost is a ratio)."""
+        levels = self.args.concurrency
+        return sorted({min(levels), max(levels)}) if system in "ij" else levels
+
     def sweep_rest(
-        self, system: str, url_of, server_pid: int | None = None, v2: bool = False
+        self,
+        system: str,
+        url_of,
+        server_pid: int | None = None,
+        v2: bool = False,
+        verify: bool | str = True,
     ) -> None:
         for name, m in self.models.items():
             body_path = m.v2_body_path if v2 else m.body_path
-            if not answers(url_of(name), body_path.read_bytes()):
+            if not answers(url_of(name), body_path.read_bytes(), verify):
                 raise RuntimeError(f"{SYSTEMS[system]} does not answer {name}")
-            for c in self.args.concurrency:
+            for c in self.concurrency_of(system):
                 self.record(
                     name,
                     system,
@@ -438,6 +464,8 @@ class Suite:
             self.aspire(batching=False)
         if "f" in sel:
             self.aspire(batching=True)
+        if "i" in sel or "j" in sel:
+            self.aspire(batching=False, tls=True)
 
     def model_args(self) -> list[str]:
         return [f"{n}={m.version_dir}" for n, m in self.models.items()]
@@ -476,7 +504,39 @@ class Suite:
         finally:
             server.stop()
 
-    def aspire(self, batching: bool) -> None:
+    def sweep_grpc(
+        self, system: str, port: int, server_pid: int, method: str, ca: Path | None = None
+    ) -> None:
+        for name, m in self.models.items():
+            request = m.v2_grpc_path if method == MODEL_INFER else m.grpc_path
+            for c in self.concurrency_of(system):
+                self.record(
+                    name,
+                    system,
+                    c,
+                    self.measure(
+                        server_pid,
+                        lambda request=request, c=c: grpc_point(
+                            f"127.0.0.1:{port}", request, c, self.args.duration, method, ca
+                        ),
+                    ),
+                )
+
+    def ssl_config(self) -> Path:
+        """TF Serving's SSLConfig with a fresh test CA's server certificate, inline PEM."""
+        from tests.support.certs import CertAuthority
+
+        ca = CertAuthority.create(self.work / "tls")
+        server = ca.issue(self.work / "tls", "server")
+        config = self.work / "tls" / "ssl_config.txt"
+        config.write_text(
+            f"server_key: {json.dumps(server.key_pem())}\n"
+            f"server_cert: {json.dumps(server.cert_pem())}\n"
+        )
+        self.tls_ca = ca.cert
+        return config
+
+    def aspire(self, batching: bool, tls: bool = False) -> None:
         port, grpc_port = free_port(), free_port()
         config = self.work / "models.config"
         config.write_text(
@@ -494,11 +554,14 @@ class Suite:
             f"--port={grpc_port}",
             "--rest_api_host=127.0.0.1",
         ]
+        if tls:
+            flags.append(f"--ssl_config_file={self.ssl_config()}")
         if batching:
             params = self.work / "batching.txt"
             params.write_text(BATCHING)
             flags += ["--enable_batching", f"--batching_parameters_file={params}"]
-        url_of = lambda n: f"http://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
+        scheme = "https" if tls else "http"
+        url_of = lambda n: f"{scheme}://127.0.0.1:{port}/v1/models/{n}:predict"  # noqa: E731
         server = Server(
             [ASPIRE, "serve", *flags],
             lambda s: "Exporting HTTP/REST API" in s.output(),
@@ -508,32 +571,20 @@ class Suite:
             if batching:
                 self.sweep_rest("f", url_of, server.proc.pid)
                 return
+            if tls:
+                if "i" in self.args.systems:
+                    self.sweep_rest("i", url_of, server.proc.pid, verify=str(self.tls_ca))
+                if "j" in self.args.systems:
+                    self.sweep_grpc("j", grpc_port, server.proc.pid, PREDICT, self.tls_ca)
+                return
             if "d" in self.args.systems:
                 self.sweep_rest("d", url_of, server.proc.pid)
             if "g" in self.args.systems:
                 v2_url = lambda n: f"http://127.0.0.1:{port}/v2/models/{n}/infer"  # noqa: E731
                 self.sweep_rest("g", v2_url, server.proc.pid, v2=True)
             for system, method in (("e", PREDICT), ("h", MODEL_INFER)):
-                if system not in self.args.systems:
-                    continue
-                for name, m in self.models.items():
-                    request = m.grpc_path if system == "e" else m.v2_grpc_path
-                    for c in self.args.concurrency:
-                        self.record(
-                            name,
-                            system,
-                            c,
-                            self.measure(
-                                server.proc.pid,
-                                lambda request=request, c=c, method=method: grpc_point(
-                                    f"127.0.0.1:{grpc_port}",
-                                    request,
-                                    c,
-                                    self.args.duration,
-                                    method,
-                                ),
-                            ),
-                        )
+                if system in self.args.systems:
+                    self.sweep_grpc(system, grpc_port, server.proc.pid, method)
             for what, title in (
                 ("Aspire manager actor", "ray::ManagerActor"),
                 ("Aspire router replica", "ray::ServeReplica:aspire-router:"),
@@ -657,6 +708,31 @@ def targets(
     return out
 
 
+def tls_cost(rows: list[dict]) -> list[str]:
+    """TLS against plain, the same API of the same code in the same run."""
+    k = by_key(rows)
+    table = []
+    for model, system, c in ((r["model"], r["system"], r["concurrency"]) for r in rows):
+        plain = dict(TLS_PAIRS).get(system)
+        if plain and (model, plain, c) in k:
+            t, p = k[(model, system, c)], k[(model, plain, c)]
+            table.append(
+                f"| {model} | ({system}) / ({plain}) | {c} | {ratio(t['p50'], p['p50'])} | "
+                f"{ratio(t['p99'], p['p99'])} | {ratio(t['rps'], p['rps'])} | "
+                f"{ratio(t.get('server_cpu_ms'), p.get('server_cpu_ms'))} |"
+            )
+    if not table:
+        return []
+    return [
+        "**The cost of TLS** (`--ssl_config_file`; over TLS / plain)",
+        "",
+        "| model | systems | conc. | p50 | p99 | req/s | server CPU / req |",
+        "|---|---|---|---|---|---|---|",
+        *table,
+        "",
+    ]
+
+
 def markdown(rows, memory, reconcile, args, started: str, host: str, rev: str) -> str:
     k = by_key(rows)
     lines = [
@@ -705,6 +781,7 @@ def markdown(rows, memory, reconcile, args, started: str, host: str, rev: str) -
             f"steady state {reconcile['idle_pass_ms']:.2f} ms.",
             "",
         ]
+    lines += tls_cost(rows)
     lines += ["**Targets**", "", *targets(rows, reconcile, args.concurrency, memory), ""]
     return "\n".join(lines)
 
@@ -724,7 +801,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated")
     parser.add_argument("--models", default="half_plus_two,mlp,mlp_wide", help="comma-separated")
-    parser.add_argument("--systems", default="abcdefgh", help="letters a-h")
+    parser.add_argument("--systems", default="abcdefghij", help="letters a-j")
     parser.add_argument("--reconcile-models", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")

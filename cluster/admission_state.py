@@ -78,7 +78,7 @@ class Admission:
         the book, all or none; the refusal when it does not fit; None without a book."""
         if shared:
             assert self._hosts is not None
-            return self._hosts.admit(servable, need, "gpu" if need.vram_bytes else "cpu")
+            return self._hosts.admit(servable, need, "gpu" if need.gpu else "cpu")
         if self.book is None:
             return None
         return self.book.reserve_all(keys, need)

@@ -18,10 +18,10 @@ import sys
 import threading
 import time
 
-from cluster.flags import FlagError, build_parser, session_threads, token_digests, validate
+from cluster.flags import FlagError, build_parser, token_digests, validate
 from cluster.logs import CliLogging, EventFollower
+from cluster.tfs_flags import unknown_arguments
 from core import protos
-from core.units import parse_bytes
 
 log = logging.getLogger("aspire")
 
@@ -44,32 +44,6 @@ def _use_ray_token_if_present() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _models_and_labels(args, read_config_file, models_from_config, labels_from_config, ModelSource):
-    """The served models and labels: from --model_config_file, else the single-model flags.
-    At start-up nothing is loaded yet, so a label is accepted only with
-    --allow_version_labels_for_unavailable_models (TF Serving's rule)."""
-    from core.errors import AspireError
-
-    if not args.model_config_file:
-        base_path = args.model_base_path
-        if "://" not in base_path:
-            base_path = os.path.abspath(base_path)  # actors run in other working directories
-        return [ModelSource(args.model_name, base_path)], {}
-    if args.model_base_path:
-        log.warning("--model_config_file is set: --model_name and --model_base_path are ignored")
-    server_config = read_config_file(args.model_config_file)
-    models, labels = models_from_config(server_config), labels_from_config(server_config)
-    if not args.allow_version_labels_for_unavailable_models:
-        for name, mapping in labels.items():
-            for version in mapping.values():
-                raise AspireError(
-                    f"Request to assign label to version {version} of model {name}, which is not "
-                    "currently available for inference",
-                    "FAILED_PRECONDITION",
-                )
-    return models, labels
-
-
 def _ray_log_dir() -> str:
     """Ray's session log directory on this machine (where its processes write their logs)."""
     import tempfile
@@ -89,94 +63,17 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
     logs.quiet_libraries()  # Ray brings its own stream handler on import
 
     from cluster import launcher
-    from cluster.control_plane import ManagerConfig
-    from config.aspire_config import load_aspire_config
-    from config.model_config import (
-        ModelSource,
-        labels_from_config,
-        models_from_config,
-        read_config_file,
-    )
-    from config.monitoring_config import load_monitoring_config
-    from config.options import HttpLimits, ReplicaOptions, ServerOptions
+    from cluster.server_args import manager_config, server_options
     from core.errors import AspireError
     from core.names import NAMESPACE
 
     try:
-        models, labels = _models_and_labels(
-            args, read_config_file, models_from_config, labels_from_config, ModelSource
-        )
-        settings = load_aspire_config(args.aspire_config_file) if args.aspire_config_file else {}
-        monitoring = load_monitoring_config(args.monitoring_config_file)
-        batching = None
-        if args.enable_batching:
-            from config.batching_config import load_batching_parameters
-            from config.options import BatchingOptions
-
-            batching = BatchingOptions(
-                load_batching_parameters(args.batching_parameters_file or None),
-                args.enable_per_model_batching_parameters,
-            )
+        config = manager_config(args)
+        options = server_options(args, auth_digest, admin_digest)
     except AspireError as err:
         print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
         return 255
-    intra_op_threads, inter_op_threads = session_threads(args)
-    config = ManagerConfig(
-        models=models,
-        labels=labels,
-        poll_wait_s=args.file_system_poll_wait_seconds,
-        num_load_threads=max(1, args.num_load_threads),
-        max_num_load_retries=args.max_num_load_retries,
-        load_retry_interval_s=max(0, args.load_retry_interval_micros) / 1e6,
-        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
-        model_config_file=os.path.abspath(args.model_config_file)
-        if args.model_config_file
-        else None,
-        model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
-        aspire_config_file=os.path.abspath(args.aspire_config_file)
-        if args.aspire_config_file
-        else None,
-        aspire_config_file_poll_wait_s=args.aspire_config_file_poll_wait_seconds,
-        settings=settings,
-        gpus=args.gpus,
-        replica=ReplicaOptions(
-            num_replicas=args.num_replicas,
-            num_cpus=args.num_cpus_per_replica,
-            tags=tuple(t for t in args.saved_model_tags.split(",") if t),
-            enable_model_warmup=args.enable_model_warmup,
-            batching=batching,
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
-            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
-            max_ongoing_requests=args.max_ongoing_requests,
-            max_queued_requests=args.max_queued_requests,
-            health_check_period_s=args.replica_health_check_period_s,
-            health_check_timeout_s=args.replica_health_check_timeout_s,
-            run_timeout_ms=max(0, args.rest_api_timeout_in_ms),
-            tensor_content=args.enable_serialization_as_tensor_content,
-            shared_host_ram_bytes=parse_bytes(args.shared_host_ram),
-            shared_host_vram_bytes=parse_bytes(args.shared_host_vram),
-            shared_host_replicas=args.shared_host_replicas,
-        ),
-    )
-    options = ServerOptions(
-        rest_api_host=args.rest_api_host,
-        rest_api_port=args.rest_api_port,
-        grpc_port=args.port,
-        enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
-        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
-        rest_api_max_body_bytes=args.rest_api_max_body_bytes,
-        http_limits=HttpLimits(
-            header_timeout_s=args.rest_api_header_timeout_s,
-            idle_timeout_s=args.rest_api_idle_timeout_s,
-            max_connections=args.rest_api_max_connections,
-        ),
-        num_router_replicas=args.num_router_replicas,
-        metrics_path=monitoring.path if monitoring.enabled else None,
-        proxy_location=args.proxy_location,
-        auth_token_sha256=auth_digest,
-        admin_token_sha256=admin_digest,
-    )
+    models = config.models
     started = time.monotonic()
     embedded = args.address is None
     # Workers' output (Ray's, TF's) stays in their files; the manager's lines come through its
@@ -475,13 +372,16 @@ def version_text() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     protos.load()  # config files and API protos without TensorFlow's runtime
     logs = CliLogging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
     logs.setup()
     if args.version:
         print(version_text())
         return 0
+    unknown_arguments(unknown)  # TF Serving names them and starts anyway
     if args.command is None:
         parser.print_help()
         return 2

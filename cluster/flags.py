@@ -1,6 +1,8 @@
-"""`aspire serve`'s flags: TensorFlow Serving's, with the same names, defaults and meanings, and
-Aspire's own; parsed and validated once, before anything starts (docs/configuration.md has them
-as a table). A bad combination raises `FlagError` with the message the command prints.
+"""`aspire serve`'s flags: TensorFlow Serving's 48 (cluster/tfs_flags.py's table: names,
+syntax, defaults, and whether each is honoured, warned about or refused) and Aspire's own; parsed
+and validated once, before anything starts (docs/configuration.md has them as tables). A bad
+combination raises `FlagError` with the message the command prints; cluster/server_args.py turns
+the validated flags into the options the server runs with.
 """
 
 from __future__ import annotations
@@ -9,28 +11,12 @@ import argparse
 import logging
 import os
 
+from cluster.tfs_flags import FlagError, add_flags, check, parse_channel_arguments
 from core.errors import DEFAULT_MAX_BODY_BYTES
 
+__all__ = ["FlagError", "build_parser", "session_threads", "token_digests", "validate"]
+
 log = logging.getLogger("aspire")
-
-
-class FlagError(Exception):
-    pass
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,141 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve models (embedded Ray unless --address is given)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # TF Serving matches whole names; a prefix is an unknown argument
     )
-    tf = s.add_argument_group("TensorFlow Serving flags (same names and meanings)")
-    tf.add_argument("--port", type=_port, default=8500, help="gRPC port; 0 disables gRPC")
-    tf.add_argument(
-        "--enable_serialization_as_tensor_content",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="gRPC Predict outputs as tensor_content bytes",
-    )
-    tf.add_argument(
-        "--enable_grpc_healthcheck_service",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="serve grpc.health.v1.Health on the gRPC port",
-    )
-    tf.add_argument("--rest_api_port", type=_port, default=8501, help="REST API port")
-    tf.add_argument(
-        "--rest_api_timeout_in_ms",
-        type=int,
-        default=30000,
-        help="timeout of one REST call; <= 0 means none",
-    )
-    tf.add_argument("--model_name", default="default", help="name of the model to serve")
-    tf.add_argument(
-        "--model_base_path",
-        default="",
-        help="directory holding the model's numeric version directories",
-    )
-    tf.add_argument(
-        "--file_system_poll_wait_seconds",
-        type=float,
-        default=1.0,
-        help="seconds between polls of the base path; 0 polls once, < 0 never",
-    )
-    tf.add_argument(
-        "--monitoring_config_file",
-        default="",
-        help="TF Serving's MonitoringConfig text file: enables Prometheus metrics on "
-        "the REST port at its path (default /monitoring/prometheus/metrics)",
-    )
-    tf.add_argument(
-        "--model_config_file",
-        default="",
-        help="text-format ModelServerConfig; overrides --model_name/--model_base_path",
-    )
-    tf.add_argument(
-        "--model_config_file_poll_wait_seconds",
-        type=float,
-        default=0.0,
-        help="re-read --model_config_file every N seconds; 0 never",
-    )
-    tf.add_argument(
-        "--allow_version_labels_for_unavailable_models",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="allow new labels to point at versions that are not yet AVAILABLE",
-    )
-    tf.add_argument(
-        "--max_num_load_retries",
-        type=int,
-        default=5,
-        help="retries after a failed load (0: try once)",
-    )
-    tf.add_argument(
-        "--load_retry_interval_micros",
-        type=int,
-        default=60_000_000,
-        help="wait between load retries, in microseconds",
-    )
-    tf.add_argument(
-        "--enable_batching",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="batch concurrent requests to a version (TF Serving's dynamic batching)",
-    )
-    tf.add_argument(
-        "--batching_parameters_file",
-        default="",
-        help="BatchingParameters text file; defaults are TF Serving's",
-    )
-    tf.add_argument(
-        "--enable_per_model_batching_parameters",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="read batching_params.pbtxt from each version's directory",
-    )
-    tf.add_argument(
-        "--enable_model_warmup",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=True,
-        help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE",
-    )
-    tf.add_argument(
-        "--num_request_iterations_for_warmup",
-        type=int,
-        default=0,
-        help="replays per warmup record (used when > 0; else 1)",
-    )
-    tf.add_argument(
-        "--num_load_threads",
-        type=int,
-        default=4,
-        help="versions loaded concurrently (TF Serving's default 0 means one at a time)",
-    )
-    tf.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraph tags")
-    tf.add_argument(
-        "--tensorflow_session_parallelism",
-        type=int,
-        default=0,
-        help="threads for each TF session, intra- and inter-op alike (0: TF picks)",
-    )
-    tf.add_argument(
-        "--tensorflow_intra_op_parallelism",
-        type=int,
-        default=0,
-        help="threads that one TF op may use (0: TF picks)",
-    )
-    tf.add_argument(
-        "--tensorflow_inter_op_parallelism",
-        type=int,
-        default=0,
-        help="TF ops run at once in a session (0: TF picks)",
-    )
+    add_flags(s.add_argument_group("TensorFlow Serving flags (same names and syntax)"))
     ray_group = s.add_argument_group("Ray flags")
     ray_group.add_argument(
         "--address",
@@ -345,14 +199,17 @@ def validate(args: argparse.Namespace) -> None:
         )
     if args.max_num_load_retries < 0:
         raise FlagError("--max_num_load_retries cannot be negative")
-    if args.rest_api_port == 0 and args.port == 0:
+    if args.rest_api_port == 0 and args.port == 0 and not args.grpc_socket_path:
         raise FlagError("--rest_api_port=0 and --port=0 leave no API to serve")
     if args.rest_api_header_timeout_s <= 0 or args.rest_api_idle_timeout_s <= 0:
         raise FlagError("--rest_api_header_timeout_s and --rest_api_idle_timeout_s must be > 0")
     if args.rest_api_max_connections < 1:
         raise FlagError("--rest_api_max_connections must be at least 1")
-    if args.enable_grpc_healthcheck_service and args.port == 0:
-        raise FlagError("--enable_grpc_healthcheck_service needs the gRPC API (--port != 0)")
+    if args.enable_grpc_healthcheck_service and args.port == 0 and not args.grpc_socket_path:
+        raise FlagError(
+            "--enable_grpc_healthcheck_service needs the gRPC API (--port != 0 or "
+            "--grpc_socket_path)"
+        )
     if args.port != 0 and args.port == args.rest_api_port:
         raise FlagError(
             "server_options.http_port cannot be same as grpc_port. Please use a "
@@ -401,7 +258,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.num_load_threads < 0:
         raise FlagError("--num_load_threads cannot be negative")
     if (
-        args.tensorflow_intra_op_parallelism > 0
+        not args.platform_config_file  # which replaces these flags (TF Serving checks them only
+        and args.tensorflow_intra_op_parallelism > 0  # without one)
         and args.tensorflow_inter_op_parallelism > 0
         and args.tensorflow_session_parallelism > 0
     ):
@@ -411,6 +269,7 @@ def validate(args: argparse.Namespace) -> None:
             "server_options.tensorflow_inter_op_parallelism) separately. You cannot "
             "configure all."
         )
+    _validate_tfs_flags(args)
     if (
         args.model_base_path
         and "://" not in args.model_base_path
@@ -425,6 +284,27 @@ def validate(args: argparse.Namespace) -> None:
             "ports can call every model",
             args.rest_api_host,
         )
+
+
+def _validate_tfs_flags(args: argparse.Namespace) -> None:
+    """The TF Serving flags Aspire added to the first 25: refusals, warnings and values."""
+    check(args)
+    if not 0.0 <= args.per_process_gpu_memory_fraction <= 1.0:
+        raise FlagError(
+            "--per_process_gpu_memory_fraction must be between 0.0 and 1.0, got "
+            f"{args.per_process_gpu_memory_fraction}"
+        )
+    for flag in ("rest_api_num_threads", "grpc_max_threads", "num_unload_threads"):
+        if getattr(args, flag) < 0:
+            raise FlagError(f"--{flag} cannot be negative")
+    parse_channel_arguments(args.grpc_channel_arguments)
+    if args.ssl_config_file:
+        from config.ssl_config import SslConfigError, load_ssl_config
+
+        try:
+            load_ssl_config(os.path.abspath(args.ssl_config_file))
+        except SslConfigError as err:
+            raise FlagError(f"--ssl_config_file: {err}") from None
 
 
 def token_digests(args: argparse.Namespace) -> tuple[str | None, str | None]:

@@ -113,7 +113,7 @@ def read_config_file(path: str) -> model_server_config_pb2.ModelServerConfig:
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config)
-    except text_format.ParseError as exc:
+    except (text_format.ParseError, ValueError) as exc:  # ValueError: an enum number past int32
         raise invalid_argument(
             f"Invalid protobuf file: '{path}': Error parsing text-format "
             f"tensorflow.serving.ModelServerConfig: {exc}"

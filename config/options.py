@@ -1,6 +1,6 @@
-"""The options each part of a server runs with, as the command line (cluster/flags.py) builds them:
-plain dataclasses with units in their names and defaults in place, imported by the CLI, the
-manager and the deployments alike, so that no plane imports another to learn an option.
+"""The options each part of a server runs with, as cluster/server_args.py builds them from the
+command line: plain dataclasses with units in their names and defaults in place, imported by
+the CLI, the manager and the deployments alike, so that no plane imports another to learn one.
 
 - `ServerOptions`: the routers' ports and limits (cluster/launcher.py starts them).
 - `HttpLimits`: what one router replica's REST server grants a client connection.

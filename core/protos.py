@@ -46,6 +46,7 @@ MODULES = (
     "tensorflow_serving.apis.model_service_pb2_grpc",
     "tensorflow_serving.apis.prediction_service_pb2_grpc",
     "tensorflow_serving.config.model_server_config_pb2",
+    "tensorflow_serving.config.platform_config_pb2",
 )
 # Installed by some tensorflow-serving-api releases only (cluster/*_config.py build the message
 # themselves where they are missing).

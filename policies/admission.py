@@ -9,10 +9,14 @@ made over *reservations* plus the memory NVML reports as used by processes Aspir
 loads in flight.
 
 Rules:
-- Best fit: a GPU need goes to the GPU with the least free memory that still fits it (ties: the
-  lowest (node, index)), and its host RAM is reserved on that GPU's node, which must fit too.
-- A CPU-only need (`vram_bytes == 0`) reserves host RAM only, on the node with the most free RAM
-  (ties: the lowest node id).
+- Best fit: a GPU need goes to the GPU it leaves the least free memory on (ties: the lowest
+  (node, index)), and its host RAM is reserved on that GPU's node, which must fit too.
+- A need given as a fraction of a GPU's memory (--per_process_gpu_memory_fraction:
+  `Need.vram_fraction`) needs that share of each GPU's total, so it is sized per GPU: a replica
+  books ceil(fraction x total) of the GPU it goes to (`Need.vram_on`), and best fit compares
+  what each GPU would have left after its own share.
+- A CPU-only need (no `vram_bytes`, no `vram_fraction`) reserves host RAM only, on the node
+  with the most free RAM (ties: the lowest node id).
 - Nothing is ever over-committed: a need that fits nowhere gets a `Refusal` (a bounded reason
   for metrics and TF Serving's RESOURCE_EXHAUSTED message); no existing reservation is moved
   or shrunk.
@@ -52,12 +56,35 @@ class Gpu:
 
 @dataclass(frozen=True)
 class Need:
+    """What one replica reserves. `vram_fraction` > 0 (--per_process_gpu_memory_fraction): a
+    replica with its own process books that share of the total memory of the GPU it is placed
+    on instead of `vram_bytes` (`vram_on`); `vram_bytes` stays the version's own estimate, which
+    is what it takes inside a shared host's block (cluster/host_admission.py)."""
+
     vram_bytes: int = 0
     ram_bytes: int = 0
+    vram_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.vram_bytes < 0 or self.ram_bytes < 0:
+        if self.vram_bytes < 0 or self.ram_bytes < 0 or self.vram_fraction < 0:
             raise ValueError(f"resource needs cannot be negative: {self}")
+
+    @property
+    def gpu(self) -> bool:
+        return self.vram_bytes > 0 or self.vram_fraction > 0
+
+    def vram_on(self, gpu: Gpu) -> int:
+        """GPU memory this need books on `gpu`."""
+        if self.vram_fraction > 0:
+            return fraction_vram_bytes(self.vram_fraction, gpu.total_bytes)
+        return self.vram_bytes
+
+
+def fraction_vram_bytes(fraction: float, total_bytes: int) -> int:
+    """ceil(fraction x total_bytes): what --per_process_gpu_memory_fraction books on a GPU of
+    `total_bytes`. A fraction above 1 (TF's unified-memory oversubscription) books the whole GPU:
+    nothing beyond a GPU's memory can be booked on it."""
+    return int(math.ceil(min(fraction, 1.0) * total_bytes))
 
 
 @dataclass(frozen=True)
@@ -86,7 +113,10 @@ def estimate_vram_bytes(
 
 def tf_memory_limit_bytes(reserved_vram_bytes: int) -> int:
     """TensorFlow's allocator cap for a replica that reserved `reserved_vram_bytes`: the
-    reservation less the CUDA context, which lives outside the allocator; at least 256 MiB."""
+    reservation less the CUDA context, which lives outside the allocator; at least 256 MiB.
+    With --per_process_gpu_memory_fraction the reservation is that share of the GPU, so the
+    replica's whole footprint (allocator and CUDA context) stays within the share it booked,
+    where TF Serving caps the allocator alone to the share and adds the context on top."""
     return max(reserved_vram_bytes - CUDA_CONTEXT_BYTES, MIN_TF_MEMORY_LIMIT_BYTES)
 
 
@@ -101,13 +131,19 @@ def replica_need(
     declared_vram_bytes: int | None = None,
     declared_ram_bytes: int | None = None,
     measured_vram_bytes: int | None = None,
+    gpu_memory_fraction: float = 0.0,
 ) -> Need:
     """What one replica of a version reserves.
 
     - Host RAM: the declared `ram`, else the Loader's estimate (files x 1.2).
-    - `device == "cpu"`: no VRAM. `device == "gpu"`: the declared `vram`, else
-      `estimate_vram_bytes(variable_bytes)`, lowered to the peak measured after an earlier load of
-      the same version on a real GPU (an estimate may only go down once known, never up).
+    - `device == "cpu"`: no VRAM, whatever `gpu_memory_fraction` says. `device == "gpu"`: the
+      declared `vram`, else `estimate_vram_bytes(variable_bytes)`, lowered to the peak measured
+      after an earlier load of the same version on a real GPU (an estimate may only go down once
+      known, never up).
+    - `gpu_memory_fraction` > 0 (--per_process_gpu_memory_fraction, a GPU version without a
+      declared `vram`): each replica books that share of its GPU's memory instead of the
+      estimate (`Need.vram_fraction`); its TensorFlow is capped to it. A model's declared
+      `vram` is more specific than the server-wide flag and wins.
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -119,7 +155,7 @@ def replica_need(
     vram = estimate_vram_bytes(variable_bytes)
     if measured_vram_bytes:
         vram = min(vram, measured_vram_bytes)
-    return Need(vram, ram)
+    return Need(vram, ram, max(gpu_memory_fraction, 0.0))
 
 
 @dataclass(frozen=True)
@@ -150,7 +186,7 @@ def place(
         nodes = [n for n in nodes if n == on[0]]
         gpus = [g for g in gpus if (g.node_id, g.index) == on]
     prefix = f"Insufficient resources to load servable {servable}"
-    if need.vram_bytes == 0:
+    if not need.gpu:
         if not nodes:
             return Refusal(
                 "no_nodes",
@@ -167,17 +203,34 @@ def place(
         return Placement(node, None, 0, need.ram_bytes)
 
     gpus = sorted(gpus, key=lambda g: (g.node_id, g.index))
-    fits = [g for g in gpus if free_vram(g) >= need.vram_bytes]
+    left = {(g.node_id, g.index): free_vram(g) - need.vram_on(g) for g in gpus}
+
+    def room(g: Gpu) -> int:  # what the GPU would have left after this need
+        return left[(g.node_id, g.index)]
+
+    fits = [g for g in gpus if room(g) >= 0]
     both = [g for g in fits if free_ram(g.node_id) >= need.ram_bytes]
     if both:
-        best = min(both, key=lambda g: (free_vram(g), g.node_id, g.index))
-        return Placement(best.node_id, best.index, need.vram_bytes, need.ram_bytes)
+        best = min(both, key=lambda g: (room(g), g.node_id, g.index))
+        return Placement(best.node_id, best.index, need.vram_on(best), need.ram_bytes)
     if not gpus:
-        return Refusal(
-            "no_gpus",
-            f"{prefix}; needs {format_bytes(need.vram_bytes)} of GPU memory, no GPUs are known",
+        what = (
+            f"{need.vram_fraction:g} of a GPU's memory (--per_process_gpu_memory_fraction)"
+            if need.vram_fraction > 0
+            else f"{format_bytes(need.vram_bytes)} of GPU memory"
         )
+        return Refusal("no_gpus", f"{prefix}; needs {what}, no GPUs are known")
     if not fits:
+        if need.vram_fraction > 0:  # the GPU that comes closest to its own share
+            closest = min(gpus, key=lambda g: (-room(g), g.node_id, g.index))
+            return Refusal(
+                "gpu_memory",
+                f"{prefix}; needs {format_bytes(need.vram_on(closest))} of GPU memory "
+                f"({need.vram_fraction:g} of GPU {closest.index}'s "
+                f"{format_bytes(closest.total_bytes)}, --per_process_gpu_memory_fraction), "
+                f"largest free block is {format_bytes(max(free_vram(closest), 0))} "
+                f"(node {closest.node_id[:12]} GPU {closest.index})",
+            )
         largest = min(gpus, key=lambda g: (-free_vram(g), g.node_id, g.index))
         return Refusal(
             "gpu_memory",
@@ -186,9 +239,10 @@ def place(
             f"(node {largest.node_id[:12]} GPU {largest.index})",
         )
     node = min({g.node_id for g in fits}, key=lambda n: (-free_ram(n), n))
+    vram = max(need.vram_on(g) for g in fits if g.node_id == node)
     return Refusal(
         "host_ram",
-        f"{prefix}; needs {format_bytes(need.vram_bytes)} of GPU memory and "
+        f"{prefix}; needs {format_bytes(vram)} of GPU memory and "
         f"{format_bytes(need.ram_bytes)} of host RAM on the same node, largest free host RAM "
         f"next to a fitting GPU is {format_bytes(max(free_ram(node), 0))} (node {node[:12]})",
     )

@@ -99,6 +99,9 @@ class Launcher:
             (opts.intra_op_threads, opts.inter_op_threads),
             opts.run_timeout_ms,
             opts.tensor_content,
+            opts.session_config,
+            opts.gpu_memory_fraction,
+            opts.enable_signature_method_name_check,
         )
 
     def ping(self, handle: Any, servable: str) -> ReplicaPing:

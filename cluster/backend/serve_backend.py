@@ -26,7 +26,7 @@ from config.options import ReplicaOptions
 from core.deployed import AppPlacement, Deployed
 from core.errors import AspireError
 from core.names import app_name
-from deployments.replica.loader import SavedModelLoader
+from deployments.replica.loader import SavedModelLoader, gpu_memory_fraction
 from deployments.replica.servable import ServableDeployment
 from policies.admission import HostSlot, Need, Placement, replica_need, tf_memory_limit_bytes
 
@@ -63,10 +63,15 @@ class ServeBackend:
     def need(
         self, name: str, version: int, path: str, has_gpus: bool, measured_vram_bytes: int | None
     ) -> tuple[Need, int]:
-        """(what one replica needs, how many replicas): see interface.py `Backend.need`."""
+        """(what one replica needs, how many replicas): see interface.py `Backend.need`. With
+        --per_process_gpu_memory_fraction (or a session config file's fraction), a GPU replica
+        needs that share of the GPU it is placed on (policies/admission.py `Need.vram_fraction`)."""
         settings = self.settings.get(name)
         resources = SavedModelLoader(path, self.options.tags).estimate_resources()
         device = (settings and settings.device) or ("gpu" if has_gpus else "cpu")
+        fraction = gpu_memory_fraction(
+            self.options.gpu_memory_fraction, self.options.session_config
+        )
         need = replica_need(
             device,
             variable_bytes=resources.variable_bytes,
@@ -74,6 +79,7 @@ class ServeBackend:
             declared_vram_bytes=settings.vram_bytes if settings else None,
             declared_ram_bytes=settings.ram_bytes if settings else None,
             measured_vram_bytes=measured_vram_bytes,
+            gpu_memory_fraction=fraction,
         )
         return need, self._replicas(name)
 

@@ -1,6 +1,18 @@
 """The request-handling core shared by every protocol: signature lookup, input checks, the run,
 and classify/regress result extraction, on one loaded version. REST (JSON) entry points are here;
 the gRPC ingress converts TensorProtos to the same numpy inputs and calls the same functions.
+
+--enable_signature_method_name_check (`check` below, off by default as in TF Serving) makes the
+calls check their signature's method_name as TF Serving's util.cc feature flag does, REST and
+gRPC alike:
+- Predict (predict_util.cc VerifySignature): the method must be one of predict, classify or
+  regress, else INTERNAL (TF Serving's code for it: REST 500), checked after the signature is
+  found and the request decoded, before the inputs are matched.
+- Classify / Regress (classifier.cc, regressor.cc): classify / regress exactly, else
+  INVALID_ARGUMENT, checked right after the signature is found, before its inputs and outputs.
+- MultiInference: each task's signature as its task's Classify or Regress would.
+With the check off, no signature's method_name is read; a MultiInference task's own method_name
+is checked either way (tfs_grpc_calls.py).
 """
 
 from __future__ import annotations
@@ -8,13 +20,32 @@ from __future__ import annotations
 import numpy as np
 from google.protobuf import json_format, text_format
 
-from core.errors import AspireError, invalid_argument
+from core.errors import AspireError, internal, invalid_argument
 from deployments.replica.loader import ServedModel
 from deployments.wire import tfs_json, tfs_json_response
 
 DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def check_predict_method(signature) -> None:
+    """predict_util.cc VerifySignature, with the method-name check on."""
+    if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+        raise internal(
+            "Expected prediction signature method_name to be one of {"
+            f"{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "
+            f"Was: {signature.method_name}"
+        )
+
+
+def _check_example_method(signature, kind: str, method: str) -> None:
+    """classifier.cc / regressor.cc, with the method-name check on."""
+    if signature.method_name != method:
+        raise invalid_argument(
+            f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}"
+        )
 
 
 def tensor_spec(info) -> tfs_json.TensorSpec:
@@ -51,10 +82,12 @@ def _predict_signature(model: ServedModel, name: str):
     return key, signature
 
 
-def predict_json(model: ServedModel, doc: dict) -> str:
+def predict_json(model: ServedModel, doc: dict, check: bool = False) -> str:
     key, signature = _predict_signature(model, tfs_json.signature_name_of(doc))
     specs = {alias: tensor_spec(info) for alias, info in signature.inputs.items()}
     inputs, fmt = tfs_json.decode_predict_request(doc, specs)
+    if check:  # TF Serving decodes the JSON body first, then runs Predict, which checks
+        check_predict_method(signature)
     outputs = model.run(key, inputs)
     dtypes = {alias: tensor_spec(info).dtype for alias, info in signature.outputs.items()}
     return tfs_json_response.encode_predict_response(outputs, fmt, dtypes)
@@ -81,9 +114,11 @@ def _serialized_examples(doc: dict) -> np.ndarray:
 
 
 def classify(
-    model: ServedModel, signature_name: str, serialized: np.ndarray
+    model: ServedModel, signature_name: str, serialized: np.ndarray, check: bool = False
 ) -> list[list[tuple[str, float]]]:
     key, signature = _example_signature(model, signature_name)
+    if check:
+        _check_example_method(signature, "classification", CLASSIFY_METHOD)
     # TF Serving's order of checks (classifier.cc): counts first, then names.
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
@@ -127,8 +162,12 @@ def classify(
     return results
 
 
-def regress(model: ServedModel, signature_name: str, serialized: np.ndarray) -> list[float]:
+def regress(
+    model: ServedModel, signature_name: str, serialized: np.ndarray, check: bool = False
+) -> list[float]:
     key, signature = _example_signature(model, signature_name)
+    if check:
+        _check_example_method(signature, "regression", REGRESS_METHOD)
     # TF Serving's order of checks (regressor.cc): counts first, then names.
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
@@ -150,23 +189,26 @@ def regress(model: ServedModel, signature_name: str, serialized: np.ndarray) -> 
     return [float(v) for v in values.reshape(n)]
 
 
-def classify_json(model: ServedModel, doc: dict) -> str:
+def classify_json(model: ServedModel, doc: dict, check: bool = False) -> str:
     # As in TF Serving, the whole body becomes a request before the signature is looked up.
     name, serialized = tfs_json.signature_name_of(doc), _serialized_examples(doc)
-    return tfs_json_response.encode_classify_response(classify(model, name, serialized))
+    return tfs_json_response.encode_classify_response(classify(model, name, serialized, check))
 
 
-def regress_json(model: ServedModel, doc: dict) -> str:
+def regress_json(model: ServedModel, doc: dict, check: bool = False) -> str:
     name, serialized = tfs_json.signature_name_of(doc), _serialized_examples(doc)
-    return tfs_json_response.encode_regress_response(regress(model, name, serialized))
+    return tfs_json_response.encode_regress_response(regress(model, name, serialized, check))
 
 
 REST_VERBS = {"predict": predict_json, "classify": classify_json, "regress": regress_json}
 
 
-def handle_rest(model: ServedModel, verb: str, doc: dict) -> tuple[str, str]:
-    """(status code name, JSON body or error message) for one REST inference call."""
+def handle_rest(
+    model: ServedModel, verb: str, doc: dict, method_name_check: bool = False
+) -> tuple[str, str]:
+    """(status code name, JSON body or error message) for one REST inference call;
+    `method_name_check`: --enable_signature_method_name_check."""
     try:
-        return "OK", REST_VERBS[verb](model, doc)
+        return "OK", REST_VERBS[verb](model, doc, method_name_check)
     except AspireError as err:
         return err.code, err.message

@@ -155,23 +155,80 @@ def _from_tf_error(err) -> AspireError:
     return AspireError(_tf_message(err.message), code)
 
 
-def session_config(
-    intra_op_threads: int = 0, inter_op_threads: int = 0, gpu_memory_limit_bytes: int | None = None
-):
-    """The TF session config of a replica. Memory growth is on, so a version takes GPU memory
-    as it needs it; with `gpu_memory_limit_bytes` (the replica's VRAM reservation less the CUDA
-    context), the one GPU the replica sees is a logical device capped to it, so one version
-    cannot starve another."""
+def _config_proto(serialized: bytes = b""):
+    """A tensorflow.ConfigProto, parsed from `serialized` (b"": an empty one)."""
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import config_pb2
 
-    config = config_pb2.ConfigProto(
-        intra_op_parallelism_threads=intra_op_threads,
-        inter_op_parallelism_threads=inter_op_threads,
-        allow_soft_placement=True,
-    )
-    config.gpu_options.allow_growth = True
+    config = config_pb2.ConfigProto()
+    try:
+        config.ParseFromString(serialized)
+    except DecodeError as exc:
+        raise AspireError(
+            f"The TensorFlow session config is not a valid ConfigProto: {exc}", "INVALID_ARGUMENT"
+        ) from None
+    return config
+
+
+def gpu_memory_fraction(flag: float, serialized_config: bytes = b"") -> float:
+    """The share of its GPU's memory each replica's TensorFlow takes: --per_process_gpu_memory_
+    fraction (or a --platform_config_file's) when set, else the session config's own
+    gpu_options.per_process_gpu_memory_fraction (the config is the base the flag is written
+    over: `session_config`); 0: none. The manager books it (policies/admission.py
+    `replica_need`); it reads protos only, never TF's runtime."""
+    if flag > 0 or not serialized_config:
+        return max(flag, 0.0)
+    return max(_config_proto(serialized_config).gpu_options.per_process_gpu_memory_fraction, 0.0)
+
+
+def session_config(
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    gpu_memory_limit_bytes: int | None = None,
+    base: bytes = b"",
+    gpu_memory_fraction: float = 0.0,
+):
+    """The TF session config of a replica, built in TF Serving's order (model_servers/server.cc
+    parses --tensorflow_session_config_file, then sets the flags' GPU fraction and threads over
+    it), then with what Aspire's placement needs for correctness, and nothing else:
+
+    1. The start: `base`, the serialized ConfigProto of --tensorflow_session_config_file or
+       --platform_config_file, as given. Without one, Aspire's defaults: memory growth on (a
+       version takes GPU memory as it needs it) and soft placement (a graph pinned to a GPU
+       still runs in a CPU replica).
+    2. The flags over it where they are set (> 0): both thread counts when either is, and the
+       GPU memory fraction. The server's options already carry the file with the flags' values
+       written over it, 0s included, as server.cc writes them (config/session_config.py
+       `with_flag_values`; a --platform_config_file's own values stand in for the flags), so
+       this step changes nothing there; it keeps a spec built from separate values consistent.
+    3. Aspire's necessities. `gpu_memory_limit_bytes` is the replica's VRAM reservation less the
+       CUDA context (policies/admission.py `tf_memory_limit_bytes`; with a GPU memory fraction
+       the reservation is that share of the GPU): the one GPU the replica sees becomes one
+       logical device capped to it, so no version takes more than admission booked for it. The
+       file's virtual devices give way to it, and so does the fraction: TF refuses a fraction
+       beside virtual devices ("It's invalid to set per_process_gpu_memory_fraction when
+       virtual_devices is set"), and the cap already holds the fraction's share. The replica
+       sees only its reserved GPU (CUDA_VISIBLE_DEVICES), as device 0, so the file's
+       visible_device_list, which numbers the host's GPUs, is cleared too. Without a cap (no
+       admission: the replica sees every GPU) the fraction caps TF itself, as in TF Serving.
+    """
+    if base:
+        config = _config_proto(base)
+    else:
+        config = _config_proto()
+        config.allow_soft_placement = True
+        config.gpu_options.allow_growth = True
+    if intra_op_threads > 0 or inter_op_threads > 0:
+        config.intra_op_parallelism_threads = intra_op_threads
+        config.inter_op_parallelism_threads = inter_op_threads
+    if gpu_memory_fraction > 0:
+        config.gpu_options.per_process_gpu_memory_fraction = gpu_memory_fraction
     if gpu_memory_limit_bytes:
-        device = config.gpu_options.experimental.virtual_devices.add()
+        gpu_options = config.gpu_options
+        gpu_options.per_process_gpu_memory_fraction = 0
+        gpu_options.visible_device_list = ""
+        del gpu_options.experimental.virtual_devices[:]
+        device = gpu_options.experimental.virtual_devices.add()
         device.memory_limit_mb.append(gpu_memory_limit_bytes / (1024 * 1024))
     return config
 
@@ -258,12 +315,22 @@ class SavedModelLoader:
         inter_op_threads: int = 0,
         gpu_memory_limit_bytes: int | None = None,
         run_timeout_ms: int = 0,
+        base_config: bytes = b"",
+        gpu_memory_fraction: float = 0.0,
     ) -> "LoadedSavedModel":
+        """Load into a TF1 session configured by `session_config` (its arguments: the flags'
+        threads, the admission cap, the session config file's ConfigProto and the GPU fraction)."""
         check_contained(self.path)  # again in the replica: the directory may have changed since
         tf = runtime(self.path)
         tf.logger.setLevel(logging.ERROR)  # the TF1 loader's deprecation notice, every load
         graph = tf.Graph()
-        config = session_config(intra_op_threads, inter_op_threads, gpu_memory_limit_bytes)
+        config = session_config(
+            intra_op_threads,
+            inter_op_threads,
+            gpu_memory_limit_bytes,
+            base_config,
+            gpu_memory_fraction,
+        )
         session = tf.Session(graph=graph, config=config)
         try:
             with graph.as_default():

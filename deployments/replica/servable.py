@@ -94,6 +94,12 @@ class VersionSpec:
     threads: tuple[int, int] = (0, 0)
     run_timeout_ms: int = 0
     tensor_content: bool = False  # --enable_serialization_as_tensor_content
+    # The serialized ConfigProto of --tensorflow_session_config_file / --platform_config_file,
+    # the base of the session config (loader.py `session_config`); b"": none
+    session_config: bytes = b""
+    gpu_memory_fraction: float = 0.0  # --per_process_gpu_memory_fraction (0: not set)
+    # --enable_signature_method_name_check: calls check their signature's method_name
+    method_name_check: bool = False
 
 
 class LoadedVersion:
@@ -112,6 +118,8 @@ class LoadedVersion:
             inter_op_threads=spec.threads[1],
             gpu_memory_limit_bytes=spec.gpu_memory_limit_bytes,
             run_timeout_ms=spec.run_timeout_ms,
+            base_config=spec.session_config,
+            gpu_memory_fraction=spec.gpu_memory_fraction,
         )
         self.model: ServedModel | None = loaded  # None once unloaded
         try:
@@ -144,7 +152,9 @@ class LoadedVersion:
         path = self.spec.path
         recorder, started, status, records = self._recorder, time.perf_counter(), "OK", 0
         try:
-            records = run_warmup(self.model, path, self.name, self.version, iterations)
+            records = run_warmup(
+                self.model, path, self.name, self.version, iterations, self.spec.method_name_check
+            )
         except AspireError as err:
             status = err.code
             raise
@@ -184,11 +194,19 @@ class LoadedVersion:
                 return encode_answer("OK", v2_calls.metadata(model, self.name, self.version))
             text: str | bytes
             if method in REST_METHODS:
-                code, text = inference.handle_rest(model, method, tfs_json.parse_body(payload))
+                code, text = inference.handle_rest(
+                    model, method, tfs_json.parse_body(payload), self.spec.method_name_check
+                )
                 api = method.capitalize()
             else:
                 code, text = tfs_grpc_calls.handle(
-                    model, method, payload, self.name, self.version, self.spec.tensor_content
+                    model,
+                    method,
+                    payload,
+                    self.name,
+                    self.version,
+                    self.spec.tensor_content,
+                    self.spec.method_name_check,
                 )
                 api = method
             self._runtime(api, started)

@@ -17,6 +17,11 @@ Contract:
 - Calls name their version by the servable key (replica_service.servable_key, a keyed call on the
   direct path, the `key` argument on Serve's handle path). A key the replica does not hold is
   answered NOT_FOUND with TF Serving's words.
+- GPU memory: TensorFlow has one GPU allocator per process, so every version in a GPU host shares
+  one, capped to the host's block (--shared_host_vram, less the CUDA context) by each version's
+  session config (loader.py `session_config`). --per_process_gpu_memory_fraction does not change
+  a host's block or cap: the block is what admission booked for the process, and the host's
+  versions each take their own estimate inside it (cluster/host_admission.py).
 - Unloading a version waits (up to the shutdown grace) for every call taken for it, queued in
   the pool or running, then closes its session and gives freed heap back to the system
   (core/code_pages.py `trim_heap`).

@@ -9,6 +9,8 @@ Contract:
   several faults gets the error TF Serving reports first.
 - Classify and Regress share signature checks and result extraction with REST
   (deployments.replica.inference); only the proto conversion lives here.
+- --enable_signature_method_name_check (`check`) as TF Serving applies it: see
+  deployments.replica.inference's docstring.
 - `handle` is the replica entry point: serialized request in, ("OK", serialized response) or
   (status code name, message) out; it never raises AspireError. Message truncation to 1024
   characters is the ingress's job.
@@ -233,6 +235,8 @@ def predict(
     name: str,
     version: int,
     tensor_content: bool = False,
+    *,
+    check: bool = False,
 ) -> predict_pb2.PredictResponse:
     from tensorflow_serving.apis import predict_pb2
 
@@ -240,6 +244,8 @@ def predict(
     signature = model.signatures.get(key)
     if signature is None:
         raise failed_precondition(f'Serving signature key "{key}" not found.')
+    if check:  # predict_util.cc PreProcessPrediction: VerifySignature comes first
+        inference.check_predict_method(signature)
     inputs = _predict_inputs(signature, request.inputs)
     aliases = _output_aliases(signature, request.output_filter)
     try:
@@ -269,9 +275,9 @@ def _serialized_examples(input_proto) -> np.ndarray:
     return _object_array(values)
 
 
-def _run_examples(fn, model, signature_name: str, serialized: np.ndarray):
+def _run_examples(fn, model, signature_name: str, serialized: np.ndarray, check: bool = False):
     try:
-        return fn(model, signature_name, serialized)
+        return fn(model, signature_name, serialized, check)
     except AspireError as err:
         signature = model.signatures.get(signature_name or DEFAULT_SIGNATURE)
         feed = signature.inputs.get("inputs") if signature is not None else None
@@ -295,12 +301,14 @@ def classify(
     request: classification_pb2.ClassificationRequest,
     name: str,
     version: int,
+    *,
+    check: bool = False,
 ) -> classification_pb2.ClassificationResponse:
     from tensorflow_serving.apis import classification_pb2
 
     signature_name = request.model_spec.signature_name
     rows = _run_examples(
-        inference.classify, model, signature_name, _serialized_examples(request.input)
+        inference.classify, model, signature_name, _serialized_examples(request.input), check
     )
     response = classification_pb2.ClassificationResponse()
     _set_model_spec(response.model_spec, name, version, signature_name)
@@ -309,13 +317,18 @@ def classify(
 
 
 def regress(
-    model: ServedModel, request: regression_pb2.RegressionRequest, name: str, version: int
+    model: ServedModel,
+    request: regression_pb2.RegressionRequest,
+    name: str,
+    version: int,
+    *,
+    check: bool = False,
 ) -> regression_pb2.RegressionResponse:
     from tensorflow_serving.apis import regression_pb2
 
     signature_name = request.model_spec.signature_name
     values = _run_examples(
-        inference.regress, model, signature_name, _serialized_examples(request.input)
+        inference.regress, model, signature_name, _serialized_examples(request.input), check
     )
     response = regression_pb2.RegressionResponse()
     _set_model_spec(response.model_spec, name, version, signature_name)
@@ -330,18 +343,24 @@ _TASKS = {
 }
 
 
-def _check_task_signature(fn, model, signature_name: str) -> None:
+def _check_task_signature(fn, model, signature_name: str, check: bool) -> None:
     # inference.classify/regress check the signature before the batch, so an empty batch runs
-    # exactly PreProcessClassification/PreProcessRegression: every task is vetted before any runs.
+    # exactly PreProcessClassification/PreProcessRegression (the signature's method_name first,
+    # with `check`): every task is vetted before any runs.
     try:
-        fn(model, signature_name, _EMPTY_BATCH)
+        fn(model, signature_name, _EMPTY_BATCH, check)
     except AspireError as err:
         if err.message != "Input is empty.":
             raise
 
 
 def multi_inference(
-    model: ServedModel, request: inference_pb2.MultiInferenceRequest, name: str, version: int
+    model: ServedModel,
+    request: inference_pb2.MultiInferenceRequest,
+    name: str,
+    version: int,
+    *,
+    check: bool = False,
 ) -> inference_pb2.MultiInferenceResponse:
     from tensorflow_serving.apis import inference_pb2
 
@@ -364,7 +383,7 @@ def multi_inference(
             raise invalid_argument(f"Requested signature not found in model graph: {key}")
         if task.method_name not in _TASKS:
             raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
-        _check_task_signature(_TASKS[task.method_name][0], model, key)
+        _check_task_signature(_TASKS[task.method_name][0], model, key, check)
     serialized = _serialized_examples(request.input)
     if len(serialized) == 0:
         raise invalid_argument("Input is empty.")
@@ -372,7 +391,7 @@ def multi_inference(
     for task in request.tasks:
         fn, field, fill = _TASKS[task.method_name]
         key = task.model_spec.signature_name or DEFAULT_SIGNATURE
-        values = _run_examples(fn, model, key, serialized)
+        values = _run_examples(fn, model, key, serialized, check)
         result = response.results.add()
         fill(getattr(result, field), values)
         # TF Serving names each result after its task's ModelSpec, with the served version.
@@ -422,8 +441,10 @@ def handle(
     name: str,
     version: int,
     tensor_content: bool,
+    method_name_check: bool = False,
 ) -> tuple[str, bytes | str]:
-    """("OK", serialized response) or (status code name, message) for one gRPC call."""
+    """("OK", serialized response) or (status code name, message) for one gRPC call;
+    `method_name_check`: --enable_signature_method_name_check."""
     from google.protobuf.message import DecodeError
 
     entry = _methods().get(method)
@@ -436,9 +457,13 @@ def handle(
         return "INVALID_ARGUMENT", f"Could not parse {request_cls.DESCRIPTOR.full_name}: {exc}"
     try:
         if method == "Predict":
-            response = predict(model, request, name, version, tensor_content)
-        else:
+            response = predict(
+                model, request, name, version, tensor_content, check=method_name_check
+            )
+        elif method == "GetModelMetadata":
             response = fn(model, request, name, version)
+        else:
+            response = fn(model, request, name, version, check=method_name_check)
     except AspireError as err:
         return err.code, err.message
     return "OK", response.SerializeToString()

@@ -69,7 +69,7 @@ def _records(path: str):
         raise _from_tf_error(err) from None
 
 
-def _replay(model, log, name: str, version: int, iterations: int) -> None:
+def _replay(model, log, name: str, version: int, iterations: int, check: bool) -> None:
     kind = log.WhichOneof("log_type")
     if kind is None:
         return  # TF Serving's session path ignores a record without a request
@@ -79,16 +79,23 @@ def _replay(model, log, name: str, version: int, iterations: int) -> None:
         raise unimplemented(f"Unsupported log_type for warmup: {number}")
     request = getattr(log, kind).request
     for _ in range(iterations):
-        replay(model, request, name, version)
+        replay(model, request, name, version, check=check)
 
 
 def run_warmup(
-    model, version_dir: str, name: str, version: int, num_request_iterations: int = 1
+    model,
+    version_dir: str,
+    name: str,
+    version: int,
+    num_request_iterations: int = 1,
+    method_name_check: bool = False,
 ) -> int:
     """Replay <version_dir>/assets.extra/tf_serving_warmup_requests (TFRecord of serialized
     tensorflow.serving.PredictionLog) against `model` before it becomes AVAILABLE. Returns the
     number of records read (0 when there is no file, logged as 'No warmup data file found at
-    <path>'). Raises AspireError with TF Serving's messages and codes, which fail the load."""
+    <path>'). Raises AspireError with TF Serving's messages and codes, which fail the load.
+    `method_name_check`: --enable_signature_method_name_check, which TF Serving applies to the
+    warmup's calls too (a process-wide setting there)."""
     from google.protobuf.message import DecodeError
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -117,7 +124,7 @@ def run_warmup(
                 raise invalid_argument(
                     f"Failed to parse warmup record: {_printable(record)} from {path}"
                 ) from None
-            _replay(model, log, name, version, iterations)
+            _replay(model, log, name, version, iterations, method_name_check)
             count += 1
             if count > MAX_WARMUP_RECORDS:
                 raise invalid_argument(

@@ -60,7 +60,13 @@ class Router:
 
         self._ingress = Ingress()
         self._ingress.start(
-            RestApi(self.core, auth, options.rest_api_max_body_bytes, options.metrics_path),
+            RestApi(
+                self.core,
+                auth,
+                options.rest_api_max_body_bytes,
+                options.metrics_path,
+                enable_cors=options.enable_cors,
+            ),
             options,
             add_services,
             grpc_interceptors=[GrpcAuthInterceptor(auth)] if auth.enabled else (),

@@ -9,18 +9,30 @@ health-checks and restarts the routers; its proxy is disabled.
 Several router replicas on one node share the ports: the REST socket is bound with SO_REUSEPORT
 and gRPC sets it by default, so the kernel spreads connections over them. The servers run on
 their own thread and event loop, so a slow request handler never blocks Serve's replica loop.
+
+TF Serving's server flags, as they set these servers (docs/operations.md, "Server flags"):
+--grpc_channel_arguments override the gRPC server's options of the same name;
+--grpc_max_threads bounds the RPCs one router serves at once (beyond: RESOURCE_EXHAUSTED);
+--rest_api_num_threads bounds the REST requests one router handles at once (the rest wait);
+--grpc_socket_path serves gRPC on a UNIX socket too, from one router replica per node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import socket
+import ssl
+import stat
 import threading
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from config.options import HttpLimits, ServerOptions
+from deployments.router.tls import RouterTls
 from deployments.wire.direct import new_event_loop
 
 if TYPE_CHECKING:  # imported where they run, in _serve
@@ -31,6 +43,83 @@ log = logging.getLogger("aspire.ingress")
 
 # TF Serving accepts gRPC messages up to INT32_MAX bytes (SetMaxMessageSize(kint32max)).
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def grpc_server_options(options: ServerOptions) -> list[tuple[str, int | str]]:
+    """The gRPC server's channel arguments: Aspire's, overridden by --grpc_channel_arguments of
+    the same name, to which TF Serving's builder also gives the last word."""
+    merged: dict[str, int | str] = {
+        "grpc.max_receive_message_length": GRPC_MAX_MESSAGE_BYTES,
+        "grpc.max_send_message_length": GRPC_MAX_MESSAGE_BYTES,
+        "grpc.so_reuseport": 1,
+    }
+    merged.update(options.grpc_channel_arguments)
+    return list(merged.items())
+
+
+class RestGate:
+    """--rest_api_num_threads: TF Serving runs each REST request on one of N threads, and the
+    others wait in its executor's queue. Here at most `limit` requests are handled at once per
+    router replica, and the rest wait their turn in order (never refused): the ASGI app runs
+    under an asyncio.Semaphore. uvicorn's limit_concurrency would answer 503 instead."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_progress = 0  # requests being handled
+        self.waiting = 0  # requests waiting for one of them to finish
+        self._slots = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+            self._slots.release()
+
+
+def _someone_listens(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False  # no file, or a stale one that nothing listens on
+        except OSError:
+            return True  # a full backlog, or no right to connect: not ours to take
+        return True
+
+
+def claim_socket_path(path: str) -> int | None:
+    """The right to serve gRPC on the UNIX socket `path` on this node: an exclusive flock on
+    `path`.lock, whose descriptor is returned, to be held while serving; None when another router
+    replica holds it, or another process listens on `path`. A UNIX socket has one listener
+    (SO_REUSEPORT does not spread them), and gRPC unlinks the file before it binds, so a second
+    binder would silently take the path from the first. Holding the lock, a socket file that
+    nothing listens on is left from a run that died, and is removed."""
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        log.info("gRPC UNIX socket %s is served by another router replica on this node", path)
+        return None
+    if _someone_listens(path):
+        os.close(lock)
+        log.warning("gRPC UNIX socket %s: another process listens on it; not served here", path)
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    return lock
 
 
 def _refusal(status: str, message: str) -> bytes:
@@ -133,8 +222,11 @@ class Ingress:
         self._http: uvicorn.Server | None = None
         self._grpc: grpc.aio.Server | None = None
         self._grpc_interceptors: tuple = ()
+        self._socket_lock: int | None = None  # held while this replica serves grpc_socket_path
+        self.rest_gate: RestGate | None = None  # set with --rest_api_num_threads
         self._http_limits = HttpLimits()
         self.options = ServerOptions()
+        self.tls: RouterTls | None = None  # --ssl_config_file: TLS on both ports
 
     def start(
         self,
@@ -151,6 +243,7 @@ class Ingress:
         self._grpc_interceptors = tuple(grpc_interceptors)
         self._http_limits = options.http_limits
         self.options = options
+        self.tls = RouterTls(options.ssl_config_file) if options.ssl_config_file else None
         host, rest_port, grpc_port = options.rest_api_host, options.rest_api_port, options.grpc_port
         rest_sock = listening_socket(host, rest_port) if rest_port else None
         self._thread = threading.Thread(
@@ -179,37 +272,59 @@ class Ingress:
             if pending:
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
+            if self._socket_lock is not None:  # another router replica may take the path now
+                os.close(self._socket_lock)
+                self._socket_lock = None
 
     async def _serve(self, asgi_app, rest_sock, host: str, grpc_port: int, add_servicers) -> None:
         import uvicorn
 
-        if grpc_port:
+        socket_path = self.options.grpc_socket_path
+        if grpc_port or socket_path:
             import grpc
 
+            # --grpc_max_threads: grpc.aio has no thread pool; it bounds RPCs in flight
+            max_rpcs = self.options.grpc_max_threads
             self._grpc = grpc_server = grpc.aio.server(
                 interceptors=self._grpc_interceptors,
-                options=[
-                    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-                    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
-                    ("grpc.so_reuseport", 1),
-                ],
+                options=grpc_server_options(self.options),
+                maximum_concurrent_rpcs=max_rpcs if max_rpcs > 0 else None,
             )
             add_servicers(grpc_server)
-            address = f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
-            try:
-                bound = grpc_server.add_insecure_port(address)
-            except RuntimeError as exc:
-                bound, self._error = 0, OSError(f"cannot listen for gRPC on {address}: {exc}")
-            if not bound:
-                self._error = self._error or OSError(f"cannot listen for gRPC on {address}")
-                self._ready.set()
-                return
+            addresses = []
+            if grpc_port:
+                addresses.append(f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}")
+            if socket_path:  # TF Serving: AddListeningPort("unix:" + path), same credentials
+                try:
+                    self._socket_lock = claim_socket_path(socket_path)
+                except OSError as exc:
+                    self._error = OSError(f"cannot listen for gRPC on unix:{socket_path}: {exc}")
+                    self._ready.set()
+                    return
+                if self._socket_lock is not None:
+                    addresses.append("unix:" + socket_path)
+            for address in addresses:
+                try:
+                    if self.tls is not None:
+                        bound = grpc_server.add_secure_port(address, self.tls.grpc_credentials())
+                    else:
+                        bound = grpc_server.add_insecure_port(address)
+                except RuntimeError as exc:
+                    bound, self._error = 0, OSError(f"cannot listen for gRPC on {address}: {exc}")
+                if not bound:
+                    self._error = self._error or OSError(f"cannot listen for gRPC on {address}")
+                    self._ready.set()
+                    return
+            # no address: only a UNIX socket, which another router replica on this node
+            # serves; the server runs without one, so this replica stays up for its REST port
             await grpc_server.start()
         if rest_sock is None:  # gRPC only (--rest_api_port=0)
             self._ready.set()
             if self._grpc is not None:
                 await self._grpc.wait_for_termination()
             return
+        if self.options.rest_api_num_threads > 0:  # else nothing on the request path
+            asgi_app = self.rest_gate = RestGate(asgi_app, self.options.rest_api_num_threads)
         config = uvicorn.Config(
             asgi_app,
             interface="asgi3",
@@ -221,6 +336,7 @@ class Ingress:
             # uvicorn annotates it int, but only hands it to loop.call_later (float seconds)
             timeout_keep_alive=self._http_limits.idle_timeout_s,  # type: ignore[arg-type]
             server_header=False,
+            ssl_context_factory=None if self.tls is None else self._rest_ssl_context,
         )
         self._http = http_server = uvicorn.Server(config)
         # Not the main thread: no signal handlers. uvicorn < 0.29 installs them unless this hook
@@ -231,6 +347,10 @@ class Ingress:
             await asyncio.sleep(0.01)
         self._ready.set()
         await serving
+
+    def _rest_ssl_context(self, _config, _default) -> ssl.SSLContext:
+        assert self.tls is not None
+        return self.tls.rest_context()  # moves each handshake to the newest certificates
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._error is None

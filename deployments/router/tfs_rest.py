@@ -12,6 +12,8 @@ Life of a REST request (`RestApi.__call__`, the ASGI application of the REST por
    before an unknown model.
 4. The answer's bytes are the response body; an AspireError becomes TF Serving's
    `{"error": "..."}` with the HTTP status TF Serving maps from its code.
+5. With --rest_api_enable_cors_support, every response under /v1/ (TF Serving's REST handler:
+   answers, errors and the OPTIONS preflight alike) carries TF Serving's three CORS headers.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 HTML = b"text/html; charset=utf-8"
 NOT_FOUND_PAGE = b"<html><body><h1>404 Not Found</h1></body></html>"
+# TF Serving's AddCORSHeaders (http_rest_api_util.cc), added by its REST dispatcher to every
+# response of a path under /v1/ when --rest_api_enable_cors_support is on: not to the metrics
+# page (a handler of its own) nor to paths it does not serve (net_http's 404).
+CORS_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"POST, GET"),
+    (b"access-control-allow-headers", b"Content-Type"),
+]
 
 
 def _malformed(method: str, raw_path: str) -> AspireError:
@@ -101,6 +111,11 @@ def parse_path(method: str, raw_path: str) -> dict:
     if label is not None:
         check_name(label, "model version label")
     return {"kind": kind, "name": decoded, "version": version, "label": label}
+
+
+def raw_path_of(scope: dict) -> str:
+    """The request's path as the client sent it (percent-encoded), without its query."""
+    return (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
 
 
 def header(scope: dict, name: bytes) -> str:
@@ -194,9 +209,15 @@ class RestApi:
     """The REST port's ASGI application."""
 
     def __init__(
-        self, core: RouterCore, auth: BearerAuth, max_body_bytes: int, metrics_path: str | None
+        self,
+        core: RouterCore,
+        auth: BearerAuth,
+        max_body_bytes: int,
+        metrics_path: str | None,
+        enable_cors: bool = False,
     ) -> None:
         self.core = core
+        self._cors = enable_cors  # --rest_api_enable_cors_support
         self._auth = auth
         self._max_body_bytes = max_body_bytes
         self._metrics_path = metrics_path  # None: --monitoring_config_file did not enable it
@@ -217,15 +238,17 @@ class RestApi:
         except Disconnected:
             return
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *extra]
+        if self._cors:
+            path = raw_path_of(scope)
+            if V1_PATH.fullmatch(path) and path != self._metrics_path:
+                headers += CORS_HEADERS
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def dispatch(self, scope, receive) -> tuple[int, bytes, bytes, list]:
         """(status, content type, body, extra headers) of one request."""
         method = scope["method"]
-        raw_path = (
-            (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
-        )
+        raw_path = raw_path_of(scope)
         if raw_path == HEALTH_PATH and method == "GET":  # open: says the router is up
             return 200, JSON, json_body({"status": "ok"}), []
         if self._auth.enabled and method != "OPTIONS":  # preflights carry no credentials
@@ -245,7 +268,8 @@ class RestApi:
             return await self._v2.dispatch(scope, receive, method, raw_path)
         if not V1_PATH.fullmatch(raw_path):
             return 404, HTML, NOT_FOUND_PAGE, []
-        if method == "OPTIONS":  # CORS preflight, answered with or without CORS enabled
+        if method == "OPTIONS":  # CORS preflight, answered with or without CORS enabled (its
+            # CORS headers, when on, are added in __call__ as to every /v1/ response)
             origin = header(scope, b"origin")
             return (200 if re.match(r"https?://", origin) else 400), TEXT, b"", []
         if method == "GET" and raw_path == ASPIRE_STATUS_PATH:

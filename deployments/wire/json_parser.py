@@ -217,7 +217,7 @@ def _rj_number(b: bytes, i: int):
             raise _perr(_M_EXP, i)
         text, i = digits_at(i)
         if exp_minus:
-            exp = -int(text[:12])
+            exp = -int(text.lstrip(b"0")[:12] or b"0")  # leading zeros add nothing (RapidJSON)
         else:
             max_exp, exp = 308 - exp_frac, text[0] - 48
             for ch in text[1:]:

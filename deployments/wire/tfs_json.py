@@ -21,7 +21,8 @@ strtod can be one ulp off for 16+ significant digits, which float32 inputs never
 repeated in one object keeps its last value (RapidJSON uses the first and prints both); where TF
 walks a protobuf Map of several inputs, names go in sorted order; invalid UTF-8 inside error
 messages becomes U+FFFD; a name from the request (input alias, feature or signature name) longer
-than 256 bytes is cut to 256 bytes and "..." in error messages.
+than 256 bytes is cut to 256 bytes and "..." in error messages; a tf.Example feature name that is
+not UTF-8 is refused (INVALID_ARGUMENT: Python's protobuf maps take UTF-8 keys only).
 """
 
 from __future__ import annotations
@@ -240,12 +241,8 @@ def _to_array(flat: list, dims: list[int], dtype: str) -> np.ndarray:
     elif dtype == "DT_FLOAT":
         with np.errstate(over="ignore"):  # static_cast<float>(double): overflow -> inf
             arr = np.array(flat, dtype=np.float64).astype(np.float32)
-    elif dtype in (
-        "DT_INT32",
-        "DT_INT16",
-        "DT_INT8",
-        "DT_UINT8",
-    ):  # int_val is int32, narrowed by a C cast
+    elif dtype in ("DT_INT32", "DT_INT16", "DT_INT8", "DT_UINT8"):
+        # int_val is int32, narrowed by a C cast
         arr = np.array(flat, dtype=np.int64).astype(NUMPY_TYPES[dtype])
     else:
         arr = np.array(flat, dtype=NUMPY_TYPES[dtype])
@@ -461,9 +458,10 @@ def _make_example(obj, example_pb2) -> bytes:
     example = example_pb2.Example()
     for name, content in obj.items():
         kind, vals = _feature_values(name, content)
-        feature = example.features.feature[
-            name
-        ]  # an empty list still creates the (kind-less) feature
+        try:  # an empty list still creates the (kind-less) feature
+            feature = example.features.feature[name]
+        except UnicodeEncodeError:  # a protobuf map key is UTF-8 (TF's C++ takes any bytes)
+            raise invalid_argument(f"Feature: {_text(name)} has a name that is not UTF-8") from None
         if kind == "float":
             with np.errstate(over="ignore"):
                 feature.float_list.value.extend(

@@ -1,11 +1,14 @@
-"""Reservation book: best fit, host RAM admission, refusals, release, inventory updates and a
-concurrent property test that over-commit never happens."""
+"""Reservation book: best fit, host RAM admission, refusals, release, inventory updates, needs
+given as a fraction of a GPU (--per_process_gpu_memory_fraction) and a concurrent property test
+that over-commit never happens."""
 
+import math
 import random
 import threading
 
 import pytest
 
+from cluster.host_admission import HostBook
 from cluster.reservations import Reservations
 from core.units import GIB, MIB, format_bytes, parse_bytes
 from policies.admission import (
@@ -13,10 +16,12 @@ from policies.admission import (
     VRAM_FACTOR,
     VRAM_WORKSPACE_BYTES,
     Gpu,
+    HostSlot,
     Need,
     Placement,
     Refusal,
     estimate_vram_bytes,
+    fraction_vram_bytes,
     replica_need,
 )
 
@@ -400,3 +405,78 @@ def test_tensorflow_is_capped_to_the_reservation_less_the_cuda_context():
     assert tf_memory_limit_bytes(10 * GIB) == 9 * GIB
     assert tf_memory_limit_bytes(estimate_vram_bytes(GIB)) == 2 * GIB + 256 * MIB
     assert tf_memory_limit_bytes(512 * MIB) == 256 * MIB  # never below TF's workspace
+
+
+# -- --per_process_gpu_memory_fraction: a need sized per GPU ----------------------------------
+
+
+def test_a_fraction_need_books_its_share_of_the_gpu_it_lands_on():
+    r = Reservations([Gpu("n1", 0, 16 * GIB), Gpu("n1", 1, 40 * GIB)], {"n1": 64 * GIB})
+    need = Need(2 * GIB, GIB, vram_fraction=0.5)  # the estimate (2 GiB) is not what is booked
+    assert r.reserve(S % 1, need) == Placement("n1", 0, 8 * GIB, GIB)
+    assert r.reserve(S % 2, need) == Placement("n1", 0, 8 * GIB, GIB)  # GPU 0 exactly full
+    assert r.reserve(S % 3, need) == Placement("n1", 1, 20 * GIB, GIB)
+    assert [row["reserved"] for row in r.snapshot()] == [16 * GIB, 20 * GIB]
+
+
+def test_a_fraction_need_goes_where_it_leaves_the_least_room_after_its_own_share():
+    # GPU 0 has less free memory (10 GiB) but would keep 5 after its 5 GiB share; GPU 1 has
+    # 12 GiB free and keeps 2 after its 10 GiB share: best fit is GPU 1.
+    r = Reservations([Gpu("n1", 0, 10 * GIB), Gpu("n1", 1, 20 * GIB, 8 * GIB)], {"n1": 64 * GIB})
+    assert r.reserve(S % 1, Need(GIB, 0, 0.5)) == Placement("n1", 1, 10 * GIB, 0)
+
+
+def test_two_fractions_of_0_4_fit_a_gpu_and_a_third_is_refused_naming_the_memory():
+    r = book(16)
+    need = Need(GIB, GIB, 0.4)
+    share = fraction_vram_bytes(0.4, 16 * GIB)
+    assert share == math.ceil(0.4 * 16 * GIB)
+    for i in (1, 2):
+        assert r.reserve(S % i, need) == Placement("n1", 0, share, GIB)
+    message = refusal(r, S % 3, need, "gpu_memory")
+    assert message == (
+        f"Insufficient resources to load servable {S % 3}; needs {format_bytes(share)} of GPU "
+        "memory (0.4 of GPU 0's 16.0 GiB, --per_process_gpu_memory_fraction), largest free "
+        f"block is {format_bytes(16 * GIB - 2 * share)} (node n1 GPU 0)"
+    )
+    assert format_bytes(share) == "6.4 GiB" and format_bytes(16 * GIB - 2 * share) == "3.2 GiB"
+
+
+def test_a_fraction_need_without_gpus_is_refused_naming_the_fraction():
+    r = Reservations([], {"n1": 64 * GIB})
+    assert refusal(r, S % 1, Need(GIB, 0, 0.25), "no_gpus").endswith(
+        "needs 0.25 of a GPU's memory (--per_process_gpu_memory_fraction), no GPUs are known"
+    )
+
+
+def test_a_fraction_above_one_books_the_whole_gpu_and_never_more():
+    assert Need(0, 0, 1.5).vram_on(Gpu("n1", 0, 16 * GIB)) == 16 * GIB
+    assert Need(5, 0).vram_on(Gpu("n1", 0, 16 * GIB)) == 5  # no fraction: the bytes
+    with pytest.raises(ValueError, match="cannot be negative"):
+        Need(0, 0, -0.1)
+
+
+def test_replica_need_takes_the_fraction_on_gpus_only_and_declared_vram_wins():
+    estimate = estimate_vram_bytes(GIB)
+    gpu = replica_need("gpu", variable_bytes=GIB, ram_estimate_bytes=5, gpu_memory_fraction=0.4)
+    assert gpu == Need(estimate, 5, 0.4)
+    cpu = replica_need("cpu", variable_bytes=GIB, ram_estimate_bytes=5, gpu_memory_fraction=0.4)
+    assert cpu == Need(0, 5) and not cpu.gpu
+    declared = replica_need(
+        "gpu",
+        variable_bytes=GIB,
+        ram_estimate_bytes=5,
+        declared_vram_bytes=3 * GIB,
+        gpu_memory_fraction=0.4,
+    )
+    assert declared == Need(3 * GIB, 5)
+
+
+def test_a_shared_host_books_its_block_and_a_fraction_need_takes_its_estimate_inside():
+    r = book(16)
+    hosts = HostBook(r, lambda device: Need(8 * GIB, 4 * GIB))
+    slot = hosts.admit(S % 1, Need(2 * GIB, GIB, 0.4), "gpu")
+    assert isinstance(slot, HostSlot) and slot.placement is not None
+    assert slot.placement.vram_bytes == 8 * GIB  # --shared_host_vram, not 0.4 x 16 GiB
+    [host] = hosts.snapshot()
+    assert host["used_vram_bytes"] == 2 * GIB - CUDA_CONTEXT_BYTES  # the estimate, in the block

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import AspireError
-from deployments.replica.loader import SavedModelLoader, session_config
+from deployments.replica.loader import SavedModelLoader, gpu_memory_fraction, session_config
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 
@@ -44,6 +44,84 @@ def test_session_config_grows_memory_and_caps_it_to_the_reservation():
     assert capped.gpu_options.allow_growth
     [device] = capped.gpu_options.experimental.virtual_devices
     assert list(device.memory_limit_mb) == [10 * 1024]
+
+
+def file_config(**fields) -> bytes:
+    """A --tensorflow_session_config_file's ConfigProto, serialized as the options carry it."""
+    from tensorflow.core.protobuf import config_pb2
+
+    return config_pb2.ConfigProto(**fields).SerializeToString()
+
+
+USER_CONFIG = file_config(
+    intra_op_parallelism_threads=3,
+    inter_op_parallelism_threads=2,
+    allow_soft_placement=True,
+    gpu_options={"allow_growth": True, "per_process_gpu_memory_fraction": 0.3},
+    operation_timeout_in_ms=60000,
+)
+
+
+def test_a_session_config_file_is_the_base_and_keeps_its_settings():
+    config = session_config(base=USER_CONFIG)
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (3, 2)
+    assert config.allow_soft_placement and config.operation_timeout_in_ms == 60000
+    assert config.gpu_options.allow_growth
+    assert config.gpu_options.per_process_gpu_memory_fraction == pytest.approx(0.3)
+    # nothing of Aspire's defaults is added: a file without growth keeps TF's preallocation
+    bare = session_config(base=file_config(intra_op_parallelism_threads=1))
+    assert not bare.gpu_options.allow_growth and not bare.allow_soft_placement
+
+
+def test_flags_that_are_set_override_the_file_as_tf_serving_sets_them_after_parsing_it():
+    config = session_config(5, 0, base=USER_CONFIG, gpu_memory_fraction=0.6)
+    # either thread flag set: both are written, as server.cc does
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (5, 0)
+    assert config.gpu_options.per_process_gpu_memory_fraction == pytest.approx(0.6)
+    assert config.gpu_options.allow_growth  # the rest of the file stays
+
+
+def test_without_an_admission_cap_the_fraction_caps_tensorflow_itself():
+    config = session_config(gpu_memory_fraction=0.4)
+    assert config.gpu_options.per_process_gpu_memory_fraction == pytest.approx(0.4)
+    assert len(config.gpu_options.experimental.virtual_devices) == 0
+
+
+def test_the_admission_cap_replaces_the_fraction_virtual_devices_and_device_list():
+    from tensorflow.core.protobuf import config_pb2
+
+    user = config_pb2.ConfigProto.FromString(USER_CONFIG)
+    user.gpu_options.visible_device_list = "1"
+    user.gpu_options.experimental.virtual_devices.add().memory_limit_mb.extend([100, 200])
+    limit = 5 * 1024**3
+    config = session_config(0, 0, limit, user.SerializeToString(), gpu_memory_fraction=0.4)
+    # TF refuses a fraction beside virtual devices; the cap is already the fraction's booking
+    assert config.gpu_options.per_process_gpu_memory_fraction == 0
+    [device] = config.gpu_options.experimental.virtual_devices
+    assert list(device.memory_limit_mb) == [5 * 1024]
+    assert config.gpu_options.visible_device_list == ""  # the replica sees its GPU as 0
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (3, 2)
+    assert config.allow_soft_placement and config.gpu_options.allow_growth
+
+
+def test_the_fraction_booked_is_the_flag_else_the_session_config_file_s():
+    assert gpu_memory_fraction(0.0) == 0.0
+    assert gpu_memory_fraction(0.4, USER_CONFIG) == 0.4
+    assert gpu_memory_fraction(0.0, USER_CONFIG) == pytest.approx(0.3)
+    assert gpu_memory_fraction(0.0, file_config(intra_op_parallelism_threads=1)) == 0.0
+    with pytest.raises(AspireError) as refused:
+        gpu_memory_fraction(0.0, b"\xff\xff")
+    assert refused.value.code == "INVALID_ARGUMENT"
+
+
+def test_a_load_runs_with_the_session_config_file_s_threads():
+    loaded = SavedModelLoader(version_dir("saved_model_half_plus_two_cpu")).load(
+        base_config=USER_CONFIG
+    )
+    assert loaded.session_threads == (3, 2)
+    out = loaded.run("serving_default", {"x": np.array([[1.0]], np.float32)})
+    assert out["y"].tolist() == [[2.5]]
+    loaded.unload()
 
 
 def test_a_capped_load_still_serves_where_no_gpu_is_visible():

@@ -1,16 +1,20 @@
 """Resource-aware admission in the Manager, without Ray: a recording backend and a real book."""
 
 import dataclasses
+import os
 import threading
 
 import pytest
 
+from cluster.backend.serve_backend import ServeBackend
 from cluster.manager import Manager
 from cluster.reservations import Reservations
+from config.aspire_config import ModelSettings
+from config.options import ReplicaOptions
 from core.deployed import AppPlacement, Deployed
 from core.errors import AspireError
 from core.units import GIB
-from policies.admission import Gpu, Need
+from policies.admission import Gpu, Need, fraction_vram_bytes
 
 
 class SizedBackend:
@@ -18,6 +22,7 @@ class SizedBackend:
 
     def __init__(self):
         self.vram, self.replicas, self.fail, self.measured = {}, {}, set(), {}
+        self.fraction = 0.0  # --per_process_gpu_memory_fraction, as ServeBackend.need passes it
         self.loads, self.placements = [], {}
         self.lock = threading.Lock()
 
@@ -25,7 +30,7 @@ class SizedBackend:
         vram = self.vram.get(name, 0)
         if measured_vram_bytes:
             vram = min(vram, measured_vram_bytes)
-        return Need(vram, GIB), self.replicas.get(name, 1)
+        return Need(vram, GIB, self.fraction if vram else 0.0), self.replicas.get(name, 1)
 
     def load(self, name, version, path, placements):
         with self.lock:
@@ -264,3 +269,62 @@ def test_a_lost_node_takes_its_versions_out_and_re_places_them_where_they_fit(
     assert manager.wait_idle(5)
     assert status(manager, "a") == [(1, "AVAILABLE", "OK")]
     assert backend.placements[("a", 1)][0].node_id == "n3"
+
+
+# -- --per_process_gpu_memory_fraction ---------------------------------------------------------
+
+
+def test_a_gpu_fraction_books_its_share_per_replica_and_refuses_what_no_gpu_has_room_for(
+    manager, backend, book
+):
+    backend.fraction = 0.4  # 6.4 GiB of a 16 GiB GPU each; the 1 GiB estimate is not booked
+    for name in ("a", "b", "c", "d", "e"):
+        backend.vram[name] = GIB
+        manager.set_aspired_versions(name, {1: f"/{name}/1"})
+        assert manager.wait_idle(5)
+    share = fraction_vram_bytes(0.4, 16 * GIB)
+    booked = {h: b for row in book.snapshot() for h, b in row["holders"].items()}
+    assert booked == {f"{{name: {n} version: 1}}": share for n in "abcd"}
+    assert [row["reserved"] for row in book.snapshot()] == [2 * share, 2 * share]
+    assert status(manager, "e") == [(1, "END", "RESOURCE_EXHAUSTED")]
+    assert (
+        "needs 6.4 GiB of GPU memory (0.4 of GPU 0's 16.0 GiB"
+        in (manager.model_status("e")[0]["error_message"])
+    )
+    assert [status(manager, n) for n in "abcd"] == [[(1, "AVAILABLE", "OK")]] * 4
+
+
+MODEL = os.path.join(os.path.dirname(__file__), "..", "data", "saved_model_half_plus_two_cpu")
+
+
+def serve_backend(settings=None, **options) -> ServeBackend:
+    b = ServeBackend(ReplicaOptions(**options))
+    b.settings = {"m": ModelSettings(**settings)} if settings else {}
+    return b
+
+
+def backend_need(b: ServeBackend, has_gpus: bool = True) -> Need:
+    need, _ = b.need("m", 123, os.path.join(MODEL, "00000123"), has_gpus, None)
+    return need
+
+
+def session_config(**gpu_options) -> bytes:
+    from tensorflow.core.protobuf import config_pb2
+
+    return config_pb2.ConfigProto(gpu_options=gpu_options).SerializeToString()
+
+
+def test_serve_backend_needs_the_flag_s_fraction_on_gpus_and_none_on_cpus():
+    assert backend_need(serve_backend(gpu_memory_fraction=0.4)).vram_fraction == 0.4
+    assert backend_need(serve_backend(gpu_memory_fraction=0.0)).vram_fraction == 0.0
+    cpu = backend_need(serve_backend(gpu_memory_fraction=0.4), has_gpus=False)
+    assert (cpu.vram_bytes, cpu.vram_fraction) == (0, 0.0)
+    declared = backend_need(serve_backend({"vram_bytes": 3 * GIB}, gpu_memory_fraction=0.4))
+    assert (declared.vram_bytes, declared.vram_fraction) == (3 * GIB, 0.0)
+
+
+def test_serve_backend_takes_the_session_config_file_s_fraction_unless_the_flag_is_set():
+    config = session_config(per_process_gpu_memory_fraction=0.25)
+    assert backend_need(serve_backend(session_config=config)).vram_fraction == 0.25
+    both = serve_backend(session_config=config, gpu_memory_fraction=0.4)
+    assert backend_need(both).vram_fraction == 0.4

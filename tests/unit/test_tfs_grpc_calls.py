@@ -682,6 +682,24 @@ def test_handle_passes_tensor_content_to_predict(half_plus_two):
     ).tolist() == [[3.0]]
 
 
+@pytest.mark.parametrize("check", [False, True])
+def test_handle_passes_the_method_name_check_to_every_inference_call(tf2_half_plus_two, check):
+    # the TF2 export's classify and regress signatures carry the predict method
+    calls = {
+        "Classify": classify_request("classify_x_to_y", example_input(example(x=[2.0]))),
+        "Regress": regress_request("regress_x_to_y", example_input(example(x=[2.0]))),
+        "MultiInference": multi_request(("half", "regress_x_to_y", REGRESS)),
+    }
+    codes = {
+        method: tfs_grpc_calls.handle(
+            tf2_half_plus_two, method, request.SerializeToString(), "half", 123, False, check
+        )[0]
+        for method, request in calls.items()
+    }
+    expected = "INVALID_ARGUMENT" if check else "OK"
+    assert codes == {method: expected for method in calls}
+
+
 @pytest.mark.parametrize(
     "method,request_proto,response_cls",
     [
