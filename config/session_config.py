@@ -76,7 +76,7 @@ def _config_pb2() -> ModuleType:
 def _parse(text: str, message: Message, source: str, pool: object = None) -> None:
     try:
         text_format.Parse(text, message, descriptor_pool=pool)
-    except text_format.ParseError as err:
+    except (text_format.ParseError, ValueError) as err:  # ValueError: an enum or int past range
         raise _invalid(f"Invalid protobuf file: '{source}': {err}") from None
 
 

@@ -156,6 +156,10 @@ class _Reader:
                 data = f.read(1024 * 1024 + 1)
         except OSError as exc:
             raise self.error(f"{field}: cannot read '{pem}': {exc.strerror or exc}") from None
+        except ValueError:  # open() refuses a path with a NUL byte
+            raise self.error(
+                f"{field}: cannot read {pem!r}: a path cannot hold a NUL byte"
+            ) from None
         if len(data) > 1024 * 1024:
             raise self.error(f"{field}: '{pem}' is larger than 1 MiB: not a PEM file")
         self.files.append(pem)

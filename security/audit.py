@@ -11,28 +11,42 @@ chain and fuzzing").
    whole set, nothing is resolved or installed; `--strict`: a pin it cannot look up fails) on
    PyPI's vulnerability service, each accepted ID passed as `--ignore-vuln`. A vulnerability
    found fails the audit (exit 1).
+4. Where that service (PyPI's per-release JSON, https://pypi.org/pypi/NAME/VERSION/json) does
+   not answer, the fallback reads PyPI's project JSON (https://pypi.org/pypi/NAME/json) of each
+   pin: its "vulnerabilities" are those of the project's latest release only. A pin that is the
+   latest release is checked (an entry whose id or alias is not accepted fails the audit); an
+   older pin cannot be checked there and is listed as not checkable (it fails the audit only
+   under AUDIT_REQUIRED=1: a required audit covers every pin).
+5. Where neither answers, the audit cannot run: it says so and fails when AUDIT_REQUIRED=1, and
+   otherwise passes with that warning (AUDIT_REQUIRED=0 is the default because some build
+   machines reach PyPI's package index but not its JSON API).
 
-PyPI's per-release JSON (https://pypi.org/pypi/NAME/VERSION/json), which that service is, is
-asked first. Where it does not answer, the audit cannot run: it says so and fails when
-AUDIT_REQUIRED=1, and otherwise passes with that warning (AUDIT_REQUIRED=0 is the default
-because some build machines reach PyPI's package index but not its JSON API).
+The last line says which check ran, e.g. `audit: pip-audit, 155 pins, 0 vulnerabilities`.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 ACCEPTED = ROOT / "security" / "accepted-vulnerabilities.txt"
 SERVICE = "https://pypi.org/pypi/{name}/{version}/json"
+PROJECT = "https://pypi.org/pypi/{name}/json"
+FETCH_TIMEOUT_S = 10
+FETCHERS = 16
 _ENTRY = re.compile(r"(?P<id>[A-Z][A-Z0-9]*-[A-Za-z0-9-]+)\s+(?P<date>\S+)\s+(?P<reason>\S.*)")
 _PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 
@@ -91,6 +105,167 @@ def service_answers(name: str, version: str) -> str | None:
         return f"{url}: {err}"
 
 
+@dataclass(frozen=True)
+class Vulnerability:
+    id: str
+    package: str
+    version: str
+    fixed_in: tuple[str, ...]
+    summary: str
+
+    def line(self) -> str:
+        fixed = ", ".join(self.fixed_in) or "no fixed release"
+        return f"  {self.id}  {self.package}=={self.version}  fixed in: {fixed}  {self.summary}"
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """A pin the project data cannot check: not the latest release (or no data: latest "")."""
+
+    name: str
+    pinned: str
+    latest: str
+
+    def short(self) -> str:
+        if not self.latest:
+            return f"{self.name} {self.pinned} (no project data)"
+        return f"{self.name} {self.pinned} (latest {self.latest})"
+
+
+def _first_line(text: str | None, limit: int = 160) -> str:
+    line = (text or "").strip().split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _same_version(a: str, b: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def check_pin(
+    name: str, pinned: str, project: dict | None, ignore: set[str]
+) -> list[Vulnerability] | Unverified:
+    """What PyPI's project JSON `project` (None: no answer) says of pin `name==pinned`: the
+    vulnerabilities of the latest release not accepted in `ignore` (by id or alias) when the pin
+    is the latest release, else Unverified (the data describes the latest release only)."""
+    latest = ((project or {}).get("info") or {}).get("version") or ""
+    if project is None or not latest:
+        return Unverified(name, pinned, "")
+    if not _same_version(pinned, latest):
+        return Unverified(name, pinned, latest)
+    found = []
+    for entry in project.get("vulnerabilities") or []:
+        ids = {entry.get("id"), *(entry.get("aliases") or [])}
+        if entry.get("withdrawn") or ids & ignore:
+            continue
+        found.append(
+            Vulnerability(
+                id=str(entry.get("id")),
+                package=name,
+                version=pinned,
+                fixed_in=tuple(str(v) for v in entry.get("fixed_in") or ()),
+                summary=_first_line(entry.get("summary") or entry.get("details")),
+            )
+        )
+    return found
+
+
+def project_data(name: str, timeout: float = FETCH_TIMEOUT_S) -> dict | None:
+    """PyPI's project JSON of `name`, asked twice at most; None when it does not answer."""
+    for _ in range(2):
+        try:
+            url = PROJECT.format(name=name)
+            with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - https
+                return json.load(answer)
+        except urllib.error.HTTPError as err:
+            if 400 <= err.code < 500:  # no such project: asking again will not help
+                return None
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+    return None
+
+
+def fallback(
+    locked: dict[str, str], ignore: set[str], fetch: Callable[[str], dict | None] = project_data
+) -> tuple[list[Vulnerability], list[Unverified]]:
+    """Every pin of `locked` checked against its project data (`fetch`, FETCHERS at a time)."""
+    with ThreadPoolExecutor(max_workers=FETCHERS) as pool:
+        projects = dict(zip(locked, pool.map(fetch, locked), strict=True))
+    found: list[Vulnerability] = []
+    unverified: list[Unverified] = []
+    for name, pinned in sorted(locked.items()):
+        result = check_pin(name, pinned, projects[name], ignore)
+        if isinstance(result, Unverified):
+            unverified.append(result)
+        else:
+            found.extend(result)
+    return found, unverified
+
+
+def fallback_summary(pins_count: int, found: list, unverified: list[Unverified]) -> str:
+    line = (
+        "audit: PyPI project data (pip-audit's service unreachable), "
+        f"{pins_count - len(unverified)} of {pins_count} pins checked, "
+        f"{len(found)} vulnerabilities"
+    )
+    if unverified:
+        line += f", {len(unverified)} not checkable: " + ", ".join(u.short() for u in unverified)
+    return line
+
+
+def pip_audit_findings(report: dict) -> list[Vulnerability]:
+    """The vulnerabilities of pip-audit's JSON report (accepted ones are already left out)."""
+    return [
+        Vulnerability(
+            id=str(vuln.get("id")),
+            package=str(dep.get("name")),
+            version=str(dep.get("version", "")),
+            fixed_in=tuple(str(v) for v in vuln.get("fix_versions") or ()),
+            summary=_first_line(vuln.get("description")),
+        )
+        for dep in report.get("dependencies") or []
+        for vuln in dep.get("vulns") or []
+    ]
+
+
+def run_pip_audit(locked: dict[str, str], ignore: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="aspire-audit-") as folder:
+        report = Path(folder) / "pip-audit.json"
+        command = [sys.executable, "-m", "pip_audit", "--requirement", str(LOCK), "--no-deps"]
+        command += ["--disable-pip", "--strict", "--progress-spinner", "off", "--desc", "on"]
+        command += ["--aliases", "on", "--format", "json", "--output", str(report)]
+        command += [arg for vuln in ignore for arg in ("--ignore-vuln", vuln)]
+        code = subprocess.run(command, check=False).returncode
+        try:
+            doc = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            doc = None
+    if doc is None:
+        print(f"audit: pip-audit, {len(locked)} pins, FAILED with no report (exit {code})")
+        return code or 1
+    found = pip_audit_findings(doc)
+    for vuln in found:
+        print(vuln.line())
+    failed = f" (pip-audit exit {code}: see above)" if code and not found else ""
+    print(f"audit: pip-audit, {len(locked)} pins, {len(found)} vulnerabilities{failed}")
+    return code or (1 if found else 0)
+
+
+def run_fallback(locked: dict[str, str], ignore: list[str], required: bool) -> int:
+    found, unverified = fallback(locked, set(ignore))
+    for vuln in found:
+        print(vuln.line())
+    if unverified:
+        print("not checkable here (PyPI's project data describes the latest release only):")
+        print("".join(f"  {u.short()}\n" for u in unverified), end="")
+    print(fallback_summary(len(locked), found, unverified))
+    return 1 if found or (required and unverified) else 0
+
+
 def main() -> int:
     try:
         ignore = accepted()
@@ -112,19 +287,21 @@ def main() -> int:
         print("".join(f"  {line}\n" for line in stale), end="", file=sys.stderr)
         if os.environ.get("CI") == "true":
             return 1
+    required = os.environ.get("AUDIT_REQUIRED", "0") == "1"
+    print(f"audit: {len(locked)} pins of {LOCK.name}, {len(ignore)} accepted ID(s)", flush=True)
     name, version = next(iter(locked.items()))
     why = service_answers(name, version)
-    if why is not None:
-        print(f"audit: PyPI's vulnerability service does not answer ({why})", file=sys.stderr)
-        if os.environ.get("AUDIT_REQUIRED", "0") == "1":
-            return 1
-        print("audit: NOT RUN (AUDIT_REQUIRED=1 makes this a failure)", file=sys.stderr)
-        return 0
-    command = [sys.executable, "-m", "pip_audit", "--requirement", str(LOCK), "--no-deps"]
-    command += ["--disable-pip", "--strict", "--progress-spinner", "off", "--desc", "on"]
-    command += [arg for vuln in ignore for arg in ("--ignore-vuln", vuln)]
-    print(f"audit: {len(locked)} pins of {LOCK.name}, {len(ignore)} accepted ID(s)")
-    return subprocess.run(command, check=False).returncode
+    if why is None:
+        return run_pip_audit(locked, ignore)
+    print(f"audit: pip-audit's service (PyPI's per-release JSON) does not answer ({why})")
+    if project_data(name) is not None:
+        return run_fallback(locked, ignore, required)
+    print(
+        "audit: NOT RUN: neither pip-audit's service nor PyPI's project data "
+        f"({PROJECT.format(name=name)}) answers"
+        + ("" if required else " (AUDIT_REQUIRED=1 makes this a failure)")
+    )
+    return 1 if required else 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Rules (the protocol, as `tritonclient` and KServe's SDK use it):
   signature's rank and its known dimensions; every input without a default must be given.
 - `outputs` names the outputs to return (all by default); an output is returned as binary data
   when its `parameters.binary_data` or the request's `parameters.binary_data_output` is true.
+- `parameters` (of the request, an input or an output) is a JSON object, or absent or null.
 - The request's `id` is echoed. Every refusal is INVALID_ARGUMENT with the reason.
 """
 
@@ -287,6 +288,17 @@ def _check_output(signature, alias: str, name: str) -> None:
         raise invalid_argument(f"unexpected inference output '{alias}' for model '{name}'")
 
 
+def _parameters(item: dict, where: str) -> dict:
+    """The `parameters` of the request, an input or a requested output: a JSON object (absent or
+    null: none), else INVALID_ARGUMENT naming `where`."""
+    parameters = item.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise invalid_argument(f"{where}: 'parameters' must be a JSON object")
+    return parameters
+
+
 def infer(model, payload: bytes, name: str, version: int) -> bytes:
     """POST /v2/models/NAME[/versions/V]/infer, as the wire above frames it."""
     doc, binary = _split(payload)
@@ -294,6 +306,7 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise invalid_argument("the infer request needs a non-empty 'inputs' list")
+    binary_default = bool(_parameters(doc, "the infer request").get("binary_data_output", False))
     feeds: dict = {}
     offset = 0
     for item in inputs:
@@ -302,7 +315,7 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
         alias, datatype = item["name"], item.get("datatype")
         shape = _input(signature, feeds, name, alias, datatype, item.get("shape"))
         assert isinstance(datatype, str)  # _input refused any other
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(item, f"input '{alias}'").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise invalid_argument(
@@ -317,7 +330,6 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
     if offset != len(binary):
         raise invalid_argument(f"{len(binary) - offset} bytes of binary data belong to no input")
     _check_complete(signature, feeds, name)
-    binary_default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
     requested = doc.get("outputs")
     if requested is None:
         wanted = [(alias, binary_default) for alias in sorted(signature.outputs)]
@@ -327,9 +339,8 @@ def infer(model, payload: bytes, name: str, version: int) -> bytes:
         wanted = []
         for o in requested:
             _check_output(signature, o["name"], name)
-            wanted.append(
-                (o["name"], bool((o.get("parameters") or {}).get("binary_data", binary_default)))
-            )
+            parameters = _parameters(o, f"output '{o['name']}'")
+            wanted.append((o["name"], bool(parameters.get("binary_data", binary_default))))
     else:
         raise invalid_argument("'outputs' must be a list of objects with a 'name'")
     values = model.run(key, feeds, [alias for alias, _ in wanted])

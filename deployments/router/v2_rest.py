@@ -83,6 +83,15 @@ def parse_version(text: str) -> int | None:
     return int(text)
 
 
+def header_length(declared: str) -> int:
+    """An Inference-Header-Content-Length value: ASCII digits below 2**63 (the replica's frame
+    carries it as a signed 64-bit length), else INVALID_ARGUMENT."""
+    digits = declared.lstrip("0") or "0"
+    if not (declared.isascii() and declared.isdigit()) or len(digits) > 19 or int(digits) >= 2**63:
+        raise invalid_argument(f"Inference-Header-Content-Length: {escape(declared, 64)}")
+    return int(digits)
+
+
 class V2Rest:
     def __init__(self, core: RouterCore, read_body, header) -> None:
         self.core = core
@@ -127,9 +136,7 @@ class V2Rest:
             seen.version = str(resolved)
             body = await self._read_body(scope, receive)
             declared = self._header(scope, b"inference-header-content-length").strip()
-            if declared and not declared.isdigit():
-                raise invalid_argument(f"Inference-Header-Content-Length: {escape(declared, 64)}")
-            length = int(declared) if declared else V2_NO_BINARY
+            length = header_length(declared) if declared else V2_NO_BINARY
             answer = await core.call(address, "v2_infer", V2_HEADER_LENGTH.pack(length) + body)
             (head,) = V2_HEADER_LENGTH.unpack_from(answer)
             if head == V2_NO_BINARY:

@@ -67,6 +67,15 @@ def test_a_session_config_that_does_not_parse_is_tf_servings_error_with_line_and
     assert "no_such_field" in err.message
 
 
+def test_an_enum_value_out_of_range_is_tf_servings_invalid_protobuf_file_error(tmp_path):
+    path = tmp_path / "session.pbtxt"
+    path.write_text("graph_options { rewrite_options { layout_optimizer: 4294967296 } }\n")
+    err = refusal(load_session_config, path)
+    assert err.code == "INVALID_ARGUMENT"
+    assert err.message.startswith(f"Invalid protobuf file: '{path}': ")
+    assert "4294967296" in err.message
+
+
 def test_a_missing_session_config_file_is_not_found_naming_it(tmp_path):
     err = refusal(load_session_config, tmp_path / "absent.pbtxt")
     assert (err.code, err.message) == (

@@ -155,6 +155,16 @@ def test_an_unreadable_pem_path_is_refused_naming_config_and_pem_file(pki):
     assert "No such file or directory" in message
 
 
+def test_a_pem_path_with_a_nul_byte_is_refused_naming_the_config_file(pki):
+    folder, _, server, _ = pki
+    path = folder / "nul.cfg"
+    path.write_text(f'server_key: "key\\000.pem"\nserver_cert: "{server.cert}"\n')
+    assert refusal(path) == (
+        f"SSL config file '{path}': server_key: cannot read "
+        f"{str(folder / 'key') + chr(0) + '.pem'!r}: a path cannot hold a NUL byte"
+    )
+
+
 def broken_pem(folder: Path) -> Path:
     path = folder / "broken.pem"
     path.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")

@@ -186,6 +186,38 @@ def test_bad_requests_are_refused_with_the_reason(half_plus_two, doc, binary, me
     assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
 
 
+X = {"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"inputs": [X], "parameters": 5}, "the infer request: 'parameters' must be a JSON object"),
+        ({"inputs": [{**X, "parameters": "x"}]}, "input 'x': 'parameters' must be a JSON object"),
+        (
+            {"inputs": [X], "outputs": [{"name": "y", "parameters": [1]}]},
+            "output 'y': 'parameters' must be a JSON object",
+        ),
+    ],
+)
+def test_parameters_that_are_not_a_json_object_are_invalid_argument_naming_where(
+    half_plus_two, doc, message
+):
+    with pytest.raises(AspireError) as err:
+        v2_calls.infer(half_plus_two, frame(doc), "h", 1)
+    assert (err.value.code, err.value.message) == ("INVALID_ARGUMENT", message)
+
+
+def test_null_parameters_count_as_none_given(half_plus_two):
+    doc = {
+        "inputs": [{**X, "parameters": None}],
+        "outputs": [{"name": "y", "parameters": None}],
+        "parameters": None,
+    }
+    got, _ = answer(v2_calls.infer(half_plus_two, frame(doc), "h", 1))
+    assert got["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [2.5]}]
+
+
 def test_a_missing_input_and_non_utf8_bytes_as_json_are_refused(every_type):
     doc = {"inputs": every_input()[1:]}
     with pytest.raises(AspireError) as err:
