@@ -14,6 +14,8 @@ Systems, each started alone (nothing else serving while it is measured):
   i  aspire-https `aspire serve --ssl_config_file`, REST over TLS (at the lowest and highest
                   concurrency only: the cost of TLS is read against d)
   j  aspire-grpcs the same TLS server, gRPC Predict over TLS (read against e)
+  k  aspire-rtls  `aspire serve` on a Ray started with Ray's TLS settings (RAY_USE_TLS): REST in
+                  plain, the direct path router -> replica in mutual TLS (read against d)
 Models: half_plus_two (TF Serving's test model: per-request overhead), and two MLPs exported by
 bench/models.py, one 784-float row per request: 784-1024-1024-10 (light compute) and
 784-4096-4096-10 (milliseconds per row, little more per batch: where batching should pay).
@@ -68,8 +70,13 @@ SYSTEMS = {
     "h": "aspire-v2g",
     "i": "aspire-https",
     "j": "aspire-grpcs",
+    "k": "aspire-rtls",
 }
-TLS_PAIRS = (("i", "d"), ("j", "e"))  # (over TLS, the same API in plain) in the same run
+TLS_PAIRS = (
+    ("i", "d"),
+    ("j", "e"),
+    ("k", "d"),
+)  # (over TLS, the same API in plain) in the same run
 README_BEGIN, README_END = "<!-- suite:begin -->", "<!-- suite:end -->"
 BATCHING = """max_batch_size { value: 32 }
 batch_timeout_micros { value: 1000 }
@@ -223,11 +230,14 @@ class Server:
     """A server process in its own session: started, waited for, stopped (SIGINT, then the
     whole process group is killed so no Ray process outlives it)."""
 
-    def __init__(self, cmd: list[str], ready, what: str, timeout_s: float = 300):
+    def __init__(
+        self, cmd: list[str], ready, what: str, timeout_s: float = 300, env: dict | None = None
+    ):
         self.what = what
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             cmd,
+            env=None if env is None else {**os.environ, **env},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -422,7 +432,7 @@ class Suite:
     def concurrency_of(self, system: str) -> list[int]:
         """TLS systems run at the lowest and highest concurrency only (their cost is a ratio)."""
         levels = self.args.concurrency
-        return sorted({min(levels), max(levels)}) if system in "ij" else levels
+        return sorted({min(levels), max(levels)}) if system in "ijk" else levels
 
     def sweep_rest(
         self,
@@ -466,6 +476,8 @@ class Suite:
             self.aspire(batching=True)
         if "i" in sel or "j" in sel:
             self.aspire(batching=False, tls=True)
+        if "k" in sel:
+            self.aspire(batching=False, ray_tls=True)
 
     def model_args(self) -> list[str]:
         return [f"{n}={m.version_dir}" for n, m in self.models.items()]
@@ -536,7 +548,25 @@ class Suite:
         self.tls_ca = ca.cert
         return config
 
-    def aspire(self, batching: bool, tls: bool = False) -> None:
+    def ray_tls_env(self) -> dict:
+        """Ray's TLS settings with a fresh test CA's certificate for this node."""
+        import ray.util
+
+        from tests.support.certs import CertAuthority
+
+        folder = self.work / "ray_tls"
+        ca = CertAuthority.create(folder)
+        node = ca.issue(
+            folder, "node", hosts=("127.0.0.1", "localhost", ray.util.get_node_ip_address())
+        )
+        return {
+            "RAY_USE_TLS": "1",
+            "RAY_TLS_SERVER_CERT": str(node.cert),
+            "RAY_TLS_SERVER_KEY": str(node.key),
+            "RAY_TLS_CA_CERT": str(ca.cert),
+        }
+
+    def aspire(self, batching: bool, tls: bool = False, ray_tls: bool = False) -> None:
         port, grpc_port = free_port(), free_port()
         config = self.work / "models.config"
         config.write_text(
@@ -566,10 +596,14 @@ class Suite:
             [ASPIRE, "serve", *flags],
             lambda s: "Exporting HTTP/REST API" in s.output(),
             "aspire serve" + (" --enable_batching" if batching else ""),
+            env=self.ray_tls_env() if ray_tls else None,
         )
         try:
             if batching:
                 self.sweep_rest("f", url_of, server.proc.pid)
+                return
+            if ray_tls:
+                self.sweep_rest("k", url_of, server.proc.pid)
                 return
             if tls:
                 if "i" in self.args.systems:
@@ -724,7 +758,8 @@ def tls_cost(rows: list[dict]) -> list[str]:
     if not table:
         return []
     return [
-        "**The cost of TLS** (`--ssl_config_file`; over TLS / plain)",
+        "**The cost of TLS** (over TLS / plain: (i) and (j) `--ssl_config_file` on the ports, "
+        "(k) Ray's TLS settings, which put the direct path in mutual TLS)",
         "",
         "| model | systems | conc. | p50 | p99 | req/s | server CPU / req |",
         "|---|---|---|---|---|---|---|",
@@ -801,7 +836,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated")
     parser.add_argument("--models", default="half_plus_two,mlp,mlp_wide", help="comma-separated")
-    parser.add_argument("--systems", default="abcdefghij", help="letters a-j")
+    parser.add_argument("--systems", default="abcdefghijk", help="letters a-k")
     parser.add_argument("--reconcile-models", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")
