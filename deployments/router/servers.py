@@ -366,8 +366,12 @@ class Ingress:
             if self._http is not None:
                 self._http.should_exit = True
 
-        try:
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(grace_s + 5)
-        except Exception as exc:  # noqa: BLE001 - best effort on the way out
-            log.warning("ingress shutdown: %s", exc)
+        done = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+        # The thread ends once both servers have stopped: wait for it, not for `done`, whose
+        # result can be lost when the loop closes right after the coroutine returns (gRPC only:
+        # the serving coroutine ends with the gRPC server, and the loop with it)
         self._thread.join(grace_s + 5)
+        if self._thread.is_alive():
+            log.warning("ingress shutdown: the servers still run %.0f s after stop", grace_s + 5)
+        elif done.done() and not done.cancelled() and done.exception() is not None:
+            log.warning("ingress shutdown: %s", done.exception())
