@@ -269,6 +269,11 @@ def validate(args: argparse.Namespace) -> None:
             "server_options.tensorflow_inter_op_parallelism) separately. You cannot "
             "configure all."
         )
+    if not args.platform_config_file and args.batching_parameters_file and not args.enable_batching:
+        raise FlagError(  # server.cc, where no --platform_config_file replaces the flags
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true."
+        )
     _validate_tfs_flags(args)
     if (
         args.model_base_path

@@ -49,6 +49,18 @@ def test_all_three_thread_flags_is_tf_servings_error():
         validate(args)
 
 
+def test_a_batching_file_without_enable_batching_is_tf_servings_error(tmp_path):
+    params = tmp_path / "batching.txt"
+    params.write_text("max_batch_size { value: 8 }\n")
+    with pytest.raises(FlagError) as err:
+        validate(parse(f"--batching_parameters_file={params}"))
+    assert str(err.value) == (
+        "server_options.batching_parameters_file is set without setting "
+        "server_options.enable_batching to true."
+    )
+    validate(parse(f"--batching_parameters_file={params}", "--enable_batching"))
+
+
 def test_body_limit_flag_defaults_to_64_mib_and_must_be_positive():
     assert parse().rest_api_max_body_bytes == 64 * 1024 * 1024
     validate(parse("--rest_api_max_body_bytes=1"))
