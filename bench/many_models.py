@@ -249,6 +249,7 @@ def main() -> None:
         / "results"
         / f"many-models-{started_at.replace(' ', '-').replace(':', '')}.md"
     )
+    out.parent.mkdir(parents=True, exist_ok=True)  # results/ is not tracked: absent in a clone
     out.write_text(f"# Many-models run {started_at} UTC\n\n{text}")
     print(f"\n{text}\nwritten to {out}")
     if not args.no_readme:

@@ -1,4 +1,4 @@
-"""The Manager's reconcile step at scale: 1,000 models x 3 versions with fake loaders.
+"""The Manager's reconcile step at scale: 1,000 (or 10,000) models x 3 versions, fake loaders.
 
 The real Manager (cluster/manager.py) with admission on (a Reservations book of 8 nodes x 8 GPUs
 and host RAM), driven as cluster/manager_actor.py drives it: the source emits every model's aspired
@@ -8,6 +8,8 @@ the Manager's own work: policy decisions, admission, state changes, serving-map 
 Reported: the time of one `set_aspired_versions` sweep over all models, of each reconcile pass
 while versions load (the first pass starts 1,000 actions), of a steady-state pass with nothing
 to do, and of a rollout pass (every model gets a 4th version; Latest-3 unloads the oldest).
+The controller reconciles every 100 ms, so `passes_over_100ms` counts the busy passes that
+overran that period. `--models 10000` (30,000 versions) runs in about 3 minutes on 2 CPUs.
 
 Usage: .venv/bin/python bench/reconcile.py [--models 1000] [--versions 3]
 """
@@ -70,7 +72,7 @@ def run(models: int = 1000, versions: int = 3, quiet: bool = False) -> dict:
     gpus = [Gpu(f"node{n}", i, 80 * GIB) for n in range(8) for i in range(8)]
     book = Reservations(gpus, {f"node{n}": 2048 * GIB for n in range(8)})
     manager = Manager(FakeBackend(), num_load_threads=16, max_num_load_retries=0, book=book)
-    names = [f"model-{i:04d}" for i in range(models)]
+    names = [f"model-{i:05d}" for i in range(models)]
 
     def aspire(first: int):
         for name in names:
@@ -110,6 +112,7 @@ def run(models: int = 1000, versions: int = 3, quiet: bool = False) -> dict:
         "max_wall_ms": max(wall),
         "median_cpu_ms": statistics.median(cpu),
         "max_cpu_ms": max(cpu),
+        "passes_over_100ms": sum(w > 100 for w in wall),
         "idle_pass_ms": statistics.median(idle),
     }
     if not quiet:
@@ -127,6 +130,7 @@ def run(models: int = 1000, versions: int = 3, quiet: bool = False) -> dict:
             f"median {result['median_cpu_ms']:.1f} ms, max {result['max_cpu_ms']:.1f} ms; wall "
             f"median {result['median_wall_ms']:.1f} ms, max {result['max_wall_ms']:.1f} ms"
         )
+        print(f"  busy passes over the 100 ms period: {result['passes_over_100ms']}")
         print(f"  steady state (nothing to do): {result['idle_pass_ms']:.2f} ms per pass")
     return result
 
