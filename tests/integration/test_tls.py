@@ -8,8 +8,6 @@ handshake on both ports. Bad files stop `aspire serve` at start-up with the file
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 import subprocess
 from pathlib import Path
 
@@ -17,11 +15,10 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from cryptography import x509
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tests.integration.conftest import ASPIRE, DATA, Served, free_port, wait_for
-from tests.support.certs import CertAuthority, Issued
+from tests.support.certs import CertAuthority, Issued, serial_of, served_serial
 from tests.support.grpc_requests import predict_request
 
 pytestmark = pytest.mark.ray
@@ -124,21 +121,6 @@ def mutual(tmp_path_factory):
         running.rest, running.grpc = rest, grpc_port
         yield running
     assert served.exit_code == 0
-
-
-def served_serial(port: int) -> int:
-    """The serial number of the certificate a new TLS connection to `port` is shown."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        with context.wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
-def serial_of(issued: Issued) -> int:
-    return x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:

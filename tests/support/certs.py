@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +133,19 @@ class CertAuthority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, key_path)
         return Issued(cert_path, key_path)
+
+
+def served_serial(port: int, host: str = "127.0.0.1") -> int:
+    """The serial number of the certificate a new TLS connection to `port` is shown."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=30) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def serial_of(issued: Issued) -> int:
+    """The serial number of an issued certificate."""
+    return x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number

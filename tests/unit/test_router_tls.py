@@ -14,12 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
-from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from config.options import ServerOptions
 from deployments.router.servers import Ingress
-from tests.support.certs import CertAuthority, Issued
+from tests.support.certs import CertAuthority, Issued, serial_of, served_serial
 from tests.support.ports import free_port
 
 
@@ -88,21 +87,6 @@ def mutual(tmp_path):
     served = Served(tmp_path, client_verify=True)
     yield served
     served.ingress.stop()
-
-
-def served_serial(port: int) -> int:
-    """The serial number of the certificate a new TLS connection to `port` is shown."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
-def serial_of(issued: Issued) -> int:
-    return x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
 
 
 def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
