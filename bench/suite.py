@@ -621,7 +621,7 @@ class Suite:
                     self.sweep_grpc(system, grpc_port, server.proc.pid, method)
             for what, title in (
                 ("Aspire manager actor", "ray::ManagerActor"),
-                ("Aspire router replica", "ray::ServeReplica:aspire-router:"),
+                ("Aspire router replica", "ray::ServeReplica:aspire-router-"),
             ):
                 for pid in pids_titled(title):
                     self.memory.append({"what": what, "rss": rss_bytes(pid), "model_bytes": 0})

@@ -9,7 +9,8 @@
 3. the peak VRAM measured after each version's load on a real GPU, which sizes its later loads
    (stored in the journal with its stream, and restored with it);
 4. the moves between placements refused for lack of room (cluster/moves.py), tried again once
-   capacity changes.
+   capacity changes, and the versions missing replicas lost with a node (cluster/repairs.py):
+   due for a repair, or refused one, due again once capacity changes.
 
 Guarantees:
 1. `lock` is held across a reservation and whatever records its outcome (a refusal marks the
@@ -46,6 +47,11 @@ class Admission:
         # (model, version) of AVAILABLE versions not moved to their model's placement for lack
         # of room (cluster/moves.py); tried again once capacity changes
         self.refused_moves: set[tuple[str, int]] = set()
+        # (model, version) of AVAILABLE versions missing replicas lost with a node
+        # (cluster/repairs.py): due for a repair, or refused one and tried again once capacity
+        # changes
+        self.repairs_due: set[tuple[str, int]] = set()
+        self.refused_repairs: set[tuple[str, int]] = set()
         self._measured: dict[str, dict[int, int]] = {}  # model -> version -> peak VRAM bytes
         self._measured_lock = threading.Lock()
 
@@ -115,10 +121,12 @@ class Admission:
                 self._hosts.restore(servable, deployed, Need(vram, ram), deployed.device)
 
     def capacity_changed(self, events: HarnessEvents, reason: str) -> None:
-        """Capacity may have grown (`reason`): refused moves, and versions refused for lack of
-        room that are still aspired, are tried again."""
+        """Capacity may have grown (`reason`): refused moves, refused repairs, and versions
+        refused for lack of room that are still aspired, are tried again."""
         with self.lock:
             self.refused_moves.clear()
+            self.repairs_due |= self.refused_repairs
+            self.refused_repairs.clear()
             events.retry_refused(reason)
 
     def hosts(self) -> list[dict]:

@@ -157,7 +157,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
 
 def status_table(described: dict) -> str:
     """Models, versions, states, labels and traffic weights as a table; then, per GPU, what is
-    reserved and by which version, and per node the host RAM reserved."""
+    reserved and by which version, per node the host RAM reserved and the routers running."""
     from core.units import format_bytes
     from policies.traffic import TrafficSplit, effective_weights
 
@@ -176,6 +176,9 @@ def status_table(described: dict) -> str:
             retry = retries.get(str(s["version"]))
             if retry is not None and s["state"] == "LOADING":
                 error = _retry_cell(retry)
+            lost = described.get("missing_replicas", {}).get(name, {}).get(str(s["version"]))
+            if lost is not None and s["state"] == "AVAILABLE":
+                error = f"{lost['replicas']} replica(s) missing: {lost['reason']}"
             names = ",".join(sorted(label for label, v in labels.items() if v == s["version"]))
             share = f"{weights[s['version']]:.0%}" if s["version"] in weights else ""
             rows.append(
@@ -219,6 +222,13 @@ def status_table(described: dict) -> str:
                 "",
             )
             for h in resources["hosts"]
+        ]
+        lines += [""] + _table(rows)
+    if described.get("routers"):
+        rows = [("NODE", "ADDRESS", "ROUTERS", "RUNNING")]
+        rows += [
+            (r["node"][:12], r.get("address", ""), r["app"], str(r["running_replicas"] or 0))
+            for r in described["routers"]
         ]
         lines += [""] + _table(rows)
     if described.get("shared_hosts"):

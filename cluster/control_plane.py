@@ -56,7 +56,7 @@ from config.model_config import (
     models_from_config,
     read_config_file,
 )
-from config.options import ReplicaOptions
+from config.options import ReplicaOptions, ServerOptions
 from core import metrics
 from core.contracts import ServingMap
 from core.errors import AspireError
@@ -88,6 +88,9 @@ class ManagerConfig:
     # How long a router's long poll of the serving map waits. A restarted manager deletes
     # nothing until every router has polled (publisher.router_grace_s: this plus 2 s).
     router_poll_s: float = ROUTER_POLL_S
+    # The routers' options: the manager runs them on the nodes that serve the ports
+    # (cluster/backend/routers.py). None: no routers (a control plane driven by tests).
+    server: ServerOptions | None = None
 
 
 class ControlBackend(Backend, Protocol):
@@ -110,6 +113,10 @@ class ClusterView:
     the application names of model `name` start (cluster/backend/serve_state.py). `list_remote`:
     lists a URL base path (None: local paths only). `running_replicas()`: application ->
     replicas running now; `replica_pids()`: application -> pids of its live replicas (status).
+    `sync_routers(alive)`: run the routers of the nodes `alive` (the node ids of the inventory)
+    that serve the ports and delete those of nodes gone; returns {node id: {"app": its router
+    application, "address": the node's address}} (cluster/backend/routers.py; None: no routers
+    to run).
     """
 
     inventory: Callable[[str | None], Inventory]
@@ -118,6 +125,7 @@ class ClusterView:
     list_remote: RemoteLister | None = None
     running_replicas: Callable[[], dict[str, int]] = dict
     replica_pids: Callable[[], dict[str, list[int]]] = dict
+    sync_routers: Callable[[set[str]], dict[str, dict[str, str]]] | None = None
 
 
 def build_control_plane(
@@ -206,6 +214,7 @@ class ControlPlane:
         self.book = book  # the manager's
         self.manager = manager
         self.restored: dict | None = None  # what a restart adopted (Manager.restore)
+        self.routers: dict[str, dict[str, str]] = {}  # node id -> {"app", "address"} (sync)
         self.metrics = metrics.MetricsStore()  # every process's counts, added up
         self._config_lock = threading.Lock()
         self._settings: dict[str, ModelSettings] = {}
@@ -310,15 +319,32 @@ class ControlPlane:
             )
             self.manager.nodes_lost(gone)
 
+    def sync_routers(self) -> dict[str, dict[str, str]]:
+        """Run the routers of the nodes that serve the ports now, and only those
+        (cluster/backend/routers.py); returns {node id: {"app", "address"}}."""
+        if self.cluster.sync_routers is not None:
+            self.routers = self.cluster.sync_routers(set(self.inventory[1]))
+        return dict(self.routers)
+
     def refresh_inventory(self) -> None:
-        """Read the inventory again; refused versions are retried when capacity grew."""
+        """Read the inventory again: versions with replicas on nodes that left are re-placed
+        (cluster/repairs.py), nodes that joined or left get or lose their routers, and refused
+        versions are retried when capacity grew."""
         inventory = self.cluster.inventory(self.config.gpus)
         if inventory == self.inventory:
             return
         grew = capacity_grew(self.inventory, inventory)
         gone = set(self.inventory[1]) - set(inventory[1])
+        nodes_changed = set(self.inventory[1]) != set(inventory[1])
         self.inventory = inventory
         self.book.update_inventory(*inventory)
+        if nodes_changed:
+            try:
+                self.sync_routers()
+            except Exception as exc:  # tried again at the next change; versions go on
+                log.error(
+                    "Following the nodes with routers failed: %s: %s", type(exc).__name__, exc
+                )
         if gone:
             log.warning("Ray nodes left the cluster: %s", ", ".join(n[:12] for n in sorted(gone)))
             self.manager.nodes_lost(gone)
@@ -356,6 +382,7 @@ class ControlPlane:
     def apply_settings(self, settings: dict[str, ModelSettings]) -> None:
         self._settings = dict(settings)
         self.backend.settings = dict(settings)
+        self.manager.settings_changed()  # a model's placement may have changed
         self.manager.set_traffic({n: s.traffic.weights for n, s in settings.items() if s.traffic})
         for name in self.manager.stream_names():
             self.manager.set_policy(name, self._policy_for(name))
@@ -407,7 +434,8 @@ class ControlPlane:
 
     def describe(self) -> dict:
         """Models with statuses, load retries pending, labels, traffic weights, where each
-        version's replicas run, and the resource book (per GPU and per node: total, reserved by
+        version's replicas run, replicas lost with a node and not re-placed (with the reason),
+        the routers per node, and the resource book (per GPU and per node: total, reserved by
         whom, free), for `aspire status` and `GET /v1/aspire/status`."""
         placements: dict[str, dict[str, list]] = {}
         running, pids = self.cluster.running_replicas(), self.cluster.replica_pids()
@@ -427,6 +455,16 @@ class ControlPlane:
             "manager": {"restored": self.restored},
             "traffic": {n: [list(kv) for kv in w] for n, w in self.manager.traffic().items()},
             "placements": placements,
+            "missing_replicas": self.manager.missing_replicas(),
+            "routers": [
+                {
+                    "node": node,
+                    "address": r["address"],
+                    "app": r["app"],
+                    "running_replicas": running.get(r["app"]),
+                }
+                for node, r in sorted(self.routers.items())
+            ],
             "shared_hosts": self.hosts(),
             "resources": {
                 "gpus": self.book.snapshot(),

@@ -146,8 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="EveryNode",
         choices=("EveryNode", "HeadOnly"),
         help="where the routers that listen on the REST and gRPC ports run: "
-        "--num_router_replicas on every node alive at start-up (put a "
-        "load balancer in front), or all on the head node",
+        "--num_router_replicas on every node of the cluster, nodes that join "
+        "later included (put a load balancer in front), or all on the head node",
+    )
+    ray_group.add_argument(
+        "--bind_node_ip",
+        action="store_true",
+        help="each node's routers listen on the address Ray knows the node by "
+        "(ray start --node-ip-address) instead of --rest_api_host, so that "
+        "only the cluster's network reaches the ports on nodes with several",
     )
     ray_group.add_argument(
         "--initial_load_timeout_s",

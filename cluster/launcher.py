@@ -1,13 +1,14 @@
 """Start and stop one Aspire deployment on a Ray cluster that is already initialised.
 
 Shared by `aspire serve` and the integration tests, so both run exactly the same parts: the
-manager actor with its source, and the router deployment (cluster/backend/routers.py), whose
-replicas serve the REST and gRPC ports themselves (deployments/router/servers.py; Serve's own
-proxy is disabled).
+manager actor with its source, and the routers, which the manager runs on the nodes that serve
+the ports (cluster/backend/routers.py) and whose replicas serve the REST and gRPC ports
+themselves (deployments/router/servers.py; Serve's own proxy is disabled).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -15,10 +16,9 @@ import time
 import ray
 from ray import serve
 
-from cluster.backend.routers import ROUTER_APP, deploy_routers
+from cluster.backend.routers import router_apps
 from cluster.backend.serve_state import delete_apps
 from cluster.control_plane import ManagerConfig
-from cluster.inventory import head_node_id
 from cluster.manager_actor import start_manager
 from config.options import ServerOptions
 from core.names import APP_PREFIX
@@ -44,9 +44,10 @@ def start(config: ManagerConfig, options: ServerOptions):
     points at a version that is not available) before anything is left running."""
     serve.start(proxy_location="Disabled")
     # applications left by an Aspire that did not shut down
-    delete_apps([app for app in serve.status().applications if app.startswith(APP_PREFIX)])
-    manager = start_manager(config)
-    deploy_routers(options, config.replica.data_key, head_node_id())
+    leftovers = [app for app in serve.status().applications if app.startswith(APP_PREFIX)]
+    delete_apps(leftovers + router_apps())
+    manager = start_manager(dataclasses.replace(config, server=options))
+    ray.get(manager.start_routers.remote())  # the manager runs them, and follows the nodes
     return manager
 
 
@@ -96,7 +97,7 @@ def stop(manager, timeout_s: float = STOP_TIMEOUT_S, before_kill=None) -> None:
     # flight end first
     leftovers = [app for app in serve.status().applications if app.startswith(APP_PREFIX)]
     delete_apps(leftovers, timeout_s=0)
-    delete_apps([ROUTER_APP], timeout_s=max(0.5, deadline - time.monotonic()))
+    delete_apps(router_apps(), timeout_s=max(0.5, deadline - time.monotonic()))
     if manager is not None:
         if before_kill is not None:
             before_kill()

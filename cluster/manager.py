@@ -6,7 +6,14 @@ Contract:
   dict unaspires every version.
 - A reconcile pass takes each idle stream's next action from the plan step (cluster/plan.py)
   and runs it on a load thread (cluster/harness.py: admission, TF Serving's retries, unload);
-  a stream never has two actions in flight.
+  a stream never has two actions in flight. A pass looks only at the idle streams changed
+  since a pass last looked at them (cluster/manager_events.py `Replan`), `STREAMS_PER_PASS` at
+  most, first marked first: a stream is marked when its aspired versions or policy change,
+  when its action ends, when a load thread changes it outside an action of its own (a refused
+  version retried as capacity changes, a lost node), when capacity changes after a move of it
+  was refused, and every stream when the per-model settings change (`settings_changed`) or
+  the manager is restored. A pass with nothing marked costs nothing, whatever the number of
+  versions.
 - Every version ever seen stays in the status (START, LOADING, AVAILABLE, UNLOADING, END with
   error code and message), newest first, as TF Serving's ServableStateMonitor reports it.
 - A load failure is recorded as state (END + error), never raised into the loops; versions that
@@ -38,13 +45,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from cluster import manager_state, plan, recovery, status
+from cluster import manager_state, plan, recovery, repairs, status
 from cluster.backend.interface import Backend
 from cluster.harness import PROGRESS_PERIOD_S, LoaderHarness
 from cluster.journal import Journal
+from cluster.load_threads import LoadThreads
 from cluster.manager_events import StreamEvents
 from cluster.manager_state import StateStore, Stream, VersionRecord, loads
 from cluster.publisher import ROUTER_POLL_S, Publisher
@@ -55,6 +62,10 @@ from core.deployed import Deployed
 from policies.lifecycle import ASPIRED_VERSION_POLICIES, Action, HarnessState
 
 log = logging.getLogger("aspire.manager")
+# A reconcile pass looks at this many marked streams at most; the others wait for the next pass
+# (100 ms later in the controller), first marked first. A pass stays short whatever the number of
+# streams, and 10,000 a second are more than the load threads can start.
+STREAMS_PER_PASS = 1000
 
 
 class Manager:
@@ -75,8 +86,10 @@ class Manager:
         router_poll_s: float = ROUTER_POLL_S,
         router_grace_s: float | None = None,
         progress_period_s: float = PROGRESS_PERIOD_S,
+        streams_per_pass: int = STREAMS_PER_PASS,
     ):
         self._backend = backend
+        self._streams_per_pass = max(1, streams_per_pass)
         self._metrics = recorder or metrics.Recorder()  # load and admission metrics
         self._book = book  # None: no admission (every version is loaded as asked)
         self._streams: dict[str, Stream] = {}
@@ -86,7 +99,7 @@ class Manager:
         self._changed = threading.Condition(self._lock)  # serving map or status changed
         # the clock times loads and the router grace; the sleeper waits for the grace, and for load
         # retries when given (None: a retry wait ends early once its version is unaspired)
-        self._pool = ThreadPoolExecutor(max(1, num_load_threads), thread_name_prefix="aspire-load")
+        self._pool = LoadThreads(num_load_threads)  # runs every action (cluster/load_threads.py)
         self._in_flight = 0
         # persistence (None: nothing survives this object). Lock order: the journal's lock, or
         # the admission lock (cluster/admission_state.py), before _lock, never after it.
@@ -116,6 +129,10 @@ class Manager:
             clock,
             sleep,
             progress_period_s,
+        )
+        # replicas lost with a node: dropped, then re-placed (cluster/repairs.py)
+        self.repairer = repairs.ReplicaRepairer(
+            backend, self.events, self.harness.admission, self._note_missing
         )
         self._list_apps: Callable[[], set[str]] | None = None  # set by restore()
         self._app_prefix: Callable[[str], str] | None = None
@@ -159,31 +176,44 @@ class Manager:
 
     # ---- reconcile --------------------------------------------------------------------------
     def reconcile(self) -> int:
-        """Start the next action of every idle stream; returns how many were started."""
-        started = 0
+        """Start the next action, or else a move to its model's placement, of every idle stream
+        marked (cluster/manager_events.py `Replan`), `streams_per_pass` of them at most (the
+        others stay marked for the next pass); returns how many were started. A stream looked
+        at and left with nothing to do is not looked at again until it changes."""
         with self._lock:
-            for stream, action in plan.next_actions(self._streams.values()):
-                stream.busy = True
-                self._in_flight += 1
-                record = stream.versions[action.version]
-                if action.kind == "load":
-                    record.state = HarnessState.LOADING
-                else:
-                    record.state = HarnessState.UNLOADING
-                    self._publish()  # out of the serving map before anything is deleted
-                self.touch(stream)
+            streams = self.events.replan.take(self._streams_per_pass)
+            started = self._start_actions(streams) + self._start_moves(streams)
+            started += self._start_repairs()
+            if started:
                 self._changed.notify_all()
-                self._pool.submit(self._run_action, stream, action)
-                started += 1
-            moves = self.harness.admission.refused_moves
-            for stream, record in plan.misplaced(
-                self._streams.values(), self.harness.shared, moves
-            ):
-                stream.busy = True
-                self._in_flight += 1
-                self._pool.submit(self._move, stream, record)
-                started += 1
         return started
+
+    def _start_actions(self, streams: list[Stream]) -> int:
+        """Start the next action of each idle stream of `streams`, by its policy (under the
+        lock); returns how many were started."""
+        actions = plan.next_actions(streams)
+        for stream, action in actions:
+            stream.busy = True
+            self._in_flight += 1
+            record = stream.versions[action.version]
+            if action.kind == "load":
+                record.state = HarnessState.LOADING
+            else:
+                record.state = HarnessState.UNLOADING
+                self._publish()  # out of the serving map before anything is deleted
+            self.events.store_later(stream)  # its action's end marks it for a coming pass
+            self._pool.submit(self._run_action, stream, action)
+        return len(actions)
+
+    def _start_moves(self, streams: list[Stream]) -> int:
+        """Start moving one misplaced version of each idle stream of `streams` (under the
+        lock); returns how many were started."""
+        moves = plan.misplaced(streams, self.harness.shared, self.harness.admission.refused_moves)
+        for stream, record in moves:
+            stream.busy = True
+            self._in_flight += 1
+            self._pool.submit(self._move, stream, record)
+        return len(moves)
 
     def _move(self, stream: Stream, record: VersionRecord) -> None:
         try:
@@ -192,9 +222,9 @@ class Manager:
             log.exception("moving %s %d failed unexpectedly", stream.name, record.version)
         finally:
             with self._lock:
-                stream.busy = False
-                self._in_flight -= 1
-                self._changed.notify_all()
+                if (stream.name, record.version) in self.harness.admission.refused_moves:
+                    self.events.move_refused(stream)  # tried again when capacity changes
+                self._action_ended(stream)
 
     def _run_action(self, stream: Stream, action: Action) -> None:
         try:
@@ -206,24 +236,56 @@ class Manager:
             log.exception("action %s on %s failed unexpectedly", action, stream.name)
         finally:
             with self._lock:
-                stream.busy = False
-                self._in_flight -= 1
-                self._changed.notify_all()
+                self._action_ended(stream)
+
+    def _action_ended(self, stream: Stream) -> None:
+        """`stream`'s action (or move, or repair) ended: it is idle, and a coming pass looks at
+        it (under the lock)."""
+        stream.busy = False
+        self._in_flight -= 1
+        self.events.replan.mark(stream)
+        self._changed.notify_all()
 
     def capacity_changed(self, reason: str) -> None:
         """Capacity may have grown (inventory refreshed, node added): retry refused versions
         and refused moves."""
         self.harness.capacity_changed(reason)
 
+    def settings_changed(self) -> None:
+        """The per-model settings changed (the side file): coming passes look at every stream
+        again, since what `harness.shared(name)` answers, a model's placement, may have changed
+        (a version in the other placement is moved). Call it once the backend holds the new
+        settings."""
+        with self._lock:
+            self.events.replan.mark_all()
+
     def nodes_lost(self, node_ids: set[str]) -> list[str]:
-        """Ray nodes left the cluster. Each AVAILABLE version with a replica on one of them is
-        taken out of the serving map (END, UNAVAILABLE) and its deployments are deleted and
-        reservations released; one that is still aspired starts over as a new load, so it is
-        re-placed where capacity allows, or refused and reported. Returns the servables hit."""
+        """Ray nodes left the cluster (cluster/repairs.py has the rules). An AVAILABLE version
+        with replicas left elsewhere keeps serving from them: the lost ones leave the serving
+        map now, their applications are deleted once routers caught up, and they are re-placed
+        where capacity allows. One with nothing left is taken out of the serving map (END,
+        UNAVAILABLE), its deployments are deleted and reservations released, and while it is
+        aspired it starts over as a new load. Returns the servables that lost replicas."""
         hit = []
+        gone_nodes = set(node_ids)
         with self._lock:
             for stream, record, gone in plan.lost_with_nodes(self._streams.values(), node_ids):
                 servable = plan.servable_id(stream.name, record.version)
+                hit.append(servable)
+                self._in_flight += 1  # wait_idle waits for the clean-up too
+                loss = repairs.split_loss(record, gone_nodes)
+                if loss is not None and loss.survives:
+                    repairs.apply_loss(record, loss, gone_nodes)
+                    log.warning(
+                        "Servable %s lost %d replica(s): node %s left the cluster; it serves "
+                        "from the others",
+                        servable,
+                        loss.replicas,
+                        ", ".join(n[:12] for n in gone),
+                    )
+                    self.touch(stream)
+                    self._pool.submit(self._drop_lost, stream, record, loss)
+                    continue
                 record.state = HarnessState.ERROR
                 record.error_code = "UNAVAILABLE"
                 record.error_message = (
@@ -232,12 +294,62 @@ class Manager:
                 )
                 log.error("%s", record.error_message)
                 self.touch(stream)
-                hit.append(servable)
-                self._in_flight += 1  # wait_idle waits for the clean-up too
                 self._pool.submit(self._replace, stream, record)
             if hit:
                 self._publish()  # out of the serving map now
         return hit
+
+    def _drop_lost(self, stream: Stream, record: VersionRecord, loss: repairs.Loss) -> None:
+        try:
+            self.repairer.drop(stream, record, loss)
+        except Exception:
+            log.exception("dropping lost replicas of %s %d failed", stream.name, record.version)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+    def _start_repairs(self) -> int:
+        """Start the repair of every version due one whose stream is idle (callers hold the
+        lock); returns how many were started."""
+        due = self.harness.admission.repairs_due
+        started = 0
+        for name, version in list(due):
+            stream = self._streams.get(name)
+            record = stream.versions.get(version) if stream is not None else None
+            if (
+                stream is None
+                or record is None
+                or record.state is not HarnessState.READY
+                or not record.aspired
+                or record.missing_replicas <= 0
+            ):
+                due.discard((name, version))
+                continue
+            if stream.busy:
+                continue
+            due.discard((name, version))
+            stream.busy = True
+            self._in_flight += 1
+            self._pool.submit(self._repair, stream, record)
+            started += 1
+        return started
+
+    def _repair(self, stream: Stream, record: VersionRecord) -> None:
+        try:
+            self.repairer.repair(stream, record)
+        except Exception:
+            log.exception("repairing %s %d failed unexpectedly", stream.name, record.version)
+        finally:
+            with self._lock:
+                self._action_ended(stream)
+
+    def _note_missing(self, stream: Stream, record: VersionRecord, count: int, why: str) -> None:
+        """`record` misses `count` replicas for the reason `why` (cluster/repairs.py)."""
+        with self._lock:
+            record.missing_replicas, record.missing_reason = count, why
+            self.touch(stream)
+            self._changed.notify_all()
 
     def _replace(self, stream: Stream, record: VersionRecord) -> None:
         try:
@@ -258,6 +370,8 @@ class Manager:
         while time.monotonic() < deadline:
             if self.reconcile() == 0:
                 with self._lock:
+                    if self.events.replan:  # marked streams the pass did not look at
+                        continue
                     if self._in_flight == 0:
                         return True
                     self._changed.wait(0.05)
@@ -381,6 +495,21 @@ class Manager:
         """The open shared hosts: block, use and versions (cluster/host_admission.py)."""
         return self.harness.hosts()
 
+    def missing_replicas(self) -> dict[str, dict[str, dict]]:
+        """{model: {version: {"replicas", "reason"}}} of the AVAILABLE versions serving with
+        fewer replicas than they were loaded with: lost with a node, not re-placed yet
+        (cluster/repairs.py)."""
+        with self._lock:
+            found: dict[str, dict[str, dict]] = {}
+            for s in self._streams.values():
+                for r in s.versions.values():
+                    if r.missing_replicas > 0 and r.state is HarnessState.READY:
+                        found.setdefault(s.name, {})[str(r.version)] = {
+                            "replicas": r.missing_replicas,
+                            "reason": r.missing_reason,
+                        }
+            return found
+
     def deployed(self) -> list[tuple[str, int, Deployed]]:
         """(model, version, where it runs) of every version whose deployment exists."""
         with self._lock:
@@ -396,7 +525,8 @@ class Manager:
         return self.harness.admission.measured(name)
 
     def touch(self, stream: Stream) -> None:
-        """`stream` changed: the next flush writes its key (callers hold the lock)."""
+        """`stream` changed: a coming reconcile pass looks at it, and the next flush writes its
+        key (callers hold the lock)."""
         self.events.touch(stream)
 
     def flush_state(self, stream: Stream | None = None) -> int:
@@ -431,9 +561,12 @@ class Manager:
             for record in stream.versions.values():
                 if id(record) in adopted:
                     self.harness.adopt(stream, record)
+                    if record.missing_replicas > 0:  # lost with a node, not re-placed yet
+                        self.harness.admission.repairs_due.add((stream.name, record.version))
         with self._lock:
             self._list_apps, self._app_prefix = list_apps, app_prefix
             self._streams.update((s.name, s) for s in plan.streams)
+            self.events.restored(plan.streams)  # the next pass looks at every stream
             for name in plan.changed:
                 self.journal.touch(name)
             # above every epoch a router may hold; the router grace starts now
@@ -478,4 +611,4 @@ class Manager:
                 self._changed.notify_all()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown()

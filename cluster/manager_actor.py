@@ -18,6 +18,13 @@ run, nothing is reloaded, and routers keep routing from their last serving map m
 predict traffic does not notice; status and admin calls wait for the new incarnation. A fresh
 start (`start_manager`, e.g. a new `aspire serve`) clears that state first and starts from its
 ManagerConfig; `launcher.stop` kills the actor with `no_restart=True`, for good.
+
+The head node's loss: with GCS fault tolerance (Redis behind the GCS, docs/operations.md) the
+GCS's tables and key-value store, and so this state, outlive the head. While the head is away
+the manager (on the head) is gone, routers and replicas on the workers go on serving from what
+they hold, and status calls answer UNAVAILABLE; once a head is back, Ray restarts the manager on
+it (it asks for the head's own resource, not a node id), which restores as above, puts the
+routers in line with the nodes there are now, and re-places what ran on the old head.
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ import warnings
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.backend.remote_files import list_remote_children
+from cluster.backend.routers import RouterFleet
 from cluster.backend.serve_backend import ServeBackend
 from cluster.backend.serve_state import (
     app_prefix,
@@ -50,6 +57,8 @@ from core.errors import AspireError
 from core.names import MANAGER_NAME, NAMESPACE
 
 log = logging.getLogger("aspire.manager")
+# The custom resource Ray gives the head node, whichever node that is now.
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 def configure_logging() -> EventLog:
@@ -75,8 +84,8 @@ def _restarted() -> bool:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
-def ray_cluster() -> ClusterView:
-    """The cluster as Ray and Ray Serve report it."""
+def ray_cluster(routers: RouterFleet | None = None) -> ClusterView:
+    """The cluster as Ray and Ray Serve report it; `routers` runs the routers on its nodes."""
     return ClusterView(
         inventory=cluster_inventory,
         servable_apps=servable_apps,
@@ -84,6 +93,9 @@ def ray_cluster() -> ClusterView:
         list_remote=list_remote_children,
         running_replicas=running_replicas,
         replica_pids=live_replica_pids,
+        sync_routers=None
+        if routers is None
+        else (lambda alive: routers.sync(alive, head_node_id())),
     )
 
 
@@ -92,17 +104,25 @@ class ManagerActor:
         self._events = configure_logging()
         protos.load()  # SavedModel metadata is read without TensorFlow's runtime
         self._backend = ServeBackend(config.replica)
+        self._routers = (
+            None if config.server is None else RouterFleet(config.server, config.replica.data_key)
+        )
         self._plane = build_control_plane(
             config,
             self._backend,
             GcsStore(),
-            ray_cluster(),
+            ray_cluster(self._routers),
             restarted=_restarted(),
             state_prefix=state_prefix(MANAGER_NAME),
         )
         self._manager = self._plane.manager
         # shared hosts may follow their manifests now: a restart restored the adopted versions'
         self._backend.hosts.open()
+        if self._plane.restored is not None:  # routers of nodes that left while it was down
+            try:
+                self._plane.sync_routers()
+            except Exception as exc:  # the inventory loop tries again when the nodes change
+                log.error("Following the nodes with routers failed: %s", exc)
         self._plane.start()
 
     # ---- API --------------------------------------------------------------------------------
@@ -131,6 +151,17 @@ class ManagerActor:
 
     def refresh_inventory(self) -> None:
         self._plane.refresh_inventory()
+
+    def start_routers(self) -> dict[str, dict[str, str]]:
+        """Run the routers on the nodes that serve the ports, and return once they run
+        ({node id: {"app", "address"}}; cluster/backend/routers.py). Later changes of the nodes
+        are followed by the inventory loop."""
+        if self._routers is None:
+            return {}
+        self._plane.routers = self._routers.sync(
+            set(self._plane.inventory[1]), head_node_id(), wait=True
+        )
+        return dict(self._plane.routers)
 
     # ---- metrics ------------------------------------------------------------------------------
     def apply_metrics(self, deltas: metrics.Deltas) -> None:
@@ -211,8 +242,9 @@ def start_manager(config: ManagerConfig) -> Any:  # the actor's ActorHandle
     actor_cls: Any = ray.remote(ManagerActor)
     # On the head node: it lives as long as the cluster, so losing a worker never takes the
     # control plane with it. The source polls the model base paths from there: on a cluster,
-    # a shared path that is the same on every node (or gs://, s3://).
-    head = head_node_id()
+    # a shared path that is the same on every node (or gs://, s3://). By the head's own
+    # resource, as Serve pins its controller: a head that comes back after a loss (GCS fault
+    # tolerance, docs/operations.md) is a new node, and the manager Ray restarts goes there.
     # max_restarts=-1: Ray brings a dead manager back (same config, state from the GCS store);
     # ray.kill(..., no_restart=True) still ends it for good.
     actor = actor_cls.options(
@@ -222,7 +254,7 @@ def start_manager(config: ManagerConfig) -> Any:  # the actor's ActorHandle
         max_concurrency=64,
         num_cpus=0,
         max_restarts=-1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False),
+        resources={HEAD_RESOURCE: 0.001},
     ).remote(config)
     ray.get(actor.ready.remote())
     return actor

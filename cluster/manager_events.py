@@ -12,6 +12,10 @@ event writes it at once where a restart must not be misled:
 3. `flush_state(stream)`: the harness stores UNLOADING, or END after a lost node, before it
    deletes a deployment.
 
+Every change that may change a stream's next action or its placement also marks the stream for
+the plan step (`Replan`): a reconcile pass looks only at marked streams (cluster/manager.py
+`reconcile`). A busy stream is not marked: the manager marks it when its action ends.
+
 Lock order: the journal's lock, then the manager's; `flush_state` and `loaded` take both, so
 they are never called under the manager's lock.
 """
@@ -19,9 +23,10 @@ they are never called under the manager's lock.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
-from typing import Callable
+from typing import Callable, Collection
 
 from cluster import plan
 from cluster.journal import Journal
@@ -31,6 +36,54 @@ from policies.admission import Placement
 from policies.lifecycle import HarnessState
 
 log = logging.getLogger("aspire.manager")
+
+
+class Replan:
+    """The servable streams a reconcile pass looks at: each one changed, since a pass last
+    looked at it, in a way that may change its next action or its placement. A stream not
+    marked has nothing to do: its plan was nothing when a pass last looked at it and nothing it
+    depends on changed since, or an action of its own is in flight. A busy stream is never
+    marked: whoever ends its action marks it, which covers every change made meanwhile. Streams
+    are taken in the order they were first marked, so a pass that takes only some leaves none
+    waiting behind streams marked after it. Callers hold the manager's lock."""
+
+    def __init__(self, streams: dict[str, Stream]):
+        self._streams = streams  # the manager's; streams are added, never removed
+        self._marked: dict[str, None] = {}  # names, in the order they were first marked
+        self._rank: dict[str, int] = {}  # name -> position in `streams`
+
+    def mark(self, stream: Stream) -> None:
+        """`stream` (one of the manager's) is looked at by a coming pass, unless it is busy."""
+        if not stream.busy:
+            self._marked[stream.name] = None
+
+    def mark_all(self) -> None:
+        """Every stream is looked at (what they depend on outside themselves changed: the
+        per-model settings, a restore)."""
+        for stream in self._streams.values():
+            self.mark(stream)
+
+    def __len__(self) -> int:
+        return len(self._marked)
+
+    def take(self, limit: int) -> list[Stream]:
+        """The first `limit` streams marked (every one, when fewer), no longer marked."""
+        if len(self._marked) <= limit:
+            names, self._marked = list(self._marked), {}
+        else:
+            names = list(itertools.islice(self._marked, limit))
+            for name in names:
+                del self._marked[name]
+        return self.ordered(names)
+
+    def ordered(self, names: Collection[str]) -> list[Stream]:
+        """The streams named in `names`, in the order they were added to the manager (the order
+        a pass has always visited them in)."""
+        rank = self._rank
+        if any(name not in rank for name in names):  # streams were added (at the end): rank them
+            for name in itertools.islice(self._streams, len(rank), None):
+                rank[name] = len(rank)
+        return [self._streams[name] for name in sorted(names, key=rank.__getitem__)]
 
 
 class StreamEvents:
@@ -46,12 +99,38 @@ class StreamEvents:
         self._streams, self._lock = streams, changed
         self._journal, self._publisher = journal, publisher  # journal None: nothing stored
         self._measured = measured  # model -> {version: peak VRAM measured}, stored with it
+        self.replan = Replan(streams)  # what the next reconcile pass looks at
+        # streams that may hold a version refused for lack of resources and still aspired, and
+        # streams with a move refused: looked at again when capacity changes (`retry_refused`)
+        self._refused: set[str] = set()
+        self._moves_refused: set[str] = set()
 
-    # ---- the journal ------------------------------------------------------------------------
+    # ---- the journal and the plan step's marks ------------------------------------------------
     def touch(self, stream: Stream) -> None:
-        """`stream` changed: the next flush writes its key (callers hold the manager's lock)."""
+        """`stream` changed: a coming reconcile pass looks at it (`Replan`), and the next flush
+        writes its key (callers hold the manager's lock)."""
+        self.replan.mark(stream)
+        self.store_later(stream)
+
+    def store_later(self, stream: Stream) -> None:
+        """`stream` changed in a way its plan already accounts for (the manager started its
+        action): the next flush writes its key; the plan step is not asked again (callers hold
+        the manager's lock)."""
         if self._journal is not None:
             self._journal.touch(stream.name)
+
+    def move_refused(self, stream: Stream) -> None:
+        """A move of one of `stream`'s versions was refused (cluster/admission_state.py
+        `refused_moves`): the stream is looked at again once capacity changes, when refused
+        moves are tried again (callers hold the manager's lock)."""
+        self._moves_refused.add(stream.name)
+
+    def restored(self, streams: list[Stream]) -> None:
+        """A restarted manager took `streams` over (they are the manager's now): coming passes
+        look at every stream, and a version the predecessor stored as refused is retried when
+        capacity changes (callers hold the manager's lock)."""
+        self.replan.mark_all()
+        self._refused.update(s.name for s in streams if plan.refused_to_retry([s]))
 
     def flush_state(self, stream: Stream | None = None) -> int:
         """Write the key of every stream changed since the last flush (of `stream` only, when
@@ -105,6 +184,7 @@ class StreamEvents:
         with self._lock:
             if refused:
                 record.refused = True
+                self._refused.add(stream.name)
             record.state = HarnessState.ERROR
             record.error_code, record.error_message = code, message
             self.touch(stream)
@@ -127,6 +207,7 @@ class StreamEvents:
             with self._lock:
                 for attribute, value in changes.items():
                     setattr(record, attribute, value)
+                self.replan.mark(stream)  # not touched: stored above
                 self._publisher.publish()
 
     def unloaded(self, stream: Stream, record: VersionRecord, start_over: bool) -> None:
@@ -140,8 +221,16 @@ class StreamEvents:
             self.touch(stream)
 
     def retry_refused(self, reason: str) -> None:
+        """Looks only at the streams recorded with a refusal (`failed`, `restored`): every
+        refused version still aspired starts over here, and one no longer aspired is never
+        retried (aspired again, it is replaced by a new record), so none is left to retry
+        afterwards. The streams with a refused move are marked for coming passes."""
         with self._lock:
-            for stream, record in plan.refused_to_retry(self._streams.values()):
+            for name in self._moves_refused:  # their refused moves were just forgotten
+                self.replan.mark(self._streams[name])
+            self._moves_refused.clear()
+            refused, self._refused = self.replan.ordered(self._refused), set()
+            for stream, record in plan.refused_to_retry(refused):
                 log.info(
                     "Retrying servable %s, refused for insufficient resources: %s",
                     plan.servable_id(stream.name, record.version),

@@ -79,6 +79,10 @@ class VersionRecord:
     placements: tuple[Placement, ...] = ()  # what each of those keys holds, in the same order
     attempts: int = 0  # backend loads started for this record
     interrupted: int = 0  # loads of this version cut short by a restart of the manager
+    # replicas of an AVAILABLE version lost with a node and not re-placed yet, and why
+    # (cluster/repairs.py)
+    missing_replicas: int = 0
+    missing_reason: str = ""
     # while a failed load waits for its next try (not stored: a restarted manager starts over):
     # {"attempt": the next try's number, "of": tries in all, "error_code", "error_message" of
     # the last try, "next_try_at": when it is due, Unix time}
@@ -187,8 +191,8 @@ class GcsStore:
 
 # ---- version records ------------------------------------------------------------------------
 def record_doc(record: VersionRecord) -> dict:
-    """A VersionRecord as JSON-able data."""
-    return {
+    """A VersionRecord as JSON-able data ("missing" only while replicas are missing)."""
+    doc = {
         "version": record.version,
         "path": record.path,
         "state": record.state.value,
@@ -206,11 +210,15 @@ def record_doc(record: VersionRecord) -> dict:
             for key, p in zip(record.reservations, record.placements, strict=True)
         ],
     }
+    if record.missing_replicas:
+        doc["missing"] = [record.missing_replicas, record.missing_reason]
+    return doc
 
 
 def record_fields(doc: dict) -> dict:
     """Keyword arguments that rebuild the VersionRecord `record_doc` wrote."""
     held = doc.get("reservations") or []
+    missing = doc.get("missing") or (0, "")
     return {
         "version": int(doc["version"]),
         "path": doc["path"],
@@ -224,6 +232,8 @@ def record_fields(doc: dict) -> dict:
         "refused": bool(doc.get("refused")),
         "attempts": int(doc.get("attempts", 0)),
         "interrupted": int(doc.get("interrupted", 0)),
+        "missing_replicas": int(missing[0]),
+        "missing_reason": str(missing[1]),
         "reservations": tuple(h[0] for h in held),
         "placements": tuple(Placement(h[1], h[2], h[3], h[4]) for h in held),
     }

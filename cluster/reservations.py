@@ -95,10 +95,15 @@ class Reservations:
     # -- reserve / release -----------------------------------------------------------------
 
     def reserve(
-        self, servable: str, need: Need, on: tuple[str, int | None] | None = None
+        self,
+        servable: str,
+        need: Need,
+        on: tuple[str, int | None] | None = None,
+        avoid: frozenset[str] = frozenset(),
     ) -> Placement | Refusal:
         """Hold room for `need` where `policies.admission.place` puts it (only at `on`, a
-        (node, GPU index or None), when given), or hold nothing and return its refusal."""
+        (node, GPU index or None), when given; off the nodes in `avoid` where it fits
+        elsewhere), or hold nothing and return its refusal."""
         with self._lock:
             if servable in self._held:
                 raise ValueError(f"{servable} already holds a reservation")
@@ -110,23 +115,34 @@ class Reservations:
                 self._free_vram,
                 self._free_ram,
                 on,
+                avoid,
             )
             if isinstance(placed, Placement):
                 self._hold(servable, placed)
             return placed
 
     def reserve_all(
-        self, keys: list[str], need: Need, together: bool = False
+        self,
+        keys: list[str],
+        need: Need,
+        together: bool = False,
+        avoid: frozenset[str] = frozenset(),
     ) -> list[Placement] | Refusal:
         """Hold `need` once per key (a version's replicas), all or none: on the first refusal,
         give back what the earlier keys took and return the refusal. `together`: every key on
-        the (node, GPU) the first one got (a shared host's replicas)."""
+        the (node, GPU) the first one got (a shared host's replicas). Otherwise the replicas
+        spread: each key goes off the nodes in `avoid` and those the earlier keys got, where it
+        fits elsewhere (policies/admission.py, anti-affinity first, best fit second), so one
+        node's loss leaves the version a replica wherever the cluster allows."""
         with self._lock:
             placements: list[Placement] = []
             for key in keys:
                 first = placements[0] if together and placements else None
                 placed = self.reserve(
-                    key, need, (first.node_id, first.gpu_index) if first is not None else None
+                    key,
+                    need,
+                    (first.node_id, first.gpu_index) if first is not None else None,
+                    avoid if together else avoid | {p.node_id for p in placements},
                 )
                 if isinstance(placed, Refusal):
                     for held in keys[: len(placements)]:

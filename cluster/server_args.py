@@ -191,6 +191,7 @@ def server_options(
         num_router_replicas=args.num_router_replicas,
         metrics_path=monitoring.path if monitoring.enabled else None,
         proxy_location=args.proxy_location,
+        bind_node_ip=args.bind_node_ip,
         auth_token_sha256=auth_digest,
         admin_token_sha256=admin_digest,
         ssl_config_file=_abspath(args.ssl_config_file),

@@ -114,8 +114,10 @@ class ServerOptions:
     num_router_replicas: int = 1
     metrics_path: str | None = None  # Prometheus page on the REST port (--monitoring_config_file)
     # Where the routers (and so the REST/gRPC ports) run: EveryNode puts num_router_replicas on
-    # each node alive at start-up; HeadOnly puts them all on the head node.
+    # each node of the cluster, joining ones included; HeadOnly puts them all on the head node.
     proxy_location: str = "EveryNode"
+    # --bind_node_ip: the routers listen on their node's Ray address, not rest_api_host
+    bind_node_ip: bool = False
     # SHA-256 hex digests of --auth_token_file's and --admin_token_file's tokens (None: off);
     # never the tokens, which would be checkpointed with the router's arguments in the GCS.
     auth_token_sha256: str | None = None

@@ -7,6 +7,8 @@ Contract:
    (cluster/harness.py) and the placement mover (cluster/moves.py) add `host_need` to a shared
    version's record. Nobody changes it afterwards: it is frozen, and a version moved elsewhere
    gets a new one.
+   A node loss makes a new record of what survives (`split_by_nodes`), and re-placed replicas
+   another (`merged`), cluster/repairs.py.
 2. Read by the manager's parts: the serving map (core/contracts.py `VersionAddress.from_deployed`:
    apps, key, max_queued_requests), the plan (cluster/plan.py: shared or not, the nodes it runs
    on), the restore (cluster/recovery.py: its applications; cluster/harness.py: a shared
@@ -148,6 +150,31 @@ class Deployed:
     def node_ids(self) -> set[str]:
         """The Ray nodes its replicas run on, as they reported them."""
         return {p.node_id for p in self.placements if p.node_id is not None}
+
+    def split_by_nodes(self, gone: set[str]) -> tuple[Deployed, tuple[AppPlacement, ...]]:
+        """(this record without the applications whose replicas ran on the nodes `gone`, those
+        applications' placements): what a node loss leaves of a version with its own replicas."""
+        lost = tuple(p for p in self.placements if p.node_id in gone)
+        names = {p.app for p in lost}
+        return (
+            replace(
+                self,
+                apps=tuple((a, n) for a, n in self.apps if a not in names),
+                placements=tuple(p for p in self.placements if p.app not in names),
+            ),
+            lost,
+        )
+
+    def merged(self, more: Deployed) -> Deployed:
+        """This record with the applications of `more` (further replicas of the same version,
+        cluster/repairs.py) added after its own."""
+        measured = [m for m in (self.measured_vram_bytes, more.measured_vram_bytes) if m]
+        return replace(
+            self,
+            apps=self.apps + more.apps,
+            placements=self.placements + more.placements,
+            measured_vram_bytes=max(measured) if measured else None,
+        )
 
     def with_host_need(self, vram_bytes: int, ram_bytes: int) -> Deployed:
         return replace(self, host_need=(vram_bytes, ram_bytes))

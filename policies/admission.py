@@ -17,6 +17,9 @@ Rules:
   what each GPU would have left after its own share.
 - A CPU-only need (no `vram_bytes`, no `vram_fraction`) reserves host RAM only, on the node
   with the most free RAM (ties: the lowest node id).
+- Anti-affinity first, best fit second: a need given nodes to `avoid` (the nodes a version's
+  other replicas run on) goes elsewhere when it fits elsewhere, so that one node's loss leaves
+  the version a replica; where it fits only on those nodes, it goes there.
 - Nothing is ever over-committed: a need that fits nowhere gets a `Refusal` (a bounded reason
   for metrics and TF Serving's RESOURCE_EXHAUSTED message); no existing reservation is moved
   or shrunk.
@@ -176,15 +179,28 @@ def place(
     free_vram: Callable[[Gpu], int],
     free_ram: Callable[[str], int],
     on: tuple[str, int | None] | None = None,
+    avoid: frozenset[str] = frozenset(),
 ) -> Placement | Refusal:
     """Where one replica's `need` goes (the rules above), or why it fits nowhere.
 
     `gpus` and `nodes` are the inventory; `free_vram(gpu)` and `free_ram(node)` what is left
     there after the reservations held now. `on` = (node, GPU index or None) allows that place
-    only (a shared host's further replicas go where its first one went)."""
+    only (a shared host's further replicas go where its first one went). `avoid`: nodes taken
+    only when the need fits nowhere else (anti-affinity)."""
     if on is not None:
         nodes = [n for n in nodes if n == on[0]]
         gpus = [g for g in gpus if (g.node_id, g.index) == on]
+    if avoid:
+        elsewhere = place(
+            servable,
+            need,
+            [g for g in gpus if g.node_id not in avoid],
+            [n for n in nodes if n not in avoid],
+            free_vram,
+            free_ram,
+        )
+        if isinstance(elsewhere, Placement):
+            return elsewhere
     prefix = f"Insufficient resources to load servable {servable}"
     if not need.gpu:
         if not nodes:

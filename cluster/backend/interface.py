@@ -1,12 +1,14 @@
 """What the manager asks of the data plane: the backend that sizes, creates and deletes a
 version's deployments.
 
-Two protocols, both implemented by cluster/backend/serve_backend.py `ServeBackend` in production
+Three protocols, all implemented by cluster/backend/serve_backend.py `ServeBackend` in production
 and by in-memory fakes in the unit tests:
 1. `Backend`: every backend. A version runs in its own replicas: `need` sizes it for admission,
    `load` creates its deployment and returns where it runs (core/deployed.py `Deployed`),
    `unload` deletes it.
-2. `SharedHosts`: a backend that can also place versions inside shared hosts ("placement":
+2. `ReplicaRepairs`: a backend that can start further replicas of a running version (those a
+   lost node took, cluster/repairs.py). A backend without it reloads such a version.
+3. `SharedHosts`: a backend that can also place versions inside shared hosts ("placement":
    "shared" in the side file, cluster/host_admission.py). A backend without these methods
    places every version in its own replicas.
 
@@ -49,6 +51,24 @@ class Backend(Protocol):
         """Delete what `deployed` describes: its applications, or, for a shared version, take
         it out of its host and wait until the host's replicas dropped it."""
         ...
+
+
+@runtime_checkable
+class ReplicaRepairs(Protocol):
+    def extend(
+        self, name: str, version: int, path: str, placements: list[Placement], deployed: Deployed
+    ) -> Deployed:
+        """Start further replicas of a version that runs as `deployed` (those lost with a node,
+        re-placed), one per placement, in applications of their own that `deployed` does not
+        name; return where the new ones run (only those) once a replica of each answered. What
+        runs already is not touched. Raises AspireError, having deleted what it created."""
+        ...
+
+
+def replica_repairs(backend: Backend) -> ReplicaRepairs | None:
+    """`backend`'s repair of lost replicas, None when it has none (a lost node then costs the
+    version all its replicas: it is loaded again)."""
+    return backend if isinstance(backend, ReplicaRepairs) else None
 
 
 @runtime_checkable

@@ -134,16 +134,44 @@ class ServeBackend:
     ) -> Deployed:
         """Create the version's applications, one per (node, GPU) of `placements`, and return
         where it runs once a replica of each answered (interface.py `Backend.load`)."""
+        groups: list[tuple[Placement | None, int]] = (
+            list(_groups(placements)) if placements else [(None, self._replicas(name))]
+        )
+        base = app_name(name, version)
+        names = [base if i == 0 else f"{base}-p{i}" for i in range(len(groups))]
+        return self._deploy(name, version, path, groups, names)
+
+    def extend(
+        self, name: str, version: int, path: str, placements: list[Placement], deployed: Deployed
+    ) -> Deployed:
+        """Create applications for further replicas of a version that runs as `deployed` (the
+        replicas lost with a node, re-placed): one per (node, GPU) of `placements`, named after
+        those `deployed` has. Returns where the new replicas run, once a replica of each new
+        application answered; what runs already is not touched (interface.py
+        `ReplicaRepairs.extend`)."""
+        base, taken = app_name(name, version), set(deployed.app_names())
+        groups = list(_groups(placements))
+        names = [f"{base}-p{i}" for i in range(1, len(taken) + len(groups) + 1)]
+        names = [n for n in names if n not in taken][: len(groups)]
+        return self._deploy(name, version, path, list(groups), names)
+
+    def _deploy(
+        self,
+        name: str,
+        version: int,
+        path: str,
+        groups: list[tuple[Placement | None, int]],
+        names: list[str],
+    ) -> Deployed:
+        """Run one application per group (placement, replica count) under `names`, and return
+        where they run once a replica of each answered; on a failure delete them all and
+        raise."""
         servable = servable_id(name, version)
         self._launcher.check_cancelled(servable)
         loader = SavedModelLoader(path, self.options.tags)
         ram_bytes = loader.estimate_resources().ram_bytes
         loader.validate()  # cheap: refuses a version that cannot load before starting replicas
         opts = self.options
-        groups: list[tuple[Placement | None, int]] = (
-            list(_groups(placements)) if placements else [(None, self._replicas(name))]
-        )
-        base = app_name(name, version)
         apps: list[tuple[str, int]] = []
         replicas: list[AppPlacement] = []
         scaling = self._scaling(name, [n for _, n in groups])
@@ -151,7 +179,7 @@ class ServeBackend:
         check_period_s, check_timeout_s = self._health_checks(name)
         try:
             for i, (placement, count) in enumerate(groups):
-                app = base if i == 0 else f"{base}-p{i}"
+                app = names[i]
                 apps.append((app, count))
                 limit = (
                     tf_memory_limit_bytes(placement.vram_bytes)

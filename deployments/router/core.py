@@ -142,12 +142,23 @@ class RouterCore:
     ) -> tuple[int, VersionAddress]:
         return resolve(self.map, name, version, label)
 
-    def _app(self, address: VersionAddress) -> VersionApp:
+    def _app(self, address: VersionAddress, exclude: VersionApp | None = None) -> VersionApp:
+        """The application of `address` a call goes to: by replica count, among those with a
+        replica this router can call (or not known yet), other than `exclude` (the one a
+        call's first try lost its replica in) where the version has another. A version whose
+        replicas span several nodes thus keeps its calls off the applications of a node that
+        died, before the serving map drops them."""
         apps = address.apps
         if len(apps) == 1:
             app_name = apps[0][0]
         else:
-            app_name = random.choices([a for a, _ in apps], weights=[n for _, n in apps])[0]
+            known = self._apps
+            candidates = [(a, n) for a, n in apps if known.get(a) is not exclude] or list(apps)
+            live = [(a, n) for a, n in candidates if a not in known or known[a].usable()]
+            candidates = live or candidates
+            app_name = random.choices(
+                [a for a, _ in candidates], weights=[n for _, n in candidates]
+            )[0]
         app = self._apps.get(app_name)
         # Opened by sync_apps as soon as the map names it; here only if a request won that race.
         return app if app is not None else self._open_app(app_name, address.max_queued_requests)
@@ -171,9 +182,9 @@ class RouterCore:
            with the router's message, which names the flag.
         """
         deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
-        exclude = None
+        exclude, lost_in = None, None
         for attempt in (1, 2):
-            app = self._app(address)
+            app = self._app(address, lost_in)
             try:
                 link = await app.acquire(deadline, exclude)
             except asyncio.TimeoutError:
@@ -196,7 +207,7 @@ class RouterCore:
                         "UNAVAILABLE",
                     ) from None
                 log.warning("replica lost during a request (%s); retrying once", lost)
-                exclude = link
+                exclude, lost_in = link, app
         raise AssertionError("unreachable")
 
     def _timed_out(self) -> AspireError:

@@ -379,6 +379,18 @@ class VersionApp:
     def failed(self, link: ReplicaLink) -> None:
         link.failed_at = time.monotonic()
 
+    def usable(self) -> bool:
+        """Whether a call may find a replica here: Serve's list not read yet, or a replica
+        that has not failed a call in the last `FAILED_SKIP_S`."""
+        self._refresh()
+        if not self._links:
+            return self._seen == (0, -1)
+        now = time.monotonic()
+        return any(
+            link.failed_at is None or now - link.failed_at >= FAILED_SKIP_S
+            for link in self._links.values()
+        )
+
     def direct_replicas(self) -> int:
         """Replicas this router can call directly now (for status and tests)."""
         self._refresh()

@@ -245,6 +245,10 @@ class Ingress:
         self.options = options
         self.tls = RouterTls(options.ssl_config_file) if options.ssl_config_file else None
         host, rest_port, grpc_port = options.rest_api_host, options.rest_api_port, options.grpc_port
+        if options.bind_node_ip:  # --bind_node_ip: the address Ray knows this node by
+            import ray
+
+            host = ray.util.get_node_ip_address()
         rest_sock = listening_socket(host, rest_port) if rest_port else None
         self._thread = threading.Thread(
             target=self._run,
@@ -337,6 +341,10 @@ class Ingress:
             timeout_keep_alive=self._http_limits.idle_timeout_s,  # type: ignore[arg-type]
             server_header=False,
             ssl_context_factory=None if self.tls is None else self._rest_ssl_context,
+            # uvicorn's own logging config would go through logging.config.dictConfig, which
+            # closes every handler of the process, Serve's included: a Serve controller that
+            # restarts (the head's loss) then fails its check of this replica and replaces it
+            log_config=None,
         )
         self._http = http_server = uvicorn.Server(config)
         # Not the main thread: no signal handlers. uvicorn < 0.29 installs them unless this hook

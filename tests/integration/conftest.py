@@ -34,6 +34,14 @@ BASE_MODELS = {
 }
 
 
+def the_router_app() -> str:
+    """The router application of a one-node cluster (cluster/backend/routers.py: one per node)."""
+    from cluster.backend.routers import router_apps
+
+    [app] = router_apps()
+    return app
+
+
 def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest import DATA, ClosedLoop, wait_for
+from tests.integration.conftest import DATA, ClosedLoop, the_router_app, wait_for
 from tests.support.replicas import alive_replica_pids, running_replicas
 
 pytestmark = pytest.mark.ray
@@ -119,7 +119,7 @@ def test_killed_router_fails_only_requests_sent_before_its_socket_closed(aspire)
     the old socket had closed), failures are transport errors (a reset connection or a reply cut
     short, never an HTTP error), and the new router fails nothing. Clients that retry refused
     connections (nothing was sent) lose nothing else."""
-    [router] = alive_replica_pids("aspire-router", "router")
+    [router] = alive_replica_pids(the_router_app(), "router")
     url = f"{aspire.url}/v1/models/half_plus_two:predict"
     stop, lock = threading.Event(), threading.Lock()
     # (sent, ended, ...) per attempt, from time.monotonic(): `sent` is taken before connecting
@@ -184,7 +184,7 @@ def test_killed_router_fails_only_requests_sent_before_its_socket_closed(aspire)
         assert all(sent < killed for sent, _, _ in sent_failures)
     else:
         assert all(sent < closed for sent, _, _ in sent_failures), (closed - killed, sent_failures)
-    assert alive_replica_pids("aspire-router", "router") - {router}
+    assert alive_replica_pids(the_router_app(), "router") - {router}
 
 
 def test_unloaded_version_finishes_its_slow_requests(aspire, tmp_path):

@@ -10,6 +10,8 @@ import grpc
 import pytest
 import ray
 
+from tests.integration.conftest import the_router_app
+
 pytestmark = pytest.mark.ray
 
 
@@ -72,7 +74,7 @@ def test_manager_and_routers_answer_every_api_without_tensorflows_runtime(aspire
 
     from core.names import app_name
 
-    routers = _serve_replicas("aspire-router")
+    routers = _serve_replicas(the_router_app())
     replicas = _serve_replicas(app_name(name, 123))
     assert routers and replicas
     assert not _runs_tensorflow(aspire.manager)

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import the_router_app, wait_for
 
 pytestmark = pytest.mark.ray
 SLEEP_MS = 2000
@@ -38,7 +38,7 @@ def busy(aspire, tmp_path_factory):
 
     from core.names import app_name
 
-    router = serve.get_deployment_handle("router", "aspire-router")
+    router = serve.get_deployment_handle("router", the_router_app())
     wait_for(
         lambda: router.direct_replicas.remote().result(timeout_s=30).get(app_name("busy", 1)) == 1,
         60,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import the_router_app, wait_for
 
 pytestmark = pytest.mark.ray
 NAME, VERSION = "half_plus_two", 123
@@ -34,7 +34,7 @@ def router_direct_replicas() -> int:
 
     from core.names import app_name
 
-    router = serve.get_deployment_handle("router", "aspire-router")
+    router = serve.get_deployment_handle("router", the_router_app())
     counts = router.direct_replicas.remote().result(timeout_s=30)
     return counts.get(app_name(NAME, VERSION), 0)
 

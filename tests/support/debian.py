@@ -1,6 +1,7 @@
 """Install a Debian package with apt-get (as root) when a test or benchmark first needs it.
 
-Used by tests/support/prometheus.py (Debian's `prometheus`) and bench/suite.py (Debian's `wrk`).
+Used by tests/support/prometheus.py (Debian's `prometheus`), tests/support/redis.py (Debian's
+`redis-server`) and bench/suite.py (Debian's `wrk`).
 Concurrent callers serialise on a flock in /tmp; stale package lists are refreshed once.
 """
 
@@ -74,6 +75,38 @@ def apt_install(package: str, deadline: float) -> None:
             f"`apt-get install {package}` failed (exit {done.returncode}):\n"
             + tail(done.stdout + done.stderr)
         )
+
+
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+def installed_binary(name: str, debian_path: str) -> str | None:
+    """`name` on the PATH, else the Debian package's `debian_path` if it is executable."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.path.isfile(debian_path) and os.access(debian_path, os.X_OK):
+        return debian_path
+    return None
+
+
+def apt_install_without_service(package: str, deadline: float) -> None:
+    """`apt_install(package)` with the package's service kept from starting during the install
+    (a temporary policy-rc.d that says `exit 101`, where the machine has none): the tests start
+    their own servers on ports of their own."""
+    own_policy = os.geteuid() == 0 and not os.path.exists(POLICY_RC_D)
+    if own_policy:  # keep invoke-rc.d (sysvinit or systemd) from starting the packaged service
+        with open(POLICY_RC_D, "w") as f:
+            f.write("#!/bin/sh\n# temporary, written by tests/support/debian.py\nexit 101\n")
+        os.chmod(POLICY_RC_D, 0o755)
+    try:
+        apt_install(package, deadline)
+    finally:
+        if own_policy:
+            try:
+                os.unlink(POLICY_RC_D)
+            except FileNotFoundError:
+                pass
 
 
 def ensure_binary(

@@ -33,12 +33,11 @@ from typing import Any, Callable
 
 import requests
 
-from tests.support.debian import apt_install, ensure_binary, tail
+from tests.support.debian import apt_install_without_service, ensure_binary, installed_binary, tail
 from tests.support.ports import free_port
 
 PACKAGE = "prometheus"
 DEBIAN_BINARY = "/usr/bin/prometheus"
-POLICY_RC_D = "/usr/sbin/policy-rc.d"
 DEFAULT_PORT = 9090  # the Debian service's port: ours never uses it
 
 
@@ -54,12 +53,7 @@ class PrometheusError(RuntimeError):
 
 
 def _find_binary() -> str | None:
-    path = shutil.which("prometheus")
-    if path:
-        return path
-    if os.path.isfile(DEBIAN_BINARY) and os.access(DEBIAN_BINARY, os.X_OK):
-        return DEBIAN_BINARY
-    return None
+    return installed_binary("prometheus", DEBIAN_BINARY)
 
 
 def _listening(port: int, host: str = "127.0.0.1") -> bool:
@@ -100,19 +94,7 @@ def ensure_prometheus(timeout_s: float = 900.0) -> str:
 
 def _install(deadline: float) -> None:
     service_was_up = _listening(DEFAULT_PORT)
-    own_policy = os.geteuid() == 0 and not os.path.exists(POLICY_RC_D)
-    if own_policy:  # keep invoke-rc.d (sysvinit or systemd) from starting the packaged service
-        with open(POLICY_RC_D, "w") as f:
-            f.write("#!/bin/sh\n# temporary, written by tests/support/prometheus.py\nexit 101\n")
-        os.chmod(POLICY_RC_D, 0o755)
-    try:
-        apt_install(PACKAGE, deadline)
-    finally:
-        if own_policy:
-            try:
-                os.unlink(POLICY_RC_D)
-            except FileNotFoundError:
-                pass
+    apt_install_without_service(PACKAGE, deadline)
     if not service_was_up and _listening(DEFAULT_PORT):
         _stop_packaged_service()
 

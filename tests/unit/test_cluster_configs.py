@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RAY_UP_DIR = ROOT / "cluster" / "ray-up"
 KUBERAY_DIR = ROOT / "cluster" / "kuberay"
 RAY_UP_FILES = sorted(RAY_UP_DIR.glob("*.yaml"))
-KUBERAY_FILES = sorted(KUBERAY_DIR.glob("*.yaml"))
+# Aspire's own manifests; redis.yaml (the GCS's Redis) is checked on its own
+KUBERAY_REDIS = KUBERAY_DIR / "redis.yaml"
+KUBERAY_FILES = sorted(p for p in KUBERAY_DIR.glob("*.yaml") if p != KUBERAY_REDIS)
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 README_DOCS = [RAY_UP_DIR / "README.md", KUBERAY_DIR / "README.md", ROOT / "README.md"]
@@ -483,6 +485,22 @@ def test_kuberay_service_exposes_only_the_serving_ports():
             "ray.io/cluster": cluster["metadata"]["name"],
             "ray.io/node-type": "head",
         }
+
+
+def test_kuberay_gcs_keeps_its_tables_in_the_persistent_redis_of_redis_yaml():
+    [cluster] = by_kind(kuberay_docs(), "RayCluster")
+    host, port = cluster["spec"]["gcsFaultToleranceOptions"]["redisAddress"].split(":")
+    redis = k8s_documents(KUBERAY_REDIS)
+    [service] = by_kind(redis, "Service")
+    assert service["metadata"]["name"] == host and service["spec"]["type"] == "ClusterIP"
+    assert {p["port"] for p in service["spec"]["ports"]} == {int(port)}
+    [deployment] = by_kind(redis, "Deployment")
+    [container] = pod_specs(deployment)[0]["containers"]
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"  # the tables survive a Redis restart
+    [claim] = by_kind(redis, "PersistentVolumeClaim")
+    volumes = pod_specs(deployment)[0]["volumes"]
+    assert [v["persistentVolumeClaim"]["claimName"] for v in volumes] == [claim["metadata"]["name"]]
 
 
 def test_kuberay_head_gpu_workers_and_security():

@@ -170,3 +170,55 @@ def test_started_loops_load_what_the_source_finds_and_shutdown_unloads_it(models
         assert plane.shutdown(5)
         plane.manager.shutdown()
     assert backend.cancelled and backend.apps == set()
+
+
+def test_nodes_that_join_or_leave_get_or_lose_their_routers_and_status_lists_them(models):
+    backend, store = MemoryBackend(), MemoryStore()
+    nodes = {"n1": 64 * GIB}
+    synced: list[set[str]] = []
+
+    def sync_routers(alive):
+        synced.append(set(alive))
+        return {n: {"app": f"aspire-router-{n}", "address": f"10.0.0.{n[1]}"} for n in alive}
+
+    cluster = ClusterView(
+        inventory=lambda declared: ([], dict(nodes)),
+        servable_apps=lambda: set(backend.apps),
+        app_prefix=lambda name: f"app-{name}-v",
+        running_replicas=lambda: {f"aspire-router-{n}": 1 for n in nodes},
+        sync_routers=sync_routers,
+    )
+    plane = build_control_plane(
+        ManagerConfig(models, num_load_threads=1, max_num_load_retries=0),
+        backend,
+        store,
+        cluster,
+        restarted=False,
+        state_prefix=PREFIX,
+    )
+    try:
+        assert plane.sync_routers() == {"n1": {"app": "aspire-router-n1", "address": "10.0.0.1"}}
+        plane.refresh_inventory()  # nothing changed: Serve is not asked
+        assert synced == [{"n1"}]
+        nodes["n2"] = 64 * GIB
+        plane.refresh_inventory()
+        assert synced[-1] == {"n1", "n2"}
+        assert plane.describe()["routers"] == [
+            {
+                "node": n,
+                "address": f"10.0.0.{n[1]}",
+                "app": f"aspire-router-{n}",
+                "running_replicas": 1,
+            }
+            for n in ("n1", "n2")
+        ]
+        del nodes["n1"]
+        plane.refresh_inventory()
+        assert synced[-1] == {"n2"}
+        assert [r["node"] for r in plane.describe()["routers"]] == ["n2"]
+        nodes["n2"] = 32 * GIB  # the same nodes with other numbers: the routers stay as they are
+        plane.refresh_inventory()
+        assert len(synced) == 3
+    finally:
+        plane.shutdown(5)
+        plane.manager.shutdown()

@@ -285,6 +285,7 @@ def test_a_model_moved_between_placements_loads_in_the_new_one_before_leaving_th
     manager.set_aspired_versions("a", {1: "/a/1"})
     assert manager.wait_idle(10)
     backend.shared_models = set()  # the side file: "a" is dedicated now
+    manager.settings_changed()  # as the control plane's apply_settings says
     manager.reconcile()
     assert manager.wait_idle(10)
     assert backend.loads == [("a", 1, f"{HOST_PREFIX}1"), ("a", 1, "dedicated")]
@@ -293,6 +294,7 @@ def test_a_model_moved_between_placements_loads_in_the_new_one_before_leaving_th
     assert states(manager, "a") == [(1, "AVAILABLE", "OK")]
     assert manager.serving_map().models["a"][1].key == ""
     backend.shared_models = {"a"}  # and back
+    manager.settings_changed()
     manager.reconcile()
     assert manager.wait_idle(10)
     assert backend.loads[-1] == ("a", 1, f"{HOST_PREFIX}2")
@@ -305,6 +307,7 @@ def test_a_move_that_fails_leaves_the_version_serving_where_it_was(hosted):
     manager.set_aspired_versions("a", {1: "/a/1"})
     assert manager.wait_idle(10)
     backend.shared_models, backend.fail = {"a"}, {("a", 1)}
+    manager.settings_changed()
     manager.reconcile()
     assert manager.wait_idle(10)
     assert states(manager, "a") == [(1, "AVAILABLE", "OK")]

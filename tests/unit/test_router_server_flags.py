@@ -240,6 +240,24 @@ def test_without_rest_api_num_threads_nothing_wraps_the_app():
         ingress.stop()
 
 
+def test_starting_the_rest_server_leaves_the_process_s_log_handlers_open():
+    # Serve's replica logger buffers into a MemoryHandler over its file; uvicorn's default
+    # logging config (dictConfig) closed it, and a Serve controller that restarted then failed
+    # its check of every router and replaced them all (the head's loss)
+    import logging.handlers
+
+    logger = logging.getLogger("aspire.test.handlers")
+    target = logging.StreamHandler()
+    buffered = logging.handlers.MemoryHandler(100, target=target)
+    logger.addHandler(buffered)
+    ingress = start(Held(), grpc_port=0)
+    try:
+        assert buffered.target is target
+    finally:
+        ingress.stop()
+        logger.removeHandler(buffered)
+
+
 # ------------------------------------------------------------------ --grpc_socket_path
 def test_grpc_is_served_on_the_unix_socket_as_well_as_the_port(tmp_path):
     path = str(tmp_path / "grpc.sock")
