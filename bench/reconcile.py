@@ -11,7 +11,7 @@ first starts 1,000 loads), of a steady-state pass with nothing to do, and of a r
 (every model gets a 4th version; Latest-3 unloads the oldest); and how long each phase took to
 settle (from the sweep to every version in place), which a per-pass limit must not lengthen.
 The controller reconciles every 100 ms, so `passes_over_100ms` counts the busy passes that
-overran that period. `--models 10000` (30,000 versions) runs in about a minute on 2 CPUs.
+overran that period. `--models 10000` (30,000 versions) runs in about 30 s on 2 CPUs.
 
 Usage: .venv/bin/python bench/reconcile.py [--models 1000] [--versions 3]
 """
