@@ -21,7 +21,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest import ASPIRE, DATA, Served, free_port, wait_for
+from tests.integration.conftest import ASPIRE, DATA, ClosedLoop, Served, free_port, wait_for
 from tests.support.ray_nodes import RayNode, listening_pids
 from tests.support.redis import RedisServer
 
@@ -215,10 +215,10 @@ def test_a_node_that_joins_gets_routers_listening_on_the_rest_port(cluster):
     )
 
 
-class Load:
+class Load(ClosedLoop):
     """`clients` threads predicting back to back, each on its own keep-alive connection (a new
     one after a transport failure). Each request's (client, connection opened, sent, ended,
-    outcome)."""
+    outcome); started and stopped as ClosedLoop is."""
 
     def __init__(self, url: str, clients: int = 8):
         self.url, self.stop = url, threading.Event()
@@ -240,16 +240,6 @@ class Load:
                 session, opened = requests.Session(), time.monotonic()
             del self.in_flight[client]
             self.done.append((client, opened, sent, time.monotonic(), outcome))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def test_a_worker_killed_under_load_costs_only_requests_in_flight_and_its_replica_is_re_placed(
