@@ -10,7 +10,8 @@
    (stored in the journal with its stream, and restored with it);
 4. the moves between placements refused for lack of room (cluster/moves.py), tried again once
    capacity changes, and the versions missing replicas lost with a node (cluster/repairs.py):
-   due for a repair, or refused one, due again once capacity changes.
+   due for a repair, or refused one, due again once capacity changes;
+5. when a refused version waits for a node the autoscaler adds (cluster/capacity.py).
 
 Guarantees:
 1. `lock` is held across a reservation and whatever records its outcome (a refusal marks the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import threading
 
 from cluster.backend.interface import Backend, SharedHosts, shared_hosts
+from cluster.capacity import CapacityWaits
 from cluster.harness_events import HarnessEvents
 from cluster.host_admission import HostBook
 from cluster.manager_state import Stream, VersionRecord
@@ -34,9 +36,12 @@ from policies.admission import HostSlot, Need, Placement, Refusal
 
 
 class Admission:
-    def __init__(self, backend: Backend, book: Reservations | None):
+    def __init__(
+        self, backend: Backend, book: Reservations | None, capacity: CapacityWaits | None = None
+    ):
         self.lock = threading.RLock()
         self.book = book
+        self.capacity = capacity or CapacityWaits()
         self._backend = backend
         self.shared_hosts: SharedHosts | None = shared_hosts(backend)
         self._hosts = (

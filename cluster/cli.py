@@ -176,6 +176,9 @@ def status_table(described: dict) -> str:
             retry = retries.get(str(s["version"]))
             if retry is not None and s["state"] == "LOADING":
                 error = _retry_cell(retry)
+            wait = described.get("capacity_waits", {}).get(name, {}).get(str(s["version"]))
+            if wait is not None and s["state"] == "LOADING":
+                error = _capacity_cell(wait)
             lost = described.get("missing_replicas", {}).get(name, {}).get(str(s["version"]))
             if lost is not None and s["state"] == "AVAILABLE":
                 error = f"{lost['replicas']} replica(s) missing: {lost['reason']}"
@@ -247,6 +250,17 @@ def status_table(described: dict) -> str:
             )
         lines += [""] + _table(rows)
     return "\n".join(lines)
+
+
+def _capacity_cell(wait: dict) -> str:
+    """A version waiting for the autoscaler: until when, what was asked for, and why."""
+    from cluster.capacity import summary
+
+    until = time.strftime("%H:%M:%S", time.localtime(wait["until"]))
+    return (
+        f"waiting for capacity until {until}, asked the autoscaler for "
+        f"{summary(wait['bundles'])}: {wait['reason']}"
+    )
 
 
 def _retry_cell(retry: dict) -> str:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from cluster.backend.interface import Backend
+from cluster.capacity import CapacityRequests, CapacityWaits, held_bundles
 from cluster.harness import LoaderHarness
-from cluster.inventory import capacity_grew
+from cluster.inventory import Inventory, capacity_grew
 from cluster.journal import Journal
 from cluster.manager import Manager
 from cluster.manager_state import (
@@ -60,12 +61,12 @@ from config.options import ReplicaOptions, ServerOptions
 from core import metrics
 from core.contracts import ServingMap
 from core.errors import AspireError
-from policies.admission import Gpu
 
 RECONCILE_INTERVAL_S = 0.1
+# How often the autoscaler request is brought up to date while capacity waits are on (a wait
+# that begins wakes the loop at once; this paces deadlines and releases)
+CAPACITY_SYNC_S = 2.0
 log = logging.getLogger("aspire.manager")
-
-Inventory = tuple[list[Gpu], dict[str, int]]  # GPUs, and host RAM per node
 
 
 @dataclass
@@ -85,6 +86,9 @@ class ManagerConfig:
     settings: dict[str, ModelSettings] = field(default_factory=dict)
     gpus: str | None = None  # declared GPU inventory per node ("2x16GiB"); None: read NVML
     inventory_refresh_s: float = 5.0
+    # how long a version that does not fit waits for the autoscaler to add a node
+    # (cluster/capacity.py); 0: refused at once
+    capacity_wait_s: float = 0.0
     # How long a router's long poll of the serving map waits. A restarted manager deletes
     # nothing until every router has polled (publisher.router_grace_s: this plus 2 s).
     router_poll_s: float = ROUTER_POLL_S
@@ -108,7 +112,8 @@ class ControlBackend(Backend, Protocol):
 class ClusterView:
     """What the control plane reads of the cluster it runs on.
 
-    `inventory(declared)`: GPUs and host RAM per node now (`declared`: ManagerConfig.gpus).
+    `inventory(declared)`: GPUs, host RAM and Ray CPUs per node now (`declared`:
+    ManagerConfig.gpus; cluster/inventory.py).
     `servable_apps()`: the versions' Serve applications that exist now; `app_prefix(name)`: how
     the application names of model `name` start (cluster/backend/serve_state.py). `list_remote`:
     lists a URL base path (None: local paths only). `running_replicas()`: application ->
@@ -116,7 +121,9 @@ class ClusterView:
     `sync_routers(alive)`: run the routers of the nodes `alive` (the node ids of the inventory)
     that serve the ports and delete those of nodes gone; returns {node id: {"app": its router
     application, "address": the node's address}} (cluster/backend/routers.py; None: no routers
-    to run).
+    to run). `aspire_cpus()`: node id -> Ray CPUs Aspire's own actors (the routers) book there.
+    `request_resources(bundles)`: Ray's autoscaler request (cluster/capacity.py; None: the
+    cluster cannot be asked to grow).
     """
 
     inventory: Callable[[str | None], Inventory]
@@ -126,6 +133,8 @@ class ClusterView:
     running_replicas: Callable[[], dict[str, int]] = dict
     replica_pids: Callable[[], dict[str, list[int]]] = dict
     sync_routers: Callable[[set[str]], dict[str, dict[str, str]]] | None = None
+    aspire_cpus: Callable[[], dict[str, float]] = dict
+    request_resources: Callable[[list[dict]], None] | None = None
 
 
 def build_control_plane(
@@ -145,10 +154,11 @@ def build_control_plane(
     inventory = cluster.inventory(config.gpus)
     book = Reservations(*inventory)
     log.info(
-        "Inventory: %d GPUs (%s), host RAM on %d nodes",
+        "Inventory: %d GPUs (%s), host RAM on %d nodes, %g Ray CPUs for replicas",
         len(inventory[0]),
         "declared " + config.gpus if config.gpus is not None else "NVML",
         len(inventory[1]),
+        sum(inventory[2].values()),
     )
     manager = Manager(
         backend,
@@ -159,6 +169,7 @@ def build_control_plane(
         store=store,
         state_prefix=state_prefix,
         router_poll_s=config.router_poll_s,
+        capacity=CapacityWaits(config.capacity_wait_s),
     )
     restored = None
     if restarted:
@@ -224,6 +235,16 @@ class ControlPlane:
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # the autoscaler request (cluster/capacity.py), when versions may wait for capacity
+        self.capacity = (
+            CapacityRequests(
+                cluster.request_resources,
+                lambda: held_bundles(self.book.held().values(), cluster.aspire_cpus()),
+                manager.waiting_bundles,
+            )
+            if config.capacity_wait_s > 0 and cluster.request_resources is not None
+            else None
+        )
 
     def configure(
         self,
@@ -283,6 +304,12 @@ class ControlPlane:
             )
             self._threads.append(thread)
             thread.start()
+        if self.capacity is not None:
+            thread = threading.Thread(
+                target=self._capacity_loop, name="aspire-capacity", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
         self.source.start()
 
     def _poll_loop(self, period_s: float, action: Callable[[], Any]) -> None:
@@ -291,6 +318,21 @@ class ControlPlane:
                 action()
             except Exception:
                 log.exception("%s failed", getattr(action, "__name__", "poll"))
+
+    def _capacity_loop(self) -> None:
+        """Keep the autoscaler request up to date: at once when a wait begins, and every
+        CAPACITY_SYNC_S for deadlines and versions that found room."""
+        wanted = self.harness.admission.capacity.wanted
+        assert self.capacity is not None
+        while not self._stop.is_set():
+            wanted.wait(CAPACITY_SYNC_S)
+            wanted.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.capacity.sync()
+            except Exception:
+                log.exception("Asking the autoscaler for capacity failed")
 
     # ---- state kept for a restart (cluster/manager_state.py) --------------------------------
     def _save_config(self) -> None:
@@ -451,6 +493,7 @@ class ControlPlane:
         return {
             "models": self.manager.list_models(),
             "retries": self.manager.retries(),
+            "capacity_waits": self.manager.capacity_waits(),
             "labels": self.manager.labels(),
             "manager": {"restored": self.restored},
             "traffic": {n: [list(kv) for kv in w] for n, w in self.manager.traffic().items()},

@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         "replaced within about 3 x (period + timeout))",
     )
     ray_group.add_argument(
+        "--capacity_wait_s",
+        type=float,
+        default=0.0,
+        help="on a cluster whose Ray autoscaler can add nodes: a version that fits "
+        "nowhere asks the autoscaler for room and waits this long for a node (LOADING), "
+        "then ends with RESOURCE_EXHAUSTED; 0 refuses at once",
+    )
+    ray_group.add_argument(
         "--num_cpus_per_replica",
         type=float,
         default=0.25,
@@ -228,6 +236,14 @@ def validate(args: argparse.Namespace) -> None:
         raise FlagError("--rest_api_max_body_bytes must be at least 1")
     if args.num_cpus_per_replica < 0:
         raise FlagError("--num_cpus_per_replica cannot be negative")
+    if args.capacity_wait_s < 0:
+        raise FlagError("--capacity_wait_s cannot be negative")
+    if args.capacity_wait_s > 0 and args.num_cpus_per_replica == 0:
+        raise FlagError(
+            "--capacity_wait_s needs --num_cpus_per_replica above 0: Ray's autoscaler removes "
+            "a node whose Ray resources are all free, and replicas that book none would not "
+            "keep theirs"
+        )
     if not args.model_config_file:
         from core.errors import AspireError
         from core.names import check_name

@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 
 from cluster.admission_state import Admission
 from cluster.backend.interface import Backend
+from cluster.capacity import CapacityWaits
 from cluster.harness_events import HarnessEvents
 from cluster.logs import servable_fields
 from cluster.manager_state import Stream, VersionRecord
@@ -82,9 +83,10 @@ class LoaderHarness:
         clock: Callable[[], float],
         sleep: Callable[[float], None] | None,
         progress_period_s: float = PROGRESS_PERIOD_S,
+        capacity: CapacityWaits | None = None,
     ):
         self._backend, self._events, self._metrics = backend, events, recorder
-        self.admission = Admission(backend, book)  # book None: no admission
+        self.admission = Admission(backend, book, capacity)  # book None: no admission
         self._max_num_load_retries = max(0, max_num_load_retries)
         self._load_retry_interval_s = max(0.0, load_retry_interval_s)
         self._clock, self._sleep = clock, sleep
@@ -301,8 +303,28 @@ class LoaderHarness:
                         metrics.ASPIRE_ADMISSION_REFUSALS, stream.name, placed.reason
                     ),
                 )
-                self._fail(stream, record, servable, placed.code, placed.message, refused=True)
+                wait = admission.capacity.begin(
+                    record.capacity_wait, need, len(keys), placed, shared
+                )
+                if wait is None:
+                    self._fail(stream, record, servable, placed.code, placed.message, refused=True)
+                else:
+                    self._events.failed(stream, record, placed.code, placed.message, True, wait)
+                    log.info(
+                        "Waiting for capacity for servable %s until %s (--capacity_wait_s): %s",
+                        servable,
+                        time.strftime("%H:%M:%S", time.localtime(wait[1])),
+                        placed.message,
+                        extra=servable_fields(stream.name, record.version, "capacity_wait"),
+                    )
                 return placed
+            if record.capacity_wait is not None:
+                log.info(
+                    "Capacity came for servable %s after %.1f s of waiting",
+                    servable,
+                    time.time() - record.capacity_wait[0],
+                    extra=servable_fields(stream.name, record.version, "capacity_came"),
+                )
             if isinstance(placed, HostSlot):
                 return placed, need
             assert placed is not None  # a book, since it was not shared

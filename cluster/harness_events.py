@@ -38,10 +38,17 @@ class HarnessEvents(Protocol):
         ...
 
     def failed(
-        self, stream: Stream, record: VersionRecord, code: str, message: str, refused: bool
+        self,
+        stream: Stream,
+        record: VersionRecord,
+        code: str,
+        message: str,
+        refused: bool,
+        wait: tuple | None = None,
     ) -> None:
         """The load ended without the version: END with `code` and `message`. `refused`: for
-        lack of resources; it is tried again when capacity changes, while it stays aspired."""
+        lack of resources; it is tried again when capacity changes, while it stays aspired.
+        `wait`: it waits for capacity (VersionRecord.capacity_wait, cluster/capacity.py)."""
         ...
 
     def held(

@@ -150,6 +150,7 @@ class HostBook:
                     gpu,
                     block.vram_bytes if gpu is not None else 0,
                     block.ram_bytes,
+                    block.cpus,
                 )
                 for i in range(self._replicas):
                     self._book.restore(f"{app}#{i}", placement)

@@ -4,7 +4,8 @@ Both sources return the same `Gpu` records, so the admission code cannot tell th
 `cluster_inventory()` builds the whole cluster's inventory from Ray's view of its nodes: each
 alive node's host RAM is Ray's `memory` resource; its GPUs are the declared ones (one entry per
 Ray logical GPU of the node) or, with no declaration, what NVML reports on that node, read by a
-task pinned to it.
+task pinned to it; its Ray CPUs for replicas are Ray's `CPU` resource less what Aspire's own
+actors book there (the node's routers).
 
 - `declared_inventory("2x16GiB", node)` / `declared_inventory("16GiB,24GiB", node)`: the value of
   `--gpus=` (or a side config entry), used together with Ray logical GPUs (`--num-gpus`).
@@ -19,7 +20,7 @@ import functools
 import logging
 import os
 import re
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from core.units import parse_bytes
 from policies.admission import Gpu
@@ -133,22 +134,36 @@ def aspire_pids() -> list[int]:
     return pids
 
 
+# GPUs; host RAM per node; Ray CPUs per node that replicas may book
+Inventory = tuple[list[Gpu], dict[str, int], dict[str, float]]
+# Ray CPUs Aspire's own actors book on a node, given (node id, whether it is the head)
+HeldCpus = Callable[[str, bool], float]
+
+
 def nodes_inventory(
-    nodes: list[dict], declared: str | None, probe: Callable[[str], list[Gpu]]
-) -> tuple[list[Gpu], dict[str, int]]:
-    """(GPUs, host RAM by node) of the alive nodes among `ray.nodes()`-shaped records.
+    nodes: list[dict],
+    declared: str | None,
+    probe: Callable[[str], list[Gpu]],
+    held_cpus: Optional[HeldCpus] = None,
+) -> Inventory:
+    """(GPUs, host RAM by node, Ray CPUs by node) of the alive nodes among `ray.nodes()`-shaped
+    records.
 
     With a declared spec, a node gets the spec's GPUs up to its number of Ray logical GPUs (a
     node without Ray GPUs gets none, so a declaration never invents GPUs Ray cannot see);
-    without one, `probe(node_id)` reads the GPUs of each node where Ray found some."""
+    without one, `probe(node_id)` reads the GPUs of each node where Ray found some. A node's
+    Ray CPUs are its `CPU` resource less `held_cpus(node, is_head)` (never below 0)."""
     gpus: list[Gpu] = []
     ram: dict[str, int] = {}
+    cpus: dict[str, float] = {}
     for node in nodes:
         if not node.get("Alive", node.get("alive", False)):
             continue
         node_id = node["NodeID"]
         resources = node.get("Resources", {})
         ram[node_id] = int(resources.get("memory", 0))
+        held = held_cpus(node_id, "node:__internal_head__" in resources) if held_cpus else 0.0
+        cpus[node_id] = max(float(resources.get("CPU", 0.0)) - held, 0.0)
         ray_gpus = int(resources.get("GPU", 0))
         if declared is not None:
             mine = declared_inventory(declared, node_id)
@@ -164,7 +179,7 @@ def nodes_inventory(
             gpus.extend(mine[:ray_gpus])
         elif ray_gpus:  # Ray found no GPU on a node (or they are hidden from it): nothing to read
             gpus.extend(probe(node_id))
-    return gpus, ram
+    return gpus, ram, cpus
 
 
 @functools.cache
@@ -179,9 +194,10 @@ def _probe_task():
 
 
 def cluster_inventory(
-    declared: str | None, timeout_s: float = 10.0
-) -> tuple[list[Gpu], dict[str, int]]:
-    """The inventory of the Ray cluster this process is connected to."""
+    declared: str | None, held_cpus: Optional[HeldCpus] = None, timeout_s: float = 10.0
+) -> Inventory:
+    """The inventory of the Ray cluster this process is connected to (`held_cpus`: what
+    Aspire's own actors book on a node, `nodes_inventory`)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -197,20 +213,21 @@ def cluster_inventory(
             log.warning("reading the GPUs of node %s failed: %s", node_id[:12], exc)
             return []
 
-    return nodes_inventory(ray.nodes(), declared, probe)
+    return nodes_inventory(ray.nodes(), declared, probe, held_cpus)
 
 
-def capacity_grew(
-    old: tuple[list[Gpu], dict[str, int]], new: tuple[list[Gpu], dict[str, int]]
-) -> bool:
-    """True when some GPU or node has more usable memory in `new` than in `old` (or is new)."""
+def capacity_grew(old: Inventory, new: Inventory) -> bool:
+    """True when some GPU or node has more usable memory or Ray CPUs in `new` than in `old`
+    (or is new)."""
 
     def usable(gpus):
         return {(g.node_id, g.index): g.total_bytes - g.used_by_others_bytes for g in gpus}
 
     old_gpus, new_gpus = usable(old[0]), usable(new[0])
-    return any(v > old_gpus.get(k, -1) for k, v in new_gpus.items()) or any(
-        v > old[1].get(k, -1) for k, v in new[1].items()
+    return (
+        any(v > old_gpus.get(k, -1) for k, v in new_gpus.items())
+        or any(v > old[1].get(k, -1) for k, v in new[1].items())
+        or any(v > old[2].get(k, -1) for k, v in new[2].items())
     )
 
 

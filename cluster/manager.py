@@ -49,6 +49,7 @@ from typing import Callable
 
 from cluster import manager_state, plan, recovery, repairs, status
 from cluster.backend.interface import Backend
+from cluster.capacity import CapacityWaits
 from cluster.harness import PROGRESS_PERIOD_S, LoaderHarness
 from cluster.journal import Journal
 from cluster.load_threads import LoadThreads
@@ -87,6 +88,7 @@ class Manager:
         router_grace_s: float | None = None,
         progress_period_s: float = PROGRESS_PERIOD_S,
         streams_per_pass: int = STREAMS_PER_PASS,
+        capacity: CapacityWaits | None = None,
     ):
         self._backend = backend
         self._streams_per_pass = max(1, streams_per_pass)
@@ -129,6 +131,7 @@ class Manager:
             clock,
             sleep,
             progress_period_s,
+            capacity,
         )
         # replicas lost with a node: dropped, then re-placed (cluster/repairs.py)
         self.repairer = repairs.ReplicaRepairer(
@@ -494,6 +497,18 @@ class Manager:
     def shared_hosts(self) -> list[dict]:
         """The open shared hosts: block, use and versions (cluster/host_admission.py)."""
         return self.harness.hosts()
+
+    def capacity_waits(self) -> dict[str, dict[str, dict]]:
+        """{model: {version: its wait}} of the versions waiting for capacity (cluster/status.py
+        `capacity_waits`); TF Serving's status shows them as LOADING, error OK."""
+        with self._lock:
+            return status.capacity_waits(self._streams)
+
+    def waiting_bundles(self) -> list[dict]:
+        """The Ray bundles of every version waiting for capacity (cluster/capacity.py)."""
+        with self._lock:
+            self._changed.notify_all()  # a wait that ran out: start-up and reload waits look again
+            return status.waiting_bundles(self._streams)
 
     def missing_replicas(self) -> dict[str, dict[str, dict]]:
         """{model: {version: {"replicas", "reason"}}} of the AVAILABLE versions serving with

@@ -84,10 +84,19 @@ def _restarted() -> bool:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
+def request_resources(bundles: list[dict]) -> None:
+    """Ray's autoscaler request: the cluster must hold `bundles` (cluster/capacity.py)."""
+    from ray.autoscaler.sdk import request_resources as ask
+
+    ask(bundles=bundles)
+
+
 def ray_cluster(routers: RouterFleet | None = None) -> ClusterView:
     """The cluster as Ray and Ray Serve report it; `routers` runs the routers on its nodes."""
     return ClusterView(
-        inventory=cluster_inventory,
+        inventory=lambda declared: cluster_inventory(
+            declared, None if routers is None else routers.cpus_on
+        ),
         servable_apps=servable_apps,
         app_prefix=app_prefix,
         list_remote=list_remote_children,
@@ -96,6 +105,8 @@ def ray_cluster(routers: RouterFleet | None = None) -> ClusterView:
         sync_routers=None
         if routers is None
         else (lambda alive: routers.sync(alive, head_node_id())),
+        aspire_cpus=dict if routers is None else routers.booked_cpus,
+        request_resources=request_resources,
     )
 
 

@@ -179,9 +179,17 @@ class StreamEvents:
             self._lock.wait_for(lambda: not record.aspired, timeout=timeout_s)
 
     def failed(
-        self, stream: Stream, record: VersionRecord, code: str, message: str, refused: bool
+        self,
+        stream: Stream,
+        record: VersionRecord,
+        code: str,
+        message: str,
+        refused: bool,
+        wait: tuple | None = None,
     ) -> None:
         with self._lock:
+            if wait is not None:
+                record.capacity_wait = wait
             if refused:
                 record.refused = True
                 self._refused.add(stream.name)
@@ -236,7 +244,9 @@ class StreamEvents:
                     plan.servable_id(stream.name, record.version),
                     reason,
                 )
-                stream.versions[record.version] = VersionRecord(record.version, record.path)
+                stream.versions[record.version] = VersionRecord(
+                    record.version, record.path, capacity_wait=record.capacity_wait
+                )
                 self.touch(stream)
             self._lock.notify_all()
 

@@ -44,6 +44,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -83,17 +84,44 @@ class VersionRecord:
     # (cluster/repairs.py)
     missing_replicas: int = 0
     missing_reason: str = ""
+    # a refused version waiting for a node to join (cluster/capacity.py): (since, until, one Ray
+    # bundle per replica), Unix time; kept by its retries, so the deadline is the first wait's
+    capacity_wait: tuple[float, float, tuple[dict, ...]] | None = None
     # while a failed load waits for its next try (not stored: a restarted manager starts over):
     # {"attempt": the next try's number, "of": tries in all, "error_code", "error_message" of
     # the last try, "next_try_at": when it is due, Unix time}
     retry: dict | None = None
 
-    def status(self) -> dict:
+    def waiting_for_capacity(self, now: float | None = None) -> bool:
+        """Refused for lack of room, still aspired, and its wait for a node not over."""
+        return (
+            self.capacity_wait is not None
+            and self.state is HarnessState.ERROR
+            and self.refused
+            and self.aspired
+            and (time.time() if now is None else now) < self.capacity_wait[1]
+        )
+
+    def public_state(self, now: float | None = None) -> str:
+        """The state clients see: LOADING while it waits for capacity."""
+        return "LOADING" if self.waiting_for_capacity(now) else PUBLIC_STATE[self.state]
+
+    def status(self, now: float | None = None) -> dict:
+        """TF Serving's status of the version. While it waits for capacity: LOADING, status
+        OK (what it waits for is in Aspire's status, `capacity_waits`); once the wait ran out,
+        the refusal says how long it waited."""
+        if self.waiting_for_capacity(now):
+            code, message = "OK", ""
+        else:
+            code, message = self.error_code, self.error_message
+            if self.capacity_wait is not None and self.state is HarnessState.ERROR and self.refused:
+                waited = self.capacity_wait[1] - self.capacity_wait[0]
+                message += f"; no node with room joined in {waited:.0f} s (--capacity_wait_s)"
         return {
             "version": self.version,
-            "state": PUBLIC_STATE[self.state],
-            "error_code": self.error_code,
-            "error_message": self.error_message,
+            "state": self.public_state(now),
+            "error_code": code,
+            "error_message": message,
             "aspired": self.aspired,
         }
 
@@ -206,12 +234,15 @@ def record_doc(record: VersionRecord) -> dict:
         "attempts": record.attempts,
         "interrupted": record.interrupted,
         "reservations": [
-            [key, p.node_id, p.gpu_index, p.vram_bytes, p.ram_bytes]
+            [key, p.node_id, p.gpu_index, p.vram_bytes, p.ram_bytes] + ([p.cpus] if p.cpus else [])
             for key, p in zip(record.reservations, record.placements, strict=True)
         ],
     }
     if record.missing_replicas:
         doc["missing"] = [record.missing_replicas, record.missing_reason]
+    if record.capacity_wait is not None:
+        since, until, bundles = record.capacity_wait
+        doc["capacity_wait"] = [since, until, list(bundles)]
     return doc
 
 
@@ -234,8 +265,15 @@ def record_fields(doc: dict) -> dict:
         "interrupted": int(doc.get("interrupted", 0)),
         "missing_replicas": int(missing[0]),
         "missing_reason": str(missing[1]),
+        "capacity_wait": None
+        if doc.get("capacity_wait") is None
+        else (
+            float(doc["capacity_wait"][0]),
+            float(doc["capacity_wait"][1]),
+            tuple(dict(b) for b in doc["capacity_wait"][2]),
+        ),
         "reservations": tuple(h[0] for h in held),
-        "placements": tuple(Placement(h[1], h[2], h[3], h[4]) for h in held),
+        "placements": tuple(Placement(*h[1:6]) for h in held),
     }
 
 

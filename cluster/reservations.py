@@ -5,7 +5,9 @@ it before it creates any deployment, and releases what a version held once its d
 gone. Where a need goes is decided by `policies.admission.place` (best fit, never over-commit);
 the book keeps the answers, atomically, and the totals that decision reads. A node or GPU that
 leaves the inventory keeps its reservations recorded; they are reported by `lost()` until
-released, and count again if the GPU comes back.
+released, and count again if the GPU comes back. Given each node's Ray CPUs (what replicas may
+book there: cluster/inventory.py), it books each placement's CPUs too; without them, CPUs are
+not counted.
 """
 
 from __future__ import annotations
@@ -26,15 +28,22 @@ class Reservations:
     versions); the refusal message names the key as given.
     """
 
-    def __init__(self, gpus: list[Gpu], ram_bytes_by_node: dict[str, int]):
+    def __init__(
+        self,
+        gpus: list[Gpu],
+        ram_bytes_by_node: dict[str, int],
+        cpus_by_node: dict[str, float] | None = None,
+    ):
         self._lock = threading.RLock()  # reserve_all holds it across reserve calls
         self._gpus: dict[tuple[str, int], Gpu] = {}
         self._ram: dict[str, int] = dict(ram_bytes_by_node)
+        self._cpus: dict[str, float] | None = None if cpus_by_node is None else dict(cpus_by_node)
         self._held: dict[str, Placement] = {}
         # running totals of what _held reserves, so a placement costs O(GPUs), not
         # O(GPUs x reservations) (bench/reconcile.py: 3,000 reservations)
         self._vram_held: dict[tuple[str, int], int] = {}
         self._ram_held: dict[str, int] = {}
+        self._cpus_held: dict[str, float] = {}
         self._set_gpus(gpus)
 
     # -- inventory -------------------------------------------------------------------------
@@ -50,14 +59,20 @@ class Reservations:
         self._gpus = table
 
     def update_inventory(
-        self, gpus: list[Gpu], ram_bytes_by_node: dict[str, int] | None = None
+        self,
+        gpus: list[Gpu],
+        ram_bytes_by_node: dict[str, int] | None = None,
+        cpus_by_node: dict[str, float] | None = None,
     ) -> None:
-        """Replace the GPU inventory (and host RAM, when given). Reservations are kept as they
-        are, even when a GPU shrank below them or left; new admissions see the new numbers."""
+        """Replace the GPU inventory (and host RAM and Ray CPUs, when given). Reservations are
+        kept as they are, even when a GPU shrank below them or left; new admissions see the new
+        numbers."""
         with self._lock:
             self._set_gpus(gpus)
             if ram_bytes_by_node is not None:
                 self._ram = dict(ram_bytes_by_node)
+            if cpus_by_node is not None:
+                self._cpus = dict(cpus_by_node)
 
     def has_gpus(self) -> bool:
         with self._lock:
@@ -82,12 +97,18 @@ class Reservations:
             key = (p.node_id, p.gpu_index)
             self._vram_held[key] = self._vram_held.get(key, 0) + sign * p.vram_bytes
         self._ram_held[p.node_id] = self._ram_held.get(p.node_id, 0) + sign * p.ram_bytes
+        if p.cpus:
+            self._cpus_held[p.node_id] = self._cpus_held.get(p.node_id, 0.0) + sign * p.cpus
 
     def _free_vram(self, gpu: Gpu) -> int:
         return gpu.total_bytes - gpu.used_by_others_bytes - self._vram_held.get(_key(gpu), 0)
 
     def _free_ram(self, node: str) -> int:
         return self._ram.get(node, 0) - self._ram_held.get(node, 0)
+
+    def _free_cpus(self, node: str) -> float:
+        assert self._cpus is not None
+        return self._cpus.get(node, 0.0) - self._cpus_held.get(node, 0.0)
 
     def _nodes(self) -> list[str]:
         return sorted(set(self._ram) | {node for node, _ in self._gpus})
@@ -116,6 +137,7 @@ class Reservations:
                 self._free_ram,
                 on,
                 avoid,
+                None if self._cpus is None else self._free_cpus,
             )
             if isinstance(placed, Placement):
                 self._hold(servable, placed)
@@ -203,7 +225,7 @@ class Reservations:
 
     def ram_snapshot(self) -> list[dict]:
         """Per node, sorted: node, total, reserved, free (never below 0), holders
-        {servable: bytes}."""
+        {servable: bytes}; with Ray CPUs counted, `cpus` {total, reserved, free} too."""
         with self._lock:
             rows = []
             for node in self._nodes():
@@ -214,13 +236,16 @@ class Reservations:
                 }
                 total = self._ram.get(node, 0)
                 reserved = sum(holders.values())
-                rows.append(
-                    {
-                        "node": node,
-                        "total": total,
-                        "reserved": reserved,
-                        "free": max(total - reserved, 0),
-                        "holders": holders,
-                    }
-                )
+                row = {
+                    "node": node,
+                    "total": total,
+                    "reserved": reserved,
+                    "free": max(total - reserved, 0),
+                    "holders": holders,
+                }
+                if self._cpus is not None:
+                    held = round(self._cpus_held.get(node, 0.0), 6)
+                    cpus = self._cpus.get(node, 0.0)
+                    row["cpus"] = {"total": cpus, "reserved": held, "free": max(cpus - held, 0.0)}
+                rows.append(row)
             return rows

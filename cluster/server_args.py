@@ -165,6 +165,7 @@ def manager_config(args: argparse.Namespace) -> ManagerConfig:
         aspire_config_file_poll_wait_s=args.aspire_config_file_poll_wait_seconds,
         settings=settings,
         gpus=args.gpus,
+        capacity_wait_s=args.capacity_wait_s,
         replica=replica_options(args),
     )
 

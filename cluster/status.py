@@ -3,11 +3,13 @@ model status and the state gauges of the metrics page. Callers hold the manager'
 
 from __future__ import annotations
 
+import time
+
 from cluster.manager_state import Stream
 from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError
 from policies.admission import Placement
-from policies.lifecycle import PUBLIC_STATE, HarnessState
+from policies.lifecycle import HarnessState
 from policies.traffic import TrafficSplit, effective_weights
 
 
@@ -36,14 +38,18 @@ def metrics_state(
     versions: list[dict] = []
     vram: dict[tuple, int] = {}
     shares: list[dict] = []
+    waits: list[dict] = []
+    now = time.time()
     for name in sorted(streams):
         stream = streams[name]
         available = set()
         for version in sorted(stream.versions):
             record = stream.versions[version]
-            versions.append(
-                {"model": name, "version": version, "state": PUBLIC_STATE[record.state]}
-            )
+            versions.append({"model": name, "version": version, "state": record.public_state(now)})
+            if record.waiting_for_capacity(now):
+                assert record.capacity_wait is not None
+                seconds = now - record.capacity_wait[0]
+                waits.append({"model": name, "version": version, "seconds": seconds})
             if record.state is HarnessState.READY:
                 available.add(version)
             for key in record.reservations:
@@ -59,6 +65,7 @@ def metrics_state(
     return {
         "versions": versions,
         "traffic": shares,
+        "capacity_waits": waits,
         "vram_by_version": [
             {"model": m, "version": v, "node": n, "gpu": g, "bytes": b}
             for (m, v, n, g), b in sorted(vram.items())
@@ -74,9 +81,14 @@ def newest_first(stream: Stream | None) -> list:
     return sorted(stream.versions.values(), key=lambda r: -r.version) if stream else []
 
 
+def settled(record) -> bool:
+    """AVAILABLE or END, and not waiting for capacity (which shows as LOADING)."""
+    return record.state in SETTLED and not record.waiting_for_capacity()
+
+
 def models_pending(streams: dict[str, Stream], names: list[str]) -> list[str]:
     """The models among `names` with no version AVAILABLE or END yet."""
-    return [n for n in names if not any(r.state in SETTLED for r in newest_first(streams.get(n)))]
+    return [n for n in names if not any(settled(r) for r in newest_first(streams.get(n)))]
 
 
 def models_failed(streams: dict[str, Stream], names: list[str]) -> dict[str, dict]:
@@ -86,7 +98,7 @@ def models_failed(streams: dict[str, Stream], names: list[str]) -> dict[str, dic
     for name in names:
         records = newest_first(streams.get(name))
         if records and not any(r.state is HarnessState.READY for r in records):
-            ended = [r for r in records if r.state in SETTLED]
+            ended = [r for r in records if settled(r)]
             if ended:
                 failed[name] = ended[0].status()
     return failed
@@ -100,6 +112,42 @@ def retries(streams: dict[str, Stream]) -> dict[str, dict[str, dict]]:
             if record.retry is not None and record.state is HarnessState.LOADING:
                 found.setdefault(name, {})[str(version)] = dict(record.retry)
     return found
+
+
+def capacity_waits(streams: dict[str, Stream]) -> dict[str, dict[str, dict]]:
+    """{model: {version: its wait}} of the versions waiting for capacity (cluster/capacity.py):
+    since and until (Unix time), the bundles asked for, and the refusal it waits to get past."""
+    found: dict[str, dict[str, dict]] = {}
+    now = time.time()
+    for name, stream in streams.items():
+        for version, record in stream.versions.items():
+            if record.waiting_for_capacity(now):
+                assert record.capacity_wait is not None
+                since, until, bundles = record.capacity_wait
+                found.setdefault(name, {})[str(version)] = {
+                    "since": since,
+                    "until": until,
+                    "bundles": [dict(b) for b in bundles],
+                    "reason": record.error_message,
+                }
+    return found
+
+
+def waiting_bundles(streams: dict[str, Stream]) -> list[dict]:
+    """The Ray bundles of every version waiting for capacity now, or retried after a wait and
+    not admitted yet (its deadline not passed): what the autoscaler is asked to add room for."""
+    bundles: list[dict] = []
+    now = time.time()
+    for stream in streams.values():
+        for record in stream.versions.values():
+            wait = record.capacity_wait
+            if wait is None or now >= wait[1] or not record.aspired:
+                continue
+            if record.waiting_for_capacity(now) or (
+                record.state in (HarnessState.NEW, HarnessState.LOADING) and not record.reservations
+            ):
+                bundles += [dict(b) for b in wait[2]]
+    return bundles
 
 
 def serving_map(

@@ -85,6 +85,7 @@ ASPIRE_SERVABLE_VRAM_RESERVED = "aspire_servable_vram_reserved_bytes"
 ASPIRE_HOST_RAM_TOTAL = "aspire_host_ram_total_bytes"
 ASPIRE_HOST_RAM_RESERVED = "aspire_host_ram_reserved_bytes"
 ASPIRE_TRAFFIC_WEIGHT = "aspire_traffic_weight"
+ASPIRE_CAPACITY_WAIT = "aspire_capacity_wait_seconds"
 
 SERVABLE_STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 
@@ -176,6 +177,8 @@ HELP: dict[str, str] = {
     ASPIRE_HOST_RAM_TOTAL: "Total host memory of a node in bytes.",
     ASPIRE_HOST_RAM_RESERVED: "Host memory reserved by placed servables in bytes.",
     ASPIRE_TRAFFIC_WEIGHT: "Share of a model's traffic routed to a version (0..1).",
+    ASPIRE_CAPACITY_WAIT: "Seconds a version refused for lack of room has waited for a node "
+    "(--capacity_wait_s); one series per waiting version.",
 }
 
 # State gauges rendered from `render_aspire`'s `state`: name -> (state key, labels, value field).
@@ -190,6 +193,7 @@ _STATE_GAUGES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ASPIRE_HOST_RAM_TOTAL: ("hosts", ("node",), "total"),
     ASPIRE_HOST_RAM_RESERVED: ("hosts", ("node",), "reserved"),
     ASPIRE_TRAFFIC_WEIGHT: ("traffic", ("model", "version"), "weight"),
+    ASPIRE_CAPACITY_WAIT: ("capacity_waits", ("model", "version"), "seconds"),
 }
 
 
@@ -346,7 +350,8 @@ class MetricsStore:
            "gpus":            [{"node": str, "gpu": int|str, "total": bytes, "reserved": bytes}],
            "hosts":           [{"node": str, "total": bytes, "reserved": bytes}],
            "vram_by_version": [{"model", "version", "node", "gpu", "bytes": bytes}],
-           "traffic":         [{"model": str, "version": int|str, "weight": 0..1}]}
+           "traffic":         [{"model": str, "version": int|str, "weight": 0..1}],
+           "capacity_waits":  [{"model": str, "version": int|str, "seconds": float}]}
         Label values are str() of the fields. Gauge series keep the order of the lists; each
         version gets one aspire_servable_state series per SERVABLE_STATES entry, 1 for its state
         and 0 for the others. A state outside SERVABLE_STATES raises ValueError.

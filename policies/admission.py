@@ -17,6 +17,9 @@ Rules:
   what each GPU would have left after its own share.
 - A CPU-only need (no `vram_bytes`, no `vram_fraction`) reserves host RAM only, on the node
   with the most free RAM (ties: the lowest node id).
+- Ray CPUs (`Need.cpus`, --num_cpus_per_replica): every replica books them on its node, as Ray
+  does, so a node whose Ray CPUs are all taken admits nothing more, whatever its memory; a node
+  without enough is skipped as if it had no room (`free_cpus`, None: CPUs are not counted).
 - Anti-affinity first, best fit second: a need given nodes to `avoid` (the nodes a version's
   other replicas run on) goes elsewhere when it fits elsewhere, so that one node's loss leaves
   the version a replica; where it fits only on those nodes, it goes there.
@@ -67,9 +70,10 @@ class Need:
     vram_bytes: int = 0
     ram_bytes: int = 0
     vram_fraction: float = 0.0
+    cpus: float = 0.0  # Ray CPUs each replica's actor books (--num_cpus_per_replica)
 
     def __post_init__(self) -> None:
-        if self.vram_bytes < 0 or self.ram_bytes < 0 or self.vram_fraction < 0:
+        if self.vram_bytes < 0 or self.ram_bytes < 0 or self.vram_fraction < 0 or self.cpus < 0:
             raise ValueError(f"resource needs cannot be negative: {self}")
 
     @property
@@ -96,6 +100,11 @@ class Placement:
     gpu_index: int | None  # None for a CPU-only placement
     vram_bytes: int
     ram_bytes: int
+    cpus: float = 0.0
+
+
+# Ray CPU counts are floats summed and subtracted: a need fits when it is within this of free.
+CPU_EPSILON = 1e-6
 
 
 def estimate_vram_bytes(
@@ -135,6 +144,7 @@ def replica_need(
     declared_ram_bytes: int | None = None,
     measured_vram_bytes: int | None = None,
     gpu_memory_fraction: float = 0.0,
+    cpus: float = 0.0,
 ) -> Need:
     """What one replica of a version reserves.
 
@@ -147,18 +157,19 @@ def replica_need(
       declared `vram`): each replica books that share of its GPU's memory instead of the
       estimate (`Need.vram_fraction`); its TensorFlow is capped to it. A model's declared
       `vram` is more specific than the server-wide flag and wins.
+    - `cpus`: the Ray CPUs each replica's actor books (--num_cpus_per_replica).
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     ram = declared_ram_bytes if declared_ram_bytes is not None else ram_estimate_bytes
     if device == "cpu":
-        return Need(0, ram)
+        return Need(0, ram, cpus=cpus)
     if declared_vram_bytes is not None:
-        return Need(declared_vram_bytes, ram)
+        return Need(declared_vram_bytes, ram, cpus=cpus)
     vram = estimate_vram_bytes(variable_bytes)
     if measured_vram_bytes:
         vram = min(vram, measured_vram_bytes)
-    return Need(vram, ram, max(gpu_memory_fraction, 0.0))
+    return Need(vram, ram, max(gpu_memory_fraction, 0.0), cpus)
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,7 @@ class Refusal:
     """A need that fits nowhere: `reason` is a bounded label (the admission-refusals metric),
     `message` TF Serving's RESOURCE_EXHAUSTED text, naming the servable and the largest room."""
 
-    reason: str  # "gpu_memory", "host_ram", "no_gpus" or "no_nodes"
+    reason: str  # "gpu_memory", "host_ram", "cpus", "no_gpus" or "no_nodes"
     message: str
     code = "RESOURCE_EXHAUSTED"
 
@@ -180,13 +191,15 @@ def place(
     free_ram: Callable[[str], int],
     on: tuple[str, int | None] | None = None,
     avoid: frozenset[str] = frozenset(),
+    free_cpus: Callable[[str], float] | None = None,
 ) -> Placement | Refusal:
     """Where one replica's `need` goes (the rules above), or why it fits nowhere.
 
-    `gpus` and `nodes` are the inventory; `free_vram(gpu)` and `free_ram(node)` what is left
-    there after the reservations held now. `on` = (node, GPU index or None) allows that place
-    only (a shared host's further replicas go where its first one went). `avoid`: nodes taken
-    only when the need fits nowhere else (anti-affinity)."""
+    `gpus` and `nodes` are the inventory; `free_vram(gpu)`, `free_ram(node)` and
+    `free_cpus(node)` what is left there after the reservations held now (`free_cpus` None:
+    Ray CPUs are not counted). `on` = (node, GPU index or None) allows that place only (a
+    shared host's further replicas go where its first one went). `avoid`: nodes taken only
+    when the need fits nowhere else (anti-affinity)."""
     if on is not None:
         nodes = [n for n in nodes if n == on[0]]
         gpus = [g for g in gpus if (g.node_id, g.index) == on]
@@ -198,10 +211,25 @@ def place(
             [n for n in nodes if n not in avoid],
             free_vram,
             free_ram,
+            free_cpus=free_cpus,
         )
         if isinstance(elsewhere, Placement):
             return elsewhere
     prefix = f"Insufficient resources to load servable {servable}"
+    if free_cpus is not None and need.cpus > 0 and nodes:
+        cpu_nodes = {n for n in nodes if free_cpus(n) + CPU_EPSILON >= need.cpus}
+        if not cpu_nodes:  # no node can start the replica's actor
+            without = place(servable, need, gpus, nodes, free_vram, free_ram)
+            if isinstance(without, Refusal):  # memory is short too: that reason comes first
+                return without
+            most = min(nodes, key=lambda n: (-free_cpus(n), n))
+            return Refusal(
+                "cpus",
+                f"{prefix}; needs {need.cpus:g} Ray CPUs (--num_cpus_per_replica), most free "
+                f"on a node is {max(free_cpus(most), 0.0):g} (node {most[:12]})",
+            )
+        nodes = [n for n in nodes if n in cpu_nodes]
+        gpus = [g for g in gpus if g.node_id in cpu_nodes]
     if not need.gpu:
         if not nodes:
             return Refusal(
@@ -216,7 +244,7 @@ def place(
                 f"{prefix}; needs {format_bytes(need.ram_bytes)} of host RAM, largest free "
                 f"block is {format_bytes(max(free, 0))} (node {node[:12]})",
             )
-        return Placement(node, None, 0, need.ram_bytes)
+        return Placement(node, None, 0, need.ram_bytes, need.cpus)
 
     gpus = sorted(gpus, key=lambda g: (g.node_id, g.index))
     left = {(g.node_id, g.index): free_vram(g) - need.vram_on(g) for g in gpus}
@@ -228,7 +256,7 @@ def place(
     both = [g for g in fits if free_ram(g.node_id) >= need.ram_bytes]
     if both:
         best = min(both, key=lambda g: (room(g), g.node_id, g.index))
-        return Placement(best.node_id, best.index, need.vram_on(best), need.ram_bytes)
+        return Placement(best.node_id, best.index, need.vram_on(best), need.ram_bytes, need.cpus)
     if not gpus:
         what = (
             f"{need.vram_fraction:g} of a GPU's memory (--per_process_gpu_memory_fraction)"

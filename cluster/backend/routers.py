@@ -93,6 +93,18 @@ class RouterFleet:
             }
             return dict(self._nodes)
 
+    def cpus_on(self, node: str, head: bool) -> float:
+        """Ray CPUs the routers book on a node (the inventory keeps them from the replicas):
+        every node with EveryNode, the head alone with HeadOnly."""
+        if self._options.proxy_location == "HeadOnly" and not head:
+            return 0.0
+        return ROUTER_NUM_CPUS * self._per_node
+
+    def booked_cpus(self) -> dict[str, float]:
+        """Node id -> Ray CPUs the routers book there, for the nodes last synced."""
+        with self._lock:
+            return {node: ROUTER_NUM_CPUS * self._per_node for node in self._nodes}
+
     @property
     def _per_node(self) -> int:
         return max(1, self._options.num_router_replicas)

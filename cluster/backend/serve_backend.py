@@ -80,6 +80,7 @@ class ServeBackend:
             declared_ram_bytes=settings.ram_bytes if settings else None,
             measured_vram_bytes=measured_vram_bytes,
             gpu_memory_fraction=fraction,
+            cpus=self.options.num_cpus,
         )
         return need, self._replicas(name)
 
@@ -270,10 +271,11 @@ class ServeBackend:
         return max(1, self.options.shared_host_replicas)
 
     def host_block(self, device: str) -> Need:
-        """What one host books: the --shared_host_ram (and, on a GPU, --shared_host_vram)."""
+        """What one host books: the --shared_host_ram (and, on a GPU, --shared_host_vram), and
+        its replica's Ray CPUs."""
         opts = self.options
         vram = opts.shared_host_vram_bytes if device == "gpu" else 0
-        return Need(vram, opts.shared_host_ram_bytes)
+        return Need(vram, opts.shared_host_ram_bytes, cpus=opts.num_cpus)
 
     def load_shared(self, name: str, version: int, path: str, slot: HostSlot) -> Deployed:
         return self._shared.load_shared(name, version, path, slot)

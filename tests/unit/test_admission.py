@@ -123,6 +123,49 @@ def test_cpu_only_need_reserves_ram_on_the_node_with_most_free_ram():
     assert [row["reserved"] for row in r.ram_snapshot()] == [6 * GIB, 3 * GIB]
 
 
+def test_ray_cpus_are_booked_per_node_and_a_node_out_of_cpus_admits_nothing_more():
+    # head: 0.75 Ray CPUs left for replicas (its router holds 0.25), worker: 1
+    r = Reservations([], {"head": 64 * GIB, "w1": 8 * GIB}, {"head": 0.75, "w1": 1.0})
+    need = Need(ram_bytes=GIB, cpus=0.5)
+    first = r.reserve(S % 1, need)
+    assert first == Placement("head", None, 0, GIB, 0.5)  # most free RAM, CPUs fit
+    second = r.reserve(S % 2, need)  # head has 0.25 left: the worker takes it
+    assert isinstance(second, Placement) and second.node_id == "w1"
+    r.reserve(S % 3, Need(ram_bytes=GIB, cpus=0.5))  # the worker's last half CPU
+    message = refusal(r, S % 4, need, reason="cpus")
+    assert "needs 0.5 Ray CPUs (--num_cpus_per_replica), most free on a node is 0.25" in message
+    assert [row["cpus"] for row in r.ram_snapshot()] == [
+        {"total": 0.75, "reserved": 0.5, "free": 0.25},
+        {"total": 1.0, "reserved": 1.0, "free": 0.0},
+    ]
+    r.release(S % 1)
+    assert r.reserve(S % 4, need).node_id == "head"  # released CPUs count again
+
+
+def test_a_gpu_need_goes_only_to_a_gpu_on_a_node_with_the_cpus_it_books():
+    r = Reservations(
+        [Gpu("a", 0, 16 * GIB), Gpu("b", 0, 40 * GIB)],
+        {"a": 64 * GIB, "b": 64 * GIB},
+        {"a": 0.0, "b": 1.0},
+    )
+    placed = r.reserve(S % 1, Need(8 * GIB, GIB, cpus=1.0))  # best fit would be a's GPU
+    assert (placed.node_id, placed.gpu_index, placed.cpus) == ("b", 0, 1.0)
+
+
+def test_a_need_short_of_memory_as_well_as_cpus_is_refused_for_the_memory():
+    r = Reservations([], {"n1": 8 * GIB}, {"n1": 0.0})
+    assert "host RAM" in refusal(r, S % 1, Need(ram_bytes=16 * GIB, cpus=1.0), reason="host_ram")
+    assert "Ray CPUs" in refusal(r, S % 2, Need(ram_bytes=GIB, cpus=1.0), reason="cpus")
+
+
+def test_without_cpu_counts_and_with_zero_cpu_needs_cpus_never_refuse():
+    assert isinstance(
+        Reservations([], {"n1": 8 * GIB}).reserve(S % 1, Need(0, GIB, cpus=64)), Placement
+    )
+    r = Reservations([], {"n1": 8 * GIB}, {"n1": 0.0})
+    assert isinstance(r.reserve(S % 1, Need(0, GIB)), Placement)
+
+
 def test_refusals_with_nothing_known():
     r = Reservations([], {})
     assert "no GPUs are known" in refusal(r, "a", Need(GIB), "no_gpus")

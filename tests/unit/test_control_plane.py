@@ -2,6 +2,7 @@
 store and cluster stand in for Ray Serve, the GCS and Ray's node table."""
 
 import threading
+import time
 
 import pytest
 
@@ -57,6 +58,7 @@ def cluster_of(backend, gpus=1):
         inventory=lambda declared: (
             [Gpu("n1", i, 16 * GIB) for i in range(gpus)],
             {"n1": 64 * GIB},
+            {"n1": 8.0},
         ),
         servable_apps=lambda: set(backend.apps),
         app_prefix=lambda name: f"app-{name}-v",
@@ -182,7 +184,7 @@ def test_nodes_that_join_or_leave_get_or_lose_their_routers_and_status_lists_the
         return {n: {"app": f"aspire-router-{n}", "address": f"10.0.0.{n[1]}"} for n in alive}
 
     cluster = ClusterView(
-        inventory=lambda declared: ([], dict(nodes)),
+        inventory=lambda declared: ([], dict(nodes), {n: 8.0 for n in nodes}),
         servable_apps=lambda: set(backend.apps),
         app_prefix=lambda name: f"app-{name}-v",
         running_replicas=lambda: {f"aspire-router-{n}": 1 for n in nodes},
@@ -221,4 +223,51 @@ def test_nodes_that_join_or_leave_get_or_lose_their_routers_and_status_lists_the
         assert len(synced) == 3
     finally:
         plane.shutdown(5)
+        plane.manager.shutdown()
+
+
+def test_a_version_that_fits_nowhere_asks_the_autoscaler_and_loads_on_the_gpu_that_joins(models):
+    class BigBackend(MemoryBackend):
+        def need(self, name, version, path, has_gpus, measured_vram_bytes):
+            return Need(32 * GIB, GIB, cpus=0.5), 1
+
+    backend, sent = BigBackend(), []
+    gpus = [[Gpu("n1", 0, 16 * GIB)]]
+    cluster = ClusterView(
+        inventory=lambda declared: (
+            list(gpus[0]),
+            {g.node_id: 64 * GIB for g in gpus[0]},
+            {g.node_id: 4.0 for g in gpus[0]},
+        ),
+        servable_apps=lambda: set(backend.apps),
+        app_prefix=lambda name: f"app-{name}-v",
+        aspire_cpus=lambda: {"n1": 0.25},
+        request_resources=sent.append,
+    )
+    plane = build_control_plane(
+        ManagerConfig(models, poll_wait_s=0.05, inventory_refresh_s=0.05, capacity_wait_s=600),
+        backend,
+        MemoryStore(),
+        cluster,
+        restarted=False,
+        state_prefix=PREFIX,
+    )
+    plane.start()
+    try:
+        wait_until = time.monotonic() + 10
+        # the first sync clears what an earlier manager may have asked for, the wait asks
+        while not sent or sent[-1] != [{"CPU": 0.25}, {"CPU": 0.5, "GPU": 1.0}]:
+            assert time.monotonic() < wait_until, sent
+            time.sleep(0.01)
+        assert plane.model_status("m")[1][0]["state"] == "LOADING"
+        assert plane.describe()["capacity_waits"]["m"]["2"]["bundles"] == [{"CPU": 0.5, "GPU": 1.0}]
+        assert 'aspire_capacity_wait_seconds{model="m",version="2"}' in plane.metrics_page()
+        gpus[0] = [Gpu("n1", 0, 16 * GIB), Gpu("n2", 0, 40 * GIB)]  # a 40 GiB GPU node joins
+        assert plane.manager.wait_for_models(["m"], 10) == {"pending": [], "failed": {}}
+        assert plane.model_status("m")[1][0]["state"] == "AVAILABLE"
+        while sent[-1] != []:  # nothing waits: the request is cleared
+            assert time.monotonic() < wait_until + 10, sent
+            time.sleep(0.01)
+    finally:
+        assert plane.shutdown(5)
         plane.manager.shutdown()

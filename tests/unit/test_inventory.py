@@ -128,7 +128,7 @@ def node(node_id, gpus=0, memory=8 * GIB, alive=True):
 
 
 def test_declared_gpus_go_to_nodes_with_ray_gpus_only():
-    gpus, ram = nodes_inventory(
+    gpus, ram, _ = nodes_inventory(
         [node("head"), node("w1", gpus=2), node("dead", gpus=2, alive=False)],
         "2x16GiB",
         probe=lambda n: pytest.fail("no probe when declared"),
@@ -138,7 +138,7 @@ def test_declared_gpus_go_to_nodes_with_ray_gpus_only():
 
 
 def test_a_declaration_never_invents_gpus_ray_cannot_see():
-    gpus, _ = nodes_inventory([node("w1", gpus=1)], "2x16GiB", probe=None)
+    gpus, _, _ = nodes_inventory([node("w1", gpus=1)], "2x16GiB", probe=None)
     assert gpus == [Gpu("w1", 0, 16 * GIB)]
 
 
@@ -149,18 +149,37 @@ def test_without_a_declaration_each_gpu_node_is_probed():
         probed.append(node_id)
         return [Gpu(node_id, 0, 80 * GIB, used_by_others_bytes=GIB)]
 
-    gpus, _ = nodes_inventory([node("head"), node("w1", gpus=1)], None, probe)
+    gpus, _, _ = nodes_inventory([node("head"), node("w1", gpus=1)], None, probe)
     assert probed == ["w1"]
     assert gpus == [Gpu("w1", 0, 80 * GIB, GIB)]
 
 
+def test_ray_cpus_for_replicas_are_the_nodes_cpus_less_what_aspire_books_there():
+    head = node("head")
+    head["Resources"]["node:__internal_head__"] = 1.0
+    seen = []
+
+    def held(node_id, is_head):
+        seen.append((node_id, is_head))
+        return 0.5 if is_head else 3.0  # more than the worker has: never below 0
+
+    _, _, cpus = nodes_inventory([head, node("w1"), node("dead", alive=False)], None, None, held)
+    assert cpus == {"head": 1.5, "w1": 0.0}
+    assert seen == [("head", True), ("w1", False)]
+    assert nodes_inventory([node("w1")], None, None)[2] == {"w1": 2.0}  # nothing held
+
+
 def test_capacity_grows_with_a_new_node_or_less_foreign_use_only():
-    base = ([Gpu("n", 0, 16 * GIB, GIB)], {"n": 8 * GIB})
+    cpus = {"n": 1.0}
+    base = ([Gpu("n", 0, 16 * GIB, GIB)], {"n": 8 * GIB}, cpus)
     assert not capacity_grew(base, base)
-    assert capacity_grew(base, ([Gpu("n", 0, 16 * GIB, 0)], {"n": 8 * GIB}))
-    assert capacity_grew(base, (base[0] + [Gpu("m", 0, GIB)], {"n": 8 * GIB, "m": GIB}))
-    assert not capacity_grew(base, ([Gpu("n", 0, 16 * GIB, 2 * GIB)], {"n": 8 * GIB}))
-    assert not capacity_grew(base, ([], {}))  # a node leaving frees nothing
+    assert capacity_grew(base, ([Gpu("n", 0, 16 * GIB, 0)], {"n": 8 * GIB}, cpus))
+    assert capacity_grew(
+        base, (base[0] + [Gpu("m", 0, GIB)], {"n": 8 * GIB, "m": GIB}, {**cpus, "m": 1.0})
+    )
+    assert capacity_grew(base, (base[0], base[1], {"n": 2.0}))  # more Ray CPUs
+    assert not capacity_grew(base, ([Gpu("n", 0, 16 * GIB, 2 * GIB)], {"n": 8 * GIB}, cpus))
+    assert not capacity_grew(base, ([], {}, {}))  # a node leaving frees nothing
 
 
 def test_aspire_pids_finds_processes_marked_as_replicas():

@@ -59,7 +59,7 @@ class NodeBackend:
 
 
 def inventory(*nodes, gpu=16 * GIB):
-    return [Gpu(n, 0, gpu) for n in nodes], {n: 64 * GIB for n in nodes}
+    return [Gpu(n, 0, gpu) for n in nodes], {n: 64 * GIB for n in nodes}, {n: 8.0 for n in nodes}
 
 
 @pytest.fixture

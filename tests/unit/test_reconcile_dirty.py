@@ -332,7 +332,7 @@ def test_the_control_plane_applying_settings_moves_a_version_to_its_new_placemen
         backend,
         MemoryStore(),
         ClusterView(
-            inventory=lambda declared: ([], {"n1": 8 * GIB}),
+            inventory=lambda declared: ([], {"n1": 8 * GIB}, {"n1": 8.0}),
             servable_apps=set,
             app_prefix=lambda name: f"{name}-",
         ),
