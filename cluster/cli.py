@@ -215,14 +215,14 @@ def status_table(described: dict) -> str:
             )
         lines += [""] + _table(rows)
     if resources.get("hosts"):
-        rows = [("NODE", "HOST RAM", "RESERVED", "FREE", "")]
+        rows = [("NODE", "HOST RAM", "RESERVED", "FREE", "RAY CPUS (FREE/FOR REPLICAS)")]
         rows += [
             (
                 h["node"][:12],
                 format_bytes(h["total"]),
                 format_bytes(h["reserved"]),
                 format_bytes(h["free"]),
-                "",
+                f"{h['cpus']['free']:g}/{h['cpus']['total']:g}" if "cpus" in h else "",
             )
             for h in resources["hosts"]
         ]

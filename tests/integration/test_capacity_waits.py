@@ -28,7 +28,7 @@ from tests.support.ray_nodes import RayNode
 pytestmark = pytest.mark.ray
 HALF_PLUS_TWO = DATA / "saved_model_half_plus_two_cpu" / "00000123"
 HEAD_IP = "127.0.0.5"
-WAIT_S = 90  # --capacity_wait_s: room for a node start on a loaded 2-core machine
+WAIT_S = 60  # --capacity_wait_s: room for a node start on a loaded 2-core machine
 IDLE_TIMEOUT_MINUTES = 0.25  # the autoscaler removes a node idle this long
 
 

@@ -250,3 +250,44 @@ def test_a_waiting_version_is_pending_for_start_up_and_an_expired_one_has_failed
     waiting.capacity_wait = (time.time() - 10, time.time() - 1, ({"CPU": 1.0},))
     assert status.models_pending({"m": stream}, ["m"]) == []
     assert status.models_failed({"m": stream}, ["m"])["m"]["state"] == "END"
+
+
+def test_the_status_table_shows_a_capacity_wait_and_each_nodes_ray_cpus():
+    import re
+
+    from cluster.cli import status_table
+
+    described = {
+        "models": {
+            "m": [{"version": 1, "state": "LOADING", "error_code": "OK", "error_message": ""}]
+        },
+        "capacity_waits": {
+            "m": {
+                "1": {
+                    "since": 0.0,
+                    "until": 600.0,
+                    "bundles": [{"CPU": 1.0}, {"CPU": 1.0}],
+                    "reason": "Insufficient resources to load servable m",
+                }
+            }
+        },
+        "resources": {
+            "hosts": [
+                {
+                    "node": "head",
+                    "total": GIB,
+                    "reserved": 0,
+                    "free": GIB,
+                    "holders": {},
+                    "cpus": {"total": 1.75, "reserved": 1.0, "free": 0.75},
+                }
+            ]
+        },
+    }
+    table = status_table(described)
+    assert re.search(
+        r"m\s+1\s+LOADING\s+waiting for capacity until \d\d:\d\d:\d\d, asked the autoscaler for "
+        r"2 x \{CPU: 1\}: Insufficient resources to load servable m",
+        table,
+    ), table
+    assert re.search(r"head\s+1.0 GiB\s+0 B\s+1.0 GiB\s+0.75/1.75", table), table

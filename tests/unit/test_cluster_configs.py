@@ -763,3 +763,24 @@ def test_shellcheck_entrypoint_and_ray_up_commands(tmp_path):
                 [shellcheck, "--exclude=SC2016", str(script)], capture_output=True, text=True
             )
             assert result.returncode == 0, f"{path.name}: {cmd}\n{result.stdout}"
+
+
+def test_the_autoscaling_configs_let_a_version_wait_for_the_node_it_asks_for():
+    """Where Ray's autoscaler can add nodes (the AWS config, KubeRay with in-tree autoscaling),
+    Aspire waits for capacity instead of refusing at once (docs/operations.md, "Capacity that
+    grows with demand"); the local provider's fixed machines cannot grow, so it refuses at once."""
+    aws = load_yaml(RAY_UP_DIR / "gpu-cloud.yaml")
+    [argv] = serve_lines_of({"head_start_ray_commands": aws["head_start_ray_commands"]})
+    assert check_serve(argv).capacity_wait_s > 0
+    assert any("--autoscaling-config" in c for c in aws["head_start_ray_commands"])
+    local = load_yaml(RAY_UP_DIR / "local.yaml")
+    [argv] = serve_lines_of({"head_start_ray_commands": local["head_start_ray_commands"]})
+    assert check_serve(argv).capacity_wait_s == 0
+    docs = kuberay_docs()
+    [cluster] = by_kind(docs, "RayCluster")
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    [group] = cluster["spec"]["workerGroupSpecs"]
+    assert group["maxReplicas"] > group["minReplicas"] >= 0
+    [(_container, argv)] = driver_commands(docs)
+    args = check_serve(argv)
+    assert args.capacity_wait_s > 0 and args.num_cpus_per_replica > 0
