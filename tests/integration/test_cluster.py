@@ -4,9 +4,9 @@ no GPUs and workers with one logical GPU each, every node on its own loopback ad
 node's routers answer on the node's own address. The tests run in order on
 the same cluster: the replicas of a version spread over two workers; a node that joins gets its
 routers; a worker SIGKILLed under load costs its version nothing but the requests in flight on
-it, and its replica is re-placed on another node. The head runs with Redis behind its GCS; the
-test of its loss is written but skipped (see its reason). Each test prints the figures
-docs/operations.md quotes."""
+it, and its replica is re-placed on another node; the head (Redis behind its GCS) SIGKILLed
+under load through a worker's router fails no request, and a head started again on the same
+Redis adopts what kept serving. Each test prints the figures docs/operations.md quotes."""
 
 from __future__ import annotations
 
@@ -300,10 +300,6 @@ def test_a_worker_killed_under_load_costs_only_requests_in_flight_and_its_replic
     assert on_cpu.json() == {"predictions": [2.5]}
 
 
-@pytest.mark.skip(
-    reason="issue 33, part 2, not done: on this 2-CPU machine the head's restart on the same "
-    "Redis, and Serve's controller after it, do not come back reliably (docs/operations.md)"
-)
 def test_the_head_s_loss_fails_no_request_through_a_worker_and_a_new_head_adopts_what_served(
     cluster,
 ):
