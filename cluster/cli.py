@@ -69,6 +69,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
 
     try:
         config = manager_config(args)
+        config.fingerprint = flags_fingerprint(args)
         options = server_options(args, auth_digest, admin_digest)
     except AspireError as err:
         print(f"Failed to start server. Error: {err.code}: {err.message}", file=sys.stderr)
@@ -118,7 +119,7 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     manager = follower = None
     try:
-        manager = launcher.start(config, options)
+        manager = launcher.start(config, options, adopt=not embedded)
         logs.quiet_libraries()  # Serve's driver logger, configured when Serve was imported
         follower = EventFollower(
             lambda seq, timeout_s: ray.get(manager.events.remote(seq, timeout_s)), logs.show
@@ -153,6 +154,19 @@ def serve_main(args: argparse.Namespace, logs: CliLogging) -> int:
         ray.shutdown()
         log.info("stopped in %.1f s", time.monotonic() - stopping)
     return 0
+
+
+def flags_fingerprint(args: argparse.Namespace) -> str:
+    """A digest of every flag `aspire serve` was given (files by path, not contents): a later
+    `aspire serve --address` with the same flags adopts the running manager."""
+    import hashlib
+    import json
+
+    def plain(value):  # a set (the flags given) in a stable order: str() of one is not
+        return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+    flags = json.dumps(vars(args), sort_keys=True, default=plain)
+    return hashlib.sha256(flags.encode()).hexdigest()
 
 
 def status_table(described: dict) -> str:

@@ -95,6 +95,9 @@ class ManagerConfig:
     # The routers' options: the manager runs them on the nodes that serve the ports
     # (cluster/backend/routers.py). None: no routers (a control plane driven by tests).
     server: ServerOptions | None = None
+    # What `aspire serve` was started with (cluster/cli.py `flags_fingerprint`): a later
+    # `aspire serve --address` with the same flags adopts this manager instead of replacing it
+    fingerprint: str = ""
 
 
 class ControlBackend(Backend, Protocol):

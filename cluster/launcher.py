@@ -19,7 +19,7 @@ from ray import serve
 from cluster.backend.routers import router_apps
 from cluster.backend.serve_state import delete_apps
 from cluster.control_plane import ManagerConfig
-from cluster.manager_actor import start_manager
+from cluster.manager_actor import running_manager, start_manager
 from config.options import ServerOptions
 from core.names import APP_PREFIX
 
@@ -39,9 +39,23 @@ def set_serve_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def start(config: ManagerConfig, options: ServerOptions):
+def start(config: ManagerConfig, options: ServerOptions, adopt: bool = False):
     """Bring Aspire up; returns the manager actor handle. Raises AspireError (e.g. a label that
-    points at a version that is not available) before anything is left running."""
+    points at a version that is not available) before anything is left running.
+
+    `adopt`: a manager already running on the cluster with the same flags
+    (`config.fingerprint`) is kept with everything it serves, as after its driver's restart
+    (the head's loss, a pod restarted): its routers are synced and nothing is reloaded.
+    Otherwise a running manager is replaced and its applications deleted."""
+    if adopt:
+        running = running_manager(config.fingerprint)
+        if running is not None:
+            log.info(
+                "Aspire already runs on this cluster with the same flags: adopting it "
+                "(what it serves keeps serving, nothing is reloaded)"
+            )
+            ray.get(running.start_routers.remote())
+            return running
     serve.start(proxy_location="Disabled")
     # applications left by an Aspire that did not shut down
     leftovers = [app for app in serve.status().applications if app.startswith(APP_PREFIX)]

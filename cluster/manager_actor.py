@@ -115,6 +115,7 @@ class ManagerActor:
         self._events = configure_logging()
         protos.load()  # SavedModel metadata is read without TensorFlow's runtime
         self._backend = ServeBackend(config.replica)
+        self._fingerprint = config.fingerprint
         self._routers = (
             None if config.server is None else RouterFleet(config.server, config.replica.data_key)
         )
@@ -137,6 +138,10 @@ class ManagerActor:
         self._plane.start()
 
     # ---- API --------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """The flags `aspire serve` started this manager with (ManagerConfig.fingerprint)."""
+        return self._fingerprint
+
     def ready(self) -> bool:
         return True
 
@@ -228,6 +233,23 @@ class ManagerActor:
     def shutdown(self, timeout_s: float = 120.0) -> bool:
         """Unload every version and stop the loops (cluster/control_plane.py `shutdown`)."""
         return self._plane.shutdown(timeout_s)
+
+
+def running_manager(fingerprint: str, timeout_s: float = 120.0) -> Any:
+    """The manager that runs on this cluster with the same flags (`fingerprint`), for a new
+    `aspire serve` to adopt; None when there is none, or it runs with other flags. A manager
+    that Ray is bringing back (a head restarted on the same Redis) answers once it restored
+    its state: it is waited for up to `timeout_s`."""
+    try:
+        actor = ray.get_actor(MANAGER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
+    try:
+        theirs: Any = ray.get(actor.fingerprint.remote(), timeout=timeout_s)
+    except Exception as exc:  # gone, or not answering: it is replaced
+        log.warning("the Aspire manager on this cluster did not answer: %s", exc)
+        return None
+    return actor if fingerprint and theirs == fingerprint else None
 
 
 def start_manager(config: ManagerConfig) -> Any:  # the actor's ActorHandle

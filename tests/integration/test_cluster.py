@@ -42,6 +42,7 @@ class Cluster:
         self.head: RayNode | None = None
         self.workers: dict[str, RayNode] = {}  # loopback address -> node
         self.server: Served | None = None
+        self.flags: tuple[str, ...] = ()  # what `aspire serve` runs with
         self.redis: RedisServer | None = None
         # short: Ray's Unix socket paths live under it. Kept afterwards, as /tmp/ray is.
         self.head_temp = tempfile.mkdtemp(prefix="aspire-head-", dir="/tmp")
@@ -139,7 +140,7 @@ def cluster(tmp_path_factory):
         c.start_head()
         c.start_worker("127.0.0.2")
         c.start_worker("127.0.0.3")
-        c.server = Served(
+        c.flags = (
             f"--address=127.0.0.1:{c.gcs_port}",
             f"--model_config_file={config}",
             f"--aspire_config_file={settings}",
@@ -149,6 +150,7 @@ def cluster(tmp_path_factory):
             "--port=0",
             "--bind_node_ip",  # each node's routers on its own address: 127.0.0.N
         )
+        c.server = Served(*c.flags)
         with c.server:
             # The head's address is the machine's own (Ray takes it for a head whatever
             # --node-ip-address says); a worker's router tells it.
@@ -362,12 +364,28 @@ def test_the_head_s_loss_fails_no_request_through_a_worker_and_a_new_head_adopts
         v2_after = time.monotonic() - restarted
     failed = [(sent, o) for _, _, sent, _, o in load.done if o != "ok"]
     pids_after = {p["pid"] for p in cluster.status()["placements"]["spread"]["1"]}
+    # `aspire serve` started again with the same flags (ray up's head commands, a driver pod
+    # that Kubernetes restarts) adopts the manager that carried on: nothing is reloaded.
+    asked = time.monotonic()
+    with Served(*cluster.flags) as again:
+        adopted_in = time.monotonic() - asked
+        assert again.out.find(r"Aspire already runs on this cluster with the same flags"), "".join(
+            again.out.lines
+        )
+        assert {p["pid"] for p in cluster.status()["placements"]["spread"]["1"]} == pids_before
+        r = requests.post(
+            f"{worker_url}/v1/models/on_cpu/versions/2:predict",
+            json={"instances": [1.0]},
+            timeout=30,
+        )
+        assert r.json() == {"predictions": [2.5]}
     print(
         f"head SIGKILLed under 8 clients on a worker's router: {served_while_away} answered "
         f"in the {30:.0f} s without a head, {len(load.done)} in all, {len(failed)} failed; "
         f"status while away: 503 in {status_took:.1f} s; after the head's restart `aspire "
         f"status` answered in {status_after:.1f} s, the version added meanwhile served in "
-        f"{v2_after:.1f} s; spread v1 kept its replicas {sorted(pids_before)}"
+        f"{v2_after:.1f} s; spread v1 kept its replicas {sorted(pids_before)}; `aspire serve` "
+        f"run again with the same flags adopted the manager, ready in {adopted_in:.1f} s"
     )
     assert failed == []
     assert served_while_away > 0

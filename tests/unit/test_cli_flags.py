@@ -2,6 +2,7 @@
 rules, the values of the flags Aspire added, and the options built from them."""
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,31 @@ def test_status_still_refuses_unknown_arguments_and_serve_version_prints_version
     assert r.returncode == 2 and "unrecognized arguments: --no_such_flag=1" in r.stderr
     r = aspire("serve", "--version")
     assert r.returncode == 0 and r.stdout.startswith("Aspire ModelServer: ")
+
+
+def test_the_same_flags_give_the_same_fingerprint_and_any_other_flag_another():
+    """A new `aspire serve --address` adopts the running manager only when its flags are the
+    same (cluster/launcher.py `start`)."""
+    from cluster.cli import flags_fingerprint
+
+    base = ("--address=10.0.0.1:6379", "--model_config_file=/etc/m.config", "--port=8500")
+    same = flags_fingerprint(parse(*base))
+    assert same == flags_fingerprint(parse(*reversed(base)))  # order does not matter
+    assert len(same) == 64
+    for other in ("--port=8600", "--capacity_wait_s=60", "--num_replicas=2"):
+        assert flags_fingerprint(parse(*base, other)) != same, other
+    # the same in another process, whose string hashing (and so a set's order) differs
+    code = (
+        "import sys; from cluster.cli import flags_fingerprint; from cluster.flags import "
+        "build_parser; print(flags_fingerprint(build_parser().parse_args(sys.argv[1:])))"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, "serve", "--model_base_path=/m", *base],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        assert out.stdout.strip() == same
