@@ -54,6 +54,12 @@ def start(config: ManagerConfig, options: ServerOptions, adopt: bool = False):
                 "Aspire already runs on this cluster with the same flags: adopting it "
                 "(what it serves keeps serving, nothing is reloaded)"
             )
+            # the config files as they read now (a model added while no driver ran); models
+            # and settings that did not change are not touched
+            ray.get(running.set_settings.remote(config.settings))
+            code, message = ray.get(running.reload_config.remote(config.models, config.labels))
+            if code != "OK":  # it keeps the configuration in force: what serves is not touched
+                log.error("the adopted manager refused the config files: %s: %s", code, message)
             ray.get(running.start_routers.remote())
             return running
     serve.start(proxy_location="Disabled")

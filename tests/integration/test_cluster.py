@@ -365,7 +365,15 @@ def test_the_head_s_loss_fails_no_request_through_a_worker_and_a_new_head_adopts
     failed = [(sent, o) for _, _, sent, _, o in load.done if o != "ok"]
     pids_after = {p["pid"] for p in cluster.status()["placements"]["spread"]["1"]}
     # `aspire serve` started again with the same flags (ray up's head commands, a driver pod
-    # that Kubernetes restarts) adopts the manager that carried on: nothing is reloaded.
+    # that Kubernetes restarts) adopts the manager that carried on: nothing is reloaded, and a
+    # model added to the config file while no driver ran is served.
+    shutil.copytree(HALF_PLUS_TWO, cluster.base / "models" / "late" / "1")
+    config = cluster.base / "models.config"
+    late = (
+        f'config {{ name: "late" base_path: "{cluster.base / "models" / "late"}" '
+        'model_platform: "tensorflow" }\n}\n'
+    )
+    config.write_text(config.read_text().rstrip().removesuffix("}") + late)
     asked = time.monotonic()
     with Served(*cluster.flags) as again:
         adopted_in = time.monotonic() - asked
@@ -373,6 +381,8 @@ def test_the_head_s_loss_fails_no_request_through_a_worker_and_a_new_head_adopts
             again.out.lines
         )
         assert {p["pid"] for p in cluster.status()["placements"]["spread"]["1"]} == pids_before
+        r = requests.post(f"{worker_url}/v1/models/late:predict", json={"instances": [1.0]})
+        assert r.json() == {"predictions": [2.5]}
         r = requests.post(
             f"{worker_url}/v1/models/on_cpu/versions/2:predict",
             json={"instances": [1.0]},
