@@ -69,6 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.suite import stop_server  # noqa: E402
 from core.names import app_name  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
@@ -608,17 +609,7 @@ class Soak:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        stop_server(self.proc, 120)
         shutil.rmtree(self.work, ignore_errors=True)
 
     def alive(self) -> bool:

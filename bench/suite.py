@@ -260,17 +260,23 @@ class Server:
         return self.log.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                pass
+        stop_server(self.proc, 90)
+
+
+def stop_server(proc: subprocess.Popen, grace_s: float) -> None:
+    """Ctrl-C a server started in its own process group, wait up to `grace_s` for its clean
+    stop, then SIGKILL whatever of the group is left (Ray's daemons of an embedded cluster)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
             pass
-        self.proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _tree_cpu_ticks(root: int) -> dict[int, int]:
