@@ -16,6 +16,10 @@ Systems, each started alone (nothing else serving while it is measured):
   j  aspire-grpcs the same TLS server, gRPC Predict over TLS (read against e)
   k  aspire-rtls  `aspire serve` on a Ray started with Ray's TLS settings (RAY_USE_TLS): REST in
                   plain, the direct path router -> replica in mutual TLS (read against d)
+  l  aspire-shadow `aspire serve` with a rollout in its shadow phase: every request copied to
+                  a candidate (the same model as version 2), answers compared (read against d)
+  m  aspire-shdfull the same with `max_pending` 0: every copy dropped, a full shadow queue
+                  (read against d)
 Models: half_plus_two (TF Serving's test model: per-request overhead), and two MLPs exported by
 bench/models.py, one 784-float row per request: 784-1024-1024-10 (light compute) and
 784-4096-4096-10 (milliseconds per row, little more per batch: where batching should pay).
@@ -71,12 +75,18 @@ SYSTEMS = {
     "i": "aspire-https",
     "j": "aspire-grpcs",
     "k": "aspire-rtls",
+    "l": "aspire-shadow",
+    "m": "aspire-shdfull",
 }
 TLS_PAIRS = (
     ("i", "d"),
     ("j", "e"),
     ("k", "d"),
 )  # (over TLS, the same API in plain) in the same run
+# (shadowing, the same REST API without a rollout) in the same run: (l) a rollout's shadow
+# phase copies 100 % of the requests to a candidate (the same model as version 2); (m) the
+# same with `max_pending` 0, so that every copy is dropped: what a full shadow queue costs
+SHADOW_PAIRS = (("l", "d"), ("m", "d"))
 README_BEGIN, README_END = "<!-- suite:begin -->", "<!-- suite:end -->"
 BATCHING = """max_batch_size { value: 32 }
 batch_timeout_micros { value: 1000 }
@@ -436,8 +446,11 @@ class Suite:
         )
 
     def concurrency_of(self, system: str) -> list[int]:
-        """TLS systems run at the lowest and highest concurrency only (their cost is a ratio)."""
+        """TLS systems run at the lowest and highest concurrency only (their cost is a ratio);
+        shadowing at 1 and 8 (where its target is set), or at the lowest where neither runs."""
         levels = self.args.concurrency
+        if system in "lm":
+            return [c for c in levels if c in (1, 8)] or [min(levels)]
         return sorted({min(levels), max(levels)}) if system in "ijk" else levels
 
     def sweep_rest(
@@ -484,6 +497,10 @@ class Suite:
             self.aspire(batching=False, tls=True)
         if "k" in sel:
             self.aspire(batching=False, ray_tls=True)
+        if "l" in sel:
+            self.aspire(batching=False, shadow_pending=64)
+        if "m" in sel:
+            self.aspire(batching=False, shadow_pending=0)
 
     def model_args(self) -> list[str]:
         return [f"{n}={m.version_dir}" for n, m in self.models.items()]
@@ -572,15 +589,31 @@ class Suite:
             "RAY_TLS_CA_CERT": str(ca.cert),
         }
 
-    def aspire(self, batching: bool, tls: bool = False, ray_tls: bool = False) -> None:
+    def aspire(
+        self,
+        batching: bool,
+        tls: bool = False,
+        ray_tls: bool = False,
+        shadow_pending: int | None = None,
+    ) -> None:
         port, grpc_port = free_port(), free_port()
         config = self.work / "models.config"
+        bases = {n: m.base_path for n, m in self.models.items()}
+        policy = ""
+        if shadow_pending is not None:  # version 2, the candidate, is the same model
+            policy = " model_version_policy { all {} }"
+            for n, m in self.models.items():
+                bases[n] = self.work / f"shadow-{n}"
+                bases[n].mkdir(exist_ok=True)
+                for version in ("1", "2"):
+                    if not (bases[n] / version).exists():
+                        (bases[n] / version).symlink_to(Path(m.version_dir).resolve())
         config.write_text(
             "model_config_list {\n"
             + "".join(
-                f'config {{ name: "{n}" base_path: "{m.base_path}" '
-                f'model_platform: "tensorflow" }}\n'
-                for n, m in self.models.items()
+                f'config {{ name: "{n}" base_path: "{bases[n]}" '
+                f'model_platform: "tensorflow"{policy} }}\n'
+                for n in self.models
             )
             + "}\n"
         )
@@ -592,6 +625,17 @@ class Suite:
         ]
         if tls:
             flags.append(f"--ssl_config_file={self.ssl_config()}")
+        if shadow_pending is not None:
+            side = self.work / "aspire.json"
+            # a shadow phase that never ends: no window is ever judged (min_requests)
+            shadow = {"percent": 100, "duration_s": 1, "max_pending": shadow_pending}
+            rollout = {
+                "candidate": 2,
+                "shadow": shadow,
+                "analysis": {"interval_s": 3600, "min_requests": 10**9},
+            }
+            side.write_text(json.dumps({"models": {n: {"rollout": rollout} for n in self.models}}))
+            flags.append(f"--aspire_config_file={side}")
         if batching:
             params = self.work / "batching.txt"
             params.write_text(BATCHING)
@@ -607,6 +651,11 @@ class Suite:
         try:
             if batching:
                 self.sweep_rest("f", url_of, server.proc.pid)
+                return
+            if shadow_pending is not None:
+                for name in self.models:
+                    wait_shadowing(f"http://127.0.0.1:{port}", name)
+                self.sweep_rest("l" if shadow_pending else "m", url_of, server.proc.pid)
                 return
             if ray_tls:
                 self.sweep_rest("k", url_of, server.proc.pid)
@@ -647,6 +696,17 @@ class Suite:
 
 
 # ------------------------------------------------------------------------------------ report
+
+
+def wait_shadowing(url: str, name: str, timeout_s: float = 120) -> None:
+    """Wait until the rollout of `name` is in its shadow phase (both versions AVAILABLE)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = requests.get(f"{url}/v1/models/{name}/rollout", timeout=30)
+        if r.status_code == 200 and r.json()["phase"] == "shadow":
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the rollout of {name} never reached its shadow phase")
 
 
 def by_key(rows: list[dict]) -> dict:
@@ -737,6 +797,15 @@ def targets(
         (m["rss"] - m["model_bytes"]) / 2**20 for m in memory if m["what"].startswith("Aspire rep")
     ]
     check("a version replica's RSS beyond its model", max(beyond) if beyond else None, 450, mib)
+    for system, words in (("l", "shadowing 100 %"), ("m", "a full shadow queue")):
+        for c in (1, 8):
+            pair = get(hpt, system, c, "p50"), get(hpt, "d", c, "p50")
+            check(
+                f"p50 at concurrency {c}, half_plus_two, with {words} / without a rollout",
+                pair[0] / pair[1] if all(pair) else None,
+                1.10,
+                x,
+            )
     if reconcile:
         check(
             f"reconcile pass, {reconcile['models']} models x {reconcile['versions']} versions "
@@ -750,10 +819,29 @@ def targets(
 
 def tls_cost(rows: list[dict]) -> list[str]:
     """TLS against plain, the same API of the same code in the same run."""
+    return pair_table(
+        rows,
+        TLS_PAIRS,
+        "**The cost of TLS** (over TLS / plain: (i) and (j) `--ssl_config_file` on the ports, "
+        "(k) Ray's TLS settings, which put the direct path in mutual TLS)",
+    )
+
+
+def shadow_cost(rows: list[dict]) -> list[str]:
+    """Shadowing against no rollout, the same REST API in the same run."""
+    return pair_table(
+        rows,
+        SHADOW_PAIRS,
+        "**The cost of shadow traffic** (a rollout's shadow phase / no rollout: (l) 100 % of "
+        "the requests copied to a candidate, (m) every copy dropped, the queue being full)",
+    )
+
+
+def pair_table(rows: list[dict], pairs: tuple, heading: str) -> list[str]:
     k = by_key(rows)
     table = []
     for model, system, c in ((r["model"], r["system"], r["concurrency"]) for r in rows):
-        plain = dict(TLS_PAIRS).get(system)
+        plain = dict(pairs).get(system)
         if plain and (model, plain, c) in k:
             t, p = k[(model, system, c)], k[(model, plain, c)]
             table.append(
@@ -764,8 +852,7 @@ def tls_cost(rows: list[dict]) -> list[str]:
     if not table:
         return []
     return [
-        "**The cost of TLS** (over TLS / plain: (i) and (j) `--ssl_config_file` on the ports, "
-        "(k) Ray's TLS settings, which put the direct path in mutual TLS)",
+        heading,
         "",
         "| model | systems | conc. | p50 | p99 | req/s | server CPU / req |",
         "|---|---|---|---|---|---|---|",
@@ -823,6 +910,7 @@ def markdown(rows, memory, reconcile, args, started: str, host: str, rev: str) -
             "",
         ]
     lines += tls_cost(rows)
+    lines += shadow_cost(rows)
     lines += ["**Targets**", "", *targets(rows, reconcile, args.concurrency, memory), ""]
     return "\n".join(lines)
 
@@ -842,7 +930,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated")
     parser.add_argument("--models", default="half_plus_two,mlp,mlp_wide", help="comma-separated")
-    parser.add_argument("--systems", default="abcdefghijk", help="letters a-k")
+    parser.add_argument("--systems", default="abcdefghijklm", help="letters a-m")
     parser.add_argument("--reconcile-models", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")

@@ -212,6 +212,10 @@ def status_table(described: dict) -> str:
                 )
             )
     lines = _table(rows)
+    if described.get("rollouts"):
+        from cluster.rollouts import status_lines
+
+        lines += [""] + status_lines(described["rollouts"])
     resources = described.get("resources") or {}
     if resources.get("gpus"):
         rows = [("NODE", "GPU", "TOTAL", "RESERVED", "FREE", "HELD BY")]

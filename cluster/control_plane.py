@@ -49,6 +49,8 @@ from cluster.manager_state import (
 )
 from cluster.publisher import ROUTER_POLL_S, Publisher
 from cluster.reservations import Reservations
+from cluster.rollouts import TICK_S as ROLLOUT_TICK_S
+from cluster.rollouts import Rollouts
 from cluster.source import FileSystemSource, RemoteLister
 from config.aspire_config import ModelSettings, load_aspire_config
 from config.model_config import (
@@ -179,6 +181,7 @@ def build_control_plane(
         log.warning("The manager restarted: taking over the state it stored")
         restored = manager.restore(cluster.servable_apps, cluster.app_prefix)
     plane = ControlPlane(config, backend, store, cluster, state_prefix, inventory, book, manager)
+    plane.rollouts = Rollouts(store, state_prefix, restarted=restarted)
     plane.restored = restored
     if restarted:
         plane.nodes_gone_while_down()
@@ -230,6 +233,8 @@ class ControlPlane:
         self.restored: dict | None = None  # what a restart adopted (Manager.restore)
         self.routers: dict[str, dict[str, str]] = {}  # node id -> {"app", "address"} (sync)
         self.metrics = metrics.MetricsStore()  # every process's counts, added up
+        self.rollouts = Rollouts()  # build_control_plane gives it the store (cluster/rollouts.py)
+        self._side_traffic: dict[str, tuple] = {}
         self._config_lock = threading.Lock()
         self._settings: dict[str, ModelSettings] = {}
         self._models: dict[str, ModelSource] = {}
@@ -288,6 +293,7 @@ class ControlPlane:
             ("aspire-reconcile", RECONCILE_INTERVAL_S, self.manager.reconcile),
             ("aspire-state", RECONCILE_INTERVAL_S, self.manager.flush_state),
             ("aspire-inventory", config.inventory_refresh_s, self.refresh_inventory),
+            ("aspire-rollouts", ROLLOUT_TICK_S, self.tick_rollouts),
         ]
         if config.model_config_file and config.model_config_file_poll_wait_s > 0:
             loops.append(
@@ -428,9 +434,34 @@ class ControlPlane:
         self._settings = dict(settings)
         self.backend.settings = dict(settings)
         self.manager.settings_changed()  # a model's placement may have changed
-        self.manager.set_traffic({n: s.traffic.weights for n, s in settings.items() if s.traffic})
+        self._side_traffic = {n: s.traffic.weights for n, s in settings.items() if s.traffic}
+        self.rollouts.set_side_traffic(self._side_traffic)
+        self.rollouts.set_specs({n: s.rollout for n, s in settings.items() if s.rollout})
+        self.push_routing()
         for name in self.manager.stream_names():
             self.manager.set_policy(name, self._policy_for(name))
+
+    # ---- rollouts (cluster/rollouts.py) -------------------------------------------------------
+    def push_routing(self) -> None:
+        """Publish every model's split (its rollout's, else the side file's) and the rollouts'
+        routes; the manager publishes only a change."""
+        served = self.manager.serving_map()
+        models = {name: set(versions) for name, versions in served.models.items()}
+        traffic, routes, held_back = self.rollouts.routes(self._side_traffic, models, served.labels)
+        self.manager.set_traffic(traffic, routes, held_back)
+
+    def tick_rollouts(self) -> None:
+        if not self.rollouts.active():
+            return
+        served = self.manager.serving_map()
+        self.rollouts.tick({n: set(v) for n, v in served.models.items()}, served.labels)
+        self.push_routing()
+
+    def apply_shipment(self, deltas: metrics.Deltas) -> None:
+        """A router's or replica's shipment: counts into the metrics store, and what routers
+        saw of rollouts into their windows (once per shipment, like the counts)."""
+        if self.metrics.apply(deltas) and deltas.rollout:
+            self.rollouts.observe(deltas.rollout)
 
     def _policy_for(self, name: str) -> str:
         settings = self._settings.get(name)
@@ -500,6 +531,7 @@ class ControlPlane:
             "labels": self.manager.labels(),
             "manager": {"restored": self.restored},
             "traffic": {n: [list(kv) for kv in w] for n, w in self.manager.traffic().items()},
+            "rollouts": self.rollouts.status(),
             "placements": placements,
             "missing_replicas": self.manager.missing_replicas(),
             "routers": [
@@ -526,7 +558,9 @@ class ControlPlane:
         """The Prometheus page: TF Serving's families, then Aspire's (with per-version labels
         and the state gauges read now)."""
         self.metrics.apply(self.manager.drain_metrics())
+        self.metrics.apply(self.rollouts.recorder.drain())
         state = self.manager.metrics_state()
+        state.update(self.rollouts.metrics_state())
         state["gpus"] = [
             {"node": g["node"], "gpu": g["index"], "total": g["total"], "reserved": g["reserved"]}
             for g in self.book.snapshot()

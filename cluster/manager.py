@@ -97,6 +97,8 @@ class Manager:
         self._streams: dict[str, Stream] = {}
         self._labels: dict[str, dict[str, int]] = {}  # model -> label -> version
         self._traffic: dict[str, tuple] = {}  # model -> ((label or version, weight), ...)
+        self._rollouts: dict = {}  # model -> RolloutRoute of its running rollout
+        self._held_back: dict[str, int] = {}  # model -> candidate of a rollout not started
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # serving map or status changed
         # the clock times loads and the router grace; the sleeper waits for the grace, and for load
@@ -394,6 +396,8 @@ class Manager:
                 self._traffic,
                 self.publisher.epoch,
                 self.publisher.poll_s,
+                self._rollouts,
+                self._held_back,
             )
 
     def wait_for_serving_map(
@@ -413,10 +417,21 @@ class Manager:
         if refusal is not None:
             raise refusal
 
-    def set_traffic(self, traffic: dict[str, tuple]) -> None:
-        """Replace the weighted traffic splits of unversioned requests (Aspire side file)."""
+    def set_traffic(
+        self,
+        traffic: dict[str, tuple],
+        rollouts: dict | None = None,
+        held_back: dict[str, int] | None = None,
+    ) -> None:
+        """Replace the weighted traffic splits of unversioned requests (the side file's, with
+        the rollouts' in place of their models'), the running rollouts' routes
+        (core/contracts.py RolloutRoute) and the candidates held back from unversioned
+        requests; publishes only a change."""
+        rollouts, held_back = dict(rollouts or {}), dict(held_back or {})
         with self._lock:
-            self._traffic = dict(traffic)
+            if (self._traffic, self._rollouts, self._held_back) == (traffic, rollouts, held_back):
+                return
+            self._traffic, self._rollouts, self._held_back = dict(traffic), rollouts, held_back
             self._publish()
 
     def traffic(self) -> dict[str, tuple]:

@@ -165,6 +165,23 @@ class ManagerActor:
     def serving_map(self) -> ServingMap:
         return self._plane.serving_map()
 
+    # ---- rollouts (cluster/rollouts.py) -------------------------------------------------------
+    def rollout(self, name: str) -> tuple[str, object]:
+        """GET /v1/models/NAME/rollout: ("OK", status) or (code, message)."""
+        try:
+            return "OK", self._plane.rollouts.status(name)
+        except AspireError as err:
+            return err.code, err.message
+
+    def rollout_command(self, name: str, action: str) -> tuple[str, object]:
+        """POST /v1/models/NAME/rollout:pause|resume: ("OK", status) or (code, message)."""
+        try:
+            status = self._plane.rollouts.command(name, action)
+        except AspireError as err:
+            return err.code, err.message
+        self._plane.push_routing()
+        return "OK", status
+
     def refresh_inventory(self) -> None:
         self._plane.refresh_inventory()
 
@@ -181,8 +198,9 @@ class ManagerActor:
 
     # ---- metrics ------------------------------------------------------------------------------
     def apply_metrics(self, deltas: metrics.Deltas) -> None:
-        """Deltas shipped by a router or model replica (core/metrics.py `Shipper`)."""
-        self._plane.metrics.apply(deltas)
+        """Deltas shipped by a router or model replica (core/metrics.py `Shipper`), with what
+        routers saw of rollouts."""
+        self._plane.apply_shipment(deltas)
 
     def metrics_page(self) -> str:
         return self._plane.metrics_page()

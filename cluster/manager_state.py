@@ -311,11 +311,26 @@ def _config_types() -> dict[str, type]:
     from config.aspire_config import Autoscaling, ModelSettings
     from config.model_config import ModelSource
     from policies.aspired import All, Latest, Specific
+    from policies.rollout import RolloutSpec, ShadowPhase, Step
+    from policies.rollout_judge import Analysis, ShadowLimits
     from policies.traffic import TrafficSplit
 
     return {
         f"{t.__module__}.{t.__qualname__}": t
-        for t in (ModelSource, Latest, All, Specific, ModelSettings, Autoscaling, TrafficSplit)
+        for t in (
+            ModelSource,
+            Latest,
+            All,
+            Specific,
+            ModelSettings,
+            Autoscaling,
+            TrafficSplit,
+            RolloutSpec,
+            ShadowPhase,
+            Step,
+            Analysis,
+            ShadowLimits,
+        )
     }
 
 

@@ -156,6 +156,8 @@ def serving_map(
     traffic: dict[str, tuple],
     epoch: int,
     poll_s: float,
+    rollouts: dict | None = None,
+    held_back: dict[str, int] | None = None,
 ) -> ServingMap:
     """The READY versions and where they run, labels, traffic splits and every known model name,
     at `epoch` (core/contracts.py)."""
@@ -173,6 +175,8 @@ def serving_map(
         models=models,
         labels={name: dict(m) for name, m in labels.items()},
         traffic={name: tuple(split) for name, split in traffic.items() if split},
+        rollouts=dict(rollouts or {}),
+        held_back=dict(held_back or {}),
         known=frozenset(streams),
         poll_s=poll_s,
     )

@@ -34,6 +34,9 @@ Contract:
   - "device": "gpu" or "cpu"; null (default) means GPU when the cluster has GPUs, else CPU.
   - "vram", "ram": what one replica needs, as a size string ("10GiB", "512MiB"); null means
     estimated from the SavedModel (policies/admission.py `replica_need`).
+  - "rollout": a progressive rollout of a candidate version (config/rollout_config.py): a
+    shadow phase and canary steps judged against the baseline, run by cluster/rollouts.py.
+    While it is declared it decides the unversioned split, in place of "traffic".
   - "placement": "dedicated" (default: each version runs in replicas of its own) or "shared"
     (each version loads into a shared host that holds many; cluster/host_admission.py). A shared
     model takes its replicas, request limits and health checks from its host, so "num_replicas",
@@ -50,10 +53,12 @@ import json
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+from config.rollout_config import parse_rollout
 from core.errors import AspireError
 from core.units import parse_bytes
 from policies.admission import DEVICES
 from policies.lifecycle import ASPIRED_VERSION_POLICIES
+from policies.rollout import RolloutSpec
 from policies.traffic import TrafficSplit
 
 DEFAULT_VERSION_POLICY = "availability_preserving"
@@ -71,6 +76,7 @@ _MODEL_KEYS = (
     "vram",
     "ram",
     "placement",
+    "rollout",
 )
 PLACEMENTS = ("dedicated", "shared")
 _HOST_WIDE_KEYS = (
@@ -139,6 +145,7 @@ class ModelSettings:
     placement: str = (
         "dedicated"  # or "shared": loaded into a shared host (cluster/host_admission.py)
     )
+    rollout: RolloutSpec | None = None  # config/rollout_config.py; decides the split while set
 
 
 class _DuplicateKey(Exception):
@@ -224,6 +231,12 @@ def _model_settings(body: object, fail: Callable[[str], AspireError]) -> ModelSe
                 raise fail(f'{key} does not apply to "placement": "shared" (the host sets it)')
     if device == "cpu" and sizes["vram"]:
         raise fail("vram is declared but device is 'cpu'")
+    rollout = body.get("rollout")
+    if rollout is not None:
+        try:
+            rollout = parse_rollout(rollout)
+        except ValueError as e:
+            raise fail(f"invalid {e}") from None
     return ModelSettings(
         policy,
         traffic,
@@ -236,6 +249,7 @@ def _model_settings(body: object, fail: Callable[[str], AspireError]) -> ModelSe
         queued,
         **checks,
         placement=placement,
+        rollout=rollout,
     )
 
 

@@ -45,16 +45,35 @@ class VersionAddress:
 
 
 @dataclass(frozen=True)
+class RolloutRoute:
+    """What routers do for a model whose rollout runs (cluster/rollouts.py): time every
+    unversioned request that the split sends to `baseline` or `candidate` and ship the figures
+    to the manager's judge; copy `shadow_percent` % of those the baseline answers to the
+    candidate, at most `max_pending` copies pending per router
+    (deployments/router/rollout_tap.py). The split itself is in `ServingMap.traffic`."""
+
+    baseline: int
+    candidate: int
+    shadow_percent: float = 0.0
+    max_pending: int = 64
+
+
+@dataclass(frozen=True)
 class ServingMap:
     """The manager's serving map: AVAILABLE versions of each model and where they run, labels,
-    traffic splits, and every model name the server knows (for metric labels). Built by the
-    manager (cluster/manager.py `serving_map`), numbered by its publisher, and held by each
-    router, which swaps it by one reference assignment: it is never changed in place."""
+    traffic splits, the rollouts that run, and every model name the server knows (for metric
+    labels). Built by the manager (cluster/manager.py `serving_map`), numbered by its
+    publisher, and held by each router, which swaps it by one reference assignment: it is never
+    changed in place."""
 
     epoch: int = -1
     models: dict[str, dict[int, VersionAddress]] = field(default_factory=dict)
     labels: dict[str, dict[str, int]] = field(default_factory=dict)
     traffic: dict[str, tuple] = field(default_factory=dict)
+    rollouts: dict[str, RolloutRoute] = field(default_factory=dict)
+    # model -> the candidate of a rollout that has not started: requests without a version or
+    # label never go to it while another version serves (cluster/rollouts.py)
+    held_back: dict[str, int] = field(default_factory=dict)
     known: frozenset[str] = frozenset()
     poll_s: float = 5.0  # how long a router's long poll waits (the manager's router_poll_s)
 

@@ -86,6 +86,12 @@ ASPIRE_HOST_RAM_TOTAL = "aspire_host_ram_total_bytes"
 ASPIRE_HOST_RAM_RESERVED = "aspire_host_ram_reserved_bytes"
 ASPIRE_TRAFFIC_WEIGHT = "aspire_traffic_weight"
 ASPIRE_CAPACITY_WAIT = "aspire_capacity_wait_seconds"
+ASPIRE_ROLLOUT_PHASE = "aspire_rollout_phase"
+ASPIRE_ROLLOUT_WEIGHT = "aspire_rollout_candidate_weight"
+ASPIRE_ROLLOUT_DIVERGENCE = "aspire_rollout_divergence"
+ASPIRE_ROLLOUT_JUDGEMENTS = "aspire_rollout_judgements_total"
+ASPIRE_SHADOW_REQUESTS = "aspire_rollout_shadow_requests_total"
+ROLLOUT_PHASES = ("waiting", "shadow", "step", "gate", "paused", "promoted", "rolled_back")
 
 SERVABLE_STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 
@@ -140,6 +146,8 @@ COUNTERS = frozenset(
         ASPIRE_REQUESTS,
         ASPIRE_LOAD_ATTEMPTS,
         ASPIRE_ADMISSION_REFUSALS,
+        ASPIRE_ROLLOUT_JUDGEMENTS,
+        ASPIRE_SHADOW_REQUESTS,
     }
 )
 
@@ -159,6 +167,8 @@ LABEL_NAMES: dict[str, tuple[str, ...]] = {
     ASPIRE_ADMISSION_REFUSALS: ("model", "reason"),
     ASPIRE_BATCH_TASKS: ("model", "version"),
     ASPIRE_DROPPED_SERIES: ("metric",),
+    ASPIRE_ROLLOUT_JUDGEMENTS: ("model", "phase", "result"),
+    ASPIRE_SHADOW_REQUESTS: ("model", "outcome"),
 }
 
 HELP: dict[str, str] = {
@@ -179,6 +189,15 @@ HELP: dict[str, str] = {
     ASPIRE_TRAFFIC_WEIGHT: "Share of a model's traffic routed to a version (0..1).",
     ASPIRE_CAPACITY_WAIT: "Seconds a version refused for lack of room has waited for a node "
     "(--capacity_wait_s); one series per waiting version.",
+    ASPIRE_ROLLOUT_PHASE: "1 for the current phase of a model's rollout, 0 for the others.",
+    ASPIRE_ROLLOUT_WEIGHT: "Percent of a model's unversioned requests its rollout's candidate "
+    "takes (0..100).",
+    ASPIRE_ROLLOUT_DIVERGENCE: "The last shadow judgement's divergence of the candidate's "
+    "answers from the baseline's, by output tensor and figure.",
+    ASPIRE_ROLLOUT_JUDGEMENTS: "Rollout windows judged, by model, phase and result "
+    "(pass, fail, inconclusive).",
+    ASPIRE_SHADOW_REQUESTS: "Shadow copies of requests, by model and outcome (compared, "
+    "candidate_error, hard_failure, dropped).",
 }
 
 # State gauges rendered from `render_aspire`'s `state`: name -> (state key, labels, value field).
@@ -194,6 +213,8 @@ _STATE_GAUGES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ASPIRE_HOST_RAM_RESERVED: ("hosts", ("node",), "reserved"),
     ASPIRE_TRAFFIC_WEIGHT: ("traffic", ("model", "version"), "weight"),
     ASPIRE_CAPACITY_WAIT: ("capacity_waits", ("model", "version"), "seconds"),
+    ASPIRE_ROLLOUT_WEIGHT: ("rollout_weights", ("model", "candidate"), "weight"),
+    ASPIRE_ROLLOUT_DIVERGENCE: ("rollout_divergence", ("model", "output", "figure"), "value"),
 }
 
 
@@ -238,9 +259,11 @@ class Deltas:
     histograms: dict[tuple[str, Labels], list] = field(default_factory=dict)
     source: str = ""
     seq: int = 0
+    # what routers saw of rollouts (deployments/router/rollout_tap.py), for the manager's judge
+    rollout: dict | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.counters or self.histograms)
+        return bool(self.counters or self.histograms or self.rollout)
 
 
 class Recorder:
@@ -296,10 +319,10 @@ class MetricsStore:
         self._histograms: dict[str, dict[Labels, list]] = {}
         self._applied: dict[str, int] = {}  # shipper -> last shipment applied
 
-    def apply(self, deltas: Deltas) -> None:
+    def apply(self, deltas: Deltas) -> bool:
         """Add one Recorder's drained deltas. Validates everything first (KeyError for an unknown
         name, ValueError for a bucket count that does not match HISTOGRAM_BUCKETS), so a bad
-        batch changes nothing."""
+        batch changes nothing. False for a shipment applied before (sent again)."""
         for name, _ in deltas.counters:
             if name not in COUNTERS:
                 raise KeyError(name)
@@ -311,7 +334,7 @@ class MetricsStore:
         with self._lock:
             if deltas.source:
                 if deltas.seq <= self._applied.get(deltas.source, 0):
-                    return  # a shipment sent again after a send that timed out but arrived
+                    return False  # sent again after a send that timed out but arrived
                 self._applied[deltas.source] = deltas.seq
             for (name, labels), value in deltas.counters.items():
                 series = self._counters.setdefault(name, {})
@@ -326,6 +349,7 @@ class MetricsStore:
                 else:
                     entry[0] = [a + b for a, b in zip(entry[0], counts, strict=True)]
                     entry[1] += total
+        return True
 
     def _admit(self, name: str, series: dict, labels: Labels) -> Labels:
         """`labels`, or the overflow label set once `name` holds max_series label sets."""
@@ -351,10 +375,14 @@ class MetricsStore:
            "hosts":           [{"node": str, "total": bytes, "reserved": bytes}],
            "vram_by_version": [{"model", "version", "node", "gpu", "bytes": bytes}],
            "traffic":         [{"model": str, "version": int|str, "weight": 0..1}],
-           "capacity_waits":  [{"model": str, "version": int|str, "seconds": float}]}
+           "capacity_waits":  [{"model": str, "version": int|str, "seconds": float}],
+           "rollouts":        [{"model": str, "phase": one of ROLLOUT_PHASES}],
+           "rollout_weights": [{"model": str, "candidate": int, "weight": 0..100}],
+           "rollout_divergence": [{"model", "output", "figure": str, "value": float}]}
         Label values are str() of the fields. Gauge series keep the order of the lists; each
         version gets one aspire_servable_state series per SERVABLE_STATES entry, 1 for its state
-        and 0 for the others. A state outside SERVABLE_STATES raises ValueError.
+        and 0 for the others (a rollout one aspire_rollout_phase series per ROLLOUT_PHASES entry).
+        A state outside SERVABLE_STATES raises ValueError.
         """
         families = dict(_state_gauges(state))
         with self._lock:
@@ -413,6 +441,12 @@ def _state_gauges(state: dict) -> Iterable[tuple[str, list[tuple[Labels, float]]
             )
             servable.append((labels, 1 if s == entry["state"] else 0))
     yield ASPIRE_SERVABLE_STATE, servable
+    phases: list[tuple[Labels, float]] = []
+    for entry in state.get("rollouts", ()):
+        for phase in ROLLOUT_PHASES:
+            labels = (("model", str(entry["model"])), ("phase", phase))
+            phases.append((labels, 1 if phase == entry["phase"] else 0))
+    yield ASPIRE_ROLLOUT_PHASE, phases
     for name, (key, label_names, value_field) in _STATE_GAUGES.items():
         yield (
             name,

@@ -28,9 +28,14 @@ class Shipper:
     counts one twice when a send timed out but arrived."""
 
     def __init__(
-        self, recorder: Recorder, send: Callable[[Deltas], None], period_s: float = SHIP_PERIOD_S
+        self,
+        recorder: Recorder,
+        send: Callable[[Deltas], None],
+        period_s: float = SHIP_PERIOD_S,
+        rollout: Callable[[], dict | None] | None = None,
     ):
         self.recorder, self._send, self._period_s = recorder, send, period_s
+        self._rollout = rollout  # drains what a router saw of rollouts, shipped alongside
         self._source, self._seq = uuid.uuid4().hex, 0
         self._pending: Deltas | None = None
         self._stop = threading.Event()
@@ -48,6 +53,8 @@ class Shipper:
             for _ in range(2):  # the one kept from a failed send, if any, then a fresh one
                 if self._pending is None:
                     deltas = self.recorder.drain()
+                    if self._rollout is not None:
+                        deltas.rollout = self._rollout()
                     if not deltas:
                         return True
                     self._seq += 1

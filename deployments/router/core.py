@@ -7,7 +7,8 @@ around one `RouterCore`, which
    router can still pick it), held as a typed `ServingMap` swapped by one reference assignment;
 2. resolves a request's (name, version, label) to a servable and its `VersionAddress`;
 3. calls the version with the request's bytes (`call`: direct path to a replica, Serve's handle
-   as the fallback; retry, queue limit, timeout and cancellation semantics);
+   as the fallback; retry, queue limit, timeout and cancellation semantics); an inference
+   request of a model whose rollout runs goes through the rollout's tap (`infer`);
 4. asks the manager status and admin questions (`ask_manager`: 503 while it does not answer);
 5. records every request in the metrics.
 """
@@ -19,6 +20,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import ray
@@ -30,6 +32,7 @@ from core.contracts import ServingMap, VersionAddress
 from core.errors import AspireError, invalid_argument, not_found
 from core.metrics_shipper import Shipper
 from deployments.router.replica_client import VersionApp
+from deployments.router.rollout_tap import OBSERVED_METHODS, RolloutTap
 from deployments.wire.direct import decode_answer
 from policies.traffic import TrafficSplit, effective_weights, pick
 
@@ -45,7 +48,8 @@ def resolve(
     serving_map: ServingMap, name: str, version: int | None, label: str | None
 ) -> tuple[int, VersionAddress]:
     """(version, address) of the servable a request names; NOT_FOUND as TF Serving words it.
-    Without a version or label: the traffic split if the model has one, else Latest."""
+    Without a version or label: the traffic split if the model has one, else Latest; never the
+    candidate of a rollout that has not started while another version serves."""
     versions = serving_map.models.get(name, {})
     if label is not None:
         labels = serving_map.labels.get(name, {})
@@ -56,13 +60,17 @@ def resolve(
         if not versions:
             raise not_found(f"Servable not found for request: Latest({name})")
         split = serving_map.traffic.get(name)
+        serving: Collection[int] = versions.keys()
+        held = serving_map.held_back.get(name)
+        if held is not None and held in versions and len(versions) > 1:
+            serving = versions.keys() - {held}  # a rollout's candidate before the rollout starts
         if split:  # Aspire's weighted canary traffic for unversioned requests
             weights = effective_weights(
-                TrafficSplit(split), serving_map.labels.get(name, {}), set(versions)
+                TrafficSplit(split), serving_map.labels.get(name, {}), set(serving)
             )
             version = pick(weights, random.random())
         else:
-            version = max(versions)
+            version = max(serving)
     elif version not in versions:
         raise not_found(f"Servable not found for request: Specific({name}, {version})")
     return version, versions[version]
@@ -83,9 +91,12 @@ class RouterCore:
         self._timeout_s = timeout_s  # --rest_api_timeout_in_ms; None: no limit
         self._data_key = data_key
         self._id = router_id
+        recorder = metrics.Recorder()
+        self.rollout_tap = RolloutTap(recorder)
         self._shipper = Shipper(
-            metrics.Recorder(),
+            recorder,
             lambda deltas: ray.get(self._manager.apply_metrics.remote(deltas), timeout=10),
+            rollout=self.rollout_tap.drain,
         )
         self.map: ServingMap = ray.get(self._manager.serving_map.remote())
         self._apps: dict[str, VersionApp] = {}
@@ -209,6 +220,27 @@ class RouterCore:
                 log.warning("replica lost during a request (%s); retrying once", lost)
                 exclude, lost_in = link, app
         raise AssertionError("unreachable")
+
+    async def infer(
+        self,
+        name: str,
+        unversioned: bool,
+        version: int,
+        address: VersionAddress,
+        method: str,
+        payload: bytes,
+    ) -> bytes:
+        """`call` for an inference request: one that named no version or label, of a model
+        whose rollout runs, goes through the rollout's tap (deployments/router/rollout_tap.py:
+        timed for the judge, copied to the candidate in the shadow phase)."""
+        route = self.map.rollouts.get(name) if unversioned else None
+        if (
+            route is None
+            or method not in OBSERVED_METHODS
+            or version not in (route.baseline, route.candidate)
+        ):
+            return await self.call(address, method, payload)
+        return await self.rollout_tap.call(self, name, route, version, address, method, payload)
 
     def _timed_out(self) -> AspireError:
         # Only a router with a timeout times calls out (a deadline exists only then)

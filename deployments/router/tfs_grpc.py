@@ -216,11 +216,12 @@ class GrpcApi:
             spec = self._model_spec(method, request)
             if spec is None:
                 raise invalid_argument("Missing ModelSpec")
-            name, version, label = spec_target(spec)
+            name, asked, label = spec_target(spec)
             seen.name = name
-            version, address = self.core.resolve(name, version, label)
+            version, address = self.core.resolve(name, asked, label)
             seen.version = str(version)
-            return await self.core.call(address, method, request)
+            unversioned = asked is None and label is None
+            return await self.core.infer(name, unversioned, version, address, method, request)
         except Exception as exc:
             code = fail(grpc_context, exc, method)
         finally:

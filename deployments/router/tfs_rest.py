@@ -47,6 +47,9 @@ INT64_MAX = 2**63 - 1
 # Aspire's own status (every model, where its replicas run, GPU and RAM reservations): not part
 # of TF Serving's grammar, which answers no GET under /v1/ other than /v1/models/...
 ASPIRE_STATUS_PATH = "/v1/aspire/status"
+# Aspire's rollouts (cluster/rollouts.py), in TF Serving's URL style: GET the status of a
+# model's rollout; POST :pause or :resume (an admin call when tokens are on).
+ROLLOUT_PATH = re.compile(r"/v1/models/([^/:]+)/rollout(?::(pause|resume))?")
 HEALTH_PATH = "/healthz"  # Aspire's: 200 while the router serves, open even with auth on
 
 JSON = b"application/json"
@@ -223,6 +226,28 @@ class RestApi:
         self._metrics_path = metrics_path  # None: --monitoring_config_file did not enable it
         self._v2 = V2Rest(core, self._body, header)  # the Open Inference Protocol
 
+    async def _rollout(self, scope, method: str, raw_path: str, match, seen: Seen) -> bytes:
+        name_part, action = match.groups()
+        if (method, action is None) not in (("GET", True), ("POST", False)):
+            raise _malformed(method, raw_path)
+        seen.api = "rollout"
+        try:
+            name = check_name(unquote_to_bytes(name_part).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise invalid_argument(
+                f"Failed to decode model name:{escape(name_part, 256)}"
+            ) from None
+        seen.name = name
+        if action is None:
+            code, payload = await self.core.ask_manager("rollout", name)
+        else:
+            if self._auth.enabled:
+                self._auth.check(header(scope, b"authorization") or None, admin=True)
+            code, payload = await self.core.ask_manager("rollout_command", name, action)
+        if code != "OK":
+            raise AspireError(str(payload), code)
+        return json_body(payload)
+
     async def _body(self, scope, receive) -> bytes:
         """A request body under --rest_api_max_body_bytes, inflated when gzip-encoded."""
         body = await read_body(scope, receive, self._max_body_bytes)
@@ -296,6 +321,9 @@ class RestApi:
         return status, JSON, body, []
 
     async def _answer(self, scope, receive, method: str, raw_path: str, seen: Seen) -> bytes:
+        rollout = ROLLOUT_PATH.fullmatch(raw_path)
+        if rollout is not None:
+            return await self._rollout(scope, method, raw_path, rollout, seen)
         route = parse_path(method, raw_path)
         kind = seen.api = route["kind"]
         seen.name = route.get("name") or ""
@@ -322,4 +350,5 @@ class RestApi:
             tfs_json.signature_name_of(tfs_json.parse_body(body))
             raise
         seen.version = str(version)
-        return await core.call(address, kind, body)
+        unversioned = route["version"] is None and route["label"] is None
+        return await core.infer(route["name"], unversioned, version, address, kind, body)

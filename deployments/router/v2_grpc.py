@@ -133,4 +133,6 @@ class V2Grpc:
         version = parse_version(raw_version.decode("utf-8", "replace"))
         resolved, address = self.core.resolve(name, version, None)
         seen.version = str(resolved)
-        return await self.core.call(address, "v2_grpc_infer", request)
+        return await self.core.infer(
+            name, version is None, resolved, address, "v2_grpc_infer", request
+        )

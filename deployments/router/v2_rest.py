@@ -137,7 +137,14 @@ class V2Rest:
             body = await self._read_body(scope, receive)
             declared = self._header(scope, b"inference-header-content-length").strip()
             length = header_length(declared) if declared else V2_NO_BINARY
-            answer = await core.call(address, "v2_infer", V2_HEADER_LENGTH.pack(length) + body)
+            answer = await core.infer(
+                name,
+                version is None,
+                resolved,
+                address,
+                "v2_infer",
+                V2_HEADER_LENGTH.pack(length) + body,
+            )
             (head,) = V2_HEADER_LENGTH.unpack_from(answer)
             if head == V2_NO_BINARY:
                 return answer[V2_HEADER_LENGTH.size :], [], JSON

@@ -144,6 +144,9 @@ class ReplicaCore:
             return v2_calls.infer(V2_MODEL, payload, "m", 1)
         return v2_calls.metadata(V2_MODEL, "m", 1)
 
+    async def infer(self, name, unversioned, version, address, method, payload) -> bytes:
+        return await self.call(address, method, payload)  # no rollout here
+
     async def ask_manager(self, method: str, *args, **kwargs):
         return True
 

@@ -50,6 +50,48 @@ def export_sleepy_model(version_dir: Path) -> Path:
     return version_dir
 
 
+def export_failing_model(version_dir: Path) -> Path:
+    """half_plus_two's signature (input "x", output "y") whose every run fails: an assertion
+    that no real input meets (INVALID_ARGUMENT from the TF session, as a broken export gives)."""
+    import tensorflow as tf
+
+    class Failing(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            check = tf.debugging.assert_less(x, -1e30, message="this candidate always fails")
+            with tf.control_dependencies([check]):
+                return {"y": x * 0.5 + 2.0}
+
+    module = Failing()
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    return version_dir
+
+
+def export_slow_half_plus_two(version_dir: Path, sleep_ms: int = 40) -> Path:
+    """half_plus_two (input "x", output "y" = x/2+2) that sleeps `sleep_ms` before answering,
+    without using CPU (tf.data's SleepDataset): a candidate slower than its baseline."""
+    import tensorflow as tf
+    from tensorflow.python.data.ops import dataset_ops
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            data = tf.data.Dataset.from_tensors(x)
+            # reading the single element sleeps twice: once for it, once for the end
+            slept = tf.raw_ops.SleepDataset(
+                input_dataset=data._variant_tensor,
+                sleep_microseconds=sleep_ms * 500,
+                output_types=[tf.float32],
+                output_shapes=[tf.TensorShape([None])],
+            )
+            y = dataset_ops._VariantDataset(slept, data.element_spec).get_single_element()
+            return {"y": y * 0.5 + 2.0}
+
+    module = Slow()
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    return version_dir
+
+
 def write_warmup_requests(version_dir: Path, requests: list) -> Path:
     """Write `assets.extra/tf_serving_warmup_requests` with one PredictLog per PredictRequest."""
     import tensorflow as tf

@@ -162,6 +162,7 @@ def test_started_loops_load_what_the_source_finds_and_shutdown_unloads_it(models
         "aspire-reconcile",
         "aspire-state",
         "aspire-inventory",
+        "aspire-rollouts",
         "aspire-side",
     ]
     plane.start()

@@ -25,6 +25,9 @@ class FakeCore:
         self.calls.append(payload)
         return b"\xff" * 8 + b"{}"  # V2_NO_BINARY, then an empty JSON answer
 
+    async def infer(self, name, unversioned, version, address, method, payload) -> bytes:
+        return await self.call(address, method, payload)  # no rollout here
+
     def record(self, seen, protocol, code, seconds) -> None:
         pass
 
