@@ -605,9 +605,9 @@ class Suite:
             for n, m in self.models.items():
                 bases[n] = self.work / f"shadow-{n}"
                 bases[n].mkdir(exist_ok=True)
-                for version in ("1", "2"):
+                for version in ("1", "2"):  # copies: a version may not link out of its base
                     if not (bases[n] / version).exists():
-                        (bases[n] / version).symlink_to(Path(m.version_dir).resolve())
+                        shutil.copytree(m.version_dir, bases[n] / version)
         config.write_text(
             "model_config_list {\n"
             + "".join(

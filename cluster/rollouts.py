@@ -463,8 +463,8 @@ def status_lines(rollouts: dict[str, dict]) -> list[str]:
             details.append(f"  {name}: {s['outcome']}")
         if last:
             figures = "; ".join(
-                f"{c['name']} {c['value']:.4g} ({'ok' if c['passed'] else 'CROSSED'} "
-                f"{c['threshold']:.4g})"
+                f"{c['name']} {c['value']:.4g} ({'ok' if c['passed'] else 'CROSSED'}, "
+                f"limit {c['threshold']:.4g})"
                 for c in last.get("checks", ())
             )
             reason = f" [{last['reason']}]" if last.get("reason") else ""

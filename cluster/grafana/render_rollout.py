@@ -10,7 +10,11 @@ Two range queries through Prometheus's HTTP API (/api/v1/query_range):
   `sum by (version) (rate(aspire_requests_total{model="NAME",code="OK",version!=""}[WINDOW]))`
   (requests that reached a version: status and list calls, which name none, are left out);
 * bottom panel: a state timeline, one lane per version, coloured by the state whose
-  `aspire_servable_state{model="NAME"}` is 1 (START, LOADING, AVAILABLE, UNLOADING, END).
+  `aspire_servable_state{model="NAME"}` is 1 (START, LOADING, AVAILABLE, UNLOADING, END);
+* when the model had a progressive rollout (docs/progressive-delivery.md), a middle panel:
+  the candidate's weight, `aspire_rollout_candidate_weight{model="NAME"}` (%), over the
+  rollout's phases, the phase whose `aspire_rollout_phase{model="NAME"}` is 1 (shadow, step,
+  gate, paused, promoted, rolled_back) shading the background.
 
 `render(...)` is the same thing as a function; it returns what it drew (see `Rollout`). Needs
 matplotlib (drawn with the Agg backend, no display). Only the standard library talks to Prometheus.
@@ -40,6 +44,15 @@ STATE_COLORS = {
     "END": "#7f7f7f",
 }
 UNKNOWN_STATE_COLOR = "#d62728"
+PHASE_COLORS = {
+    "waiting": "#dddddd",
+    "shadow": "#c6dbef",
+    "step": "#fdd0a2",
+    "gate": "#fff3b0",
+    "paused": "#dadaeb",
+    "promoted": "#c7e9c0",
+    "rolled_back": "#fcbba1",
+}
 MAX_POINTS = 11000  # Prometheus refuses range queries with more points per series than this
 
 
@@ -59,6 +72,9 @@ class Rollout:
     rates: dict[str, list[float]] = field(default_factory=dict)
     # version -> [(start, end, state), ...], contiguous runs of one state, in time order
     segments: dict[str, list[tuple[float, float, str]]] = field(default_factory=dict)
+    # the rollout's candidate -> its weight (%) at each of `times`; runs of the rollout's phase
+    weights: dict[str, list[float]] = field(default_factory=dict)
+    phases: list[tuple[float, float, str]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------ queries
@@ -132,6 +148,14 @@ def state_expr(model: str) -> str:
     return f'aspire_servable_state{{model="{_label_value(model)}"}} == 1'
 
 
+def weight_expr(model: str) -> str:
+    return f'aspire_rollout_candidate_weight{{model="{_label_value(model)}"}}'
+
+
+def phase_expr(model: str) -> str:
+    return f'aspire_rollout_phase{{model="{_label_value(model)}"}} == 1'
+
+
 def _version_key(version: str):
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
@@ -153,11 +177,11 @@ def _index(t: float, start: float, step: float) -> int:
 
 
 def _rates(
-    result: list[dict], times: list[float], start: float, step: float
+    result: list[dict], times: list[float], start: float, step: float, lane: str = "version"
 ) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {}
     for series in result:
-        version = series["metric"].get("version", "")
+        version = series["metric"].get(lane, "")
         values = rates.setdefault(version, [0.0] * len(times))
         for t, v in series["values"]:
             i = _index(float(t), start, step)
@@ -168,13 +192,19 @@ def _rates(
 
 
 def _segments(
-    result: list[dict], times: list[float], start: float, step: float
+    result: list[dict],
+    times: list[float],
+    start: float,
+    step: float,
+    lane_label: str = "version",
+    value_label: str = "state",
 ) -> dict[str, list[tuple[float, float, str]]]:
-    """Per version, the state at each step (None where no state was 1), merged into runs."""
+    """Per version (per `lane_label`), the state (the `value_label`) at each step (None where
+    no state was 1), merged into runs."""
     lanes: dict[str, list[str | None]] = {}
     for series in result:
-        version = series["metric"].get("version", "")
-        state = series["metric"].get("state", "?")
+        version = series["metric"].get(lane_label, "")
+        state = series["metric"].get(value_label, "?")
         lane = lanes.setdefault(version, [None] * len(times))
         for t, _ in series["values"]:
             i = _index(float(t), start, step)
@@ -244,8 +274,30 @@ def render(
     segments = _segments(
         query_range(prometheus_url, state_expr(model), start, end, step), times, start, step
     )
+    weights = _rates(
+        query_range(prometheus_url, weight_expr(model), start, end, step),
+        times,
+        start,
+        step,
+        lane="candidate",
+    )
+    phases = _segments(
+        query_range(prometheus_url, phase_expr(model), start, end, step),
+        times,
+        start,
+        step,
+        lane_label="model",
+        value_label="phase",
+    ).get(model, [])
     rollout = Rollout(
-        out=out, step=step, rate_window=rate_window, times=times, rates=rates, segments=segments
+        out=out,
+        step=step,
+        rate_window=rate_window,
+        times=times,
+        rates=rates,
+        segments=segments,
+        weights=weights,
+        phases=phases,
     )
     _draw(rollout, model, start, end, title)
     return rollout
@@ -267,14 +319,26 @@ def _draw(rollout: Rollout, model: str, start: float, end: float, title: str | N
     palette = plt.get_cmap("tab10")
     version_color = {v: palette(i % 10) for i, v in enumerate(versions)}
 
-    fig, (top, bottom) = plt.subplots(
-        2,
-        1,
-        figsize=(11, 6.5),
-        sharex=True,
-        dpi=110,
-        gridspec_kw={"height_ratios": [3, max(1.2, 0.45 * max(1, len(versions)))]},
-    )
+    lanes_ratio = max(1.2, 0.45 * max(1, len(versions)))
+    if rollout.phases or rollout.weights:
+        fig, (top, middle, bottom) = plt.subplots(
+            3,
+            1,
+            figsize=(11, 8.5),
+            sharex=True,
+            dpi=110,
+            gridspec_kw={"height_ratios": [3, 1.6, lanes_ratio]},
+        )
+        _draw_rollout(middle, rollout, to_dt, Patch)
+    else:
+        fig, (top, bottom) = plt.subplots(
+            2,
+            1,
+            figsize=(11, 6.5),
+            sharex=True,
+            dpi=110,
+            gridspec_kw={"height_ratios": [3, lanes_ratio]},
+        )
     fig.suptitle(
         title
         or f"{model}: version rollout "
@@ -367,6 +431,35 @@ def _draw(rollout: Rollout, model: str, start: float, end: float, title: str | N
     os.makedirs(directory, exist_ok=True)
     fig.savefig(rollout.out, format="png")
     plt.close(fig)
+
+
+def _draw_rollout(axis, rollout: Rollout, to_dt, patch) -> None:
+    """The candidate's weight over the rollout's phases (the phase shades the background)."""
+    seen: list[str] = []
+    for run_start, run_end, phase in rollout.phases:
+        axis.axvspan(
+            to_dt(run_start), to_dt(run_end), color=PHASE_COLORS.get(phase, "#eeeeee"), lw=0
+        )
+        if phase not in seen:
+            seen.append(phase)
+    x = [to_dt(t) for t in rollout.times]
+    for candidate, weights in sorted(rollout.weights.items()):
+        axis.step(
+            x, weights, where="post", color="#d62728", lw=1.5, label=f"candidate v{candidate}"
+        )
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("candidate %")
+    axis.grid(True, alpha=0.3)
+    axis.set_title("rollout: the candidate's weight over its phases", fontsize=9, loc="left")
+    handles = [patch(facecolor=PHASE_COLORS.get(p, "#eeeeee"), label=p) for p in seen]
+    lines, labels = axis.get_legend_handles_labels()
+    axis.legend(
+        handles=lines + handles,
+        labels=labels + seen,
+        loc="upper left",
+        fontsize=7,
+        ncol=len(handles) + len(lines),
+    )
 
 
 # ---------------------------------------------------------------------------------------- CLI

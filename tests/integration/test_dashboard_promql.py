@@ -81,6 +81,18 @@ def exposition(scrape: int) -> str:
     lines.append("# TYPE aspire_traffic_weight gauge")
     lines.append('aspire_traffic_weight{model="m",version="1"} 0.25')
     lines.append('aspire_traffic_weight{model="m",version="2"} 0.75')
+    lines.append("# TYPE aspire_rollout_phase gauge")
+    for phase in ("waiting", "shadow", "step", "gate", "paused", "promoted", "rolled_back"):
+        lines.append(f'aspire_rollout_phase{{model="m",phase="{phase}"}} {int(phase == "step")}')
+    lines.append("# TYPE aspire_rollout_candidate_weight gauge")
+    lines.append('aspire_rollout_candidate_weight{model="m",candidate="2"} 25')
+    lines.append("# TYPE aspire_rollout_shadow_requests_total counter")
+    for outcome in ("compared", "dropped"):
+        lines.append(f'aspire_rollout_shadow_requests_total{{model="m",outcome="{outcome}"}} {n}')
+    lines.append("# TYPE aspire_rollout_divergence gauge")
+    lines.append('aspire_rollout_divergence{model="m",output="y",figure="mean_abs_diff"} 0')
+    lines.append("# TYPE aspire_rollout_judgements_total counter")
+    lines.append(f'aspire_rollout_judgements_total{{model="m",phase="step",result="pass"}} {n}')
     lines.append("# TYPE :tensorflow:serving:request_count counter")
     lines.append(f':tensorflow:serving:request_count{{model_name="m",status="OK"}} {n}')
     lines.append("# TYPE :tensorflow:serving:request_latency histogram")
@@ -132,6 +144,8 @@ def test_every_dashboard_expression_parses_and_returns_data(exporter):
             for r in prom.query(next(e for e in exprs if "aspire_servable_state" in e))
         }
         assert by_version == {"1": 4.0, "2": 3.0}  # UNLOADING, AVAILABLE
+        phase = prom.query(next(e for e in exprs if "aspire_rollout_phase" in e))
+        assert [float(r["value"][1]) for r in phase] == [3.0]  # step, the third phase
         # the TF Serving p99 is in seconds (microseconds / 1e6): 4000 us lies in the 5000 us bucket
         p99 = prom.query(next(e for e in exprs if ":tensorflow:serving:request_latency" in e))
         assert 0.001 < float(p99[0]["value"][1]) <= 0.005

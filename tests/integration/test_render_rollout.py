@@ -62,6 +62,17 @@ def states(t: float | None) -> dict[str, str]:
     return {"1": v1, "2": v2}
 
 
+def rollout_phase(t: float | None) -> tuple[str, float]:
+    """The progressive rollout's phase and the candidate's weight (%) at scenario time t."""
+    if t is None or t < 3:
+        return "waiting", 0.0
+    if t < 4:
+        return "shadow", 0.0
+    if t < 7:
+        return "step", 50.0
+    return "promoted", 100.0
+
+
 class RolloutExporter(TextExporter):
     def __init__(self):
         self.created, self.t0 = time.time(), None
@@ -98,6 +109,12 @@ class RolloutExporter(TextExporter):
                     f'aspire_servable_state{{model="m",version="{version}",'
                     f'state="{state}"}} {1 if state == now else 0}'
                 )
+        phase, weight = rollout_phase(t)
+        lines.append("# TYPE aspire_rollout_phase gauge")
+        for name in ("waiting", "shadow", "step", "gate", "paused", "promoted", "rolled_back"):
+            lines.append(f'aspire_rollout_phase{{model="m",phase="{name}"}} {int(name == phase)}')
+        lines.append("# TYPE aspire_rollout_candidate_weight gauge")
+        lines.append(f'aspire_rollout_candidate_weight{{model="m",candidate="2"}} {weight:g}')
         return "\n".join(lines) + "\n"
 
 
@@ -154,7 +171,10 @@ def test_render_rollout_png(exporter, tmp_path):
     seen = {v: [state for _, _, state in runs] for v, runs in rollout.segments.items()}
     assert seen["1"][0] == "AVAILABLE" and seen["1"][-2:] == ["UNLOADING", "END"]
     assert seen["2"][-1] == "AVAILABLE" and "LOADING" in seen["2"]
-    for runs in rollout.segments.values():
+    phases = [phase for _, _, phase in rollout.phases]
+    assert phases[-3:] == ["shadow", "step", "promoted"], phases
+    assert max(rollout.weights["2"]) == 100 and rollout.weights["2"][0] == 0
+    for runs in [*rollout.segments.values(), rollout.phases]:
         assert all(a < b for a, b, _ in runs)
         assert all(prev[1] <= nxt[0] + 1e-6 for prev, nxt in zip(runs, runs[1:], strict=False))
 
@@ -189,6 +209,6 @@ def test_cli_reports_prometheus_errors(tmp_path, capsys):
         rollout = render_rollout.render(
             prom.url, "nothing", now - 60, now, str(tmp_path / "empty.png")
         )
-        assert rollout.rates == {} and rollout.segments == {}
+        assert rollout.rates == {} and rollout.segments == {} and rollout.phases == []
         assert (tmp_path / "empty.png").stat().st_size > 5_000
     assert not (tmp_path / "x.png").exists()

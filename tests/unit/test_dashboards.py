@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core import metrics
 from tests.support.dashboards import (
     GRAFANA,
     ROOT,
@@ -106,13 +107,20 @@ def test_expected_panels_and_metrics():
     assert {"row", "timeseries", "state-timeline"} <= types
     assert "TF Serving metrics" in by_title and by_title["TF Serving metrics"]["type"] == "row"
     state = [p for p in by_title.values() if p["type"] == "state-timeline"]
-    assert len(state) == 1 and "aspire_servable_state" in state[0]["targets"][0]["expr"]
-    mapped = {
-        m["text"]
-        for mapping in state[0]["fieldConfig"]["defaults"]["mappings"]
-        for m in mapping["options"].values()
-    }
-    assert mapped == {"START", "LOADING", "AVAILABLE", "UNLOADING", "END"}
+    assert [p["title"] for p in state] == ["Servable state by version", "Rollout phase"]
+
+    def mapped(panel) -> set[str]:
+        return {
+            m["text"]
+            for mapping in panel["fieldConfig"]["defaults"]["mappings"]
+            for m in mapping["options"].values()
+        }
+
+    assert "aspire_servable_state" in state[0]["targets"][0]["expr"]
+    assert mapped(state[0]) == {"START", "LOADING", "AVAILABLE", "UNLOADING", "END"}
+    assert "aspire_rollout_phase" in state[1]["targets"][0]["expr"]
+    assert mapped(state[1]) == set(metrics.ROLLOUT_PHASES)
+    assert by_title["Progressive delivery"]["type"] == "row"
 
     exprs = "\n".join(raw_expressions(d))
     for metric in [
@@ -128,6 +136,11 @@ def test_expected_panels_and_metrics():
         "aspire_host_ram_total_bytes",
         "aspire_host_ram_reserved_bytes",
         "aspire_traffic_weight",
+        "aspire_rollout_phase",
+        "aspire_rollout_candidate_weight",
+        "aspire_rollout_shadow_requests_total",
+        "aspire_rollout_divergence",
+        "aspire_rollout_judgements_total",
         ":tensorflow:serving:request_count",
         ":tensorflow:serving:request_latency_bucket",
     ]:
