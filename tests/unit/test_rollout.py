@@ -286,3 +286,93 @@ def test_router_never_sends_unversioned_requests_to_a_held_back_candidate():
     assert resolve(both, "m", 2, None)[0] == 2  # asked for by number: served
     alone = ServingMap(models={"m": {2: address}}, held_back={"m": 2})
     assert resolve(alone, "m", None, None)[0] == 2  # nothing else serves
+
+
+# ---- the router's tap ---------------------------------------------------------------------------
+class TapCore:
+    """RouterCore's part the tap uses: `map` and `call`; the candidate (version 2) fails or
+    answers differently, slowly, as told."""
+
+    def __init__(self, candidate_fails: bool = False, candidate_delay_s: float = 0.0):
+        from core.contracts import ServingMap, VersionAddress
+
+        self.v1, self.v2 = VersionAddress(apps=(("v1", 1),)), VersionAddress(apps=(("v2", 1),))
+        self.map = ServingMap(models={"m": {1: self.v1, 2: self.v2}})
+        self.candidate_fails, self.delay_s = candidate_fails, candidate_delay_s
+        self.calls: list[str] = []
+
+    async def call(self, address, method, payload):
+        import asyncio
+
+        self.calls.append(address.apps[0][0])
+        if address is self.v2:
+            await asyncio.sleep(self.delay_s)
+            if self.candidate_fails:
+                raise AspireError("candidate broke", "INTERNAL")
+            return b'{"predictions": [3.5]}'
+        return b'{"predictions": [2.5]}'
+
+
+def run_tap(core, route, requests: int):
+    import asyncio
+
+    from core import metrics
+    from deployments.router.rollout_tap import RolloutTap
+
+    tap = RolloutTap(metrics.Recorder())
+
+    async def go():
+        answers = [
+            await tap.call(core, "m", route, 1, core.v1, "predict", b"{}") for _ in range(requests)
+        ]
+        while tap._tasks:  # the copies, which the client never waited for
+            await asyncio.sleep(0.01)
+        return answers
+
+    return asyncio.run(go()), tap.drain()
+
+
+def test_client_gets_the_baseline_answer_and_never_the_candidates_error():
+    from core.contracts import RolloutRoute
+
+    answers, shipped = run_tap(TapCore(candidate_fails=True), RolloutRoute(1, 2, 100.0, 64), 20)
+    assert answers == [b'{"predictions": [2.5]}'] * 20
+    tally = shipped["m"]["shadow"]["tally"]
+    assert tally["candidate_errors"] == 20 and tally["pairs"] == 0
+
+
+def test_shadow_copies_are_compared_per_request():
+    from core.contracts import RolloutRoute
+
+    _, shipped = run_tap(TapCore(), RolloutRoute(1, 2, 100.0, 64), 10)
+    outputs = shipped["m"]["shadow"]["tally"]["outputs"]
+    assert outputs["predictions"]["pairs"] == 10
+    assert outputs["predictions"]["sum_mean_abs_diff"] == 10.0  # |3.5 - 2.5| each time
+
+
+def test_a_full_shadow_queue_drops_copies_and_the_client_never_waits_for_them():
+    import asyncio
+    import time
+
+    from core import metrics
+    from core.contracts import RolloutRoute
+    from deployments.router.rollout_tap import RolloutTap
+
+    core = TapCore(candidate_delay_s=30.0)  # a candidate that holds every copy for 30 s
+    tap = RolloutTap(metrics.Recorder())
+    route = RolloutRoute(1, 2, 100.0, 2)  # two copies pending fill the queue
+
+    async def go() -> float:
+        started = time.monotonic()
+        for _ in range(10):
+            await tap.call(core, "m", route, 1, core.v1, "predict", b"{}")
+            await asyncio.sleep(0)  # the copies start
+        answered_s = time.monotonic() - started
+        for task in list(tap._tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+        return answered_s
+
+    assert asyncio.run(go()) < 30.0  # the ten answers came before any copy's
+    assert core.calls.count("v2") == 2
+    assert tap.drain()["m"]["shadow"]["tally"]["dropped"] == 8
