@@ -331,6 +331,7 @@ class Rollouts:
                 else None
             ),
             "low_traffic": state.low_traffic,
+            "latency_strikes": state.strikes,
             "held": state.held,
             "paused": spec.paused,
             "on_failure": spec.on_failure,

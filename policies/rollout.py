@@ -17,7 +17,9 @@ Guarantees:
 1. Time in a phase counts only windows that passed (`judged_s`): an inconclusive window (too
    few requests) holds the rollout where it is (`low_traffic`), it never fails or advances it.
 2. A failed window ends the rollout at once (`rolled_back`), or with on_failure "pause" holds
-   it where it is (`held`) until `resume`, which starts that phase's time again.
+   it where it is (`held`) until `resume`, which starts that phase's time again. A window
+   that failed on latency alone acts only when the next conclusive window fails too
+   (`LATENCY_STRIKES`); until then it is "suspect" and not counted.
 3. A paused rollout (the side file's "paused") is judged as usual and a failure acts as usual;
    a passing window does not advance it.
 4. The split only ever names the baseline and the candidate; promoted and rolled-back states
@@ -77,6 +79,11 @@ class RolloutSpec:
 
 
 ACTIVE = ("shadow", "step", "gate")  # phases in which windows are judged
+# Windows in a row whose only failure is latency before the rollout acts: a latency gate run at
+# significance 0.01 on heavy-tailed latencies fails about one window in 200 of a candidate as
+# fast as its baseline; two in a row, about one pair in 40,000. Errors, divergence and hard
+# failures act on the first window.
+LATENCY_STRIKES = 2
 ENDED = ("promoted", "rolled_back")
 
 
@@ -88,6 +95,7 @@ class RolloutState:
     judged_s: float = 0.0  # time of passing windows in this phase
     held: str = ""  # "" or why a failure holds it (on_failure "pause")
     low_traffic: bool = False  # the last window had too few requests to judge
+    strikes: int = 0  # windows in a row failed on latency alone
     baseline: int | None = None
     candidate: int | None = None
     started_at: float | None = None  # wall clock, when the candidate became AVAILABLE
@@ -118,6 +126,7 @@ def begin(spec: RolloutSpec, baseline: int, candidate: int, now: float) -> Rollo
 def _enter(state: RolloutState, phase: str, step: int, now: float) -> None:
     state.phase, state.step, state.judged_s = phase, step, 0.0
     state.held, state.low_traffic, state.phase_started_at = "", False, now
+    state.strikes = 0
 
 
 def _enter_step(state: RolloutState, spec: RolloutSpec, index: int, now: float) -> None:
@@ -182,9 +191,16 @@ def after_judgement(
 ) -> str | None:
     """Apply one window's judgement (`result` "pass", "fail" or "inconclusive", `doc` its
     document) to an active rollout. Returns the decision it led to ("advanced", "promoted",
-    "rolled_back", "held") or None when the rollout stays in its phase."""
+    "rolled_back", "held", "suspect") or None when the rollout stays in its phase."""
     state.last = doc
     state.judgements[result] = state.judgements.get(result, 0) + 1
+    crossed = [c.get("name", "") for c in doc.get("checks", ()) if not c.get("passed", True)]
+    if result == "fail" and crossed and all(n.startswith("latency_") for n in crossed):
+        state.strikes += 1
+        if state.strikes < LATENCY_STRIKES:
+            return "suspect"  # the window is not counted; the next one decides
+    elif result == "pass":
+        state.strikes = 0
     if result == "fail":
         if spec.on_failure == "pause":
             state.held = "a judgement failed (on_failure: pause)"

@@ -14,14 +14,17 @@ Rules (`min` is the `min_requests` argument when given, else `Analysis.min_reque
    baseline (pairs + candidate_errors) -> "inconclusive", except that hard failures with at least
    one pair fail at once, on that check alone (a shape, dtype or NaN mismatch is never noise).
 2. `error_rate` (canary) fails when the candidate's error rate > max_error_rate and > the
-   baseline's; when the baseline is itself over max_error_rate (clients sending bad input to
-   both), the candidate's excess must also be significant (proportion_greater < significance),
-   since the cap then says nothing about the candidate and equal true rates differ by noise.
+   baseline's, and the errors are evidence of a true rate above max_error_rate
+   (binomial_above < significance: one error in 50 requests, 2 %, is not evidence of a rate
+   above 1 %; four are); when the baseline is itself over max_error_rate (clients sending bad
+   input to both), the candidate's excess must also be significant (proportion_greater <
+   significance), since the cap then says nothing about the candidate and equal true rates
+   differ by noise.
 3. `error_rate_vs_baseline` (canary) fails when proportion_greater(...) < significance AND the
    candidate's rate exceeds the baseline's by more than max_error_rate / 10: a significant
    regression below the cap fails too, and the effect floor keeps a huge window from failing a
    negligible one. value = the p-value, threshold = significance.
-4. Latency (canary, and shadow on the shadowed requests): judged when max_latency_p99_ratio is
+4. Latency (canary): judged when max_latency_p99_ratio is
    set and both versions have at least `min` OK answers, else skipped (said in `reason`). It
    fails only when BOTH ratio = p99(candidate) / p99(baseline) > max_latency_p99_ratio AND
    mann_whitney_greater(candidate, baseline) < significance: a p99 pushed up by a few outliers
@@ -30,8 +33,9 @@ Rules (`min` is the `min_requests` argument when given, else `Analysis.min_reque
    threshold when the other acquits (its detail says so). Known limit: a regression confined to
    the slowest few percent barely moves a rank test, so it fails only with much traffic.
 5. Shadow: `hard_failures` fails when > 0; `candidate_errors` when candidate_errors / (pairs +
-   candidate_errors) > max_error_rate (only copies the baseline answered OK count, so its rate is
-   0). Per output, in name order: `mean_abs_diff[name]` fails when its mean > max_mean_abs_diff;
+   candidate_errors) > max_error_rate, with binomial_above < significance as in rule 2 (only
+   copies the baseline answered OK count, so its rate is 0). Per output, in name order:
+   `mean_abs_diff[name]` fails when its mean > max_mean_abs_diff;
    for class-score outputs `top1_agreement[name]` when < min_top1_agreement, `js_divergence[name]`
    when > max_js_divergence. Unset limits are not checked; a NaN figure fails its check.
    Latency is not judged on copies (a copy is sent after the live answer, beside the next live
@@ -361,15 +365,53 @@ def mann_whitney_greater(candidate: Sequence[float], baseline: Sequence[float]) 
 
 
 def proportion_greater(cand_errors: int, cand_n: int, base_errors: int, base_n: int) -> float:
-    """One-sided p-value that the candidate's error rate is higher than the baseline's (pooled
-    two-proportion z-test). 1.0 when undefined: an empty side, or a pooled rate of 0 or 1."""
-    if cand_n <= 0 or base_n <= 0:
+    """One-sided p-value that the candidate's error rate is higher than the baseline's: Fisher's
+    exact test (the hypergeometric tail: of all the window's errors, at least this many fell on
+    the candidate's requests), exact for the few errors a good window has, where a z-test
+    would call one error in 50 against none in 500 significant. 1.0 for an empty side or no
+    error at all."""
+    total_n, errors = cand_n + base_n, cand_errors + base_errors
+    if cand_n <= 0 or base_n <= 0 or errors == 0:
         return 1.0
-    pooled = (cand_errors + base_errors) / (cand_n + base_n)
-    se = math.sqrt(pooled * (1.0 - pooled) * (1.0 / cand_n + 1.0 / base_n))
-    if se <= 0:
+
+    def log_choose(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    k, top = cand_errors, min(errors, cand_n)
+    term = math.exp(
+        log_choose(errors, k)
+        + log_choose(total_n - errors, cand_n - k)
+        - log_choose(total_n, cand_n)
+    )
+    total = term
+    while k < top and term > total * 1e-12:
+        term *= (errors - k) * (cand_n - k) / ((k + 1) * (total_n - errors - cand_n + k + 1))
+        total += term
+        k += 1
+    return min(1.0, total)
+
+
+def binomial_above(errors: int, n: int, rate: float) -> float:
+    """One-sided p-value that a true error rate above `rate` made `errors` of `n`: P(X >=
+    errors) for X ~ Binomial(n, rate), exact (the tail is summed from `errors` up until its
+    terms no longer count). 1.0 when errors <= n * rate (no evidence of more), 0.0 for a rate
+    of 0 and any error."""
+    if n <= 0 or errors <= n * rate:
         return 1.0
-    return _upper_tail((cand_errors / cand_n - base_errors / base_n) / se)
+    if rate <= 0.0:
+        return 0.0
+    if rate >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(rate), math.log1p(-rate)
+    log_choose = math.lgamma(n + 1) - math.lgamma(errors + 1) - math.lgamma(n - errors + 1)
+    term = math.exp(log_choose + errors * log_p + (n - errors) * log_q)
+    total, k = term, errors
+    # past the mode (errors > n * rate) each term is smaller than the one before it
+    while k < n and term > total * 1e-12:
+        term *= (n - k) / (k + 1) * rate / (1.0 - rate)
+        total += term
+        k += 1
+    return min(1.0, total)
 
 
 def _latency_checks(
@@ -432,12 +474,23 @@ def judge_canary(
     cand_rate, base_rate = candidate.error_rate, baseline.error_rate
     p = proportion_greater(candidate.errors, cand_n, baseline.errors, base_n)
     rates = f"{cand_rate:.2%} vs baseline {base_rate:.2%}"
-    over_cap = cand_rate > cap and cand_rate > base_rate and (base_rate <= cap or p < alpha)
+    above = binomial_above(candidate.errors, cand_n, cap)
+    over_cap = (
+        cand_rate > cap
+        and cand_rate > base_rate
+        and above < alpha
+        and (base_rate <= cap or p < alpha)
+    )
     if cand_rate > cap and not over_cap:
-        rates += "; not failed: the baseline fails as much"
+        rates += (
+            f"; not failed: {candidate.errors} of {cand_n} is no evidence of a rate above "
+            f"{cap:.2%} (binomial p={above:.3g})"
+            if above >= alpha
+            else "; not failed: the baseline fails as much"
+        )
     floor = cap / 10.0
     regressed = p < alpha and cand_rate - base_rate > floor
-    z_words = f"{rates}, two-proportion z p={p:.3g}, fails past {floor:.3%} more"
+    z_words = f"{rates}, Fisher's exact p={p:.3g}, fails past {floor:.3%} more"
     checks = [
         Check("error_rate", cand_rate, cap, not over_cap, rates),
         Check("error_rate_vs_baseline", p, alpha, not regressed, z_words),
@@ -464,7 +517,13 @@ def judge_shadow(
         return Judgement("inconclusive", (), copies, copies, reason)
     rate, cap = tally.candidate_errors / copies, analysis.max_error_rate
     words = f"{tally.candidate_errors} of {copies} copies failed by the candidate only"
-    checks = [hard, Check("candidate_errors", rate, cap, rate <= cap, words)]
+    above = binomial_above(tally.candidate_errors, copies, cap)
+    if rate > cap and above >= analysis.significance:
+        words += f"; not failed: no evidence of a rate above {cap:.2%} (binomial p={above:.3g})"
+    checks = [
+        hard,
+        Check("candidate_errors", rate, cap, rate <= cap or above >= analysis.significance, words),
+    ]
     for name in sorted(tally.outputs):
         out = tally.outputs[name]
         figures = (

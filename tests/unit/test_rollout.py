@@ -376,3 +376,29 @@ def test_a_full_shadow_queue_drops_copies_and_the_client_never_waits_for_them():
     assert asyncio.run(go()) < 30.0  # the ten answers came before any copy's
     assert core.calls.count("v2") == 2
     assert tap.drain()["m"]["shadow"]["tally"]["dropped"] == 8
+
+
+LATENCY_FAIL = {
+    "checks": [
+        {"name": "error_rate", "passed": True},
+        {"name": "latency_p99_ratio", "passed": False},
+        {"name": "latency_rank", "passed": False},
+    ]
+}
+
+
+def test_a_latency_failure_acts_only_when_the_next_window_fails_too():
+    spec = parse_rollout({"candidate": 2, "steps": [{"weight": 30, "duration_s": 60}]})
+    state = machine.begin(spec, 1, 2, now=0)
+    assert machine.after_judgement(state, spec, "fail", 10, LATENCY_FAIL, 1) == "suspect"
+    assert machine.after_judgement(state, spec, "pass", 10, {}, 2) is None  # cleared
+    assert machine.after_judgement(state, spec, "fail", 10, LATENCY_FAIL, 3) == "suspect"
+    assert state.judged_s == 10  # a suspect window is not counted
+    assert machine.after_judgement(state, spec, "fail", 10, LATENCY_FAIL, 4) == "rolled_back"
+
+
+def test_an_error_failure_acts_on_the_first_window():
+    spec = parse_rollout({"candidate": 2, "steps": [{"weight": 30, "duration_s": 60}]})
+    state = machine.begin(spec, 1, 2, now=0)
+    doc = {"checks": [{"name": "error_rate", "passed": False}]}
+    assert machine.after_judgement(state, spec, "fail", 10, doc, 1) == "rolled_back"

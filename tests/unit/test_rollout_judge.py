@@ -152,15 +152,25 @@ def test_significant_regression_below_the_cap_fails():
     assert names(judgement.failed_checks()) == {"error_rate_vs_baseline"}
 
 
-def test_proportion_greater():
+def test_proportion_greater_is_fishers_exact_test():
+    from math import comb
+
     assert proportion_greater(0, 50, 0, 50) == 1.0
-    assert proportion_greater(50, 50, 50, 50) == 1.0
     assert proportion_greater(1, 0, 0, 50) == 1.0
-    assert proportion_greater(5, 100, 5, 100) == pytest.approx(0.5)
-    # 10/100 vs 0/100: pooled 0.05, se = sqrt(0.05 * 0.95 * 0.02), z = 0.1 / se
-    z = 0.1 / math.sqrt(0.05 * 0.95 * 0.02)
-    assert proportion_greater(10, 100, 0, 100) == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
-    assert proportion_greater(0, 100, 10, 100) > 0.99
+    # every request failed on both sides: all the errors had to fall where they did
+    assert proportion_greater(50, 50, 50, 50) == pytest.approx(1.0)
+
+    def exact(a: int, n1: int, b: int, n2: int) -> float:
+        errors, total = a + b, n1 + n2
+        return sum(
+            comb(errors, k) * comb(total - errors, n1 - k) / comb(total, n1)
+            for k in range(a, min(errors, n1) + 1)
+        )
+
+    for case in [(5, 100, 5, 100), (10, 100, 0, 100), (1, 50, 0, 500), (0, 100, 10, 100)]:
+        assert proportion_greater(*case) == pytest.approx(exact(*case), rel=1e-9)
+    assert proportion_greater(1, 50, 0, 500) == pytest.approx(50 / 550)  # one error: no evidence
+    assert proportion_greater(10, 100, 0, 100) < 0.001
 
 
 # --- the statistics ---------------------------------------------------------------------------
@@ -396,3 +406,27 @@ def test_shadow_tallies_merge_like_one():
     )
     assert merged.mean_abs_diff == pytest.approx(whole.mean_abs_diff)
     assert merged.js_divergence == pytest.approx(whole.js_divergence)
+
+
+def test_binomial_above_matches_the_exact_sum():
+    from math import comb
+
+    from policies.rollout_judge import binomial_above
+
+    for errors, n, rate in [(1, 50, 0.01), (4, 50, 0.01), (10, 10, 0.01), (30, 200, 0.1)]:
+        exact = sum(comb(n, k) * rate**k * (1 - rate) ** (n - k) for k in range(errors, n + 1))
+        assert binomial_above(errors, n, rate) == pytest.approx(exact, rel=1e-9)
+    assert binomial_above(0, 50, 0.01) == 1.0  # no error: no evidence
+    assert binomial_above(1, 50, 0.0) == 0.0  # a cap of 0: any error is one too many
+
+
+def test_one_error_in_fifty_is_no_evidence_but_four_are():
+    base = VersionWindow(requests=500, errors=0, latencies_s=[0.005] * 500)
+
+    def judged(errors: int) -> str:
+        cand = VersionWindow(requests=50, errors=errors, latencies_s=[0.005] * (50 - errors))
+        return judge_canary(base, cand, Analysis(max_latency_p99_ratio=None)).result
+
+    assert judged(1) == "pass"
+    assert judged(4) == "fail"
+    assert judged(50) == "fail"
