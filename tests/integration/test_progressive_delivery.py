@@ -144,11 +144,11 @@ def test_identical_candidate_is_promoted_through_shadow_and_three_steps_with_no_
         "saved_model_half_plus_two_cpu",
         {
             "candidate": 2,
-            "shadow": {"percent": 100, "duration_s": 2, "max_mean_abs_diff": 1e-6},
+            "shadow": {"percent": 100, "duration_s": 1, "max_mean_abs_diff": 1e-6},
             "steps": [
-                {"weight": 10, "duration_s": 2},
-                {"weight": 30, "duration_s": 2},
-                {"weight": 60, "duration_s": 2},
+                {"weight": 10, "duration_s": 1},
+                {"weight": 30, "duration_s": 1},
+                {"weight": 60, "duration_s": 1},
             ],
             "analysis": ANALYSIS,
         },
@@ -260,7 +260,7 @@ def test_slower_candidate_is_rolled_back_by_the_latency_gate(aspire, rollout_mod
         {
             "candidate": 2,
             "steps": [{"weight": 50, "duration_s": 600}],
-            "analysis": {**ANALYSIS, "interval_s": 2, "max_latency_p99_ratio": 1.5},
+            "analysis": {**ANALYSIS, "max_latency_p99_ratio": 1.5},
         },
     )
     with Load(aspire, name, rest_clients=4) as load:
@@ -268,12 +268,13 @@ def test_slower_candidate_is_rolled_back_by_the_latency_gate(aspire, rollout_mod
     assert load.failures() == []
     crossed = [c["name"] for c in status["last_judgement"]["checks"] if not c["passed"]]
     assert "latency_p99_ratio" in crossed, status["last_judgement"]
+    assert decisions(status, "suspect"), "a latency failure acts on the second window in a row"
 
 
 def test_low_traffic_holds_the_step_and_never_rolls_back(aspire, rollout_model):
     name = rollout_model(
         "pd_quiet",
-        export_failing_model,  # even a candidate that fails every request is not judged
+        "saved_model_half_plus_two_cpu",
         {
             "candidate": 2,
             "steps": [{"weight": 50, "duration_s": 2}],
@@ -292,6 +293,7 @@ def test_low_traffic_holds_the_step_and_never_rolls_back(aspire, rollout_model):
     assert status["phase"] == "step" and status["low_traffic"]
     assert status["judgements"].get("fail", 0) == 0
     assert status["time_left_s"] == 2  # no time passed in the step
+    assert status["candidate_weight"] == 50
     assert "< min_requests 1000" in status["last_judgement"]["reason"]
 
 
