@@ -234,7 +234,8 @@ class ControlPlane:
         self.routers: dict[str, dict[str, str]] = {}  # node id -> {"app", "address"} (sync)
         self.metrics = metrics.MetricsStore()  # every process's counts, added up
         self.rollouts = Rollouts()  # build_control_plane gives it the store (cluster/rollouts.py)
-        self._side_traffic: dict[str, tuple] = {}
+        self._side_traffic: dict[str, tuple] = {}  # "traffic", or an experiment's arms
+        self._experiments: dict[str, tuple[str, str]] = {}  # model -> (request key, salt)
         self._config_lock = threading.Lock()
         self._settings: dict[str, ModelSettings] = {}
         self._models: dict[str, ModelSource] = {}
@@ -435,6 +436,12 @@ class ControlPlane:
         self.backend.settings = dict(settings)
         self.manager.settings_changed()  # a model's placement may have changed
         self._side_traffic = {n: s.traffic.weights for n, s in settings.items() if s.traffic}
+        self._side_traffic.update(
+            (n, s.experiment.arms.weights) for n, s in settings.items() if s.experiment
+        )
+        self._experiments = {
+            n: (s.experiment.key, s.experiment.salt) for n, s in settings.items() if s.experiment
+        }
         self.rollouts.set_side_traffic(self._side_traffic)
         self.rollouts.set_specs({n: s.rollout for n, s in settings.items() if s.rollout})
         self.push_routing()
@@ -443,12 +450,16 @@ class ControlPlane:
 
     # ---- rollouts (cluster/rollouts.py) -------------------------------------------------------
     def push_routing(self) -> None:
-        """Publish every model's split (its rollout's, else the side file's) and the rollouts'
-        routes; the manager publishes only a change."""
+        """Publish every model's split (its rollout's, else the side file's "traffic" or
+        experiment's arms), the rollouts' routes and the experiments' keys; the manager
+        publishes only a change."""
         served = self.manager.serving_map()
         models = {name: set(versions) for name, versions in served.models.items()}
         traffic, routes, held_back = self.rollouts.routes(self._side_traffic, models, served.labels)
-        self.manager.set_traffic(traffic, routes, held_back)
+        # a rollout decides its model's split: no experiment there while it is declared
+        declared = self.rollouts.declared()
+        experiments = {n: e for n, e in self._experiments.items() if n not in declared}
+        self.manager.set_traffic(traffic, routes, held_back, experiments)
 
     def tick_rollouts(self) -> None:
         if not self.rollouts.active():

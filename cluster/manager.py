@@ -99,6 +99,7 @@ class Manager:
         self._traffic: dict[str, tuple] = {}  # model -> ((label or version, weight), ...)
         self._rollouts: dict = {}  # model -> RolloutRoute of its running rollout
         self._held_back: dict[str, int] = {}  # model -> candidate of a rollout not started
+        self._experiments: dict[str, tuple[str, str]] = {}  # model -> (request key, salt)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # serving map or status changed
         # the clock times loads and the router grace; the sleeper waits for the grace, and for load
@@ -398,6 +399,7 @@ class Manager:
                 self.publisher.poll_s,
                 self._rollouts,
                 self._held_back,
+                self._experiments,
             )
 
     def wait_for_serving_map(
@@ -422,16 +424,17 @@ class Manager:
         traffic: dict[str, tuple],
         rollouts: dict | None = None,
         held_back: dict[str, int] | None = None,
+        experiments: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         """Replace the weighted traffic splits of unversioned requests (the side file's, with
         the rollouts' in place of their models'), the running rollouts' routes
-        (core/contracts.py RolloutRoute) and the candidates held back from unversioned
-        requests; publishes only a change."""
-        rollouts, held_back = dict(rollouts or {}), dict(held_back or {})
+        (core/contracts.py RolloutRoute), the candidates held back from unversioned requests
+        and the sticky experiments' keys; publishes only a change."""
+        new = (dict(traffic), dict(rollouts or {}), dict(held_back or {}), dict(experiments or {}))
         with self._lock:
-            if (self._traffic, self._rollouts, self._held_back) == (traffic, rollouts, held_back):
+            if (self._traffic, self._rollouts, self._held_back, self._experiments) == new:
                 return
-            self._traffic, self._rollouts, self._held_back = dict(traffic), rollouts, held_back
+            self._traffic, self._rollouts, self._held_back, self._experiments = new
             self._publish()
 
     def traffic(self) -> dict[str, tuple]:

@@ -313,7 +313,7 @@ def _config_types() -> dict[str, type]:
     from policies.aspired import All, Latest, Specific
     from policies.rollout import RolloutSpec, ShadowPhase, Step
     from policies.rollout_judge import Analysis, ShadowLimits
-    from policies.traffic import TrafficSplit
+    from policies.traffic import Experiment, TrafficSplit
 
     return {
         f"{t.__module__}.{t.__qualname__}": t
@@ -325,6 +325,7 @@ def _config_types() -> dict[str, type]:
             ModelSettings,
             Autoscaling,
             TrafficSplit,
+            Experiment,
             RolloutSpec,
             ShadowPhase,
             Step,

@@ -120,6 +120,11 @@ class Rollouts:
         with self._lock:
             return bool(self._specs)
 
+    def declared(self) -> set[str]:
+        """The models whose rollout decides their split."""
+        with self._lock:
+            return set(self._specs)
+
     # ---- what routers saw -------------------------------------------------------------------
     def observe(self, shipment: dict) -> None:
         """A router's figures: {model: {"versions": {version: VersionWindow doc}, "shadow":

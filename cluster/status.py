@@ -158,6 +158,7 @@ def serving_map(
     poll_s: float,
     rollouts: dict | None = None,
     held_back: dict[str, int] | None = None,
+    experiments: dict[str, tuple[str, str]] | None = None,
 ) -> ServingMap:
     """The READY versions and where they run, labels, traffic splits and every known model name,
     at `epoch` (core/contracts.py)."""
@@ -177,6 +178,7 @@ def serving_map(
         traffic={name: tuple(split) for name, split in traffic.items() if split},
         rollouts=dict(rollouts or {}),
         held_back=dict(held_back or {}),
+        experiments=dict(experiments or {}),
         known=frozenset(streams),
         poll_s=poll_s,
     )

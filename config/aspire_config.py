@@ -37,6 +37,9 @@ Contract:
   - "rollout": a progressive rollout of a candidate version (config/rollout_config.py): a
     shadow phase and canary steps judged against the baseline, run by cluster/rollouts.py.
     While it is declared it decides the unversioned split, in place of "traffic".
+  - "experiment": sticky A/B assignment (`policies.traffic.Experiment`): "arms" (a split, as
+    "traffic"), "key" (the header or gRPC metadata entry naming who asks), "salt"; not with
+    "traffic". A rollout, while declared, decides the split instead.
   - "placement": "dedicated" (default: each version runs in replicas of its own) or "shared"
     (each version loads into a shared host that holds many; cluster/host_admission.py). A shared
     model takes its replicas, request limits and health checks from its host, so "num_replicas",
@@ -59,7 +62,7 @@ from core.units import parse_bytes
 from policies.admission import DEVICES
 from policies.lifecycle import ASPIRED_VERSION_POLICIES
 from policies.rollout import RolloutSpec
-from policies.traffic import TrafficSplit
+from policies.traffic import Experiment, TrafficSplit
 
 DEFAULT_VERSION_POLICY = "availability_preserving"
 _TOP_LEVEL_KEYS = ("models",)
@@ -77,6 +80,7 @@ _MODEL_KEYS = (
     "ram",
     "placement",
     "rollout",
+    "experiment",
 )
 PLACEMENTS = ("dedicated", "shared")
 _HOST_WIDE_KEYS = (
@@ -146,6 +150,7 @@ class ModelSettings:
         "dedicated"  # or "shared": loaded into a shared host (cluster/host_admission.py)
     )
     rollout: RolloutSpec | None = None  # config/rollout_config.py; decides the split while set
+    experiment: Experiment | None = None  # sticky A/B arms, in place of "traffic"
 
 
 class _DuplicateKey(Exception):
@@ -231,6 +236,14 @@ def _model_settings(body: object, fail: Callable[[str], AspireError]) -> ModelSe
                 raise fail(f'{key} does not apply to "placement": "shared" (the host sets it)')
     if device == "cpu" and sizes["vram"]:
         raise fail("vram is declared but device is 'cpu'")
+    experiment = body.get("experiment")
+    if experiment is not None:
+        if traffic is not None:
+            raise fail('"traffic" and "experiment" cannot both be set (an experiment is a split)')
+        try:
+            experiment = Experiment.parse(experiment)
+        except ValueError as e:
+            raise fail(f"invalid {e}") from None
     rollout = body.get("rollout")
     if rollout is not None:
         try:
@@ -250,6 +263,7 @@ def _model_settings(body: object, fail: Callable[[str], AspireError]) -> ModelSe
         **checks,
         placement=placement,
         rollout=rollout,
+        experiment=experiment,
     )
 
 

@@ -74,6 +74,8 @@ class ServingMap:
     # model -> the candidate of a rollout that has not started: requests without a version or
     # label never go to it while another version serves (cluster/rollouts.py)
     held_back: dict[str, int] = field(default_factory=dict)
+    # model -> (request key, salt) of its sticky A/B experiment; its arms are its `traffic`
+    experiments: dict[str, tuple[str, str]] = field(default_factory=dict)
     known: frozenset[str] = frozenset()
     poll_s: float = 5.0  # how long a router's long poll waits (the manager's router_poll_s)
 

@@ -91,6 +91,7 @@ ASPIRE_ROLLOUT_WEIGHT = "aspire_rollout_candidate_weight"
 ASPIRE_ROLLOUT_DIVERGENCE = "aspire_rollout_divergence"
 ASPIRE_ROLLOUT_JUDGEMENTS = "aspire_rollout_judgements_total"
 ASPIRE_SHADOW_REQUESTS = "aspire_rollout_shadow_requests_total"
+ASPIRE_EXPERIMENT_REQUESTS = "aspire_experiment_requests_total"
 ROLLOUT_PHASES = ("waiting", "shadow", "step", "gate", "paused", "promoted", "rolled_back")
 
 SERVABLE_STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
@@ -148,6 +149,7 @@ COUNTERS = frozenset(
         ASPIRE_ADMISSION_REFUSALS,
         ASPIRE_ROLLOUT_JUDGEMENTS,
         ASPIRE_SHADOW_REQUESTS,
+        ASPIRE_EXPERIMENT_REQUESTS,
     }
 )
 
@@ -169,6 +171,7 @@ LABEL_NAMES: dict[str, tuple[str, ...]] = {
     ASPIRE_DROPPED_SERIES: ("metric",),
     ASPIRE_ROLLOUT_JUDGEMENTS: ("model", "phase", "result"),
     ASPIRE_SHADOW_REQUESTS: ("model", "outcome"),
+    ASPIRE_EXPERIMENT_REQUESTS: ("model", "assignment"),
 }
 
 HELP: dict[str, str] = {
@@ -198,6 +201,8 @@ HELP: dict[str, str] = {
     "(pass, fail, inconclusive).",
     ASPIRE_SHADOW_REQUESTS: "Shadow copies of requests, by model and outcome (compared, "
     "candidate_error, hard_failure, dropped).",
+    ASPIRE_EXPERIMENT_REQUESTS: "Unversioned requests of a model with a sticky experiment, by "
+    "assignment: keyed (by the request's key) or unkeyed (the key missing: by the weights).",
 }
 
 # State gauges rendered from `render_aspire`'s `state`: name -> (state key, labels, value field).

@@ -14,10 +14,13 @@ Contract:
   (latest available version), and returns {} only when no version is available at all.
 - `pick` maps a uniform draw u in [0, 1) to a version, deterministically, so callers control the
   randomness (and tests can seed it).
+- `Experiment` is a split with a request key: `sticky_draw(salt, key value)` as the draw keeps
+  each value on one arm (sticky A/B assignment).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -103,3 +106,53 @@ def pick(weights: dict[int, float], u: float) -> int:
             return version
     # Renormalised probabilities can sum to just under 1; the leftover sliver belongs to the last.
     return candidates[-1]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Sticky A/B assignment of a model's unversioned requests (the side file's "experiment").
+
+    `arms`: the split over labels or versions, as a TrafficSplit. `key`: the request's HTTP
+    header or gRPC metadata entry (lower case) that names who asks, e.g. "x-user-id". `salt`:
+    mixed into the hash, so that two experiments on the same users draw them apart.
+
+    Contract: a request that carries the key lands on `pick(weights, sticky_draw(salt, value))`:
+    the same value always on the same arm while the arms and their weights stand; the values
+    spread over the arms in proportion to the weights. A request without it falls back to the
+    weights (a random draw) and is counted apart.
+    """
+
+    arms: TrafficSplit
+    key: str
+    salt: str = ""
+
+    @staticmethod
+    def parse(obj: object, default_salt: str = "") -> Experiment:
+        if not isinstance(obj, dict):
+            raise ValueError(f"experiment must be an object, got {type(obj).__name__}")
+        for name in obj:
+            if name not in ("arms", "key", "salt"):
+                raise ValueError(f"experiment: unknown key {name!r} (expected arms, key, salt)")
+        if "arms" not in obj or "key" not in obj:
+            raise ValueError("experiment: arms and key are required")
+        key = obj["key"]
+        if not isinstance(key, str) or not key or not all(c.isalnum() or c in "-_." for c in key):
+            raise ValueError(
+                f"experiment: key must be a header or metadata name (letters, digits, -, _, .), "
+                f"got {key!r}"
+            )
+        salt = obj.get("salt", default_salt)
+        if not isinstance(salt, str):
+            raise ValueError(f"experiment: salt must be a string, got {salt!r}")
+        try:
+            arms = TrafficSplit.parse(obj["arms"])
+        except ValueError as e:
+            raise ValueError(f"experiment: arms: {e}") from None
+        return Experiment(arms, key.lower(), salt)
+
+
+def sticky_draw(salt: str, value: str) -> float:
+    """A draw in [0, 1) that is a function of (salt, value) only: the first 8 bytes of
+    SHA-256(salt NUL value), as a fraction of 2**64."""
+    digest = hashlib.sha256(salt.encode("utf-8") + b"\0" + value.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64

@@ -34,7 +34,7 @@ from core.metrics_shipper import Shipper
 from deployments.router.replica_client import VersionApp
 from deployments.router.rollout_tap import OBSERVED_METHODS, RolloutTap
 from deployments.wire.direct import decode_answer
-from policies.traffic import TrafficSplit, effective_weights, pick
+from policies.traffic import TrafficSplit, effective_weights, pick, sticky_draw
 
 log = logging.getLogger("aspire.router")
 
@@ -45,11 +45,16 @@ SLOW_MANAGER_CALL_S = 15.0
 
 
 def resolve(
-    serving_map: ServingMap, name: str, version: int | None, label: str | None
+    serving_map: ServingMap,
+    name: str,
+    version: int | None,
+    label: str | None,
+    key: str | None = None,
 ) -> tuple[int, VersionAddress]:
     """(version, address) of the servable a request names; NOT_FOUND as TF Serving words it.
     Without a version or label: the traffic split if the model has one, else Latest; never the
-    candidate of a rollout that has not started while another version serves."""
+    candidate of a rollout that has not started while another version serves. A model with a
+    sticky experiment draws its arm from the request's `key` value, when it has one."""
     versions = serving_map.models.get(name, {})
     if label is not None:
         labels = serving_map.labels.get(name, {})
@@ -68,7 +73,9 @@ def resolve(
             weights = effective_weights(
                 TrafficSplit(split), serving_map.labels.get(name, {}), set(serving)
             )
-            version = pick(weights, random.random())
+            sticky = serving_map.experiments.get(name) if key else None
+            draw = sticky_draw(sticky[1], key) if sticky and key else random.random()
+            version = pick(weights, draw)
         else:
             version = max(serving)
     elif version not in versions:
@@ -149,9 +156,25 @@ class RouterCore:
         return app
 
     def resolve(
-        self, name: str, version: int | None, label: str | None
+        self, name: str, version: int | None, label: str | None, key: str | None = None
     ) -> tuple[int, VersionAddress]:
-        return resolve(self.map, name, version, label)
+        """`resolve` against the current map; `key`: the value of the request's experiment key
+        (`experiment_key`), for a model with a sticky experiment."""
+        serving_map = self.map
+        if version is None and label is None and name in serving_map.experiments:
+            self._shipper.recorder.inc(
+                metrics.ASPIRE_EXPERIMENT_REQUESTS,
+                metrics.labels_for(
+                    metrics.ASPIRE_EXPERIMENT_REQUESTS, name, "keyed" if key else "unkeyed"
+                ),
+            )
+        return resolve(serving_map, name, version, label, key)
+
+    def experiment_key(self, name: str) -> str | None:
+        """The header or gRPC metadata name whose value assigns `name`'s unversioned requests
+        to an arm of its sticky experiment; None when the model has none."""
+        experiment = self.map.experiments.get(name)
+        return experiment[0] if experiment is not None else None
 
     def _app(self, address: VersionAddress, exclude: VersionApp | None = None) -> VersionApp:
         """The application of `address` a call goes to: by replica count, among those with a

@@ -87,6 +87,14 @@ def fail(grpc_context, exc: Exception, method: str) -> str:
     return exc.code
 
 
+def metadata_value(grpc_context, name: str) -> str | None:
+    """The value of the call's metadata entry `name` (lower case), None without one."""
+    for key, value in grpc_context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else None
+    return None
+
+
 def spec_target(spec) -> tuple[str, int | None, str | None]:
     """(name, version, label) a ModelSpec asks for; TF Serving's ModelSpec errors."""
     if not spec.name:
@@ -218,7 +226,9 @@ class GrpcApi:
                 raise invalid_argument("Missing ModelSpec")
             name, asked, label = spec_target(spec)
             seen.name = name
-            version, address = self.core.resolve(name, asked, label)
+            key_name = self.core.experiment_key(name)  # a sticky experiment's request key
+            key = metadata_value(grpc_context, key_name) if key_name else None
+            version, address = self.core.resolve(name, asked, label, key)
             seen.version = str(version)
             unversioned = asked is None and label is None
             return await self.core.infer(name, unversioned, version, address, method, request)

@@ -342,8 +342,10 @@ class RestApi:
             seen.version = str(version)
             return await core.call(address, "metadata", b"")
         body = await self._body(scope, receive)
+        key_name = core.experiment_key(route["name"])  # a sticky experiment's request key
+        key = header(scope, key_name.encode("latin-1")) or None if key_name else None
         try:
-            version, address = core.resolve(route["name"], route["version"], route["label"])
+            version, address = core.resolve(route["name"], route["version"], route["label"], key)
         except AspireError:
             # TF Serving reports a JSON error before an unknown model: only here does the
             # router parse the body, to find out whether it has one.

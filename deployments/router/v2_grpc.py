@@ -29,7 +29,7 @@ import grpc
 from core.errors import AspireError, invalid_argument
 from core.names import check_name, escape
 from deployments.router.core import RouterCore, Seen
-from deployments.router.tfs_grpc import fail, string_fields
+from deployments.router.tfs_grpc import fail, metadata_value, string_fields
 from deployments.router.v2_rest import EXTENSIONS, parse_version, server_version
 from deployments.wire.v2_protos import CLASSES, METHODS, SERVICE
 
@@ -81,6 +81,8 @@ class V2Grpc:
         async def handle(request, grpc_context):
             started, seen, code = time.perf_counter(), Seen(api=api), "OK"
             try:
+                if method == "ModelInfer":  # a sticky experiment reads the call's metadata
+                    return await handler(request, seen, grpc_context)
                 return await handler(request, seen)
             except Exception as exc:
                 code = fail(grpc_context, exc, method)
@@ -123,7 +125,7 @@ class V2Grpc:
             doc["versions"] = [str(v) for v in sorted(self.core.map.models.get(name, {}))]
         return CLASSES["ModelMetadataResponse"](**doc)
 
-    async def _model_infer(self, request: bytes, seen: Seen) -> bytes:
+    async def _model_infer(self, request: bytes, seen: Seen, grpc_context=None) -> bytes:
         fields = string_fields(request, (1, 2))
         if fields is None:
             raise invalid_argument("Could not parse inference.ModelInferRequest")
@@ -131,7 +133,9 @@ class V2Grpc:
         seen.name = name = _name(fields[1][-1] if fields[1] else b"")
         raw_version = fields[2][-1] if fields[2] else b""
         version = parse_version(raw_version.decode("utf-8", "replace"))
-        resolved, address = self.core.resolve(name, version, None)
+        key_name = self.core.experiment_key(name)  # a sticky experiment's request key
+        key = metadata_value(grpc_context, key_name) if key_name and grpc_context else None
+        resolved, address = self.core.resolve(name, version, None, key)
         seen.version = str(resolved)
         return await self.core.infer(
             name, version is None, resolved, address, "v2_grpc_infer", request

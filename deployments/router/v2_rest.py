@@ -132,7 +132,9 @@ class V2Rest:
         seen.api, seen.name = verb, name
         if verb == "infer":
             self._only(method, "POST", raw_path)
-            resolved, address = core.resolve(name, version, None)
+            key_name = core.experiment_key(name)  # a sticky experiment's request key
+            key = self._header(scope, key_name.encode("latin-1")) or None if key_name else None
+            resolved, address = core.resolve(name, version, None, key)
             seen.version = str(resolved)
             body = await self._read_body(scope, receive)
             declared = self._header(scope, b"inference-header-content-length").strip()

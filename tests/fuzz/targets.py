@@ -136,7 +136,10 @@ class ReplicaCore:
     class map:  # noqa: N801 - RouterCore.map's shape
         models: dict = {"m": {1: None}}
 
-    def resolve(self, name, version, label):
+    def experiment_key(self, name):
+        return None  # no sticky experiment here
+
+    def resolve(self, name, version, label, key=None):
         return 1, "replica"
 
     async def call(self, address, method: str, payload: bytes) -> bytes:

@@ -339,3 +339,48 @@ def test_killed_manager_resumes_the_rollout_at_the_same_step_and_routers_keep_th
     share = sum(1 for a in away if a == V2_THREE) / len(away)
     sigma = (weight / 100 * (1 - weight / 100) / len(away)) ** 0.5
     assert abs(share - weight / 100) <= 5 * sigma, (share, len(away))
+
+
+def test_sticky_experiment_keeps_each_user_on_one_arm_over_rest_and_grpc(aspire, model_dir):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from policies.traffic import Experiment
+
+    base, publish = model_dir
+    publish(1, "saved_model_half_plus_two_cpu")
+    publish(2, "saved_model_half_plus_three")
+    experiment = Experiment.parse({"arms": {"1": 50, "2": 50}, "key": "x-user-id", "salt": "t"})
+    settings = {"pd_ab": ModelSettings(placement="shared", device="cpu", experiment=experiment)}
+    ray.get(aspire.manager.set_settings.remote(settings))
+    try:
+        aspire.add_model("pd_ab", base, policy=All())
+        aspire.wait_state("pd_ab", 1, "AVAILABLE")
+        aspire.wait_state("pd_ab", 2, "AVAILABLE")
+        url = "/v1/models/pd_ab:predict"
+        rest: dict[str, set] = {}
+        for user in range(30):
+            for _ in range(4):
+                r = aspire.post(url, {"instances": [1.0]}, headers={"X-User-Id": f"u{user}"})
+                rest.setdefault(f"u{user}", set()).add(r.json()["predictions"][0])
+        assert all(len(answers) == 1 for answers in rest.values()), rest
+        assert {a for answers in rest.values() for a in answers} == {V1, V2_THREE}
+        with grpc.insecure_channel(aspire.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_request("pd_ab", x=(1.0,))
+            for user in ("u0", "u1", "u2", "u3", "u4"):
+                answer = stub.Predict(request, metadata=(("x-user-id", user),), timeout=60)
+                assert {answer.outputs["y"].float_val[0]} == rest[user]  # the same arm as REST
+        for _ in range(5):  # without the key: by the weights, counted apart
+            assert aspire.post(url, {"instances": [1.0]}).status_code == 200
+        counted = (
+            'aspire_experiment_requests_total{model="pd_ab",assignment="keyed"} 125',
+            'aspire_experiment_requests_total{model="pd_ab",assignment="unkeyed"} 5',
+        )
+        wait_for(
+            lambda: all(c in ray.get(aspire.manager.metrics_page.remote()) for c in counted),
+            30,
+            0.2,
+            what="120 REST and 5 gRPC requests counted keyed, 5 unkeyed",
+        )
+    finally:
+        ray.get(aspire.manager.set_settings.remote({}))

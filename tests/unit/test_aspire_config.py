@@ -93,7 +93,7 @@ def test_unknown_model_key_is_rejected():
         "Invalid Aspire config cfg.json: model 'm': unknown key 'num_replica' "
         "(expected one of version_policy, traffic, num_replicas, autoscaling, "
         "max_ongoing_requests, max_queued_requests, health_check_period_s, "
-        "health_check_timeout_s, device, vram, ram, placement, rollout)"
+        "health_check_timeout_s, device, vram, ram, placement, rollout, experiment)"
     )
 
 

@@ -351,7 +351,10 @@ def test_the_socket_is_taken_over_once_its_replica_stopped(tmp_path):
 class StubCore:
     """The router core as RestApi sees it, with no model: every name is unknown."""
 
-    def resolve(self, name, version, label):
+    def experiment_key(self, name):
+        return None  # no sticky experiment here
+
+    def resolve(self, name, version, label, key=None):
         raise AspireError(f"Servable not found for request: Latest({name})", "NOT_FOUND")
 
     def record(self, *args) -> None:

@@ -193,3 +193,64 @@ def test_pick_distributes_draws_by_weight_within_two_points():
     n = 10_000
     hits = sum(pick(weights, rng.random()) == 4 for _ in range(n))
     assert abs(hits / n - 0.80) <= 0.02
+
+
+# ---- sticky experiments -------------------------------------------------------------------------
+def test_experiment_parses_arms_key_and_salt():
+    from policies.traffic import Experiment
+
+    e = Experiment.parse({"arms": {"stable": 90, "2": 10}, "key": "X-User-Id", "salt": "exp-1"})
+    assert e.arms.weights == (("stable", 90.0), (2, 10.0))
+    assert (e.key, e.salt) == ("x-user-id", "exp-1")  # header names are case-insensitive
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"arms": {"1": 1}}, "arms and key are required"),
+        ({"arms": {"1": 1}, "key": "a b"}, "key must be a header"),
+        ({"arms": {}, "key": "k"}, "arms"),
+        ({"arms": {"1": 1}, "key": "k", "salt": 3}, "salt"),
+        ({"arms": {"1": 1}, "key": "k", "seed": 1}, "'seed'"),
+    ],
+)
+def test_bad_experiment_is_refused(body, words):
+    from policies.traffic import Experiment
+
+    with pytest.raises(ValueError, match=words):
+        Experiment.parse(body)
+
+
+def test_traffic_and_experiment_together_are_refused():
+    import json
+
+    from config.aspire_config import parse_aspire_config
+    from core.errors import AspireError
+
+    doc = {"models": {"m": {"traffic": {"1": 1}, "experiment": {"arms": {"1": 1}, "key": "k"}}}}
+    with pytest.raises(AspireError, match="cannot both be set"):
+        parse_aspire_config(json.dumps(doc))
+
+
+def test_the_same_key_always_lands_on_the_same_arm_and_keys_spread_by_weight():
+    from core.contracts import ServingMap, VersionAddress
+    from deployments.router.core import resolve
+
+    address = VersionAddress(apps=(("app", 1),))
+    served = ServingMap(
+        models={"m": {1: address, 2: address}},
+        traffic={"m": ((1, 80.0), (2, 20.0))},
+        experiments={"m": ("x-user-id", "salt")},
+    )
+    arms = {}
+    for user in range(2000):
+        seen = {resolve(served, "m", None, None, f"user-{user}")[0] for _ in range(5)}
+        assert len(seen) == 1  # sticky
+        arms[user] = seen.pop()
+    share = sum(1 for v in arms.values() if v == 2) / len(arms)
+    assert abs(share - 0.2) < 5 * (0.2 * 0.8 / len(arms)) ** 0.5  # 5 sigma of the weights
+    other_salt = ServingMap(**{**served.__dict__, "experiments": {"m": ("x-user-id", "other")}})
+    moved = sum(
+        1 for u in range(2000) if resolve(other_salt, "m", None, None, f"user-{u}")[0] != arms[u]
+    )
+    assert moved > 0  # another salt draws the users apart

@@ -18,7 +18,10 @@ class FakeCore:
     def __init__(self) -> None:
         self.calls: list[bytes] = []
 
-    def resolve(self, name, version, label):
+    def experiment_key(self, name):
+        return None  # no sticky experiment here
+
+    def resolve(self, name, version, label, key=None):
         return 1, "replica"
 
     async def call(self, address, method: str, payload: bytes) -> bytes:
