@@ -24,7 +24,7 @@ serve-example: $(STAMP)
 		--rest_api_port=8501 --port=8500 --monitoring_config_file=examples/monitoring_config.txt
 
 test: lint audit
-	$(BIN)/python -m pytest -q -rs tests
+	$(BIN)/python -m pytest -q -rs --durations=25 tests
 
 # ruff (lint, and the format check) over everything, mypy over the core, the policies, the
 # config parsers and the manager's inputs (pyproject.toml); a finding fails `make test`
