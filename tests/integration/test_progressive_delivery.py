@@ -156,6 +156,10 @@ def test_identical_candidate_is_promoted_through_shadow_and_three_steps_with_no_
     with Load(aspire, name, rest_clients=2, grpc_clients=1) as load:
         status = wait_phase(aspire, name, ("promoted", "rolled_back"))
     assert status["phase"] == "promoted", status["outcome"]
+    print(
+        f"\nidentical candidate promoted: {len(load.outcomes)} requests (REST and gRPC), "
+        f"{len(load.failures())} failed, judgements {status['judgements']}"
+    )
     assert load.failures() == []
     assert {answer for _, _, answer in load.outcomes} == {V1}
     shadow = [
@@ -194,6 +198,12 @@ def test_failing_candidate_is_rolled_back_in_the_shadow_phase_with_no_failed_cli
         status = wait_phase(aspire, name, ("rolled_back", "step"))
     assert status["phase"] == "rolled_back", status
     assert load.failures() == [], load.failures()[:3]
+    [started] = decisions(status, "started")
+    [back] = decisions(status, "rolled_back")
+    print(
+        f"\nfailing candidate with a shadow phase: rolled back {back['at'] - started['at']:.2f} s "
+        f"after the shadow began, {len(load.outcomes)} client requests, 0 failed"
+    )
     crossed = [c["name"] for c in status["last_judgement"]["checks"] if not c["passed"]]
     assert "candidate_errors" in crossed, status["last_judgement"]
     assert status["candidate_weight"] == 0
@@ -217,6 +227,11 @@ def test_failing_candidate_without_shadow_is_rolled_back_within_two_intervals_of
     # two windows, the last second of the second still being shipped, and one tick of the loop
     assert back["at"] - started["at"] <= 2 * interval_s + SHIP_PERIOD_S + TICK_S + 0.5
     failed = load.failures()
+    print(
+        f"\nfailing candidate without shadow: rolled back {back['at'] - started['at']:.2f} s after "
+        f"its step began (windows of {interval_s} s); {len(failed)} failed of "
+        f"{len([o for o in load.outcomes if o[0] <= seen_back + 1.0])} answered"
+    )
     assert failed, "the candidate took requests and failed them"
     # no failure once the rollback was published: routers follow the map by long poll
     assert load.failures(since=seen_back + 1.0) == []
@@ -246,6 +261,7 @@ def test_diverging_candidate_is_rolled_back_by_the_shadow_gate_and_no_client_see
     assert load.failures() == []
     assert {answer for _, _, answer in load.outcomes} == {V1}
     judgement = status["last_judgement"]
+    print(f"\ndiverging candidate rolled back: {len(load.outcomes)} requests, all answered 2.5")
     crossed = [c for c in judgement["checks"] if not c["passed"]]
     # the output is "y" on gRPC and unnamed ("predictions") in REST's row format
     assert crossed and {c["name"].split("[")[0] for c in crossed} == {"mean_abs_diff"}, judgement
@@ -268,6 +284,8 @@ def test_slower_candidate_is_rolled_back_by_the_latency_gate(aspire, rollout_mod
     assert load.failures() == []
     crossed = [c["name"] for c in status["last_judgement"]["checks"] if not c["passed"]]
     assert "latency_p99_ratio" in crossed, status["last_judgement"]
+    ratio = next(c for c in status["last_judgement"]["checks"] if c["name"] == "latency_p99_ratio")
+    print(f"\nslower candidate rolled back: p99 ratio {ratio['value']:.1f}, {ratio['detail']}")
     assert decisions(status, "suspect"), "a latency failure acts on the second window in a row"
 
 
@@ -339,6 +357,11 @@ def test_killed_manager_resumes_the_rollout_at_the_same_step_and_routers_keep_th
     share = sum(1 for a in away if a == V2_THREE) / len(away)
     sigma = (weight / 100 * (1 - weight / 100) / len(away)) ** 0.5
     assert abs(share - weight / 100) <= 5 * sigma, (share, len(away))
+    print(
+        f"\nmanager killed at step 2: back in {back_s:.2f} s, {len(away)} answers meanwhile, "
+        f"{sum(1 for a in away if a == V2_THREE) / max(1, len(away)):.1%} from the candidate "
+        f"(weight {weight} %), resumed at step {after['step']}"
+    )
 
 
 def test_sticky_experiment_keeps_each_user_on_one_arm_over_rest_and_grpc(aspire, model_dir):
