@@ -234,7 +234,6 @@ class ControlPlane:
         self.routers: dict[str, dict[str, str]] = {}  # node id -> {"app", "address"} (sync)
         self.metrics = metrics.MetricsStore()  # every process's counts, added up
         self.rollouts = Rollouts()  # build_control_plane gives it the store (cluster/rollouts.py)
-        self._side_traffic: dict[str, tuple] = {}  # "traffic", or an experiment's arms
         self._experiments: dict[str, tuple[str, str]] = {}  # model -> (request key, salt)
         self._config_lock = threading.Lock()
         self._settings: dict[str, ModelSettings] = {}
@@ -435,27 +434,27 @@ class ControlPlane:
         self._settings = dict(settings)
         self.backend.settings = dict(settings)
         self.manager.settings_changed()  # a model's placement may have changed
-        self._side_traffic = {n: s.traffic.weights for n, s in settings.items() if s.traffic}
-        self._side_traffic.update(
+        side_traffic = {n: s.traffic.weights for n, s in settings.items() if s.traffic}
+        side_traffic.update(
             (n, s.experiment.arms.weights) for n, s in settings.items() if s.experiment
         )
         self._experiments = {
             n: (s.experiment.key, s.experiment.salt) for n, s in settings.items() if s.experiment
         }
-        self.rollouts.set_side_traffic(self._side_traffic)
+        self.rollouts.set_side_traffic(side_traffic)  # "traffic", or an experiment's arms
         self.rollouts.set_specs({n: s.rollout for n, s in settings.items() if s.rollout})
         self.push_routing()
         for name in self.manager.stream_names():
             self.manager.set_policy(name, self._policy_for(name))
 
     # ---- rollouts (cluster/rollouts.py) -------------------------------------------------------
-    def push_routing(self) -> None:
+    def push_routing(self, served: ServingMap | None = None) -> None:
         """Publish every model's split (its rollout's, else the side file's "traffic" or
         experiment's arms), the rollouts' routes and the experiments' keys; the manager
         publishes only a change."""
-        served = self.manager.serving_map()
+        served = served or self.manager.serving_map()
         models = {name: set(versions) for name, versions in served.models.items()}
-        traffic, routes, held_back = self.rollouts.routes(self._side_traffic, models, served.labels)
+        traffic, routes, held_back = self.rollouts.routes(models, served.labels)
         # a rollout decides its model's split: no experiment there while it is declared
         declared = self.rollouts.declared()
         experiments = {n: e for n, e in self._experiments.items() if n not in declared}
@@ -466,7 +465,7 @@ class ControlPlane:
             return
         served = self.manager.serving_map()
         self.rollouts.tick({n: set(v) for n, v in served.models.items()}, served.labels)
-        self.push_routing()
+        self.push_routing(served)
 
     def apply_shipment(self, deltas: metrics.Deltas) -> None:
         """A router's or replica's shipment: counts into the metrics store, and what routers

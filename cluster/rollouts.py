@@ -230,17 +230,16 @@ class Rollouts:
     # ---- the split ------------------------------------------------------------------------
     def routes(
         self,
-        side_traffic: dict[str, tuple],
         models: dict[str, set[int]],
         labels: dict[str, dict[str, int]],
     ) -> tuple[dict[str, tuple], dict[str, RolloutRoute], dict[str, int]]:
-        """(every model's split: the side file's, or its rollout's; the running rollouts'
-        routes; the candidates of rollouts not started, which unversioned requests never go
-        to while another version serves)."""
-        traffic = dict(side_traffic)
+        """(every model's split: the side file's (`set_side_traffic`), or its rollout's; the
+        running rollouts' routes; the candidates of rollouts not started, which unversioned
+        requests never go to while another version serves)."""
         routes: dict[str, RolloutRoute] = {}
         held_back: dict[str, int] = {}
         with self._lock:
+            traffic = dict(self._side_traffic)
             for name, spec in self._specs.items():
                 state = self._states[name]
                 if state.phase == "waiting":

@@ -192,10 +192,10 @@ def rollouts_with(spec_doc: dict, store=None, restarted=False):
 
 def test_waiting_rollout_pins_the_baseline_and_starts_once_the_candidate_serves():
     r, clock = rollouts_with({"candidate": 2, "steps": [{"weight": 20, "duration_s": 1}]})
-    traffic, routes, held_back = r.routes({}, {"m": {1}}, {})
+    traffic, routes, held_back = r.routes({"m": {1}}, {})
     assert traffic["m"] == ((1, 100.0),) and routes == {} and held_back == {"m": 2}
     r.tick({"m": {1, 2}}, {})
-    traffic, routes, _ = r.routes({}, {"m": {1, 2}}, {})
+    traffic, routes, _ = r.routes({"m": {1, 2}}, {})
     assert traffic["m"] == ((1, 80.0), (2, 20.0))
     assert (routes["m"].baseline, routes["m"].candidate) == (1, 2)
 
@@ -214,7 +214,7 @@ def test_canary_windows_are_judged_each_interval_and_promote():
         r.tick({"m": {1, 2}}, {})
     status = r.status("m")
     assert status["phase"] == "promoted" and status["judgements"] == {"pass": 2}
-    assert r.routes({}, {"m": {1, 2}}, {})[0]["m"] == ((2, 100.0),)
+    assert r.routes({"m": {1, 2}}, {})[0]["m"] == ((2, 100.0),)
     assert [e["decision"] for e in status["events"]].count("judged") == 2
 
 
@@ -233,7 +233,7 @@ def test_failing_candidate_is_rolled_back_with_its_figures():
     assert status["phase"] == "rolled_back" and status["candidate_weight"] == 0
     crossed = [c["name"] for c in status["last_judgement"]["checks"] if not c["passed"]]
     assert "error_rate" in crossed
-    assert r.routes({}, {"m": {1, 2}}, {})[0]["m"] == ((1, 100.0),)
+    assert r.routes({"m": {1, 2}}, {})[0]["m"] == ((1, 100.0),)
     assert any("CROSSED" in line for line in status_lines({"m": status}))
 
 
@@ -272,7 +272,8 @@ def test_removing_the_rollout_hands_the_split_back_to_traffic():
     r, _ = rollouts_with({"candidate": 2, "steps": [{"weight": 20, "duration_s": 5}]})
     r.tick({"m": {1, 2}}, {})
     r.set_specs({})
-    traffic, routes, _ = r.routes({"m": ((1, 50.0), (2, 50.0))}, {"m": {1, 2}}, {})
+    r.set_side_traffic({"m": ((1, 50.0), (2, 50.0))})
+    traffic, routes, _ = r.routes({"m": {1, 2}}, {})
     assert traffic["m"] == ((1, 50.0), (2, 50.0)) and routes == {}
 
 
