@@ -20,11 +20,27 @@ def export_slow_model(version_dir: Path) -> Path:
     return version_dir
 
 
+def slept(x, sleep_ms):
+    """`x`, returned after sleeping `sleep_ms` without using CPU (tf.data's SleepDataset), inside
+    a tf.function: what the sleepy and slow models share."""
+    import tensorflow as tf
+    from tensorflow.python.data.ops import dataset_ops
+
+    data = tf.data.Dataset.from_tensors(x)
+    # reading the single element sleeps twice: once for it, once for the end
+    sleeping = tf.raw_ops.SleepDataset(
+        input_dataset=data._variant_tensor,
+        sleep_microseconds=tf.cast(sleep_ms, tf.int64) * 500,
+        output_types=[tf.float32],
+        output_shapes=[tf.TensorShape([None])],
+    )
+    return dataset_ops._VariantDataset(sleeping, data.element_spec).get_single_element()
+
+
 def export_sleepy_model(version_dir: Path) -> Path:
     """A model that answers `x / 2 + 2` after sleeping `sleep_ms` (the largest in the request):
     slow without using CPU (tf.data's SleepDataset), so many can be in flight on 2 cores."""
     import tensorflow as tf
-    from tensorflow.python.data.ops import dataset_ops
 
     class Sleepy(tf.Module):
         @tf.function(
@@ -34,16 +50,7 @@ def export_sleepy_model(version_dir: Path) -> Path:
             ]
         )
         def serve(self, x, sleep_ms):
-            data = tf.data.Dataset.from_tensors(x)
-            # reading the single element sleeps twice: once for it, once for the end
-            slept = tf.raw_ops.SleepDataset(
-                input_dataset=data._variant_tensor,
-                sleep_microseconds=tf.reduce_max(sleep_ms) * 500,
-                output_types=[tf.float32],
-                output_shapes=[tf.TensorShape([None])],
-            )
-            y = dataset_ops._VariantDataset(slept, data.element_spec).get_single_element()
-            return {"y": y * 0.5 + 2.0}
+            return {"y": slept(x, tf.reduce_max(sleep_ms)) * 0.5 + 2.0}
 
     module = Sleepy()
     tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
@@ -71,21 +78,11 @@ def export_slow_half_plus_two(version_dir: Path, sleep_ms: int = 40) -> Path:
     """half_plus_two (input "x", output "y" = x/2+2) that sleeps `sleep_ms` before answering,
     without using CPU (tf.data's SleepDataset): a candidate slower than its baseline."""
     import tensorflow as tf
-    from tensorflow.python.data.ops import dataset_ops
 
     class Slow(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
         def serve(self, x):
-            data = tf.data.Dataset.from_tensors(x)
-            # reading the single element sleeps twice: once for it, once for the end
-            slept = tf.raw_ops.SleepDataset(
-                input_dataset=data._variant_tensor,
-                sleep_microseconds=sleep_ms * 500,
-                output_types=[tf.float32],
-                output_shapes=[tf.TensorShape([None])],
-            )
-            y = dataset_ops._VariantDataset(slept, data.element_spec).get_single_element()
-            return {"y": y * 0.5 + 2.0}
+            return {"y": slept(x, sleep_ms) * 0.5 + 2.0}
 
     module = Slow()
     tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
